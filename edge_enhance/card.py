@@ -1,0 +1,109 @@
+"""The model card: what a model file is, read from metadata embedded in the file itself.
+
+Stored as UTF-8 JSON under the key ``edge_enhance.card``: ONNX ``metadata_props``, a TFLite
+``metadata`` entry (its buffer holds the JSON), Core ML ``user_defined_metadata``.
+
+>>> c = ModelCard(name="sr-x2", task="sr", scale=2, receptive_field=15)
+>>> c.margin
+7
+>>> ModelCard.from_json(c.to_json()) == c
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .errors import ModelFormatError
+
+CARD_KEY = "edge_enhance.card"
+TASKS = ("sr", "denoise", "dejpeg", "enhance")
+LAYOUTS = ("nchw", "nhwc")
+BASES = ("nearest", "identity", "bilinear")
+# Fields a user must give on the command line for a model that carries no card.
+REQUIRED_FIELDS = ("task", "scale", "receptive_field")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    task: str
+    scale: int
+    receptive_field: int  # side, in input pixels, of the window one output pixel depends on
+    layout: str = "nchw"  # of the model's own input/output tensors
+    input_range: tuple[float, float] = (0.0, 1.0)
+    colour: str = "rgb"
+    base: str = "nearest"  # what the learned residual is added to (for --strength)
+    tile: tuple[int, int] | None = None  # fixed input (h, w) the model was built for, if any
+    version: str = "1"
+    params: int | None = None
+    macs_per_pixel: int | None = None  # per input pixel
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ModelFormatError(f"model card: task {self.task!r} is not one of {', '.join(TASKS)}")
+        if not (isinstance(self.scale, int) and 1 <= self.scale <= 8):
+            raise ModelFormatError(f"model card: scale {self.scale!r} must be an integer 1..8")
+        if not (isinstance(self.receptive_field, int) and self.receptive_field >= 1):
+            raise ModelFormatError(f"model card: receptive_field {self.receptive_field!r} must be a positive integer")
+        if self.layout not in LAYOUTS:
+            raise ModelFormatError(f"model card: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.base not in BASES:
+            raise ModelFormatError(f"model card: base {self.base!r} is not one of {', '.join(BASES)}")
+        if self.colour != "rgb":
+            raise ModelFormatError(f"model card: colour {self.colour!r} is not supported (only 'rgb')")
+        lo, hi = self.input_range
+        if not lo < hi:
+            raise ModelFormatError(f"model card: input_range {self.input_range!r} is empty")
+        if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
+            raise ModelFormatError(f"model card: tile {self.tile!r} must be [height, width]")
+
+    @property
+    def margin(self) -> int:
+        """Input pixels of context each side of a tile so its cropped centre is exact."""
+        return self.receptive_field // 2
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_range"] = list(self.input_range)
+        d["tile"] = list(self.tile) if self.tile else None
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model") -> "ModelCard":
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [k for k in ("name",) + REQUIRED_FIELDS if k not in d]
+        if missing:
+            raise ModelFormatError(f"{source}: model card lacks {', '.join(missing)}")
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["extra"] = {**d.get("extra", {}), **{k: v for k, v in d.items() if k not in known}}
+        if "input_range" in kw:
+            kw["input_range"] = tuple(float(v) for v in kw["input_range"])
+        if kw.get("tile"):
+            kw["tile"] = tuple(int(v) for v in kw["tile"])
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ModelFormatError(f"{source}: malformed model card: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "model") -> "ModelCard":
+        try:
+            d = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelFormatError(f"{source}: model card is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ModelFormatError(f"{source}: model card is not a JSON object")
+        return cls.from_dict(d, source)
+
+
+def missing_card_error(path) -> ModelFormatError:
+    return ModelFormatError(
+        f"{path}: the model has no edge-enhance card ({CARD_KEY} metadata); pass "
+        "--task sr|denoise|dejpeg|enhance --scale N --receptive-field N (and --layout nchw|nhwc if not NCHW)"
+    )

@@ -1,0 +1,29 @@
+"""Every error the runtime raises on purpose; each names the file, node or value at fault."""
+
+
+class EdgeEnhanceError(Exception):
+    """Base class: anything the user can fix by changing input, model or options."""
+
+
+class ConfigError(EdgeEnhanceError, ValueError):
+    """An option value is out of range or inconsistent."""
+
+
+class ModelFormatError(EdgeEnhanceError):
+    """A model file is unreadable, of an unknown format, or lacks/contradicts its card."""
+
+
+class UnsupportedOpError(ModelFormatError):
+    """A graph contains operations the converter or runtime cannot handle."""
+
+
+class BackendUnavailableError(EdgeEnhanceError):
+    """The engine a model needs is not installed; the message names the pip extra."""
+
+
+class ImageInputError(EdgeEnhanceError):
+    """An input image cannot be decoded, is too large, or is of an unsupported kind."""
+
+
+class OutputError(EdgeEnhanceError):
+    """An output cannot be written (folder missing or read-only, disk full, would overwrite input)."""
