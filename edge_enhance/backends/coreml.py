@@ -1,0 +1,75 @@
+"""Core ML engine (macOS only for prediction; the card is readable anywhere coremltools installs)."""
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from ..card import CARD_KEY, ModelCard
+from ..errors import BackendUnavailableError, ModelFormatError
+from . import Backend, EngineOptions, register
+
+
+@functools.lru_cache(maxsize=1)
+def _ct():
+    try:
+        import coremltools
+
+        return coremltools
+    except ImportError:
+        raise BackendUnavailableError("coremltools is not installed: pip install 'edge-enhance[coreml]'") from None
+
+
+def _spec_card(path: Path):
+    try:
+        model = _ct().models.MLModel(str(path), skip_model_load=True)
+    except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
+        raise ModelFormatError(f"{path}: not a readable Core ML model ({e})") from None
+    raw = model.user_defined_metadata.get(CARD_KEY)
+    return (ModelCard.from_json(raw, str(path)) if raw else None), model
+
+
+@register
+class CoreMLBackend(Backend):
+    name = "coreml"
+    extra = "coreml"
+
+    @staticmethod
+    def sniff(path: Path, head: bytes) -> bool:
+        if path.is_dir():
+            return (path / "Manifest.json").is_file()
+        return path.suffix == ".mlmodel"
+
+    @staticmethod
+    def read_card(path: Path) -> ModelCard | None:
+        return _spec_card(path)[0]
+
+    def __init__(self, path: Path, options: EngineOptions = EngineOptions()):
+        self.path = Path(path)
+        if platform.system() != "Darwin":
+            raise BackendUnavailableError(
+                f"{path}: Core ML models run only on macOS; convert the ONNX model to .tflite for this machine"
+            )
+        self.card, _ = _spec_card(self.path)
+        self.model = _ct().models.MLModel(str(self.path))
+        spec = self.model.get_spec()
+        self._in = spec.description.input[0].name
+        self._out = spec.description.output[0].name
+        self.layout = self.card.layout if self.card else "nchw"
+        self.fixed_shape = tuple(self.card.tile) if self.card and self.card.tile else None
+
+    def prepare(self, h: int, w: int) -> None:
+        if self.fixed_shape and self.fixed_shape != (h, w):
+            raise ModelFormatError(f"{self.path}: model input is fixed at {self.fixed_shape}, asked for {(h, w)}")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        y = np.asarray(self.model.predict({self._in: x})[self._out], dtype=np.float32)
+        return y.transpose(0, 2, 3, 1) if self.layout == "nchw" else y
+
+    def activation_bytes_per_pixel(self) -> float:
+        s = self.card.scale if self.card else 1
+        return 1.5 * 4 * (2 * 64 + 3 + 3 * s * s)

@@ -1,0 +1,138 @@
+"""LiteRT (TFLite) engine: ai-edge-litert, else tflite_runtime, else tensorflow.lite."""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..card import CARD_KEY, ModelCard
+from ..errors import BackendUnavailableError, ModelFormatError
+from . import Backend, EngineOptions, register
+from .tflite_meta import read_metadata
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def interpreter_module():
+    """(module with Interpreter and load_delegate, its name); cached, never run at import."""
+    try:
+        from ai_edge_litert import interpreter as m
+
+        return m, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime.interpreter as m  # Raspberry Pi OS with numpy < 2
+
+        return m, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow.lite as m  # last resort; the project itself never needs TensorFlow
+
+        return m, "tensorflow"
+    except ImportError:
+        raise BackendUnavailableError(
+            "no TFLite engine installed: pip install 'edge-enhance[litert]' (ai-edge-litert), "
+            "or tflite-runtime on a Raspberry Pi"
+        ) from None
+
+
+def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x.astype(np.float32, copy=False)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantise(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * np.float32(scale)
+
+
+@register
+class LiteRTBackend(Backend):
+    name = "litert"
+    extra = "litert"
+
+    @staticmethod
+    def sniff(path: Path, head: bytes) -> bool:
+        return len(head) >= 8 and head[4:8] == b"TFL3"
+
+    @staticmethod
+    def read_card(path: Path) -> ModelCard | None:
+        meta = read_metadata(Path(path).read_bytes(), str(path))
+        raw = meta.get(CARD_KEY)
+        return ModelCard.from_json(raw, str(path)) if raw is not None else None
+
+    def __init__(self, path: Path, options: EngineOptions = EngineOptions()):
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        meta = read_metadata(data, str(path))  # also refuses corrupt offsets before the C++ side sees them
+        self.card = ModelCard.from_json(meta[CARD_KEY], str(path)) if CARD_KEY in meta else None
+        m, self.engine_name = interpreter_module()
+        delegates = []
+        if options.delegate:
+            try:
+                delegates.append(m.load_delegate(options.delegate, dict(options.delegate_options)))
+            except (ValueError, OSError, RuntimeError) as e:
+                if not options.fallback_cpu:
+                    raise BackendUnavailableError(
+                        f"{options.delegate}: cannot load TFLite delegate ({e}); use --fallback cpu to run on the CPU"
+                    ) from None
+                log.warning("delegate %s did not load (%s); running on the CPU", options.delegate, e)
+        try:
+            self.interp = m.Interpreter(
+                model_content=data, num_threads=options.threads, experimental_delegates=delegates or None
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelFormatError(f"{path}: {self.engine_name} cannot load this model: {e}") from None
+        ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
+        self._in, self._out = ins[0], outs[0]
+        layout = self.card.layout if self.card else "nhwc"
+        if layout != "nhwc":
+            raise ModelFormatError(f"{path}: TFLite models must be NHWC; the card says {layout}")
+        shape, sig = self._in["shape"], self._in.get("shape_signature", self._in["shape"])
+        if len(shape) != 4 or shape[3] != 3:
+            raise ModelFormatError(f"{path}: input shape {list(shape)} is not (1, H, W, 3)")
+        self.fixed_shape = None if (sig[1] == -1 or sig[2] == -1) else (int(shape[1]), int(shape[2]))
+        self._size: tuple[int, int] | None = None
+
+    def prepare(self, h: int, w: int) -> None:
+        if self._size == (h, w):
+            return
+        if self.fixed_shape and self.fixed_shape != (h, w):
+            raise ModelFormatError(f"{self.path}: model input is fixed at {self.fixed_shape}, asked for {(h, w)}")
+        if not self.fixed_shape:
+            self.interp.resize_tensor_input(self._in["index"], [1, h, w, 3], strict=False)
+        try:
+            self.interp.allocate_tensors()
+        except RuntimeError as e:
+            raise ModelFormatError(f"{self.path}: cannot allocate tensors at {h}x{w}: {e}") from None
+        self._in = self.interp.get_input_details()[0]
+        self._out = self.interp.get_output_details()[0]
+        self._size = (h, w)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.interp.set_tensor(self._in["index"], _quantise(x, self._in))
+        self.interp.invoke()
+        return _dequantise(self.interp.get_tensor(self._out["index"]), self._out)
+
+    def activation_bytes_per_pixel(self) -> float:
+        probe = self.fixed_shape or (64, 64)
+        self.prepare(*probe)
+        total = 0
+        for t in self.interp.get_tensor_details():
+            shape = t["shape"]
+            if len(shape) == 4 and shape[1] >= probe[0]:  # activations, not weights
+                total += int(np.prod(shape)) * np.dtype(t["dtype"]).itemsize
+        return total / (probe[0] * probe[1])

@@ -1,0 +1,429 @@
+"""`edge-enhance`: the command line. It owns the terminal; the library only logs.
+
+Heavy parts (conversion, quantisation, camera, benchmarks) are imported only by their sub-commands,
+so `edge-enhance photo.jpg` starts fast on a Pi.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, EdgeEnhanceError
+
+log = logging.getLogger("edge_enhance")
+
+COMMANDS = ("enhance", "info", "models", "eval", "convert", "quantize", "prune", "preview", "bench")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
+
+NAMING_RULE = """\
+Output names: with one input file, -o names the output file (or an existing folder to write into).
+Otherwise -o is a folder (created if needed) and inputs keep their names there, folders mirrored
+(a/b/x.jpg -> OUT/b/x.jpg for input folder a). Without -o, the output goes beside the input as
+STEM.MODEL.EXT (photo.jpg -> photo.sr-x2.jpg). --format changes only the extension (photo.png), never
+appends one (no photo.jpg.png). An input is never overwritten unless --overwrite is given."""
+
+
+class Progress:
+    """One status line on stderr: [N/M] name  tiles 37%  ETA 0:12."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.done_files = 0
+        self.name = ""
+
+    def file(self, index: int, name: str):
+        self.done_files, self.name = index, name
+        self._draw(0.0)
+
+    def tiles(self, done: int, total: int):
+        self._draw(done / total)
+
+    def _draw(self, frac: float):
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        progress = (self.done_files + frac) / self.total
+        eta = elapsed / progress - elapsed if progress > 0 else 0
+        sys.stderr.write(f"\r\033[K[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        sys.stderr.flush()
+
+    def clear(self):
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    status: str = "pending"
+    error: str | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _strength(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= v <= 1.5:
+        raise argparse.ArgumentTypeError(f"{v} is outside 0..1.5")
+    return v
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    k, v = text.split("=", 1)
+    return k, v
+
+
+def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2") -> None:
+    g = p.add_argument_group("model and engine")
+    g.add_argument("--model", "-m", default=default, help="bundled model name or a .tflite / .onnx / .mlpackage path (default: %(default)s)")
+    g.add_argument("--engine", choices=("litert", "onnxruntime", "coreml"), help="force an engine (default: from the file)")
+    g.add_argument("--threads", type=_positive_int, help="CPU threads for the engine")
+    g.add_argument("--delegate", help="TFLite external delegate library (Edge TPU, VX NPU, Arm NN)")
+    g.add_argument("--delegate-option", action="append", type=_key_value, default=[], metavar="K=V")
+    g.add_argument("--fallback", choices=("none", "cpu"), default="none", help="what to do if the delegate cannot load")
+    g.add_argument("--providers", help="ONNX Runtime execution providers, comma-separated, in order")
+    c = p.add_argument_group("for models without an embedded card")
+    c.add_argument("--task", choices=("sr", "denoise", "dejpeg", "enhance"))
+    c.add_argument("--scale", type=_positive_int)
+    c.add_argument("--receptive-field", type=_positive_int)
+    c.add_argument("--layout", choices=("nchw", "nhwc"))
+
+
+def build_enhancer(args, *, tiling=None, strength: float = 1.0):
+    from .backends import EngineOptions
+    from .card import ModelCard
+    from .enhancer import Enhancer
+    from .tiling import TilingConfig
+
+    options = EngineOptions(
+        threads=args.threads, delegate=args.delegate, delegate_options=tuple(args.delegate_option),
+        fallback_cpu=args.fallback == "cpu",
+        providers=tuple(p for p in (args.providers or "").split(",") if p),
+    )
+    card = None
+    if args.task or args.receptive_field:
+        if not (args.task and args.scale and args.receptive_field):
+            raise ConfigError("a model without a card needs --task, --scale and --receptive-field together")
+        card = ModelCard(name=Path(args.model).stem, task=args.task, scale=args.scale,
+                         receptive_field=args.receptive_field, layout=args.layout or "nchw",
+                         base="nearest" if args.scale > 1 else "identity")
+    return Enhancer(args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
+                    strength=strength, card=card)
+
+
+# -- enhance --------------------------------------------------------------------------------------
+def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path | None]]:
+    """[(file, root folder it was found under or None)], in a stable order."""
+    found: list[tuple[Path, Path | None]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.name.startswith("."))
+            found += [(f, p) for f in files]
+        elif p.exists() or not glob.has_magic(item):
+            found.append((p, None))  # a missing file is reported as that file's failure
+        else:
+            matches = sorted(glob.glob(item, recursive=recursive))
+            if not matches:
+                raise ConfigError(f"{item}: no files match")
+            found += [(Path(m), None) for m in matches if Path(m).is_file()]
+    return found
+
+
+def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
+                 model_name: str) -> list[Job]:
+    from .imageio import format_for  # noqa: F401  (validated later per file)
+
+    ext_for = (lambda p: "." + fmt.lower().replace("jpeg", "jpg")) if fmt else (lambda p: p.suffix)
+    jobs: list[Job] = []
+    single = len(inputs) == 1 and inputs[0][1] is None
+    for src, root in inputs:
+        if out is None:
+            dst = src.with_name(f"{src.stem}.{model_name}{ext_for(src)}")
+        elif single and not (Path(out).is_dir() or out.endswith(os.sep)):
+            dst = Path(out)
+        else:
+            rel = src.relative_to(root).parent if root else Path()
+            dst = Path(out) / rel / (src.stem + ext_for(src))
+        jobs.append(Job(src, dst))
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        key = job.dst.resolve()
+        if key in seen:
+            job.status, job.error = "failed", f"output {job.dst} would collide with the output of {seen[key]}"
+        else:
+            seen[key] = job.src
+    return jobs
+
+
+def cmd_enhance(args) -> int:
+    from . import imageio
+    from .tiling import TilingConfig, parse_tile
+
+    tiling = TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory)
+    inputs = _expand_inputs(args.inputs, args.recursive)
+    if not inputs:
+        raise ConfigError("no input images found")
+    model_name = Path(args.model).name.split(".")[0]
+    jobs = plan_outputs(inputs, args.output, args.format, model_name)
+    if args.output and (len(jobs) > 1 or inputs[0][1] is not None):
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+    enhancer = build_enhancer(args, tiling=tiling, strength=args.strength)
+    progress = Progress(len(jobs), enabled=not args.json and not args.quiet)
+    t_start = time.monotonic()
+    interrupted = False
+    for i, job in enumerate(jobs):
+        if job.status == "failed":
+            continue
+        if args.skip_existing and job.dst.exists():
+            job.status = "skipped"
+            continue
+        progress.file(i, job.src.name)
+        t0 = time.monotonic()
+        try:
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            if job.src.suffix.lower() in imageio.VIDEO_SUFFIXES:
+                from .camera.video import enhance_video
+
+                enhance_video(job.src, job.dst, enhancer, temporal=args.temporal)
+            else:
+                enhancer.enhance_file(job.src, job.dst, fmt=args.format, quality=args.quality,
+                                      strip_metadata=args.strip_metadata, dpi_mode=args.dpi,
+                                      max_pixels=args.max_pixels, overwrite=args.overwrite,
+                                      progress=progress.tiles)
+            job.status = "ok"
+            if enhancer.last_run:
+                job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles}
+        except EdgeEnhanceError as e:
+            job.status, job.error = "failed", str(e)
+        except KeyboardInterrupt:
+            job.status, job.error = "interrupted", "stopped by the user; no output written"
+            interrupted = True
+        except MemoryError:
+            job.status, job.error = "failed", f"{job.src}: out of memory (try a smaller --memory or --tile)"
+        job.seconds = time.monotonic() - t0
+        progress.clear()
+        if not args.json and not args.quiet:
+            line = f"{job.src} -> {job.dst}" if job.status == "ok" else f"FAILED {job.src}: {job.error}"
+            print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
+        if interrupted:
+            break
+    return _summarise(jobs, time.monotonic() - t_start, args, interrupted)
+
+
+def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
+    counts = {k: sum(j.status == k for j in jobs) for k in ("ok", "failed", "skipped", "interrupted", "pending")}
+    if args.json:
+        print(json.dumps({
+            "ok": counts["ok"], "failed": counts["failed"], "skipped": counts["skipped"],
+            "not_done": counts["pending"] + counts["interrupted"], "seconds": round(seconds, 3),
+            "interrupted": interrupted,
+            "files": [{"input": str(j.src), "output": str(j.dst), "status": j.status, "error": j.error,
+                       "seconds": round(j.seconds, 3), **j.extra} for j in jobs],
+        }, indent=1))
+    elif not args.quiet:
+        parts = [f"{counts['ok']} enhanced", f"{counts['failed']} failed"]
+        if counts["skipped"]:
+            parts.append(f"{counts['skipped']} skipped (exist)")
+        if interrupted:
+            parts.append(f"{counts['pending'] + counts['interrupted']} not done (interrupted)")
+        print(f"{', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
+        for j in jobs:
+            if j.status == "failed":
+                print(f"  failed: {j.src}: {j.error}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if counts["failed"] else 0
+
+
+# -- info / models --------------------------------------------------------------------------------
+def _file_summary(path: Path) -> dict:
+    import hashlib
+
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        size = sum(f.stat().st_size for f in files)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+    else:
+        size = path.stat().st_size
+        h = hashlib.sha256(path.read_bytes())
+    return {"file": str(path), "bytes": size, "sha256": h.hexdigest()}
+
+
+def cmd_info(args) -> int:
+    from .backends import read_card, sniff_format
+    from .card import missing_card_error
+    from .models import resolve
+
+    path = resolve(args.model)
+    fmt = sniff_format(path)
+    card = read_card(path)
+    if card is None:
+        raise missing_card_error(path)
+    info = {"format": fmt, **_file_summary(path), **card.to_dict()}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    for k, v in info.items():
+        if k == "extra":
+            for ek, ev in v.items():
+                print(f"  {ek:>16}: {json.dumps(ev) if isinstance(ev, (dict, list)) else ev}")
+        elif v is not None:
+            print(f"{k:>18}: {v}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .backends import read_card
+    from .models import bundled
+
+    rows = []
+    for name, files in bundled().items():
+        for f in files:
+            try:
+                card = read_card(f)
+            except EdgeEnhanceError as e:
+                rows.append({"name": name, "file": f.name, "error": str(e)})
+                continue
+            psnr = (card.extra.get("psnr") or {}) if card else {}
+            rows.append({
+                "name": name, "file": f.name, "task": card.task if card else "?", "scale": card.scale if card else "?",
+                "kb": round(f.stat().st_size / 1024, 1), "params": card.params if card else None,
+                "psnr": psnr,
+            })
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no bundled models")
+        return 0
+    print(f"{'name':<12} {'file':<24} {'task':<8} {'scale':>5} {'KB':>7} {'params':>7}  measured PSNR")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<12} {r['file']:<24} ERROR {r['error']}")
+            continue
+        psnr = ", ".join(f"{k} {v:.2f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in r["psnr"].items())
+        print(f"{r['name']:<12} {r['file']:<24} {r['task']:<8} {r['scale']:>5} {r['kb']:>7} {r['params'] or '':>7}  {psnr}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-enhance", description="On-device photo enhancement.",
+                                epilog="`edge-enhance photo.jpg` is short for `edge-enhance enhance photo.jpg`.")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("enhance", help="enhance photos (files, folders, globs)", epilog=NAMING_RULE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    e.add_argument("-o", "--output", help="output file (one input) or folder")
+    add_model_arguments(e)
+    e.add_argument("--tile", default="auto", help="auto (from --memory), N or HxW input pixels per tile")
+    e.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
+    e.add_argument("--strength", type=_strength, default=1.0, help="0 = input, 1 = model, up to 1.5")
+    e.add_argument("--format", help="output format (png, jpg, webp, tiff); default: the input's")
+    e.add_argument("--quality", type=int, default=92, help="JPEG / WebP quality (default 92)")
+    e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")
+    e.add_argument("--strip-metadata", action="store_true", help="drop EXIF, ICC profile and DPI")
+    e.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    e.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a batch)")
+    e.add_argument("--overwrite", action="store_true", help="allow writing over an input file")
+    e.add_argument("--max-pixels", type=_positive_int, default=200_000_000, help="refuse larger inputs (default 200 MP)")
+    e.add_argument("--temporal", type=float, default=0.0, help="video only: residual smoothing 0..1")
+    e.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_enhance)
+
+    i = sub.add_parser("info", help="print a model's card")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("models", help="list the bundled models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    _add_optional_commands(sub, chosen)
+    return p
+
+
+def _add_optional_commands(sub, chosen: str | None) -> None:
+    """Sub-commands living in other packages; a module is imported only when its command is chosen."""
+    import importlib
+    import importlib.util
+
+    table = {
+        "eval": ("edge_enhance.eval_cli", "evaluate a model with the standard protocol"),
+        "convert": ("conversion.cli", "convert an ONNX model to TFLite / Core ML / ONNX, verified"),
+        "quantize": ("quantization.cli", "int8 / 16x8 quantisation with calibration"),
+        "prune": ("quantization.prune_cli", "structured channel pruning"),
+        "preview": ("edge_enhance.camera.cli", "live camera preview (window, web viewfinder, file)"),
+        "bench": ("benchmarks.cli", "quality / speed / memory side by side with peers"),
+    }
+    for name, (module, help_) in table.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            continue
+        sp = sub.add_parser(name, help=help_)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(sp)
+            sp.set_defaults(func=mod.main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv.insert(0, "enhance")
+    parser = build_parser(argv[0] if argv else None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        return args.func(args)
+    except EdgeEnhanceError as e:
+        print(f"edge-enhance: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("edge-enhance: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The Enhancer: one model, loaded once, applied to arrays, Pillow images and files with exact tiling."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import imageio
+from .backends import EngineOptions, open_backend
+from .card import ModelCard, missing_card_error
+from .errors import ConfigError, ModelFormatError, OutputError
+from .models import DEFAULT_MODEL, resolve
+from .tiling import TilingConfig, choose_tile, extract, plan_tiles
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (tiles done, tiles total)
+MAX_STRENGTH = 1.5
+
+
+def _check_strength(s: float) -> float:
+    if not 0.0 <= s <= MAX_STRENGTH:
+        raise ConfigError(f"strength {s} is outside 0..{MAX_STRENGTH}")
+    return float(s)
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    tile: tuple[int, int]
+    tiles: int
+    margin: int
+
+
+class Enhancer:
+    """Apply a model to photos.
+
+    >>> enh = Enhancer("sr-x2")                       # doctest: +SKIP
+    >>> enh.enhance(np.zeros((10, 12, 3), np.uint8)).shape  # doctest: +SKIP
+    (20, 24, 3)
+    """
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, *, engine: str | None = None, threads: int | None = None,
+                 tiling: TilingConfig = TilingConfig(), strength: float = 1.0,
+                 options: EngineOptions | None = None, card: ModelCard | None = None):
+        self.path = resolve(model)
+        options = options or EngineOptions(threads=threads)
+        self.backend = open_backend(self.path, options, engine)
+        self.card = card or self.backend.card
+        if self.card is None:
+            raise missing_card_error(self.path)
+        self.tiling = tiling
+        self.strength = strength
+        self.last_run: RunInfo | None = None
+        self._bpp: float | None = None
+
+    @property
+    def strength(self) -> float:
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self._strength = _check_strength(value)
+
+    @property
+    def scale(self) -> int:
+        return self.card.scale
+
+    def tile_for(self, h: int, w: int) -> tuple[int, int]:
+        if self._bpp is None and self.tiling.tile is None and not self.backend.fixed_shape:
+            self._bpp = self.backend.activation_bytes_per_pixel()
+        return choose_tile(h, w, self.card.margin, self._bpp or 1.0, self.tiling.memory_mb,
+                           self.tiling.tile, self.backend.fixed_shape or self.card.tile)
+
+    # -- core -------------------------------------------------------------------------------------
+    def enhance_rgb(self, rgb: np.ndarray, *, out: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
+        """H x W x 3 uint8 / uint16 -> (H*s) x (W*s) x 3 of the same dtype, tile by tile."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
+        if rgb.dtype not in (np.uint8, np.uint16):
+            raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}")
+        h, w, _ = rgb.shape
+        card, s, m = self.card, self.card.scale, self.card.margin
+        if out is None:
+            out = np.empty((h * s, w * s, 3), rgb.dtype)
+        maxv = float(np.iinfo(rgb.dtype).max)
+        lo, hi = card.input_range
+        k_in, k_out = np.float32((hi - lo) / maxv), np.float32(maxv / (hi - lo))
+        tile = self.tile_for(h, w)
+        tiles = plan_tiles(h, w, tile, m)
+        self.backend.prepare(*tile)
+        self.last_run = RunInfo(tile, len(tiles), m)
+        strength = self.strength
+        for i, t in enumerate(tiles):
+            (y, x, ch, cw), (wy, wx) = t
+            win = extract(rgb, wy - m, wx - m, *tile)
+            xin = win.astype(np.float32) * k_in + np.float32(lo)
+            yout = self.backend.run(xin[None])
+            if yout.shape != (1, tile[0] * s, tile[1] * s, 3):
+                raise ModelFormatError(
+                    f"{self.path}: output shape {tuple(yout.shape)} does not match the card "
+                    f"(scale {s} of input {tile[0]}x{tile[1]} -> (1, {tile[0] * s}, {tile[1] * s}, 3))"
+                )
+            res = yout[0, m * s:(m + ch) * s, m * s:(m + cw) * s]
+            if strength != 1.0:
+                base = xin[m:m + ch, m:m + cw]
+                if card.base != "identity":
+                    base = base.repeat(s, 0).repeat(s, 1)
+                res = base + np.float32(strength) * (res - base)
+            out[y * s:(y + ch) * s, x * s:(x + cw) * s] = np.clip(np.rint((res - np.float32(lo)) * k_out), 0, maxv)
+            if progress:
+                progress(i + 1, len(tiles))
+        return out
+
+    # -- convenience ------------------------------------------------------------------------------
+    def _upscale_alpha(self, alpha: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        s = self.card.scale
+        if s == 1:
+            return alpha
+        mode = "I;16" if alpha.dtype == np.uint16 else "L"
+        im = Image.fromarray(alpha, mode).resize((alpha.shape[1] * s, alpha.shape[0] * s), Image.BICUBIC)
+        return np.asarray(im).astype(alpha.dtype)
+
+    def enhance_photo(self, photo: imageio.Photo, *, out: np.ndarray | None = None,
+                      progress: Progress | None = None) -> imageio.Photo:
+        rgb, alpha = photo.rgb, photo.alpha
+        if alpha is not None:
+            # Premultiplied colour keeps the model from smearing hidden colours into visible edges.
+            maxv = float(photo.maxval)
+            a = alpha.astype(np.float32)[..., None] / maxv
+            rgb = np.rint(rgb.astype(np.float32) * a).astype(rgb.dtype)
+        res = self.enhance_rgb(rgb, out=out, progress=progress)
+        new_alpha = None
+        if alpha is not None:
+            new_alpha = self._upscale_alpha(alpha)
+            a = new_alpha.astype(np.float32)[..., None] / maxv
+            with np.errstate(divide="ignore", invalid="ignore"):
+                un = np.where(a > 0, res.astype(np.float32) / a, 0.0)
+            res[...] = np.clip(np.rint(un), 0, maxv)
+        return imageio.Photo(res, new_alpha, photo.grey, photo.icc, photo.exif, photo.dpi, photo.format)
+
+    def enhance(self, image):
+        """numpy H x W x 3 (or H x W grey) or a Pillow image in, the same kind out."""
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            photo = imageio._to_photo(image, Path("<image>"))
+            return imageio.photo_to_pil(self.enhance_photo(photo)) if photo.rgb.dtype == np.uint8 else \
+                self._pil16(self.enhance_photo(photo))
+        a = np.asarray(image)
+        if a.ndim == 2:
+            return imageio.to_grey(self.enhance_rgb(np.repeat(a[..., None], 3, axis=2)))
+        if a.ndim == 3 and a.shape[2] == 4:
+            p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()))
+            return np.dstack([p.rgb, p.alpha])
+        return self.enhance_rgb(a)
+
+    @staticmethod
+    def _pil16(photo: imageio.Photo):
+        from PIL import Image
+
+        return Image.fromarray(imageio.to_grey(photo.rgb), "I;16")
+
+    def enhance_file(self, src, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
+                     dpi_mode: str = "keep-print-size", max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
+                     overwrite: bool = False, progress: Progress | None = None) -> Path:
+        src, dst = Path(src), Path(dst)
+        if dst.exists() and dst.resolve() == src.resolve() and not overwrite:
+            raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
+        if not dst.parent.is_dir():
+            raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
+        if not os.access(dst.parent, os.W_OK):
+            raise OutputError(f"{dst}: output folder {dst.parent} is not writable")
+        imageio.format_for(dst, fmt)  # fail on a bad extension before spending time
+        photo = imageio.load_image(src, max_pixels)
+        out = self._output_buffer(photo, dst)
+        result = self.enhance_photo(photo, out=out, progress=progress)
+        dpi_scale = self.scale if dpi_mode == "keep-print-size" else 1.0
+        return imageio.save_image(result, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
+                                  dpi_scale=dpi_scale)
+
+    def _output_buffer(self, photo: imageio.Photo, dst: Path) -> np.ndarray | None:
+        """A memory-mapped output beside dst when the result would not fit comfortably in RAM."""
+        h, w, _ = photo.rgb.shape
+        s = self.scale
+        nbytes = h * s * w * s * 3 * photo.rgb.itemsize
+        ram = _available_ram()
+        if ram is None or nbytes < ram // 2:
+            return None
+        log.info("output of %.0f MB streams into a memory-mapped file (RAM available: %.0f MB)", nbytes / 2**20, ram / 2**20)
+        f = tempfile.TemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", suffix=".mmap")
+        return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, 3))

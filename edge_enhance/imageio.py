@@ -1,0 +1,293 @@
+"""Image loading and saving that keeps what a photographer cares about.
+
+EXIF orientation is applied on load; ICC profile, EXIF (orientation reset, size updated) and DPI
+are carried to the output; alpha, grey and 16-bit survive; writes are atomic.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ConfigError, ImageInputError, OutputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 200_000_000  # input pixels; a 200 MP photo is plausible, a bomb is not
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
+_ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
+_NO_ALPHA = {"JPEG", "BMP", "PPM"}
+_SIXTEEN_BIT = {"PNG", "TIFF"}
+
+
+@dataclass
+class Photo:
+    """Decoded pixels plus what must travel to the output."""
+
+    rgb: np.ndarray  # H x W x 3, uint8 or uint16 (grey inputs are replicated to 3 channels)
+    alpha: np.ndarray | None = None  # H x W, same dtype as rgb
+    grey: bool = False
+    icc: bytes | None = None
+    exif: Image.Exif | None = None
+    dpi: tuple[float, float] | None = None
+    format: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def maxval(self) -> int:
+        return 65535 if self.rgb.dtype == np.uint16 else 255
+
+
+def _sniff_problem(path: Path, head: bytes) -> str | None:
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"hevc", b"avif"):
+        return "HEIC/AVIF needs a Pillow plugin: pip install pillow-heif"
+    if head[:4] == b"TFL3" or head[4:8] == b"TFL3":
+        return "this is a TFLite model, not an image"
+    return None
+
+
+def _png_is_16bit(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_png16(path: Path) -> np.ndarray | None:
+    try:
+        import png  # pypng: Pillow decodes 16-bit RGB(A) PNG to 8 bits
+    except ImportError:
+        log.warning("%s: 16-bit RGB PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
+        return None
+    w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
+
+
+def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except IsADirectoryError:
+        raise ImageInputError(f"{path}: is a folder, not an image") from None
+    except OSError as e:
+        raise ImageInputError(f"{path}: cannot read ({e.strerror})") from None
+    if not head:
+        raise ImageInputError(f"{path}: empty file (0 bytes)")
+    problem = _sniff_problem(path, head)
+    if problem:
+        raise ImageInputError(f"{path}: {problem}")
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(f"{path}: refused as a decompression bomb ({e})") from None
+    except OSError as e:
+        raise ImageInputError(f"{path}: cannot decode ({e})") from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageInputError(
+                f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP "
+                "(raise it with --max-pixels)"
+            )
+        if getattr(im, "n_frames", 1) > 1:
+            raise ImageInputError(f"{path}: animated image ({im.n_frames} frames); extract a frame first")
+        fmt = im.format
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+        icc = im.info.get("icc_profile")
+        dpi = im.info.get("dpi")
+        try:
+            exif = im.getexif()
+            oriented = ImageOps.exif_transpose(im)
+        except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
+            log.warning("%s: ignoring unreadable EXIF (%s)", path, e)
+            exif, oriented = None, im.copy()
+        if exif is not None:
+            exif[_ORIENTATION] = 1
+        photo = _to_photo(oriented, path)
+    if fmt == "PNG" and photo.rgb.dtype == np.uint8 and _png_is_16bit(path):
+        data = _read_png16(path)
+        if data is not None:
+            data = _apply_orientation(data, exif_orientation(path))
+            photo.rgb, photo.alpha = data[..., :3], (data[..., 3] if data.shape[2] == 4 else None)
+    photo.icc, photo.exif, photo.dpi, photo.format = icc, exif, dpi, fmt
+    if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
+        raise ImageInputError(f"{path}: image has no pixels")
+    return photo
+
+
+def exif_orientation(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:
+        return 1
+
+
+def _apply_orientation(a: np.ndarray, o: int) -> np.ndarray:
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+           7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
+    return np.ascontiguousarray(ops[o](a)) if o in ops else a
+
+
+def _cmyk_to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            import io
+
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception as e:  # a broken profile: fall back rather than lose the photo
+            log.warning("%s: CMYK ICC profile unusable (%s); converting without it", path, e)
+    else:
+        log.warning("%s: CMYK without an ICC profile; colours are approximate", path)
+    return im.convert("RGB")
+
+
+def _to_photo(im: Image.Image, path: Path) -> Photo:
+    mode = im.mode
+    if mode == "CMYK":
+        im, mode = _cmyk_to_rgb(im, path), "RGB"
+    elif mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+        mode = im.mode
+    elif mode == "1":
+        im, mode = im.convert("L"), "L"
+    elif mode in ("RGBa", "La"):
+        im = im.convert(mode.upper())
+        mode = im.mode
+    elif mode in ("YCbCr", "LAB", "HSV", "RGBX"):
+        im, mode = im.convert("RGB"), "RGB"
+    if mode in ("I;16", "I;16L", "I;16B", "I"):
+        a = np.asarray(im)
+        if mode == "I" and (a.min() < 0 or a.max() > 65535):
+            raise ImageInputError(f"{path}: 32-bit integer image outside the 16-bit range")
+        g = a.astype(np.uint16)
+        return Photo(np.repeat(g[..., None], 3, axis=2), None, grey=True)
+    if mode == "F":
+        raise ImageInputError(f"{path}: floating-point images are not supported")
+    if mode not in ("RGB", "RGBA", "L", "LA"):
+        raise ImageInputError(f"{path}: unsupported colour mode {mode}")
+    a = np.asarray(im)
+    if mode in ("L", "LA"):
+        g = a if mode == "L" else a[..., 0]
+        return Photo(np.repeat(g[..., None], 3, axis=2), a[..., 1].copy() if mode == "LA" else None, grey=True)
+    return Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy() if mode == "RGBA" else None)
+
+
+def format_for(path: Path, fmt: str | None = None) -> str:
+    if fmt:
+        fmt = fmt.upper().replace("JPG", "JPEG").replace("TIF", "TIFF")
+        if fmt not in Image.SAVE:
+            raise ConfigError(f"unknown output format {fmt!r}")
+        return fmt
+    ext = path.suffix.lower()
+    known = Image.registered_extensions()
+    if ext not in known:
+        raise ConfigError(f"{path}: cannot tell the output format from {ext or 'a missing extension'!r}")
+    return known[ext]
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma, as Pillow's convert('L'), kept in the input's dtype."""
+    y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(y), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
+
+
+def photo_to_pil(photo: Photo) -> Image.Image:
+    """8-bit Pillow image of a Photo (16-bit colour is reduced; used for previews and JPEG)."""
+    rgb, alpha = photo.rgb, photo.alpha
+    if rgb.dtype == np.uint16:
+        rgb = (rgb >> 8).astype(np.uint8)
+        alpha = None if alpha is None else (alpha >> 8).astype(np.uint8)
+    if photo.grey:
+        g = to_grey(rgb)
+        return Image.fromarray(np.dstack([g, alpha]) if alpha is not None else g, "LA" if alpha is not None else "L")
+    if alpha is not None:
+        return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    return Image.fromarray(rgb, "RGB")
+
+
+def _write_png16(photo: Photo, f) -> None:
+    import png
+
+    a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
+    if photo.alpha is not None:
+        a = np.dstack([a, photo.alpha])
+    h, w, planes = a.shape
+    png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16).write(f, a.reshape(h, w * planes))
+
+
+def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
+               dpi_scale: float = 1.0) -> Path:
+    """Write atomically: a temporary file in the destination folder, fsync, then rename."""
+    dst = Path(dst)
+    fmt = format_for(dst, fmt)
+    if not dst.parent.is_dir():
+        raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
+    kw: dict = {}
+    if not strip_metadata:
+        if photo.icc:
+            kw["icc_profile"] = photo.icc
+        if photo.exif is not None and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+            exif = photo.exif
+            try:
+                sub = exif.get_ifd(_EXIF_IFD)
+                if sub:
+                    sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
+                kw["exif"] = exif.tobytes()
+            except Exception as e:
+                log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
+        if photo.dpi:
+            kw["dpi"] = tuple(float(d) * dpi_scale for d in photo.dpi)
+    if fmt in ("JPEG", "WEBP"):
+        kw["quality"] = quality
+    keep16 = photo.rgb.dtype == np.uint16 and fmt in _SIXTEEN_BIT
+    if fmt in _NO_ALPHA and photo.alpha is not None:
+        log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
+        photo = Photo(photo.rgb, None, photo.grey)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
+                try:
+                    _write_png16(photo, f)
+                except ImportError:
+                    log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
+                    photo_to_pil(photo).save(f, format=fmt, **kw)
+            elif keep16 and photo.grey and photo.alpha is None:
+                Image.fromarray(to_grey(photo.rgb), "I;16").save(f, format=fmt, **kw)
+            else:
+                if photo.rgb.dtype == np.uint16:
+                    log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
+                photo_to_pil(photo).save(f, format=fmt, **kw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
+        raise
+    return dst
