@@ -134,8 +134,7 @@ class Enhancer:
         s = self.card.scale
         if s == 1:
             return alpha
-        mode = "I;16" if alpha.dtype == np.uint16 else "L"
-        im = Image.fromarray(alpha, mode).resize((alpha.shape[1] * s, alpha.shape[0] * s), Image.BICUBIC)
+        im = Image.fromarray(alpha).resize((alpha.shape[1] * s, alpha.shape[0] * s), Image.BICUBIC)
         return np.asarray(im).astype(alpha.dtype)
 
     def enhance_photo(self, photo: imageio.Photo, *, out: np.ndarray | None = None,

@@ -93,7 +93,7 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     except Image.DecompressionBombError as e:
         raise ImageInputError(f"{path}: refused as a decompression bomb ({e})") from None
     except OSError as e:
-        raise ImageInputError(f"{path}: cannot decode ({e})") from None
+        raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
@@ -274,7 +274,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
                     photo_to_pil(photo).save(f, format=fmt, **kw)
             elif keep16 and photo.grey and photo.alpha is None:
-                Image.fromarray(to_grey(photo.rgb), "I;16").save(f, format=fmt, **kw)
+                Image.fromarray(to_grey(photo.rgb)).save(f, format=fmt, **kw)
             else:
                 if photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)

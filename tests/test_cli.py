@@ -1,0 +1,148 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from edge_enhance.cli import main  # noqa: E402
+from tests.onnx_models import residual_sr  # noqa: E402
+
+
+@pytest.fixture
+def model(tmp_path):
+    p = tmp_path / "m.onnx"
+    residual_sr(p)
+    return str(p)
+
+
+def _img(path, size=(12, 9), mode="RGB"):
+    Image.new(mode, size, (10, 120, 200) if mode == "RGB" else 100).save(path)
+    return path
+
+
+def test_single_file_to_named_output(tmp_path, model, capsys):
+    src = _img(tmp_path / "a.png")
+    assert main(["enhance", str(src), "-o", str(tmp_path / "b.png"), "--model", model]) == 0
+    assert Image.open(tmp_path / "b.png").size == (24, 18)
+
+
+def test_bare_file_argument_means_enhance_and_default_name(tmp_path, model):
+    src = _img(tmp_path / "photo.jpg")
+    assert main([str(src), "--model", model, "-q"]) == 0
+    assert (tmp_path / "photo.m.jpg").exists()
+
+
+def test_batch_with_a_bad_file_goes_on_and_exits_1(tmp_path, model, capsys):
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    _img(d / "a.png")
+    _img(d / "sub" / "c.png")
+    (d / "b.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    rc = main(["enhance", str(d), "-r", "-o", str(out), "--model", model, "--json"])
+    assert rc == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] == 2 and summary["failed"] == 1
+    bad = [f for f in summary["files"] if f["status"] == "failed"][0]
+    assert bad["input"].endswith("b.jpg") and "not an image" in bad["error"]
+    assert (out / "a.png").exists() and (out / "sub" / "c.png").exists() and not (out / "b.jpg").exists()
+
+
+def test_skip_existing_resumes(tmp_path, model, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in "abc":
+        _img(d / f"{n}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"done before")
+    assert main(["enhance", str(d), "-o", str(out), "--model", model, "--skip-existing", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["ok"], s["skipped"]) == (2, 1) and (out / "a.png").read_bytes() == b"done before"
+
+
+def test_format_changes_extension_not_appends(tmp_path, model):
+    src = _img(tmp_path / "x.jpg")
+    assert main(["enhance", str(src), "--model", model, "--format", "png", "-q"]) == 0
+    assert (tmp_path / "x.m.png").exists() and not list(tmp_path.glob("*.jpg.png"))
+
+
+def test_colliding_outputs_are_refused(tmp_path, model, capsys):
+    a, b = _img(tmp_path / "x.jpg"), _img(tmp_path / "x.png")
+    rc = main(["enhance", str(a), str(b), "-o", str(tmp_path / "o"), "--format", "png", "--model", model, "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert rc == 1 and s["ok"] == 1 and "collide" in [f for f in s["files"] if f["status"] == "failed"][0]["error"]
+
+
+def test_never_overwrites_input(tmp_path, model, capsys):
+    src = _img(tmp_path / "a.png")
+    before = src.read_bytes()
+    assert main(["enhance", str(src), "-o", str(src), "--model", model]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err and src.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["enhance", "x.png", "--strength", "3"], 2),
+    (["enhance", "x.png", "--tile", "abc"], 2),
+    (["enhance"], 2),
+    (["info", "/nonexistent/model.onnx"], 1),
+])
+def test_usage_and_error_exit_codes(argv, code, tmp_path, model, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "x.png")
+    try:
+        rc = main(argv + (["--model", model] if argv[0] == "enhance" and len(argv) > 1 else []))
+    except SystemExit as e:
+        rc = e.code
+    assert rc == code
+
+
+def test_info_prints_card_and_sha(model, capsys):
+    assert main(["info", model, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "onnxruntime" and info["scale"] == 2 and len(info["sha256"]) == 64
+
+
+def test_unknown_model_file(tmp_path, capsys):
+    bogus = tmp_path / "model.tflite"
+    bogus.write_bytes(np.random.default_rng(0).bytes(300))
+    _img(tmp_path / "a.png")
+    assert main(["enhance", str(tmp_path / "a.png"), "--model", str(bogus)]) == 1
+    err = capsys.readouterr().err
+    assert str(bogus) in err and "not a model" in err
+
+
+def test_sigterm_mid_batch_leaves_no_partial_output(tmp_path, model):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(40):
+        _img(d / f"{i:02d}.png", size=(160, 120))
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, sys\n"
+        "from edge_enhance import enhancer\n"
+        "orig = enhancer.Enhancer.enhance_rgb\n"
+        "n = [0]\n"
+        "def run(self, *a, **k):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 3: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return orig(self, *a, **k)\n"
+        "enhancer.Enhancer.enhance_rgb = run\n"
+        "from edge_enhance.cli import main\n"
+        f"sys.exit(main(['enhance', {str(d)!r}, '-o', {str(out)!r}, '--model', {model!r}, '--json']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr
+    s = json.loads(r.stdout)
+    assert s["interrupted"] and s["ok"] == 2
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["00.png", "01.png"]  # no partial or temporary files
+    r2 = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "enhance", str(d), "-o", str(out), "--model", model,
+                         "--skip-existing", "--json"], capture_output=True, text=True, timeout=300)
+    s2 = json.loads(r2.stdout)
+    assert r2.returncode == 0 and s2["skipped"] == 2 and s2["ok"] == 38

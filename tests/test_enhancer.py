@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from edge_enhance.enhancer import Enhancer  # noqa: E402
+from edge_enhance.errors import ConfigError, ModelFormatError  # noqa: E402
+from edge_enhance.tiling import TilingConfig  # noqa: E402
+from tests.onnx_models import residual_sr  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    out = {}
+    for scale, layers in [(2, 3), (3, 2), (1, 4)]:
+        p = d / f"m{scale}.onnx"
+        residual_sr(p, scale=scale, layers=layers, channels=6, seed=scale)
+        out[scale] = p
+    return out
+
+
+@given(h=st.integers(1, 41), w=st.integers(1, 41), th=st.integers(0, 30), tw=st.integers(0, 30),
+       scale=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_tiled_equals_whole_image_bit_for_bit(models, h, w, th, tw, scale, seed):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole_enh = Enhancer(models[scale], tiling=TilingConfig(tile=(10**4, 10**4)))
+    whole = whole_enh.enhance(img)
+    assert whole_enh.last_run.tiles == 1
+    margin = whole_enh.card.margin
+    tile = (2 * margin + 1 + th, 2 * margin + 1 + tw)
+    enh = Enhancer(models[scale], tiling=TilingConfig(tile=tile))
+    tiled = enh.enhance(img)
+    assert tiled.shape == (h * scale, w * scale, 3)
+    assert np.array_equal(tiled, whole)
+
+
+def test_tiling_is_really_used_and_auto_tile_fits_budget(models):
+    img = np.zeros((300, 200, 3), np.uint8)
+    enh = Enhancer(models[2], tiling=TilingConfig(memory_mb=0.5))
+    enh.enhance(img)
+    th, tw = enh.last_run.tile
+    assert enh.last_run.tiles > 1 and th * tw * enh.backend.activation_bytes_per_pixel() <= 0.5 * 2**20 * 1.01
+
+
+def test_uint16_in_uint16_out_and_matches_8bit_scaled(models):
+    img8 = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    img16 = img8.astype(np.uint16) * 257
+    enh = Enhancer(models[2])
+    o8, o16 = enh.enhance(img8), enh.enhance(img16)
+    assert o16.dtype == np.uint16
+    assert np.abs(o16 / 257.0 - o8).max() <= 1.0
+
+
+def test_strength_zero_gives_the_base_and_one_the_model(models):
+    img = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    enh = Enhancer(models[2], strength=0.0)
+    assert np.array_equal(enh.enhance(img), img.repeat(2, 0).repeat(2, 1))
+    enh1 = Enhancer(models[1], strength=0.0)
+    assert np.array_equal(enh1.enhance(img), img)
+    with pytest.raises(ConfigError):
+        enh.strength = 2.0
+
+
+def test_grey_and_rgba_arrays_keep_their_kind(models):
+    enh = Enhancer(models[2])
+    grey = np.full((6, 7), 128, np.uint8)
+    assert enh.enhance(grey).shape == (12, 14)
+    rgba = np.zeros((6, 7, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[:3, :, 3] = 0
+    out = enh.enhance(rgba)
+    assert out.shape == (12, 14, 4)
+    assert (out[:4, :, :3] == 0).all()  # fully transparent areas carry no colour
+
+
+def test_pil_image_in_pil_image_out(models):
+    from PIL import Image
+
+    im = Image.new("RGB", (10, 6), (10, 200, 30))
+    out = Enhancer(models[2]).enhance(im)
+    assert isinstance(out, Image.Image) and out.size == (20, 12) and out.mode == "RGB"
+
+
+def test_missing_card_names_the_fields(tmp_path):
+    p = tmp_path / "nocard.onnx"
+    residual_sr(p, card={})
+    with pytest.raises(ModelFormatError, match="--receptive-field"):
+        Enhancer(p)
+
+
+def test_card_that_lies_about_scale_is_caught(tmp_path):
+    p = tmp_path / "liar.onnx"
+    residual_sr(p, card={"name": "liar", "task": "sr", "scale": 3, "receptive_field": 9})
+    with pytest.raises(ModelFormatError, match="does not match the card"):
+        Enhancer(p).enhance(np.zeros((5, 5, 3), np.uint8))
+
+
+def test_fixed_shape_model_runs_with_its_tile(tmp_path):
+    p = tmp_path / "fixed.onnx"
+    residual_sr(p, fixed=(24, 24))
+    whole_p = tmp_path / "dyn.onnx"
+    residual_sr(whole_p)
+    img = np.random.default_rng(3).integers(0, 256, (50, 33, 3), dtype=np.uint8)
+    enh = Enhancer(p, tiling=TilingConfig(tile=(64, 64)))
+    assert np.array_equal(enh.enhance(img), Enhancer(whole_p).enhance(img))
+    assert enh.last_run.tile == (24, 24)

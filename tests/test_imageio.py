@@ -1,0 +1,157 @@
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from edge_enhance import imageio
+from edge_enhance.errors import ConfigError, ImageInputError, OutputError
+
+
+def _save(tmp_path, name, im, **kw):
+    p = tmp_path / name
+    im.save(p, **kw)
+    return p
+
+
+@pytest.mark.parametrize("mode,expect_alpha,expect_grey", [
+    ("RGB", False, False), ("RGBA", True, False), ("L", False, True), ("LA", True, True), ("1", False, True),
+])
+def test_modes(tmp_path, mode, expect_alpha, expect_grey):
+    p = _save(tmp_path, "a.png", Image.new(mode, (5, 4)))
+    ph = imageio.load_image(p)
+    assert ph.rgb.shape == (4, 5, 3) and ph.rgb.dtype == np.uint8
+    assert (ph.alpha is not None) == expect_alpha and ph.grey == expect_grey
+
+
+def test_palette_with_transparency_becomes_rgba(tmp_path):
+    im = Image.new("P", (4, 4))
+    im.info["transparency"] = 0
+    p = _save(tmp_path, "p.png", im, transparency=0)
+    assert imageio.load_image(p).alpha is not None
+
+
+def test_16bit_grey_roundtrip(tmp_path):
+    a = (np.arange(20, dtype=np.uint16) * 3000).reshape(4, 5)
+    p = _save(tmp_path, "g16.png", Image.fromarray(a))
+    ph = imageio.load_image(p)
+    assert ph.rgb.dtype == np.uint16 and ph.grey and np.array_equal(ph.rgb[..., 0], a)
+    out = imageio.save_image(ph, tmp_path / "o16.png")
+    assert np.array_equal(np.asarray(Image.open(out)), a)
+
+
+def test_16bit_colour_png_roundtrip(tmp_path):
+    png = pytest.importorskip("png", reason="pypng (edge-enhance[io16]) not installed")
+    a = np.random.default_rng(0).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    p = tmp_path / "c16.png"
+    with open(p, "wb") as f:
+        png.Writer(5, 4, greyscale=False, bitdepth=16).write(f, a.reshape(4, 15))
+    ph = imageio.load_image(p)
+    assert ph.rgb.dtype == np.uint16 and np.array_equal(ph.rgb, a)
+    out = imageio.save_image(ph, tmp_path / "o.png")
+    assert np.array_equal(imageio.load_image(out).rgb, a)
+
+
+def test_exif_orientation_applied_and_reset(tmp_path):
+    im = Image.new("RGB", (6, 3), (255, 0, 0))
+    im.putpixel((0, 0), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    p = _save(tmp_path, "o.jpg", im, exif=exif.tobytes(), quality=100)
+    ph = imageio.load_image(p)
+    assert ph.rgb.shape == (6, 3, 3)
+    out = imageio.save_image(ph, tmp_path / "out.jpg")
+    with Image.open(out) as o:
+        assert o.getexif().get(0x0112) == 1 and o.size == (3, 6)
+
+
+def test_icc_and_dpi_carried_or_stripped(tmp_path):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    p = _save(tmp_path, "m.png", Image.new("RGB", (4, 4)), icc_profile=icc, dpi=(300, 300))
+    ph = imageio.load_image(p)
+    kept = imageio.save_image(ph, tmp_path / "k.png", dpi_scale=2)
+    with Image.open(kept) as o:
+        assert o.info.get("icc_profile") == icc and round(o.info["dpi"][0]) == 600
+    stripped = imageio.save_image(ph, tmp_path / "s.png", strip_metadata=True)
+    with Image.open(stripped) as o:
+        assert "icc_profile" not in o.info
+
+
+def test_cmyk_without_profile_converts(tmp_path):
+    p = _save(tmp_path, "c.jpg", Image.new("CMYK", (4, 4), (0, 255, 255, 0)))
+    ph = imageio.load_image(p)
+    assert ph.rgb.shape == (4, 4, 3) and ph.rgb[0, 0, 0] > 200 and ph.rgb[0, 0, 1] < 60
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "empty file"),
+    (b"hello, I am text", "not an image"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "pillow-heif"),
+])
+def test_bad_files_named_with_cause(tmp_path, content, match):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(ImageInputError, match=match) as e:
+        imageio.load_image(p)
+    assert str(p) in str(e.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+    p = tmp_path / "t.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
+        imageio.load_image(p)
+
+
+def test_pixel_limit_names_size_and_limit(tmp_path):
+    p = _save(tmp_path, "big.png", Image.new("L", (100, 50)))
+    with pytest.raises(ImageInputError, match=r"100x50 .* limit of 0\.0 MP"):
+        imageio.load_image(p, max_pixels=4999)
+
+
+def test_animated_refused(tmp_path):
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
+    p = tmp_path / "anim.gif"
+    frames[0].save(p, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageInputError, match="animated"):
+        imageio.load_image(p)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable(tmp_path):
+    p = _save(tmp_path, "x.png", Image.new("RGB", (2, 2)))
+    p.chmod(0)
+    with pytest.raises(ImageInputError, match="cannot read"):
+        imageio.load_image(p)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    ph = imageio.Photo(np.zeros((4, 4, 3), np.uint8))
+    dst = tmp_path / "out.png"
+    dst.write_bytes(b"previous")
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(OutputError, match="No space left"):
+        imageio.save_image(ph, dst)
+    assert dst.read_bytes() == b"previous"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_output_folder_missing_and_unknown_extension(tmp_path):
+    ph = imageio.Photo(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(OutputError, match="does not exist"):
+        imageio.save_image(ph, tmp_path / "nope" / "o.png")
+    with pytest.raises(ConfigError, match="output format"):
+        imageio.save_image(ph, tmp_path / "o.xyz")
+
+
+def test_jpeg_drops_alpha_with_warning(tmp_path, caplog):
+    ph = imageio.Photo(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 128, np.uint8))
+    out = imageio.save_image(ph, tmp_path / "o.jpg")
+    assert Image.open(out).mode == "RGB" and "transparency dropped" in caplog.text

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_enhance.errors import ConfigError
+from edge_enhance.tiling import choose_tile, extract, overhead, parse_tile, plan_tiles, reflect_index
+
+
+@pytest.mark.parametrize("n,pad", [(1, 3), (2, 5), (5, 2), (5, 12), (7, 30)])
+def test_reflect_index_matches_numpy_pad(n, pad):
+    a = np.arange(n)
+    expected = np.pad(a, pad, mode="reflect") if n > 1 else np.zeros(n + 2 * pad, int)
+    assert np.array_equal(a[reflect_index(np.arange(-pad, n + pad), n)], expected)
+
+
+@given(h=st.integers(1, 90), w=st.integers(1, 90), th=st.integers(9, 40), tw=st.integers(9, 40), m=st.integers(0, 4))
+@settings(max_examples=200, deadline=None)
+def test_tiles_cover_every_pixel_once(h, w, th, tw, m):
+    cover = np.zeros((h, w), int)
+    for (y, x, ch, cw), (wy, wx) in plan_tiles(h, w, (th, tw), m):
+        assert (wy, wx) == (y, x) and 1 <= ch <= th - 2 * m and 1 <= cw <= tw - 2 * m
+        cover[y:y + ch, x:x + cw] += 1
+    assert (cover == 1).all()
+
+
+def test_extract_inside_is_a_view_and_outside_is_reflected():
+    img = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    inside = extract(img, 1, 1, 3, 3)
+    assert np.shares_memory(inside, img)
+    padded = np.pad(img, ((2, 4), (2, 4), (0, 0)), mode="reflect")
+    assert np.array_equal(extract(img, -2, -2, 11, 12), padded)
+
+
+def test_choose_tile_rules():
+    # fixed model shape wins; a request at least as large as the image means one tile
+    assert choose_tile(100, 80, 4, 100.0, 256, requested=(64, 64), fixed=(32, 32)) == (32, 32)
+    assert choose_tile(100, 80, 4, 100.0, 256, requested=(100, 80)) == (108, 88)
+    assert choose_tile(100, 80, 4, 100.0, 256, requested=(50, 60)) == (50, 60)
+    # auto: 1 MB budget at 1024 B/pixel -> 32x32
+    assert choose_tile(1000, 1000, 4, 1024.0, 1.0) == (32, 32)
+    # never smaller than the margins plus a useful core
+    assert choose_tile(1000, 1000, 10, 1e9, 1.0) == (28, 28)
+
+
+@pytest.mark.parametrize("text,expected", [("auto", None), ("256", (256, 256)), ("128x96", (128, 96))])
+def test_parse_tile(text, expected):
+    assert parse_tile(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "12x", "-4", "3x4x5"])
+def test_parse_tile_refuses(bad):
+    with pytest.raises(ConfigError):
+        parse_tile(bad)
+
+
+def test_margin_must_leave_a_core():
+    with pytest.raises(ConfigError, match="margin"):
+        plan_tiles(10, 10, (8, 8), 4)
+
+
+def test_overhead_of_one_whole_tile_is_padding_only():
+    assert overhead(100, 100, (108, 108), 4) == pytest.approx(1.1664)
