@@ -1,0 +1,275 @@
+"""The evaluation protocol of ``../shared/data/README.md``, in numpy + Pillow only.
+
+Super-resolution (task ``sr``, scale s): HR cropped top-left to a multiple of s, LR by Pillow
+bicubic, PSNR/SSIM on luma Y after shaving s pixels from every border.
+Denoising (``denoise``, sigma): clipped, quantised Gaussian noise seeded by the image's index in
+sorted file-name order; PSNR/SSIM on RGB over the whole image.
+JPEG artefact removal (``dejpeg``, quality): Pillow JPEG at that quality; RGB, whole image.
+Real-world x2 (``enhance``, scale s): :func:`degrade` (blur, downscale, noise, JPEG, seeded per
+image); scored like ``sr`` (Y, shave s).
+
+>>> import numpy as np
+>>> a = np.zeros((4, 4, 3), np.uint8); b = a + 1
+>>> round(psnr(a, b), 2)  # MSE 1 on the 0..255 scale
+48.13
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError, ImageInputError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("sr", "denoise", "dejpeg", "enhance")
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma on the 16..235 scale, float64, as MATLAB's rgb2ycbcr (SR papers).
+
+    >>> rgb_to_y(np.array([[[255, 255, 255]]], np.uint8))[0, 0].round(3)
+    np.float64(235.0)
+    """
+    x = np.asarray(rgb, dtype=np.float64)
+    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB between two arrays on the 0..peak scale (float64); inf when identical."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ConfigError(f"psnr: shapes differ {a.shape} vs {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def _gaussian_1d(sigma: float, radius: int) -> np.ndarray:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable 2-D correlation with 'valid' borders (as MATLAB filter2(..., 'valid'))."""
+    n = len(g)
+    h, w = x.shape
+    rows = sum(g[k] * x[k:h - n + 1 + k, :] for k in range(n))
+    return sum(g[k] * rows[:, k:w - n + 1 + k] for k in range(n))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """Mean SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid borders.
+
+    2-D inputs are one channel; (H, W, C) inputs give the mean of the per-channel SSIMs.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ConfigError(f"ssim: shapes differ {a.shape} vs {b.shape}")
+    if a.ndim == 3:
+        return float(np.mean([ssim(a[..., c], b[..., c], peak) for c in range(a.shape[2])]))
+    if min(a.shape) < 11:
+        raise ConfigError(f"ssim: image {a.shape} is smaller than the 11x11 window")
+    g = _gaussian_1d(1.5, 5)
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
+    saa = _filter_valid(a * a, g) - mu_a * mu_a
+    sbb = _filter_valid(b * b, g) - mu_b * mu_b
+    sab = _filter_valid(a * b, g) - mu_a * mu_b
+    m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return float(m.mean())
+
+
+def shave(x: np.ndarray, s: int) -> np.ndarray:
+    """Drop s pixels from every border (the SR protocol's shave)."""
+    return x[s:-s, s:-s] if s > 0 else x
+
+
+def mod_crop(rgb: np.ndarray, s: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return rgb[: h - h % s, : w - w % s]
+
+
+def bicubic_resize(rgb: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).resize(size_wh, Image.BICUBIC))
+
+
+def sr_pair(hr_rgb: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HR cropped top-left to a multiple of s, LR by Pillow bicubic at 1/s)."""
+    hr = mod_crop(np.asarray(hr_rgb, dtype=np.uint8), s)
+    h, w = hr.shape[:2]
+    return hr, bicubic_resize(hr, (w // s, h // s))
+
+
+def noisy(clean: np.ndarray, sigma: float, index: int) -> np.ndarray:
+    """The protocol's noise: clipped and quantised, seeded by the image's index in the set."""
+    rng = np.random.default_rng(index)
+    return np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+
+
+def jpeg(clean: np.ndarray, quality: int) -> np.ndarray:
+    """Round trip through Pillow's JPEG encoder (default 4:2:0 chroma subsampling)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(clean, dtype=np.uint8)).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def gaussian_blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    """Isotropic Gaussian blur, kernel radius ceil(3 sigma), reflect borders, rounded to uint8."""
+    r = max(1, math.ceil(3 * sigma))
+    g = _gaussian_1d(sigma, r)
+    x = np.pad(np.asarray(rgb, dtype=np.float64), ((r, r), (r, r), (0, 0)), mode="reflect")
+    out = np.stack([_filter_valid(x[..., c], g) for c in range(x.shape[2])], axis=-1)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One draw of the real-world pipeline: blur -> bicubic downscale -> noise -> JPEG."""
+
+    blur_sigma: float
+    noise_sigma: float
+    quality: int
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Degradation":
+        # Ranges of a decent phone camera's output: mild optical blur, sensor noise, re-compression.
+        return cls(
+            blur_sigma=float(rng.uniform(0.4, 1.6)),
+            noise_sigma=float(rng.uniform(1.0, 10.0)),
+            quality=int(rng.integers(40, 91)),
+        )
+
+
+def degrade(hr_rgb: np.ndarray, s: int, rng: np.random.Generator, params: Degradation | None = None) -> np.ndarray:
+    """Real-world degradation of an HR image (already a multiple of s) to its LR input.
+
+    Parameters are drawn from ``rng`` unless given; the noise is drawn from ``rng`` after them.
+    For evaluation the rng is ``default_rng(i)`` for image i of the set in sorted file-name order.
+    """
+    p = params or Degradation.draw(rng)
+    x = gaussian_blur(hr_rgb, p.blur_sigma)
+    h, w = x.shape[:2]
+    x = bicubic_resize(x, (w // s, h // s))
+    x = np.clip(np.round(x + rng.normal(0, p.noise_sigma, x.shape)), 0, 255).astype(np.uint8)
+    return jpeg(x, p.quality)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise ImageInputError(f"{path}: cannot read image ({e})") from None
+
+
+def list_images(dataset_dir) -> list[Path]:
+    d = Path(dataset_dir)
+    if not d.is_dir():
+        raise ImageInputError(f"{d}: dataset folder does not exist")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImageInputError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    return files
+
+
+@dataclass
+class EvalResult:
+    """Per-image rows (name, psnr, ssim, baseline_psnr) and their means.
+
+    The baseline is the degraded input itself: Pillow bicubic upscale of LR for sr / enhance,
+    the noisy or JPEG image for denoise / dejpeg.
+    """
+
+    task: str
+    dataset: str
+    rows: list[dict] = field(default_factory=list)
+
+    def _mean(self, key: str) -> float:
+        return float(np.mean([r[key] for r in self.rows]))
+
+    @property
+    def psnr(self) -> float:
+        return self._mean("psnr")
+
+    @property
+    def ssim(self) -> float:
+        return self._mean("ssim")
+
+    @property
+    def baseline_psnr(self) -> float:
+        return self._mean("baseline_psnr")
+
+
+def make_input(task: str, clean: np.ndarray, index: int, *, scale: int = 2, sigma: float = 25.0,
+               quality: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, degraded input) for image ``index`` of a set, per the protocol."""
+    if task == "sr":
+        return sr_pair(clean, scale)
+    if task == "enhance":
+        hr = mod_crop(clean, scale)
+        return hr, degrade(hr, scale, np.random.default_rng(index))
+    if task == "denoise":
+        return clean, noisy(clean, sigma, index)
+    if task == "dejpeg":
+        return clean, jpeg(clean, quality)
+    raise ConfigError(f"evaluate: task {task!r} is not one of {', '.join(TASKS)}")
+
+
+def score(task: str, ref: np.ndarray, out: np.ndarray, scale: int) -> tuple[float, float]:
+    """(PSNR, SSIM) of an output against its reference, per the task's protocol."""
+    if task in ("sr", "enhance"):
+        y_ref, y_out = shave(rgb_to_y(ref), scale), shave(rgb_to_y(out), scale)
+        return psnr(y_ref, y_out), ssim(y_ref, y_out)
+    return psnr(ref, out), ssim(ref, out)
+
+
+def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, scale: int = 2,
+             sigma: float = 25.0, quality: int = 30, with_ssim: bool = True) -> EvalResult:
+    """Run ``fn`` (RGB uint8 HxWx3 -> RGB uint8) over a folder of images and score it exactly.
+
+    ``scale`` is used by sr / enhance, ``sigma`` by denoise, ``quality`` by dejpeg.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"evaluate: task {task!r} is not one of {', '.join(TASKS)}")
+    if task in ("sr", "enhance") and not (isinstance(scale, int) and scale >= 1):
+        raise ConfigError(f"evaluate: scale {scale!r} must be a positive integer")
+    if task == "dejpeg" and not 1 <= int(quality) <= 100:
+        raise ConfigError(f"evaluate: JPEG quality {quality!r} must be 1..100")
+    if task == "denoise" and sigma < 0:
+        raise ConfigError(f"evaluate: sigma {sigma!r} must be >= 0")
+    result = EvalResult(task=task, dataset=str(dataset_dir))
+    s = scale if task in ("sr", "enhance") else 1
+    shave_px = scale if task in ("sr", "enhance") else 0
+    for i, path in enumerate(list_images(dataset_dir)):
+        ref, inp = make_input(task, load_rgb(path), i, scale=s, sigma=sigma, quality=quality)
+        out = np.asarray(fn(inp))
+        if out.shape != ref.shape:
+            raise ConfigError(f"{path.name}: model output {out.shape} does not match the reference {ref.shape}")
+        if out.dtype != np.uint8:
+            raise ConfigError(f"{path.name}: model output dtype {out.dtype} is not uint8")
+        base = bicubic_resize(inp, (ref.shape[1], ref.shape[0])) if s > 1 else inp
+        p, q = score(task, ref, out, shave_px) if with_ssim else (score_psnr(task, ref, out, shave_px), float("nan"))
+        result.rows.append({
+            "name": path.name, "psnr": p, "ssim": q,
+            "baseline_psnr": score_psnr(task, ref, base, shave_px),
+        })
+        log.debug("%s: %.3f dB", path.name, p)
+    return result
+
+
+def score_psnr(task: str, ref: np.ndarray, out: np.ndarray, scale: int) -> float:
+    if task in ("sr", "enhance"):
+        return psnr(shave(rgb_to_y(ref), scale), shave(rgb_to_y(out), scale))
+    return psnr(ref, out)
