@@ -1,0 +1,50 @@
+"""`edge-enhance eval MODEL --dataset DIR`: the protocol of ../shared/data/README.md, for any format."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .cli import add_model_arguments, build_enhancer
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_arg", metavar="MODEL", help="bundled model name or model file")
+    p.add_argument("--dataset", required=True, help="folder of reference images (e.g. ../shared/data/eval/Set5)")
+    p.add_argument("--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
+                   help="protocol to apply (default: the model card's task)")
+    p.add_argument("--sigma", type=float, default=25.0, help="denoise: noise level on the 0..255 scale (default 25)")
+    p.add_argument("--quality", type=int, default=30, help="dejpeg: JPEG quality of the input (default 30)")
+    p.add_argument("--tile", default="auto")
+    p.add_argument("--memory", type=float, default=256.0)
+    p.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
+    p.add_argument("--json", action="store_true")
+    add_model_arguments(p, default=None)
+
+
+def main(args) -> int:
+    from .evaluation import evaluate
+    from .tiling import TilingConfig, parse_tile
+
+    args.model = args.model or args.model_arg
+    enh = build_enhancer(args, tiling=TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory))
+    task = args.eval_task or enh.card.task
+    t0 = time.perf_counter()
+    res = evaluate(enh.enhance_rgb, args.dataset, task, scale=enh.scale, sigma=args.sigma,
+                   quality=args.quality, with_ssim=not args.no_ssim)
+    seconds = time.perf_counter() - t0
+    setting = {"sr": f"x{enh.scale}", "enhance": f"x{enh.scale}", "denoise": f"sigma {args.sigma:g}",
+               "dejpeg": f"quality {args.quality}"}[task]
+    if args.json:
+        print(json.dumps({"model": str(enh.path), "engine": enh.backend.name, "dataset": args.dataset, "task": task,
+                          "setting": setting, "psnr": res.psnr, "ssim": res.ssim, "baseline_psnr": res.baseline_psnr,
+                          "seconds": round(seconds, 2), "images": res.rows}, indent=1))
+        return 0
+    print(f"{enh.path.name} ({enh.backend.name}) on {args.dataset}, {task} {setting}")
+    print(f"{'image':<24} {'PSNR':>8} {'SSIM':>7} {'input':>8}")
+    for r in res.rows:
+        print(f"{r['name']:<24} {r['psnr']:8.3f} {r['ssim']:7.4f} {r['baseline_psnr']:8.3f}")
+    print(f"{'mean':<24} {res.psnr:8.3f} {res.ssim:7.4f} {res.baseline_psnr:8.3f}   ({seconds:.1f} s)")
+    sys.stdout.flush()
+    return 0
