@@ -19,7 +19,7 @@ def dataset(tmp_path):
     d.mkdir()
     rng = np.random.default_rng(0)
     for name in ("b.png", "a.png"):
-        Image.fromarray(rng.integers(0, 256, (13, 10, 3), dtype=np.uint8)).save(d / name)
+        Image.fromarray(rng.integers(0, 256, (27, 24, 3), dtype=np.uint8)).save(d / name)
     return d
 
 
@@ -31,8 +31,8 @@ def test_sr_eval_matches_the_protocol_by_hand(tmp_path, dataset, capsys):
     enh = Enhancer(m)
     expect = []
     for name in ("a.png", "b.png"):  # sorted order
-        hr = np.asarray(Image.open(dataset / name))[:12, :10]
-        lr = np.asarray(Image.fromarray(hr).resize((5, 6), Image.BICUBIC))
+        hr = np.asarray(Image.open(dataset / name))[:26, :24]
+        lr = np.asarray(Image.fromarray(hr).resize((12, 13), Image.BICUBIC))
         out = enh.enhance(lr)
         expect.append(psnr(shave(rgb_to_y(hr), 2), shave(rgb_to_y(out), 2)))
     assert [r["name"] for r in got["images"]] == ["a.png", "b.png"]
