@@ -105,5 +105,6 @@ class ModelCard:
 def missing_card_error(path) -> ModelFormatError:
     return ModelFormatError(
         f"{path}: the model has no edge-enhance card ({CARD_KEY} metadata); pass "
-        "--task sr|denoise|dejpeg|enhance --scale N --receptive-field N (and --layout nchw|nhwc if not NCHW)"
+        "--card-task sr|denoise|dejpeg|enhance --card-scale N --card-receptive-field N "
+        "(and --card-layout nchw|nhwc if not NCHW)"
     )

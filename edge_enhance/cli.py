@@ -6,6 +6,7 @@ so `edge-enhance photo.jpg` starts fast on a Pi.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import logging
@@ -100,7 +101,8 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2") -> None:
     g = p.add_argument_group("model and engine")
-    g.add_argument("--model", "-m", default=default, help="bundled model name or a .tflite / .onnx / .mlpackage path (default: %(default)s)")
+    g.add_argument("--model", "-m", default=default,
+                   help="bundled model name or a .tflite / .onnx / .mlpackage path (default: %s)" % (default or "by --mode"))
     g.add_argument("--engine", choices=("litert", "onnxruntime", "coreml"), help="force an engine (default: from the file)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for the engine")
     g.add_argument("--delegate", help="TFLite external delegate library (Edge TPU, VX NPU, Arm NN)")
@@ -108,13 +110,13 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2
     g.add_argument("--fallback", choices=("none", "cpu"), default="none", help="what to do if the delegate cannot load")
     g.add_argument("--providers", help="ONNX Runtime execution providers, comma-separated, in order")
     c = p.add_argument_group("for models without an embedded card")
-    c.add_argument("--task", choices=("sr", "denoise", "dejpeg", "enhance"))
-    c.add_argument("--scale", type=_positive_int)
-    c.add_argument("--receptive-field", type=_positive_int)
-    c.add_argument("--layout", choices=("nchw", "nhwc"))
+    c.add_argument("--card-task", choices=("sr", "denoise", "dejpeg", "enhance"))
+    c.add_argument("--card-scale", type=_positive_int)
+    c.add_argument("--card-receptive-field", type=_positive_int, metavar="N")
+    c.add_argument("--card-layout", choices=("nchw", "nhwc"))
 
 
-def build_enhancer(args, *, tiling=None, strength: float = 1.0):
+def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | None = None):
     from .backends import EngineOptions
     from .card import ModelCard
     from .enhancer import Enhancer
@@ -126,13 +128,13 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0):
         providers=tuple(p for p in (args.providers or "").split(",") if p),
     )
     card = None
-    if args.task or args.receptive_field:
-        if not (args.task and args.scale and args.receptive_field):
-            raise ConfigError("a model without a card needs --task, --scale and --receptive-field together")
-        card = ModelCard(name=Path(args.model).stem, task=args.task, scale=args.scale,
-                         receptive_field=args.receptive_field, layout=args.layout or "nchw",
-                         base="nearest" if args.scale > 1 else "identity")
-    return Enhancer(args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
+    if args.card_task or args.card_receptive_field:
+        if not (args.card_task and args.card_scale and args.card_receptive_field):
+            raise ConfigError("a model without a card needs --card-task, --card-scale and --card-receptive-field together")
+        card = ModelCard(name=Path(model or args.model).stem, task=args.card_task, scale=args.card_scale,
+                         receptive_field=args.card_receptive_field, layout=args.card_layout or "nchw",
+                         base="nearest" if args.card_scale > 1 else "identity")
+    return Enhancer(model or args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
                     strength=strength, card=card)
 
 
@@ -183,6 +185,23 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
     return jobs
 
 
+def _build_processor(args, tiling):
+    """A single Enhancer for --model, else the Pipeline for --mode / --scale. Returns it and its name."""
+    if args.model:
+        if args.mode not in (None, "upscale") or args.scale not in (None,):
+            raise ConfigError("--mode / --scale choose bundled models; leave them out when giving --model")
+        enh = build_enhancer(args, tiling=tiling, strength=args.strength)
+        return enh, Path(args.model).name.split(".")[0]
+    from .pipeline import Pipeline
+
+    mode = args.mode or "upscale"
+    scale = args.scale or (1 if mode in ("denoise", "dejpeg") else 2)
+    pipe = Pipeline(mode, scale, strength=args.strength, check=not args.no_check,
+                    make_enhancer=lambda name: build_enhancer(args, tiling=tiling, strength=args.strength, model=name))
+    name = {"upscale": f"sr-x{scale}", "auto": f"auto-x{scale}"}.get(mode, mode if scale == 1 else f"{mode}-x{scale}")
+    return pipe, name
+
+
 def cmd_enhance(args) -> int:
     from . import imageio
     from .tiling import TilingConfig, parse_tile
@@ -191,11 +210,10 @@ def cmd_enhance(args) -> int:
     inputs = _expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise ConfigError("no input images found")
-    model_name = Path(args.model).name.split(".")[0]
-    jobs = plan_outputs(inputs, args.output, args.format, model_name)
+    enhancer, name = _build_processor(args, tiling)
+    jobs = plan_outputs(inputs, args.output, args.format, name)
     if args.output and (len(jobs) > 1 or inputs[0][1] is not None):
         Path(args.output).mkdir(parents=True, exist_ok=True)
-    enhancer = build_enhancer(args, tiling=tiling, strength=args.strength)
     progress = Progress(len(jobs), enabled=not args.json and not args.quiet)
     t_start = time.monotonic()
     interrupted = False
@@ -221,6 +239,9 @@ def cmd_enhance(args) -> int:
             job.status = "ok"
             if enhancer.last_run:
                 job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles}
+            analysis = getattr(enhancer, "last_analysis", None)
+            if analysis:
+                job.extra.update(dataclasses.asdict(analysis))
         except EdgeEnhanceError as e:
             job.status, job.error = "failed", str(e)
         except KeyboardInterrupt:
@@ -347,7 +368,14 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("inputs", nargs="+", help="image files, folders or globs")
     e.add_argument("-o", "--output", help="output file (one input) or folder")
-    add_model_arguments(e)
+    add_model_arguments(e, default=None)
+    e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "auto"),
+                   help="which bundled models run (default upscale); auto estimates noise and JPEG damage, "
+                        "cleans up first, then upscales, and checks the result against the input")
+    e.add_argument("--scale", type=int, choices=(1, 2, 3, 4, 8),
+                   help="upscale factor (default 2; 1 for denoise/dejpeg); 8 chains x4 then x2, and 8x detail is "
+                        "speculative: the model invents what the pixels do not hold")
+    e.add_argument("--no-check", action="store_true", help="auto mode: skip the back-projection quality check")
     e.add_argument("--tile", default="auto", help="auto (from --memory), N or HxW input pixels per tile")
     e.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
     e.add_argument("--strength", type=_strength, default=1.0, help="0 = input, 1 = model, up to 1.5")

@@ -137,7 +137,7 @@ class Enhancer:
         im = Image.fromarray(alpha).resize((alpha.shape[1] * s, alpha.shape[0] * s), Image.BICUBIC)
         return np.asarray(im).astype(alpha.dtype)
 
-    def enhance_photo(self, photo: imageio.Photo, *, out: np.ndarray | None = None,
+    def enhance_photo(self, photo: imageio.Photo, *, src=None, out: np.ndarray | None = None,
                       progress: Progress | None = None) -> imageio.Photo:
         rgb, alpha = photo.rgb, photo.alpha
         if alpha is not None:
@@ -177,32 +177,39 @@ class Enhancer:
 
         return Image.fromarray(imageio.to_grey(photo.rgb), "I;16")
 
-    def enhance_file(self, src, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
-                     dpi_mode: str = "keep-print-size", max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
-                     overwrite: bool = False, progress: Progress | None = None) -> Path:
-        src, dst = Path(src), Path(dst)
-        if dst.exists() and dst.resolve() == src.resolve() and not overwrite:
-            raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
-        if not dst.parent.is_dir():
-            raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
-        if not os.access(dst.parent, os.W_OK):
-            raise OutputError(f"{dst}: output folder {dst.parent} is not writable")
-        imageio.format_for(dst, fmt)  # fail on a bad extension before spending time
-        photo = imageio.load_image(src, max_pixels)
-        out = self._output_buffer(photo, dst)
-        result = self.enhance_photo(photo, out=out, progress=progress)
-        dpi_scale = self.scale if dpi_mode == "keep-print-size" else 1.0
-        return imageio.save_image(result, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
-                                  dpi_scale=dpi_scale)
+    def enhance_file(self, src, dst, **kw) -> Path:
+        return enhance_file(self, src, dst, **kw)
 
-    def _output_buffer(self, photo: imageio.Photo, dst: Path) -> np.ndarray | None:
-        """A memory-mapped output beside dst when the result would not fit comfortably in RAM."""
-        h, w, _ = photo.rgb.shape
-        s = self.scale
-        nbytes = h * s * w * s * 3 * photo.rgb.itemsize
-        ram = _available_ram()
-        if ram is None or nbytes < ram // 2:
-            return None
-        log.info("output of %.0f MB streams into a memory-mapped file (RAM available: %.0f MB)", nbytes / 2**20, ram / 2**20)
-        f = tempfile.TemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", suffix=".mmap")
-        return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, 3))
+
+def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
+                 dpi_mode: str = "keep-print-size", max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
+                 overwrite: bool = False, progress: Progress | None = None) -> Path:
+    """Load, enhance (an Enhancer or a Pipeline), save atomically. Checks the output is writable first."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and dst.resolve() == src.resolve() and not overwrite:
+        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
+    if not dst.parent.is_dir():
+        raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
+    if not os.access(dst.parent, os.W_OK):
+        raise OutputError(f"{dst}: output folder {dst.parent} is not writable")
+    imageio.format_for(dst, fmt)  # fail on a bad extension before spending time
+    photo = imageio.load_image(src, max_pixels)
+    out = _output_buffer(photo, dst, processor.scale)
+    result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
+    dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0
+    return imageio.save_image(result, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
+                              dpi_scale=dpi_scale)
+
+
+def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None:
+    """A memory-mapped output beside dst when the result would not fit comfortably in RAM."""
+    if photo.alpha is not None:
+        return None  # the alpha path rewrites the colour buffer anyway
+    h, w, _ = photo.rgb.shape
+    nbytes = h * s * w * s * 3 * photo.rgb.itemsize
+    ram = _available_ram()
+    if ram is None or nbytes < ram // 2:
+        return None
+    log.info("output of %.0f MB streams into a memory-mapped file (RAM available: %.0f MB)", nbytes / 2**20, ram / 2**20)
+    f = tempfile.TemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", suffix=".mmap")
+    return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, 3))

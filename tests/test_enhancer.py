@@ -89,7 +89,7 @@ def test_pil_image_in_pil_image_out(models):
 def test_missing_card_names_the_fields(tmp_path):
     p = tmp_path / "nocard.onnx"
     residual_sr(p, card={})
-    with pytest.raises(ModelFormatError, match="--receptive-field"):
+    with pytest.raises(ModelFormatError, match="--card-receptive-field"):
         Enhancer(p)
 
 

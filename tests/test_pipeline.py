@@ -1,0 +1,82 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_enhance import imageio
+from edge_enhance.errors import ConfigError
+from edge_enhance.pipeline import (backprojection_psnr, blockiness, estimate_noise_sigma, jpeg_quality_from_tables,
+                                   plan_stages, sr_chain)
+
+
+def smooth(h=192, w=256):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    base = 128 + 60 * np.sin(x / 37.0) * np.cos(y / 29.0)
+    return np.clip(np.stack([base, base * 0.8 + 20, 255 - base], -1), 0, 255)
+
+
+@pytest.mark.parametrize("sigma", [5, 10, 15, 25, 50])
+def test_noise_estimate_within_15_percent(sigma):
+    clean = smooth()
+    noisy = np.clip(np.round(clean + np.random.default_rng(sigma).normal(0, sigma, clean.shape)), 0, 255)
+    est = estimate_noise_sigma(noisy.astype(np.uint8))
+    # clipping at 0 / 255 (as the protocol does) removes some of the noise at sigma 50
+    assert est == pytest.approx(sigma, rel=0.1 if sigma < 50 else 0.2)
+
+
+def test_clean_smooth_image_reads_as_noise_free():
+    assert estimate_noise_sigma(smooth().astype(np.uint8)) < 1.5
+
+
+@pytest.mark.parametrize("q", [10, 20, 30, 50, 75, 90])
+def test_jpeg_quality_from_tables(tmp_path, q):
+    p = tmp_path / "x.jpg"
+    Image.fromarray(smooth().astype(np.uint8)).save(p, quality=q)
+    assert abs(jpeg_quality_from_tables(p) - q) <= 2
+
+
+def test_jpeg_quality_of_png_is_none(tmp_path):
+    p = tmp_path / "x.png"
+    Image.fromarray(smooth().astype(np.uint8)).save(p)
+    assert jpeg_quality_from_tables(p) is None
+
+
+def test_blockiness_rises_as_quality_falls():
+    img = smooth().astype(np.uint8)
+
+    def jpeg(q):
+        b = io.BytesIO()
+        Image.fromarray(img).save(b, "JPEG", quality=q)
+        return np.asarray(Image.open(b))
+
+    b10, b50, b95, clean = blockiness(jpeg(10)), blockiness(jpeg(50)), blockiness(jpeg(95)), blockiness(img)
+    assert b10 > b50 > b95 and b10 > 1.25 and abs(clean - 1) < 0.1
+
+
+def test_backprojection_of_a_faithful_upscale_is_high():
+    img = smooth(64, 64).astype(np.uint8)
+    up = np.asarray(Image.fromarray(img).resize((128, 128), Image.BICUBIC))
+    assert backprojection_psnr(img, up) > 35
+    assert backprojection_psnr(img, np.zeros_like(up)) < 15
+
+
+def test_auto_plan_picks_cleanup_then_upscale(tmp_path):
+    clean = smooth()
+    noisy = np.clip(np.round(clean + np.random.default_rng(0).normal(0, 20, clean.shape)), 0, 255).astype(np.uint8)
+    stages, an = plan_stages("auto", 2, imageio.Photo(noisy))
+    assert stages == ["denoise", "sr-x2"] and an.noise_sigma > 5
+    p = tmp_path / "q.jpg"
+    Image.fromarray(clean.astype(np.uint8)).save(p, quality=20)
+    stages, an = plan_stages("auto", 4, imageio.load_image(p), p)
+    assert stages == ["dejpeg", "sr-x4"] and an.jpeg_quality == 20
+    stages, _ = plan_stages("auto", 2, imageio.Photo(clean.astype(np.uint8)))
+    assert stages == ["sr-x2"]
+
+
+def test_scale_chains():
+    assert sr_chain(8) == ["sr-x4", "sr-x2"] and sr_chain(3) == ["sr-x3"]
+    with pytest.raises(ConfigError):
+        sr_chain(5)
+    assert plan_stages("denoise", 1)[0] == ["denoise"]
+    assert plan_stages("dejpeg", 2)[0] == ["dejpeg", "sr-x2"]
