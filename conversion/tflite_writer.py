@@ -449,17 +449,21 @@ class _Emitter:
         out_shape = self.shape(out_name)
         if any(d is None for d in out_shape[1:3]):
             raise ConfigError(f"{name}: TRANSPOSE_CONV needs a fixed spatial size; convert with a fixed tile")
-        o, kh, kw, _ = w.shape
-        in_h, in_w = self.shape(x)[1:3]
         pt, pl = pads[0], pads[1]
         if pt == 0 and pl == 0:
             mode = VALID
         else:
-            mode = SAME
-            for d_out, s, k, p in ((out_shape[1], strides[0], kh, pt), (out_shape[2], strides[1], kw, pl)):
-                total = max((-(-d_out // s) - 1) * s + k - d_out, 0)
-                if total // 2 != p:
+            # TFLite derives SAME padding from the output size; zero rows/columns appended to the
+            # kernel move its split until the top/left pad equals ONNX's (zeros add nothing).
+            mode, extra = SAME, []
+            for ax, (d_out, s, p) in enumerate(((out_shape[1], strides[0], pt), (out_shape[2], strides[1], pl))):
+                k = w.shape[1 + ax]
+                e = next((e for e in range(2 * (k + s) + 2)
+                          if max((-(-d_out // s) - 1) * s + k + e - d_out, 0) // 2 == p), None)
+                if e is None:
                     raise UnsupportedOpError(f"{name}: ConvTranspose pads {pads} have no TFLite SAME/VALID form")
+                extra.append(e)
+            w = np.pad(w, ((0, 0), (0, extra[0]), (0, extra[1]), (0, 0)))
         os_ = self.fb.tensor(name + "_output_shape", (4,), T_INT32, [1 if d is None else d for d in out_shape])
         wi, wq = self.weight(wname, w, 0)
         bi = self.bias(bname, b, x, wq) if self.int8 else self.float_const(bname, b)
