@@ -59,3 +59,55 @@ def run_tflite(path, x_nhwc: np.ndarray, *, details=False):
 
 def rand(rng, *shape, lo=-1.0, hi=1.0):
     return rng.uniform(lo, hi, shape).astype(np.float32)
+
+
+def residual_sr_model(rng, *, scale=2, feat=12, opset=13, in_shape=(1, 3, "H", "W"), card=None):
+    """The bundled models' shape: conv-relu x3 + concat-repeat skip + DepthToSpace + Clip(0, 1).
+
+    Weights are random (a test fixture, not a model): small enough that the residual stays near
+    the nearest-upsampled input, so the output range resembles a real SR net's.
+    """
+    r2 = scale * scale
+    w = lambda o, i: rand(rng, o, i, 3, 3, lo=-0.3, hi=0.3)
+    inits = {"w1": w(feat, 3), "b1": rand(rng, feat, lo=-0.1, hi=0.1), "w2": w(feat, feat),
+             "b2": rand(rng, feat, lo=-0.1, hi=0.1), "w3": rand(rng, 3 * r2, feat, 3, 3, lo=-0.05, hi=0.05),
+             "b3": rand(rng, 3 * r2, lo=-0.02, hi=0.02), "lo": np.float32(0), "hi": np.float32(1)}
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        h.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        h.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+        h.make_node("Concat", ["x"] * r2, ["rep"], axis=1, name="repeat"),
+        h.make_node("Add", ["c3", "rep"], ["s"], name="residual"),
+        h.make_node("DepthToSpace", ["s"], ["d"], blocksize=scale, mode="DCR", name="pixel_shuffle"),
+        h.make_node("Clip", ["d", "lo", "hi"], ["y"], name="clamp"),
+    ]
+    meta = {}
+    if card is not None:
+        from edge_enhance.card import CARD_KEY
+
+        meta[CARD_KEY] = card.to_json()
+    return make_model(nodes, inits, list(in_shape), opset=opset, metadata=meta)
+
+
+def minmax_calibrate(graph, images_nhwc):
+    """Hand-rolled min/max calibration on the IR executor (the quantisation issue does this properly)."""
+    from conversion import executor
+    from conversion.tflite_writer import affine_from_range, symmetric_per_channel
+
+    lo, hi = {}, {}
+
+    def observe(name, v):
+        lo[name] = min(lo.get(name, np.inf), float(v.min()))
+        hi[name] = max(hi.get(name, -np.inf), float(v.max()))
+
+    for x in images_nhwc:
+        executor.run(graph, {graph.inputs[0]: x}, observer=observe)
+    for name in lo:
+        graph.tensors[name].quant = affine_from_range(lo[name], hi[name])
+    for n in graph.nodes:
+        if n.op in ("Conv", "ConvTranspose"):
+            t = graph.tensors[n.inputs[1]]
+            t.quant = symmetric_per_channel(t.data, 0)
+    return graph
