@@ -1,0 +1,836 @@
+"""ONNX (NCHW, opset 11..newest) -> IR (NHWC), with the graph clean-ups mobile delegates need.
+
+Order: load and check -> shape inference -> Identity/Dropout removal -> constant folding of
+initializer-only subgraphs (and of ``Shape`` on static tensors) -> PixelShuffle / Tile / BN
+patterns -> one pass listing every unsupported node -> lowering (weights re-laid out to OHWI,
+constants to NHWC, no Transpose left) -> IR passes (CRD channel permutations folded into the
+producing conv, activation fusion).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_enhance.card import CARD_KEY
+
+from .errors import ModelFormatError, UnsupportedOpError
+from .ir import FUSABLE, Graph
+
+log = logging.getLogger(__name__)
+MIN_OPSET = 11
+
+
+@dataclass
+class ONode:
+    op: str
+    name: str
+    inputs: list
+    outputs: list
+    attrs: dict = field(default_factory=dict)
+    domain: str = ""
+
+
+# --------------------------------------------------------------------------- registry
+LOWERINGS: dict = {}
+
+
+def register(op_type: str):
+    def deco(cls):
+        if op_type in LOWERINGS:
+            raise ValueError(f"ONNX lowering for {op_type} registered twice")
+        LOWERINGS[op_type] = cls()
+        return cls
+    return deco
+
+
+class Lowering:
+    def check(self, n: ONode, ctx: "Ctx") -> str | None:
+        """Why this node cannot be lowered, or None."""
+        return None
+
+    def lower(self, n: ONode, ctx: "Ctx") -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- context
+class Ctx:
+    def __init__(self, consts: dict, shapes: dict, graph: Graph):
+        self.consts = consts  # ONNX name -> np.ndarray (NCHW world)
+        self.shapes = shapes  # ONNX name -> tuple (None for unknown dims)
+        self.g = graph
+        self.names: dict = {}  # ONNX activation name -> IR tensor name
+
+    def is_const(self, name):
+        return name in self.consts
+
+    def const(self, name):
+        return self.consts[name]
+
+    def act(self, name):
+        if name not in self.names:
+            raise ModelFormatError(f"tensor {name!r} is used before any node produces it")
+        return self.names[name]
+
+    def nhwc_const(self, name_or_arr, hint="const"):
+        """A constant that broadcasts against NCHW activations, re-laid out for NHWC."""
+        arr = self.consts[name_or_arr] if isinstance(name_or_arr, str) else name_or_arr
+        arr = np.asarray(arr, dtype=np.float32)
+        if arr.ndim == 0 or arr.size == 1:
+            return self.g.add_const(hint, arr.reshape(1))
+        if arr.ndim > 4:
+            raise ModelFormatError(f"constant {hint} has rank {arr.ndim}; only up to 4 broadcasts over NCHW")
+        arr = arr.reshape((1,) * (4 - arr.ndim) + arr.shape).transpose(0, 2, 3, 1)
+        return self.g.add_const(hint, np.ascontiguousarray(arr))
+
+    def out(self, n: ONode, op: str, inputs, **attrs):
+        self.names[n.outputs[0]] = self.g.add_node(op, inputs, name=n.name, output=_clean(n.outputs[0]), **attrs)
+        return self.names[n.outputs[0]]
+
+
+def _clean(name: str) -> str:
+    return name or "t"
+
+
+def _attr(n, key, default=None):
+    return n.attrs.get(key, default)
+
+
+def _opt(n, i):
+    return n.inputs[i] if len(n.inputs) > i and n.inputs[i] else None
+
+
+def _is_act(ctx, name):
+    return name is not None and not ctx.is_const(name)
+
+
+# --------------------------------------------------------------------------- lowerings
+def _conv_pads(n, ctx, kshape, strides, dilations):
+    auto = _attr(n, "auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("NOTSET", "VALID"):
+        p = list(_attr(n, "pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        return (p[0], p[1], p[2], p[3])
+    ins = ctx.shapes.get(n.inputs[0]) or (None,) * 4
+    out = []
+    for ax in range(2):
+        k_eff = (kshape[ax] - 1) * dilations[ax] + 1
+        if strides[ax] == 1:
+            total = k_eff - 1
+        elif ins[2 + ax] is None:
+            raise ModelFormatError(f"{n.name}: auto_pad {auto} with stride {strides[ax]} needs a static input size")
+        else:
+            d = ins[2 + ax]
+            total = max((-(-d // strides[ax]) - 1) * strides[ax] + k_eff - d, 0)
+        lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+        out.append((lo, total - lo))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+@register("Conv")
+class ConvL(Lowering):
+    def check(self, n, ctx):
+        if not ctx.is_const(n.inputs[1]) or (_opt(n, 2) and not ctx.is_const(n.inputs[2])):
+            return "weights are not constant"
+        if ctx.const(n.inputs[1]).ndim != 4:
+            return "only 2-D convolutions are supported"
+
+    def lower(self, n, ctx):
+        w = ctx.const(n.inputs[1]).astype(np.float32)
+        o = w.shape[0]
+        b = ctx.const(n.inputs[2]).astype(np.float32) if _opt(n, 2) else np.zeros(o, np.float32)
+        strides = tuple(_attr(n, "strides", [1, 1]))
+        dil = tuple(_attr(n, "dilations", [1, 1]))
+        pads = _conv_pads(n, ctx, w.shape[2:], strides, dil)
+        wi = ctx.g.add_const(n.name + "_w", np.ascontiguousarray(w.transpose(0, 2, 3, 1)))
+        bi = ctx.g.add_const(n.name + "_b", b)
+        ctx.out(n, "Conv", [ctx.act(n.inputs[0]), wi, bi], strides=strides, dilations=dil, pads=pads,
+                group=int(_attr(n, "group", 1)))
+
+
+@register("ConvTranspose")
+class ConvTransposeL(Lowering):
+    def check(self, n, ctx):
+        if not ctx.is_const(n.inputs[1]) or (_opt(n, 2) and not ctx.is_const(n.inputs[2])):
+            return "weights are not constant"
+        if ctx.const(n.inputs[1]).ndim != 4:
+            return "only 2-D transposed convolutions are supported"
+        if _attr(n, "group", 1) != 1:
+            return "grouped ConvTranspose is not supported"
+        if any(d != 1 for d in _attr(n, "dilations", [1, 1])):
+            return "dilated ConvTranspose is not supported"
+        if _attr(n, "output_shape") is not None:
+            return "explicit output_shape is not supported (export with pads)"
+        auto = _attr(n, "auto_pad", "NOTSET")
+        if auto not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+            return f"auto_pad {auto} is not supported"
+
+    def lower(self, n, ctx):
+        w = ctx.const(n.inputs[1]).astype(np.float32)  # [C_in, C_out, kh, kw]
+        o = w.shape[1]
+        b = ctx.const(n.inputs[2]).astype(np.float32) if _opt(n, 2) else np.zeros(o, np.float32)
+        p = list(_attr(n, "pads", [0, 0, 0, 0]))
+        if _attr(n, "auto_pad", "NOTSET") in ("VALID", b"VALID"):
+            p = [0, 0, 0, 0]
+        wi = ctx.g.add_const(n.name + "_w", np.ascontiguousarray(w.transpose(1, 2, 3, 0)))
+        bi = ctx.g.add_const(n.name + "_b", b)
+        ctx.out(n, "ConvTranspose", [ctx.act(n.inputs[0]), wi, bi], strides=tuple(_attr(n, "strides", [1, 1])),
+                pads=tuple(p), output_padding=tuple(_attr(n, "output_padding", [0, 0])))
+
+
+class _Binary(Lowering):
+    ir_op = ""
+
+    def check(self, n, ctx):
+        if len(n.inputs) != 2:
+            return f"{len(n.inputs)} inputs (2 supported)"
+        if ctx.is_const(n.inputs[0]) and ctx.is_const(n.inputs[1]):
+            return "both inputs constant (should have been folded)"
+
+    def operand(self, ctx, n, i, transform=None):
+        name = n.inputs[i]
+        if ctx.is_const(name):
+            arr = ctx.const(name).astype(np.float32)
+            return ctx.nhwc_const(transform(arr) if transform else arr, n.name + "_k")
+        return ctx.act(name)
+
+    def lower(self, n, ctx):
+        ctx.out(n, self.ir_op, [self.operand(ctx, n, 0), self.operand(ctx, n, 1)])
+
+
+@register("Add")
+class AddL(_Binary):
+    ir_op = "Add"
+
+
+@register("Mul")
+class MulL(_Binary):
+    ir_op = "Mul"
+
+
+@register("Sub")
+class SubL(_Binary):
+    def check(self, n, ctx):
+        return super().check(n, ctx) or (None if ctx.is_const(n.inputs[1]) else "only x - constant is supported")
+
+    def lower(self, n, ctx):
+        ctx.out(n, "Add", [self.operand(ctx, n, 0), self.operand(ctx, n, 1, np.negative)])
+
+
+@register("Div")
+class DivL(_Binary):
+    def check(self, n, ctx):
+        return super().check(n, ctx) or (None if ctx.is_const(n.inputs[1]) else "only x / constant is supported")
+
+    def lower(self, n, ctx):
+        ctx.out(n, "Mul", [self.operand(ctx, n, 0), self.operand(ctx, n, 1, lambda a: 1.0 / a)])
+
+
+class _MinMax(_Binary):
+    def check(self, n, ctx):
+        return None if len(n.inputs) >= 1 else "no inputs"
+
+    def lower(self, n, ctx):
+        if len(n.inputs) == 1:
+            ctx.names[n.outputs[0]] = ctx.act(n.inputs[0])
+            return
+        cur = self.operand(ctx, n, 0)
+        for i in range(1, len(n.inputs)):
+            last = i == len(n.inputs) - 1
+            out = ctx.g.add_node(self.ir_op, [cur, self.operand(ctx, n, i)], name=n.name if last else None,
+                                 output=_clean(n.outputs[0]) if last else None)
+            cur = out
+        ctx.names[n.outputs[0]] = cur
+
+
+@register("Min")
+class MinL(_MinMax):
+    ir_op = "Minimum"
+
+
+@register("Max")
+class MaxL(_MinMax):
+    ir_op = "Maximum"
+
+
+@register("Concat")
+class ConcatL(Lowering):
+    def check(self, n, ctx):
+        if any(ctx.is_const(i) for i in n.inputs):
+            return "constant Concat inputs are not supported"
+        rank = len(ctx.shapes.get(n.inputs[0]) or (0,) * 4)
+        if rank != 4:
+            return f"rank-{rank} Concat is not supported"
+
+    def lower(self, n, ctx):
+        axis = [0, 3, 1, 2][int(_attr(n, "axis")) % 4]
+        ctx.out(n, "Concat", [ctx.act(i) for i in n.inputs], axis=axis)
+
+
+@register("Tile")
+class TileL(Lowering):
+    """x.repeat(1, k, 1, 1): a Concat of k copies (the nearest-upsample skip path)."""
+
+    def check(self, n, ctx):
+        if not ctx.is_const(n.inputs[1]):
+            return "repeats are not constant"
+        r = [int(v) for v in ctx.const(n.inputs[1])]
+        if len(r) != 4 or r[0] != 1 or r[2] != 1 or r[3] != 1:
+            return f"only channel repeats [1, k, 1, 1] are supported, got {r}"
+
+    def lower(self, n, ctx):
+        k = int(ctx.const(n.inputs[1])[1])
+        x = ctx.act(n.inputs[0])
+        if k == 1:
+            ctx.names[n.outputs[0]] = x
+        else:
+            ctx.out(n, "Concat", [x] * k, axis=3)
+
+
+@register("Relu")
+class ReluL(Lowering):
+    def lower(self, n, ctx):
+        ctx.out(n, "Relu", [ctx.act(n.inputs[0])])
+
+
+@register("Sigmoid")
+class SigmoidL(Lowering):
+    def lower(self, n, ctx):
+        ctx.out(n, "Sigmoid", [ctx.act(n.inputs[0])])
+
+
+@register("LeakyRelu")
+class LeakyReluL(Lowering):
+    def lower(self, n, ctx):
+        ctx.out(n, "LeakyRelu", [ctx.act(n.inputs[0])], alpha=float(_attr(n, "alpha", 0.01)))
+
+
+@register("PRelu")
+class PReluL(Lowering):
+    def check(self, n, ctx):
+        if not ctx.is_const(n.inputs[1]):
+            return "slope is not constant"
+
+    def lower(self, n, ctx):
+        ctx.out(n, "PRelu", [ctx.act(n.inputs[0]), ctx.nhwc_const(n.inputs[1], n.name + "_slope")])
+
+
+@register("Clip")
+class ClipL(Lowering):
+    def check(self, n, ctx):
+        for i in (1, 2):
+            if _opt(n, i) and not ctx.is_const(n.inputs[i]):
+                return "bounds are not constant"
+
+    def lower(self, n, ctx):
+        lo, hi = _attr(n, "min"), _attr(n, "max")  # opset < 11 attributes
+        if _opt(n, 1):
+            lo = float(ctx.const(n.inputs[1]))
+        if _opt(n, 2):
+            hi = float(ctx.const(n.inputs[2]))
+        ctx.out(n, "Clip", [ctx.act(n.inputs[0])], min=None if lo is None else float(lo),
+                max=None if hi is None else float(hi))
+
+
+@register("BatchNormalization")
+class BatchNormL(Lowering):
+    def check(self, n, ctx):
+        if not all(ctx.is_const(i) for i in n.inputs[1:5]):
+            return "statistics are not constant"
+
+    def lower(self, n, ctx):
+        s, b = _bn_affine(n, ctx.consts)
+        y = ctx.g.add_node("Mul", [ctx.act(n.inputs[0]), ctx.nhwc_const(s.reshape(-1, 1, 1), n.name + "_s")])
+        ctx.out(n, "Add", [y, ctx.nhwc_const(b.reshape(-1, 1, 1), n.name + "_b")])
+
+
+def _bn_affine(n, consts):
+    gamma, beta, mean, var = (consts[i].astype(np.float64) for i in n.inputs[1:5])
+    s = gamma / np.sqrt(var + float(_attr(n, "epsilon", 1e-5)))
+    return s.astype(np.float32), (beta - mean * s).astype(np.float32)
+
+
+@register("DepthToSpace")
+class DepthToSpaceL(Lowering):
+    def lower(self, n, ctx):
+        r = int(_attr(n, "blocksize"))
+        x = ctx.act(n.inputs[0])
+        mode = _attr(n, "mode", "DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode == "CRD":
+            # CRD reads channel c*r*r + q where DCR reads q*C + c: permute with an exact 1x1 conv,
+            # which the IR pass then folds into the producing conv.
+            c_in = ctx.g.tensors[x].shape[3]
+            x = _permute_conv(ctx.g, x, _crd_to_dcr(c_in, r), n.name + "_crd")
+        ctx.out(n, "DepthToSpace", [x], block_size=r)
+
+
+def _crd_to_dcr(c_in, r):
+    c = c_in // (r * r)
+    return np.array([cc * r * r + q for q in range(r * r) for cc in range(c)])
+
+
+def _permute_conv(g, x, perm, name):
+    c = len(perm)
+    w = np.zeros((c, 1, 1, c), np.float32)
+    w[np.arange(c), 0, 0, perm] = 1.0
+    return g.add_node("Conv", [x, g.add_const(name + "_w", w), g.add_const(name + "_b", np.zeros(c, np.float32))],
+                      name=name, permutation=True)
+
+
+def _onnx_nearest_index(o, i, scale, ctm, nmode):
+    x = np.arange(o, dtype=np.float64)
+    if ctm == "asymmetric":
+        v = x / scale
+    elif ctm in ("half_pixel", "pytorch_half_pixel"):
+        v = (x + 0.5) / scale - 0.5
+    elif ctm == "align_corners":
+        v = x * (i - 1) / (o - 1) if o > 1 else 0 * x
+    elif ctm == "tf_half_pixel_for_nn":
+        v = (x + 0.5) / scale
+    else:
+        return None
+    if nmode == "floor":
+        r = np.floor(v)
+    elif nmode == "ceil":
+        r = np.ceil(v)
+    elif nmode == "round_prefer_ceil":
+        r = np.floor(v + 0.5)
+    else:
+        r = np.ceil(v - 0.5)
+    return np.clip(r, 0, i - 1).astype(np.int64)
+
+
+def _tflite_nearest_index(o, i, ac, hp):
+    scale = (i - 1) / (o - 1) if ac and o > 1 else i / o
+    x = np.arange(o, dtype=np.float64)
+    r = np.round(x * scale) if ac else np.floor((x + (0.5 if hp else 0.0)) * scale)
+    return np.clip(r, 0, i - 1).astype(np.int64)
+
+
+@register("Resize")
+class ResizeL(Lowering):
+    def _params(self, n, ctx):
+        s = lambda k, d: (lambda v: v.decode() if isinstance(v, bytes) else v)(_attr(n, k, d))
+        mode, ctm = s("mode", "nearest"), s("coordinate_transformation_mode", "half_pixel")
+        nmode = s("nearest_mode", "round_prefer_floor")
+        if n.op == "Upsample":
+            ctm, nmode, scales_name, sizes_name = "asymmetric", "floor", _opt(n, 1), None
+        else:
+            scales_name, sizes_name = _opt(n, 2), _opt(n, 3)
+        return mode, ctm, nmode, scales_name, sizes_name
+
+    def _scales(self, n, ctx):
+        mode, ctm, nmode, sc, sz = self._params(n, ctx)
+        ins = ctx.shapes.get(n.inputs[0]) or (None,) * 4
+        if sc and ctx.is_const(sc) and ctx.const(sc).size:
+            v = [float(t) for t in ctx.const(sc)]
+            if len(v) != 4 or v[0] != 1 or v[1] != 1:
+                return None, f"scales {v} resize batch or channels"
+            return (v[2], v[3]), None
+        if sz and ctx.is_const(sz):
+            v = [int(t) for t in ctx.const(sz)]
+            if len(v) != 4 or (ins[0] not in (None, v[0])) or (ins[1] not in (None, v[1])):
+                return None, f"sizes {v} resize batch or channels"
+            if ins[2] is None or ins[3] is None:
+                return None, "sizes with an unknown input size"
+            return (v[2] / ins[2], v[3] / ins[3]), None
+        return None, "scales / sizes are not constant"
+
+    def check(self, n, ctx):
+        mode, ctm, nmode, _, _ = self._params(n, ctx)
+        if _attr(n, "antialias", 0):
+            return "antialias is not supported"
+        if _attr(n, "axes") is not None and list(_attr(n, "axes")) not in ([2, 3], [-2, -1]):
+            return f"axes {_attr(n, 'axes')} are not supported"
+        if mode not in ("nearest", "linear"):
+            return f"mode {mode} is not supported (nearest, linear)"
+        scales, why = self._scales(n, ctx)
+        if why:
+            return why
+        if mode == "linear" and ctm not in ("asymmetric", "align_corners", "half_pixel", "pytorch_half_pixel"):
+            return f"linear resize with coordinate_transformation_mode {ctm} is not supported"
+        if mode == "nearest" and self._nearest_flags(ctx, n, scales, ctm, nmode) is None:
+            return f"nearest resize with {ctm}/{nmode} at scale {scales} has no TFLite equivalent"
+
+    def _nearest_flags(self, ctx, n, scales, ctm, nmode):
+        ins = ctx.shapes.get(n.inputs[0]) or (None,) * 4
+        for ac, hp in ((False, False), (False, True), (True, False)):
+            ok = True
+            for ax in range(2):
+                sizes = [ins[2 + ax]] if ins[2 + ax] else range(1, 24)
+                for i in sizes:
+                    o = int(np.floor(i * scales[ax] + 1e-9))
+                    ref = _onnx_nearest_index(o, i, scales[ax], ctm, nmode)
+                    if o < 1 or ref is None or not np.array_equal(ref, _tflite_nearest_index(o, i, ac, hp)):
+                        ok = False
+            if ok:
+                return ac, hp
+        return None
+
+    def lower(self, n, ctx):
+        mode, ctm, nmode, _, _ = self._params(n, ctx)
+        scales, _ = self._scales(n, ctx)
+        if mode == "nearest":
+            ac, hp = self._nearest_flags(ctx, n, scales, ctm, nmode)
+        else:
+            ac, hp = ctm == "align_corners", ctm in ("half_pixel", "pytorch_half_pixel")
+        ctx.out(n, "Resize", [ctx.act(n.inputs[0])], mode="nearest" if mode == "nearest" else "bilinear",
+                scales=scales, align_corners=ac, half_pixel_centers=hp)
+
+
+@register("Upsample")
+class UpsampleL(ResizeL):
+    pass
+
+
+# --------------------------------------------------------------------------- loading
+def _load(path_or_model):
+    import onnx
+
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model, getattr(path_or_model.graph, "name", "") or "<model>"
+    path = Path(path_or_model)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf raises several unrelated types on garbage
+        raise ModelFormatError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not model.graph.node and not model.graph.input:
+        raise ModelFormatError(f"{path}: not an ONNX model (empty graph)")
+    return model, str(path)
+
+
+def _opset(model, src):
+    import onnx
+
+    ver = None
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            ver = imp.version
+    if ver is None:
+        raise ModelFormatError(f"{src}: the model imports no default-domain (ai.onnx) opset")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= ver <= newest:
+        raise ModelFormatError(f"{src}: opset {ver} is outside the supported {MIN_OPSET}..{newest}")
+    return ver
+
+
+def _dims(vi):
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
+
+
+def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
+    """Import an ONNX model. ``input_shape`` (N, C, H, W) fixes symbolic input dims first.
+
+    >>> import onnx, onnx.helper as h
+    >>> m = h.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g",
+    ...     [h.make_tensor_value_info("x", 1, [1, 3, 4, 5])], [h.make_tensor_value_info("y", 1, [1, 3, 4, 5])]),
+    ...     opset_imports=[h.make_opsetid("", 13)])
+    >>> g = from_onnx(m); g.tensors[g.inputs[0]].shape, [n.op for n in g.nodes]
+    ((1, 4, 5, 3), ['Relu'])
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model, src = _load(path_or_model)
+    _opset(model, src)
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # never mutate the caller's proto
+    init_names = {i.name for i in model.graph.initializer}
+    real_inputs = [i for i in model.graph.input if i.name not in init_names]
+    if input_shape is not None:
+        for vi in real_inputs:
+            for d, v in zip(vi.type.tensor_type.shape.dim, input_shape):
+                d.Clear()
+                d.dim_value = int(v)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ModelFormatError(f"{src}: invalid ONNX model: {str(e).splitlines()[0]}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:
+        raise ModelFormatError(f"{src}: ONNX shape inference failed: {e}") from None
+    gp = inferred.graph
+    shapes = {}
+    for vi in list(gp.value_info) + list(gp.input) + list(gp.output):
+        d = _dims(vi)
+        if d is not None:
+            shapes[vi.name] = d
+    consts = {i.name: numpy_helper.to_array(i) for i in gp.initializer}
+    nodes = []
+    for k, nd in enumerate(gp.node):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
+        nodes.append(ONode(nd.op_type, nd.name or f"{nd.op_type}_{k}", list(nd.input), list(nd.output), attrs, nd.domain))
+    outputs = [o.name for o in gp.output]
+
+    nodes = _remove_identities(nodes, outputs)
+    nodes = _fold_constants(nodes, consts, shapes, outputs)
+    nodes = _match_pixel_shuffle(nodes, consts, outputs)
+    nodes = _fold_conv_bn(nodes, consts, outputs)
+
+    unsupported = []
+    for n in nodes:
+        if n.domain not in ("", "ai.onnx"):
+            unsupported.append(f"{n.name} ({n.domain}::{n.op})")
+            continue
+        low = LOWERINGS.get(n.op)
+        if low is None:
+            unsupported.append(f"{n.name} ({n.op})")
+            continue
+        why = low.check(n, Ctx(consts, shapes, Graph()))
+        if why:
+            unsupported.append(f"{n.name} ({n.op}: {why})")
+    if unsupported:
+        raise UnsupportedOpError(f"{src}: {len(unsupported)} unsupported node(s): " + "; ".join(unsupported))
+
+    g = Graph(name=gp.name or "graph")
+    g.metadata = {p.key: p.value for p in model.metadata_props}
+    ctx = Ctx(consts, shapes, g)
+    for vi in real_inputs:
+        d = shapes.get(vi.name)
+        if d is None or len(d) != 4 or vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ModelFormatError(f"{src}: input {vi.name!r} must be a float32 NCHW image tensor, got shape {d}")
+        ctx.names[vi.name] = g.add_input(_clean(vi.name), (d[0], d[2], d[3], d[1]))
+    try:
+        for n in nodes:
+            LOWERINGS[n.op].lower(n, ctx)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{src}: {e}") from None
+    except Exception as e:
+        raise ModelFormatError(f"{src}: cannot lower the graph: {e}") from None
+    for o in outputs:
+        if o in consts or o not in ctx.names:
+            raise ModelFormatError(f"{src}: output {o!r} is not computed from the input")
+        g.mark_output(ctx.names[o])
+    optimize(g)
+    if CARD_KEY not in g.metadata:
+        log.info("%s carries no %s metadata", src, CARD_KEY)
+    return g
+
+
+# --------------------------------------------------------------------------- ONNX-level passes
+def _rename_uses(nodes, old, new):
+    for n in nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+
+
+def _remove_identities(nodes, outputs):
+    keep = []
+    for n in nodes:
+        if n.op in ("Identity", "Dropout") and n.domain in ("", "ai.onnx"):
+            src, dst = n.inputs[0], n.outputs[0]
+            if dst in outputs:  # keep the graph's output name: rename the producer instead
+                for m in keep:
+                    m.outputs = [dst if o == src else o for o in m.outputs]
+                _rename_uses(keep, src, dst)
+                _rename_uses(nodes, src, dst)
+            else:
+                _rename_uses(nodes, dst, src)
+            continue
+        keep.append(n)
+    return keep
+
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _fold_constants(nodes, consts, shapes, outputs):
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    keep = []
+    for n in nodes:
+        if n.op == "Constant" and n.domain in ("", "ai.onnx"):
+            (k, v), = n.attrs.items()
+            if k == "value":
+                consts[n.outputs[0]] = numpy_helper.to_array(v)
+            elif k in ("value_float", "value_int"):
+                consts[n.outputs[0]] = np.array(v, np.float32 if k == "value_float" else np.int64)
+            elif k in ("value_floats", "value_ints"):
+                consts[n.outputs[0]] = np.array(v, np.float32 if k == "value_floats" else np.int64)
+            else:
+                keep.append(n)
+            continue
+        if n.op == "Shape" and n.domain in ("", "ai.onnx"):
+            d = shapes.get(n.inputs[0])
+            if d is not None and all(v is not None for v in d):
+                s = np.array(d, np.int64)[n.attrs.get("start", 0): n.attrs.get("end", len(d))]
+                consts[n.outputs[0]] = s
+                continue
+        ins = [i for i in n.inputs if i]
+        if ins and all(i in consts for i in ins) and n.op not in _NONDETERMINISTIC and not (set(n.outputs) & set(outputs)):
+            try:
+                node = helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain or None, **n.attrs)
+                res = ReferenceEvaluator(node).run(None, {i: consts[i] for i in ins})
+            except Exception as e:  # leave it for the unsupported-op report
+                log.debug("cannot fold %s: %s", n.name, e)
+                keep.append(n)
+                continue
+            for o, v in zip(n.outputs, res):
+                consts[o] = np.asarray(v)
+            continue
+        keep.append(n)
+    return keep
+
+
+def _single_consumer(nodes, name, outputs):
+    users = [n for n in nodes if name in n.inputs]
+    return users[0] if len(users) == 1 and name not in outputs else None
+
+
+def _match_pixel_shuffle(nodes, consts, outputs):
+    """Reshape -> Transpose -> Reshape (PyTorch pixel_shuffle, CRD; or DCR) -> DepthToSpace."""
+    out = list(nodes)
+    for r1 in list(nodes):
+        if r1.op != "Reshape" or r1 not in out or r1.inputs[1] not in consts:
+            continue
+        shp = [int(v) for v in consts[r1.inputs[1]]]
+        tr = _single_consumer(out, r1.outputs[0], outputs)
+        if len(shp) != 6 or tr is None or tr.op != "Transpose":
+            continue
+        r2 = _single_consumer(out, tr.outputs[0], outputs)
+        if r2 is None or r2.op != "Reshape":
+            continue
+        perm = list(tr.attrs.get("perm", []))
+        if perm == [0, 1, 4, 2, 5, 3] and shp[2] == shp[3] and shp[2] > 0:
+            mode, r = "CRD", shp[2]
+        elif perm == [0, 3, 4, 1, 5, 2] and shp[1] == shp[2] and shp[1] > 0:
+            mode, r = "DCR", shp[1]
+        else:
+            continue
+        d2s = ONode("DepthToSpace", r2.name, [r1.inputs[0]], list(r2.outputs), {"blocksize": r, "mode": mode})
+        i = out.index(r1)
+        for m in (r1, tr, r2):
+            out.remove(m)
+        out.insert(i, d2s)
+    return out
+
+
+def _fold_conv_bn(nodes, consts, outputs):
+    out = list(nodes)
+    for bn in list(nodes):
+        if bn.op != "BatchNormalization" or len(bn.outputs) > 1 and any(bn.outputs[1:]):
+            continue
+        if not all(i in consts for i in bn.inputs[1:5]):
+            continue
+        conv = next((n for n in out if bn.inputs[0] in n.outputs), None)
+        if conv is None or conv.op != "Conv" or _single_consumer(out, conv.outputs[0], outputs) is not bn:
+            continue
+        if conv.inputs[1] not in consts or (_opt(conv, 2) and conv.inputs[2] not in consts):
+            continue
+        s, b = _bn_affine(bn, consts)
+        w = consts[conv.inputs[1]].astype(np.float32)
+        cb = consts[conv.inputs[2]].astype(np.float32) if _opt(conv, 2) else np.zeros(w.shape[0], np.float32)
+        wn, bn_name = conv.name + "::bn_w", conv.name + "::bn_b"
+        consts[wn] = w * s.reshape(-1, 1, 1, 1)
+        consts[bn_name] = cb * s + b
+        conv.inputs = [conv.inputs[0], wn, bn_name]
+        conv.outputs = [bn.outputs[0]]
+        out.remove(bn)
+    return out
+
+
+# --------------------------------------------------------------------------- IR passes
+def optimize(g: Graph) -> None:
+    """Fold channel-permutation convs into producers, then fuse activations into Conv/Add/Mul."""
+    _fold_permutations(g)
+    _fuse_activations(g)
+    g.prune()
+
+
+def _fold_permutations(g: Graph) -> None:
+    for node in [n for n in g.nodes if n.attrs.get("permutation")]:
+        w = g.tensors[node.inputs[1]].data
+        perm = np.argmax(w[:, 0, 0, :], axis=1)
+        src = node.inputs[0]
+        if _can_permute(g, src, perm):
+            _apply_permute(g, src, perm)
+            for m in g.nodes:
+                m.inputs = [src if i == node.outputs[0] else i for i in m.inputs]
+            g.outputs = [src if o == node.outputs[0] else o for o in g.outputs]
+            g.nodes.remove(node)
+        else:
+            del node.attrs["permutation"]
+
+
+def _sole_use(g, t):
+    return len(g.consumers(t)) == 1 and t not in g.outputs
+
+
+def _can_permute(g, t, perm):
+    p = g.producer(t)
+    if p is None or not _sole_use(g, t):
+        return False
+    if p.op in ("Conv", "ConvTranspose") and p.attrs.get("group", 1) == 1:
+        return True
+    if p.op in ("Relu", "LeakyRelu", "Clip", "Sigmoid"):
+        return _can_permute(g, p.inputs[0], perm)
+    if p.op == "Add":
+        return all(_can_permute_operand(g, i, perm) for i in p.inputs)
+    if p.op == "Concat" and p.attrs["axis"] == 3 and len(set(p.inputs)) == 1:
+        c0 = g.tensors[p.inputs[0]].shape[3]
+        return bool(np.all(perm % c0 == np.arange(len(perm)) % c0))
+    return False
+
+
+def _can_permute_operand(g, t, perm):
+    tt = g.tensors[t]
+    if tt.is_const:
+        return tt.data.size == 1 or tt.data.shape[-1] == len(perm)
+    return _can_permute(g, t, perm)
+
+
+def _apply_permute(g, t, perm):
+    tt = g.tensors[t]
+    if tt.is_const:
+        if tt.data.size > 1:
+            tt.data = np.ascontiguousarray(tt.data[..., perm])
+        return
+    p = g.producer(t)
+    if p.op in ("Conv", "ConvTranspose"):
+        for i in (1, 2):
+            w = g.tensors[p.inputs[i]]
+            if len(g.consumers(p.inputs[i])) > 1:  # shared weights: copy before permuting
+                p.inputs[i] = g.add_const(p.inputs[i], w.data)
+                w = g.tensors[p.inputs[i]]
+            w.data = np.ascontiguousarray(w.data[perm])
+    elif p.op in ("Relu", "LeakyRelu", "Clip", "Sigmoid"):
+        _apply_permute(g, p.inputs[0], perm)
+    elif p.op == "Add":
+        for i in p.inputs:
+            _apply_permute(g, i, perm)
+    # Concat of identical copies: invariant under this permutation (checked in _can_permute).
+
+
+def _fused_kind(n):
+    if n.op == "Relu":
+        return "relu"
+    if n.op == "Clip":
+        bounds = (n.attrs["min"], n.attrs["max"])
+        return {(0.0, None): "relu", (0.0, 6.0): "relu6", (-1.0, 1.0): "relu_n1_to_1"}.get(bounds)
+    return None
+
+
+def _fuse_activations(g: Graph) -> None:
+    for act in list(g.nodes):
+        kind = _fused_kind(act)
+        if kind is None:
+            continue
+        p = g.producer(act.inputs[0])
+        if p is None or p.op not in FUSABLE or p.attrs.get("activation") != "none" or not _sole_use(g, act.inputs[0]):
+            continue
+        if p.attrs.get("permutation"):
+            continue
+        old = p.outputs[0]
+        p.outputs = [act.outputs[0]]
+        p.attrs["activation"] = kind
+        g.nodes.remove(act)
+        del g.tensors[old]

@@ -1,0 +1,113 @@
+"""Small helpers shared by the conversion tests: build 1-3 node ONNX graphs, run them everywhere."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install edge-enhance[convert])")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install edge-enhance[onnx])")
+from onnx import helper as h  # noqa: E402
+from onnx import numpy_helper as nh  # noqa: E402
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+def ir_version_for(opset: int) -> int:
+    return 8 if opset <= 17 else 9 if opset <= 20 else 10
+
+
+def make_model(nodes, inits: dict, in_shape, *, out="y", opset=13, inputs=("x",), metadata=None):
+    """A single-input ONNX model; ``inits`` maps names to numpy arrays."""
+    g = h.make_graph(
+        nodes, "t", [h.make_tensor_value_info(i, FLOAT, list(in_shape)) for i in inputs],
+        [h.make_tensor_value_info(out, FLOAT, [None] * 4)],
+        [nh.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=ir_version_for(opset))
+    for k, v in (metadata or {}).items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+def run_ort(model, x_nchw: np.ndarray) -> np.ndarray:
+    """onnxruntime on NCHW input; returns NHWC so it compares with TFLite directly."""
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = s.run(None, {s.get_inputs()[0].name: x_nchw})[0]
+    return y.transpose(0, 2, 3, 1)
+
+
+def run_tflite(path, x_nhwc: np.ndarray, *, details=False):
+    Interpreter = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is not installed").Interpreter
+    it = Interpreter(model_path=str(path))
+    d = it.get_input_details()[0]
+    x = x_nhwc
+    if d["dtype"] != np.float32:  # quantised I/O: feed on the input's own grid
+        s, z = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        x = np.clip(np.floor(x_nhwc / s + 0.5) + z, info.min, info.max).astype(d["dtype"])
+    it.resize_tensor_input(d["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(d["index"], x)
+    it.invoke()
+    o = it.get_output_details()[0]
+    y = it.get_tensor(o["index"])
+    if o["dtype"] != np.float32:
+        s, z = o["quantization"]
+        y = (y.astype(np.float32) - z) * s
+    return (y, d, o) if details else y
+
+
+def rand(rng, *shape, lo=-1.0, hi=1.0):
+    return rng.uniform(lo, hi, shape).astype(np.float32)
+
+
+def residual_sr_model(rng, *, scale=2, feat=12, opset=13, in_shape=(1, 3, "H", "W"), card=None):
+    """The bundled models' shape: conv-relu x3 + concat-repeat skip + DepthToSpace + Clip(0, 1).
+
+    Weights are random (a test fixture, not a model): small enough that the residual stays near
+    the nearest-upsampled input, so the output range resembles a real SR net's.
+    """
+    r2 = scale * scale
+    w = lambda o, i: rand(rng, o, i, 3, 3, lo=-0.3, hi=0.3)
+    inits = {"w1": w(feat, 3), "b1": rand(rng, feat, lo=-0.1, hi=0.1), "w2": w(feat, feat),
+             "b2": rand(rng, feat, lo=-0.1, hi=0.1), "w3": rand(rng, 3 * r2, feat, 3, 3, lo=-0.05, hi=0.05),
+             "b3": rand(rng, 3 * r2, lo=-0.02, hi=0.02), "lo": np.float32(0), "hi": np.float32(1)}
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        h.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        h.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+        h.make_node("Concat", ["x"] * r2, ["rep"], axis=1, name="repeat"),
+        h.make_node("Add", ["c3", "rep"], ["s"], name="residual"),
+        h.make_node("DepthToSpace", ["s"], ["d"], blocksize=scale, mode="DCR", name="pixel_shuffle"),
+        h.make_node("Clip", ["d", "lo", "hi"], ["y"], name="clamp"),
+    ]
+    meta = {}
+    if card is not None:
+        from edge_enhance.card import CARD_KEY
+
+        meta[CARD_KEY] = card.to_json()
+    return make_model(nodes, inits, list(in_shape), opset=opset, metadata=meta)
+
+
+def minmax_calibrate(graph, images_nhwc):
+    """Hand-rolled min/max calibration on the IR executor (the quantisation issue does this properly)."""
+    from conversion import executor
+    from conversion.tflite_writer import affine_from_range, symmetric_per_channel
+
+    lo, hi = {}, {}
+
+    def observe(name, v):
+        lo[name] = min(lo.get(name, np.inf), float(v.min()))
+        hi[name] = max(hi.get(name, -np.inf), float(v.max()))
+
+    for x in images_nhwc:
+        executor.run(graph, {graph.inputs[0]: x}, observer=observe)
+    for name in lo:
+        graph.tensors[name].quant = affine_from_range(lo[name], hi[name])
+    for n in graph.nodes:
+        if n.op in ("Conv", "ConvTranspose"):
+            t = graph.tensors[n.inputs[1]]
+            t.quant = symmetric_per_channel(t.data, 0)
+    return graph

@@ -1,0 +1,95 @@
+"""Full-integer int8 TFLite from quantisation params carried on the IR (hand-computed min/max)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conversion_testkit import h, make_model, minmax_calibrate, rand, residual_sr_model, run_tflite
+
+from conversion import executor
+from conversion.errors import ConfigError
+from conversion.ir import QuantParams
+from conversion.onnx_import import from_onnx
+from conversion.tflite_writer import apply_int8_constraints, tflite_ops, to_tflite
+
+
+def _images(rng, n, hh, ww):
+    return [rng.uniform(0, 1, (1, hh, ww, 3)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("io", ["float", "uint8", "int8"])
+@pytest.mark.parametrize("scale", [2, 3])
+def test_int8_sr_net_matches_simulation(tmp_path, io, scale):
+    rng = np.random.default_rng(10 * scale + len(io))
+    g = from_onnx(residual_sr_model(rng, scale=scale))
+    minmax_calibrate(g, _images(rng, 4, 12, 10))
+    g.tensors[g.inputs[0]].quant = QuantParams([1 / 255], [-128])  # uint8 pixels map exactly
+    apply_int8_constraints(g)
+    path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io=io, tile=(12, 10))
+    ops = tflite_ops(path)
+    assert "TRANSPOSE" not in ops and "DEQUANTIZE" not in ops[1:-1]
+    x = np.round(rng.uniform(0, 1, (1, 12, 10, 3)) * 255).astype(np.float32) / 255
+    y, din, dout = run_tflite(path, x, details=True)
+    want = {"float": np.float32, "uint8": np.uint8, "int8": np.int8}[io]
+    assert din["dtype"] == want and dout["dtype"] == want
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    flt = executor.run(g, {g.inputs[0]: x})[g.outputs[0]]
+    step = float(g.tensors[g.outputs[0]].quant.scale[0])
+    # The integer kernels round once more than the fake-quant simulation: within a few steps.
+    assert np.abs(y - sim).max() <= 3 * step + 1e-6
+    assert np.abs(y - flt).max() < 0.05
+
+
+def test_int8_per_channel_weights_and_int32_bias(tmp_path):
+    Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+    rng = np.random.default_rng(3)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+                   {"w": rand(rng, 4, 3, 3, 3) * np.array([1, 10, 0.1, 3], np.float32).reshape(4, 1, 1, 1),
+                    "b": rand(rng, 4)}, [1, 3, 6, 6])
+    g = minmax_calibrate(from_onnx(m), _images(rng, 2, 6, 6))
+    path = to_tflite(g, tmp_path / "c.tflite", precision="int8", io="int8")
+    it = Interpreter(str(path))
+    it.allocate_tensors()
+    by_name = {d["name"]: d for d in it.get_tensor_details()}
+    w, b = by_name["conv_w"], by_name["conv_b"]
+    assert w["dtype"] == np.int8 and b["dtype"] == np.int32
+    ws = w["quantization_parameters"]["scales"]
+    assert len(ws) == 4 and ws[1] / ws[2] > 50  # per output channel
+    in_s = by_name["x"]["quantization_parameters"]["scales"][0]
+    np.testing.assert_allclose(b["quantization_parameters"]["scales"], in_s * ws, rtol=1e-6)
+
+
+def test_int8_ops_coverage(tmp_path):
+    """PRelu, LeakyRelu, Sigmoid, Clip, Min/Max, Resize, Concat of differently scaled inputs."""
+    rng = np.random.default_rng(5)
+    c = 4
+    m = make_model([
+        h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("PRelu", ["c", "slope"], ["p"], name="prelu"),
+        h.make_node("LeakyRelu", ["p"], ["l"], alpha=0.1, name="leaky"),
+        h.make_node("Sigmoid", ["l"], ["s"], name="sig"),
+        h.make_node("Concat", ["s", "c"], ["cat"], axis=1, name="cat"),
+        h.make_node("Clip", ["cat", "lo", "hi"], ["cl"], name="clip"),
+        h.make_node("Max", ["cl", "k"], ["mx"], name="max"),
+        h.make_node("Resize", ["mx", "", "sc"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel",
+                    name="up"),
+    ], {"w": rand(rng, c, 3, 3, 3), "b": rand(rng, c), "slope": rand(rng, c, 1, 1, lo=0, hi=0.4),
+        "lo": np.float32(-0.5), "hi": np.float32(0.8), "k": np.float32(-0.2), "sc": np.array([1, 1, 2, 2], np.float32)},
+        [1, 3, 7, 5])
+    g = minmax_calibrate(from_onnx(m), _images(rng, 3, 7, 5))
+    path = to_tflite(g, tmp_path / "ops.tflite", precision="int8", io="float")
+    ops = tflite_ops(path)
+    for op in ("PRELU", "LEAKY_RELU", "LOGISTIC", "CONCATENATION", "MAXIMUM", "MINIMUM", "RESIZE_BILINEAR"):
+        assert op in ops
+    x = rng.uniform(0, 1, (1, 7, 5, 3)).astype(np.float32)
+    y = run_tflite(path, x)
+    flt = executor.run(g, {g.inputs[0]: x})[g.outputs[0]]
+    assert np.abs(y - flt).max() < 0.05
+
+
+def test_int8_without_params_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(1)
+    g = from_onnx(residual_sr_model(rng))
+    with pytest.raises(ConfigError, match="calibrate"):
+        to_tflite(g, tmp_path / "q.tflite", precision="int8")
+    assert not list(tmp_path.iterdir())

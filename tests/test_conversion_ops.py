@@ -1,0 +1,266 @@
+"""Per-op tests: 1-3 node ONNX graphs -> IR -> .tflite, run in LiteRT against onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conversion_testkit import h, make_model, rand, run_ort, run_tflite
+
+from conversion import executor
+from conversion.onnx_import import from_onnx
+from conversion.tflite_writer import tflite_ops, to_tflite
+
+ATOL = {"fp32": 1e-4, "fp16": 3e-2}
+
+
+def convert_and_compare(tmp_path, model, x, *, precision="fp32", expect=None, tile=None, **kw):
+    """Convert, check structure, run LiteRT vs onnxruntime (and the IR executor); returns op list."""
+    ref = run_ort(model, x)
+    g = from_onnx(model)
+    got_exec = executor.run(g, {g.inputs[0]: x.transpose(0, 2, 3, 1)})[g.outputs[0]]
+    np.testing.assert_allclose(got_exec, ref, atol=1e-4, rtol=0)
+    path = to_tflite(g, tmp_path / f"m_{precision}.tflite", precision=precision, tile=tile, **kw)
+    ops = tflite_ops(path)
+    assert "TRANSPOSE" not in ops and "RESHAPE" not in ops, ops
+    if expect is not None:
+        compute = [o for o in ops if o != "DEQUANTIZE"]
+        assert compute == expect, ops
+    y, din, dout = run_tflite(path, x.transpose(0, 2, 3, 1), details=True)
+    assert din["dtype"] == np.float32 and dout["dtype"] == np.float32
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, atol=ATOL[precision], rtol=0)
+    return ops
+
+
+def rng_for(*key):
+    """A generator seeded from the test's parameters: random shapes, yet reproducible."""
+    return np.random.default_rng([ord(c) for c in repr(key)])
+
+
+# --------------------------------------------------------------------------- Conv family
+CONV_CASES = [
+    # (kernel, stride, dilation, pads, group-kind)
+    (3, 1, 1, [1, 1, 1, 1], "dense"),
+    (1, 1, 1, [0, 0, 0, 0], "dense"),
+    (5, 1, 1, [2, 2, 2, 2], "depthwise"),
+    (3, 2, 1, [1, 1, 1, 1], "dense"),  # stride 2 with symmetric pads: needs an explicit PAD
+    (3, 1, 2, [2, 2, 2, 2], "dense"),
+    (3, 1, 1, [1, 1, 1, 1], "grouped"),
+    (3, 1, 1, [0, 1, 2, 1], "dense"),  # asymmetric pads
+    (3, 1, 1, [1, 1, 1, 1], "depthwise_x2"),
+]
+
+
+@pytest.mark.parametrize("k,s,d,pads,kind", CONV_CASES)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_conv(tmp_path, k, s, d, pads, kind, precision):
+    rng = rng_for("conv", k, s, d, pads, kind)
+    c = int(rng.integers(2, 7)) * 2
+    group = {"dense": 1, "depthwise": c, "depthwise_x2": c, "grouped": 2}[kind]
+    o = {"depthwise_x2": 2 * c, "depthwise": c}.get(kind, int(rng.integers(1, 9)) * 2)
+    hh, ww = int(rng.integers(5, 14)) | 1, int(rng.integers(5, 14)) | 1  # odd sizes
+    w = rand(rng, o, c // group, k, k, lo=-0.5, hi=0.5)
+    b = rand(rng, o)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                dilations=[d, d], pads=pads, group=group, name="conv")],
+                   {"w": w, "b": b}, [1, c, hh, ww])
+    x = rand(rng, 1, c, hh, ww)
+    ops = convert_and_compare(tmp_path, m, x, precision=precision)
+    main = "DEPTHWISE_CONV_2D" if kind.startswith("depthwise") else "CONV_2D"
+    assert main in ops
+
+
+def test_conv_without_bias_and_fused_relu(tmp_path):
+    rng = rng_for("conv-relu")
+    m = make_model([h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Relu", ["c"], ["y"], name="relu")], {"w": rand(rng, 5, 3, 3, 3)}, [1, 3, 9, 7])
+    ops = convert_and_compare(tmp_path, m, rand(rng, 1, 3, 9, 7), expect=["CONV_2D"])
+    assert ops == ["CONV_2D"]
+
+
+@pytest.mark.parametrize("clip,act", [((0.0, 6.0), "relu6"), ((-1.0, 1.0), "relu_n1_to_1")])
+def test_conv_fused_clip(tmp_path, clip, act):
+    rng = rng_for("conv-clip", clip)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip")],
+                   {"w": rand(rng, 4, 3, 3, 3, lo=-3, hi=3), "b": rand(rng, 4), "lo": np.float32(clip[0]),
+                    "hi": np.float32(clip[1])}, [1, 3, 8, 8])
+    g = from_onnx(m)
+    assert [(n.op, n.attrs.get("activation")) for n in g.nodes] == [("Conv", act)]
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 8, 8), expect=["CONV_2D"])
+
+
+def test_conv_batchnorm_folded(tmp_path):
+    rng = rng_for("bn")
+    c = 6
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["y"], name="bn")],
+                   {"w": rand(rng, c, 3, 3, 3), "b": rand(rng, c), "g": rand(rng, c, lo=0.5, hi=2),
+                    "be": rand(rng, c), "mu": rand(rng, c), "var": rand(rng, c, lo=0.1, hi=2)}, [1, 3, 7, 9])
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 7, 9), expect=["CONV_2D"])
+
+
+@pytest.mark.parametrize("k,s,pads,opad", [(2, 2, [0, 0, 0, 0], [0, 0]), (4, 2, [1, 1, 1, 1], [0, 0]),
+                                           (3, 2, [1, 1, 1, 1], [1, 1]), (3, 3, [0, 0, 0, 0], [0, 0])])
+def test_conv_transpose(tmp_path, k, s, pads, opad):
+    rng = rng_for("convT", k, s, pads, opad)
+    c, o = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+    m = make_model([h.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                pads=pads, output_padding=opad, name="up")],
+                   {"w": rand(rng, c, o, k, k), "b": rand(rng, o)}, [1, c, 5, 7])
+    convert_and_compare(tmp_path, m, rand(rng, 1, c, 5, 7), expect=["TRANSPOSE_CONV"], tile=(5, 7))
+
+
+# --------------------------------------------------------------------------- elementwise
+@pytest.mark.parametrize("op,const_shape", [("Add", None), ("Mul", None), ("Add", "c11"), ("Mul", "scalar"),
+                                            ("Sub", "c11"), ("Div", "scalar"), ("Max", "scalar"), ("Min", None)])
+def test_binary(tmp_path, op, const_shape):
+    rng = rng_for("bin", op, const_shape)
+    c, hh, ww = int(rng.integers(1, 9)), 6, 5
+    if const_shape is None:  # two activations: x and relu(x)
+        nodes = [h.make_node("Sigmoid", ["x"], ["s"], name="sig"), h.make_node(op, ["x", "s"], ["y"], name="op")]
+        inits = {}
+    else:
+        k = rand(rng, c, 1, 1, lo=0.5, hi=2) if const_shape == "c11" else np.float32(rng.uniform(0.5, 2))
+        nodes = [h.make_node(op, ["x", "k"], ["y"], name="op")]
+        inits = {"k": k}
+    convert_and_compare(tmp_path, make_model(nodes, inits, [1, c, hh, ww]), rand(rng, 1, c, hh, ww))
+
+
+def test_concat_skip_path(tmp_path):
+    rng = rng_for("concat")
+    c = 5
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Concat", ["x", "c", "x"], ["y"], axis=1, name="cat")],
+                   {"w": rand(rng, 7, c, 3, 3), "b": rand(rng, 7)}, [1, c, 9, 11])
+    convert_and_compare(tmp_path, m, rand(rng, 1, c, 9, 11), expect=["CONV_2D", "CONCATENATION"])
+
+
+@pytest.mark.parametrize("case", ["relu", "prelu_channel", "prelu_scalar", "leaky", "sigmoid", "clip01", "clip6",
+                                  "clip_generic", "clip_min_only"])
+def test_activations(tmp_path, case):
+    rng = rng_for("act", case)
+    c = int(rng.integers(2, 9))
+    inits, attrs, ins = {}, {}, ["x"]
+    op = {"relu": "Relu", "leaky": "LeakyRelu", "sigmoid": "Sigmoid"}.get(case.split("_")[0], None)
+    expect = {"relu": ["RELU"], "leaky": ["LEAKY_RELU"], "sigmoid": ["LOGISTIC"], "clip01": ["RELU_0_TO_1"],
+              "clip6": ["RELU6"], "clip_generic": ["MAXIMUM", "MINIMUM"], "clip_min_only": ["MAXIMUM"]}
+    if case.startswith("prelu"):
+        op, ins = "PRelu", ["x", "slope"]
+        inits["slope"] = rand(rng, c, 1, 1, lo=0, hi=0.5) if case == "prelu_channel" else np.array([0.2], np.float32)
+        expect[case] = ["PRELU"]
+    elif case == "leaky":
+        attrs["alpha"] = 0.15
+    elif case.startswith("clip"):
+        op = "Clip"
+        lo, hi = {"clip01": (0, 1), "clip6": (0, 6), "clip_generic": (-0.3, 0.45), "clip_min_only": (0.1, None)}[case]
+        inits["lo"] = np.float32(lo)
+        ins = ["x", "lo"]
+        if hi is not None:
+            inits["hi"] = np.float32(hi)
+            ins.append("hi")
+    m = make_model([h.make_node(op, ins, ["y"], name="act", **attrs)], inits, [1, c, 7, 6])
+    convert_and_compare(tmp_path, m, rand(rng, 1, c, 7, 6, lo=-8, hi=8), expect=expect[case])
+
+
+# --------------------------------------------------------------------------- pixel shuffle / resize
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+@pytest.mark.parametrize("r", [2, 3])
+def test_depth_to_space(tmp_path, mode, r):
+    rng = rng_for("d2s", mode, r)
+    c = int(rng.integers(1, 4))
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("DepthToSpace", ["c"], ["y"], blocksize=r, mode=mode, name="d2s")],
+                   {"w": rand(rng, c * r * r, 3, 3, 3), "b": rand(rng, c * r * r)}, [1, 3, 5, 7])
+    # CRD's channel order is folded into the conv's weights: no extra op.
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 5, 7), expect=["CONV_2D", "DEPTH_TO_SPACE"])
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_pixel_shuffle_reshape_pattern(tmp_path, r):
+    """torch.nn.PixelShuffle as some exporters write it: Reshape -> Transpose -> Reshape."""
+    rng = rng_for("ps", r)
+    c, hh, ww = 3, 5, 7
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Reshape", ["c", "s1"], ["r1"], name="ps_reshape1"),
+                    h.make_node("Transpose", ["r1"], ["t"], perm=[0, 1, 4, 2, 5, 3], name="ps_transpose"),
+                    h.make_node("Reshape", ["t", "s2"], ["y"], name="ps_reshape2")],
+                   {"w": rand(rng, c * r * r, 3, 3, 3), "b": rand(rng, c * r * r),
+                    "s1": np.array([1, c, r, r, hh, ww], np.int64), "s2": np.array([1, c, hh * r, ww * r], np.int64)},
+                   [1, 3, hh, ww])
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_d2s_as_transpose_conv(tmp_path, r):
+    rng = rng_for("d2stc", r)
+    m = make_model([h.make_node("DepthToSpace", ["x"], ["y"], blocksize=r, mode="DCR", name="d2s")], {},
+                   [1, 2 * r * r, 5, 6])
+    convert_and_compare(tmp_path, m, rand(rng, 1, 2 * r * r, 5, 6), expect=["TRANSPOSE_CONV"],
+                        d2s_as_transpose_conv=True, tile=(5, 6))
+
+
+RESIZE_CASES = [
+    ("nearest", "asymmetric", "floor", 2), ("nearest", "half_pixel", "round_prefer_floor", 3),
+    ("nearest", "asymmetric", "round_prefer_ceil", 2),  # not TFLite-expressible: expect an error
+    ("linear", "half_pixel", None, 2), ("linear", "align_corners", None, 2), ("linear", "asymmetric", None, 3),
+    ("linear", "pytorch_half_pixel", None, 2),
+]
+
+
+@pytest.mark.parametrize("mode,ctm,nmode,s", RESIZE_CASES)
+def test_resize(tmp_path, mode, ctm, nmode, s):
+    from conversion.errors import UnsupportedOpError
+
+    rng = rng_for("resize", mode, ctm, nmode, s)
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+    if nmode:
+        attrs["nearest_mode"] = nmode
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], name="up", **attrs)],
+                   {"sc": np.array([1, 1, s, s], np.float32)}, [1, 3, 5, 6])
+    x = rand(rng, 1, 3, 5, 6)
+    if (ctm, nmode) == ("asymmetric", "round_prefer_ceil"):
+        with pytest.raises(UnsupportedOpError, match="up"):
+            from_onnx(m)
+        return
+    op = "RESIZE_NEAREST_NEIGHBOR" if mode == "nearest" else "RESIZE_BILINEAR"
+    convert_and_compare(tmp_path, m, x, expect=[op])
+
+
+def test_tile_repeat_skip_and_identity_dropout_removed(tmp_path):
+    rng = rng_for("tile")
+    m = make_model([h.make_node("Identity", ["x"], ["xi"], name="id"),
+                    h.make_node("Tile", ["xi", "rep"], ["t"], name="repeat"),
+                    h.make_node("Dropout", ["t"], ["y"], name="drop")],
+                   {"rep": np.array([1, 4, 1, 1], np.int64)}, [1, 3, 5, 5])
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 5, 5), expect=["CONCATENATION"])
+
+
+def test_dynamic_spatial_shape_runs_at_any_size(tmp_path):
+    """No tile: shape_signature -1, and integer nearest resize becomes copies + DEPTH_TO_SPACE."""
+    rng = rng_for("dyn")
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Resize", ["x", "", "sc"], ["u"], mode="nearest",
+                                coordinate_transformation_mode="asymmetric", nearest_mode="floor", name="up"),
+                    h.make_node("Resize", ["c", "", "sc"], ["cu"], mode="nearest",
+                                coordinate_transformation_mode="asymmetric", nearest_mode="floor", name="up2"),
+                    h.make_node("Add", ["u", "cu"], ["y"], name="add")],
+                   {"w": rand(rng, 3, 3, 3, 3), "b": rand(rng, 3), "sc": np.array([1, 1, 2, 2], np.float32)},
+                   [1, 3, "H", "W"])
+    g = from_onnx(m)
+    assert g.tensors[g.inputs[0]].shape == (1, None, None, 3)
+    path = to_tflite(g, tmp_path / "dyn.tflite")
+    assert "RESIZE_NEAREST_NEIGHBOR" not in tflite_ops(path)
+    for hh, ww in [(5, 7), (12, 9)]:
+        x = rand(rng, 1, 3, hh, ww)
+        np.testing.assert_allclose(run_tflite(path, x.transpose(0, 2, 3, 1)), run_ort(m, x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+def test_opsets(tmp_path, opset):
+    rng = rng_for("opset", opset)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip")],
+                   {"w": rand(rng, 4, 3, 3, 3), "b": rand(rng, 4), "lo": np.float32(0), "hi": np.float32(6)},
+                   [1, 3, 6, 6], opset=opset)
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 6, 6, lo=-5, hi=5), expect=["CONV_2D"])
