@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conversion_testkit import h, make_model, minmax_calibrate, rand, residual_sr_model, run_tflite
+from tests.conversion_testkit import h, make_model, minmax_calibrate, rand, residual_sr_model, run_tflite
 
 from conversion import executor
 from conversion.errors import ConfigError
