@@ -80,9 +80,16 @@ def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: 
         if requested[0] >= h and requested[1] >= w:  # "a tile at least as large as the image": no tiling
             return full
         return min(requested[0], full[0]), min(requested[1], full[1])
-    side = int(math.sqrt(memory_mb * 2**20 / max(bytes_per_pixel, 1.0)))
-    side = max(2 * margin + MIN_CORE, min(side, MAX_AUTO_TILE))
-    return min(side, full[0]), min(side, full[1])
+    budget_px = memory_mb * 2**20 / max(bytes_per_pixel, 1.0)
+    floor = 2 * margin + MIN_CORE
+    side = max(floor, min(int(math.sqrt(budget_px)), MAX_AUTO_TILE))
+    th, tw = min(side, full[0]), min(side, full[1])
+    # A thin strip leaves budget unused in one direction: spend it along the other.
+    if th < side:
+        tw = min(full[1], max(floor, min(int(budget_px // th), MAX_AUTO_TILE**2 // th)))
+    elif tw < side:
+        th = min(full[0], max(floor, min(int(budget_px // tw), MAX_AUTO_TILE**2 // tw)))
+    return th, tw
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:

@@ -39,6 +39,8 @@ def test_choose_tile_rules():
     assert choose_tile(100, 80, 4, 100.0, 256, requested=(50, 60)) == (50, 60)
     # auto: 1 MB budget at 1024 B/pixel -> 32x32
     assert choose_tile(1000, 1000, 4, 1024.0, 1.0) == (32, 32)
+    # a strip spends the budget along its length: 1 MB at 1024 B/px = 1024 px = 9 x 113
+    assert choose_tile(1, 100_000, 4, 1024.0, 1.0) == (9, 113)
     # never smaller than the margins plus a useful core
     assert choose_tile(1000, 1000, 10, 1e9, 1.0) == (28, 28)
 
