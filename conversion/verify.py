@@ -27,8 +27,16 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def default_dataset() -> Path:
-    """``../shared/data/eval/Set5`` beside the repository (CI has ../shared there too)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval" / "Set5"
+    """``../shared/data/eval/Set5`` beside the repository (CI has ../shared there too).
+
+    Worktrees nest one level deeper, so the nearest ancestor holding ``shared/data`` wins.
+    """
+    root = Path(__file__).resolve().parents[1]
+    for base in root.parents:
+        cand = base / "shared" / "data" / "eval" / "Set5"
+        if cand.is_dir():
+            return cand
+    return root.parent / "shared" / "data" / "eval" / "Set5"
 
 
 @dataclass(frozen=True)
@@ -228,3 +236,15 @@ def _fits(path, tile, card):
         w, h = im.size
     s = card.scale if card is not None and card.task == "sr" else 1
     return h // s >= tile[0] and w // s >= tile[1]
+
+
+def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=None, max_images: int | None = None,
+                crop: tuple | None = None, tol: float | None = None) -> VerifyReport:
+    """onnxruntime on the source vs onnxruntime on the rewritten ONNX."""
+    import onnx
+
+    model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
+    if tol is None and precision == "fp32":
+        tol = FP32_TOL
+    return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), _card_of(model),
+                   list_images(dataset or default_dataset()), crop=crop, max_images=max_images, tol=tol)
