@@ -53,6 +53,7 @@ class VerifyReport:
     target: str
     precision: str
     images: list = field(default_factory=list)
+    source: str = "onnxruntime"
 
     @property
     def max_abs_err(self) -> float:
@@ -83,7 +84,7 @@ class VerifyReport:
         rows.append(("all", f"{self.max_abs_err:.2e}", f(self.psnr_between), f(self.task_psnr_source),
                      f(self.task_psnr_target)))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        head = f"verification: {self.target} {self.precision} vs onnxruntime"
+        head = f"verification: {self.target} {self.precision} vs {self.source}"
         return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
 
 
@@ -187,9 +188,9 @@ def _card_of(onnx_model):
 
 
 def compare(name_target: str, precision: str, source_fn, target_fn, card, files, *, crop=None, max_images=None,
-            tol: float | None = None) -> VerifyReport:
+            tol: float | None = None, source: str = "onnxruntime") -> VerifyReport:
     """Run both callables (HWC float -> HWC float) over the images; raise if beyond ``tol``."""
-    rep = VerifyReport(name_target, precision)
+    rep = VerifyReport(name_target, precision, source=source)
     for name, x, ref in make_pairs(card, files, crop=crop, max_images=max_images):
         a, b = source_fn(x), target_fn(x)
         if a.shape != b.shape:
