@@ -68,6 +68,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         raise ConfigError("--d2s-as-transpose-conv applies to --to tflite only")
     src = Path(model)
     out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
+    if to == "coreml" and out.suffix != ".mlpackage":
+        raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")
     if out.resolve() == src.resolve():
         raise ConfigError(f"{out}: output would overwrite the input model")
     if not out.parent.is_dir():

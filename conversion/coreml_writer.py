@@ -179,7 +179,7 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
         os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    global _LAST_PROGRAM
+    _LAST_PROGRAM.clear()  # keep only the latest: programs can be large
     _LAST_PROGRAM[str(path)] = model._mil_program
     return [op.op_type for op in model._mil_program.functions["main"].operations if op.op_type != "const"]
 
