@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conversion_testkit import h, make_model, rand, residual_sr_model, run_ort
+from tests.conversion_testkit import h, make_model, rand, residual_sr_model, run_ort
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install edge-enhance[coreml])")
 

@@ -6,7 +6,7 @@ import argparse
 import numpy as np
 import pytest
 
-from conversion_testkit import residual_sr_model, run_ort, run_tflite
+from tests.conversion_testkit import residual_sr_model, run_ort, run_tflite
 
 from conversion.cli import add_arguments, convert, main
 from conversion.errors import ConfigError, VerificationError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conversion_testkit import h, make_model, rand, residual_sr_model
+from tests.conversion_testkit import h, make_model, rand, residual_sr_model
 
 from conversion.errors import ConfigError, ModelFormatError, UnsupportedOpError
 from conversion.onnx_import import from_onnx
