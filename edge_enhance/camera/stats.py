@@ -40,7 +40,7 @@ class LatencyHistogram:
         self.n = 0
 
     def add(self, seconds: float):
-        i = min(int(seconds * 1000 / self.BIN_MS), len(self.counts) - 1)
+        i = min(int(seconds * 1000 / self.BIN_MS + 1e-6), len(self.counts) - 1)  # 0.029 s is bin 58, not 57
         self.counts[i] += 1
         self.n += 1
 
