@@ -23,7 +23,13 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.runtime
 	$(BIN)/python -m edge_enhance.demo out/demo
 
-test: $(VENV)/.dev
+# The web viewfinder's browser test drives Debian's Chromium through Playwright (no browser download).
+$(VENV)/.browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the browser test will be skipped"
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.browser
 	$(BIN)/python -m pytest tests
 
 bench: $(VENV)/.dev

@@ -230,7 +230,8 @@ def cmd_enhance(args) -> int:
             if job.src.suffix.lower() in imageio.VIDEO_SUFFIXES:
                 from .camera.video import enhance_video
 
-                enhance_video(job.src, job.dst, enhancer, temporal=args.temporal)
+                enhance_video(job.src, job.dst, enhancer, temporal=args.temporal,
+                              progress=lambda *, done, total, fps, eta_s: progress.tiles(done, total or done + 1))
             else:
                 enhancer.enhance_file(job.src, job.dst, fmt=args.format, quality=args.quality,
                                       strip_metadata=args.strip_metadata, dpi_mode=args.dpi,

@@ -190,6 +190,10 @@ class Pipeline:
                     )
         return result
 
+    def enhance(self, rgb: np.ndarray) -> np.ndarray:
+        """One H x W x 3 frame through the chain (used for video)."""
+        return self.enhance_photo(imageio.Photo(rgb)).rgb
+
     def enhance_file(self, src, dst, **kw):
         from .enhancer import enhance_file
 

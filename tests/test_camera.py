@@ -17,7 +17,7 @@ from edge_enhance.camera import (
 )
 from edge_enhance.camera.stats import LatencyHistogram, percentile
 from edge_enhance.errors import BackendUnavailableError, ConfigError, EdgeEnhanceError, OutputError
-from test_camera_doubles import FlakySource, GatedEnhancer, HangingSource, RecordingSink, RepeatEnhancer
+from tests.test_camera_doubles import FlakySource, GatedEnhancer, HangingSource, RecordingSink, RepeatEnhancer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

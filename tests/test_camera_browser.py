@@ -12,7 +12,7 @@ from PIL import Image
 
 from edge_enhance.camera import Preview, PreviewConfig, SyntheticSource
 from edge_enhance.camera.web import WebViewfinder
-from test_camera_doubles import RepeatEnhancer
+from tests.test_camera_doubles import RepeatEnhancer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

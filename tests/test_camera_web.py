@@ -14,7 +14,7 @@ from PIL import Image
 from edge_enhance.camera import Preview, PreviewConfig, SyntheticSource
 from edge_enhance.camera.web import WebViewfinder, is_loopback, parse_hostport
 from edge_enhance.errors import ConfigError
-from test_camera_doubles import RepeatEnhancer
+from tests.test_camera_doubles import RepeatEnhancer
 
 W, H = 96, 64
 
