@@ -5,6 +5,7 @@ are carried to the output; alpha, grey and 16-bit survive; writes are atomic.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -42,6 +43,13 @@ class Photo:
     @property
     def maxval(self) -> int:
         return 65535 if self.rgb.dtype == np.uint16 else 255
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; done once, then restored
+    os.umask(mask)
+    return mask
 
 
 def _sniff_problem(path: Path, head: bytes) -> str | None:
@@ -266,6 +274,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
         photo = Photo(photo.rgb, None, photo.grey)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     try:
+        # mkstemp makes the file 0600; a photo should get the mode any new file gets (umask applies).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
