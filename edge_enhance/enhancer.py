@@ -192,8 +192,10 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
     if not os.access(dst.parent, os.W_OK):
         raise OutputError(f"{dst}: output folder {dst.parent} is not writable")
-    imageio.format_for(dst, fmt)  # fail on a bad extension before spending time
+    # Load first (cheap next to enhancing): an unreadable input, e.g. HEIC without its plugin, must be
+    # reported as such, not as the output format its extension implies.
     photo = imageio.load_image(src, max_pixels)
+    imageio.format_for(dst, fmt)  # fail on a bad extension before spending time on the model
     out = _output_buffer(photo, dst, processor.scale)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0
