@@ -11,9 +11,10 @@ import numpy as np
 from ..card import CARD_KEY, ModelCard
 from ..errors import BackendUnavailableError, ModelFormatError
 from . import Backend, EngineOptions, register
-from .tflite_meta import read_metadata
+from .tflite_meta import read_metadata, verify_graph
 
 log = logging.getLogger(__name__)
+MAX_FIXED_PIXELS = 4096 * 4096  # NPU / fixed-tile models are far smaller; a larger one is a damaged header
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,6 +99,7 @@ class LiteRTBackend(Backend):
         self.path = Path(path)
         data = self.path.read_bytes()
         meta = read_metadata(data, str(path))  # also refuses corrupt offsets before the C++ side sees them
+        verify_graph(data, str(path))  # and indices the interpreter trusts (a bad one can segfault it)
         self.card = ModelCard.from_json(meta[CARD_KEY], str(path)) if CARD_KEY in meta else None
         m, self.engine_name = interpreter_module()
         delegates = []
@@ -128,9 +130,14 @@ class LiteRTBackend(Backend):
             raise ModelFormatError(f"{path}: input shape {list(shape)} is not (1, H, W, 3)")
         self.fixed_shape = None if (sig[1] == -1 or sig[2] == -1) else (int(shape[1]), int(shape[2]))
         self._size: tuple[int, int] | None = None
-        try:  # node tensor indices are only checked here; find a corrupt graph at load, not mid-run
+        if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_FIXED_PIXELS:
+            raise ModelFormatError(f"{path}: fixed input of {self.fixed_shape[0]}x{self.fixed_shape[1]} pixels is "
+                                   f"implausibly large (limit {MAX_FIXED_PIXELS} pixels)")
+        try:  # the interpreter checks the graph only when allocating: do it at load, at a small size
+            if not self.fixed_shape:
+                self.interp.resize_tensor_input(self._in["index"], [1, 16, 16, 3], strict=False)
             self.interp.allocate_tensors()
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             raise _load_error(path, self.engine_name, e) from None
 
     def prepare(self, h: int, w: int) -> None:
