@@ -9,6 +9,7 @@ import functools
 import io
 import logging
 import os
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ DEFAULT_MAX_PIXELS = 200_000_000  # input pixels; a 200 MP photo is plausible, a
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 _ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
 _NO_ALPHA = {"JPEG", "BMP", "PPM"}
+# What Pillow's decoders raise on damaged files besides OSError (found by fuzzing: TIFF 'Missing
+# dimensions' TypeError from n_frames, PNG 'Truncated IHDR chunk' ValueError from open).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, ZeroDivisionError,
+                  struct.error)
 # TIFF tags that a TIFF source's getexif() returns for its own pixel layout (size, samples, photometric,
 # strips, tiles, palette, ...); copied to a TIFF output they contradict the new pixels (CMYK -> RGB made
 # an unreadable file), and in any other output they are stale.
@@ -125,7 +130,7 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
     except Image.DecompressionBombError as e:
         raise ImageInputError(f"{path}: refused as a decompression bomb ({e})") from None
-    except OSError as e:
+    except _DECODE_ERRORS as e:
         raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
     with im:
         w, h = im.size
@@ -134,12 +139,16 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
                 f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP "
                 "(raise it with --max-pixels)"
             )
-        if getattr(im, "n_frames", 1) > 1:
-            raise ImageInputError(f"{path}: animated image ({im.n_frames} frames); extract a frame first")
+        try:
+            frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
+        except _DECODE_ERRORS as e:
+            raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+        if frames > 1:
+            raise ImageInputError(f"{path}: animated image ({frames} frames); extract a frame first")
         fmt = im.format
         try:
             im.load()
-        except (OSError, SyntaxError, ValueError) as e:
+        except _DECODE_ERRORS as e:
             raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
         # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
         icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
