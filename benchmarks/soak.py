@@ -59,8 +59,11 @@ class Sampler(threading.Thread):
                              "threads": threading.active_count(), "done": self.progress()})
 
     def run(self):
-        while not self._halt.wait(self.period):
-            self.sample()
+        last = time.monotonic()
+        while not self._halt.wait(0.05):  # short waits, so a change of period takes effect at once
+            if time.monotonic() - last >= self.period:
+                last = time.monotonic()
+                self.sample()
 
     def stop(self):
         self._halt.set()
@@ -142,7 +145,7 @@ def batch_phase(model: str, n: int, workdir: Path, sampler: Sampler) -> dict:
         h, w = 60 + (i * 7) % 61, 80 + (i * 13) % 81
         im = Image.fromarray(np.roll(base, i, axis=1)[:h, :w])
         im.save(src / (f"{i:05d}.jpg" if i % 2 else f"{i:05d}.png"), quality=90)
-    sampler.phase, sampler.period = "batch", min(sampler.period, 1.0)  # a batch is quicker than a soak
+    sampler.phase, sampler.period = "batch", min(sampler.period, 0.25)  # a batch is quicker than a soak
     sampler.progress = lambda: sum(1 for _ in out.glob("*")) if out.is_dir() else 0
     sampler.sample()
     t0 = time.monotonic()
