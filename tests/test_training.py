@@ -151,3 +151,13 @@ def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path, data_root, m
     with pytest.raises(ConfigError, match="differs from torch"):
         export_model(r, m, {"step": 1, "elapsed": 1.0, "history": []}, tmp_path, data_root=data_root, evaluate_sets=False)
     assert not (tmp_path / "t-sr.onnx").exists()
+
+
+def test_report_table_lists_exported_models(tmp_path, data_root):
+    from training.report import table
+
+    r = Recipe("t-sr", "sr", 2, channels=4, convs=2, patch=8)
+    m = _perturbed(ResidualNet(2, 4, 2))
+    export_model(r, m, {"step": 3, "elapsed": 60.0, "history": []}, tmp_path, data_root=data_root, evaluate_sets=False)
+    rows = table(tmp_path).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| t-sr |") and f"| {m.deploy_params()} |" in rows[2]
