@@ -161,3 +161,26 @@ def test_report_table_lists_exported_models(tmp_path, data_root):
     export_model(r, m, {"step": 3, "elapsed": 60.0, "history": []}, tmp_path, data_root=data_root, evaluate_sets=False)
     rows = table(tmp_path).splitlines()
     assert len(rows) == 3 and rows[2].startswith("| t-sr |") and f"| {m.deploy_params()} |" in rows[2]
+
+
+def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
+    from training import queue
+
+    root = tmp_path / "data"
+    for sub, n in (("train/T91", 2), ("train/BSD200", 1), ("eval/Set5", 1), ("eval/Set14", 1), ("eval/BSD100", 1)):
+        (root / sub).mkdir(parents=True)
+        for i, im in enumerate(_images(n, (36, 40), seed=len(sub))):
+            Image.fromarray(im).save(root / sub / f"{i}.png")
+    r = Recipe("t-q", "sr", 2, channels=4, convs=2, patch=8, batch=2, eval_every=10_000)
+    monkeypatch.setattr(queue, "QUEUE", (("t-q", 0.01),))
+    monkeypatch.setattr(queue, "get", lambda name: r)
+    args = ["--out", str(tmp_path / "out"), "--ckpt", str(tmp_path / "ck"), "--data", str(root)]
+    assert queue.main(args) == 0
+    out = tmp_path / "out" / "t-q.onnx"
+    card = ex.read_card(out)
+    assert set(card.extra["psnr"]) == {"Set5", "Set14", "BSD100"} and card.extra["steps"] >= 1
+    stamp = out.stat().st_mtime_ns
+    assert queue.main(args) == 0  # budget already covered: nothing retrained or rewritten
+    assert out.stat().st_mtime_ns == stamp
+    assert queue.main(args + ["--factor", "3"]) == 0  # a larger budget resumes and re-exports
+    assert ex.read_card(out).extra["steps"] > card.extra["steps"]

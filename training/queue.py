@@ -46,12 +46,14 @@ def main(argv=None) -> int:
         done = a.out / f"{name}.onnx"
         if done.exists():
             try:
-                trained = float(ex.read_card(done).extra.get("train_minutes", 0))
+                extra = ex.read_card(done).extra
+                trained_s = float(extra.get("train_seconds", 60 * extra.get("train_minutes", 0)))
             except Exception as e:  # an unreadable export is redone, not trusted
                 log.warning("%s: cannot read its card (%s); redoing it", done, e)
-                trained = -1.0
-            if trained >= budget - 0.2:
-                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained, budget)
+                extra, trained_s = {}, -1.0
+            # train_minutes is rounded to 0.1 min in older cards: allow that much slack.
+            if trained_s >= 60 * budget - ("train_seconds" not in extra) * 6.0 - 0.5:
+                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained_s / 60, budget)
                 continue
         r = get(name)
         log.info("%s: training for %.1f min", name, budget)

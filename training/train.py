@@ -192,6 +192,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
             "degradation": _degradation_text(r),
             "steps": state["step"], "batch": r.batch, "patch": r.patch,
             "train_minutes": round(state["elapsed"] / 60, 1),
+            "train_seconds": round(state["elapsed"], 1),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
             "protocol": "../shared/data/README.md (Pillow bicubic LR; Y-PSNR shave s for sr/enhance, RGB for denoise/dejpeg)",
             "psnr": psnr, "ssim": ssim, "input_psnr": baseline,
