@@ -90,7 +90,7 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     sig = float(np.sum(ref ** 2))
     if noise == 0:
         return float("inf")
-    return round(10 * np.log10(max(sig, 1e-30) / noise), 2)
+    return round(float(10 * np.log10(max(sig, 1e-30) / noise)), 2)
 
 
 def psnr_u8(target: np.ndarray, out_nhwc: np.ndarray) -> float:
@@ -105,7 +105,7 @@ def quantize_weights(w: np.ndarray, per_channel: bool = True, axis: int = 0) -> 
 
     >>> q = quantize_weights(np.array([[1.0, -0.5], [0.1, 0.2]]))
     >>> q.quantize(np.array([[1.0, -0.5], [0.1, 0.2]])).tolist()
-    [[127, -64], [64, 127]]
+    [[127, -64], [63, 127]]
     """
     q = symmetric_per_channel(w, axis)
     if per_channel:
@@ -185,6 +185,66 @@ def quantize_all_weights(g: Graph, per_channel: bool) -> None:
         t.quant = quantize_weights(t.data, per_channel, 0)
 
 
+def im2col(x: np.ndarray, kh: int, kw: int, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0)) -> np.ndarray:
+    """NHWC input -> [pixels, kh*kw*C] patches in OHWI weight order (a group-1 conv is a matmul).
+
+    >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
+    >>> im2col(x, 2, 2).tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
+    """
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)))
+    n, h, w, c = x.shape
+    (sh, sw), (dh, dw) = strides, dilations
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    cols = [x[:, ky * dh: ky * dh + (oh - 1) * sh + 1: sh, kx * dw: kx * dw + (ow - 1) * sw + 1: sw, :]
+            for ky in range(kh) for kx in range(kw)]
+    return np.concatenate(cols, axis=-1).reshape(n * oh * ow, kh * kw * c)
+
+
+def gptq_round(w: np.ndarray, hessian: np.ndarray, q: QuantParams, damp: float = 0.01) -> np.ndarray:
+    """GPTQ (Frantar et al. 2022): round weights column by column, pushing each column's rounding
+    error onto the columns not yet rounded so the layer's output on the calibration inputs moves
+    least. ``w`` is [O, K], ``hessian`` X^T X of the layer's [pixels, K] inputs, ``q`` per-row
+    int8 params; returns weights on q's grid (same shape).
+    """
+    w = np.array(w, np.float64)
+    k = w.shape[1]
+    h = np.array(hessian, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * float(np.mean(np.diag(h))) * np.eye(k)
+    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
+    s = q.scale.reshape(-1)
+    out = np.empty_like(w)
+    for j in range(k):
+        col = w[:, j]
+        qc = np.clip(np.floor(np.abs(col / s) + 0.5) * np.sign(col), -127, 127) * s
+        out[:, j] = qc
+        err = (col - qc) / u[j, j]
+        w[:, j:] -= np.outer(err, u[j, j:])
+    return out
+
+
+def gptq_weights(g: Graph, calib: CalibSet, assign) -> int:
+    """Round every group-1 Conv's weights with GPTQ, layer by layer, on the inputs the partly
+    quantised model produces (so later layers also absorb earlier layers' errors). ``assign(g)``
+    sets activation params for the simulation. Returns the layers done."""
+    convs = [n for n in g.nodes if n.op == "Conv" and n.attrs["group"] == 1]
+    for n in convs:
+        assign(g)
+        wt = g.tensors[n.inputs[1]]
+        o, kh, kw, ci = wt.data.shape
+        hess = np.zeros((kh * kw * ci, kh * kw * ci))
+        for x in calib.inputs:
+            env = executor.run(g, {g.inputs[0]: x}, simulate_quant=True, keep_all=True)
+            cols = im2col(env[n.inputs[0]], kh, kw, n.attrs["strides"], n.attrs["dilations"], n.attrs["pads"])
+            hess += cols.T @ cols
+        wq = gptq_round(wt.data.reshape(o, -1), hess, wt.quant)
+        wt.data = wq.reshape(wt.data.shape).astype(np.float32)
+    return len(convs)
+
+
 def bias_correct(g: Graph, calib: CalibSet) -> None:
     """Empirical bias correction (DFQ / AIMET): remove the mean output shift weight rounding causes.
 
@@ -252,7 +312,52 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
             lo, hi = st.range(out, method, percentile)
         g.tensors[out].quant = activation_params(lo, hi, "int16" if out in int16_tensors else "int8")
     apply_int8_constraints(g)
-    # Data movement whose input is int16 stays int16 (apply_int8_constraints copies params).
+    align_residual_adds(g)
+
+
+def _real_range(q: QuantParams) -> tuple[float, float]:
+    from conversion.ir import QDTYPES
+
+    lo, hi = QDTYPES[q.dtype]
+    return float((lo - q.zero_point[0]) * q.scale[0]), float((hi - q.zero_point[0]) * q.scale[0])
+
+
+def align_residual_adds(g: Graph) -> int:
+    """Put the residual of ``base + residual`` on the output's own grid; returns the adds changed.
+
+    When the base and the sum share one grid (1/255: 8-bit pixels), a residual quantised with the
+    same step makes the int8 sum equal round(base + residual): the residual's rounding *is* the
+    output's rounding, which the float model pays too, so it costs nothing. The residual's range
+    keeps its centre; the step grows by whole multiples only when 256 steps cannot cover it.
+
+    >>> from conversion.ir import Graph
+    >>> g = Graph(); x = g.add_input("x", (1, 2, 2, 1)); r = g.add_node("Relu", [x])
+    >>> g.mark_output(g.add_node("Add", [x, r], output="y"))
+    >>> for t, (lo, hi) in (("x", (0, 1)), (r, (0, 0.3)), ("y", (0, 1))): g.tensors[t].quant = activation_params(lo, hi)
+    >>> align_residual_adds(g), round(float(g.tensors[r].quant.scale[0]) * 255, 6)
+    (1, 1.0)
+    """
+    changed = 0
+    for n in g.nodes:
+        if n.op != "Add" or n.attrs["activation"] != "none" or len(n.inputs) != 2:
+            continue
+        qo = g.tensors[n.outputs[0]].quant
+        qs = [g.tensors[i].quant for i in n.inputs]
+        if qo is None or any(q is None for q in qs) or qo.dtype != "int8" or qo.per_channel:
+            continue
+        for k in (0, 1):
+            base, res = qs[k], qs[1 - k]
+            rname = n.inputs[1 - k]
+            if (base.dtype != "int8" or res.dtype != "int8" or g.tensors[rname].is_const
+                    or not np.isclose(base.scale[0], qo.scale[0], rtol=1e-9)):
+                continue
+            lo, hi = _real_range(res)
+            step = float(qo.scale[0]) * max(1, int(np.ceil((hi - lo) / (255 * float(qo.scale[0])) - 1e-9)))
+            zp = int(np.clip(np.round(-128 - ((lo + hi) / 2 - 127.5 * step) / step), -128, 127))
+            g.tensors[rname].quant = QuantParams([step], [zp], 0, "int8")
+            changed += 1
+            break
+    return changed
 
 
 def _simulate(g: Graph, calib: CalibSet, quant: bool) -> list:
@@ -286,11 +391,15 @@ def _check_calib(graph: Graph, calib: CalibSet) -> None:
                                    f"{graph.tensors[graph.inputs[0]].shape}")
 
 
-def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, percentile, keep_16x8) -> Graph:
+def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, percentile, keep_16x8,
+           rounding="gptq") -> Graph:
     g = copy.deepcopy(graph)
     if cle:
         cross_layer_equalize(g)
     quantize_all_weights(g, per_channel)
+    if rounding == "gptq":
+        st0 = collect_stats(g, calib)
+        gptq_weights(g, calib, lambda h: assign_activation_params(h, st0, method, percentile, frozenset(keep_16x8)))
     if bc:
         bias_correct(g, calib)
     st = collect_stats(g, calib)
