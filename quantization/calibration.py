@@ -196,14 +196,17 @@ def percentile_range(counts: np.ndarray, edges: np.ndarray, pct: float = 99.99) 
 
 
 def quant_mse(x: np.ndarray, weights: np.ndarray, lo: float, hi: float, levels: int = 256) -> float:
-    """Mean squared error of asymmetric uniform quantisation of values ``x`` (weighted) to [lo, hi]."""
+    """Expected squared error of uniform quantisation to [lo, hi] of values ``x`` (weighted counts).
+
+    Values inside the range cost the rounding noise step^2 / 12; values outside cost their squared
+    distance to the range (clipping). Unlike rounding the bin centres themselves, this does not
+    depend on how the histogram's bins line up with the quantisation grid.
+    """
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi <= lo:
-        return float(np.sum(weights * x * x) / max(np.sum(weights), 1))
-    s = (hi - lo) / (levels - 1)
-    zp = np.round(-lo / s)
-    q = np.clip(np.round(x / s) + zp, 0, levels - 1)
-    return float(np.sum(weights * (x - (q - zp) * s) ** 2) / max(np.sum(weights), 1))
+    total = max(float(np.sum(weights)), 1.0)
+    step = (hi - lo) / (levels - 1) if hi > lo else 0.0
+    clip = np.maximum(x - hi, 0.0) + np.maximum(lo - x, 0.0)
+    return float(np.sum(weights * (clip ** 2 + step ** 2 / 12.0)) / total)
 
 
 def mse_range(counts: np.ndarray, edges: np.ndarray, levels: int = 256, steps: int = 80) -> tuple[float, float]:

@@ -36,6 +36,7 @@ AUTO = "auto"
 # Ops whose int8 kernels need their output params equal to their input's (data movement).
 _PASS_THROUGH = ("DepthToSpace", "Resize")
 IO_KEY = "edge_enhance.quant.io"
+ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclass
@@ -57,13 +58,14 @@ class QuantReport:
     variants: dict = field(default_factory=dict)  # "cle=..,bc=.." -> simulated PSNR drop
     layers: list = field(default_factory=list)
     io: str = "float"
+    rounding: str = "gptq"
 
     @property
     def drop(self) -> float:
         return self.float_psnr - self.quant_psnr
 
     def lines(self) -> list[str]:
-        out = [f"method {self.method}; cross-layer equalisation {'on' if self.cle else 'off'}; "
+        out = [f"method {self.method}; weight rounding {self.rounding}; cross-layer equalisation {'on' if self.cle else 'off'}; "
                f"bias correction {'on' if self.bias_correction else 'off'}",
                f"calibration set (simulated): float {self.float_psnr:.3f} dB, quantised {self.quant_psnr:.3f} dB, "
                f"drop {self.drop:.3f} dB"]
@@ -410,13 +412,16 @@ def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, perce
 def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_channel: bool = True,
                    io: str = "float", cle=AUTO, bias_correction=AUTO, percentile: float = 99.99,
                    keep_16x8=frozenset(), max_drop: float | None = None, sensitivity: bool = True,
-                   progress=None) -> QuantResult:
+                   rounding: str = "gptq", progress=None) -> QuantResult:
     """Quantise a float IR graph; returns the quantised graph and a report.
 
     ``keep_16x8`` names nodes whose output activations are int16 (TFLite 16x8); ``max_drop`` (dB, on
     the calibration pairs) adds the fewest such layers, most sensitive first, needed to meet it.
+    ``rounding`` is ``"gptq"`` (error-compensating, the default) or ``"nearest"`` for the weights.
     ``progress(message)`` is called between stages.
     """
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"rounding {rounding!r} is not one of {', '.join(ROUNDINGS)}")
     if method not in METHODS:
         raise ConfigError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
     if io not in IO_TYPES:
@@ -444,7 +449,7 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
         for b in bc_opts:
             say(f"calibrating ({method}, CLE {'on' if c else 'off'}, bias correction {'on' if b else 'off'})")
             g = _build(graph, calib, method=method, per_channel=per_channel, cle=c, bc=b, percentile=percentile,
-                       keep_16x8=keep_16x8)
+                       keep_16x8=keep_16x8, rounding=rounding)
             p = mean_psnr(_simulate(g, calib, True), calib)
             variants[f"cle={'on' if c else 'off'},bc={'on' if b else 'off'}"] = float_psnr - p
             # Prefer the simpler variant unless the extra step gains at least 0.002 dB.
@@ -462,14 +467,14 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
             keep.add(lr.name)
             say(f"mixed precision: {lr.name} -> 16x8")
             g = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
-                       percentile=percentile, keep_16x8=keep)
+                       percentile=percentile, keep_16x8=keep, rounding=rounding)
             quant_psnr = mean_psnr(_simulate(g, calib, True), calib)
         layers = _layer_reports(graph, g, calib, float_psnr, False, say, previous=layers)
     for lr in layers:
         if lr.name in keep:
             lr.precision = "16x8"
     g.metadata[IO_KEY] = io
-    report = QuantReport(method, use_cle, use_bc, float_psnr, quant_psnr, variants, layers, io)
+    report = QuantReport(method, use_cle, use_bc, float_psnr, quant_psnr, variants, layers, io, rounding)
     for line in report.lines():
         log.info("%s", line)
     return QuantResult(g, report)
