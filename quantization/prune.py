@@ -180,7 +180,7 @@ def _pre_activation(g: Graph, node, x_in: np.ndarray) -> np.ndarray:
 
 
 def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, criterion: str = "contribution",
-                reconstruct: bool = True, multiple: int = 1, max_rows: int = 40000, ridge: float = 1e-4,
+                reconstruct: bool = True, multiple: int = 4, max_rows: int = 40000, ridge: float = 1e-4,
                 evaluate: bool = True, progress=None) -> PruneResult:
     """Prune ``graph`` to ``target_macs`` (a fraction) of its conv MACs; returns graph and report."""
     if not 0.05 <= target_macs <= 1.0:
