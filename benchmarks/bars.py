@@ -24,7 +24,8 @@ def _bar(text, value, threshold, figure, reason=None) -> dict:
             "figure": figure if not reason else "", "reason": reason or ""}
 
 
-def find_speed(rows, *, model, engine, precision, threads, size=BAR_SIZE):
+def find_speed(rows, *, model, engine, precision, threads, size=None):
+    size = size or BAR_SIZE
     for r in rows:
         if (r["model"] == model and r["engine"] == engine and r["precision"] == precision
                 and r["threads"] == threads and tuple(r["input"]) == tuple(size)):

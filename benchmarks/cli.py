@@ -123,7 +123,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"bench: speed done ({len(rows)} rows)", file=sys.stderr)
     primary = primary_subject(ours)
     if "memory" in args.only:
-        rows, n = memory.run_memory(primary, args.quick, args.slow)
+        same = [s for s in ours if primary and s.model == primary.model and s is not primary]
+        rows, n = memory.run_memory([primary, *same] if primary else [], args.quick, args.slow)
         res["memory"], notes = rows, notes + n
         print(f"bench: memory done ({len(rows)} rows)", file=sys.stderr)
     if "tiling" in args.only:

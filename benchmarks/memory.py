@@ -59,22 +59,24 @@ def child(model: str, megapixels: float, memory_mb: float) -> dict:
             "tile": list(enh.last_run.tile), "tiles": enh.last_run.tiles, "seconds": secs}
 
 
-def run_memory(sub: Subject | None, quick: bool, slow: bool) -> tuple[list[dict], list[NotRun]]:
-    if sub is None:
+def run_memory(subs: list[Subject], quick: bool, slow: bool) -> tuple[list[dict], list[NotRun]]:
+    """subs[0] (the primary model) at every size; its other engines / precisions at the smallest."""
+    if not subs:
         return [], [NotRun("memory", "no model of ours to run")]
     mps = QUICK_MEGAPIXELS if quick else MEGAPIXELS + (SLOW_MEGAPIXELS if slow else ())
     rows, notes = [], []
     if not slow:
         notes.append(NotRun(f"memory {SLOW_MEGAPIXELS[0]} MP", "slow; pass --slow to run it"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    for mp in mps:
+    plan = [(sub, mp) for mp in mps for sub in (subs if mp == mps[0] else subs[:1])]
+    for sub, mp in plan:
         for budget in BUDGETS_MB:
             cmd = [sys.executable, "-m", "benchmarks.memory", sub.path, str(mp), str(budget)]
             log.info("memory %s %s MP at %d MB", sub.label, mp, budget)
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
             if p.returncode != 0:
                 tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-                notes.append(NotRun(f"memory {mp} MP at {budget} MB", f"child exited {p.returncode}: {tail}"))
+                notes.append(NotRun(f"memory {sub.label} {mp} MP at {budget} MB", f"child exited {p.returncode}: {tail}"))
                 continue
             rows.append({**sub.row(), "megapixels": mp, "memory_mb": budget,
                          **json.loads(p.stdout.strip().splitlines()[-1])})
