@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", type=Path, default=None,
                    help="OpenCV dnn_superres .pb folder (default: ../shared/peer_models/opencv_dnn_superres)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per contender (>= 5; default 5 quick, 7 full)")
+    p.add_argument("--sizes", default=None, metavar="WxH,...",
+                   help="speed input frames (default 640x360,1280x720,1920x1080; --quick 640x360)")
     p.add_argument("--slow", action="store_true", help="also the 48 MP memory runs")
     p.add_argument("--no-peers", action="store_true", help="only our models")
     p.add_argument("--load-note", default=None, help="what else loaded the machine, for the report")
@@ -82,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     if args.runs is not None and args.runs < 5:
         raise ConfigError(f"--runs {args.runs}: medians need at least 5 timed runs")
     runs = args.runs or (5 if args.quick else 7)
+    sizes = speed.parse_sizes(args.sizes) if args.sizes else None
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     if "speed" in args.only:
         # Peers at scales we have no model of only add minutes; the speed table compares like with like.
         timed = [s for s in subjects if s.ours or s.scale in scales]
-        rows, n = speed.run_speed(timed, args.quick, runs)
+        rows, n = speed.run_speed(timed, args.quick, runs, sizes)
         res["speed"], notes = rows, notes + n
         print(f"bench: speed done ({len(rows)} rows)", file=sys.stderr)
     primary = primary_subject(ours)

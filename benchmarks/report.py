@@ -74,13 +74,15 @@ def chart(res: dict, path: Path) -> str | None:
     if not pts:
         return "no subject has both a quality and a speed row"
     groups = sorted({p["group"] for p in pts})
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(9 * len(groups), 5.5), squeeze=False)
+    markers = "osD^v<>ph*X"
     for ax, g in zip(axes[0], groups):
-        members = [p for p in pts if p["group"] == g]
-        for p in members:
-            ax.scatter(p["mp_per_s"], p["psnr"], marker="o" if p["ours"] else "s",
-                       color="tab:blue" if p["ours"] else "tab:gray", edgecolor="black" if p["pareto"] else "none")
-            ax.annotate(p["label"], (p["mp_per_s"], p["psnr"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        members = sorted((p for p in pts if p["group"] == g), key=lambda p: (not p["ours"], p["label"]))
+        for i, p in enumerate(members):
+            # Ours filled, peers hollow; a black edge marks the Pareto front. The legend names each point.
+            ax.scatter(p["mp_per_s"], p["psnr"], marker=markers[i % len(markers)], s=60,
+                       color=f"C{i % 10}" if p["ours"] else "none", edgecolors=f"C{i % 10}" if not p["pareto"] else "black",
+                       linewidths=1.5, label=f"{p['label']} ({p['mp_per_s']:.2f} MP/s, {p['psnr']:.2f} dB)")
         front = sorted((p for p in members if p["pareto"]), key=lambda p: p["mp_per_s"])
         ax.plot([p["mp_per_s"] for p in front], [p["psnr"] for p in front], "--", color="tab:red", lw=1,
                 label="Pareto front")
@@ -89,7 +91,7 @@ def chart(res: dict, path: Path) -> str | None:
         ax.set_ylabel(f"PSNR dB ({members[0]['dataset']})")
         ax.set_title(g)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"quality vs speed, {res['meta']['machine']}, {res['meta']['date']}", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".part.png")

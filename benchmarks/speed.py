@@ -54,11 +54,25 @@ def speed_row(sub: Subject, threads: int | None, in_wh: tuple[int, int], secs: l
             "gmac_per_s": gmac_per_s(sub.macs_per_out_px, out_wh, med) if sub.macs_per_out_px is not None else None}
 
 
-def run_speed(subjects: list[Subject], quick: bool, runs: int = MIN_RUNS) -> tuple[list[dict], list[NotRun]]:
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """'640x360,1280x720' -> ((640, 360), (1280, 720)): input frames as width x height."""
+    from .errors import ConfigError
+
+    try:
+        sizes = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise ConfigError(f"sizes {text!r} are not a comma list of WIDTHxHEIGHT")
+    return sizes
+
+
+def run_speed(subjects: list[Subject], quick: bool, runs: int = MIN_RUNS,
+              sizes: tuple[tuple[int, int], ...] | None = None) -> tuple[list[dict], list[NotRun]]:
     runs = max(runs, MIN_RUNS)
     rows, notes = [], []
     pairs = contenders(subjects, quick)
-    for in_wh in (QUICK_SIZES if quick else SIZES):
+    for in_wh in sizes or (QUICK_SIZES if quick else SIZES):
         frame = synthetic_image(in_wh[1], in_wh[0], seed=1)
         fns, keyed = {}, {}
         for sub, threads in pairs:

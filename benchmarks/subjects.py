@@ -193,7 +193,7 @@ def bicubic_subject(scale: int) -> Subject:
 
     def make(_threads):
         return lambda rgb: bicubic_resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale))
-    return Subject(f"bicubic x{scale}", f"bicubic x{scale}", False, "pillow", "-", "sr", scale, 0.0,
+    return Subject(f"bicubic x{scale}", f"bicubic x{scale}", False, "pillow", "-", "sr", scale, None,
                    threaded=False, factory=make)
 
 
