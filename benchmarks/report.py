@@ -61,6 +61,18 @@ def pareto_points(res: dict) -> list[dict]:
     return pts
 
 
+def ratios(res: dict) -> list[dict]:
+    """Each of our subjects against each peer of its scale, on the same frames and images of this run:
+    output MP/s ratio (bar frame size, all threads) and PSNR difference on the headline set."""
+    pts = {p["label"]: p for p in pareto_points(res)}
+    out = []
+    for a in (p for p in pts.values() if p["ours"]):
+        for b in (p for p in pts.values() if not p["ours"] and p["group"] == a["group"]):
+            out.append({"subject": a["label"], "peer": b["label"], "dataset": a["dataset"],
+                        "speed_ratio": a["mp_per_s"] / b["mp_per_s"], "psnr_delta": a["psnr"] - b["psnr"]})
+    return out
+
+
 def chart(res: dict, path: Path) -> str | None:
     """pareto.png; returns a reason string when it cannot be drawn."""
     try:
@@ -108,6 +120,12 @@ def markdown(res: dict) -> str:
            f"- load: {m['load']}", f"- mode: {'quick' if m['quick'] else 'full'}; sections: {', '.join(m['sections'])}",
            "", "## Bars", ""]
     out += [f"- **{b['status']}** {b['bar']}: {b['figure'] or b['reason']}" for b in res["bars"]] or ["- none judged"]
+    rat = ratios(res)
+    if rat:
+        out += ["", f"## Ratios against the peers ({BAR_SIZE[0]}x{BAR_SIZE[1]} input, all threads; same run)", ""]
+        out += _table(["subject", "peer", "speed (ours / peer)", "PSNR difference dB", "set"],
+                      [[r["subject"], r["peer"], f"{r['speed_ratio']:.2f}x", f"{r['psnr_delta']:+.2f}", r["dataset"]]
+                       for r in rat])
     if res["quality"]:
         out += ["", "## Quality (evaluation protocol of ../shared/data/README.md)", ""]
         rows = [[r["label"], "ours" if r["ours"] else "peer", r["task"], f"x{r['scale']}", r["dataset"],

@@ -333,3 +333,10 @@ def test_memory_child_subprocess(model_dir, monkeypatch):
     r = rows[0]
     assert r["input"][0] * r["input"][1] == pytest.approx(1e4, rel=0.05) and r["output"] == [2 * r["input"][0], 2 * r["input"][1]]
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["tiles"] >= 1
+
+
+def test_ratios_against_peers():
+    (r,) = report.ratios(_result())
+    assert r["subject"] == "ours" and r["peer"] == "bicubic x2"
+    assert r["speed_ratio"] == pytest.approx(1.84 / 18.4) and r["psnr_delta"] == pytest.approx(31.0 - 30.33)
+    assert "| ours | bicubic x2 | 0.10x | +0.67 | Set14 |" in report.markdown(_result())
