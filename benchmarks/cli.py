@@ -92,9 +92,12 @@ def main(args: argparse.Namespace) -> int:
         raise BenchmarkError(f"{out}: cannot create the output folder ({e.strerror})") from None
     data = args.data or _shared("data")
     peers_dir = args.peers or _shared("peer_models/opencv_dnn_superres")
+    argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:  # called as `edge-enhance bench ...`
+        argv = argv[1:]
     started = datetime.datetime.now().astimezone()
     res = {"meta": {"machine": machine(), "cpu_count": os.cpu_count(), "date": started.isoformat(timespec="seconds"),
-                    "command": "edge-enhance bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                    "command": "edge-enhance bench " + " ".join(shlex.quote(a) for a in argv),
                     "load": load_text(args.load_note), "quick": args.quick, "sections": args.only, "runs": runs,
                     "python": platform.python_version()},
            "subjects": [], "quality": [], "speed": [], "memory": [], "tiling": [], "bars": [], "not_run": []}

@@ -26,7 +26,10 @@ def run_quality(subjects: list[Subject], data_dir: Path | None, quick: bool) -> 
     table = QUICK_DATASETS if quick else DATASETS
     for sub in subjects:
         for name in table.get(sub.task, ()):
-            folder = Path(data_dir) / "eval" / name if data_dir else None
+            # --data may name ../shared/data or its eval/ folder.
+            folder = None if data_dir is None else next(
+                (f for f in (Path(data_dir) / "eval" / name, Path(data_dir) / name) if f.is_dir()),
+                Path(data_dir) / "eval" / name)
             if folder is None or not folder.is_dir():
                 notes.append(NotRun(f"{sub.label} on {name}", f"dataset folder {folder} not found (--data)"))
                 continue
