@@ -162,11 +162,18 @@ def derive_fp32_tflite(onnx_path: Path, cache: Path) -> Path:
 def our_subjects(items: list[str] | None, cache: Path) -> tuple[list[Subject], list[NotRun]]:
     files, notes = model_files(items)
     subjects: list[Subject] = []
+    seen: dict[str, str] = {}
     for f in files:
         try:
-            subjects.append(model_subject(f))
+            sub = model_subject(f)
         except (EdgeEnhanceError, OSError) as e:
             notes.append(NotRun(str(f), str(e)))
+            continue
+        if sub.label in seen:  # two files of one model, engine and precision: time the first only
+            notes.append(NotRun(str(f), f"same model, engine and precision as {seen[sub.label]}"))
+            continue
+        seen[sub.label] = str(f)
+        subjects.append(sub)
     have = {(s.model, s.engine, s.precision) for s in subjects}
     for s in list(subjects):
         if s.engine == "onnxruntime" and (s.model, "litert", "fp32") not in have:

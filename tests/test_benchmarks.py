@@ -340,3 +340,22 @@ def test_ratios_against_peers():
     assert r["subject"] == "ours" and r["peer"] == "bicubic x2"
     assert r["speed_ratio"] == pytest.approx(1.84 / 18.4) and r["psnr_delta"] == pytest.approx(31.0 - 30.33)
     assert "| ours | bicubic x2 | 0.10x | +0.67 | Set14 |" in report.markdown(_result())
+
+
+def test_duplicate_model_files_are_reported_not_timed_twice(model_dir, tmp_path):
+    import shutil
+
+    from benchmarks.subjects import our_subjects
+
+    shutil.copy(model_dir / "t.int8.tflite", model_dir / "copy.int8.tflite")
+    subs, notes = our_subjects([str(model_dir)], tmp_path / "cache")
+    labels = [s.label for s in subs]
+    assert len(labels) == len(set(labels)) == 3
+    assert any("same model, engine and precision" in n.reason for n in notes)
+
+
+def test_missing_model_argument_is_not_run(tmp_path):
+    from benchmarks.subjects import our_subjects
+
+    subs, notes = our_subjects([str(tmp_path / "nope.onnx")], tmp_path / "cache")
+    assert subs == [] and "no such file" in notes[0].reason
