@@ -5,6 +5,8 @@ are carried to the output; alpha, grey and 16-bit survive; writes are atomic.
 """
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 import tempfile
@@ -44,6 +46,13 @@ class Photo:
         return 65535 if self.rgb.dtype == np.uint16 else 255
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; done once, then restored
+    os.umask(mask)
+    return mask
+
+
 def _sniff_problem(path: Path, head: bytes) -> str | None:
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"hevc", b"avif"):
         return "HEIC/AVIF needs a Pillow plugin: pip install pillow-heif"
@@ -52,17 +61,35 @@ def _sniff_problem(path: Path, head: bytes) -> str | None:
     return None
 
 
-def _png_is_16bit(path: Path) -> bool:
+def _usable_icc(icc: bytes | None, path: Path) -> bytes | None:
+    """The ICC profile if it parses; a broken one is dropped (copying it would pass the damage on)."""
+    if not icc:
+        return None
+    try:
+        from PIL import ImageCms
+    except ImportError:  # Pillow built without littlecms: cannot check, keep it as it came
+        return icc
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception as e:  # PyCMSError / OSError / TypeError, depending on the damage
+        log.warning("%s: ignoring unreadable ICC profile (%s); colours are taken as sRGB", path, e)
+        return None
+    return icc
+
+
+def _png16_colour_type(path: Path) -> int | None:
+    """PNG colour type (2 RGB, 4 grey+alpha, 6 RGBA) of a 16-bit PNG that Pillow decodes to 8 bits, else None."""
     with open(path, "rb") as f:
         head = f.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+    ok = head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+    return head[25] if ok else None
 
 
 def _read_png16(path: Path) -> np.ndarray | None:
     try:
         import png  # pypng: Pillow decodes 16-bit RGB(A) PNG to 8 bits
     except ImportError:
-        log.warning("%s: 16-bit RGB PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
+        log.warning("%s: 16-bit PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
         return None
     w, h, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
@@ -85,8 +112,9 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         raise ImageInputError(f"{path}: {problem}")
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns on stderr about damaged metadata (EXIF read for the DPI); recorded, logged once below.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             im = Image.open(path)
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
@@ -108,21 +136,32 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
             im.load()
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
-        icc = im.info.get("icc_profile")
+        # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
+        icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
         dpi = im.info.get("dpi")
         try:
-            exif = im.getexif()
-            oriented = ImageOps.exif_transpose(im)
+            # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
+            with warnings.catch_warnings(record=True) as more:
+                warnings.simplefilter("always")
+                exif = im.getexif()
+                oriented = ImageOps.exif_transpose(im)
+            caught = [w for w in caught + more if not issubclass(w.category, Image.DecompressionBombWarning)]
+            if caught:
+                log.warning("%s: EXIF partly unreadable (%s); the rest is kept", path, caught[0].message)
         except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
             log.warning("%s: ignoring unreadable EXIF (%s)", path, e)
             exif, oriented = None, im.copy()
         if exif is not None:
             exif[_ORIENTATION] = 1
         photo = _to_photo(oriented, path)
-    if fmt == "PNG" and photo.rgb.dtype == np.uint8 and _png_is_16bit(path):
+    ctype = _png16_colour_type(path) if fmt == "PNG" and photo.rgb.dtype == np.uint8 else None
+    if ctype is not None:
+        photo.grey = ctype == 4  # Pillow hands 16-bit grey+alpha over as 8-bit RGBA
         data = _read_png16(path)
         if data is not None:
             data = _apply_orientation(data, exif_orientation(path))
+            if data.shape[2] == 2:
+                data = np.dstack([data[..., :1]] * 3 + [data[..., 1:]])
             photo.rgb, photo.alpha = data[..., :3], (data[..., 3] if data.shape[2] == 4 else None)
     photo.icc, photo.exif, photo.dpi, photo.format = icc, exif, dpi, fmt
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
@@ -132,7 +171,8 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
 
 def exif_orientation(path: Path) -> int:
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore")
             return int(im.getexif().get(_ORIENTATION, 1))
     except Exception:
         return 1
@@ -266,6 +306,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
         photo = Photo(photo.rgb, None, photo.grey)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     try:
+        # mkstemp makes the file 0600; a photo should get the mode any new file gets (umask applies).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,27 @@ def interpreter_module():
             "no TFLite engine installed: pip install 'edge-enhance[litert]' (ai-edge-litert), "
             "or tflite-runtime on a Raspberry Pi"
         ) from None
+
+
+def _engine_version(engine: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(engine)
+    except PackageNotFoundError:
+        return "(version unknown)"
+
+
+def _load_error(path, engine: str, e: Exception) -> ModelFormatError:
+    """One line naming the file and cause; an op too new for this runtime names the op, version and runtime."""
+    text = " ".join(str(e).split())
+    m = re.search(r"Didn't find op for (?:builtin|custom) opcode '([^']+)' version '(\d+)'", text)
+    if m:
+        return ModelFormatError(
+            f"{path}: needs operator {m.group(1)} version {m.group(2)}, which the installed {engine} "
+            f"{_engine_version(engine)} does not have; upgrade {engine} (or re-convert the model for this runtime)"
+        )
+    return ModelFormatError(f"{path}: {engine} {_engine_version(engine)} cannot load this model: {text}")
 
 
 def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -93,7 +115,7 @@ class LiteRTBackend(Backend):
                 model_content=data, num_threads=options.threads, experimental_delegates=delegates or None
             )
         except (ValueError, RuntimeError) as e:
-            raise ModelFormatError(f"{path}: {self.engine_name} cannot load this model: {e}") from None
+            raise _load_error(path, self.engine_name, e) from None
         ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
@@ -106,6 +128,10 @@ class LiteRTBackend(Backend):
             raise ModelFormatError(f"{path}: input shape {list(shape)} is not (1, H, W, 3)")
         self.fixed_shape = None if (sig[1] == -1 or sig[2] == -1) else (int(shape[1]), int(shape[2]))
         self._size: tuple[int, int] | None = None
+        try:  # node tensor indices are only checked here; find a corrupt graph at load, not mid-run
+            self.interp.allocate_tensors()
+        except RuntimeError as e:
+            raise _load_error(path, self.engine_name, e) from None
 
     def prepare(self, h: int, w: int) -> None:
         if self._size == (h, w):
@@ -136,10 +162,13 @@ class LiteRTBackend(Backend):
         kw = {}
         if hasattr(m, "OpResolverType"):
             kw["experimental_op_resolver_type"] = m.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        it = m.Interpreter(model_content=self.path.read_bytes(), **kw)
-        if not self.fixed_shape:
-            it.resize_tensor_input(self._in["index"], [1, *probe, 3], strict=False)
-        it.allocate_tensors()
+        try:
+            it = m.Interpreter(model_content=self.path.read_bytes(), **kw)
+            if not self.fixed_shape:
+                it.resize_tensor_input(self._in["index"], [1, *probe, 3], strict=False)
+            it.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise _load_error(self.path, self.engine_name, e) from None
         total = 0
         for t in it.get_tensor_details():
             shape = t["shape"]
