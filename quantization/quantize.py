@@ -301,10 +301,11 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
                              keep_16x8: frozenset = frozenset()) -> None:
     """Set QuantParams on every activation tensor (inputs and node outputs), in place."""
     bounds = _clip_bounds(g)
+    whole16 = bool(g.nodes) and all(n.name in keep_16x8 for n in g.nodes)
     for name in g.inputs:
         # Inputs are 8-bit pixels / 255: the 1/255 grid represents them exactly.
         lo, hi = (0.0, 1.0) if name not in st.lo else (min(st.lo[name], 0.0), max(st.hi[name], 1.0))
-        g.tensors[name].quant = activation_params(lo, hi)
+        g.tensors[name].quant = activation_params(lo, hi, "int16" if whole16 else "int8")
     int16_tensors = {n.outputs[0] for n in g.nodes if n.name in keep_16x8}
     for n in g.nodes:
         out = n.outputs[0]
