@@ -89,6 +89,14 @@ def _load(path: Path) -> np.ndarray:
         raise ImageInputError(f"{path}: cannot read calibration image ({e})") from None
 
 
+def _size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise ImageInputError(f"{path}: cannot read calibration image ({e})") from None
+
+
 def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) -> np.ndarray:
     """The model input for a clean crop (uint8 HxWx3 -> uint8)."""
     if task in ("sr", "enhance"):
@@ -115,9 +123,12 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
     root = Path(folder) if folder is not None else default_train_dir()
     files = list_calibration_files(root)
     rng = np.random.default_rng(config.seed)
-    # A fixed, seeded subset of files keeps the default set cheap to load; user folders are read whole.
-    if folder is None and len(files) > config.count:
-        files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
+    if folder is None:
+        # Our own set: images smaller than the crop are passed over (T91 has some), and a fixed,
+        # seeded subset keeps it cheap to load. User folders are read whole and checked strictly.
+        files = [p for p in files if min(_size(p)) >= config.crop]
+        if len(files) > config.count:
+            files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
     images = []
     for p in files:
         im = _load(p)

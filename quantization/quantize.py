@@ -28,6 +28,7 @@ from conversion.tflite_writer import affine_from_range, apply_int8_constraints, 
 
 from .calibration import METHODS, CalibSet, RangeStats
 from .errors import CalibrationError, ConfigError
+from .tflite16 import has_int16, writer_with_int64_bias
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +235,15 @@ def gptq_weights(g: Graph, calib: CalibSet, assign) -> int:
     sets activation params for the simulation. Returns the layers done."""
     convs = [n for n in g.nodes if n.op == "Conv" and n.attrs["group"] == 1]
     for n in convs:
-        assign(g)
+        h = copy.deepcopy(g)  # assigning params may add nodes (16x8 boundaries): keep g clean
+        assign(h)
+        hn = next(m for m in h.nodes if m.name == n.name)
         wt = g.tensors[n.inputs[1]]
         o, kh, kw, ci = wt.data.shape
         hess = np.zeros((kh * kw * ci, kh * kw * ci))
         for x in calib.inputs:
-            env = executor.run(g, {g.inputs[0]: x}, simulate_quant=True, keep_all=True)
-            cols = im2col(env[n.inputs[0]], kh, kw, n.attrs["strides"], n.attrs["dilations"], n.attrs["pads"])
+            env = executor.run(h, {h.inputs[0]: x}, simulate_quant=True, keep_all=True)
+            cols = im2col(env[hn.inputs[0]], kh, kw, n.attrs["strides"], n.attrs["dilations"], n.attrs["pads"])
             hess += cols.T @ cols
         wq = gptq_round(wt.data.reshape(o, -1), hess, wt.quant)
         wt.data = wq.reshape(wt.data.shape).astype(np.float32)
@@ -299,22 +302,64 @@ def collect_stats(g: Graph, calib: CalibSet) -> RangeStats:
 
 def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: float = 99.99,
                              keep_16x8: frozenset = frozenset()) -> None:
-    """Set QuantParams on every activation tensor (inputs and node outputs), in place."""
+    """Set QuantParams on every activation tensor (inputs and node outputs), in place.
+
+    Outputs of the nodes named in ``keep_16x8`` are int16 (symmetric); where int8 and int16 meet,
+    :func:`insert_precision_boundaries` adds the conversions TFLite needs.
+    """
     bounds = _clip_bounds(g)
+    ranges = {}
     for name in g.inputs:
         # Inputs are 8-bit pixels / 255: the 1/255 grid represents them exactly.
         lo, hi = (0.0, 1.0) if name not in st.lo else (min(st.lo[name], 0.0), max(st.hi[name], 1.0))
+        ranges[name] = (lo, hi)
         g.tensors[name].quant = activation_params(lo, hi)
-    int16_tensors = {n.outputs[0] for n in g.nodes if n.name in keep_16x8}
     for n in g.nodes:
         out = n.outputs[0]
-        if out in bounds:
-            lo, hi = bounds[out]
-        else:
-            lo, hi = st.range(out, method, percentile)
-        g.tensors[out].quant = activation_params(lo, hi, "int16" if out in int16_tensors else "int8")
+        ranges[out] = bounds[out] if out in bounds else st.range(out, method, percentile)
+        g.tensors[out].quant = activation_params(*ranges[out], "int16" if n.name in keep_16x8 else "int8")
     apply_int8_constraints(g)
+    if keep_16x8:
+        insert_precision_boundaries(g, keep_16x8, ranges)
     align_residual_adds(g)
+
+
+INT16_OPS = ("Conv", "ConvTranspose", "Add", "Mul")  # what TFLite runs as 16x8 and keep_16x8 may name
+
+
+def insert_precision_boundaries(g: Graph, keep_16x8, ranges: dict) -> int:
+    """Make every op's activation inputs the dtype of its output, in place; returns converters added.
+
+    A converter is ``Maximum(x, -1e30)``: the identity on real values, which
+    the TFLite writer emits as a QUANTIZE (int8 <-> int16 requantisation) and a MAXIMUM, both with
+    int8 and int16 kernels; the executor's simulation rounds it to the new grid just the same.
+    Data-movement ops without int16 kernels (DepthToSpace, Resize, ...) stay int8.
+    """
+    for n in g.nodes:  # int16 params copied onto data movement by apply_int8_constraints go back to int8
+        q = g.tensors[n.outputs[0]].quant
+        if n.name not in keep_16x8 and q is not None and q.dtype == "int16":
+            g.tensors[n.outputs[0]].quant = activation_params(*ranges[n.inputs[0]])
+    made: dict = {}
+    added = 0
+    for n in list(g.nodes):
+        want = g.tensors[n.outputs[0]].quant.dtype
+        for k, i in enumerate(n.inputs):
+            t = g.tensors[i]
+            if t.is_const or t.quant is None or t.quant.dtype == want:
+                continue
+            if (i, want) not in made:
+                q = activation_params(*ranges.get(i, _real_range(t.quant)), want)
+                # Far below any grid: quantised it clamps to the grid's lowest value, so the max is
+                # the identity in float and in int.
+                c = g.add_const(f"{i}_to_{want}_floor", np.array([-1e30], np.float32))
+                out = g.add_node("Maximum", [i, c], name=g.unique(f"{i}_to_{want}"), output=f"{i}_to_{want}")
+                g.tensors[out].quant = q
+                node = g.nodes.pop()
+                g.nodes.insert(g.nodes.index(n), node)
+                made[(i, want)] = out
+                added += 1
+            n.inputs[k] = made[(i, want)]
+    return added
 
 
 def _real_range(q: QuantParams) -> tuple[float, float]:
@@ -432,10 +477,10 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
     if max_drop is not None and not max_drop >= 0:
         raise ConfigError(f"max_drop {max_drop} must be >= 0 dB")
     _check_calib(graph, calib)
-    names = {n.name for n in graph.nodes}
+    names = {n.name for n in graph.nodes if n.op in INT16_OPS}
     unknown = sorted(set(keep_16x8) - names)
     if unknown:
-        raise ConfigError(f"keep_16x8 names unknown node(s): {', '.join(unknown)}")
+        raise ConfigError(f"keep_16x8 names unknown node(s) or ops without 16x8 kernels: {', '.join(unknown)}")
     say = progress or (lambda m: None)
 
     ref = _simulate(graph, calib, False)
@@ -497,7 +542,7 @@ def _layer_reports(graph, g, calib, float_psnr, sensitivity, say, previous=None)
     prev = {r.name: r.drop_db for r in previous or []}
     out = []
     for n in g.nodes:
-        if n.op not in ("Conv", "ConvTranspose", "Add", "Mul"):
+        if n.op not in INT16_OPS:
             continue
         o = n.outputs[0]
         s, e = acc[o]
@@ -526,4 +571,9 @@ def write_tflite(g: Graph, path, *, io: str | None = None, tile=None):
     meta = dict(g.metadata)
     g2 = copy.copy(g)
     g2.metadata = {k: v for k, v in meta.items() if k != IO_KEY}
+    if has_int16(g2):
+        if io != "float":
+            raise ConfigError(f"16x8 layers need float model I/O (got io={io!r})")
+        with writer_with_int64_bias():
+            return to_tflite(g2, path, precision="int8", io=io, tile=tile)
     return to_tflite(g2, path, precision="int8", io=io, tile=tile)

@@ -292,3 +292,38 @@ def test_cle_auto_repairs_a_badly_scaled_pair(sr_graph, calib_dir):
                           sensitivity=False)
     assert r.report.cle
     assert r.report.variants["cle=off,bc=off"] > r.report.variants["cle=on,bc=off"] + 0.5
+
+
+@pytest.mark.parametrize("keep", [{"conv2"}, {"conv1", "residual"}, {"conv1", "conv2", "conv3", "residual"}])
+def test_16x8_layers_run_in_litert_like_the_simulation(tmp_path, sr_graph, calib_dir, keep):
+    from conversion.tflite_writer import tflite_ops
+    from tests.conversion_testkit import run_tflite
+
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8=keep, cle=False, bias_correction=False,
+                          sensitivity=False, rounding="nearest")
+    for n in g.nodes:
+        dt = g.tensors[n.outputs[0]].quant.dtype
+        if n.op == "Maximum":  # the int8 <-> int16 converters
+            continue
+        assert dt == ("int16" if n.name in keep else "int8")
+        acts = [g.tensors[i] for i in n.inputs if not g.tensors[i].is_const]
+        assert all(t.quant.dtype == dt for t in acts), n.name  # every op sees one dtype
+    x = np.round(np.random.default_rng(6).uniform(0, 1, (1, 10, 8, 3)) * 255).astype(np.float32) / 255
+    flt = executor.run(g, {g.inputs[0]: x})[g.outputs[0]]
+    want = executor.run(sr_graph, {sr_graph.inputs[0]: x})[sr_graph.outputs[0]]
+    np.testing.assert_allclose(flt, want, atol=1e-6)  # the converters are identities in float
+    path = qz.write_tflite(g, tmp_path / "mixed.tflite")
+    assert "MAXIMUM" in tflite_ops(path)
+    y = run_tflite(path, x)
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    assert np.abs(y - sim).max() <= 1 / 255 + 1e-6
+
+
+def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, io="int8", cle=False, bias_correction=False,
+                          sensitivity=False)
+    with pytest.raises(ConfigError, match="float model I/O"):
+        qz.write_tflite(g, tmp_path / "m.tflite")
+    assert not list(tmp_path.glob("*.tflite"))
