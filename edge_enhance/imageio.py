@@ -25,6 +25,11 @@ DEFAULT_MAX_PIXELS = 200_000_000  # input pixels; a 200 MP photo is plausible, a
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 _ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
 _NO_ALPHA = {"JPEG", "BMP", "PPM"}
+# TIFF tags that a TIFF source's getexif() returns for its own pixel layout (size, samples, photometric,
+# strips, tiles, palette, ...); copied to a TIFF output they contradict the new pixels (CMYK -> RGB made
+# an unreadable file), and in any other output they are stale.
+_TIFF_STRUCTURE = {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320,
+                   322, 323, 324, 325, 338, 339, 340, 341, 530, 532}
 _SIXTEEN_BIT = {"PNG", "TIFF"}
 
 
@@ -153,6 +158,8 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
             exif, oriented = None, im.copy()
         if exif is not None:
             exif[_ORIENTATION] = 1
+            for tag in _TIFF_STRUCTURE.intersection(exif):  # they describe the source file's layout, not the photo
+                del exif[tag]
         photo = _to_photo(oriented, path)
     ctype = _png16_colour_type(path) if fmt == "PNG" and photo.rgb.dtype == np.uint8 else None
     if ctype is not None:

@@ -174,13 +174,16 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # ORT raises its own exception types for every kind of bad file
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelFormatError(f"{path}: ONNX Runtime cannot load this model: {msg}") from None
-        raw = self.sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+        try:  # ORT decodes names and metadata as UTF-8 only when asked, and raises if they are not
+            raw = self.sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+            ins, outs = self.sess.get_inputs(), self.sess.get_outputs()
+            names = [(i.name, i.shape, i.type) for i in ins], [o.name for o in outs]
+        except UnicodeDecodeError as e:
+            raise ModelFormatError(f"{path}: model metadata or tensor names are not valid UTF-8 ({e.reason})") from None
         self.card = ModelCard.from_json(raw, str(path)) if raw is not None else None
-        ins, outs = self.sess.get_inputs(), self.sess.get_outputs()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
-        self._in_name, self._out_name = ins[0].name, outs[0].name
-        shape = ins[0].shape
+        (self._in_name, shape, in_type), self._out_name = names[0][0], names[1][0]
         self.layout = self.card.layout if self.card else ("nchw" if len(shape) == 4 and shape[1] == 3 else "nhwc")
         if len(shape) != 4:
             raise ModelFormatError(f"{path}: input shape {shape} is not 4-D")
@@ -192,8 +195,8 @@ class OnnxRuntimeBackend(Backend):
             )
         hw = shape[2:4] if self.layout == "nchw" else shape[1:3]
         self.fixed_shape = tuple(hw) if all(isinstance(d, int) for d in hw) else None
-        if ins[0].type != "tensor(float)":
-            raise ModelFormatError(f"{path}: input type {ins[0].type} is not float32")
+        if in_type != "tensor(float)":
+            raise ModelFormatError(f"{path}: input type {in_type} is not float32")
 
     def prepare(self, h: int, w: int) -> None:
         if self.fixed_shape and self.fixed_shape != (h, w):
