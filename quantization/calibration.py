@@ -1,0 +1,252 @@
+"""Calibration data and activation-range observers.
+
+Calibration data are (input, target) pairs made from clean RGB crops with the task's degradation
+(bicubic x1/s for SR, the protocol's clipped Gaussian noise for denoise, JPEG for dejpeg), so a
+model sees inputs like the ones it was trained on, and the pairs give a real PSNR to steer
+mixed precision. The default set is a fixed, seeded choice of crops from ``shared/data/train``.
+
+Observers are pure functions of a histogram ``(counts, edges)``:
+
+>>> counts, edges = np.array([1, 0, 0, 998, 1]), np.linspace(-1.0, 4.0, 6)
+>>> minmax_range(counts, edges)
+(-1.0, 4.0)
+>>> [round(v, 2) for v in percentile_range(counts, edges, 99.8)]
+[0.0, 3.0]
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edge_enhance.evaluation import IMAGE_SUFFIXES, bicubic_resize, jpeg
+
+from .errors import CalibrationError, ConfigError, ImageInputError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "percentile", "mse")
+TASKS = ("sr", "denoise", "dejpeg", "enhance")
+BINS = 2048
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class CalibConfig:
+    crop: int = 96  # side of a clean (HR) crop; SR inputs are crop // scale
+    count: int = 32  # crops in all
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.crop < 8:
+            raise ConfigError(f"calibration crop {self.crop} is smaller than 8 pixels")
+        if self.count < 1:
+            raise ConfigError(f"calibration count {self.count} must be at least 1")
+
+
+@dataclass
+class CalibSet:
+    """Model inputs (NHWC float32 in [0, 1], batch 1) and their clean targets (HxWx3 uint8)."""
+
+    inputs: list
+    targets: list
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def default_train_dir() -> Path:
+    """``$EDGE_ENHANCE_DATA/train``, else the nearest ``shared/data/train`` above the repository."""
+    env = os.environ.get("EDGE_ENHANCE_DATA")
+    if env:
+        return Path(env) / "train"
+    for d in Path(__file__).resolve().parents[1].parents:
+        if (d / "shared" / "data" / "train").is_dir():
+            return d / "shared" / "data" / "train"
+    raise CalibrationError("no shared/data/train above the repository: set EDGE_ENHANCE_DATA or pass --calib DIR")
+
+
+def list_calibration_files(folder) -> list[Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise CalibrationError(f"{d}: calibration folder does not exist")
+    files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CalibrationError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in the calibration folder")
+    return files
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageInputError(f"{path}: cannot read calibration image ({e})") from None
+
+
+def _size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise ImageInputError(f"{path}: cannot read calibration image ({e})") from None
+
+
+def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) -> np.ndarray:
+    """The model input for a clean crop (uint8 HxWx3 -> uint8)."""
+    if task in ("sr", "enhance"):
+        h, w = clean.shape[:2]
+        return bicubic_resize(clean, (w // scale, h // scale))
+    if task == "denoise":
+        sigma = rng.uniform(5.0, 50.0)
+        return np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+    if task == "dejpeg":
+        return jpeg(clean, int(rng.integers(10, 91)))
+    raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
+
+
+def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: CalibConfig = CalibConfig()) -> CalibSet:
+    """``config.count`` seeded crops from the images of ``folder`` (default: the shared train set).
+
+    Every image is checked (readable, at least ``crop`` on each side) before any crop is made, so a
+    bad file is reported even if the draw would not have picked it.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
+    if task in ("sr", "enhance") and config.crop % scale:
+        raise ConfigError(f"calibration crop {config.crop} is not a multiple of the scale {scale}")
+    root = Path(folder) if folder is not None else default_train_dir()
+    files = list_calibration_files(root)
+    rng = np.random.default_rng(config.seed)
+    if folder is None:
+        # Our own set: images smaller than the crop are passed over (T91 has some), and a fixed,
+        # seeded subset keeps it cheap to load. User folders are read whole and checked strictly.
+        files = [p for p in files if min(_size(p)) >= config.crop]
+        if len(files) > config.count:
+            files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
+    images = []
+    for p in files:
+        im = _load(p)
+        if min(im.shape[:2]) < config.crop:
+            raise ImageInputError(f"{p}: {im.shape[1]}x{im.shape[0]} is smaller than the "
+                                  f"{config.crop}x{config.crop} calibration crop")
+        images.append(im)
+    inputs, targets = [], []
+    for k in range(config.count):
+        im = images[k % len(images)]
+        y = int(rng.integers(0, im.shape[0] - config.crop + 1))
+        x = int(rng.integers(0, im.shape[1] - config.crop + 1))
+        clean = np.ascontiguousarray(im[y:y + config.crop, x:x + config.crop])
+        inp = degrade(clean, task, scale, rng)
+        inputs.append((inp.astype(np.float32) / 255.0)[None])
+        targets.append(clean)
+    log.info("calibration: %d crops of %d px from %d image(s) in %s", len(inputs), config.crop, len(images), root)
+    return CalibSet(inputs, targets, str(root))
+
+
+# --------------------------------------------------------------------------- statistics
+class RangeStats:
+    """Per-tensor min / max (first pass), then a histogram over [min, max] (second pass)."""
+
+    def __init__(self):
+        self.lo: dict = {}
+        self.hi: dict = {}
+        self.hist: dict = {}
+
+    def observe_range(self, name: str, v: np.ndarray) -> None:
+        self.lo[name] = min(self.lo.get(name, np.inf), float(v.min()))
+        self.hi[name] = max(self.hi.get(name, -np.inf), float(v.max()))
+
+    def edges(self, name: str) -> np.ndarray:
+        lo, hi = self.lo[name], self.hi[name]
+        if hi <= lo:
+            hi = lo + 1e-6
+        return np.linspace(lo, hi, BINS + 1)
+
+    def observe_hist(self, name: str, v: np.ndarray) -> None:
+        c, _ = np.histogram(v, bins=self.edges(name))
+        self.hist[name] = self.hist.get(name, 0) + c
+
+    def range(self, name: str, method: str, percentile: float = 99.99) -> tuple[float, float]:
+        if method == "minmax" or name not in self.hist:
+            return self.lo[name], self.hi[name]
+        counts, edges = self.hist[name], self.edges(name)
+        if method == "percentile":
+            return percentile_range(counts, edges, percentile)
+        if method == "mse":
+            return mse_range(counts, edges)
+        raise ConfigError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
+
+
+def minmax_range(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """Outer edges of the first and last non-empty bins."""
+    nz = np.nonzero(counts)[0]
+    if nz.size == 0:
+        return 0.0, 0.0
+    return float(edges[nz[0]]), float(edges[nz[-1] + 1])
+
+
+def percentile_range(counts: np.ndarray, edges: np.ndarray, pct: float = 99.99) -> tuple[float, float]:
+    """Clip (100 - pct)% of the mass, half from each tail; a tail on one side of 0 stays at 0."""
+    if not 50.0 < pct <= 100.0:
+        raise ConfigError(f"percentile {pct} must be in (50, 100]")
+    cdf = np.cumsum(counts, dtype=np.float64)
+    total = cdf[-1]
+    if total == 0:
+        return 0.0, 0.0
+    tail = total * (100.0 - pct) / 200.0
+    i_lo = int(np.searchsorted(cdf, tail, side="right"))
+    i_hi = int(np.searchsorted(cdf, total - tail, side="left"))
+    lo, hi = float(edges[min(i_lo, len(counts) - 1)]), float(edges[min(i_hi + 1, len(counts))])
+    return min(lo, 0.0) if edges[0] < 0 else float(edges[0]), max(hi, 0.0)
+
+
+def quant_mse(x: np.ndarray, weights: np.ndarray, lo: float, hi: float, levels: int = 256) -> float:
+    """Expected squared error of uniform quantisation to [lo, hi] of values ``x`` (weighted counts).
+
+    Values inside the range cost the rounding noise step^2 / 12; values outside cost their squared
+    distance to the range (clipping). Unlike rounding the bin centres themselves, this does not
+    depend on how the histogram's bins line up with the quantisation grid.
+    """
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    total = max(float(np.sum(weights)), 1.0)
+    step = (hi - lo) / (levels - 1) if hi > lo else 0.0
+    clip = np.maximum(x - hi, 0.0) + np.maximum(lo - x, 0.0)
+    return float(np.sum(weights * (clip ** 2 + step ** 2 / 12.0)) / total)
+
+
+def mse_range(counts: np.ndarray, edges: np.ndarray, levels: int = 256, steps: int = 80) -> tuple[float, float]:
+    """The clip range minimising the quantisation MSE of the histogram (bin centres, weighted).
+
+    Grid search over shrinking each end of the observed range independently (an end at 0 stays
+    at 0); the observed range itself is a candidate, so the result is never worse than min-max.
+    """
+    lo0, hi0 = minmax_range(counts, edges)
+    if hi0 <= lo0:
+        return lo0, hi0
+    centres = (edges[:-1] + edges[1:]) / 2
+    nz = counts > 0
+    x, w = centres[nz], counts[nz].astype(np.float64)
+    fr = np.linspace(1.0, 0.05, steps)
+    his = [hi0 * f for f in fr] if hi0 > 0 else [hi0]
+    los = [lo0 * f for f in fr] if lo0 < 0 else [lo0]
+    best = (quant_mse(x, w, lo0, hi0, levels), lo0, hi0)
+    # Coordinate descent (hi then lo, twice) keeps the search linear in the grid size.
+    lo, hi = lo0, hi0
+    for _ in range(2):
+        for h in his:
+            e = quant_mse(x, w, lo, h, levels)
+            if e < best[0]:
+                best = (e, lo, h)
+        lo, hi = best[1], best[2]
+        for lv in los:
+            e = quant_mse(x, w, lv, hi, levels)
+            if e < best[0]:
+                best = (e, lv, hi)
+        lo, hi = best[1], best[2]
+    return float(best[1]), float(best[2])

@@ -1,0 +1,118 @@
+"""`edge-enhance quantize MODEL.onnx --calib DIR`: full-integer int8 TFLite with a quality report.
+
+Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless --force);
+2 bad input or options (raised as ConfigError and mapped by the main CLI).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .calibration import METHODS, CalibConfig, calibration_set
+from .errors import ConfigError
+from .report import Progress, default_eval_dir, human_size, load_model, measure, temp_beside
+
+
+def _fraction_db(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of dB") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 dB")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images (default: a fixed, seeded "
+                                                  "selection of crops from shared/data/train)")
+    p.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
+    p.add_argument("--calib-crop", type=int, default=96, help="side of a clean calibration crop (default 96)")
+    p.add_argument("--method", choices=METHODS, default="percentile",
+                   help="activation range observer (default percentile: measured best on our models)")
+    p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                   help="weight rounding (default gptq: error-compensating)")
+    p.add_argument("--cle", choices=("auto", "on", "off"), default="auto", help="cross-layer equalisation")
+    p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--max-drop", type=_fraction_db, metavar="DB",
+                   help="largest PSNR drop allowed on the quick set; layers go to 16x8 as needed and nothing "
+                        "is written if it is still missed (unless --force)")
+    p.add_argument("--io", choices=("float", "int8", "uint8"), default="float", help="model input / output type")
+    p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before / after evaluation")
+    p.add_argument("-o", "--output", help="output .tflite (default MODEL.int8.tflite beside the model)")
+    p.add_argument("--force", action="store_true", help="write even when --max-drop is missed")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+
+def _flag(v: str):
+    return {"auto": "auto", "on": True, "off": False}[v]
+
+
+def main(args) -> int:
+    from .quantize import quantize_model, write_tflite
+
+    src = Path(args.model_path)
+    out = Path(args.output) if args.output else src.with_suffix(".int8.tflite")
+    if out.suffix.lower() != ".tflite":
+        raise ConfigError(f"{out}: the quantised model is written as .tflite")
+    say = Progress(args.quiet)
+    g, card = load_model(src)
+    say(f"loaded {src.name}: {card.task} x{card.scale}")
+    calib = calibration_set(args.calib, task=card.task, scale=card.scale,
+                            config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
+    say(f"calibration: {len(calib)} crops from {calib.source}")
+    res = quantize_model(g, calib, method=args.method, io=args.io, cle=_flag(args.cle),
+                         bias_correction=_flag(args.bias_correction), rounding=args.rounding,
+                         max_drop=args.max_drop, progress=say)
+    tmp = temp_beside(out)
+    try:
+        write_tflite(res.graph, tmp)
+        rep = {"model": str(src), "output": str(out), "method": args.method, "rounding": args.rounding,
+               "cle": res.report.cle, "bias_correction": res.report.bias_correction, "io": args.io,
+               "calibration": {"float_psnr": res.report.float_psnr, "quant_psnr": res.report.quant_psnr},
+               "variants": res.report.variants,
+               "layers": [{"name": r.name, "precision": r.precision, "sqnr_db": r.sqnr_db, "alone_drop_db": r.drop_db}
+                          for r in res.report.layers],
+               "size_bytes": {"onnx": src.stat().st_size, "tflite": tmp.stat().st_size},
+               "macs_per_pixel": card.macs_per_pixel}
+        drop = None
+        if not args.no_eval:
+            ds = Path(args.eval) if args.eval else default_eval_dir(card.task)
+            say(f"evaluating fp32 ONNX and int8 TFLite on {ds}")
+            before, after = measure(src, card, ds), measure(tmp, card, ds)
+            drop = before.psnr - after.psnr
+            rep["eval"] = {"dataset": str(ds), "fp32_psnr": before.psnr, "int8_psnr": after.psnr, "drop_db": drop}
+        missed = args.max_drop is not None and drop is not None and drop > args.max_drop
+        rep["bar"] = {"max_drop": args.max_drop, "met": not missed}
+        if args.json:
+            print(json.dumps(rep, indent=1))
+        else:
+            _print(rep, res.report)
+        if missed and not args.force:
+            print(f"bar missed: drop {drop:.3f} dB > --max-drop {args.max_drop} dB; nothing written "
+                  "(use --force to write anyway)")
+            return 1
+        os.replace(tmp, out)
+        if not args.json:
+            print(f"wrote {out} ({human_size(out.stat().st_size)})")
+        return 0
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _print(rep: dict, report) -> None:
+    for line in report.lines():
+        print(line)
+    s = rep["size_bytes"]
+    print(f"size: ONNX {human_size(s['onnx'])} -> int8 TFLite {human_size(s['tflite'])}; "
+          f"MACs per input pixel {rep['macs_per_pixel']}")
+    if "eval" in rep:
+        e = rep["eval"]
+        print(f"{Path(e['dataset']).name}: fp32 {e['fp32_psnr']:.3f} dB, int8 {e['int8_psnr']:.3f} dB, "
+              f"drop {e['drop_db']:.3f} dB")

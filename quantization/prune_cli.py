@@ -1,0 +1,108 @@
+"""`edge-enhance prune MODEL.onnx --target-macs 0.7`: structured channel pruning, no retraining.
+
+Writes a smaller float ONNX model (quantise it afterwards with `edge-enhance quantize`).
+Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless --force);
+2 bad input or options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .calibration import CalibConfig, calibration_set
+from .errors import ConfigError
+from .report import Progress, default_eval_dir, human_size, load_model, measure, temp_beside
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction") from None
+    if not 0.05 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in [0.05, 1]")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
+    p.add_argument("--target-macs", type=_fraction, required=True, metavar="F",
+                   help="keep this fraction of the conv MACs (e.g. 0.7)")
+    p.add_argument("--criterion", choices=("contribution", "l1"), default="contribution",
+                   help="channel importance (default contribution: mean |activation| x outgoing |weights|)")
+    p.add_argument("--multiple", type=int, default=4, help="prune in steps of this many channels (default 4)")
+    p.add_argument("--no-reconstruct", action="store_true", help="skip the least-squares refit of the next layer")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images (default: shared/data/train crops)")
+    p.add_argument("--calib-count", type=int, default=32)
+    p.add_argument("--calib-crop", type=int, default=96)
+    p.add_argument("--max-drop", type=float, default=0.15, metavar="DB",
+                   help="largest PSNR drop allowed on the quick set (default 0.15)")
+    p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
+    p.add_argument("-o", "--output", help="output .onnx (default MODEL.pruned<NN>.onnx beside the model)")
+    p.add_argument("--force", action="store_true", help="write even when --max-drop is missed")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def main(args) -> int:
+    from .prune import magnitude_sparsity, prune_graph, write_pruned_onnx
+
+    src = Path(args.model_path)
+    pct = int(round(100 * args.target_macs))
+    out = Path(args.output) if args.output else src.with_name(f"{src.stem}.pruned{pct}.onnx")
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"{out}: the pruned model is written as .onnx")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: would overwrite the source model")
+    say = Progress(args.quiet)
+    g, card = load_model(src)
+    calib = calibration_set(args.calib, task=card.task, scale=card.scale,
+                            config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
+    say(f"calibration: {len(calib)} crops from {calib.source}")
+    res = prune_graph(g, calib, args.target_macs, criterion=args.criterion, reconstruct=not args.no_reconstruct,
+                      multiple=args.multiple, progress=say)
+    tmp = temp_beside(out)
+    try:
+        write_pruned_onnx(src, res.graph, tmp, card_extra={"pruned": {
+            "target_macs": args.target_macs, "criterion": args.criterion, "from": src.name,
+            "widths": {k: list(v) for k, v in res.report.widths.items()}}})
+        ds = Path(args.eval) if args.eval else default_eval_dir(card.task)
+        say(f"evaluating original and pruned on {ds}")
+        before, after = measure(src, card, ds), measure(tmp, card, ds)
+        drop = before.psnr - after.psnr
+        r = res.report
+        rep = {"model": str(src), "output": str(out), "target_macs": args.target_macs,
+               "macs_per_pixel": {"before": r.macs_before, "after": r.macs_after},
+               "params": {"before": r.params_before, "after": r.params_after},
+               "widths": {k: list(v) for k, v in r.widths.items()},
+               "calibration_psnr": {"before": r.psnr_before, "channels_removed": r.psnr_plain,
+                                    "reconstructed": r.psnr_after},
+               "eval": {"dataset": str(ds), "psnr_before": before.psnr, "psnr_after": after.psnr, "drop_db": drop},
+               "size_bytes": {"before": src.stat().st_size, "after": tmp.stat().st_size},
+               "sparsity": [{"level": lv, "dense_bytes": d, "sparse_bytes": s}
+                            for lv, d, s in magnitude_sparsity(res.graph)]}
+        missed = drop > args.max_drop
+        rep["bar"] = {"max_drop": args.max_drop, "met": not missed}
+        if args.json:
+            print(json.dumps(rep, indent=1))
+        else:
+            for line in r.lines():
+                print(line)
+            print(f"size: {human_size(rep['size_bytes']['before'])} -> {human_size(rep['size_bytes']['after'])}")
+            print(f"{ds.name}: {before.psnr:.3f} dB -> {after.psnr:.3f} dB, drop {drop:.3f} dB "
+                  f"(bar {args.max_drop} dB)")
+            for s in rep["sparsity"]:
+                print(f"  magnitude sparsity {100 * s['level']:.0f}% (fp16, bitmask): "
+                      f"{human_size(int(s['dense_bytes']))} -> {human_size(int(s['sparse_bytes']))}")
+        if missed and not args.force:
+            print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)")
+            return 1
+        os.replace(tmp, out)
+        if not args.json:
+            print(f"wrote {out} ({human_size(out.stat().st_size)})")
+        return 0
+    finally:
+        if tmp.exists():
+            tmp.unlink()

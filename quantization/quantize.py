@@ -1,0 +1,579 @@
+"""Post-training quantisation of the IR to TFLite's full-integer int8 scheme (and 16x8 per layer).
+
+TFLite int8 spec: weights int8 symmetric per output channel (zero point 0, range [-127, 127]),
+biases int32 with scale ``in_scale * w_scale`` (the writer derives them), activations int8
+asymmetric per tensor. Our models are residual in image space, ``Clip(base + residual, 0, 1)``:
+the clip's range [0, 1] is given to the tensors feeding it, so the output grid is exactly 1/255 and
+int8 maps onto 8-bit pixels with no extra rounding.
+
+Pipeline: (optional) cross-layer equalisation -> per-channel weight quantisation -> (optional)
+bias correction -> activation calibration (min-max / percentile / MSE) -> TFLite int8 constraints.
+``cle`` and ``bias_correction`` default to ``"auto"``: each variant is simulated on the calibration
+set and kept only if it lowers the output error; the effect is reported.
+
+>>> sqnr_db(np.array([1.0, -1.0]), np.array([1.0, -0.9]))
+23.01
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from conversion import executor
+from conversion.ir import Graph, QuantParams
+from conversion.tflite_writer import affine_from_range, apply_int8_constraints, symmetric_per_channel, to_tflite
+
+from .calibration import METHODS, CalibSet, RangeStats
+from .errors import CalibrationError, ConfigError
+from .tflite16 import has_int16, writer_with_int64_bias
+
+log = logging.getLogger(__name__)
+
+IO_TYPES = ("float", "int8", "uint8")
+AUTO = "auto"
+# Ops whose int8 kernels need their output params equal to their input's (data movement).
+_PASS_THROUGH = ("DepthToSpace", "Resize")
+IO_KEY = "edge_enhance.quant.io"
+ROUNDINGS = ("gptq", "nearest")
+
+
+@dataclass
+class LayerReport:
+    name: str  # node name
+    tensor: str  # its output tensor
+    sqnr_db: float  # of this tensor with the whole model quantised (accumulated error)
+    drop_db: float | None = None  # model PSNR drop with only this layer quantised
+    precision: str = "int8"
+
+
+@dataclass
+class QuantReport:
+    method: str
+    cle: bool
+    bias_correction: bool
+    float_psnr: float  # on the calibration pairs
+    quant_psnr: float
+    variants: dict = field(default_factory=dict)  # "cle=..,bc=.." -> simulated PSNR drop
+    layers: list = field(default_factory=list)
+    io: str = "float"
+    rounding: str = "gptq"
+
+    @property
+    def drop(self) -> float:
+        return self.float_psnr - self.quant_psnr
+
+    def lines(self) -> list[str]:
+        out = [f"method {self.method}; weight rounding {self.rounding}; cross-layer equalisation {'on' if self.cle else 'off'}; "
+               f"bias correction {'on' if self.bias_correction else 'off'}",
+               f"calibration set (simulated): float {self.float_psnr:.3f} dB, quantised {self.quant_psnr:.3f} dB, "
+               f"drop {self.drop:.3f} dB"]
+        for k, v in self.variants.items():
+            out.append(f"  variant {k}: simulated drop {v:.3f} dB")
+        out.append(f"  {'layer':<24} {'precision':>9} {'SQNR dB':>8} {'alone drop dB':>14}")
+        for r in self.layers:
+            d = "" if r.drop_db is None else f"{r.drop_db:.4f}"
+            out.append(f"  {r.name:<24} {r.precision:>9} {r.sqnr_db:8.2f} {d:>14}")
+        return out
+
+
+@dataclass
+class QuantResult:
+    graph: Graph
+    report: QuantReport
+
+
+# --------------------------------------------------------------------------- pure helpers
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio in dB, rounded to 0.01 (inf for an exact match)."""
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    noise = float(np.sum((ref - test) ** 2))
+    sig = float(np.sum(ref ** 2))
+    if noise == 0:
+        return float("inf")
+    return round(float(10 * np.log10(max(sig, 1e-30) / noise)), 2)
+
+
+def psnr_u8(target: np.ndarray, out_nhwc: np.ndarray) -> float:
+    """PSNR of a model output rounded to 8-bit pixels, as the evaluation does (RGB, no shave)."""
+    y = np.clip(np.rint(out_nhwc[0] * 255.0), 0, 255)
+    mse = float(np.mean((y - target.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
+
+
+def quantize_weights(w: np.ndarray, per_channel: bool = True, axis: int = 0) -> QuantParams:
+    """TFLite int8 weight params: symmetric, zero point 0, range [-127, 127].
+
+    >>> q = quantize_weights(np.array([[1.0, -0.5], [0.1, 0.2]]))
+    >>> q.quantize(np.array([[1.0, -0.5], [0.1, 0.2]])).tolist()
+    [[127, -64], [63, 127]]
+    """
+    q = symmetric_per_channel(w, axis)
+    if per_channel:
+        return q
+    s = float(q.scale.max())
+    return QuantParams([s], [0], 0, "int8")
+
+
+def activation_params(lo: float, hi: float, dtype: str = "int8") -> QuantParams:
+    """Asymmetric int8 (range widened to include 0), or symmetric int16 with zero point 0 (16x8).
+
+    >>> q = activation_params(0.0, 1.0); round(float(q.scale[0]) * 255, 6), int(q.zero_point[0])
+    (1.0, -128)
+    >>> activation_params(-0.5, 2.0, "int16").zero_point.tolist()
+    [0]
+    """
+    if dtype == "int16":
+        m = max(abs(lo), abs(hi), 1e-8)
+        return QuantParams([m / 32767], [0], 0, "int16")
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    return affine_from_range(lo, hi, dtype)
+
+
+# --------------------------------------------------------------------------- graph surgery
+def conv_pairs(g: Graph) -> list:
+    """(A, B) Conv nodes where A's output (ReLU-fused or linear) feeds only B, a dense conv."""
+    pairs = []
+    for a in g.nodes:
+        if a.op != "Conv" or a.attrs["group"] != 1 or a.attrs["activation"] not in ("relu", "none"):
+            continue
+        out = a.outputs[0]
+        if out in g.outputs:
+            continue
+        cons = g.consumers(out)
+        if len(cons) == 1 and cons[0].op == "Conv" and cons[0].attrs["group"] == 1 and cons[0].inputs[0] == out:
+            pairs.append((a, cons[0]))
+    return pairs
+
+
+def equalize_pair(w1, b1, w2, eps: float = 1e-8):
+    """One DFQ equalisation step: channel c of conv1 divided by s_c, input c of conv2 times s_c.
+
+    With s = sqrt(r1 / r2) (r1: per-output-channel range of w1, r2: per-input-channel range of w2)
+    both ranges become sqrt(r1 * r2). ReLU(x / s) = ReLU(x) / s for s > 0, so outputs are unchanged.
+    w1, w2 are OHWI.
+    """
+    r1 = np.abs(w1).reshape(w1.shape[0], -1).max(axis=1)
+    r2 = np.abs(w2).transpose(3, 0, 1, 2).reshape(w2.shape[3], -1).max(axis=1)
+    s = np.where((r1 > eps) & (r2 > eps), np.sqrt(np.maximum(r1, eps) / np.maximum(r2, eps)), 1.0)
+    return w1 / s[:, None, None, None], b1 / s, w2 * s[None, None, None, :], s
+
+
+def cross_layer_equalize(g: Graph, sweeps: int = 20) -> int:
+    """Equalise every Conv->ReLU->Conv pair in place (several sweeps, as chains interact); pairs done."""
+    pairs = conv_pairs(g)
+    for _ in range(sweeps):
+        worst = 0.0
+        for a, b in pairs:
+            t1, tb, t2 = (g.tensors[n] for n in (a.inputs[1], a.inputs[2], b.inputs[1]))
+            w1, b1, w2, s = equalize_pair(t1.data.astype(np.float64), tb.data.astype(np.float64),
+                                          t2.data.astype(np.float64))
+            t1.data, tb.data, t2.data = w1.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32)
+            worst = max(worst, float(np.abs(np.log(s)).max()) if s.size else 0.0)
+        if worst < 1e-3:
+            break
+    return len(pairs)
+
+
+def _weighted_convs(g: Graph) -> list:
+    return [n for n in g.nodes if n.op in ("Conv", "ConvTranspose")]
+
+
+def quantize_all_weights(g: Graph, per_channel: bool) -> None:
+    for n in _weighted_convs(g):
+        t = g.tensors[n.inputs[1]]
+        t.quant = quantize_weights(t.data, per_channel, 0)
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0)) -> np.ndarray:
+    """NHWC input -> [pixels, kh*kw*C] patches in OHWI weight order (a group-1 conv is a matmul).
+
+    >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
+    >>> im2col(x, 2, 2).tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
+    """
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)))
+    n, h, w, c = x.shape
+    (sh, sw), (dh, dw) = strides, dilations
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    cols = [x[:, ky * dh: ky * dh + (oh - 1) * sh + 1: sh, kx * dw: kx * dw + (ow - 1) * sw + 1: sw, :]
+            for ky in range(kh) for kx in range(kw)]
+    return np.concatenate(cols, axis=-1).reshape(n * oh * ow, kh * kw * c)
+
+
+def gptq_round(w: np.ndarray, hessian: np.ndarray, q: QuantParams, damp: float = 0.01) -> np.ndarray:
+    """GPTQ (Frantar et al. 2022): round weights column by column, pushing each column's rounding
+    error onto the columns not yet rounded so the layer's output on the calibration inputs moves
+    least. ``w`` is [O, K], ``hessian`` X^T X of the layer's [pixels, K] inputs, ``q`` per-row
+    int8 params; returns weights on q's grid (same shape).
+    """
+    w = np.array(w, np.float64)
+    k = w.shape[1]
+    h = np.array(hessian, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * float(np.mean(np.diag(h))) * np.eye(k)
+    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
+    s = q.scale.reshape(-1)
+    out = np.empty_like(w)
+    for j in range(k):
+        col = w[:, j]
+        qc = np.clip(np.floor(np.abs(col / s) + 0.5) * np.sign(col), -127, 127) * s
+        out[:, j] = qc
+        err = (col - qc) / u[j, j]
+        w[:, j:] -= np.outer(err, u[j, j:])
+    return out
+
+
+def gptq_weights(g: Graph, calib: CalibSet, assign) -> int:
+    """Round every group-1 Conv's weights with GPTQ, layer by layer, on the inputs the partly
+    quantised model produces (so later layers also absorb earlier layers' errors). ``assign(g)``
+    sets activation params for the simulation. Returns the layers done."""
+    convs = [n for n in g.nodes if n.op == "Conv" and n.attrs["group"] == 1]
+    for n in convs:
+        h = copy.deepcopy(g)  # assigning params may add nodes (16x8 boundaries): keep g clean
+        assign(h)
+        hn = next(m for m in h.nodes if m.name == n.name)
+        wt = g.tensors[n.inputs[1]]
+        o, kh, kw, ci = wt.data.shape
+        hess = np.zeros((kh * kw * ci, kh * kw * ci))
+        for x in calib.inputs:
+            env = executor.run(h, {h.inputs[0]: x}, simulate_quant=True, keep_all=True)
+            cols = im2col(env[hn.inputs[0]], kh, kw, n.attrs["strides"], n.attrs["dilations"], n.attrs["pads"])
+            hess += cols.T @ cols
+        wq = gptq_round(wt.data.reshape(o, -1), hess, wt.quant)
+        wt.data = wq.reshape(wt.data.shape).astype(np.float32)
+    return len(convs)
+
+
+def bias_correct(g: Graph, calib: CalibSet) -> None:
+    """Empirical bias correction (DFQ / AIMET): remove the mean output shift weight rounding causes.
+
+    E[conv(x, Wq) - conv(x, W)]_o = sum_{k,i} (Wq - W)[o, k, i] * E[x_i] (borders aside), measured
+    with the float model's input means on the calibration set.
+    """
+    convs = [n for n in g.nodes if n.op == "Conv" and n.attrs["group"] == 1]
+    want = {n.inputs[0] for n in convs}
+    sums: dict = {}
+    count: dict = {}
+
+    def observe(name, v):
+        if name in want:
+            sums[name] = sums.get(name, 0.0) + v.reshape(-1, v.shape[-1]).sum(axis=0, dtype=np.float64)
+            count[name] = count.get(name, 0) + v.size // v.shape[-1]
+
+    for x in calib.inputs:
+        executor.run(g, {g.inputs[0]: x}, observer=observe)
+    for n in convs:
+        mu = sums[n.inputs[0]] / count[n.inputs[0]]
+        wt, bt = g.tensors[n.inputs[1]], g.tensors[n.inputs[2]]
+        dw = wt.quant.fake_quantize(wt.data).astype(np.float64) - wt.data.astype(np.float64)
+        shift = np.einsum("ohwi,i->o", dw, mu)
+        bt.data = (bt.data.astype(np.float64) - shift).astype(np.float32)
+
+
+def _clip_bounds(g: Graph) -> dict:
+    """Tensor -> (lo, hi) for Clip outputs with finite bounds, carried back through data movement
+    (DepthToSpace / Resize) to the tensor that produces them: those values are clamped anyway."""
+    bounds = {}
+    for n in reversed(g.nodes):
+        out = n.outputs[0]
+        if n.op == "Clip" and n.attrs["min"] is not None and n.attrs["max"] is not None:
+            bounds[out] = (float(n.attrs["min"]), float(n.attrs["max"]))
+        if out in bounds and (n.op == "Clip" or n.op in _PASS_THROUGH):
+            src = n.inputs[0]
+            if len(g.consumers(src)) == 1 and src not in g.outputs and src not in g.inputs:
+                bounds.setdefault(src, bounds[out])
+    return bounds
+
+
+def collect_stats(g: Graph, calib: CalibSet) -> RangeStats:
+    st = RangeStats()
+    for x in calib.inputs:
+        executor.run(g, {g.inputs[0]: x}, observer=st.observe_range)
+    for x in calib.inputs:
+        executor.run(g, {g.inputs[0]: x}, observer=st.observe_hist)
+    return st
+
+
+def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: float = 99.99,
+                             keep_16x8: frozenset = frozenset()) -> None:
+    """Set QuantParams on every activation tensor (inputs and node outputs), in place.
+
+    Outputs of the nodes named in ``keep_16x8`` are int16 (symmetric); where int8 and int16 meet,
+    :func:`insert_precision_boundaries` adds the conversions TFLite needs.
+    """
+    bounds = _clip_bounds(g)
+    ranges = {}
+    for name in g.inputs:
+        # Inputs are 8-bit pixels / 255: the 1/255 grid represents them exactly.
+        lo, hi = (0.0, 1.0) if name not in st.lo else (min(st.lo[name], 0.0), max(st.hi[name], 1.0))
+        ranges[name] = (lo, hi)
+        g.tensors[name].quant = activation_params(lo, hi)
+    for n in g.nodes:
+        out = n.outputs[0]
+        ranges[out] = bounds[out] if out in bounds else st.range(out, method, percentile)
+        g.tensors[out].quant = activation_params(*ranges[out], "int16" if n.name in keep_16x8 else "int8")
+    apply_int8_constraints(g)
+    if keep_16x8:
+        insert_precision_boundaries(g, keep_16x8, ranges)
+    align_residual_adds(g)
+
+
+INT16_OPS = ("Conv", "ConvTranspose", "Add", "Mul")  # what TFLite runs as 16x8 and keep_16x8 may name
+
+
+def insert_precision_boundaries(g: Graph, keep_16x8, ranges: dict) -> int:
+    """Make every op's activation inputs the dtype of its output, in place; returns converters added.
+
+    A converter is ``Maximum(x, -1e30)``: the identity on real values, which
+    the TFLite writer emits as a QUANTIZE (int8 <-> int16 requantisation) and a MAXIMUM, both with
+    int8 and int16 kernels; the executor's simulation rounds it to the new grid just the same.
+    Data-movement ops without int16 kernels (DepthToSpace, Resize, ...) stay int8.
+    """
+    for n in g.nodes:  # int16 params copied onto data movement by apply_int8_constraints go back to int8
+        q = g.tensors[n.outputs[0]].quant
+        if n.name not in keep_16x8 and q is not None and q.dtype == "int16":
+            g.tensors[n.outputs[0]].quant = activation_params(*ranges[n.inputs[0]])
+    made: dict = {}
+    added = 0
+    for n in list(g.nodes):
+        want = g.tensors[n.outputs[0]].quant.dtype
+        for k, i in enumerate(n.inputs):
+            t = g.tensors[i]
+            if t.is_const or t.quant is None or t.quant.dtype == want:
+                continue
+            if (i, want) not in made:
+                q = activation_params(*ranges.get(i, _real_range(t.quant)), want)
+                # Far below any grid: quantised it clamps to the grid's lowest value, so the max is
+                # the identity in float and in int.
+                c = g.add_const(f"{i}_to_{want}_floor", np.array([-1e30], np.float32))
+                out = g.add_node("Maximum", [i, c], name=g.unique(f"{i}_to_{want}"), output=f"{i}_to_{want}")
+                g.tensors[out].quant = q
+                node = g.nodes.pop()
+                g.nodes.insert(g.nodes.index(n), node)
+                made[(i, want)] = out
+                added += 1
+            n.inputs[k] = made[(i, want)]
+    return added
+
+
+def _real_range(q: QuantParams) -> tuple[float, float]:
+    from conversion.ir import QDTYPES
+
+    lo, hi = QDTYPES[q.dtype]
+    return float((lo - q.zero_point[0]) * q.scale[0]), float((hi - q.zero_point[0]) * q.scale[0])
+
+
+def align_residual_adds(g: Graph) -> int:
+    """Put the residual of ``base + residual`` on the output's own grid; returns the adds changed.
+
+    When the base and the sum share one grid (1/255: 8-bit pixels), a residual quantised with the
+    same step makes the int8 sum equal round(base + residual): the residual's rounding *is* the
+    output's rounding, which the float model pays too, so it costs nothing. The residual's range
+    keeps its centre; the step grows by whole multiples only when 256 steps cannot cover it.
+
+    >>> from conversion.ir import Graph
+    >>> g = Graph(); x = g.add_input("x", (1, 2, 2, 1)); r = g.add_node("Relu", [x])
+    >>> g.mark_output(g.add_node("Add", [x, r], output="y"))
+    >>> for t, (lo, hi) in (("x", (0, 1)), (r, (0, 0.3)), ("y", (0, 1))): g.tensors[t].quant = activation_params(lo, hi)
+    >>> align_residual_adds(g), round(float(g.tensors[r].quant.scale[0]) * 255, 6)
+    (1, 1.0)
+    """
+    changed = 0
+    for n in g.nodes:
+        if n.op != "Add" or n.attrs["activation"] != "none" or len(n.inputs) != 2:
+            continue
+        qo = g.tensors[n.outputs[0]].quant
+        qs = [g.tensors[i].quant for i in n.inputs]
+        if qo is None or any(q is None for q in qs) or qo.dtype != "int8" or qo.per_channel:
+            continue
+        for k in (0, 1):
+            base, res = qs[k], qs[1 - k]
+            rname = n.inputs[1 - k]
+            if (base.dtype != "int8" or res.dtype != "int8" or g.tensors[rname].is_const
+                    or not np.isclose(base.scale[0], qo.scale[0], rtol=1e-9)):
+                continue
+            lo, hi = _real_range(res)
+            step = float(qo.scale[0]) * max(1, int(np.ceil((hi - lo) / (255 * float(qo.scale[0])) - 1e-9)))
+            zp = int(np.clip(np.round(-128 - ((lo + hi) / 2 - 127.5 * step) / step), -128, 127))
+            g.tensors[rname].quant = QuantParams([step], [zp], 0, "int8")
+            changed += 1
+            break
+    return changed
+
+
+def _simulate(g: Graph, calib: CalibSet, quant: bool) -> list:
+    return [executor.run(g, {g.inputs[0]: x}, simulate_quant=quant)[g.outputs[0]] for x in calib.inputs]
+
+
+def mean_psnr(outs: list, calib: CalibSet) -> float:
+    return float(np.mean([psnr_u8(t, y) for t, y in zip(calib.targets, outs)]))
+
+
+def _only(g: Graph, keep_names: set) -> Graph:
+    """A copy where only the listed tensors keep their QuantParams (for per-layer sensitivity)."""
+    h = copy.deepcopy(g)
+    for name, t in h.tensors.items():
+        if name not in keep_names:
+            t.quant = None
+    return h
+
+
+# --------------------------------------------------------------------------- driver
+def _check_calib(graph: Graph, calib: CalibSet) -> None:
+    if not isinstance(calib, CalibSet) or len(calib) == 0:
+        raise CalibrationError("quantisation needs a non-empty calibration set (see quantization.calibration)")
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ConfigError(f"quantisation handles single-input, single-output models; {graph.name} has "
+                          f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs")
+    c = graph.tensors[graph.inputs[0]].shape[-1]
+    for x in calib.inputs:
+        if x.ndim != 4 or x.shape[-1] != c:
+            raise CalibrationError(f"calibration input of shape {x.shape} does not fit model input "
+                                   f"{graph.tensors[graph.inputs[0]].shape}")
+
+
+def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, percentile, keep_16x8,
+           rounding="gptq") -> Graph:
+    g = copy.deepcopy(graph)
+    if cle:
+        cross_layer_equalize(g)
+    quantize_all_weights(g, per_channel)
+    if rounding == "gptq":
+        st0 = collect_stats(g, calib)
+        gptq_weights(g, calib, lambda h: assign_activation_params(h, st0, method, percentile, frozenset(keep_16x8)))
+    if bc:
+        bias_correct(g, calib)
+    st = collect_stats(g, calib)
+    assign_activation_params(g, st, method, percentile, frozenset(keep_16x8))
+    return g
+
+
+def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_channel: bool = True,
+                   io: str = "float", cle=AUTO, bias_correction=AUTO, percentile: float = 99.99,
+                   keep_16x8=frozenset(), max_drop: float | None = None, sensitivity: bool = True,
+                   rounding: str = "gptq", progress=None) -> QuantResult:
+    """Quantise a float IR graph; returns the quantised graph and a report.
+
+    ``keep_16x8`` names nodes whose output activations are int16 (TFLite 16x8); ``max_drop`` (dB, on
+    the calibration pairs) adds the fewest such layers, most sensitive first, needed to meet it.
+    ``rounding`` is ``"gptq"`` (error-compensating, the default) or ``"nearest"`` for the weights.
+    ``progress(message)`` is called between stages.
+    """
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"rounding {rounding!r} is not one of {', '.join(ROUNDINGS)}")
+    if method not in METHODS:
+        raise ConfigError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
+    if io not in IO_TYPES:
+        raise ConfigError(f"io {io!r} is not one of {', '.join(IO_TYPES)}")
+    for flag, v in (("cle", cle), ("bias_correction", bias_correction)):
+        if v not in (True, False, AUTO):
+            raise ConfigError(f"{flag} must be True, False or 'auto', got {v!r}")
+    if max_drop is not None and not max_drop >= 0:
+        raise ConfigError(f"max_drop {max_drop} must be >= 0 dB")
+    _check_calib(graph, calib)
+    names = {n.name for n in graph.nodes if n.op in INT16_OPS}
+    unknown = sorted(set(keep_16x8) - names)
+    if unknown:
+        raise ConfigError(f"keep_16x8 names unknown node(s) or ops without 16x8 kernels: {', '.join(unknown)}")
+    say = progress or (lambda m: None)
+
+    ref = _simulate(graph, calib, False)
+    float_psnr = mean_psnr(ref, calib)
+    cle_opts = [False, True] if cle == AUTO else [bool(cle)]
+    if not conv_pairs(graph):
+        cle_opts = [False]
+    bc_opts = [False, True] if bias_correction == AUTO else [bool(bias_correction)]
+    variants, best = {}, None
+    for c in cle_opts:
+        for b in bc_opts:
+            say(f"calibrating ({method}, CLE {'on' if c else 'off'}, bias correction {'on' if b else 'off'})")
+            g = _build(graph, calib, method=method, per_channel=per_channel, cle=c, bc=b, percentile=percentile,
+                       keep_16x8=keep_16x8, rounding=rounding)
+            p = mean_psnr(_simulate(g, calib, True), calib)
+            variants[f"cle={'on' if c else 'off'},bc={'on' if b else 'off'}"] = float_psnr - p
+            # Prefer the simpler variant unless the extra step gains at least 0.002 dB.
+            if best is None or p > best[0] + 0.002:
+                best = (p, c, b, g)
+    quant_psnr, use_cle, use_bc, g = best
+    keep = set(keep_16x8)
+    layers = _layer_reports(graph, g, calib, float_psnr, sensitivity or max_drop is not None, say)
+    if max_drop is not None and float_psnr - quant_psnr > max_drop:
+        for lr in sorted(layers, key=lambda r: -(r.drop_db or 0.0)):
+            if float_psnr - quant_psnr <= max_drop:
+                break
+            if lr.name in keep or lr.drop_db is None:
+                continue
+            keep.add(lr.name)
+            say(f"mixed precision: {lr.name} -> 16x8")
+            g = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
+                       percentile=percentile, keep_16x8=keep, rounding=rounding)
+            quant_psnr = mean_psnr(_simulate(g, calib, True), calib)
+        layers = _layer_reports(graph, g, calib, float_psnr, False, say, previous=layers)
+    for lr in layers:
+        if lr.name in keep:
+            lr.precision = "16x8"
+    g.metadata[IO_KEY] = io
+    report = QuantReport(method, use_cle, use_bc, float_psnr, quant_psnr, variants, layers, io, rounding)
+    for line in report.lines():
+        log.info("%s", line)
+    return QuantResult(g, report)
+
+
+def _layer_reports(graph, g, calib, float_psnr, sensitivity, say, previous=None) -> list:
+    """SQNR of each node output with everything quantised; optionally the drop of that layer alone."""
+    acc: dict = {}
+    flt = {}
+    first = calib.inputs[: min(8, len(calib))]
+    for x in first:
+        fa = executor.run(g, {g.inputs[0]: x}, keep_all=True)
+        qa = executor.run(g, {g.inputs[0]: x}, simulate_quant=True, keep_all=True)
+        for n in g.nodes:
+            o = n.outputs[0]
+            s, e = acc.get(o, (0.0, 0.0))
+            acc[o] = (s + float(np.sum(fa[o].astype(np.float64) ** 2)),
+                      e + float(np.sum((fa[o].astype(np.float64) - qa[o]) ** 2)))
+            flt[o] = True
+    prev = {r.name: r.drop_db for r in previous or []}
+    out = []
+    for n in g.nodes:
+        if n.op not in INT16_OPS:
+            continue
+        o = n.outputs[0]
+        s, e = acc[o]
+        sq = float("inf") if e == 0 else round(10 * np.log10(max(s, 1e-30) / e), 2)
+        drop = prev.get(n.name)
+        if sensitivity:
+            say(f"sensitivity of {n.name}")
+            keep = {t for t in g.inputs} | {o} | ({n.inputs[1]} if n.op in ("Conv", "ConvTranspose") else set())
+            # Inputs of the layer must be on their grid too for it to see its own rounding only.
+            keep |= {i for i in n.inputs if g.tensors[i].data is None}
+            drop = float_psnr - mean_psnr(_simulate(_only(g, keep), calib, True), calib)
+        out.append(LayerReport(n.name, o, sq, drop))
+    return out
+
+
+def quantize_graph(graph: Graph, calib: CalibSet, method: str = "mse", per_channel: bool = True,
+                   io: str = "float", keep_16x8=frozenset(), **kw) -> Graph:
+    """:func:`quantize_model` without the report: the quantised graph, ready for ``write_tflite``."""
+    return quantize_model(graph, calib, method=method, per_channel=per_channel, io=io, keep_16x8=keep_16x8,
+                          **kw).graph
+
+
+def write_tflite(g: Graph, path, *, io: str | None = None, tile=None):
+    """Full-integer TFLite from a quantised graph (I/O type as chosen at quantisation unless given)."""
+    io = io or g.metadata.get(IO_KEY, "float")
+    meta = dict(g.metadata)
+    g2 = copy.copy(g)
+    g2.metadata = {k: v for k, v in meta.items() if k != IO_KEY}
+    if has_int16(g2):
+        if io != "float":
+            raise ConfigError(f"16x8 layers need float model I/O (got io={io!r})")
+        with writer_with_int64_bias():
+            return to_tflite(g2, path, precision="int8", io=io, tile=tile)
+    return to_tflite(g2, path, precision="int8", io=io, tile=tile)

@@ -1,0 +1,80 @@
+"""Shared pieces of the quantize / prune commands: model loading, quick-set evaluation, sizes."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_enhance.card import CARD_KEY, ModelCard
+
+from .calibration import default_train_dir
+from .errors import ConfigError, ModelFormatError
+
+
+def load_model(path):
+    """(IR graph, card) of an ONNX model with an edge-enhance card."""
+    from conversion.onnx_import import from_onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: model file does not exist")
+    if p.suffix.lower() != ".onnx":
+        raise ConfigError(f"{p}: quantize / prune take an ONNX model (got {p.suffix or 'no suffix'})")
+    g = from_onnx(p)
+    if CARD_KEY not in g.metadata:
+        raise ModelFormatError(f"{p}: the model has no edge-enhance card ({CARD_KEY}); it is needed for the "
+                               "task and scale of calibration and evaluation")
+    return g, ModelCard.from_json(g.metadata[CARD_KEY], str(p))
+
+
+def default_eval_dir(task: str) -> Path:
+    """The quick set: Set5 for SR / enhance, CBSD68 for denoise / dejpeg (shared/data/eval)."""
+    return default_train_dir().parent / "eval" / ("Set5" if task in ("sr", "enhance") else "CBSD68")
+
+
+def eval_task(card: ModelCard) -> str:
+    return "enhance" if card.task == "enhance" else card.task
+
+
+@dataclass
+class Quality:
+    psnr: float
+    seconds: float
+
+
+def measure(model_path, card: ModelCard, dataset, *, sigma: float = 25.0, quality: int = 30,
+            threads: int | None = None) -> Quality:
+    """Mean PSNR of a model file (any engine the runtime has) on a dataset, exact protocol."""
+    from edge_enhance.enhancer import Enhancer
+    from edge_enhance.evaluation import evaluate
+
+    enh = Enhancer(model_path, threads=threads, card=card)
+    t = time.perf_counter()
+    r = evaluate(enh.enhance_rgb, dataset, eval_task(card), scale=card.scale, sigma=sigma, quality=quality,
+                 with_ssim=False)
+    return Quality(r.psnr, time.perf_counter() - t)
+
+
+def human_size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def temp_beside(out: Path) -> Path:
+    """A temporary path in the output's folder (so the final os.replace is atomic)."""
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: output folder {out.parent} does not exist")
+    return out.parent / f".{out.name}.{os.getpid()}.part"
+
+
+class Progress:
+    """Stage messages on stderr (the terminal belongs to the CLI; libraries only log)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.t0:6.1f} s] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,334 @@
+"""Quantisation: observers, TFLite int8 spec round trips, calibration errors, CLE, GPTQ, LiteRT vs simulation."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conversion_testkit import residual_sr_model
+
+from conversion import executor
+from conversion.onnx_import import from_onnx
+from quantization import quantize as qz
+from quantization.calibration import (CalibConfig, CalibSet, calibration_set, minmax_range, mse_range,
+                                      percentile_range, quant_mse)
+from quantization.errors import CalibrationError, ConfigError, ImageInputError
+
+SMALL = CalibConfig(crop=16, count=4, seed=1)
+
+
+def _photo(rng, h, w):
+    """A smooth synthetic photo: gradients plus a few blobs plus mild noise (uint8 RGB)."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([0.5 + 0.4 * np.sin(6 * xx + k) * np.cos(4 * yy - k) for k in range(3)], -1)
+    img += rng.normal(0, 0.03, img.shape)
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "calib"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(_photo(rng, 24 + 4 * i, 28)).save(d / f"im{i}.png")
+    return d
+
+
+@pytest.fixture
+def sr_graph():
+    pytest.importorskip("onnx")
+    g = from_onnx(residual_sr_model(np.random.default_rng(7), scale=2, feat=8))
+    # The shared fixture keeps its residual tiny (+-0.005 weights); a residual of SR-like size
+    # (+-0.05) is what makes quantisation error, and CLE's repair of it, visible.
+    last = [n for n in g.nodes if n.op == "Conv"][-1]
+    g.tensors[last.inputs[1]].data *= 10
+    return g
+
+
+# --------------------------------------------------------------------------- observers
+def test_minmax_and_percentile_on_a_hand_histogram():
+    counts = np.array([1, 0, 0, 998, 1])
+    edges = np.linspace(-1.0, 4.0, 6)
+    assert minmax_range(counts, edges) == (-1.0, 4.0)
+    assert percentile_range(counts, edges, 100.0) == (-1.0, 4.0)
+    lo, hi = percentile_range(counts, edges, 99.8)
+    assert (lo, hi) == (0.0, 3.0)  # one count clipped from each tail
+    with pytest.raises(ConfigError):
+        percentile_range(counts, edges, 40.0)
+
+
+def test_mse_range_clips_a_lone_outlier_and_is_never_worse_than_minmax():
+    rng = np.random.default_rng(0)
+    # Clipping the outlier costs (3 - 1)^2 / 1e6; keeping it triples the step for a million values.
+    v = np.concatenate([rng.uniform(0, 1, 1_000_000), [3.0]])
+    counts, edges = np.histogram(v, bins=2048)
+    centres = (edges[:-1] + edges[1:]) / 2
+    lo, hi = mse_range(counts, edges)
+    assert 0.95 < hi < 1.5 and lo == pytest.approx(0.0, abs=1e-3)
+    e_mse = quant_mse(centres, counts.astype(float), lo, hi)
+    e_mm = quant_mse(centres, counts.astype(float), *minmax_range(counts, edges))
+    assert e_mse < e_mm
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_observers_keep_a_relu_range_at_zero(method):
+    st = qz.RangeStats()
+    v = np.abs(np.random.default_rng(3).standard_normal(50000))
+    st.observe_range("t", v)
+    st.observe_hist("t", v)
+    lo, hi = st.range("t", method)
+    assert lo == pytest.approx(0.0, abs=1e-3) and 2.0 < hi <= v.max() + 1e-9
+
+
+# --------------------------------------------------------------------------- TFLite int8 spec
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_quantisation_follows_the_tflite_spec(per_channel):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 3, 3, 4)) * np.array([1, 10, 0.01, 3, 0.5, 2]).reshape(6, 1, 1, 1)
+    q = qz.quantize_weights(w, per_channel)
+    assert np.all(q.zero_point == 0) and q.dtype == "int8"
+    assert q.scale.size == (6 if per_channel else 1)
+    qi = q.quantize(w)
+    assert qi.min() >= -127 and qi.max() <= 127  # -128 is never used by symmetric weights
+    assert np.abs(qi).max() == 127
+    np.testing.assert_array_equal(q.quantize(q.dequantize(qi)), qi)  # grid points are fixed points
+    err = np.abs(q.dequantize(qi) - w)
+    assert np.all(err <= q._bcast(q.scale, 4) / 2 + 1e-7)
+
+
+@pytest.mark.parametrize("lo,hi", [(0.0, 1.0), (-0.3, 0.7), (0.2, 5.0), (-4.0, -1.0)])
+def test_activation_params_follow_the_tflite_spec(lo, hi):
+    q = qz.activation_params(lo, hi)
+    s, z = float(q.scale[0]), int(q.zero_point[0])
+    assert -128 <= z <= 127
+    assert q.dequantize(np.array([z]))[0] == 0.0  # real zero is exactly representable
+    assert (min(lo, 0.0) - s / 2 <= (-128 - z) * s) and ((127 - z) * s >= max(hi, 0.0) - s / 2)
+    x = np.linspace(min(lo, 0), max(hi, 0), 1001)
+    assert np.abs(q.fake_quantize(x) - x).max() <= s / 2 + 1e-6
+    qi = q.quantize(x)
+    np.testing.assert_array_equal(q.quantize(q.dequantize(qi)), qi)
+    if (lo, hi) == (0.0, 1.0):
+        assert s == pytest.approx(1 / 255) and z == -128  # 8-bit pixels exactly
+
+
+def test_int16_activation_params_are_symmetric():
+    q = qz.activation_params(-0.5, 2.0, "int16")
+    assert q.zero_point.tolist() == [0] and q.scale[0] == pytest.approx(2.0 / 32767)
+
+
+# --------------------------------------------------------------------------- calibration data
+def test_calibration_set_from_a_folder(calib_dir):
+    c = calibration_set(calib_dir, task="sr", scale=2, config=SMALL)
+    assert len(c) == 4 and c.inputs[0].shape == (1, 8, 8, 3) and c.targets[0].shape == (16, 16, 3)
+    assert c.inputs[0].dtype == np.float32 and 0.0 <= c.inputs[0].min() and c.inputs[0].max() <= 1.0
+    again = calibration_set(calib_dir, task="sr", scale=2, config=SMALL)
+    np.testing.assert_array_equal(c.inputs[2], again.inputs[2])  # seeded
+    d = calibration_set(calib_dir, task="denoise", scale=1, config=SMALL)
+    assert d.inputs[0].shape == (1, 16, 16, 3)
+
+
+def test_empty_or_missing_calibration_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(CalibrationError, match="no images"):
+        calibration_set(tmp_path, config=SMALL)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        calibration_set(tmp_path / "nope", config=SMALL)
+
+
+def test_unreadable_calibration_image_is_named(calib_dir):
+    (calib_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ImageInputError, match="broken.png"):
+        calibration_set(calib_dir, config=SMALL)
+
+
+def test_calibration_image_smaller_than_the_crop(calib_dir):
+    Image.fromarray(np.zeros((10, 40, 3), np.uint8)).save(calib_dir / "strip.png")
+    with pytest.raises(ImageInputError, match=r"strip.png: 40x10 is smaller than the 16x16"):
+        calibration_set(calib_dir, config=SMALL)
+
+
+def test_bad_calibration_config():
+    with pytest.raises(ConfigError):
+        CalibConfig(crop=4)
+    with pytest.raises(ConfigError):
+        CalibConfig(count=0)
+
+
+def test_default_calibration_set_is_fixed():
+    try:
+        a = calibration_set(None, task="sr", scale=2, config=CalibConfig(crop=32, count=3))
+    except CalibrationError as e:
+        pytest.skip(f"shared training data not available: {e}")
+    b = calibration_set(None, task="sr", scale=2, config=CalibConfig(crop=32, count=3))
+    np.testing.assert_array_equal(a.inputs[1], b.inputs[1])
+
+
+def test_quantize_rejects_bad_calibration_input(sr_graph):
+    with pytest.raises(CalibrationError):
+        qz.quantize_model(sr_graph, CalibSet([], [], "empty"))
+    grey = CalibSet([np.zeros((1, 8, 8, 1), np.float32)], [np.zeros((16, 16, 3), np.uint8)], "grey")
+    with pytest.raises(CalibrationError, match="does not fit"):
+        qz.quantize_model(sr_graph, grey)
+
+
+def test_quantize_rejects_bad_options(sr_graph, calib_dir):
+    c = calibration_set(calib_dir, config=SMALL)
+    for kw in ({"method": "kl"}, {"io": "int4"}, {"cle": "maybe"}, {"keep_16x8": {"nope"}}, {"max_drop": -1},
+               {"rounding": "up"}):
+        with pytest.raises(ConfigError):
+            qz.quantize_model(sr_graph, c, **kw)
+
+
+# --------------------------------------------------------------------------- equalisation, rounding
+def test_cle_preserves_fp32_outputs_and_equalises_ranges(sr_graph):
+    g = copy.deepcopy(sr_graph)
+    pairs = qz.conv_pairs(g)
+    assert [(a.name, b.name) for a, b in pairs] == [("conv1", "conv2"), ("conv2", "conv3")]
+    # Make one channel badly scaled (what DFQ is for): x100 out of conv1, /100 into conv2.
+    g.tensors[pairs[0][0].inputs[1]].data[0] *= 100
+    g.tensors[pairs[0][0].inputs[2]].data[0] *= 100
+    g.tensors[pairs[0][1].inputs[1]].data[..., 0] /= 100
+    x = np.random.default_rng(0).uniform(0, 1, (1, 9, 7, 3)).astype(np.float32)
+    before = executor.run(g, {g.inputs[0]: x})[g.outputs[0]]
+    qz.cross_layer_equalize(g)
+    after = executor.run(g, {g.inputs[0]: x})[g.outputs[0]]
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    w1, w2 = g.tensors[pairs[0][0].inputs[1]].data, g.tensors[pairs[0][1].inputs[1]].data
+    r1 = np.abs(w1).reshape(w1.shape[0], -1).max(1)
+    r2 = np.abs(w2).transpose(3, 0, 1, 2).reshape(w2.shape[3], -1).max(1)
+    np.testing.assert_allclose(r1, r2, rtol=0.05)  # converged: r1 == r2 == sqrt(r1 r2)
+
+
+def test_gptq_rounding_lowers_the_layer_output_error():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2000, 1)) @ np.ones((1, 24)) + 0.3 * rng.standard_normal((2000, 24))  # correlated inputs
+    w = rng.standard_normal((5, 24))
+    q = qz.quantize_weights(w)
+    nearest = q.fake_quantize(w)
+    g = qz.gptq_round(w, x.T @ x, q)
+    np.testing.assert_allclose(q.fake_quantize(g), g, atol=1e-12)  # on the int8 grid
+    assert np.abs(np.round(g / q.scale[:, None])).max() <= 127
+    err = lambda v: np.sum((x @ (v - w).T) ** 2)
+    assert err(g) < 0.5 * err(nearest)
+
+
+def test_im2col_matches_the_executor_conv():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 6, 5, 3))
+    w = rng.standard_normal((4, 3, 3, 3))
+    want = executor.conv2d(x, w, np.zeros(4), pads=(1, 1, 1, 1))
+    got = qz.im2col(x, 3, 3, pads=(1, 1, 1, 1)) @ w.reshape(4, -1).T
+    np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-10)
+
+
+def test_residual_lands_on_the_output_grid(sr_graph, calib_dir):
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, method="minmax", cle=False, bias_correction=False, sensitivity=False)
+    add = next(n for n in g.nodes if n.op == "Add")
+    out_q = g.tensors[g.outputs[0]].quant
+    assert float(out_q.scale[0]) == pytest.approx(1 / 255) and int(out_q.zero_point[0]) == -128
+    res = [g.tensors[i].quant for i in add.inputs]
+    assert all(float(q.scale[0]) * 255 == pytest.approx(round(float(q.scale[0]) * 255)) for q in res)
+
+
+# --------------------------------------------------------------------------- LiteRT vs simulation
+@pytest.mark.parametrize("method,io", [("minmax", "float"), ("percentile", "uint8"), ("mse", "int8")])
+def test_litert_matches_the_simulated_int8_output(tmp_path, sr_graph, calib_dir, method, io):
+    from tests.conversion_testkit import run_tflite
+
+    c = calibration_set(calib_dir, config=SMALL)
+    res = qz.quantize_model(sr_graph, c, method=method, io=io, sensitivity=False)
+    g = res.graph
+    path = qz.write_tflite(g, tmp_path / "q.tflite")
+    x = np.round(np.random.default_rng(5).uniform(0, 1, (1, 11, 9, 3)) * 255).astype(np.float32) / 255
+    y, din, _ = run_tflite(path, x, details=True)
+    assert din["dtype"] == {"float": np.float32, "uint8": np.uint8, "int8": np.int8}[io]
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    step = float(g.tensors[g.outputs[0]].quant.scale[0])
+    lsb = np.abs(y - sim) / step
+    assert lsb.max() <= 1.0 + 1e-3, f"max {lsb.max():.2f} LSB"
+    flt = executor.run(sr_graph, {sr_graph.inputs[0]: x})[sr_graph.outputs[0]]
+    assert np.abs(y - flt).max() < 0.05
+    assert res.report.layers and res.report.quant_psnr > 20
+
+
+def _badly_scaled(g, k=300.0):
+    """conv1's channel 0 scaled up by k and conv2's use of it down: same function, awful int8 range."""
+    g = copy.deepcopy(g)
+    a, b = qz.conv_pairs(g)[0]
+    g.tensors[a.inputs[1]].data[0] *= k
+    g.tensors[a.inputs[2]].data[0] *= k
+    g.tensors[b.inputs[1]].data[..., 0] /= k
+    return g
+
+
+def _teacher_set(g, c, noise=3.0):
+    """Targets = the float model's own output plus fixed noise (~38 dB): a random-weight fixture is
+    no real SR model, so against real HR crops quantisation noise could even 'help' it."""
+    rng = np.random.default_rng(0)
+    t = []
+    for x in c.inputs:
+        y = executor.run(g, {g.inputs[0]: x})[g.outputs[0]][0] * 255
+        t.append(np.clip(np.round(y + rng.normal(0, noise, y.shape)), 0, 255).astype(np.uint8))
+    return CalibSet(c.inputs, t, "teacher")
+
+
+def test_mixed_precision_keeps_sensitive_layers_at_16x8(sr_graph, calib_dir):
+    sr_graph = _badly_scaled(sr_graph)
+    c = _teacher_set(sr_graph, calibration_set(calib_dir, config=SMALL))
+    kw = dict(cle=False, bias_correction=False, rounding="nearest")
+    loose = qz.quantize_model(sr_graph, c, max_drop=100.0, **kw)
+    assert all(r.precision == "int8" for r in loose.report.layers)
+    tight = qz.quantize_model(sr_graph, c, max_drop=0.0, **kw)
+    kept = [r.name for r in tight.report.layers if r.precision == "16x8"]
+    assert kept, "a zero drop budget must promote at least one layer"
+    assert all(tight.graph.tensors[r.tensor].quant.dtype == "int16" for r in tight.report.layers if r.name in kept)
+    assert tight.report.drop < loose.report.drop
+    assert "conv1" in kept  # the layer with the ruined range is the one promoted
+
+
+def test_cle_auto_repairs_a_badly_scaled_pair(sr_graph, calib_dir):
+    g = _badly_scaled(sr_graph)
+    c = _teacher_set(g, calibration_set(calib_dir, config=SMALL))
+    r = qz.quantize_model(g, c, method="minmax", rounding="nearest", bias_correction=False,
+                          sensitivity=False)
+    assert r.report.cle
+    assert r.report.variants["cle=off,bc=off"] > r.report.variants["cle=on,bc=off"] + 0.5
+
+
+@pytest.mark.parametrize("keep", [{"conv2"}, {"conv1", "residual"}, {"conv1", "conv2", "conv3", "residual"}])
+def test_16x8_layers_run_in_litert_like_the_simulation(tmp_path, sr_graph, calib_dir, keep):
+    from conversion.tflite_writer import tflite_ops
+    from tests.conversion_testkit import run_tflite
+
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8=keep, cle=False, bias_correction=False,
+                          sensitivity=False, rounding="nearest")
+    for n in g.nodes:
+        dt = g.tensors[n.outputs[0]].quant.dtype
+        if n.op == "Maximum":  # the int8 <-> int16 converters
+            continue
+        assert dt == ("int16" if n.name in keep else "int8")
+        acts = [g.tensors[i] for i in n.inputs if not g.tensors[i].is_const]
+        assert all(t.quant.dtype == dt for t in acts), n.name  # every op sees one dtype
+    x = np.round(np.random.default_rng(6).uniform(0, 1, (1, 10, 8, 3)) * 255).astype(np.float32) / 255
+    flt = executor.run(g, {g.inputs[0]: x})[g.outputs[0]]
+    want = executor.run(sr_graph, {sr_graph.inputs[0]: x})[sr_graph.outputs[0]]
+    np.testing.assert_allclose(flt, want, atol=1e-6)  # the converters are identities in float
+    path = qz.write_tflite(g, tmp_path / "mixed.tflite")
+    assert "MAXIMUM" in tflite_ops(path)
+    y = run_tflite(path, x)
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    assert np.abs(y - sim).max() <= 1 / 255 + 1e-6
+
+
+def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, io="int8", cle=False, bias_correction=False,
+                          sensitivity=False)
+    with pytest.raises(ConfigError, match="float model I/O"):
+        qz.write_tflite(g, tmp_path / "m.tflite")
+    assert not list(tmp_path.glob("*.tflite"))

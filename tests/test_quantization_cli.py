@@ -1,0 +1,118 @@
+"""`edge-enhance quantize` / `edge-enhance prune`: reports, bars, exit codes, nothing written on a miss."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conversion_testkit import residual_sr_model
+
+from edge_enhance import cli
+from edge_enhance.card import ModelCard
+
+pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install edge-enhance[litert])")
+
+
+def _photos(d, n, size, seed):
+    d.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = size
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        img = np.stack([0.5 + 0.4 * np.sin(5 * xx + k + i) * np.cos(3 * yy - k) for k in range(3)], -1)
+        img = np.clip(np.round((img + rng.normal(0, 0.02, img.shape)) * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"im{i}.png")
+    return d
+
+
+@pytest.fixture
+def setup(tmp_path):
+    import onnx
+
+    card = ModelCard(name="t-sr", task="sr", scale=2, receptive_field=7)
+    m = residual_sr_model(np.random.default_rng(3), scale=2, feat=8, card=card)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    return path, _photos(tmp_path / "calib", 2, (40, 36), 0), _photos(tmp_path / "eval", 2, (24, 20), 1)
+
+
+def _run(argv, capsys):
+    rc = cli.main(argv)
+    return rc, capsys.readouterr()
+
+
+def test_quantize_writes_an_int8_model_and_reports(setup, capsys, tmp_path):
+    model, calib, ev = setup
+    out = tmp_path / "q.tflite"
+    rc, cap = _run(["quantize", str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16",
+                    "--eval", str(ev), "--cle", "off", "--bias-correction", "off", "-o", str(out), "--json", "-q"],
+                   capsys)
+    assert rc == 0, cap.err
+    rep = json.loads(cap.out)
+    assert out.exists() and rep["size_bytes"]["tflite"] == out.stat().st_size
+    assert {r["name"] for r in rep["layers"]} >= {"conv1", "conv2", "conv3"}
+    assert abs(rep["eval"]["drop_db"]) < 1.0
+    from conversion.tflite_writer import tflite_ops
+
+    ops = tflite_ops(out)
+    assert ops.count("CONV_2D") == 3 and ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+@pytest.mark.parametrize("command,extra", [
+    ("quantize", ["--cle", "off", "--bias-correction", "off", "--rounding", "nearest"]),
+    ("prune", ["--target-macs", "0.3", "--multiple", "1"]),
+])
+def test_a_missed_bar_writes_nothing_unless_forced(setup, capsys, tmp_path, command, extra):
+    model, calib, ev = setup
+    out = tmp_path / ("o.tflite" if command == "quantize" else "o.onnx")
+    base = [command, str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16", "--eval", str(ev),
+            "-o", str(out), "--json", "-q", "--max-drop", "0"] + extra
+    rc, cap = _run(base, capsys)
+    rep = json.loads(cap.out.split("\nbar missed")[0])
+    missed = rep["bar"]["met"] is False
+    assert rc == (1 if missed else 0)
+    assert out.exists() == (not missed)
+    if missed:
+        rc, cap = _run(base + ["--force"], capsys)
+        assert rc == 0 and out.exists()
+
+
+def test_prune_writes_a_smaller_onnx_with_an_updated_card(setup, capsys, tmp_path):
+    import onnx
+
+    model, calib, ev = setup
+    out = tmp_path / "p.onnx"
+    rc, cap = _run(["prune", str(model), "--target-macs", "0.6", "--multiple", "1", "--calib", str(calib),
+                    "--calib-count", "3", "--calib-crop", "16", "--eval", str(ev), "-o", str(out), "--json", "-q",
+                    "--force"], capsys)
+    assert rc == 0, cap.err
+    rep = json.loads(cap.out)
+    assert rep["macs_per_pixel"]["after"] <= 0.6 * rep["macs_per_pixel"]["before"] + 1e-6
+    m = onnx.load(str(out))
+    card = json.loads({p.key: p.value for p in m.metadata_props}["edge_enhance.card"])
+    assert card["params"] == rep["params"]["after"] < rep["params"]["before"]
+    assert card["extra"]["pruned"]["target_macs"] == 0.6
+
+
+@pytest.mark.parametrize("argv,code,msg", [
+    (["quantize", "{missing}"], 2, "does not exist"),
+    (["quantize", "{model}", "--calib", "{empty}"], 2, "no images"),
+    (["quantize", "{model}", "-o", "{tmp}/x.onnx"], 2, ".tflite"),
+    (["prune", "{model}", "--target-macs", "0.7", "-o", "{model}"], 2, "overwrite"),
+])
+def test_bad_input_exit_codes(setup, capsys, tmp_path, argv, code, msg):
+    model, calib, ev = setup
+    (tmp_path / "empty").mkdir()
+    fill = dict(missing=str(tmp_path / "nope.onnx"), model=str(model), empty=str(tmp_path / "empty"), tmp=str(tmp_path))
+    rc, cap = _run([a.format(**fill) for a in argv], capsys)
+    assert rc == code and msg in cap.err
+
+
+def test_bad_target_macs_is_a_usage_error(setup, capsys):
+    model, _, _ = setup
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prune", str(model), "--target-macs", "7"])
+    assert e.value.code == 2
