@@ -89,7 +89,15 @@ def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: 
         tw = min(full[1], max(floor, min(int(budget_px // th), MAX_AUTO_TILE**2 // th)))
     elif tw < side:
         th = min(full[0], max(floor, min(int(budget_px // tw), MAX_AUTO_TILE**2 // tw)))
-    return th, tw
+    return _balanced(h, th, margin), _balanced(w, tw, margin)
+
+
+def _balanced(n: int, t: int, margin: int) -> int:
+    """The smallest tile side giving the same number of tiles as `t` along `n` pixels, so the last
+    tile is not mostly padding (720 rows at tile 559, margin 9: two tiles of 378, not of 559)."""
+    core = t - 2 * margin
+    count = -(-n // core)
+    return -(-n // count) + 2 * margin
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
