@@ -107,6 +107,7 @@ def write_atomic(m: onnx.ModelProto, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(m.SerializeToString())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
