@@ -19,12 +19,11 @@ import copy
 import importlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edge_enhance.atomic import write_bytes
 from edge_enhance.card import CARD_KEY
 
 from .errors import ConfigError, ModelFormatError, UnsupportedOpError
@@ -673,16 +672,7 @@ def write_atomic(path, data: bytes) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: output folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_bytes(path, data)
 
 
 def to_tflite(graph: Graph, path, *, precision: str = "fp32", io: str = "float", tile: tuple | None = None,

@@ -161,8 +161,6 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
                  model_name: str) -> list[Job]:
-    from .imageio import format_for  # noqa: F401  (validated later per file)
-
     ext_for = (lambda p: "." + fmt.lower().replace("jpeg", "jpg")) if fmt else (lambda p: p.suffix)
     jobs: list[Job] = []
     single = len(inputs) == 1 and inputs[0][1] is None

@@ -8,9 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_file
 from .errors import ConfigError, ImageInputError, OutputError
 
 log = logging.getLogger(__name__)
@@ -57,12 +56,6 @@ class Photo:
 
 
 @functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; done once, then restored
-    os.umask(mask)
-    return mask
-
-
 def _sniff_problem(path: Path, head: bytes) -> str | None:
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"hevc", b"avif"):
         return "HEIC/AVIF needs a Pillow plugin: pip install pillow-heif"
@@ -320,11 +313,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if fmt in _NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
         photo = Photo(photo.rgb, None, photo.grey)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     try:
-        # mkstemp makes the file 0600; a photo should get the mode any new file gets (umask applies).
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(dst) as f:
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
                     _write_png16(photo, f)
@@ -337,15 +327,6 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 if photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
                 photo_to_pil(photo).save(f, format=fmt, **kw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
-        raise
+    except OSError as e:
+        raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
     return dst

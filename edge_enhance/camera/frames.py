@@ -6,12 +6,11 @@ synthetic source + web viewfinder work with numpy and Pillow alone.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_file
 from .errors import OutputError
 from .detect import optional_cv2
 
@@ -73,18 +72,9 @@ def encode_jpeg(frame: np.ndarray, quality: int = 80) -> bytes:
 
 def save_png_atomic(frame: np.ndarray, path: str) -> str:
     """Write a PNG next to its destination under a temp name, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             Image.fromarray(np.ascontiguousarray(frame)).save(f, "PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise OutputError(f"{path}: cannot write snapshot ({e})") from None
     return path
