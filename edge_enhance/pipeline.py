@@ -14,7 +14,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-
 import numpy as np
 from PIL import Image
 
