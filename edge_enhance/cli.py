@@ -251,11 +251,16 @@ def cmd_enhance(args) -> int:
         job.seconds = time.monotonic() - t0
         progress.clear()
         if not args.json and not args.quiet:
-            line = f"{job.src} -> {job.dst}" if job.status == "ok" else f"FAILED {job.src}: {job.error}"
+            line = f"{job.src} -> {job.dst}" if job.status == "ok" else f"FAILED {_named(job)}"
             print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
         if interrupted:
             break
     return _summarise(jobs, time.monotonic() - t_start, args, interrupted)
+
+
+def _named(job: Job) -> str:
+    """The error, led by the input's name unless the message already names it."""
+    return job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}"
 
 
 def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
@@ -268,16 +273,17 @@ def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
             "files": [{"input": str(j.src), "output": str(j.dst), "status": j.status, "error": j.error,
                        "seconds": round(j.seconds, 3), **j.extra} for j in jobs],
         }, indent=1))
-    elif not args.quiet:
-        parts = [f"{counts['ok']} enhanced", f"{counts['failed']} failed"]
-        if counts["skipped"]:
-            parts.append(f"{counts['skipped']} skipped (exist)")
-        if interrupted:
-            parts.append(f"{counts['pending'] + counts['interrupted']} not done (interrupted)")
-        print(f"{', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
-        for j in jobs:
+    else:
+        if not args.quiet:
+            parts = [f"{counts['ok']} enhanced", f"{counts['failed']} failed"]
+            if counts["skipped"]:
+                parts.append(f"{counts['skipped']} skipped (exist)")
+            if interrupted:
+                parts.append(f"{counts['pending'] + counts['interrupted']} not done (interrupted)")
+            print(f"{', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
+        for j in jobs:  # failures are printed even with --quiet: a silent exit 1 helps nobody
             if j.status == "failed":
-                print(f"  failed: {j.src}: {j.error}", file=sys.stderr)
+                print(f"  failed: {_named(j)}", file=sys.stderr)
     if interrupted:
         return 130
     return 1 if counts["failed"] else 0
