@@ -60,8 +60,9 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision in ("int8", "int16x8"):
-        raise ConfigError(f"--precision {precision} needs calibration from the quantization package, which is not "
-                          "available yet; use fp32 or fp16")
+        raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
+                          "is not available yet: int8 TFLite comes from `edge-enhance convert --to tflite --precision "
+                          "int8` (dynamic shape) or `edge-enhance quantize`; 16x8 layers from `quantize --max-drop`")
     if io != "float":
         raise ConfigError(f"--io {io} needs an integer precision (int8); fp32/fp16 models have float I/O")
     if d2s_as_transpose_conv and to != "tflite":
@@ -154,7 +155,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, help="output path")
 
 
+def _quantize_instead(args: argparse.Namespace) -> int:
+    """--to tflite --precision int8 is calibrated quantisation: the quantize command does it (and
+    verifies the int8 file against the float model on real images)."""
+    from quantization import cli as qcli
+
+    p = argparse.ArgumentParser(prog="edge-enhance convert")
+    qcli.add_arguments(p)
+    argv = [str(args.model), "--io", args.io]
+    if args.calib:
+        argv += ["--calib", str(args.calib)]
+    if args.output:
+        argv += ["-o", str(args.output)]
+    if args.dataset:
+        argv += ["--eval", str(args.dataset)]
+    return qcli.main(p.parse_args(argv))
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.to == "tflite" and args.precision == "int8" and not args.tile and not args.d2s_as_transpose_conv:
+        return _quantize_instead(args)
     try:
         tile = parse_tile(args.tile) if args.tile else None
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,

@@ -93,7 +93,7 @@ def test_cli_prints_table_and_summary(tmp_path, sr_file, capsys):
 def test_cli_errors_write_nothing(tmp_path, sr_file, capsys):
     src, _ = sr_file
     before = set(tmp_path.iterdir())
-    assert _cli([str(src), "--to", "tflite", "--precision", "int8"]) == 2
+    assert _cli([str(src), "--to", "coreml", "--precision", "int8"]) == 2
     assert "not available yet" in capsys.readouterr().err
     assert _cli([str(src), "--to", "tflite", "--tile", "abc"]) == 2
     bad = tmp_path / "bad.onnx"
@@ -107,3 +107,27 @@ def test_convert_rejects_overwriting_input(tmp_path, sr_file):
     src, _ = sr_file
     with pytest.raises(ConfigError, match="overwrite"):
         convert(src, "onnx", output=src)
+
+
+def test_cli_int8_tflite_is_calibrated_quantisation(tmp_path, capsys):
+    pytest.importorskip("quantization")
+    from PIL import Image
+
+    from tests.onnx_models import residual_sr
+
+    src = tmp_path / "small.onnx"
+    residual_sr(src, layers=2, channels=4)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    out = tmp_path / "q.tflite"
+    rc = _cli([str(src), "--to", "tflite", "--precision", "int8", "--io", "uint8", "--calib", str(calib),
+               "--dataset", str(calib), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(out))
+    assert it.get_input_details()[0]["dtype"] == np.uint8
+    assert "drop" in capsys.readouterr().out
