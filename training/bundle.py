@@ -44,15 +44,17 @@ def bundle(name: str, data: Path) -> dict:
         psnr[label] = round(evaluate(Enhancer(out).enhance_rgb, data / ds, card.task, scale=card.scale,
                                      with_ssim=False, **kw).psnr, 3)
     d = json.loads(res.graph.metadata[CARD_KEY])
-    d["psnr_fp32"] = d.get("psnr")
-    d["psnr"] = psnr
-    d["quantization"] = {"method": "percentile", "cle": res.report.cle, "bias_correction": res.report.bias_correction,
-                         "precision": "int8 (per-channel weights, int8 activations)"}
+    extra = d.setdefault("extra", {})
+    extra["psnr_fp32"] = extra.get("psnr", d.pop("psnr", None))
+    extra["psnr"] = psnr
+    extra["quantization"] = {"method": "percentile", "cle": res.report.cle,
+                             "bias_correction": res.report.bias_correction,
+                             "precision": "int8 (per-channel weights, int8 activations)"}
     ModelCard.from_dict(d)  # still a valid card
     res.graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
     write_tflite(res.graph, out)  # again, now carrying its own measured numbers
     return {"name": name, "file": out.name, "kb": round(out.stat().st_size / 1024, 1), "int8": psnr,
-            "fp32": d["psnr_fp32"], "seconds": round(time.perf_counter() - t0, 1)}
+            "fp32": extra["psnr_fp32"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv=None) -> int:
