@@ -327,3 +327,15 @@ def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
     with pytest.raises(ConfigError, match="float model I/O"):
         qz.write_tflite(g, tmp_path / "m.tflite")
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_residual_window_clips_rare_tails_but_widens_for_wide_residuals():
+    rng = np.random.default_rng(8)
+    s0 = 1 / 255
+    narrow = np.concatenate([rng.uniform(-0.3, 0.3, 100000), [-0.8, 0.8]])
+    wide = rng.uniform(-0.8, 0.8, 100000)
+    for v, k_want in ((narrow, 1), (wide, 2)):
+        counts, edges = np.histogram(v, bins=2048)
+        step, lo, hi = qz._best_residual_window(counts, edges, s0, 3)
+        assert step == pytest.approx(k_want * s0)
+        assert hi - lo == pytest.approx(255 * step) and lo <= 0 <= hi
