@@ -527,7 +527,11 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
                 best = (p, c, b, g)
     quant_psnr, use_cle, use_bc, g = best
     keep = set(keep_16x8)
-    layers = _layer_reports(graph, g, calib, float_psnr, sensitivity or max_drop is not None, say)
+    ref = graph
+    if use_cle:
+        ref = copy.deepcopy(graph)
+        cross_layer_equalize(ref)
+    layers = _layer_reports(ref, g, calib, float_psnr, sensitivity or max_drop is not None, say)
     if max_drop is not None and float_psnr - quant_psnr > max_drop:
         for lr in sorted(layers, key=lambda r: -(r.drop_db or 0.0)):
             if float_psnr - quant_psnr <= max_drop:
@@ -539,7 +543,7 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
             g = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
                        percentile=percentile, keep_16x8=keep, rounding=rounding)
             quant_psnr = mean_psnr(_simulate(g, calib, True), calib)
-        layers = _layer_reports(graph, g, calib, float_psnr, False, say, previous=layers)
+        layers = _layer_reports(ref, g, calib, float_psnr, False, say, previous=layers)
     for lr in layers:
         if lr.name in keep:
             lr.precision = "16x8"
@@ -551,19 +555,20 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
 
 
 def _layer_reports(graph, g, calib, float_psnr, sensitivity, say, previous=None) -> list:
-    """SQNR of each node output with everything quantised; optionally the drop of that layer alone."""
+    """SQNR of each node output (everything quantised) against the float model ``graph`` (equalised
+    like ``g`` when CLE is on); optionally the model's PSNR drop with that layer alone quantised."""
     acc: dict = {}
-    flt = {}
     first = calib.inputs[: min(8, len(calib))]
     for x in first:
-        fa = executor.run(g, {g.inputs[0]: x}, keep_all=True)
+        fa = executor.run(graph, {graph.inputs[0]: x}, keep_all=True)  # the original float model
         qa = executor.run(g, {g.inputs[0]: x}, simulate_quant=True, keep_all=True)
         for n in g.nodes:
             o = n.outputs[0]
+            if o not in fa:  # 16x8 boundary converters
+                continue
             s, e = acc.get(o, (0.0, 0.0))
             acc[o] = (s + float(np.sum(fa[o].astype(np.float64) ** 2)),
                       e + float(np.sum((fa[o].astype(np.float64) - qa[o]) ** 2)))
-            flt[o] = True
     prev = {r.name: r.drop_db for r in previous or []}
     out = []
     for n in g.nodes:
