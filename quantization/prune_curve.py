@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", nargs="+", type=float, default=[0.9, 0.8, 0.7, 0.6, 0.5])
     ap.add_argument("--multiple", type=int, default=4)
     ap.add_argument("--method", default="percentile")
+    ap.add_argument("--cle", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--dataset", default="Set5")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edge-enhance-prune"))
     ap.add_argument("--size", nargs=2, type=int, default=(256, 256))
@@ -41,7 +43,9 @@ def main(argv=None) -> int:
     calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig())
 
     def int8(src_graph, name):
-        res = quantize_model(src_graph, calib, method=a.method, sensitivity=False)
+        flag = {"auto": "auto", "on": True, "off": False}
+        res = quantize_model(src_graph, calib, method=a.method, sensitivity=False, cle=flag[a.cle],
+                             bias_correction=flag[a.bias_correction])
         out = a.workdir / f"{name}.int8.tflite"
         write_tflite(res.graph, out)
         return out
