@@ -121,8 +121,10 @@ def test_calibration_set_from_a_folder(calib_dir):
     assert c.inputs[0].dtype == np.float32 and 0.0 <= c.inputs[0].min() and c.inputs[0].max() <= 1.0
     again = calibration_set(calib_dir, task="sr", scale=2, config=SMALL)
     np.testing.assert_array_equal(c.inputs[2], again.inputs[2])  # seeded
-    d = calibration_set(calib_dir, task="denoise", scale=1, config=SMALL)
-    assert d.inputs[0].shape == (1, 16, 16, 3)
+    for task, scale, side in (("denoise", 1, 16), ("dejpeg", 1, 16), ("enhance", 2, 8)):
+        d = calibration_set(calib_dir, task=task, scale=scale, config=SMALL)
+        assert d.inputs[0].shape == (1, side, side, 3)
+        assert not np.array_equal(d.inputs[0][0], d.targets[0][::scale, ::scale] / 255.0)  # degraded
 
 
 def test_empty_or_missing_calibration_folder(tmp_path):
