@@ -1,7 +1,8 @@
 """Calibration data and activation-range observers.
 
 Calibration data are (input, target) pairs made from clean RGB crops with the task's degradation
-(bicubic x1/s for SR, the protocol's clipped Gaussian noise for denoise, JPEG for dejpeg), so a
+(bicubic x1/s for SR, clipped Gaussian noise for denoise, JPEG for dejpeg, the blur + downscale +
+noise + JPEG chain of `edge_enhance.evaluation.degrade` for enhance), so a
 model sees inputs like the ones it was trained on, and the pairs give a real PSNR to steer
 mixed precision. The default set is a fixed, seeded choice of crops from ``shared/data/train``.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edge_enhance import evaluation
 from edge_enhance.evaluation import IMAGE_SUFFIXES, bicubic_resize, jpeg
 
 from .errors import CalibrationError, ConfigError, ImageInputError
@@ -99,9 +101,11 @@ def _size(path: Path) -> tuple[int, int]:
 
 def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) -> np.ndarray:
     """The model input for a clean crop (uint8 HxWx3 -> uint8)."""
-    if task in ("sr", "enhance"):
+    if task == "sr":
         h, w = clean.shape[:2]
         return bicubic_resize(clean, (w // scale, h // scale))
+    if task == "enhance":  # blur, downscale, noise, JPEG: what the enhance model is trained on
+        return evaluation.degrade(clean, scale, rng)
     if task == "denoise":
         sigma = rng.uniform(5.0, 50.0)
         return np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)

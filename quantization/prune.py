@@ -222,6 +222,8 @@ def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, crit
         for h in ([g, plain] if plain is not None else [g]):
             t1, tb, t2 = (h.tensors[n] for n in (a.inputs[1], a.inputs[2], b.inputs[1]))
             t1.data, tb.data, t2.data = (v.astype(np.float32) for v in prune_channels(t1.data, tb.data, t2.data, ks))
+            for t in (t1, tb, t2):  # shape inference and writers read the declared shape
+                t.shape = tuple(t.data.shape)
         if reconstruct:
             _reconstruct(g0, g, b, calib, max_rows, ridge)
     for h in ([g, plain] if plain is not None else [g]):

@@ -321,7 +321,7 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
     apply_int8_constraints(g)
     if keep_16x8:
         insert_precision_boundaries(g, keep_16x8, ranges)
-    align_residual_adds(g)
+    align_residual_adds(g, st)
 
 
 INT16_OPS = ("Conv", "ConvTranspose", "Add", "Mul")  # what TFLite runs as 16x8 and keep_16x8 may name
@@ -369,13 +369,33 @@ def _real_range(q: QuantParams) -> tuple[float, float]:
     return float((lo - q.zero_point[0]) * q.scale[0]), float((hi - q.zero_point[0]) * q.scale[0])
 
 
-def align_residual_adds(g: Graph) -> int:
+def _best_residual_window(counts, edges, s0: float, kmax: int) -> tuple[float, float, float]:
+    """(step, lo, hi) for a residual: step k * s0 (k = 1..kmax) and the window's placement that
+    minimise clipping error plus the extra rounding noise of a coarser step, (k^2 - 1) s0^2 / 12
+    per value (at k = 1 the residual's rounding is the output's own, so it is free)."""
+    x = (edges[:-1] + edges[1:]) / 2
+    w = counts.astype(np.float64)
+    total = max(float(w.sum()), 1.0)
+    best = None
+    for k in range(1, kmax + 1):
+        width = 255 * k * s0
+        lo_min, lo_max = max(float(edges[0]), -width), min(float(edges[-1]) - width, 0.0)
+        for a in np.linspace(lo_min, max(lo_min, lo_max), 65):
+            clip = np.maximum(x - (a + width), 0.0) + np.maximum(a - x, 0.0)
+            cost = float(np.sum(w * clip ** 2)) / total + (k * k - 1) * s0 * s0 / 12
+            if best is None or cost < best[0]:
+                best = (cost, k * s0, float(a), float(a) + width)
+    return best[1], best[2], best[3]
+
+
+def align_residual_adds(g: Graph, st: RangeStats | None = None) -> int:
     """Put the residual of ``base + residual`` on the output's own grid; returns the adds changed.
 
     When the base and the sum share one grid (1/255: 8-bit pixels), a residual quantised with the
     same step makes the int8 sum equal round(base + residual): the residual's rounding *is* the
     output's rounding, which the float model pays too, so it costs nothing. The residual's range
-    keeps its centre; the step grows by whole multiples only when 256 steps cannot cover it.
+    keeps its centre; when 256 steps cannot cover it, the step grows by whole multiples or the
+    range is clipped, whichever costs less on the calibration histogram (``st``).
 
     >>> from conversion.ir import Graph
     >>> g = Graph(); x = g.add_input("x", (1, 2, 2, 1)); r = g.add_node("Relu", [x])
@@ -399,7 +419,12 @@ def align_residual_adds(g: Graph) -> int:
                     or not np.isclose(base.scale[0], qo.scale[0], rtol=1e-9)):
                 continue
             lo, hi = _real_range(res)
-            step = float(qo.scale[0]) * max(1, int(np.ceil((hi - lo) / (255 * float(qo.scale[0])) - 1e-9)))
+            s0 = float(qo.scale[0])
+            kmax = max(1, int(np.ceil((hi - lo) / (255 * s0) - 1e-9)))
+            if st is not None and rname in st.hist and kmax > 1:
+                step, lo, hi = _best_residual_window(st.hist[rname], st.edges(rname), s0, kmax)
+            else:
+                step = s0 * kmax
             zp = int(np.clip(np.round(-128 - ((lo + hi) / 2 - 127.5 * step) / step), -128, 127))
             g.tensors[rname].quant = QuantParams([step], [zp], 0, "int8")
             changed += 1
@@ -502,7 +527,11 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
                 best = (p, c, b, g)
     quant_psnr, use_cle, use_bc, g = best
     keep = set(keep_16x8)
-    layers = _layer_reports(graph, g, calib, float_psnr, sensitivity or max_drop is not None, say)
+    ref = graph
+    if use_cle:
+        ref = copy.deepcopy(graph)
+        cross_layer_equalize(ref)
+    layers = _layer_reports(ref, g, calib, float_psnr, sensitivity or max_drop is not None, say)
     if max_drop is not None and float_psnr - quant_psnr > max_drop:
         for lr in sorted(layers, key=lambda r: -(r.drop_db or 0.0)):
             if float_psnr - quant_psnr <= max_drop:
@@ -514,7 +543,7 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
             g = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
                        percentile=percentile, keep_16x8=keep, rounding=rounding)
             quant_psnr = mean_psnr(_simulate(g, calib, True), calib)
-        layers = _layer_reports(graph, g, calib, float_psnr, False, say, previous=layers)
+        layers = _layer_reports(ref, g, calib, float_psnr, False, say, previous=layers)
     for lr in layers:
         if lr.name in keep:
             lr.precision = "16x8"
@@ -526,19 +555,20 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
 
 
 def _layer_reports(graph, g, calib, float_psnr, sensitivity, say, previous=None) -> list:
-    """SQNR of each node output with everything quantised; optionally the drop of that layer alone."""
+    """SQNR of each node output (everything quantised) against the float model ``graph`` (equalised
+    like ``g`` when CLE is on); optionally the model's PSNR drop with that layer alone quantised."""
     acc: dict = {}
-    flt = {}
     first = calib.inputs[: min(8, len(calib))]
     for x in first:
-        fa = executor.run(g, {g.inputs[0]: x}, keep_all=True)
+        fa = executor.run(graph, {graph.inputs[0]: x}, keep_all=True)  # the original float model
         qa = executor.run(g, {g.inputs[0]: x}, simulate_quant=True, keep_all=True)
         for n in g.nodes:
             o = n.outputs[0]
+            if o not in fa:  # 16x8 boundary converters
+                continue
             s, e = acc.get(o, (0.0, 0.0))
             acc[o] = (s + float(np.sum(fa[o].astype(np.float64) ** 2)),
                       e + float(np.sum((fa[o].astype(np.float64) - qa[o]) ** 2)))
-            flt[o] = True
     prev = {r.name: r.drop_db for r in previous or []}
     out = []
     for n in g.nodes:

@@ -60,7 +60,13 @@ def test_pruning_meets_the_budget_and_preserves_shapes(model, target, multiple):
         assert p.tensors[a.inputs[2]].data.shape == (p.tensors[a.inputs[1]].data.shape[0],)
     for k, (before, after) in res.report.widths.items():
         assert (before - after) % multiple == 0 and after >= 2
+    for t in p.tensors.values():
+        if t.is_const:
+            assert t.shape == t.data.shape, t.name
     x = np.random.default_rng(2).uniform(0, 1, (1, 9, 7, 3)).astype(np.float32)
+    env = executor.run(p, {p.inputs[0]: x}, keep_all=True)
+    for name, v in env.items():  # declared activation shapes (what writers emit) match the real ones
+        assert all(d is None or d == e for d, e in zip(p.tensors[name].shape, v.shape)), name
     assert _out(p, x).shape == _out(g, x).shape == (1, 18, 14, 3)
     assert p.tensors[p.inputs[0]].shape == g.tensors[g.inputs[0]].shape
 

@@ -126,8 +126,10 @@ def test_calibration_set_from_a_folder(calib_dir):
     assert c.inputs[0].dtype == np.float32 and 0.0 <= c.inputs[0].min() and c.inputs[0].max() <= 1.0
     again = calibration_set(calib_dir, task="sr", scale=2, config=SMALL)
     np.testing.assert_array_equal(c.inputs[2], again.inputs[2])  # seeded
-    d = calibration_set(calib_dir, task="denoise", scale=1, config=SMALL)
-    assert d.inputs[0].shape == (1, 16, 16, 3)
+    for task, scale, side in (("denoise", 1, 16), ("dejpeg", 1, 16), ("enhance", 2, 8)):
+        d = calibration_set(calib_dir, task=task, scale=scale, config=SMALL)
+        assert d.inputs[0].shape == (1, side, side, 3)
+        assert not np.array_equal(d.inputs[0][0], d.targets[0][::scale, ::scale] / 255.0)  # degraded
 
 
 def test_empty_or_missing_calibration_folder(tmp_path):
@@ -332,3 +334,15 @@ def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
     with pytest.raises(ConfigError, match="float model I/O"):
         qz.write_tflite(g, tmp_path / "m.tflite")
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_residual_window_clips_rare_tails_but_widens_for_wide_residuals():
+    rng = np.random.default_rng(8)
+    s0 = 1 / 255
+    narrow = np.concatenate([rng.uniform(-0.3, 0.3, 100000), [-0.8, 0.8]])
+    wide = rng.uniform(-0.8, 0.8, 100000)
+    for v, k_want in ((narrow, 1), (wide, 2)):
+        counts, edges = np.histogram(v, bins=2048)
+        step, lo, hi = qz._best_residual_window(counts, edges, s0, 3)
+        assert step == pytest.approx(k_want * s0)
+        assert hi - lo == pytest.approx(255 * step) and lo <= 0 <= hi
