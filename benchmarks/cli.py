@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slow", action="store_true", help="also the 48 MP memory runs")
     p.add_argument("--no-peers", action="store_true", help="only our models")
     p.add_argument("--load-note", default=None, help="what else loaded the machine, for the report")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable), "
+                   "e.g. where the model files came from")
 
 
 def machine() -> str:
@@ -99,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
     res = {"meta": {"machine": machine(), "cpu_count": os.cpu_count(), "date": started.isoformat(timespec="seconds"),
                     "command": "edge-enhance bench " + " ".join(shlex.quote(a) for a in argv),
                     "load": load_text(args.load_note), "quick": args.quick, "sections": args.only, "runs": runs,
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "notes": list(args.note)},
            "subjects": [], "quality": [], "speed": [], "memory": [], "tiling": [], "bars": [], "not_run": []}
     notes: list[NotRun] = []
 

@@ -118,6 +118,7 @@ def markdown(res: dict) -> str:
     out = ["# edge-enhance benchmark", "",
            f"- machine: {m['machine']}", f"- date: {m['date']}", f"- command: `{m['command']}`",
            f"- load: {m['load']}", f"- mode: {'quick' if m['quick'] else 'full'}; sections: {', '.join(m['sections'])}",
+           *[f"- note: {n}" for n in m.get("notes", [])],
            "", "## Bars", ""]
     out += [f"- **{b['status']}** {b['bar']}: {b['figure'] or b['reason']}" for b in res["bars"]] or ["- none judged"]
     rat = ratios(res)
