@@ -19,7 +19,9 @@ from .errors import ConfigError, EdgeEnhanceError, VerificationError
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8", "int16x8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "palette4", "palette6", "palette8")
+# Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS).
+COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
 SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
 
 
@@ -59,7 +61,9 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision in ("int8", "int16x8"):
+    if precision.startswith("palette") and to != "coreml":
+        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
+    if precision == "int16x8" or (precision == "int8" and to == "tflite"):
         raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
                           "is not available yet: int8 TFLite comes from `edge-enhance convert --to tflite --precision "
                           "int8` (dynamic shape) or `edge-enhance quantize`; 16x8 layers from `quantize --max-drop`")
@@ -107,10 +111,11 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         else:
             from .coreml_writer import to_coreml
 
-            prog_ops = to_coreml(graph, tmp, precision=precision, tile=tile, min_target=min_target,
-                                 enumerated_shapes=enumerated_shapes)
+            weights = precision if precision in COREML_WEIGHTS else "fp"
+            prog_ops = to_coreml(graph, tmp, precision="fp16" if weights != "fp" else precision, tile=tile,
+                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights)
             names = prog_ops
-            if verify:
+            if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
                 from .coreml_writer import verify_coreml
 
                 report = verify_coreml(graph, tmp, precision=precision, dataset=dataset, max_images=max_images,
