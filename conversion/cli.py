@@ -19,7 +19,9 @@ from .errors import ConfigError, EdgeEnhanceError, VerificationError
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8", "int16x8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "palette4", "palette6", "palette8")
+# Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS).
+COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
 SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
 
 
@@ -59,7 +61,9 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision in ("int8", "int16x8"):
+    if precision.startswith("palette") and to != "coreml":
+        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
+    if precision == "int16x8" or (precision == "int8" and to == "tflite"):
         raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
                           "is not available yet: int8 TFLite comes from `edge-enhance convert --to tflite --precision "
                           "int8` (dynamic shape) or `edge-enhance quantize`; 16x8 layers from `quantize --max-drop`")
@@ -80,6 +84,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
     graph = from_onnx(src)
     source_model = onnx.load(str(src))
+    if to == "onnx" and precision == "int8":
+        graph = _quantized(graph, src, calib)
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
@@ -107,10 +113,11 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         else:
             from .coreml_writer import to_coreml
 
-            prog_ops = to_coreml(graph, tmp, precision=precision, tile=tile, min_target=min_target,
-                                 enumerated_shapes=enumerated_shapes)
+            weights = precision if precision in COREML_WEIGHTS else "fp"
+            prog_ops = to_coreml(graph, tmp, precision="fp16" if weights != "fp" else precision, tile=tile,
+                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights)
             names = prog_ops
-            if verify:
+            if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
                 from .coreml_writer import verify_coreml
 
                 report = verify_coreml(graph, tmp, precision=precision, dataset=dataset, max_images=max_images,
@@ -126,6 +133,23 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     for n in names:
         counts[n] = counts.get(n, 0) + 1
     return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report)
+
+
+def _quantized(graph, src: Path, calib):
+    """Calibrate on ``calib`` (default: the shared training images) and quantise for int8 QDQ."""
+    from edge_enhance.card import CARD_KEY, ModelCard
+
+    from quantization.calibration import calibration_set
+    from quantization.quantize import quantize_model
+
+    if CARD_KEY not in graph.metadata:
+        raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none")
+    card = ModelCard.from_json(graph.metadata[CARD_KEY])
+    cs = calibration_set(calib, task=card.task, scale=card.scale)
+    res = quantize_model(graph, cs, sensitivity=False)
+    log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
+             res.report.quant_psnr)
+    return res.graph
 
 
 def op_summary(result: ConvertResult) -> str:

@@ -25,6 +25,10 @@ from .ir import Graph
 from .onnx_writer import _nchw_const
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8")
+# What the card's "weights" field says for each compression (conv / conv_transpose weights only).
+WEIGHT_FORMATS = {"int8": "int8 linear symmetric per-output-channel", "palette4": "4-bit k-means palette",
+                  "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette"}
 
 
 def _ct():
@@ -146,12 +150,62 @@ def c_of(g, name):
     return g.tensors[name].shape[3]
 
 
+def kmeans_lut(weight: np.ndarray, nbits: int, iters: int = 30):
+    """1-D k-means palette (Lloyd, quantile start) -> (lut, indices): coremltools' own k-means
+    mode needs scikit-learn, which we do not depend on.
+
+    >>> lut, idx = kmeans_lut(np.array([0.0, 0.1, 1.0, 1.1]), 1)
+    >>> np.round(lut, 2).tolist(), idx.tolist()
+    ([0.05, 1.05], [0, 0, 1, 1])
+    """
+    w = np.asarray(weight, np.float64).ravel()
+    k = 1 << nbits
+    lut = np.quantile(w, (np.arange(k) + 0.5) / k)
+    for _ in range(iters):
+        idx = _nearest(w, lut)
+        sums, counts = np.bincount(idx, w, k), np.bincount(idx, minlength=k)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), lut)
+        if np.allclose(new, lut):
+            break
+        lut = new
+    idx = _nearest(w, lut)
+    return lut.astype(np.asarray(weight).dtype), idx.astype(np.int64)  # the LUT keeps the weight dtype
+
+
+def _nearest(w, lut):
+    order = np.argsort(lut)
+    s = lut[order]
+    mid = (s[1:] + s[:-1]) / 2
+    return order[np.searchsorted(mid, w)]
+
+
+def compress_weights(model, weights: str):
+    """Apply coremltools.optimize.coreml weight compression to conv / conv_transpose weights."""
+    import coremltools.optimize.coreml as cto
+
+    if weights == "int8":
+        cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                          weight_threshold=0)
+        fn = cto.linear_quantize_weights
+    else:
+        nbits = int(weights[len("palette"):])
+        cfg = cto.OpPalettizerConfig(mode="custom", lut_function=lambda w: kmeans_lut(w, nbits), weight_threshold=0)
+        fn = cto.palettize_weights
+    return fn(model, cto.OptimizationConfig(op_type_configs={"conv": cfg, "conv_transpose": cfg}))
+
+
 def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_target: str = "iOS16",
-              enumerated_shapes: tuple = ()) -> list:
-    """Write an .mlpackage atomically; returns the converted program's op types (no consts)."""
+              enumerated_shapes: tuple = (), weights: str = "fp") -> list:
+    """Write an .mlpackage atomically; returns the converted program's op types (no consts).
+
+    ``weights`` other than ``fp`` compresses conv weights (int8 per-channel or an n-bit palette),
+    which Core ML expands at load time; activations stay ``precision``.
+    """
     ct, _ = _ct()
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"Core ML precision {precision!r} is not one of fp32, fp16")
+    if weights not in WEIGHTS:
+        raise ConfigError(f"Core ML weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     if min_target not in TARGETS:
         raise ConfigError(f"minimum deployment target {min_target!r} is not one of {', '.join(TARGETS)}")
     tile = _tile_of(graph, tile)
@@ -163,10 +217,14 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
         kw["inputs"] = [ct.TensorType(name=graph.inputs[0], shape=ct.EnumeratedShapes(shapes=shapes, default=shapes[0]))]
     model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, min_target),
                        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32, **kw)
+    if weights != "fp":
+        model = compress_weights(model, weights)
     card = graph.metadata.get(CARD_KEY)
     if card:
         d = json.loads(card)
         d["layout"], d["tile"] = "nchw", [tile[0], tile[1]]
+        if weights != "fp":
+            d["weights"] = WEIGHT_FORMATS[weights]
         model.user_defined_metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
     path = Path(path)
     if not path.parent.is_dir():
@@ -220,6 +278,9 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
         t = op.op_type
         if t == "const":
             env[op.outputs[0].name] = np.asarray(op.outputs[0].val)
+            continue
+        if t.startswith("constexpr_"):
+            env[op.outputs[0].name] = decompress_op(op)
             continue
         x = arg(op, "x")
         if t == "cast":
@@ -290,6 +351,54 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
             y = y.astype(np.float32)
         env[op.outputs[0].name] = y
     return np.asarray(env[fn.outputs[0].name], np.float32)
+
+
+def _unpack_bits(packed: np.ndarray, nbits: int, n: int) -> np.ndarray:
+    """iOS16 packed n-bit indices: element bits LSB first, elements back to back."""
+    bits = np.unpackbits(packed.astype(np.uint8), bitorder="little")[: n * nbits].reshape(n, nbits)
+    return (bits.astype(np.int64) << np.arange(nbits)).sum(1)
+
+
+def _block_repeat(a: np.ndarray, shape) -> np.ndarray:
+    """Broadcast a block-wise parameter (one value per block along each axis) up to ``shape``."""
+    for ax, (m, n) in enumerate(zip(a.shape, shape)):
+        if m != n:
+            a = np.repeat(a, n // m, axis=ax)
+    return a
+
+
+def decompress_op(op) -> np.ndarray:
+    """Dequantise a compressed-weight constexpr op with numpy (what Core ML does at load time)."""
+    t = op.op_type
+
+    def arg(op, k):
+        var = op.inputs.get(k)
+        return None if var is None else np.asarray(var.val)
+    if t == "constexpr_affine_dequantize":  # iOS16: (q - zp) * scale along ``axis``
+        q = arg(op, "quantized_data").astype(np.float32)
+        ax = int(arg(op, "axis"))
+        shp = [1] * q.ndim
+        shp[ax] = -1
+        zp = arg(op, "zero_point").astype(np.float32)
+        sc = arg(op, "scale").astype(np.float32)
+        y = (q - (zp.reshape(shp) if zp.size > 1 else zp)) * (sc.reshape(shp) if sc.size > 1 else sc)
+        return y.astype(arg(op, "scale").dtype)
+    if t == "constexpr_lut_to_dense" and "shape" in op.inputs:  # iOS16: per-tensor LUT, packed indices
+        lut, shape = arg(op, "lut"), [int(d) for d in arg(op, "shape")]
+        nbits = int(np.log2(lut.size))
+        return lut[_unpack_bits(arg(op, "indices"), nbits, int(np.prod(shape)))].reshape(shape)
+    if t == "constexpr_lut_to_dense":  # iOS18: lut [blocks..., 2^n, vector]; indices have the output shape
+        idx, lut = arg(op, "indices").astype(np.int64), arg(op, "lut")
+        if lut.shape[-1] != 1:
+            raise ConfigError(f"MIL evaluation: vector palettisation ({op.name}) is not supported")
+        lut = _block_repeat(lut[..., 0], idx.shape + (lut.shape[-2],))
+        return np.take_along_axis(lut, idx[..., None], axis=-1)[..., 0]
+    if t == "constexpr_blockwise_shift_scale":  # iOS18: scale * (data - offset), block-wise
+        d, sc, off = arg(op, "data").astype(np.float32), arg(op, "scale"), arg(op, "offset")
+        if off is not None:
+            d = d - _block_repeat(off.astype(np.float32), d.shape)
+        return (d * _block_repeat(sc.astype(np.float32), d.shape)).astype(sc.dtype)
+    raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
 
 
 def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, max_images=None, crop=None,

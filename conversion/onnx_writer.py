@@ -1,9 +1,12 @@
-"""IR -> clean ONNX (NCHW, opset 17): fp32, or fp16 weights cast back to float32 at load.
+"""IR -> clean ONNX (NCHW, opset 17): fp32, fp16 weights cast back to float32 at load, or int8 QDQ.
 
 The result has no Identity / Dropout / BatchNormalization, folded constants, fused-activation
 ops expanded back to Relu / Clip, and pixel shuffle as DepthToSpace (DCR). fp16 stores every
 float constant as float16 followed by a Cast, so any runtime (CPU EP included) runs it and the
-model's float32 image I/O is unchanged.
+model's float32 image I/O is unchanged. int8 takes a quantised IR (quantization.quantize): every
+quantised activation gets QuantizeLinear -> DequantizeLinear, conv weights are int8 per output
+channel (zero point 0) behind a DequantizeLinear, biases int32 at scale s_in * s_w; runtimes fuse
+this into integer kernels, and it computes what ``executor.run(..., simulate_quant=True)`` does.
 """
 from __future__ import annotations
 
@@ -37,11 +40,25 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"ONNX precision {precision!r} is not one of fp32, fp16 (int8 QDQ: use the quantiser)")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"ONNX precision {precision!r} is not one of fp32, fp16, int8")
     g = graph
+    qdq = precision == "int8"
+    if qdq:
+        _check_quantised(g)
     nodes, inits = [], []
     made = set()
+
+    def dq_const(name, q, scale, zp, axis, dtype):
+        """Integer initializer + DequantizeLinear producing the float tensor ``name``."""
+        made.add(name)
+        shape = (-1,) if np.asarray(scale).size > 1 else ()
+        inits.append(nh.from_array(np.ascontiguousarray(q).astype(dtype), name + "_q"))
+        inits.append(nh.from_array(np.asarray(scale, np.float32).reshape(shape), name + "_scale"))
+        inits.append(nh.from_array(np.asarray(zp).astype(dtype).reshape(shape), name + "_zp"))
+        nodes.append(h.make_node("DequantizeLinear", [name + "_q", name + "_scale", name + "_zp"], [name],
+                                 name=name + "_dq", **({"axis": axis} if shape else {})))
+        return name
 
     def const(name, arr):
         if name in made:
@@ -57,7 +74,11 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
 
     def operand(name):
         t = g.tensors[name]
-        return const(name, _nchw_const(t.data)) if t.is_const else name
+        if not t.is_const:
+            return name
+        if qdq and t.quant is not None:  # e.g. an Add constant: the value the int8 model sees
+            return const(name, _nchw_const(t.quant.fake_quantize(t.data)))
+        return const(name, _nchw_const(t.data))
 
     def act(out, kind, name):
         if kind == "none":
@@ -82,8 +103,21 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
             else:
                 wt = w.transpose(3, 0, 1, 2)
                 kw = dict(strides=list(a["strides"]), pads=list(a["pads"]), output_padding=list(a["output_padding"]))
-            wn = const(n.inputs[1], np.ascontiguousarray(wt))
-            bn = const(n.inputs[2], g.tensors[n.inputs[2]].data)
+            if qdq and n.inputs[1] not in made:
+                # int8 weights per output channel (ONNX axis 0 for Conv, 1 for ConvTranspose), zero point
+                # 0; int32 bias at s_in * s_w so runtimes can fuse an integer conv.
+                wq, xq = g.tensors[n.inputs[1]].quant, g.tensors[n.inputs[0]].quant
+                order = (0, 3, 1, 2) if n.op == "Conv" else (3, 0, 1, 2)
+                ax = 0 if n.op == "Conv" else 1
+                q = wq.quantize(np.asarray(w, np.float64)).transpose(order)
+                wn = dq_const(n.inputs[1], q, wq.scale, wq.zero_point, ax, np.int8)
+                bs = xq.scale[0] * np.broadcast_to(wq.scale, (wt.shape[ax],))
+                b = np.asarray(g.tensors[n.inputs[2]].data, np.float64)
+                bq = np.clip(np.round(b / bs), -(2**31), 2**31 - 1)
+                bn = dq_const(n.inputs[2], bq, bs, np.zeros(bs.size), 0, np.int32)
+            else:
+                wn = const(n.inputs[1], np.ascontiguousarray(wt))
+                bn = const(n.inputs[2], g.tensors[n.inputs[2]].data)
             nodes.append(h.make_node(n.op, [n.inputs[0], wn, bn], [out], name=n.name,
                                      kernel_shape=list(wt.shape[2:]), **kw))
             act(out, a["activation"], n.name)
@@ -136,6 +170,8 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
         dims = [d if d is not None else f"{name}_{k}" for d, k in zip((nb, c, hh, ww), "nchw")]
         return h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims)
 
+    if qdq:
+        nodes = _insert_activation_qdq(g, nodes, inits)
     graph_proto = h.make_graph(nodes, g.name, [vi(i) for i in g.inputs], [vi(o) for o in g.outputs], inits)
     model = h.make_model(graph_proto, opset_imports=[h.make_opsetid("", OPSET)], ir_version=8,
                          producer_name="edge-enhance")
@@ -147,6 +183,55 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
         model.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(model)
     return model
+
+
+def _check_quantised(g: Graph) -> None:
+    need = list(g.inputs) + [n.outputs[0] for n in g.nodes]
+    need += [n.inputs[1] for n in g.nodes if n.op in ("Conv", "ConvTranspose")]
+    missing = [t for t in need if g.tensors[t].quant is None]
+    if missing:
+        raise ConfigError(f"int8 ONNX needs a quantised graph (quantization.quantize.quantize_model): "
+                          f"{len(missing)} tensor(s) without quantisation parameters, e.g. {missing[0]}")
+    other = sorted({g.tensors[t].quant.dtype for t in need} - {"int8", "uint8"})
+    if other:
+        raise ConfigError(f"int8 ONNX QDQ writes 8-bit tensors only; the graph has {', '.join(other)} "
+                          "(16x8 layers): write those as TFLite")
+    for n in g.nodes:
+        wq = g.tensors[n.inputs[1]].quant if n.op in ("Conv", "ConvTranspose") else None
+        if wq is not None and (wq.dtype != "int8" or np.any(wq.zero_point != 0) or wq.quantized_dimension != 0):
+            raise ConfigError(f"{n.name}: int8 ONNX needs symmetric int8 weights per output channel")
+
+
+def _insert_activation_qdq(g: Graph, nodes: list, inits: list) -> list:
+    """QuantizeLinear -> DequantizeLinear after every quantised activation (graph inputs, node outputs).
+
+    Consumers read the dequantised tensor; a graph output keeps its name (the producer is renamed).
+    """
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    out = list(nodes)
+    for name in list(g.inputs) + [n.outputs[0] for n in g.nodes]:
+        q = g.tensors[name].quant
+        dt = np.int8 if q.dtype == "int8" else np.uint8
+        inits.append(nh.from_array(np.asarray(q.scale[0], np.float32), name + "_act_scale"))
+        inits.append(nh.from_array(np.asarray(q.zero_point[0]).astype(dt), name + "_act_zp"))
+        prod = next((i for i, nd in enumerate(out) if name in nd.output), -1)
+        if name in g.outputs:
+            src, dst = name + "_float", name
+            out[prod].output[list(out[prod].output).index(name)] = src
+        else:
+            src, dst = name, name + "_dq"
+            for nd in out:
+                for k, inp in enumerate(nd.input):
+                    if inp == name:
+                        nd.input[k] = dst
+        pair = [h.make_node("QuantizeLinear", [src, name + "_act_scale", name + "_act_zp"], [name + "_q"],
+                            name=name + "_quantize"),
+                h.make_node("DequantizeLinear", [name + "_q", name + "_act_scale", name + "_act_zp"], [dst],
+                            name=name + "_dequantize")]
+        out[prod + 1:prod + 1] = pair
+    return out
 
 
 def to_onnx(graph: Graph, path, *, precision: str = "fp32") -> Path:

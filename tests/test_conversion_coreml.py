@@ -1,6 +1,9 @@
 """Core ML: MIL builder -> mlprogram, checked by numpy evaluation of the converted program."""
 from __future__ import annotations
 
+import inspect
+import json
+
 import numpy as np
 import pytest
 
@@ -9,7 +12,8 @@ from tests.conversion_testkit import h, make_model, rand, residual_sr_model, run
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install edge-enhance[coreml])")
 
 from conversion.cli import convert  # noqa: E402
-from conversion.coreml_writer import _LAST_PROGRAM, evaluate_mil, to_coreml  # noqa: E402
+from conversion.coreml_writer import (  # noqa: E402
+    _LAST_PROGRAM, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml)
 from conversion.errors import ConfigError  # noqa: E402
 from conversion.onnx_import import from_onnx  # noqa: E402
 from conversion.verify import default_dataset  # noqa: E402
@@ -75,7 +79,7 @@ def test_needs_a_tile(tmp_path):
 
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "palette6"])
 def test_sr_net_to_coreml_verified(tmp_path, precision):
     card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
     src = tmp_path / "sr.onnx"
@@ -83,5 +87,59 @@ def test_sr_net_to_coreml_verified(tmp_path, precision):
     res = convert(src, "coreml", precision=precision, tile=(32, 32), max_images=2)
     assert res.output.suffix == ".mlpackage" and res.output.is_dir()
     assert res.ops["depth_to_space"] == 1
-    tol = 1e-4 if precision == "fp32" else 5e-3
+    tol = {"fp32": 1e-4, "fp16": 5e-3}.get(precision, 3e-2)
     assert res.report.max_abs_err <= tol
+    card = json.loads(ct.models.MLModel(str(res.output), skip_model_load=True).user_defined_metadata[CARD_KEY])
+    assert ("weights" in card) == (precision in ("int8", "palette6"))
+
+
+def test_kmeans_palette_finds_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([-1.0, -0.2, 0.3, 2.0])
+    w = (centres[rng.integers(0, 4, 500)] + rng.normal(0, 0.01, 500)).astype(np.float32)
+    lut, idx = kmeans_lut(w, 2)
+    np.testing.assert_allclose(np.sort(lut), centres, atol=0.01)
+    assert np.abs(lut[idx] - w).max() < 0.05
+
+
+def _tree_size(p):
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("weights,min_target,atol", [
+    ("int8", "iOS16", 5e-3), ("int8", "iOS18", 5e-3), ("palette4", "iOS16", 3e-2), ("palette4", "iOS18", 3e-2),
+    ("palette6", "iOS16", 1e-2), ("palette8", "iOS18", 5e-3)])
+def test_compressed_weights_evaluate_and_shrink(tmp_path, weights, min_target, atol):
+    rng = np.random.default_rng(3)
+    card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
+    m = residual_sr_model(rng, card=card)
+    g = from_onnx(m)
+    fp, path = tmp_path / "fp.mlpackage", tmp_path / "w.mlpackage"
+    to_coreml(g, fp, tile=(8, 8), min_target=min_target)
+    ops = to_coreml(g, path, tile=(8, 8), min_target=min_target, weights=weights)
+    prog = _LAST_PROGRAM[str(path)]
+    packed = [op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")]
+    assert len(packed) == g.op_counts()["Conv"] and ops.count("conv") == len(packed)
+    for op in packed:  # our numpy dequantisation == coremltools' own reference decompression
+        ref = type(op).decompress(**{k: (op.inputs[k].val if k in op.inputs else None)
+                                     for k in inspect.signature(type(op).decompress).parameters})
+        dense = decompress_op(op)
+        np.testing.assert_array_equal(dense, ref)
+        if weights.startswith("palette"):
+            assert len(np.unique(dense)) <= 2 ** int(weights[7:])
+        else:  # symmetric per-output-channel int8: every channel is a multiple of its own step
+            q = dense.reshape(dense.shape[0], -1).astype(np.float64)
+            step = np.abs(q).max(1, keepdims=True) / 127
+            np.testing.assert_allclose(q / step, np.round(q / step), atol=0.1)  # dense values are fp16
+    x = rand(rng, 1, 3, 8, 8, lo=0, hi=1)
+    y = evaluate_mil(prog, x)
+    np.testing.assert_allclose(y.transpose(0, 2, 3, 1), run_ort(m, x), atol=atol, rtol=0)
+    assert _tree_size(path) < _tree_size(fp)
+    mm = ct.models.MLModel(str(path), skip_model_load=True)
+    assert json.loads(mm.user_defined_metadata[CARD_KEY])["weights"] == WEIGHT_FORMATS[weights]
+
+
+def test_unknown_weight_compression(tmp_path):
+    g = from_onnx(residual_sr_model(np.random.default_rng(1)))
+    with pytest.raises(ConfigError, match="palette5"):
+        to_coreml(g, tmp_path / "m.mlpackage", tile=(8, 8), weights="palette5")

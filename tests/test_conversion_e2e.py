@@ -93,7 +93,7 @@ def test_cli_prints_table_and_summary(tmp_path, sr_file, capsys):
 def test_cli_errors_write_nothing(tmp_path, sr_file, capsys):
     src, _ = sr_file
     before = set(tmp_path.iterdir())
-    assert _cli([str(src), "--to", "coreml", "--precision", "int8"]) == 2
+    assert _cli([str(src), "--to", "coreml", "--precision", "int16x8"]) == 2
     assert "not available yet" in capsys.readouterr().err
     assert _cli([str(src), "--to", "tflite", "--tile", "abc"]) == 2
     bad = tmp_path / "bad.onnx"
