@@ -371,3 +371,17 @@ def test_child_peak_is_its_own_not_the_parents(tmp_path):
     peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=str(memory.ROOT)).stdout)
     assert 0 < peak < 300
+
+
+def test_onnx_precision_by_ops(tmp_path, model_dir):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper as h
+
+    from benchmarks.subjects import onnx_precision
+
+    assert onnx_precision(model_dir / "t.onnx") == "fp32"
+    g = h.make_graph([h.make_node("QuantizeLinear", ["x", "s"], ["q"]), h.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+                     "qdq", [h.make_tensor_value_info("x", 1, [1, 3, 4, 4])], [h.make_tensor_value_info("y", 1, [1, 3, 4, 4])],
+                     [h.make_tensor("s", 1, [], [0.1])])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), tmp_path / "q.onnx")
+    assert onnx_precision(tmp_path / "q.onnx") == "int8"
