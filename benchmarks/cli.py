@@ -123,32 +123,47 @@ def main(args: argparse.Namespace) -> int:
         rows, n = quality.run_quality(subjects, data, args.quick)
         res["quality"], notes = rows, notes + n
         print(f"bench: quality done ({len(rows)} rows)", file=sys.stderr)
+        _checkpoint(res, notes, out)
     if "speed" in args.only:
         # Peers at scales we have no model of only add minutes; the speed table compares like with like.
         timed = [s for s in subjects if s.ours or s.scale in scales]
         rows, n = speed.run_speed(timed, args.quick, runs, sizes)
         res["speed"], notes = rows, notes + n
         print(f"bench: speed done ({len(rows)} rows)", file=sys.stderr)
+        _checkpoint(res, notes, out)
     primary = primary_subject(ours)
     if "memory" in args.only:
         same = [s for s in ours if primary and s.model == primary.model and s is not primary]
         rows, n = memory.run_memory([primary, *same] if primary else [], args.quick, args.slow)
         res["memory"], notes = rows, notes + n
         print(f"bench: memory done ({len(rows)} rows)", file=sys.stderr)
+        _checkpoint(res, notes, out)
     if "tiling" in args.only:
         rows, n = tiling.run_tiling(primary, args.quick, runs)
         res["tiling"], notes = rows, notes + n
         print(f"bench: tiling done ({len(rows)} rows)", file=sys.stderr)
+        _checkpoint(res, notes, out)
 
     res["bars"] = bars.judge_bars(res["speed"], res["quality"], os.cpu_count())
     res["not_run"] = [x.row() for x in notes]
     res["meta"]["seconds"] = round((datetime.datetime.now().astimezone() - started).total_seconds(), 1)
     paths = report.write_all(res, out)
+    (out / "results.partial.json").unlink(missing_ok=True)
     for b in res["bars"]:
         print(f"{b['status']:>7}  {b['bar']}: {b['figure'] or b['reason']}")
     for k, p in paths.items():
         print(f"bench: {k}: {p}", file=sys.stderr)
     return 0
+
+
+def _checkpoint(res: dict, notes: list, out: Path) -> None:
+    """results.partial.json after each section, so a long run cut short still leaves its figures."""
+    import json
+
+    from .report import write_atomic
+
+    write_atomic(out / "results.partial.json",
+                 json.dumps({**res, "not_run": [x.row() for x in notes]}, indent=1, default=str).encode())
 
 
 def primary_subject(ours):

@@ -35,8 +35,17 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """Peak resident set of this process. VmHWM belongs to the address space, which exec replaces;
+    Linux's ru_maxrss survives exec and would report the benchmark parent's own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def child(model: str, megapixels: float, memory_mb: float) -> dict:

@@ -91,6 +91,16 @@ def tflite_precision(path: Path) -> str:
     return "fp16" if np.dtype(np.float16) in dtypes else "fp32"
 
 
+def onnx_precision(path: Path) -> str:
+    """int8 for a QDQ / integer-op ONNX model, else fp32 (by the file's ops, not its name)."""
+    try:
+        import onnx
+    except ImportError:
+        return "int8" if ".int8." in path.name else "fp32"
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return "int8" if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"} else "fp32"
+
+
 def _enhancer_factory(path: Path, engine: str) -> Callable[[int | None], Fn]:
     def make(threads):
         from edge_enhance.enhancer import Enhancer
@@ -111,7 +121,7 @@ def model_subject(path: Path) -> Subject:
     if engine == "litert":
         precision = tflite_precision(path)
     elif engine == "onnxruntime":
-        precision = "fp32"
+        precision = onnx_precision(path)
     else:
         precision = "fp32"
     macs = macs_per_output_pixel(card.macs_per_pixel, card.scale) if card.macs_per_pixel else None
@@ -176,7 +186,7 @@ def our_subjects(items: list[str] | None, cache: Path) -> tuple[list[Subject], l
         subjects.append(sub)
     have = {(s.model, s.engine, s.precision) for s in subjects}
     for s in list(subjects):
-        if s.engine == "onnxruntime" and (s.model, "litert", "fp32") not in have:
+        if s.engine == "onnxruntime" and s.precision == "fp32" and (s.model, "litert", "fp32") not in have:
             try:
                 subjects.append(model_subject(derive_fp32_tflite(Path(s.path), cache)))
                 have.add((s.model, "litert", "fp32"))

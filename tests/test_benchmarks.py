@@ -359,3 +359,29 @@ def test_missing_model_argument_is_not_run(tmp_path):
 
     subs, notes = our_subjects([str(tmp_path / "nope.onnx")], tmp_path / "cache")
     assert subs == [] and "no such file" in notes[0].reason
+
+
+def test_child_peak_is_its_own_not_the_parents(tmp_path):
+    """A parent holding a large buffer must not raise its child's reported peak (ru_maxrss would)."""
+    import subprocess
+    import sys
+
+    big = np.ones(400 * 2**20 // 8)  # 400 MB touched in the parent  # noqa: F841
+    code = "from benchmarks.memory import _peak_mb; print(_peak_mb())"
+    peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=str(memory.ROOT)).stdout)
+    assert 0 < peak < 300
+
+
+def test_onnx_precision_by_ops(tmp_path, model_dir):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper as h
+
+    from benchmarks.subjects import onnx_precision
+
+    assert onnx_precision(model_dir / "t.onnx") == "fp32"
+    g = h.make_graph([h.make_node("QuantizeLinear", ["x", "s"], ["q"]), h.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+                     "qdq", [h.make_tensor_value_info("x", 1, [1, 3, 4, 4])], [h.make_tensor_value_info("y", 1, [1, 3, 4, 4])],
+                     [h.make_tensor("s", 1, [], [0.1])])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), tmp_path / "q.onnx")
+    assert onnx_precision(tmp_path / "q.onnx") == "int8"
