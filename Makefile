@@ -33,7 +33,7 @@ test: $(VENV)/.dev $(VENV)/.browser
 	$(BIN)/python -m pytest tests
 
 bench: $(VENV)/.dev
-	$(BIN)/edge-enhance bench
+	$(BIN)/edge-enhance bench --out bench-out
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
