@@ -32,7 +32,12 @@ $(VENV)/.browser:
 test: $(VENV)/.dev $(VENV)/.browser
 	$(BIN)/python -m pytest tests
 
-bench: $(VENV)/.dev
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) install -e '.[bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import cv2, matplotlib"
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/edge-enhance bench --out bench-out
 
 clean:
