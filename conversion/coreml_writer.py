@@ -151,8 +151,9 @@ def c_of(g, name):
 
 
 def kmeans_lut(weight: np.ndarray, nbits: int, iters: int = 30):
-    """1-D k-means palette (Lloyd, quantile start) -> (lut, indices): coremltools' own k-means
-    mode needs scikit-learn, which we do not depend on.
+    """1-D k-means palette -> (lut, indices): coremltools' own k-means mode needs scikit-learn,
+    which we do not depend on. Lloyd from a uniform grid over [min, max]: each step only lowers the
+    squared error, so the palette is never worse than uniform and the extremes keep a level.
 
     >>> lut, idx = kmeans_lut(np.array([0.0, 0.1, 1.0, 1.1]), 1)
     >>> np.round(lut, 2).tolist(), idx.tolist()
@@ -160,11 +161,14 @@ def kmeans_lut(weight: np.ndarray, nbits: int, iters: int = 30):
     """
     w = np.asarray(weight, np.float64).ravel()
     k = 1 << nbits
-    lut = np.quantile(w, (np.arange(k) + 0.5) / k)
+    lut = np.linspace(w.min(), w.max(), k)
     for _ in range(iters):
         idx = _nearest(w, lut)
         sums, counts = np.bincount(idx, w, k), np.bincount(idx, minlength=k)
         new = np.where(counts > 0, sums / np.maximum(counts, 1), lut)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:  # an unused level moves onto the worst-fitted weights (error only falls)
+            new[empty] = w[np.argsort(np.abs(w - new[idx]))[-empty.size:]]
         if np.allclose(new, lut):
             break
         lut = new

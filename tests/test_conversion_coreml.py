@@ -102,6 +102,16 @@ def test_kmeans_palette_finds_clusters():
     assert np.abs(lut[idx] - w).max() < 0.05
 
 
+@pytest.mark.parametrize("nbits", [4, 6, 8])
+def test_kmeans_palette_no_worse_than_uniform(nbits):
+    w = np.random.default_rng(nbits).laplace(0, 0.1, 4000).astype(np.float32)  # heavy tails, like conv weights
+    lut, idx = kmeans_lut(w, nbits)
+    grid = np.linspace(w.min(), w.max(), 2 ** nbits)
+    uniform = grid[np.abs(w[:, None] - grid[None, :]).argmin(1)]
+    assert np.mean((lut[idx] - w) ** 2) <= np.mean((uniform - w) ** 2)
+    assert np.abs(lut[idx] - w).max() <= (grid[1] - grid[0]) * 2  # the tails keep their levels
+
+
 def _tree_size(p):
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
