@@ -23,11 +23,22 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.runtime
 	$(BIN)/python -m edge_enhance.demo out/demo
 
-test: $(VENV)/.dev
+# The web viewfinder's browser test drives Debian's Chromium through Playwright (no browser download).
+$(VENV)/.browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the browser test will be skipped"
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.browser
 	$(BIN)/python -m pytest tests
 
-bench: $(VENV)/.dev
-	$(BIN)/edge-enhance bench
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) install -e '.[bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import cv2, matplotlib"
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/edge-enhance bench --out bench-out
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

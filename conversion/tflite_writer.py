@@ -19,12 +19,11 @@ import copy
 import importlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edge_enhance.atomic import write_bytes
 from edge_enhance.card import CARD_KEY
 
 from .errors import ConfigError, ModelFormatError, UnsupportedOpError
@@ -468,7 +467,7 @@ class _Emitter:
         wi, wq = self.weight(wname, w, 0)
         bi = self.bias(bname, b, x, wq) if self.int8 else self.float_const(bname, b)
         opts = _opts("TransposeConvOptions", Padding=mode, StrideW=strides[1], StrideH=strides[0])
-        self.fb.op("TRANSPOSE_CONV", [os_, wi, xi, bi], [self.act(out_name)], opts, 3 if not self.int8 else 3)
+        self.fb.op("TRANSPOSE_CONV", [os_, wi, xi, bi], [self.act(out_name)], opts, 3)  # v3: bias input
 
     def op_ConvTranspose(self, n):
         x, wname, bname = n.inputs
@@ -567,8 +566,7 @@ class _Emitter:
             for dy in range(r):
                 for dx in range(r):
                     w[np.arange(c), dy, dx, (dy * r + dx) * c + np.arange(c)] = 1.0
-            if self.int8 and not self.same_params(x, out):
-                pass  # xi already requantised to out's params
+            # xi is already on out's grid (``matched``): bias scale must use those params.
             src = x if not self.int8 or self.same_params(x, out) else out
             self._transpose_conv(n.name, src, xi, w, np.zeros(c, np.float32), (r, r), (0, 0, 0, 0), out,
                                  n.name + "_d2s_w", n.name + "_d2s_b")
@@ -613,7 +611,7 @@ class _Emitter:
             return inner
         q = self.qparams(name)
         if self.io == "float":
-            outer = self.fb.tensor(name + ("" if False else "_io"), self.shape(name), T_FLOAT32)
+            outer = self.fb.tensor(name + "_io", self.shape(name), T_FLOAT32)
         else:  # uint8: the same real grid shifted by 128
             uq = QuantParams(q.scale, q.zero_point + 128, 0, "uint8")
             outer = self.fb.tensor(name + "_io", self.shape(name), T_UINT8, quant=uq)
@@ -674,16 +672,7 @@ def write_atomic(path, data: bytes) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: output folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_bytes(path, data)
 
 
 def to_tflite(graph: Graph, path, *, precision: str = "fp32", io: str = "float", tile: tuple | None = None,

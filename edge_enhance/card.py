@@ -90,6 +90,8 @@ class ModelCard:
             return cls(**kw)
         except TypeError as e:
             raise ModelFormatError(f"{source}: malformed model card: {e}") from None
+        except ModelFormatError as e:  # __post_init__ knows the field, not the file
+            raise ModelFormatError(f"{source}: {e}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "model") -> "ModelCard":

@@ -161,8 +161,6 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
                  model_name: str) -> list[Job]:
-    from .imageio import format_for  # noqa: F401  (validated later per file)
-
     ext_for = (lambda p: "." + fmt.lower().replace("jpeg", "jpg")) if fmt else (lambda p: p.suffix)
     jobs: list[Job] = []
     single = len(inputs) == 1 and inputs[0][1] is None
@@ -230,7 +228,8 @@ def cmd_enhance(args) -> int:
             if job.src.suffix.lower() in imageio.VIDEO_SUFFIXES:
                 from .camera.video import enhance_video
 
-                enhance_video(job.src, job.dst, enhancer, temporal=args.temporal)
+                enhance_video(job.src, job.dst, enhancer, temporal=args.temporal,
+                              progress=lambda *, done, total, fps, eta_s: progress.tiles(done, total or done + 1))
             else:
                 enhancer.enhance_file(job.src, job.dst, fmt=args.format, quality=args.quality,
                                       strip_metadata=args.strip_metadata, dpi_mode=args.dpi,
@@ -252,11 +251,16 @@ def cmd_enhance(args) -> int:
         job.seconds = time.monotonic() - t0
         progress.clear()
         if not args.json and not args.quiet:
-            line = f"{job.src} -> {job.dst}" if job.status == "ok" else f"FAILED {job.src}: {job.error}"
+            line = f"{job.src} -> {job.dst}" if job.status == "ok" else f"FAILED {_named(job)}"
             print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
         if interrupted:
             break
     return _summarise(jobs, time.monotonic() - t_start, args, interrupted)
+
+
+def _named(job: Job) -> str:
+    """The error, led by the input's name unless the message already names it."""
+    return job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}"
 
 
 def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
@@ -269,16 +273,17 @@ def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
             "files": [{"input": str(j.src), "output": str(j.dst), "status": j.status, "error": j.error,
                        "seconds": round(j.seconds, 3), **j.extra} for j in jobs],
         }, indent=1))
-    elif not args.quiet:
-        parts = [f"{counts['ok']} enhanced", f"{counts['failed']} failed"]
-        if counts["skipped"]:
-            parts.append(f"{counts['skipped']} skipped (exist)")
-        if interrupted:
-            parts.append(f"{counts['pending'] + counts['interrupted']} not done (interrupted)")
-        print(f"{', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
-        for j in jobs:
+    else:
+        if not args.quiet:
+            parts = [f"{counts['ok']} enhanced", f"{counts['failed']} failed"]
+            if counts["skipped"]:
+                parts.append(f"{counts['skipped']} skipped (exist)")
+            if interrupted:
+                parts.append(f"{counts['pending'] + counts['interrupted']} not done (interrupted)")
+            print(f"{', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
+        for j in jobs:  # failures are printed even with --quiet: a silent exit 1 helps nobody
             if j.status == "failed":
-                print(f"  failed: {j.src}: {j.error}", file=sys.stderr)
+                print(f"  failed: {_named(j)}", file=sys.stderr)
     if interrupted:
         return 130
     return 1 if counts["failed"] else 0

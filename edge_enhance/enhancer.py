@@ -13,9 +13,9 @@ import numpy as np
 from . import imageio
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
-from .errors import ConfigError, ModelFormatError, OutputError
+from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
 from .models import DEFAULT_MODEL, resolve
-from .tiling import TilingConfig, choose_tile, extract, plan_tiles
+from .tiling import MIN_CORE, TilingConfig, choose_tile, extract, plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,36 @@ class Enhancer:
         if rgb.dtype not in (np.uint8, np.uint16):
             raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}")
         h, w, _ = rgb.shape
-        card, s, m = self.card, self.card.scale, self.card.margin
+        s = self.card.scale
         if out is None:
             out = np.empty((h * s, w * s, 3), rgb.dtype)
+        tile = self.tile_for(h, w)
+        try:
+            return self._run_tiles(rgb, out, tile, progress)
+        except MemoryError:
+            smaller = self._smaller_tile(tile)
+            if smaller is None:
+                raise
+            # Every tile is re-run at the new size, so nothing from the failed attempt is kept.
+            log.warning("%s: out of memory on a %dx%d tile; retrying once with %dx%d tiles",
+                        self.path, tile[0], tile[1], smaller[0], smaller[1])
+            return self._run_tiles(rgb, out, smaller, progress)
+
+    def _smaller_tile(self, tile: tuple[int, int]) -> tuple[int, int] | None:
+        """Half the tile each way (keeping a core inside the margins), or None for a fixed-shape model."""
+        if self.backend.fixed_shape or self.card.tile:
+            return None
+        floor = 2 * self.card.margin + MIN_CORE
+        smaller = (max(floor, tile[0] // 2), max(floor, tile[1] // 2))
+        return smaller if smaller != tile else None
+
+    def _run_tiles(self, rgb: np.ndarray, out: np.ndarray, tile: tuple[int, int],
+                   progress: Progress | None) -> np.ndarray:
+        h, w, _ = rgb.shape
+        card, s, m = self.card, self.card.scale, self.card.margin
         maxv = float(np.iinfo(rgb.dtype).max)
         lo, hi = card.input_range
         k_in, k_out = np.float32((hi - lo) / maxv), np.float32(maxv / (hi - lo))
-        tile = self.tile_for(h, w)
         tiles = plan_tiles(h, w, tile, m)
         self.backend.prepare(*tile)
         self.last_run = RunInfo(tile, len(tiles), m)
@@ -110,7 +133,13 @@ class Enhancer:
             (y, x, ch, cw), (wy, wx) = t
             win = extract(rgb, wy - m, wx - m, *tile)
             xin = win.astype(np.float32) * k_in + np.float32(lo)
-            yout = self.backend.run(xin[None])
+            try:
+                yout = self.backend.run(xin[None])
+            except (MemoryError, EdgeEnhanceError):
+                raise
+            except Exception as e:  # each engine raises its own types; the CLI reports one clear line
+                raise EngineError(f"{self.path}: the engine failed on tile {i + 1} of {len(tiles)} "
+                                  f"({type(e).__name__}: {e})") from e
             if yout.shape != (1, tile[0] * s, tile[1] * s, 3):
                 raise ModelFormatError(
                     f"{self.path}: output shape {tuple(yout.shape)} does not match the card "
@@ -192,8 +221,10 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
     if not os.access(dst.parent, os.W_OK):
         raise OutputError(f"{dst}: output folder {dst.parent} is not writable")
-    imageio.format_for(dst, fmt)  # fail on a bad extension before spending time
+    # Load first (cheap next to enhancing): an unreadable input, e.g. HEIC without its plugin, must be
+    # reported as such, not as the output format its extension implies.
     photo = imageio.load_image(src, max_pixels)
+    imageio.format_for(dst, fmt)  # fail on a bad extension before spending time on the model
     out = _output_buffer(photo, dst, processor.scale)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0

@@ -27,3 +27,7 @@ class ImageInputError(EdgeEnhanceError):
 
 class OutputError(EdgeEnhanceError):
     """An output cannot be written (folder missing or read-only, disk full, would overwrite input)."""
+
+
+class EngineError(EdgeEnhanceError):
+    """The engine failed while running a model (the run stops; no partial result is kept)."""

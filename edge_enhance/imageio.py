@@ -5,9 +5,10 @@ are carried to the output; alpha, grey and 16-bit survive; writes are atomic.
 """
 from __future__ import annotations
 
+import functools
+import io
 import logging
-import os
-import tempfile
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_file
 from .errors import ConfigError, ImageInputError, OutputError
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,15 @@ DEFAULT_MAX_PIXELS = 200_000_000  # input pixels; a 200 MP photo is plausible, a
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 _ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
 _NO_ALPHA = {"JPEG", "BMP", "PPM"}
+# What Pillow's decoders raise on damaged files besides OSError (found by fuzzing: TIFF 'Missing
+# dimensions' TypeError from n_frames, PNG 'Truncated IHDR chunk' ValueError from open).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, ZeroDivisionError,
+                  struct.error)
+# TIFF tags that a TIFF source's getexif() returns for its own pixel layout (size, samples, photometric,
+# strips, tiles, palette, ...); copied to a TIFF output they contradict the new pixels (CMYK -> RGB made
+# an unreadable file), and in any other output they are stale.
+_TIFF_STRUCTURE = {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320,
+                   322, 323, 324, 325, 338, 339, 340, 341, 530, 532}
 _SIXTEEN_BIT = {"PNG", "TIFF"}
 
 
@@ -44,6 +55,7 @@ class Photo:
         return 65535 if self.rgb.dtype == np.uint16 else 255
 
 
+@functools.lru_cache(maxsize=1)
 def _sniff_problem(path: Path, head: bytes) -> str | None:
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"hevc", b"avif"):
         return "HEIC/AVIF needs a Pillow plugin: pip install pillow-heif"
@@ -52,17 +64,35 @@ def _sniff_problem(path: Path, head: bytes) -> str | None:
     return None
 
 
-def _png_is_16bit(path: Path) -> bool:
+def _usable_icc(icc: bytes | None, path: Path) -> bytes | None:
+    """The ICC profile if it parses; a broken one is dropped (copying it would pass the damage on)."""
+    if not icc:
+        return None
+    try:
+        from PIL import ImageCms
+    except ImportError:  # Pillow built without littlecms: cannot check, keep it as it came
+        return icc
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception as e:  # PyCMSError / OSError / TypeError, depending on the damage
+        log.warning("%s: ignoring unreadable ICC profile (%s); colours are taken as sRGB", path, e)
+        return None
+    return icc
+
+
+def _png16_colour_type(path: Path) -> int | None:
+    """PNG colour type (2 RGB, 4 grey+alpha, 6 RGBA) of a 16-bit PNG that Pillow decodes to 8 bits, else None."""
     with open(path, "rb") as f:
         head = f.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+    ok = head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+    return head[25] if ok else None
 
 
 def _read_png16(path: Path) -> np.ndarray | None:
     try:
         import png  # pypng: Pillow decodes 16-bit RGB(A) PNG to 8 bits
     except ImportError:
-        log.warning("%s: 16-bit RGB PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
+        log.warning("%s: 16-bit PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
         return None
     w, h, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
@@ -85,14 +115,15 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         raise ImageInputError(f"{path}: {problem}")
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns on stderr about damaged metadata (EXIF read for the DPI); recorded, logged once below.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             im = Image.open(path)
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
     except Image.DecompressionBombError as e:
         raise ImageInputError(f"{path}: refused as a decompression bomb ({e})") from None
-    except OSError as e:
+    except _DECODE_ERRORS as e:
         raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
     with im:
         w, h = im.size
@@ -101,28 +132,45 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
                 f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP "
                 "(raise it with --max-pixels)"
             )
-        if getattr(im, "n_frames", 1) > 1:
-            raise ImageInputError(f"{path}: animated image ({im.n_frames} frames); extract a frame first")
+        try:
+            frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
+        except _DECODE_ERRORS as e:
+            raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+        if frames > 1:
+            raise ImageInputError(f"{path}: animated image ({frames} frames); extract a frame first")
         fmt = im.format
         try:
             im.load()
-        except (OSError, SyntaxError, ValueError) as e:
+        except _DECODE_ERRORS as e:
             raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
-        icc = im.info.get("icc_profile")
+        # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
+        icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
         dpi = im.info.get("dpi")
         try:
-            exif = im.getexif()
-            oriented = ImageOps.exif_transpose(im)
+            # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
+            with warnings.catch_warnings(record=True) as more:
+                warnings.simplefilter("always")
+                exif = im.getexif()
+                oriented = ImageOps.exif_transpose(im)
+            caught = [w for w in caught + more if not issubclass(w.category, Image.DecompressionBombWarning)]
+            if caught:
+                log.warning("%s: EXIF partly unreadable (%s); the rest is kept", path, caught[0].message)
         except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
             log.warning("%s: ignoring unreadable EXIF (%s)", path, e)
             exif, oriented = None, im.copy()
         if exif is not None:
             exif[_ORIENTATION] = 1
+            for tag in _TIFF_STRUCTURE.intersection(exif):  # they describe the source file's layout, not the photo
+                del exif[tag]
         photo = _to_photo(oriented, path)
-    if fmt == "PNG" and photo.rgb.dtype == np.uint8 and _png_is_16bit(path):
+    ctype = _png16_colour_type(path) if fmt == "PNG" and photo.rgb.dtype == np.uint8 else None
+    if ctype is not None:
+        photo.grey = ctype == 4  # Pillow hands 16-bit grey+alpha over as 8-bit RGBA
         data = _read_png16(path)
         if data is not None:
             data = _apply_orientation(data, exif_orientation(path))
+            if data.shape[2] == 2:
+                data = np.dstack([data[..., :1]] * 3 + [data[..., 1:]])
             photo.rgb, photo.alpha = data[..., :3], (data[..., 3] if data.shape[2] == 4 else None)
     photo.icc, photo.exif, photo.dpi, photo.format = icc, exif, dpi, fmt
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
@@ -132,7 +180,8 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
 
 def exif_orientation(path: Path) -> int:
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore")
             return int(im.getexif().get(_ORIENTATION, 1))
     except Exception:
         return 1
@@ -264,9 +313,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if fmt in _NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
         photo = Photo(photo.rgb, None, photo.grey)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(dst) as f:
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
                     _write_png16(photo, f)
@@ -279,15 +327,6 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 if photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
                 photo_to_pil(photo).save(f, format=fmt, **kw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
-        raise
+    except OSError as e:
+        raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
     return dst

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -170,25 +169,39 @@ class Pipeline:
 
     def enhance_photo(self, photo: imageio.Photo, *, src=None, out=None, progress=None) -> imageio.Photo:
         stages, an = plan_stages(self.mode, self.scale, photo, src)
+        if an is not None:
+            from .models import bundled
+
+            missing = [n for n in stages if n in ("denoise", "dejpeg") and n not in bundled()]
+            for n in missing:
+                log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
+            stages = an.stages = [n for n in stages if n not in missing]
         self.last_analysis = an
         if not stages:
             return photo
-        result = self._run(stages, photo, self.strength, out, progress)
-        if an is not None and self.check:
-            an.backprojection_db = backprojection_psnr(photo.rgb, result.rgb)
+        # The check compares the upscale with what it upscaled: cleanup departs from a noisy input on purpose.
+        first_sr = next((i for i, n in enumerate(stages) if n.startswith("sr-")), len(stages))
+        base = self._run(stages[:first_sr], photo, self.strength, None, None) if first_sr else photo
+        result = self._run(stages[first_sr:], base, self.strength, out, progress)
+        if an is not None and self.check and first_sr < len(stages):
+            an.backprojection_db = backprojection_psnr(base.rgb, result.rgb)
             an.strength = self.strength
             if an.backprojection_db < BACKPROJECTION_MIN_DB:
                 gentler = self.strength / 2
-                log.warning("back-projection %.1f dB < %.0f dB; retrying at strength %.2f",
+                log.warning("back-projection %.1f dB < %.0f dB; retrying the upscale at strength %.2f",
                             an.backprojection_db, BACKPROJECTION_MIN_DB, gentler)
-                result = self._run(stages, photo, gentler, out, progress)
-                an.backprojection_db, an.strength = backprojection_psnr(photo.rgb, result.rgb), gentler
+                result = self._run(stages[first_sr:], base, gentler, out, progress)
+                an.backprojection_db, an.strength = backprojection_psnr(base.rgb, result.rgb), gentler
                 if an.backprojection_db < BACKPROJECTION_MIN_DB:
                     raise EdgeEnhanceError(
-                        f"quality check failed: the output disagrees with the input "
+                        f"quality check failed: the upscale disagrees with its input "
                         f"(back-projection {an.backprojection_db:.1f} dB < {BACKPROJECTION_MIN_DB:.0f} dB); nothing written"
                     )
         return result
+
+    def enhance(self, rgb: np.ndarray) -> np.ndarray:
+        """One H x W x 3 frame through the chain (used for video)."""
+        return self.enhance_photo(imageio.Photo(rgb)).rgb
 
     def enhance_file(self, src, dst, **kw):
         from .enhancer import enhance_file
@@ -196,7 +209,7 @@ class Pipeline:
         return enhance_file(self, src, dst, **kw)
 
     def _run(self, stages, photo, strength, out, progress):
-        for i, name in enumerate(stages):
+        for i, name in enumerate(stages):  # the last stage writes into `out` and reports progress
             enh = self.stage(name)
             enh.strength = strength
             last = i == len(stages) - 1

@@ -80,9 +80,24 @@ def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: 
         if requested[0] >= h and requested[1] >= w:  # "a tile at least as large as the image": no tiling
             return full
         return min(requested[0], full[0]), min(requested[1], full[1])
-    side = int(math.sqrt(memory_mb * 2**20 / max(bytes_per_pixel, 1.0)))
-    side = max(2 * margin + MIN_CORE, min(side, MAX_AUTO_TILE))
-    return min(side, full[0]), min(side, full[1])
+    budget_px = memory_mb * 2**20 / max(bytes_per_pixel, 1.0)
+    floor = 2 * margin + MIN_CORE
+    side = max(floor, min(int(math.sqrt(budget_px)), MAX_AUTO_TILE))
+    th, tw = min(side, full[0]), min(side, full[1])
+    # A thin strip leaves budget unused in one direction: spend it along the other.
+    if th < side:
+        tw = min(full[1], max(floor, min(int(budget_px // th), MAX_AUTO_TILE**2 // th)))
+    elif tw < side:
+        th = min(full[0], max(floor, min(int(budget_px // tw), MAX_AUTO_TILE**2 // tw)))
+    return _balanced(h, th, margin), _balanced(w, tw, margin)
+
+
+def _balanced(n: int, t: int, margin: int) -> int:
+    """The smallest tile side giving the same number of tiles as `t` along `n` pixels, so the last
+    tile is not mostly padding (720 rows at tile 559, margin 9: two tiles of 378, not of 559)."""
+    core = t - 2 * margin
+    count = -(-n // core)
+    return -(-n // count) + 2 * margin
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:

@@ -68,9 +68,9 @@ def residual_sr_model(rng, *, scale=2, feat=12, opset=13, in_shape=(1, 3, "H", "
     the nearest-upsampled input, so the output range resembles a real SR net's.
     """
     r2 = scale * scale
-    w = lambda o, i: rand(rng, o, i, 3, 3, lo=-0.3, hi=0.3)
+    w = lambda o, i: rand(rng, o, i, 3, 3, lo=-0.2, hi=0.2)
     inits = {"w1": w(feat, 3), "b1": rand(rng, feat, lo=-0.1, hi=0.1), "w2": w(feat, feat),
-             "b2": rand(rng, feat, lo=-0.1, hi=0.1), "w3": rand(rng, 3 * r2, feat, 3, 3, lo=-0.05, hi=0.05),
+             "b2": rand(rng, feat, lo=-0.1, hi=0.1), "w3": rand(rng, 3 * r2, feat, 3, 3, lo=-0.005, hi=0.005),
              "b3": rand(rng, 3 * r2, lo=-0.02, hi=0.02), "lo": np.float32(0), "hi": np.float32(1)}
     nodes = [
         h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),

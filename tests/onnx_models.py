@@ -8,7 +8,7 @@ import numpy as np
 
 def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, seed: int = 0,
                 card: dict | None = None, fixed: tuple[int, int] | None = None, name: str = "test-sr"):
-    """conv3x3+ReLU x layers -> conv3x3 to 3*s*s, + input repeated s*s times, DepthToSpace(CRD), Clip.
+    """conv3x3+ReLU x layers -> conv3x3 to 3*s*s, + input repeated s*s times, DepthToSpace(DCR), Clip.
 
     Receptive field: 2 * (layers + 1) + 1 input pixels. Returns the card dict written.
     """
@@ -31,17 +31,10 @@ def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, see
             prev = f"r{i}"
         cin = cout
     if scale > 1:
-        # CRD order: output channel c*s*s + k takes input channel c, so repeat each colour s*s times.
-        reps = []
-        for c in range(3):
-            nodes.append(helper.make_node("Slice", ["x", f"st{c}", f"en{c}", "ax"], [f"xc{c}"]))
-            inits += [numpy_helper.from_array(np.array([c], np.int64), f"st{c}"),
-                      numpy_helper.from_array(np.array([c + 1], np.int64), f"en{c}")]
-            reps += [f"xc{c}"] * s2
-        inits.append(numpy_helper.from_array(np.array([1], np.int64), "ax"))
-        nodes.append(helper.make_node("Concat", reps, ["xr"], axis=1))
+        # DCR order: output channel (dy*s + dx)*3 + c reads colour c, so the input repeated s*s times.
+        nodes.append(helper.make_node("Concat", ["x"] * s2, ["xr"], axis=1))
         nodes.append(helper.make_node("Add", [prev, "xr"], ["sum"]))
-        nodes.append(helper.make_node("DepthToSpace", ["sum"], ["d2s"], blocksize=scale, mode="CRD"))
+        nodes.append(helper.make_node("DepthToSpace", ["sum"], ["d2s"], blocksize=scale, mode="DCR"))
         prev = "d2s"
     else:
         nodes.append(helper.make_node("Add", [prev, "x"], ["sum"]))

@@ -146,3 +146,11 @@ def test_sigterm_mid_batch_leaves_no_partial_output(tmp_path, model):
                          "--skip-existing", "--json"], capture_output=True, text=True, timeout=300)
     s2 = json.loads(r2.stdout)
     assert r2.returncode == 0 and s2["skipped"] == 2 and s2["ok"] == 38
+
+
+def test_quiet_still_names_failures_once(tmp_path, model, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    assert main(["enhance", str(bad), "-o", str(tmp_path / "o.png"), "--model", model, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count(str(bad)) == 1 and "not an image" in err

@@ -93,3 +93,16 @@ def test_int8_without_params_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="calibrate"):
         to_tflite(g, tmp_path / "q.tflite", precision="int8")
     assert not list(tmp_path.iterdir())
+
+
+def test_int8_d2s_as_transpose_conv(tmp_path):
+    rng = np.random.default_rng(11)
+    g = from_onnx(residual_sr_model(rng, scale=2))
+    minmax_calibrate(g, _images(rng, 3, 8, 8))
+    apply_int8_constraints(g)
+    path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io="float", tile=(8, 8), d2s_as_transpose_conv=True)
+    assert "TRANSPOSE_CONV" in tflite_ops(path) and "DEPTH_TO_SPACE" not in tflite_ops(path)
+    x = rng.uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    step = float(g.tensors[g.outputs[0]].quant.scale[0])
+    assert np.abs(run_tflite(path, x) - sim).max() <= 3 * step + 1e-6

@@ -264,3 +264,23 @@ def test_opsets(tmp_path, opset):
                    {"w": rand(rng, 4, 3, 3, 3), "b": rand(rng, 4), "lo": np.float32(0), "hi": np.float32(6)},
                    [1, 3, 6, 6], opset=opset)
     convert_and_compare(tmp_path, m, rand(rng, 1, 3, 6, 6, lo=-5, hi=5), expect=["CONV_2D"])
+
+
+def test_constant_folding_of_initializer_subgraphs(tmp_path):
+    """Weights computed from initializers (weight-norm style) and shapes from Shape() on a static input."""
+    rng = rng_for("fold")
+    r, c, hh, ww = 2, 3, 5, 6
+    m = make_model([
+        h.make_node("Mul", ["v", "g"], ["w"], name="weight_norm"),
+        h.make_node("Conv", ["x", "w", "b"], ["cv"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Shape", ["cv"], ["shp"], name="shape"),
+        h.make_node("Gather", ["shp", "i2"], ["hdim"], axis=0, name="gather_h"),
+        h.make_node("Gather", ["shp", "i3"], ["wdim"], axis=0, name="gather_w"),
+        h.make_node("Concat", ["head", "hdim", "wdim"], ["s1"], axis=0, name="shape_cat"),
+        h.make_node("Reshape", ["cv", "s1"], ["r1"], name="ps_reshape1"),
+        h.make_node("Transpose", ["r1"], ["t"], perm=[0, 1, 4, 2, 5, 3], name="ps_transpose"),
+        h.make_node("Reshape", ["t", "s2"], ["y"], name="ps_reshape2"),
+    ], {"v": rand(rng, c * r * r, 3, 3, 3), "g": rand(rng, c * r * r, 1, 1, 1), "b": rand(rng, c * r * r),
+        "i2": np.array([2], np.int64), "i3": np.array([3], np.int64), "head": np.array([1, c, r, r], np.int64),
+        "s2": np.array([1, c, hh * r, ww * r], np.int64)}, [1, 3, hh, ww])
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])

@@ -109,3 +109,28 @@ def test_fixed_shape_model_runs_with_its_tile(tmp_path):
     enh = Enhancer(p, tiling=TilingConfig(tile=(64, 64)))
     assert np.array_equal(enh.enhance(img), Enhancer(whole_p).enhance(img))
     assert enh.last_run.tile == (24, 24)
+
+
+def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from edge_enhance import enhancer as enh_mod
+
+    src = tmp_path / "in.png"
+    img = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(src)
+    used = []
+    real = enh_mod._output_buffer
+
+    def spy(photo, dst, s):
+        buf = real(photo, dst, s)
+        used.append(type(buf).__name__)
+        return buf
+
+    monkeypatch.setattr(enh_mod, "_available_ram", lambda: 1000)  # bytes: anything is "too big"
+    monkeypatch.setattr(enh_mod, "_output_buffer", spy)
+    enh = Enhancer(models[2])
+    out = enh.enhance_file(src, tmp_path / "out.png")
+    assert used == ["memmap"]
+    assert np.array_equal(np.asarray(Image.open(out)), enh.enhance(img))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # the map is gone

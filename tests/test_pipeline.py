@@ -80,3 +80,30 @@ def test_scale_chains():
         sr_chain(5)
     assert plan_stages("denoise", 1)[0] == ["denoise"]
     assert plan_stages("dejpeg", 2)[0] == ["dejpeg", "sr-x2"]
+
+
+class _Offset:
+    """Test double: nearest x2 plus a constant residual scaled by strength (no model involved)."""
+
+    def __init__(self, offset, scale=2):
+        self.offset, self.scale, self.strength, self.last_run = offset, scale, 1.0, None
+
+    def enhance_photo(self, photo, *, src=None, out=None, progress=None):
+        up = photo.rgb.repeat(self.scale, 0).repeat(self.scale, 1).astype(float) + self.strength * self.offset
+        return imageio.Photo(np.clip(up, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("offset,expect_strength", [(12, 0.5), (40, None)])
+def test_backprojection_check_falls_back_then_refuses(offset, expect_strength):
+    from edge_enhance.errors import EdgeEnhanceError
+    from edge_enhance.pipeline import Pipeline
+
+    pipe = Pipeline("auto", 2, make_enhancer=lambda name: _Offset(offset))
+    photo = imageio.Photo(np.full((40, 40, 3), 100, np.uint8))
+    if expect_strength is None:
+        with pytest.raises(EdgeEnhanceError, match="quality check failed"):
+            pipe.enhance_photo(photo)
+    else:
+        out = pipe.enhance_photo(photo)
+        assert pipe.last_analysis.strength == expect_strength and out.rgb.shape == (80, 80, 3)
+        assert pipe.last_analysis.backprojection_db > 30

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,10 @@ import numpy as np
 from ..card import CARD_KEY, ModelCard
 from ..errors import BackendUnavailableError, ModelFormatError
 from . import Backend, EngineOptions, register
-from .tflite_meta import read_metadata
+from .tflite_meta import read_metadata, verify_graph
 
 log = logging.getLogger(__name__)
+MAX_FIXED_PIXELS = 4096 * 4096  # NPU / fixed-tile models are far smaller; a larger one is a damaged header
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,6 +41,27 @@ def interpreter_module():
             "no TFLite engine installed: pip install 'edge-enhance[litert]' (ai-edge-litert), "
             "or tflite-runtime on a Raspberry Pi"
         ) from None
+
+
+def _engine_version(engine: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(engine)
+    except PackageNotFoundError:
+        return "(version unknown)"
+
+
+def _load_error(path, engine: str, e: Exception) -> ModelFormatError:
+    """One line naming the file and cause; an op too new for this runtime names the op, version and runtime."""
+    text = " ".join(str(e).split())
+    m = re.search(r"Didn't find op for (?:builtin|custom) opcode '([^']+)' version '(\d+)'", text)
+    if m:
+        return ModelFormatError(
+            f"{path}: needs operator {m.group(1)} version {m.group(2)}, which the installed {engine} "
+            f"{_engine_version(engine)} does not have; upgrade {engine} (or re-convert the model for this runtime)"
+        )
+    return ModelFormatError(f"{path}: {engine} {_engine_version(engine)} cannot load this model: {text}")
 
 
 def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -76,6 +99,7 @@ class LiteRTBackend(Backend):
         self.path = Path(path)
         data = self.path.read_bytes()
         meta = read_metadata(data, str(path))  # also refuses corrupt offsets before the C++ side sees them
+        verify_graph(data, str(path))  # and indices the interpreter trusts (a bad one can segfault it)
         self.card = ModelCard.from_json(meta[CARD_KEY], str(path)) if CARD_KEY in meta else None
         m, self.engine_name = interpreter_module()
         delegates = []
@@ -93,7 +117,7 @@ class LiteRTBackend(Backend):
                 model_content=data, num_threads=options.threads, experimental_delegates=delegates or None
             )
         except (ValueError, RuntimeError) as e:
-            raise ModelFormatError(f"{path}: {self.engine_name} cannot load this model: {e}") from None
+            raise _load_error(path, self.engine_name, e) from None
         ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
@@ -106,6 +130,15 @@ class LiteRTBackend(Backend):
             raise ModelFormatError(f"{path}: input shape {list(shape)} is not (1, H, W, 3)")
         self.fixed_shape = None if (sig[1] == -1 or sig[2] == -1) else (int(shape[1]), int(shape[2]))
         self._size: tuple[int, int] | None = None
+        if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_FIXED_PIXELS:
+            raise ModelFormatError(f"{path}: fixed input of {self.fixed_shape[0]}x{self.fixed_shape[1]} pixels is "
+                                   f"implausibly large (limit {MAX_FIXED_PIXELS} pixels)")
+        try:  # the interpreter checks the graph only when allocating: do it at load, at a small size
+            if not self.fixed_shape:
+                self.interp.resize_tensor_input(self._in["index"], [1, 16, 16, 3], strict=False)
+            self.interp.allocate_tensors()
+        except (RuntimeError, ValueError) as e:
+            raise _load_error(path, self.engine_name, e) from None
 
     def prepare(self, h: int, w: int) -> None:
         if self._size == (h, w):
@@ -128,11 +161,30 @@ class LiteRTBackend(Backend):
         return _dequantise(self.interp.get_tensor(self._out["index"]), self._out)
 
     def activation_bytes_per_pixel(self) -> float:
+        """Memory per input pixel of a tile: every activation and scratch tensor of a probe
+        interpreter without XNNPACK (which hides its intermediates) plus one pointer per kernel tap
+        per pixel for each convolution (XNNPACK's indirection buffers). Deliberately an upper bound,
+        so --memory is a bound: measured RSS per pixel was 0.4x (a 4-conv fp32 test net) to 0.6x
+        (sr-x2 int8, 4000x3000) of it."""
+        m, _ = interpreter_module()
         probe = self.fixed_shape or (64, 64)
-        self.prepare(*probe)
+        kw = {}
+        if hasattr(m, "OpResolverType"):
+            kw["experimental_op_resolver_type"] = m.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            it = m.Interpreter(model_content=self.path.read_bytes(), **kw)
+            if not self.fixed_shape:
+                it.resize_tensor_input(self._in["index"], [1, *probe, 3], strict=False)
+            it.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise _load_error(self.path, self.engine_name, e) from None
         total = 0
-        for t in self.interp.get_tensor_details():
+        for t in it.get_tensor_details():
             shape = t["shape"]
-            if len(shape) == 4 and shape[1] >= probe[0]:  # activations, not weights
+            if len(shape) != 4:
+                continue
+            if shape[1] >= probe[0] and shape[2] >= probe[1]:
                 total += int(np.prod(shape)) * np.dtype(t["dtype"]).itemsize
+            elif shape[1] <= 7 and shape[2] <= 7:  # an OHWI (or 1HWO depthwise) kernel
+                total += int(shape[1] * shape[2]) * 8
         return total / (probe[0] * probe[1])

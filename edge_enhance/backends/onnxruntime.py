@@ -21,6 +21,125 @@ def _ort():
         raise BackendUnavailableError("ONNX Runtime is not installed: pip install 'edge-enhance[onnx]'") from None
 
 
+# Protobuf field numbers (onnx.proto) on the paths from a ModelProto to every TensorProto.
+_MODEL_GRAPH, _MODEL_FUNCTIONS, _FUNCTION_NODE = 7, 25, 7
+_GRAPH_NODE, _GRAPH_INIT, _GRAPH_SPARSE_INIT = 1, 5, 15
+_NODE_ATTR, _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 5, 6, 10, 11, 22, 23
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+_TENSOR_EXTERNAL, _ENTRY_KEY, _ENTRY_VALUE = 13, 1, 2
+
+
+def _fields(buf: memoryview, source: str):
+    """(field number, payload) of each length-delimited field of one protobuf message; others skipped."""
+    i, n = 0, len(buf)
+
+    def varint() -> int:
+        nonlocal i
+        v = shift = 0
+        while True:
+            if i >= n or shift > 63:
+                raise ModelFormatError(f"{source}: not a valid ONNX protobuf (bad varint)")
+            b = buf[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+
+    def skip(wire: int) -> None:
+        nonlocal i
+        if wire == 0:
+            varint()
+        elif wire == 1 or wire == 5:
+            i += 8 if wire == 1 else 4
+        elif wire == 2:
+            i += varint()
+        elif wire == 3:  # a (deprecated) group: skip to its end tag
+            while (k := varint()) & 7 != 4:
+                skip(k & 7)
+        else:
+            raise ModelFormatError(f"{source}: not a valid ONNX protobuf (wire type {wire})")
+
+    while i < n:
+        key = varint()
+        wire = key & 7
+        if wire == 2:
+            size = varint()
+            if i + size > n:
+                raise ModelFormatError(f"{source}: not a valid ONNX protobuf (field runs past the end)")
+            yield key >> 3, buf[i:i + size]
+            i += size
+        else:
+            skip(wire)
+    if i > n:
+        raise ModelFormatError(f"{source}: not a valid ONNX protobuf (truncated)")
+
+
+def external_data_locations(data: bytes, source: str = "model") -> list[str]:
+    """Every TensorProto external_data `location` in an ONNX file (graphs, subgraphs, functions)."""
+    found: list[str] = []
+
+    def tensor(t):
+        for f, entry in _fields(t, source):
+            if f == _TENSOR_EXTERNAL:
+                kv = dict(_fields(entry, source))
+                if bytes(kv.get(_ENTRY_KEY, b"")) == b"location":
+                    found.append(bytes(kv.get(_ENTRY_VALUE, b"")).decode("utf-8", "replace"))
+
+    def sparse(sp):
+        for f, v in _fields(sp, source):
+            if f in (_SPARSE_VALUES, _SPARSE_INDICES):
+                tensor(v)
+
+    def node(nd):
+        for f, attr in _fields(nd, source):
+            if f != _NODE_ATTR:
+                continue
+            for af, v in _fields(attr, source):
+                if af in (_ATTR_T, _ATTR_TENSORS):
+                    tensor(v)
+                elif af in (_ATTR_G, _ATTR_GRAPHS):
+                    graph(v)
+                elif af in (_ATTR_SPARSE, _ATTR_SPARSES):
+                    sparse(v)
+
+    def graph(g):
+        for f, v in _fields(g, source):
+            if f == _GRAPH_INIT:
+                tensor(v)
+            elif f == _GRAPH_SPARSE_INIT:
+                sparse(v)
+            elif f == _GRAPH_NODE:
+                node(v)
+
+    for f, v in _fields(memoryview(data), source):
+        if f == _MODEL_GRAPH:
+            graph(v)
+        elif f == _MODEL_FUNCTIONS:
+            for ff, fv in _fields(v, source):
+                if ff == _FUNCTION_NODE:
+                    node(fv)
+    return found
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse external-data locations that are absolute or leave the model's folder (symlinks resolved),
+    before ONNX Runtime opens anything: a downloaded model must not read other files."""
+    folder = path.resolve().parent
+    try:
+        locations = external_data_locations(path.read_bytes(), str(path))
+    except ModelFormatError:
+        return  # not valid protobuf (every legal encoding is walked): ONNX Runtime refuses it, naming the cause
+    except RecursionError:
+        raise ModelFormatError(f"{path}: ONNX graph nested too deeply to check") from None
+    for loc in locations:
+        target = (folder / loc).resolve()
+        if Path(loc).is_absolute() or loc.startswith(("/", "\\")) or ":" in loc or not target.is_relative_to(folder):
+            raise ModelFormatError(
+                f"{path}: external data location {loc!r} points outside the model's folder {folder}; refused"
+            )
+
+
 @register
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
@@ -49,25 +168,35 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here lacks {', '.join(missing)}; available: {', '.join(ort.get_available_providers())}"
             )
+        check_external_data(self.path)
         try:
             self.sess = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # ORT raises its own exception types for every kind of bad file
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelFormatError(f"{path}: ONNX Runtime cannot load this model: {msg}") from None
-        raw = self.sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+        try:  # ORT decodes names and metadata as UTF-8 only when asked, and raises if they are not
+            raw = self.sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+            ins, outs = self.sess.get_inputs(), self.sess.get_outputs()
+            names = [(i.name, i.shape, i.type) for i in ins], [o.name for o in outs]
+        except UnicodeDecodeError as e:
+            raise ModelFormatError(f"{path}: model metadata or tensor names are not valid UTF-8 ({e.reason})") from None
         self.card = ModelCard.from_json(raw, str(path)) if raw is not None else None
-        ins, outs = self.sess.get_inputs(), self.sess.get_outputs()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
-        self._in_name, self._out_name = ins[0].name, outs[0].name
-        shape = ins[0].shape
+        (self._in_name, shape, in_type), self._out_name = names[0][0], names[1][0]
         self.layout = self.card.layout if self.card else ("nchw" if len(shape) == 4 and shape[1] == 3 else "nhwc")
         if len(shape) != 4:
             raise ModelFormatError(f"{path}: input shape {shape} is not 4-D")
+        channels, other = (shape[1], shape[3]) if self.layout == "nchw" else (shape[3], shape[1])
+        if (isinstance(channels, int) and channels != 3) or (not isinstance(channels, int) and other == 3):
+            raise ModelFormatError(
+                f"{path}: the card says layout {self.layout} but the input tensor is {shape} "
+                f"(3 colour channels expected at axis {1 if self.layout == 'nchw' else 3})"
+            )
         hw = shape[2:4] if self.layout == "nchw" else shape[1:3]
         self.fixed_shape = tuple(hw) if all(isinstance(d, int) for d in hw) else None
-        if ins[0].type != "tensor(float)":
-            raise ModelFormatError(f"{path}: input type {ins[0].type} is not float32")
+        if in_type != "tensor(float)":
+            raise ModelFormatError(f"{path}: input type {in_type} is not float32")
 
     def prepare(self, h: int, w: int) -> None:
         if self.fixed_shape and self.fixed_shape != (h, w):

@@ -87,3 +87,72 @@ def read_metadata(buf: bytes, source: str = "model") -> dict[str, bytes]:
         else:
             out[name] = b""
     return out
+
+
+# Field indices in the schema's Model / SubGraph / Tensor / Operator / OperatorCode tables.
+_OPCODES, _SUBGRAPHS = 1, 2
+_SG_TENSORS, _SG_INPUTS, _SG_OUTPUTS, _SG_OPERATORS = 0, 1, 2, 3
+_T_BUFFER = 2
+_OP_OPCODE, _OP_INPUTS, _OP_OUTPUTS = 0, 1, 2
+_OC_DEPRECATED, _OC_BUILTIN = 0, 3
+# Where an operator input may be -1 ("absent"): biases of the conv family. The LSTM family leaves many
+# inputs out. Anywhere else the interpreter dereferences the missing tensor (a segfault in ai-edge-litert
+# 2.3 for CONCATENATION, found by fuzzing), so it is refused here.
+_OPTIONAL_INPUTS = {3: {2}, 4: {2}, 9: {2}, 67: {3}}  # CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV
+_ANY_OPTIONAL = {16, 44, 52}  # LSTM, UNIDIRECTIONAL_SEQUENCE_LSTM, BIDIRECTIONAL_SEQUENCE_LSTM
+
+
+def verify_graph(buf: bytes, source: str = "model") -> None:
+    """Check every index the C++ interpreter would trust: operator codes, tensor and buffer indices,
+    absent (-1) inputs. Raises ModelFormatError naming the subgraph, operator and value."""
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ModelFormatError(f"{source}: not a TFLite flatbuffer (no TFL3 identifier)")
+    r = _Reader(buf, source)
+    model = r.table(r.deref(0))
+
+    def ints(at: int | None, fmt: str = "<i") -> list[int]:
+        if at is None:
+            return []
+        start, n = r.vector(at)
+        return [r._u(fmt, start + 4 * k) for k in range(n)]
+
+    def tables(at: int | None) -> list:
+        if at is None:
+            return []
+        start, n = r.vector(at)
+        return [r.table(r.deref(start + 4 * k)) for k in range(n)]
+
+    codes = []
+    for oc in tables(model(_OPCODES)):
+        dep, new = oc(_OC_DEPRECATED), oc(_OC_BUILTIN)
+        codes.append(max(r._u("<b", dep) if dep is not None else 0, r._u("<i", new) if new is not None else 0))
+    nbuf = len(tables(model(_BUFFERS)))
+    for g, sg in enumerate(tables(model(_SUBGRAPHS))):
+        tensors = tables(sg(_SG_TENSORS))
+        nt = len(tensors)
+        for k, t in enumerate(tensors):
+            at = t(_T_BUFFER)
+            b = r._u("<I", at) if at is not None else 0
+            if b >= max(nbuf, 1):
+                raise ModelFormatError(f"{source}: corrupt model (subgraph {g} tensor {k} names buffer {b} of {nbuf})")
+        for what, idx in (("input", ints(sg(_SG_INPUTS))), ("output", ints(sg(_SG_OUTPUTS)))):
+            bad = [i for i in idx if not 0 <= i < nt]
+            if bad:
+                raise ModelFormatError(f"{source}: corrupt model (subgraph {g} {what} tensor {bad[0]} of {nt})")
+        for j, op in enumerate(tables(sg(_SG_OPERATORS))):
+            at = op(_OP_OPCODE)
+            oc = r._u("<I", at) if at is not None else 0
+            if oc >= len(codes):
+                raise ModelFormatError(f"{source}: corrupt model (operator {j} names operator code {oc} of {len(codes)})")
+            code = codes[oc]
+            for p, i in enumerate(ints(op(_OP_INPUTS))):
+                if i == -1 and (code in _ANY_OPTIONAL or p in _OPTIONAL_INPUTS.get(code, ())):
+                    continue
+                if not 0 <= i < nt:
+                    raise ModelFormatError(
+                        f"{source}: corrupt model (subgraph {g} operator {j} (builtin code {code}) input {p} "
+                        f"is tensor {i} of {nt})")
+            for p, i in enumerate(ints(op(_OP_OUTPUTS))):
+                if not 0 <= i < nt:
+                    raise ModelFormatError(
+                        f"{source}: corrupt model (subgraph {g} operator {j} output {p} is tensor {i} of {nt})")

@@ -1,0 +1,226 @@
+"""`edge-enhance convert`: ONNX -> TFLite / Core ML / ONNX, verified before anything is written.
+
+Exit codes: 0 converted and verified; 1 the model cannot be converted or fails verification;
+2 bad options. Nothing is written unless conversion and verification succeed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, EdgeEnhanceError, VerificationError
+
+log = logging.getLogger(__name__)
+TARGETS = ("tflite", "coreml", "onnx")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "palette4", "palette6", "palette8")
+# Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS).
+COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
+SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
+
+
+def parse_tile(text: str) -> tuple:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--tile {text!r} must look like 256x256") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"--tile {text!r} must be positive")
+    return h, w
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    target: str
+    precision: str
+    seconds: float
+    size_bytes: int
+    ops: dict = field(default_factory=dict)  # op type -> count
+    report: object = None  # verify.VerifyReport or None
+
+
+def _tree_size(p: Path) -> int:
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
+            d2s_as_transpose_conv: bool = False, calib=None, dataset=None, max_images: int | None = 5,
+            crop: tuple | None = None, verify: bool = True, min_target: str = "iOS16",
+            enumerated_shapes: tuple = ()) -> ConvertResult:
+    """Import, convert into a temporary file beside ``output``, verify, then move it into place."""
+    from .onnx_import import from_onnx
+
+    if to not in TARGETS:
+        raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision.startswith("palette") and to != "coreml":
+        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
+    if precision == "int16x8" or (precision == "int8" and to == "tflite"):
+        raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
+                          "is not available yet: int8 TFLite comes from `edge-enhance convert --to tflite --precision "
+                          "int8` (dynamic shape) or `edge-enhance quantize`; 16x8 layers from `quantize --max-drop`")
+    if io != "float":
+        raise ConfigError(f"--io {io} needs an integer precision (int8); fp32/fp16 models have float I/O")
+    if d2s_as_transpose_conv and to != "tflite":
+        raise ConfigError("--d2s-as-transpose-conv applies to --to tflite only")
+    src = Path(model)
+    out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
+    if to == "coreml" and out.suffix != ".mlpackage":
+        raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: output would overwrite the input model")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: output folder {out.parent} does not exist")
+    t0 = time.perf_counter()
+    import onnx
+
+    graph = from_onnx(src)
+    source_model = onnx.load(str(src))
+    if to == "onnx" and precision == "int8":
+        graph = _quantized(graph, src, calib)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    try:
+        tmp = tmpdir / out.name
+        report = None
+        if to == "tflite":
+            from .tflite_writer import tflite_ops, to_tflite
+
+            to_tflite(graph, tmp, precision=precision, io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
+            names = tflite_ops(tmp)
+            if verify:
+                from .verify import verify_tflite
+
+                report = verify_tflite(source_model, tmp, precision=precision, dataset=dataset,
+                                       max_images=max_images, crop=crop)
+        elif to == "onnx":
+            from .onnx_writer import to_onnx
+
+            to_onnx(graph, tmp, precision=precision)
+            names = [n.op_type for n in onnx.load(str(tmp)).graph.node]
+            if verify:
+                from .verify import verify_onnx
+
+                report = verify_onnx(source_model, tmp, precision=precision, dataset=dataset,
+                                     max_images=max_images, crop=crop)
+        else:
+            from .coreml_writer import to_coreml
+
+            weights = precision if precision in COREML_WEIGHTS else "fp"
+            prog_ops = to_coreml(graph, tmp, precision="fp16" if weights != "fp" else precision, tile=tile,
+                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights)
+            names = prog_ops
+            if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
+                from .coreml_writer import verify_coreml
+
+                report = verify_coreml(graph, tmp, precision=precision, dataset=dataset, max_images=max_images,
+                                       crop=tile or crop)
+        seconds = time.perf_counter() - t0
+        if out.exists():
+            if out.is_dir():
+                shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    counts: dict = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report)
+
+
+def _quantized(graph, src: Path, calib):
+    """Calibrate on ``calib`` (default: the shared training images) and quantise for int8 QDQ."""
+    from edge_enhance.card import CARD_KEY, ModelCard
+
+    from quantization.calibration import calibration_set
+    from quantization.quantize import quantize_model
+
+    if CARD_KEY not in graph.metadata:
+        raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none")
+    card = ModelCard.from_json(graph.metadata[CARD_KEY])
+    cs = calibration_set(calib, task=card.task, scale=card.scale)
+    res = quantize_model(graph, cs, sensitivity=False)
+    log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
+             res.report.quant_psnr)
+    return res.graph
+
+
+def op_summary(result: ConvertResult) -> str:
+    from .tflite_writer import DELEGATE_FRIENDLY
+
+    lines = [f"ops in {result.output.name}:"]
+    for op, k in sorted(result.ops.items(), key=lambda kv: (-kv[1], kv[0])):
+        if result.target == "tflite":
+            tag = "delegate-friendly" if op in DELEGATE_FRIENDLY else "CPU only on most delegates"
+        else:
+            tag = ""
+        lines.append(f"  {op:<28}{k:>4}  {tag}".rstrip())
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="source .onnx model")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--calib", type=Path, help="calibration image folder (int8 / int16x8)")
+    parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible)")
+    parser.add_argument("--io", default="float", choices=("uint8", "int8", "float"), help="I/O type of int8 models")
+    parser.add_argument("--d2s-as-transpose-conv", action="store_true",
+                        help="express DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
+    parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
+    parser.add_argument("--verify-images", type=int, default=5, help="how many images to verify on")
+    parser.add_argument("-o", "--output", type=Path, help="output path")
+
+
+def _quantize_instead(args: argparse.Namespace) -> int:
+    """--to tflite --precision int8 is calibrated quantisation: the quantize command does it (and
+    verifies the int8 file against the float model on real images)."""
+    from quantization import cli as qcli
+
+    p = argparse.ArgumentParser(prog="edge-enhance convert")
+    qcli.add_arguments(p)
+    argv = [str(args.model), "--io", args.io]
+    if args.calib:
+        argv += ["--calib", str(args.calib)]
+    if args.output:
+        argv += ["-o", str(args.output)]
+    if args.dataset:
+        argv += ["--eval", str(args.dataset)]
+    return qcli.main(p.parse_args(argv))
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.to == "tflite" and args.precision == "int8" and not args.tile and not args.d2s_as_transpose_conv:
+        return _quantize_instead(args)
+    try:
+        tile = parse_tile(args.tile) if args.tile else None
+        res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
+                      d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, dataset=args.dataset,
+                      max_images=args.verify_images)
+    except ConfigError as e:
+        print(f"edge-enhance convert: error: {e}", file=sys.stderr)
+        return 2
+    except VerificationError as e:
+        print(f"edge-enhance convert: verification failed, nothing written: {e}", file=sys.stderr)
+        return 1
+    except EdgeEnhanceError as e:
+        print(f"edge-enhance convert: {e}", file=sys.stderr)
+        return 1
+    if res.report is not None:
+        print(res.report.table())
+    print(op_summary(res))
+    print(f"wrote {res.output} ({res.size_bytes / 1024:.1f} KiB) in {res.seconds:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":  # python -m conversion.cli (the lead wires `edge-enhance convert`)
+    p = argparse.ArgumentParser(prog="edge-enhance convert")
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))

@@ -1,0 +1,428 @@
+"""IR -> Core ML mlprogram (.mlpackage) with coremltools' MIL builder, plus a numpy evaluator.
+
+Core ML's Neural Engine wants fixed shapes, so the program is built for one tile (H, W)
+(optionally with EnumeratedShapes for a few more). Tensors are NCHW as MIL expects; weights are
+laid back out from the IR's OHWI. The card goes to ``user_defined_metadata``. Linux cannot run
+Core ML, so :func:`evaluate_mil` walks the *converted* program's ops (fp16 casts included) with
+numpy and :func:`verify_coreml` compares that with the IR executor on real images.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edge_enhance.card import CARD_KEY
+
+from . import executor
+from .errors import ConfigError, UnsupportedOpError
+from .ir import Graph
+from .onnx_writer import _nchw_const
+
+TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8")
+# What the card's "weights" field says for each compression (conv / conv_transpose weights only).
+WEIGHT_FORMATS = {"int8": "int8 linear symmetric per-output-channel", "palette4": "4-bit k-means palette",
+                  "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette"}
+
+
+def _ct():
+    try:
+        import coremltools as ct
+        from coremltools.converters.mil import Builder as mb
+    except ImportError:  # pragma: no cover - depends on the environment
+        from .errors import EdgeEnhanceError
+
+        raise EdgeEnhanceError("Core ML export needs coremltools: pip install edge-enhance[coreml]") from None
+    return ct, mb
+
+
+def _tile_of(g: Graph, tile):
+    if tile is not None:
+        return tuple(int(v) for v in tile)
+    _, h, w, _ = g.tensors[g.inputs[0]].shape
+    if h is None or w is None:
+        card = g.metadata.get(CARD_KEY)
+        t = json.loads(card).get("tile") if card else None
+        if t:
+            return tuple(t)
+        raise ConfigError("Core ML export needs a fixed tile (--tile HxW): the Neural Engine runs fixed shapes")
+    return h, w
+
+
+def build_program(graph: Graph, tile, *, min_target: str = "iOS16"):
+    """The MIL program (NCHW, float32) computing ``graph`` for input size ``tile``."""
+    ct, mb = _ct()
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ConfigError("Core ML export supports one image input and one output")
+    g = copy.deepcopy(graph)
+    n_, _, _, c = g.tensors[g.inputs[0]].shape
+    g.retype({g.inputs[0]: (1, tile[0], tile[1], c)})
+    in_name = g.inputs[0]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, c, tile[0], tile[1]))], opset_version=getattr(ct.target, min_target))
+    def prog(x):
+        env = {in_name: x}
+
+        def val(name):
+            t = g.tensors[name]
+            return _nchw_const(t.data) if t.is_const else env[name]
+
+        def act(v, kind, name):
+            if kind == "relu":
+                return mb.relu(x=v, name=name)
+            if kind == "relu6":
+                return mb.clip(x=v, alpha=0.0, beta=6.0, name=name)
+            if kind == "relu_n1_to_1":
+                return mb.clip(x=v, alpha=-1.0, beta=1.0, name=name)
+            return v
+
+        for n in g.nodes:
+            a, out = n.attrs, n.outputs[0]
+            fused = a.get("activation", "none") != "none"
+            nm = out + "_pre" if fused else out
+            if n.op == "Conv":
+                w = g.tensors[n.inputs[1]].data.transpose(0, 3, 1, 2)
+                pt, pl, pb, pr = a["pads"]
+                y = mb.conv(x=env[n.inputs[0]], weight=np.ascontiguousarray(w), bias=g.tensors[n.inputs[2]].data,
+                            strides=list(a["strides"]), dilations=list(a["dilations"]), pad_type="custom",
+                            pad=[pt, pb, pl, pr], groups=a["group"], name=nm)
+            elif n.op == "ConvTranspose":
+                w = g.tensors[n.inputs[1]].data.transpose(3, 0, 1, 2)  # [C_in, C_out, kh, kw]
+                pt, pl, pb, pr = a["pads"]
+                oh, ow = g.tensors[out].shape[1:3]
+                y = mb.conv_transpose(x=env[n.inputs[0]], weight=np.ascontiguousarray(w),
+                                      bias=g.tensors[n.inputs[2]].data, strides=list(a["strides"]),
+                                      pad_type="custom", pad=[pt, pb, pl, pr],
+                                      output_shape=[1, w.shape[1], oh, ow], name=nm)
+            elif n.op in ("Add", "Mul", "Minimum", "Maximum"):
+                f = {"Add": mb.add, "Mul": mb.mul, "Minimum": mb.minimum, "Maximum": mb.maximum}[n.op]
+                y = f(x=val(n.inputs[0]), y=val(n.inputs[1]), name=nm)
+            elif n.op == "Concat":
+                y = mb.concat(values=[env[i] for i in n.inputs], axis=[0, 2, 3, 1][a["axis"]], name=nm)
+            elif n.op == "Relu":
+                y = mb.relu(x=env[n.inputs[0]], name=nm)
+            elif n.op == "Sigmoid":
+                y = mb.sigmoid(x=env[n.inputs[0]], name=nm)
+            elif n.op == "LeakyRelu":
+                y = mb.leaky_relu(x=env[n.inputs[0]], alpha=float(a["alpha"]), name=nm)
+            elif n.op == "PRelu":
+                s = np.asarray(g.tensors[n.inputs[1]].data, np.float32).ravel()
+                s = np.full(c_of(g, n.inputs[0]), s[0], np.float32) if s.size == 1 else s
+                y = mb.prelu(x=env[n.inputs[0]], alpha=s, name=nm)
+            elif n.op == "Clip":
+                lo, hi = a["min"], a["max"]
+                if lo is not None and hi is not None:
+                    y = mb.clip(x=env[n.inputs[0]], alpha=float(lo), beta=float(hi), name=nm)
+                elif lo is not None:
+                    y = mb.maximum(x=env[n.inputs[0]], y=np.float32(lo), name=nm)
+                else:
+                    y = mb.minimum(x=env[n.inputs[0]], y=np.float32(hi), name=nm)
+            elif n.op == "DepthToSpace":
+                y = mb.depth_to_space(x=env[n.inputs[0]], block_size=a["block_size"], name=nm)
+            elif n.op == "Resize":
+                ih, iw = g.tensors[n.inputs[0]].shape[1:3]
+                oh, ow = g.tensors[out].shape[1:3]
+                if a["mode"] == "nearest":
+                    if oh % ih or ow % iw or a["align_corners"]:
+                        raise UnsupportedOpError(f"{n.name}: Core ML nearest resize needs an integer scale")
+                    y = mb.upsample_nearest_neighbor(x=env[n.inputs[0]], scale_factor_height=oh // ih,
+                                                     scale_factor_width=ow // iw, name=nm)
+                else:
+                    mode = ("STRICT_ALIGN_CORNERS" if a["align_corners"] else
+                            "UNALIGN_CORNERS" if a["half_pixel_centers"] else "DEFAULT")
+                    y = mb.resize_bilinear(x=env[n.inputs[0]], target_size_height=oh, target_size_width=ow,
+                                           sampling_mode=mode, name=nm)
+            else:
+                raise UnsupportedOpError(f"Core ML writer: no lowering for IR op {n.op} ({n.name})")
+            env[out] = act(y, a.get("activation", "none"), out) if fused else y
+        return env[g.outputs[0]]
+
+    return prog
+
+
+def c_of(g, name):
+    return g.tensors[name].shape[3]
+
+
+def kmeans_lut(weight: np.ndarray, nbits: int, iters: int = 30):
+    """1-D k-means palette (Lloyd, quantile start) -> (lut, indices): coremltools' own k-means
+    mode needs scikit-learn, which we do not depend on.
+
+    >>> lut, idx = kmeans_lut(np.array([0.0, 0.1, 1.0, 1.1]), 1)
+    >>> np.round(lut, 2).tolist(), idx.tolist()
+    ([0.05, 1.05], [0, 0, 1, 1])
+    """
+    w = np.asarray(weight, np.float64).ravel()
+    k = 1 << nbits
+    lut = np.quantile(w, (np.arange(k) + 0.5) / k)
+    for _ in range(iters):
+        idx = _nearest(w, lut)
+        sums, counts = np.bincount(idx, w, k), np.bincount(idx, minlength=k)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), lut)
+        if np.allclose(new, lut):
+            break
+        lut = new
+    idx = _nearest(w, lut)
+    return lut.astype(np.asarray(weight).dtype), idx.astype(np.int64)  # the LUT keeps the weight dtype
+
+
+def _nearest(w, lut):
+    order = np.argsort(lut)
+    s = lut[order]
+    mid = (s[1:] + s[:-1]) / 2
+    return order[np.searchsorted(mid, w)]
+
+
+def compress_weights(model, weights: str):
+    """Apply coremltools.optimize.coreml weight compression to conv / conv_transpose weights."""
+    import coremltools.optimize.coreml as cto
+
+    if weights == "int8":
+        cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                          weight_threshold=0)
+        fn = cto.linear_quantize_weights
+    else:
+        nbits = int(weights[len("palette"):])
+        cfg = cto.OpPalettizerConfig(mode="custom", lut_function=lambda w: kmeans_lut(w, nbits), weight_threshold=0)
+        fn = cto.palettize_weights
+    return fn(model, cto.OptimizationConfig(op_type_configs={"conv": cfg, "conv_transpose": cfg}))
+
+
+def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_target: str = "iOS16",
+              enumerated_shapes: tuple = (), weights: str = "fp") -> list:
+    """Write an .mlpackage atomically; returns the converted program's op types (no consts).
+
+    ``weights`` other than ``fp`` compresses conv weights (int8 per-channel or an n-bit palette),
+    which Core ML expands at load time; activations stay ``precision``.
+    """
+    ct, _ = _ct()
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"Core ML precision {precision!r} is not one of fp32, fp16")
+    if weights not in WEIGHTS:
+        raise ConfigError(f"Core ML weights {weights!r} is not one of {', '.join(WEIGHTS)}")
+    if min_target not in TARGETS:
+        raise ConfigError(f"minimum deployment target {min_target!r} is not one of {', '.join(TARGETS)}")
+    tile = _tile_of(graph, tile)
+    prog = build_program(graph, tile, min_target=min_target)
+    kw = {}
+    if enumerated_shapes:
+        c = graph.tensors[graph.inputs[0]].shape[3]
+        shapes = [(1, c, tile[0], tile[1])] + [(1, c, int(h), int(w)) for h, w in enumerated_shapes]
+        kw["inputs"] = [ct.TensorType(name=graph.inputs[0], shape=ct.EnumeratedShapes(shapes=shapes, default=shapes[0]))]
+    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, min_target),
+                       compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32, **kw)
+    if weights != "fp":
+        model = compress_weights(model, weights)
+    card = graph.metadata.get(CARD_KEY)
+    if card:
+        d = json.loads(card)
+        d["layout"], d["tile"] = "nchw", [tile[0], tile[1]]
+        if weights != "fp":
+            d["weights"] = WEIGHT_FORMATS[weights]
+        model.user_defined_metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: output folder {path.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=".mlpackage-", dir=path.parent))
+    try:
+        model.save(str(tmp / path.name))
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _LAST_PROGRAM.clear()  # keep only the latest: programs can be large
+    _LAST_PROGRAM[str(path)] = model._mil_program
+    return [op.op_type for op in model._mil_program.functions["main"].operations if op.op_type != "const"]
+
+
+_LAST_PROGRAM: dict = {}  # path -> converted MIL program (coremltools cannot reload one on Linux)
+
+
+# --------------------------------------------------------------------------- numpy MIL evaluation
+def _nhwc(v):
+    return np.asarray(v).transpose(0, 2, 3, 1)
+
+
+def _nchw(v):
+    return np.asarray(v).transpose(0, 3, 1, 2)
+
+
+def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
+    """Evaluate a MIL program's main function with numpy (fp16 casts and fp16 consts honoured)."""
+    fn = prog.functions["main"]
+    env = {}
+    (in_name,) = list(fn.inputs)
+    env[in_name] = np.asarray(x_nchw, np.float32)
+
+    def v(var):
+        if var is None:
+            return None
+        if var.name in env:
+            return env[var.name]
+        if var.val is not None:
+            return np.asarray(var.val)
+        raise ConfigError(f"MIL evaluation: {var.name} has no value")
+
+    def arg(op, k, default=None):
+        var = op.inputs.get(k)
+        return default if var is None else v(var)
+
+    for op in fn.operations:
+        t = op.op_type
+        if t == "const":
+            env[op.outputs[0].name] = np.asarray(op.outputs[0].val)
+            continue
+        if t.startswith("constexpr_"):
+            env[op.outputs[0].name] = decompress_op(op)
+            continue
+        x = arg(op, "x")
+        if t == "cast":
+            dt = str(arg(op, "dtype"))
+            y = x.astype({"fp16": np.float16, "fp32": np.float32}[dt])
+        elif t == "conv":
+            w = arg(op, "weight").astype(np.float32)
+            pad = [int(p) for p in arg(op, "pad", [0, 0, 0, 0])]
+            ptype = str(arg(op, "pad_type", "custom"))
+            if ptype != "custom" and any(pad):
+                raise ConfigError(f"MIL evaluation: pad_type {ptype}")
+            b = arg(op, "bias")
+            b = np.zeros(w.shape[0], np.float32) if b is None else b.astype(np.float32)
+            y = _nchw(executor.conv2d(_nhwc(x.astype(np.float32)), w.transpose(0, 2, 3, 1), b,
+                                      tuple(arg(op, "strides", [1, 1])), tuple(arg(op, "dilations", [1, 1])),
+                                      (pad[0], pad[2], pad[1], pad[3]), int(arg(op, "groups", 1))))
+        elif t == "conv_transpose":
+            w = arg(op, "weight").astype(np.float32)  # [C_in, C_out, kh, kw]
+            pad = [int(p) for p in arg(op, "pad", [0, 0, 0, 0])]
+            b = arg(op, "bias")
+            b = np.zeros(w.shape[1], np.float32) if b is None else b.astype(np.float32)
+            os_ = arg(op, "output_shape")
+            full = executor.conv_transpose2d(_nhwc(x.astype(np.float32)), w.transpose(1, 2, 3, 0), np.zeros_like(b),
+                                             tuple(arg(op, "strides", [1, 1])), (0, 0, 0, 0))
+            oh, ow = (int(os_[2]), int(os_[3])) if os_ is not None else (full.shape[1] - pad[0] - pad[1],
+                                                                          full.shape[2] - pad[2] - pad[3])
+            full = np.pad(full, ((0, 0), (0, max(0, pad[0] + oh - full.shape[1])),
+                                 (0, max(0, pad[2] + ow - full.shape[2])), (0, 0)))
+            y = _nchw(full[:, pad[0]:pad[0] + oh, pad[2]:pad[2] + ow] + b)
+        elif t in ("add", "mul", "minimum", "maximum", "sub", "real_div"):
+            f = {"add": np.add, "mul": np.multiply, "minimum": np.minimum, "maximum": np.maximum,
+                 "sub": np.subtract, "real_div": np.divide}[t]
+            y = f(x.astype(np.float32), arg(op, "y").astype(np.float32))
+        elif t == "concat":
+            vals = [v(var) for var in op.inputs["values"]]
+            y = np.concatenate(vals, axis=int(arg(op, "axis")))
+        elif t == "relu":
+            y = np.maximum(x, 0)
+        elif t == "sigmoid":
+            y = 1 / (1 + np.exp(-x.astype(np.float32)))
+        elif t == "leaky_relu":
+            y = np.where(x >= 0, x, x * float(arg(op, "alpha")))
+        elif t == "prelu":
+            al = arg(op, "alpha").astype(np.float32).reshape(1, -1, 1, 1)
+            y = np.where(x >= 0, x, x * al)
+        elif t == "clip":
+            y = np.clip(x, float(arg(op, "alpha")), float(arg(op, "beta")))
+        elif t == "relu6":
+            y = np.clip(x, 0, 6)
+        elif t == "depth_to_space":
+            y = _nchw(executor.depth_to_space(_nhwc(x), int(arg(op, "block_size"))))
+        elif t == "upsample_nearest_neighbor":
+            sh, sw = int(arg(op, "scale_factor_height")), int(arg(op, "scale_factor_width"))
+            y = x.repeat(sh, axis=2).repeat(sw, axis=3)
+        elif t == "resize_bilinear":
+            mode = str(arg(op, "sampling_mode", "DEFAULT"))
+            ac, hp = {"STRICT_ALIGN_CORNERS": (True, False), "UNALIGN_CORNERS": (False, True),
+                      "DEFAULT": (False, False)}[mode]
+            size = (int(arg(op, "target_size_height")), int(arg(op, "target_size_width")))
+            y = _nchw(executor.resize(_nhwc(x.astype(np.float32)), size, "bilinear", ac, hp))
+        else:
+            raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
+        dtype = np.float16 if x is not None and x.dtype == np.float16 and t != "cast" else None
+        y = np.asarray(y)
+        if dtype is not None:
+            y = y.astype(np.float16)
+        elif y.dtype == np.float64:
+            y = y.astype(np.float32)
+        env[op.outputs[0].name] = y
+    return np.asarray(env[fn.outputs[0].name], np.float32)
+
+
+def _unpack_bits(packed: np.ndarray, nbits: int, n: int) -> np.ndarray:
+    """iOS16 packed n-bit indices: element bits LSB first, elements back to back."""
+    bits = np.unpackbits(packed.astype(np.uint8), bitorder="little")[: n * nbits].reshape(n, nbits)
+    return (bits.astype(np.int64) << np.arange(nbits)).sum(1)
+
+
+def _block_repeat(a: np.ndarray, shape) -> np.ndarray:
+    """Broadcast a block-wise parameter (one value per block along each axis) up to ``shape``."""
+    for ax, (m, n) in enumerate(zip(a.shape, shape)):
+        if m != n:
+            a = np.repeat(a, n // m, axis=ax)
+    return a
+
+
+def decompress_op(op) -> np.ndarray:
+    """Dequantise a compressed-weight constexpr op with numpy (what Core ML does at load time)."""
+    t = op.op_type
+
+    def arg(op, k):
+        var = op.inputs.get(k)
+        return None if var is None else np.asarray(var.val)
+    if t == "constexpr_affine_dequantize":  # iOS16: (q - zp) * scale along ``axis``
+        q = arg(op, "quantized_data").astype(np.float32)
+        ax = int(arg(op, "axis"))
+        shp = [1] * q.ndim
+        shp[ax] = -1
+        zp = arg(op, "zero_point").astype(np.float32)
+        sc = arg(op, "scale").astype(np.float32)
+        y = (q - (zp.reshape(shp) if zp.size > 1 else zp)) * (sc.reshape(shp) if sc.size > 1 else sc)
+        return y.astype(arg(op, "scale").dtype)
+    if t == "constexpr_lut_to_dense" and "shape" in op.inputs:  # iOS16: per-tensor LUT, packed indices
+        lut, shape = arg(op, "lut"), [int(d) for d in arg(op, "shape")]
+        nbits = int(np.log2(lut.size))
+        return lut[_unpack_bits(arg(op, "indices"), nbits, int(np.prod(shape)))].reshape(shape)
+    if t == "constexpr_lut_to_dense":  # iOS18: lut [blocks..., 2^n, vector]; indices have the output shape
+        idx, lut = arg(op, "indices").astype(np.int64), arg(op, "lut")
+        if lut.shape[-1] != 1:
+            raise ConfigError(f"MIL evaluation: vector palettisation ({op.name}) is not supported")
+        lut = _block_repeat(lut[..., 0], idx.shape + (lut.shape[-2],))
+        return np.take_along_axis(lut, idx[..., None], axis=-1)[..., 0]
+    if t == "constexpr_blockwise_shift_scale":  # iOS18: scale * (data - offset), block-wise
+        d, sc, off = arg(op, "data").astype(np.float32), arg(op, "scale"), arg(op, "offset")
+        if off is not None:
+            d = d - _block_repeat(off.astype(np.float32), d.shape)
+        return (d * _block_repeat(sc.astype(np.float32), d.shape)).astype(sc.dtype)
+    raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
+
+
+def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, max_images=None, crop=None,
+                  tol=None):
+    """IR executor vs numpy evaluation of the converted MIL program, on real images (tile crops)."""
+    from .verify import FP32_TOL, compare, list_images
+    from edge_enhance.card import ModelCard
+
+    prog = _LAST_PROGRAM.get(str(path))
+    if prog is None:
+        raise ConfigError(f"{path}: no converted program in this session to evaluate (convert it here first)")
+    fn = prog.functions["main"]
+    shape = tuple(int(d) for d in list(fn.inputs.values())[0].shape)
+    tile = shape[2:]
+    card = ModelCard.from_json(graph.metadata[CARD_KEY]) if CARD_KEY in graph.metadata else None
+    src = lambda x: executor.run(graph, {graph.inputs[0]: x[None]})[graph.outputs[0]][0]
+    tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(x[None])))[0]
+    from .verify import default_dataset
+
+    files = list_images(dataset or default_dataset())
+    if tol is None and precision == "fp32":
+        tol = FP32_TOL
+    from .verify import _fits
+
+    files = [f for f in files if _fits(f, tile, card)]
+    return compare("coreml", precision, src, tgt, card, files, crop=tile, max_images=max_images, tol=tol,
+                   source="IR executor (numpy MIL evaluation as target)")

@@ -1,0 +1,251 @@
+"""Numeric verification of a converted model against its ONNX source, on real images.
+
+The source runs in onnxruntime (NCHW), the target in ai-edge-litert (NHWC) on the same inputs at
+each image's own size (or cropped to the model's fixed tile). Reported per model: max abs error and
+PSNR between source and target, and the task PSNR of each (SR: Y channel, border shaved, bicubic
+LR as in ``../shared/data/README.md``; denoise: RGB, seeded clipped noise).
+
+>>> r = VerifyReport("tflite", "fp32", [ImageResult("a.png", 2e-5, 120.0, 33.1, 33.1)])
+>>> r.max_abs_err, round(r.psnr_between, 1)
+(2e-05, 120.0)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_enhance.card import CARD_KEY, ModelCard
+
+from .errors import ConfigError, VerificationError
+
+log = logging.getLogger(__name__)
+FP32_TOL = 1e-4
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def default_dataset() -> Path:
+    """``../shared/data/eval/Set5`` beside the repository (CI has ../shared there too).
+
+    Worktrees nest one level deeper, so the nearest ancestor holding ``shared/data`` wins.
+    """
+    root = Path(__file__).resolve().parents[1]
+    for base in root.parents:
+        cand = base / "shared" / "data" / "eval" / "Set5"
+        if cand.is_dir():
+            return cand
+    return root.parent / "shared" / "data" / "eval" / "Set5"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image: str
+    max_abs_err: float
+    psnr_between: float
+    task_psnr_source: float | None
+    task_psnr_target: float | None
+
+
+@dataclass
+class VerifyReport:
+    target: str
+    precision: str
+    images: list = field(default_factory=list)
+    source: str = "onnxruntime"
+
+    @property
+    def max_abs_err(self) -> float:
+        return max(r.max_abs_err for r in self.images)
+
+    @property
+    def psnr_between(self) -> float:
+        return min(r.psnr_between for r in self.images)
+
+    def _mean(self, key):
+        vals = [getattr(r, key) for r in self.images if getattr(r, key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    @property
+    def task_psnr_source(self):
+        return self._mean("task_psnr_source")
+
+    @property
+    def task_psnr_target(self):
+        return self._mean("task_psnr_target")
+
+    def table(self) -> str:
+        rows = [("image", "max|err|", "PSNR(src,tgt)", "task PSNR src", "task PSNR tgt")]
+        f = lambda v, p=2: "-" if v is None else ("inf" if v == float("inf") else f"{v:.{p}f}")
+        for r in self.images:
+            rows.append((r.image, f"{r.max_abs_err:.2e}", f(r.psnr_between), f(r.task_psnr_source),
+                         f(r.task_psnr_target)))
+        rows.append(("all", f"{self.max_abs_err:.2e}", f(self.psnr_between), f(self.task_psnr_source),
+                     f(self.task_psnr_target)))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        head = f"verification: {self.target} {self.precision} vs {self.source}"
+        return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def _luma(rgb01: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb01[..., i] * 255.0 for i in range(3))
+    return 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+
+
+def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float | None:
+    """out, ref: HWC float in [0, 1]. The evaluation protocol of ../shared/data/README.md."""
+    if card is None:
+        return None
+    out = np.clip(out, 0, 1)
+    if card.task == "sr":
+        s = card.scale
+        ya, yb = _luma(np.round(out * 255) / 255), _luma(ref)
+        ya, yb = ya[s:-s, s:-s], yb[s:-s, s:-s]
+        return psnr(ya, yb, 255.0)
+    return psnr(np.round(out * 255), np.round(ref * 255), 255.0)
+
+
+def list_images(dataset) -> list:
+    d = Path(dataset)
+    if not d.is_dir():
+        raise ConfigError(f"{d}: evaluation image folder not found (pass a dataset dir)")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise ConfigError(f"{d}: no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None):
+    """(name, model_input HWC float, reference HWC float or None) per image, per the protocol."""
+    from PIL import Image
+
+    scale = card.scale if card is not None else 1
+    for i, p in enumerate(files[:max_images]):
+        img = Image.open(p).convert("RGB")
+        w, h = img.size
+        if card is not None and card.task == "sr":
+            hr = img.crop((0, 0, w - w % scale, h - h % scale))
+            if crop is not None:
+                hr = hr.crop((0, 0, min(hr.width, crop[1] * scale), min(hr.height, crop[0] * scale)))
+            lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+            yield p.name, np.asarray(lr, np.float32) / 255, np.asarray(hr, np.float32) / 255
+            continue
+        clean = np.asarray(img if crop is None else img.crop((0, 0, min(w, crop[1]), min(h, crop[0]))), np.uint8)
+        if card is not None and card.task == "denoise":
+            sigma = float(card.extra.get("sigma", 25))
+            noisy = np.clip(np.round(clean + np.random.default_rng(i).normal(0, sigma, clean.shape)), 0, 255)
+            yield p.name, noisy.astype(np.float32) / 255, clean.astype(np.float32) / 255
+        else:
+            yield p.name, clean.astype(np.float32) / 255, (clean.astype(np.float32) / 255 if card else None)
+
+
+def _tflite_runner(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    d, o = it.get_input_details()[0], it.get_output_details()[0]
+    fixed = None if -1 in list(d.get("shape_signature", [])) else tuple(int(v) for v in d["shape"][1:3])
+
+    def run(x_hwc):
+        x = x_hwc[None]
+        if d["dtype"] != np.float32:
+            s, z = d["quantization"]
+            info = np.iinfo(d["dtype"])
+            x = np.clip(np.floor(x / s + 0.5) + z, info.min, info.max).astype(d["dtype"])
+        it.resize_tensor_input(d["index"], list(x.shape))
+        it.allocate_tensors()
+        it.set_tensor(d["index"], x)
+        it.invoke()
+        y = it.get_tensor(o["index"])
+        if o["dtype"] != np.float32:
+            s, z = o["quantization"]
+            y = (y.astype(np.float32) - z) * s
+        return y[0]
+
+    return run, fixed
+
+
+def _ort_runner(onnx_model):
+    import onnxruntime as ort
+
+    data = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else Path(onnx_model).read_bytes()
+    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc.transpose(2, 0, 1)[None])})[0][0].transpose(1, 2, 0)
+
+
+def _card_of(onnx_model):
+    props = {p.key: p.value for p in onnx_model.metadata_props} if hasattr(onnx_model, "metadata_props") else {}
+    if CARD_KEY not in props:
+        return None
+    return ModelCard.from_json(props[CARD_KEY])
+
+
+def compare(name_target: str, precision: str, source_fn, target_fn, card, files, *, crop=None, max_images=None,
+            tol: float | None = None, source: str = "onnxruntime") -> VerifyReport:
+    """Run both callables (HWC float -> HWC float) over the images; raise if beyond ``tol``."""
+    rep = VerifyReport(name_target, precision, source=source)
+    for name, x, ref in make_pairs(card, files, crop=crop, max_images=max_images):
+        a, b = source_fn(x), target_fn(x)
+        if a.shape != b.shape:
+            raise VerificationError(f"{name_target}: output shape {b.shape} differs from the source's {a.shape}")
+        err = float(np.abs(a.astype(np.float64) - b).max())
+        rep.images.append(ImageResult(name, err, psnr(a, b), task_psnr(card, a, ref) if ref is not None else None,
+                                      task_psnr(card, b, ref) if ref is not None else None))
+        log.info("%s: max abs err %.3g", name, err)
+    if tol is not None and rep.max_abs_err > tol:
+        raise VerificationError(
+            f"{name_target} {precision}: max abs error {rep.max_abs_err:.3g} exceeds {tol:g} "
+            f"(worst image {max(rep.images, key=lambda r: r.max_abs_err).image})")
+    return rep
+
+
+def verify_tflite(onnx_model, tflite_path, *, precision: str = "fp32", dataset=None, max_images: int | None = None,
+                  crop: tuple | None = None, tol: float | None = None) -> VerifyReport:
+    """onnxruntime vs LiteRT on real images. fp32 must agree within 1e-4 (``VerificationError``).
+
+    ``crop`` (h, w) limits the model-input size (fast checks); fixed-tile models use their tile.
+    """
+    import onnx
+
+    model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
+    card = _card_of(model)
+    target, fixed = _tflite_runner(tflite_path)
+    if fixed is not None:
+        crop = fixed
+    files = list_images(dataset or default_dataset())
+    if fixed is not None:  # every input must be exactly the tile: skip smaller images
+        files = [f for f in files if _fits(f, fixed, card)]
+        if not files:
+            raise ConfigError(f"no image in the dataset is at least the model's tile {fixed}")
+    if tol is None and precision == "fp32":
+        tol = FP32_TOL
+    return compare("tflite", precision, _ort_runner(model), target, card, files, crop=crop, max_images=max_images,
+                   tol=tol)
+
+
+def _fits(path, tile, card):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    s = card.scale if card is not None and card.task == "sr" else 1
+    return h // s >= tile[0] and w // s >= tile[1]
+
+
+def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=None, max_images: int | None = None,
+                crop: tuple | None = None, tol: float | None = None) -> VerifyReport:
+    """onnxruntime on the source vs onnxruntime on the rewritten ONNX."""
+    import onnx
+
+    model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
+    if tol is None and precision == "fp32":
+        tol = FP32_TOL
+    return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), _card_of(model),
+                   list_images(dataset or default_dataset()), crop=crop, max_images=max_images, tol=tol)

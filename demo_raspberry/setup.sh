@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Raspberry Pi OS (Bookworm or later, 64-bit), Pi 4 / Pi 5: install edge-enhance with the camera
+# stack and, with --service, start the web viewfinder at boot.
+#
+#   ./setup.sh                      # venv in ~/edge-enhance-venv, package from PyPI (or SRC=path)
+#   ./setup.sh --service            # also install + enable the systemd unit (needs sudo)
+#   SRC=/path/to/edge-enhance ./setup.sh   # install from a checkout instead of PyPI
+set -euo pipefail
+
+VENV="${VENV:-$HOME/edge-enhance-venv}"
+SRC="${SRC:-edge-enhance}"
+SERVICE=0
+[[ "${1:-}" == "--service" ]] && SERVICE=1
+
+if ! grep -qi "raspberry pi" /proc/device-tree/model 2>/dev/null; then
+  echo "note: this does not look like a Raspberry Pi; continuing anyway" >&2
+fi
+. /etc/os-release
+if [[ "${VERSION_CODENAME:-}" == "bullseye" || "${VERSION_CODENAME:-}" == "buster" ]]; then
+  echo "error: Raspberry Pi OS ${VERSION_CODENAME} is too old; picamera2 needs Bookworm or later" >&2
+  exit 1
+fi
+if [[ "$(uname -m)" != "aarch64" ]]; then
+  echo "error: a 64-bit OS is required (uname -m is $(uname -m)); the LiteRT wheels are aarch64 only" >&2
+  exit 1
+fi
+
+# picamera2 and libcamera come from apt (they are built against the system's libcamera), which is
+# why the venv below sees system site-packages. OpenCV from apt too: its numpy matches picamera2's.
+sudo apt-get update
+sudo apt-get install -y --no-install-recommends python3-picamera2 python3-opencv python3-venv python3-pip ffmpeg
+
+python3 -m venv --system-site-packages "$VENV"
+"$VENV/bin/python" -m pip install --upgrade pip
+# The camera extra would pull opencv-python-headless from PyPI; the apt OpenCV is already visible.
+"$VENV/bin/python" -m pip install "${SRC}[litert]"
+
+"$VENV/bin/python" -c "import picamera2, cv2, edge_enhance; print('edge-enhance', edge_enhance.__version__, 'ok')"
+echo "check the camera and measure real frame rates with:"
+echo "  $VENV/bin/python $(dirname "$(readlink -f "$0")")/check_pi.py"
+
+if [[ $SERVICE == 1 ]]; then
+  UNIT=/etc/systemd/system/edge-enhance-viewfinder.service
+  sed -e "s#@VENV@#$VENV#g" -e "s#@USER@#$(id -un)#g" \
+      "$(dirname "$(readlink -f "$0")")/edge-enhance-viewfinder.service" | sudo tee "$UNIT" >/dev/null
+  if [[ ! -f /etc/default/edge-enhance ]]; then
+    # Off-loopback viewing needs a token; generate one now and keep it out of the unit file.
+    echo "EDGE_ENHANCE_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')" | sudo tee /etc/default/edge-enhance >/dev/null
+    sudo chmod 600 /etc/default/edge-enhance
+  fi
+  sudo systemctl daemon-reload
+  sudo systemctl enable --now edge-enhance-viewfinder.service
+  . /etc/default/edge-enhance 2>/dev/null || EDGE_ENHANCE_TOKEN="$(sudo sed -n 's/^EDGE_ENHANCE_TOKEN=//p' /etc/default/edge-enhance)"
+  echo "viewfinder: http://$(hostname -I | awk '{print $1}'):8080/?token=${EDGE_ENHANCE_TOKEN}"
+fi

@@ -1,0 +1,161 @@
+"""``edge-enhance preview`` (and the video half of ``edge-enhance enhance``), wired in by edge_enhance.cli.
+
+The enhancer is imported inside ``main`` so ``edge-enhance --help`` never loads an engine.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from .controls import Controls
+from .detect import platform_info
+from .errors import ConfigError, EdgeEnhanceError
+from .preview import Preview, PreviewConfig
+from .sinks import NullSink, VideoFileSink, WindowSink
+from .sources import open_source
+from .stats import StatsJsonWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREVIEW_MODEL = "sr-x2-rt"  # the real-time x2 model; --model overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument
+    p("--source", default="auto", metavar="SPEC",
+      help="picamera2[:lores[:WxH]] | cv:N | file:clip.mp4 | folder:DIR | synthetic:640x360, "
+           "optionally @FPS (default: auto = picamera2 on a Pi, else cv:0)")
+    p("--sink", action="append", metavar="SPEC",
+      help="window | web[:HOST:PORT] | file:out.mp4 | null; repeatable (default: window when a display "
+           "is present, else web:127.0.0.1:8080)")
+    p("--web", metavar="HOST:PORT", help="shorthand for --sink web:HOST:PORT")
+    p("--token", help="access token for the web viewfinder (required off loopback; generated if absent)")
+    p("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_PREVIEW_MODEL})")
+    p("--light-model", metavar="NAME|PATH", help="lighter model adaptive mode may switch to (same scale)")
+    p("--threads", type=int, metavar="N", help="engine threads")
+    p("--strength", type=float, metavar="S", help="initial enhancement strength 0..1.5")
+    p("--frames", type=int, metavar="N", help="stop after N processed frames")
+    p("--seconds", type=float, metavar="S", help="stop after S seconds")
+    p("--target-fps", type=float, metavar="F", help="adaptive: lower the processed size / model to hold F fps")
+    p("--min-scale", type=float, default=0.5, metavar="R", help="adaptive: smallest input scale (default 0.5)")
+    p("--stats-json", metavar="FILE", help="write stats as one JSON line per second, then a summary")
+    p("--snapshot-dir", default="snapshots", metavar="DIR", help="where snapshots go (default ./snapshots)")
+    p("--reconnects", type=int, default=3, metavar="N", help="reconnect attempts for a lost camera (default 3)")
+    p("--split", action="store_true", help="start in split-screen before/after")
+    p("--no-overlay", action="store_true", help="no stats overlay in window / file sinks")
+
+
+def _make_enhancer(model: str, threads: int | None):
+    from edge_enhance.enhancer import Enhancer  # lazy: loads an engine
+
+    return Enhancer(model, threads=threads)
+
+
+def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overlay: bool, on_web_ready=None):
+    from .web import WebViewfinder, parse_hostport  # http.server only when asked for
+
+    sinks = []
+    for spec in specs:
+        kind, _, arg = spec.partition(":")
+        if spec == "auto":
+            kind, arg = ("window", "") if platform_info().has_display else ("web", "127.0.0.1:8080")
+        if kind == "window" and not arg:
+            sinks.append(WindowSink())
+        elif kind == "null" and not arg:
+            sinks.append(NullSink())
+        elif kind == "web":
+            host, port = parse_hostport(arg or "127.0.0.1:8080")
+            sinks.append(WebViewfinder(host, port, token=token, on_ready=on_web_ready))
+        elif kind == "file" and arg:
+            sinks.append(VideoFileSink(arg, fps=fps or 30.0, overlay=overlay))
+        else:
+            raise ConfigError(f"unknown sink {spec!r}: use window, web:HOST:PORT, file:out.mp4 or null")
+    return sinks
+
+
+def _print_web(*, url: str, token_generated: bool):
+    note = "  (generated token: keep this URL private)" if token_generated else ""
+    print(f"web viewfinder: {url}{note}", file=sys.stderr, flush=True)
+
+
+def _summary_line(s: dict) -> str:
+    lat = s.get("latency_ms") or {}
+    return (f"{s['processed']} frames in {s['seconds']:.1f} s: {s['output_fps']:.1f} fps out, "
+            f"{s['input_fps']:.1f} fps in, {s['dropped']} dropped, latency p50 {lat.get('p50')} ms "
+            f"p95 {lat.get('p95')} ms, engine {s.get('engine_ms_mean')} ms ({s['stop_reason']})")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the preview; 0 on a clean stop (bound reached, end of source, Ctrl-C / SIGTERM), 1 on error."""
+    writer = None
+    old_handlers = {}
+    try:
+        config = PreviewConfig(frames=args.frames, seconds=args.seconds, target_fps=args.target_fps,
+                               min_scale=args.min_scale, reconnects=args.reconnects,
+                               snapshot_dir=args.snapshot_dir)
+        source = open_source(args.source)
+        specs = list(args.sink or [])
+        if args.web:
+            specs.append(f"web:{args.web}")
+        sinks = build_sinks(specs or ["auto"], token=args.token, fps=getattr(source, "fps", None),
+                            overlay=not args.no_overlay, on_web_ready=_print_web)
+        enhancer = _make_enhancer(args.model or DEFAULT_PREVIEW_MODEL, args.threads)
+        light = _make_enhancer(args.light_model, args.threads) if args.light_model else None
+        strength = args.strength if args.strength is not None else float(getattr(enhancer, "strength", 1.0))
+        controls = Controls(strength=strength, split=args.split, overlay=not args.no_overlay)
+        callbacks = []
+        if args.stats_json:
+            writer = StatsJsonWriter(args.stats_json)
+            callbacks.append(writer)
+        preview = Preview(source, enhancer, sinks, config=config, controls=controls, on_stats=callbacks,
+                          light_enhancer=light)
+
+        def _stop(signum, frame):
+            # First signal stops cleanly (camera released, summary written); a second one kills.
+            signal.signal(signum, signal.SIG_DFL)
+            preview.stop()
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, _stop)
+        summary = preview.run()
+        print(_summary_line(summary), file=sys.stderr)
+        return 0
+    except EdgeEnhanceError as e:
+        print(f"edge-enhance preview: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        if writer is not None:
+            writer.close()
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """For ``edge-enhance enhance`` when the input is a video."""
+    parser.add_argument("--temporal", type=float, default=0.0, metavar="A",
+                        help="video: temporal smoothing of the residual, 0 (off) .. 1")
+
+
+def video_main(src: str, dst: str, enhancer, *, temporal: float = 0.0, stream=None) -> int:
+    """Enhance one video with a progress line and ETA on ``stream`` (stderr); returns an exit code."""
+    from .video import enhance_video
+
+    stream = stream or sys.stderr
+
+    def progress(*, done, total, fps, eta_s):
+        of = f"/{total}" if total else ""
+        eta = f", ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}" if eta_s is not None else ""
+        print(f"\rframe {done}{of}  {fps:.1f} fps{eta}   ", end="", file=stream, flush=True)
+
+    try:
+        r = enhance_video(src, dst, enhancer, temporal=temporal, progress=progress)
+    except EdgeEnhanceError as e:
+        print(f"\nedge-enhance enhance: error: {e}", file=stream)
+        return 1
+    print(f"\n{r.path}: {r.frames} frames {r.size[0]}x{r.size[1]} in {r.seconds:.1f} s; audio {r.audio}",
+          file=stream)
+    return 0

@@ -1,0 +1,79 @@
+"""What this machine can do, detected once on first use (never at import) and cached."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import platform as _platform
+import sys
+from dataclasses import dataclass
+
+from .errors import BackendUnavailableError
+
+CAMERA_EXTRA = "pip install edge-enhance[camera]"
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    system: str
+    machine: str
+    board: str | None  # e.g. "Raspberry Pi 5 Model B Rev 1.0", from the device tree
+    has_display: bool
+
+    @property
+    def is_raspberry_pi(self) -> bool:
+        return bool(self.board) and "raspberry pi" in self.board.lower()
+
+
+def _read_board() -> str | None:
+    try:
+        with open("/proc/device-tree/model", "rb") as f:
+            return f.read().rstrip(b"\x00\n").decode("utf-8", "replace") or None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def platform_info() -> PlatformInfo:
+    system = _platform.system()
+    if system == "Linux":
+        display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    else:
+        display = system in ("Darwin", "Windows")
+    return PlatformInfo(system=system, machine=_platform.machine(), board=_read_board(), has_display=display)
+
+
+@functools.lru_cache(maxsize=None)
+def has_picamera2() -> bool:
+    return importlib.util.find_spec("picamera2") is not None
+
+
+def import_cv2():
+    """OpenCV, or one error naming the extra that provides it."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise BackendUnavailableError(f"OpenCV is not installed ({e}); {CAMERA_EXTRA}") from None
+    return cv2
+
+
+def import_picamera2():
+    try:
+        from picamera2 import Picamera2
+    except ImportError as e:
+        hint = ("on Raspberry Pi OS run `sudo apt install python3-picamera2` and create the venv with "
+                "--system-site-packages (see demo_raspberry/setup.sh)")
+        raise BackendUnavailableError(f"picamera2 is not available ({e}): {hint}; "
+                                      f"OpenCV sources need {CAMERA_EXTRA}") from None
+    return Picamera2
+
+
+def optional_cv2():
+    """OpenCV if present, else None: used where Pillow is an adequate (slower) fallback."""
+    if "cv2" in sys.modules:
+        return sys.modules["cv2"]
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2

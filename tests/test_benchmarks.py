@@ -1,0 +1,387 @@
+"""The benchmark harness: its arithmetic on tiny runs and its plumbing end to end (no timing asserts)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import bars, cli, memory, quality, report, speed, stats, tiling
+from benchmarks.errors import ConfigError
+from benchmarks.subjects import Subject, bicubic_subject
+
+from tests.conftest import needs
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("xs, want", [([3.0], 3.0), ([5, 1, 3], 3.0), ([4, 1, 3, 2], 2.5), ([2, 2, 9, 2, 2], 2.0)])
+def test_median(xs, want):
+    assert stats.median(xs) == want
+
+
+def test_median_of_nothing_is_an_error():
+    with pytest.raises(ConfigError):
+        stats.median([])
+
+
+@pytest.mark.parametrize("wh, secs, want", [((1280, 720), 0.5, 1.8432), ((1000, 1000), 1.0, 1.0), ((10, 5), 2.0, 25e-6)])
+def test_mp_per_s(wh, secs, want):
+    assert stats.mp_per_s(wh, secs) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("secs", [0.0, -1.0])
+def test_mp_per_s_refuses_non_positive_time(secs):
+    with pytest.raises(ConfigError):
+        stats.mp_per_s((10, 10), secs)
+
+
+def test_gmac_per_s_by_hand():
+    # 2000 MACs per output pixel, 1920x1080 output in 0.25 s: 2000 * 2073600 / 0.25 / 1e9 = 16.5888
+    assert stats.gmac_per_s(2000, (1920, 1080), 0.25) == pytest.approx(16.5888)
+    assert stats.gmac_per_s(0, (1920, 1080), 0.25) == 0
+
+
+@pytest.mark.parametrize("per_in, s, want", [(40000, 2, 10000), (9000, 3, 1000), (500, 1, 500)])
+def test_macs_per_output_pixel(per_in, s, want):
+    assert stats.macs_per_output_pixel(per_in, s) == want
+
+
+@pytest.mark.parametrize("names, runs, warmup", [(["A", "B"], 5, 1), (["A", "B", "C"], 2, 2), (["A"], 3, 0)])
+def test_interleave_schedule(names, runs, warmup):
+    order = stats.interleave(names, runs, warmup)
+    k = len(names)
+    assert len(order) == k * (runs + warmup)
+    assert all(w for _, w in order[:k * warmup]) and not any(w for _, w in order[k * warmup:])
+    timed = [n for n, w in order if not w]
+    # A B A B: every window of k consecutive timed calls holds each contender exactly once.
+    for i in range(0, len(timed), k):
+        assert timed[i:i + k] == list(names)
+
+
+@pytest.mark.parametrize("runs, warmup", [(0, 1), (3, -1)])
+def test_interleave_refuses_bad_counts(runs, warmup):
+    with pytest.raises(ConfigError):
+        stats.interleave(["A"], runs, warmup)
+
+
+def test_time_calls_drops_warmups_and_keeps_per_contender_times():
+    calls = []
+    ticks = iter(range(1000))
+    # Each call costs (its position in the schedule + 1) ticks on this fake clock.
+    clock_times = []
+
+    def clock():
+        t = next(ticks)
+        clock_times.append(t)
+        return float(t * t)  # t0 = n^2, t1 = (n+1)^2: durations 1, 5, 9, ... distinct per call
+
+    fns = {"A": lambda f: calls.append("A"), "B": lambda f: calls.append("B")}
+    times = speed.time_calls(fns, None, runs=3, clock=clock)
+    assert calls == ["A", "B"] * 4  # one warm-up round then three timed rounds
+    durations = [(2 * i + 1) ** 2 - (2 * i) ** 2 for i in range(8)]  # 1, 5, 9, ...
+    assert times["A"] == durations[2::2] and times["B"] == durations[3::2]
+
+
+def test_speed_row_arithmetic():
+    sub = bicubic_subject(2)
+    sub.macs_per_out_px = 100.0
+    r = speed.speed_row(sub, 1, (10, 5), [0.3, 0.1, 0.2, 0.5, 0.4])
+    assert r["output"] == [20, 10] and r["median_s"] == pytest.approx(0.3)
+    assert r["ms_per_frame"] == pytest.approx(300.0) and r["fps"] == pytest.approx(1 / 0.3)
+    assert r["mp_per_s"] == pytest.approx(200 / 1e6 / 0.3)
+    assert r["gmac_per_s"] == pytest.approx(100 * 200 / 0.3 / 1e9)
+
+
+@pytest.mark.parametrize("points, want", [
+    ([(1, 30), (2, 29), (0.5, 31), (1, 28), (3, 27)], [2, 0, 1, 4]),
+    ([(1, 1), (1, 1)], [0, 1]),  # equal points do not dominate each other
+    ([(1, 1), (2, 2), (3, 3)], [2]),
+    ([(1, float("nan")), (0.5, 1)], [1]),
+    ([], []),
+])
+def test_pareto_front(points, want):
+    assert stats.pareto_front(points) == want
+
+
+def test_frame_for_megapixels_and_synthetic_image():
+    h, w = stats.frame_for_megapixels(2)
+    assert h % 2 == 0 and w % 2 == 0 and abs(h * w - 2e6) / 2e6 < 0.01 and abs(w / h - 4 / 3) < 0.01
+    a, b = stats.synthetic_image(37, 300, seed=3), stats.synthetic_image(37, 300, seed=3)
+    assert a.shape == (37, 300, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert a.std() > 10  # not a flat frame: an engine could not shortcut it
+
+
+# -- bars ------------------------------------------------------------------------------------------
+def _srow(model, engine, precision, threads, mp, fps=None, ours=True, size=bars.BAR_SIZE):
+    return {"model": model, "engine": engine, "precision": precision, "threads": threads, "input": list(size),
+            "mp_per_s": mp, "fps": fps if fps is not None else mp, "ms_per_frame": 1000 / (fps or mp), "ours": ours}
+
+
+def _qrow(model, engine, precision, psnr, dataset="Set14"):
+    return {"model": model, "engine": engine, "precision": precision, "dataset": dataset, "psnr": psnr}
+
+
+@pytest.mark.parametrize("value, threshold, want", [(2.0, 2.0, "PASS"), (1.999, 2.0, "FAIL"), (None, 1.0, "not run"),
+                                                    (math.nan, 1.0, "not run"), (-0.5, 1.5, "FAIL")])
+def test_judge(value, threshold, want):
+    assert bars.judge(value, threshold) == want
+
+
+@pytest.mark.parametrize("ours_mp, peer_mp, ours_db, peer_db, want_speed, want_q", [
+    (4.0, 2.0, 32.8, 31.2, "PASS", "PASS"),
+    (3.9, 2.0, 32.6, 31.2, "FAIL", "FAIL"),
+])
+def test_judge_bars_sr_x2(ours_mp, peer_mp, ours_db, peer_db, want_speed, want_q):
+    speed_rows = [_srow("sr-x2", "litert", "int8", 4, ours_mp), _srow("FSRCNN x2", "opencv", "fp32", 4, peer_mp, ours=False)]
+    q = [_qrow("sr-x2", "litert", "int8", ours_db), _qrow("FSRCNN x2", "opencv", "fp32", peer_db)]
+    got = bars.judge_bars(speed_rows, q, all_threads=4)
+    assert got[0]["status"] == want_speed and got[0]["value"] == pytest.approx(ours_mp / peer_mp)
+    assert got[1]["status"] == want_q and got[1]["value"] == pytest.approx(ours_db - peer_db)
+    assert f"{ours_mp / peer_mp:.2f}x" in got[0]["figure"]
+
+
+def test_judge_bars_missing_inputs_are_not_run_with_reason():
+    got = bars.judge_bars([_srow("FSRCNN x2", "opencv", "fp32", 2, 1.0, ours=False)], [], all_threads=2)
+    assert [b["status"] for b in got] == ["not run"] * 4
+    assert all(b["reason"] and b["value"] is None for b in got)
+    assert "sr-x2 int8" in got[0]["reason"]
+
+
+def test_judge_bars_realtime_and_int8_vs_fp32():
+    rows = [_srow("sr-x2-rt", "litert", "int8", 2, 30.0, fps=31.0), _srow("sr-x2-rt", "litert", "fp32", 2, 19.0),
+            _srow("sr-x2", "litert", "int8", 2, 5.0), _srow("sr-x2", "litert", "fp32", 2, 4.0),
+            _srow("sr-x2-rt", "litert", "int8", 1, 1.0)]  # other thread counts are not judged
+    got = bars.judge_bars(rows, [], all_threads=2)
+    rt = next(b for b in got if b["bar"].startswith("sr-x2-rt int8"))
+    assert rt["status"] == "PASS" and rt["value"] == 31.0
+    ratio = {b["bar"].split(":")[0]: b for b in got if "1.5x fp32" in b["bar"]}
+    assert ratio["sr-x2-rt"]["status"] == "PASS" and ratio["sr-x2-rt"]["value"] == pytest.approx(30 / 19)
+    assert ratio["sr-x2"]["status"] == "FAIL" and ratio["sr-x2"]["value"] == pytest.approx(1.25)
+
+
+def test_judge_bars_ignores_other_sizes():
+    rows = [_srow("sr-x2-rt", "litert", "int8", 2, 99.0, fps=99.0, size=(1280, 720))]
+    rt = next(b for b in bars.judge_bars(rows, [], all_threads=2) if b["bar"].startswith("sr-x2-rt"))
+    assert rt["status"] == "not run"
+
+
+# -- quality on tiny runs --------------------------------------------------------------------------
+@pytest.fixture
+def tiny_data(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("Set5", "Set14", "McMaster"):
+        d = tmp_path / "data" / "eval" / name
+        d.mkdir(parents=True)
+        for i in range(2):
+            x = np.linspace(0, 255, 30)[None, :, None] + rng.normal(0, 20, (26, 30, 3))
+            Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(d / f"im{i}.png")
+    return tmp_path / "data"
+
+
+def _y(rgb):
+    x = rgb.astype(np.float64)
+    return 16 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255
+
+
+def test_quality_psnr_by_hand_for_bicubic(tiny_data):
+    rows, notes = quality.run_quality([bicubic_subject(2)], tiny_data, quick=True)
+    assert not notes and [r["dataset"] for r in rows] == ["Set5", "Set14"]
+    want = []
+    for p in sorted((tiny_data / "eval" / "Set5").iterdir()):
+        hr = np.asarray(Image.open(p).convert("RGB"))[:26, :30]
+        lr = np.asarray(Image.fromarray(hr).resize((15, 13), Image.BICUBIC))
+        up = np.asarray(Image.fromarray(lr).resize((30, 26), Image.BICUBIC))
+        mse = np.mean((_y(hr)[2:-2, 2:-2] - _y(up)[2:-2, 2:-2]) ** 2)
+        want.append(10 * math.log10(255 ** 2 / mse))
+    assert rows[0]["psnr"] == pytest.approx(np.mean(want), abs=1e-9)
+    assert rows[0]["psnr"] == pytest.approx(rows[0]["input_psnr"])  # bicubic is the baseline itself
+    assert rows[0]["images"] == 2
+
+
+def test_quality_missing_dataset_is_not_run(tmp_path):
+    rows, notes = quality.run_quality([bicubic_subject(2)], tmp_path, quick=True)
+    assert rows == [] and len(notes) == 2 and "not found" in notes[0].reason
+
+
+def test_quality_identity_denoiser_scores_the_input(tiny_data):
+    sub = Subject("identity", "identity", False, "pillow", "-", "denoise", 1, 0.0, False, lambda t: (lambda x: x))
+    (row,), _ = quality.run_quality([sub], tiny_data, quick=True)
+    assert row["dataset"] == "McMaster" and row["psnr"] == pytest.approx(row["input_psnr"])
+    assert 18 < row["psnr"] < 25  # sigma 25 clipped noise: about 20.5 dB
+
+
+# -- report ----------------------------------------------------------------------------------------
+def _result():
+    meta = {"machine": "test box", "cpu_count": 2, "date": "2026-01-01", "command": "bench", "load": "idle",
+            "quick": True, "sections": ["quality", "speed"]}
+    row = {"label": "bicubic x2", "model": "bicubic x2", "ours": False, "engine": "pillow", "precision": "-",
+           "task": "sr", "scale": 2, "macs_per_out_px": 0.0}
+    q = [{**row, "dataset": "Set14", "images": 14, "psnr": 30.33, "ssim": 0.87, "input_psnr": 30.33},
+         {**row, "label": "ours", "model": "m", "ours": True, "dataset": "Set14", "images": 14, "psnr": 31.0,
+          "ssim": 0.9, "input_psnr": 30.33}]
+    s = [{**row, "threads": 1, "input": [640, 360], "output": [1280, 720], "runs": 5, "ms_per_frame": 50.0, "fps": 20.0,
+          "mp_per_s": 18.4, "gmac_per_s": 0.0},
+         {**q[1], "threads": 2, "input": [640, 360], "output": [1280, 720], "runs": 5, "ms_per_frame": 500.0,
+          "fps": 2.0, "mp_per_s": 1.84, "gmac_per_s": 3.0, "macs_per_out_px": 1000}]
+    return {"meta": meta, "quality": q, "speed": s, "memory": [], "tiling": [],
+            "bars": bars.judge_bars(s, q, 2), "not_run": [{"what": "x", "status": "not run", "reason": "because"}]}
+
+
+def test_pareto_points_pick_headline_set_and_all_threads():
+    pts = {p["label"]: p for p in report.pareto_points(_result())}
+    assert pts["bicubic x2"]["mp_per_s"] == 18.4 and pts["ours"]["psnr"] == 31.0
+    assert pts["bicubic x2"]["pareto"] and pts["ours"]["pareto"]
+
+
+def test_write_all(tmp_path):
+    res = _result()
+    paths = report.write_all(res, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "test box" in md and "2026-01-01" in md and "- x: not run: because" in md
+    assert "**not run** sr-x2 int8" in md and "| bicubic x2 | 1 | 640x360 | 1280x720 | 5 | 50.0 |" in md
+    assert json.loads(paths["json"].read_text())["quality"][0]["psnr"] == 30.33
+    if "chart" in paths:
+        assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.part*"))
+
+
+# -- CLI and plumbing --------------------------------------------------------------------------------
+def _parser():
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return p
+
+
+@pytest.mark.parametrize("only", ["speed,bogus", ""])
+def test_only_refuses_unknown_sections(only, capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--only", only])
+
+
+def test_too_few_runs_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="at least 5"):
+        cli.main(_parser().parse_args(["--runs", "3", "--out", str(tmp_path)]))
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """An ONNX test network (random weights: plumbing only, never reported) and its int8 TFLite."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("ai_edge_litert")
+    import onnx
+
+    from conversion.ir import QuantParams
+    from conversion.onnx_import import from_onnx
+    from conversion.tflite_writer import to_tflite
+    from edge_enhance.card import ModelCard
+    from tests.conversion_testkit import minmax_calibrate, residual_sr_model
+
+    rng = np.random.default_rng(0)
+    card = ModelCard(name="sr-x2", task="sr", scale=2, receptive_field=7, layout="nchw", macs_per_pixel=3000)
+    m = residual_sr_model(rng, scale=2, feat=4, card=card)
+    d = tmp_path / "models"
+    d.mkdir()
+    onnx.save(m, d / "t.onnx")
+    g = from_onnx(m)
+    minmax_calibrate(g, [rng.uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)])
+    g.tensors[g.inputs[0]].quant = QuantParams([1 / 255], [-128])
+    to_tflite(g, d / "t.int8.tflite", precision="int8")
+    return d
+
+
+@needs("onnxruntime")
+def test_end_to_end_quick(tmp_path, tiny_data, model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(speed, "QUICK_SIZES", ((24, 16),))
+    monkeypatch.setattr(tiling, "QUICK_SIZES", ((24, 16),))
+    monkeypatch.setattr(bars, "BAR_SIZE", (24, 16))
+    monkeypatch.setattr(report, "BAR_SIZE", (24, 16))
+    out = tmp_path / "out"
+    args = _parser().parse_args(["--quick", "--models", str(model_dir), "--out", str(out), "--data", str(tiny_data),
+                                 "--only", "quality,speed,tiling", "--no-peers"])
+    assert cli.main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    labels = {s["label"] for s in res["subjects"]}
+    # ONNX fp32, its fp32 TFLite conversion, and the int8 TFLite file.
+    assert labels == {"sr-x2 ONNX Runtime fp32", "sr-x2 LiteRT XNNPACK fp32", "sr-x2 LiteRT XNNPACK int8"}
+    assert {r["dataset"] for r in res["quality"]} == {"Set5", "Set14"}
+    fp32 = {r["dataset"]: r["psnr"] for r in res["quality"] if r["engine"] == "onnxruntime"}
+    tfl = {r["dataset"]: r["psnr"] for r in res["quality"] if r["label"] == "sr-x2 LiteRT XNNPACK fp32"}
+    assert tfl == pytest.approx(fp32, abs=0.05)  # same network, two engines
+    assert all(r["runs"] == 5 and len(r["times_s"]) == 5 for r in res["speed"] + res["tiling"])
+    assert {r["threads"] for r in res["speed"] if r["engine"] == "litert"} == set(speed.thread_counts(True))
+    assert all(r["macs_per_out_px"] == 750 for r in res["speed"])
+    assert any(r["config"] == "whole" and r["ratio_to_whole"] == 1.0 for r in res["tiling"])
+    status = {b["bar"].split(":")[0]: b["status"] for b in res["bars"]}
+    assert status["sr-x2"] in ("PASS", "FAIL")  # int8 vs fp32 is judged: both rows exist
+    assert any("FSRCNN" in b["reason"] for b in res["bars"])  # --no-peers: the FSRCNN bar says why
+    assert "Core ML" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "PASS" in printed or "FAIL" in printed
+
+
+@needs("ai_edge_litert")
+def test_memory_child_subprocess(model_dir, monkeypatch):
+    monkeypatch.setattr(memory, "QUICK_MEGAPIXELS", (0.01,))
+    monkeypatch.setattr(memory, "BUDGETS_MB", (64,))
+    from benchmarks.subjects import model_subject
+
+    rows, notes = memory.run_memory([model_subject(model_dir / "t.int8.tflite")], quick=True, slow=False)
+    assert len(rows) == 1 and "--slow" in notes[0].reason
+    r = rows[0]
+    assert r["input"][0] * r["input"][1] == pytest.approx(1e4, rel=0.05) and r["output"] == [2 * r["input"][0], 2 * r["input"][1]]
+    assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["tiles"] >= 1
+
+
+def test_ratios_against_peers():
+    (r,) = report.ratios(_result())
+    assert r["subject"] == "ours" and r["peer"] == "bicubic x2"
+    assert r["speed_ratio"] == pytest.approx(1.84 / 18.4) and r["psnr_delta"] == pytest.approx(31.0 - 30.33)
+    assert "| ours | bicubic x2 | 0.10x | +0.67 | Set14 |" in report.markdown(_result())
+
+
+def test_duplicate_model_files_are_reported_not_timed_twice(model_dir, tmp_path):
+    import shutil
+
+    from benchmarks.subjects import our_subjects
+
+    shutil.copy(model_dir / "t.int8.tflite", model_dir / "copy.int8.tflite")
+    subs, notes = our_subjects([str(model_dir)], tmp_path / "cache")
+    labels = [s.label for s in subs]
+    assert len(labels) == len(set(labels)) == 3
+    assert any("same model, engine and precision" in n.reason for n in notes)
+
+
+def test_missing_model_argument_is_not_run(tmp_path):
+    from benchmarks.subjects import our_subjects
+
+    subs, notes = our_subjects([str(tmp_path / "nope.onnx")], tmp_path / "cache")
+    assert subs == [] and "no such file" in notes[0].reason
+
+
+def test_child_peak_is_its_own_not_the_parents(tmp_path):
+    """A parent holding a large buffer must not raise its child's reported peak (ru_maxrss would)."""
+    import subprocess
+    import sys
+
+    big = np.ones(400 * 2**20 // 8)  # 400 MB touched in the parent  # noqa: F841
+    code = "from benchmarks.memory import _peak_mb; print(_peak_mb())"
+    peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=str(memory.ROOT)).stdout)
+    assert 0 < peak < 300
+
+
+def test_onnx_precision_by_ops(tmp_path, model_dir):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper as h
+
+    from benchmarks.subjects import onnx_precision
+
+    assert onnx_precision(model_dir / "t.onnx") == "fp32"
+    g = h.make_graph([h.make_node("QuantizeLinear", ["x", "s"], ["q"]), h.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+                     "qdq", [h.make_tensor_value_info("x", 1, [1, 3, 4, 4])], [h.make_tensor_value_info("y", 1, [1, 3, 4, 4])],
+                     [h.make_tensor("s", 1, [], [0.1])])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), tmp_path / "q.onnx")
+    assert onnx_precision(tmp_path / "q.onnx") == "int8"

@@ -1,0 +1,553 @@
+"""Preview loop, sources, stats, controls, video, CLI. Deterministic: no assertion depends on timing."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_enhance.camera import (
+    AdaptiveController, Controls, FolderSource, NullSink, OpenCVSource, Preview, PreviewConfig,
+    SourceError, SourceLostError, Stats, StatsJsonWriter, SyntheticSource, VideoFileSink, open_source,
+)
+from edge_enhance.camera.stats import LatencyHistogram, percentile
+from edge_enhance.errors import BackendUnavailableError, ConfigError, EdgeEnhanceError, OutputError
+from tests.test_camera_doubles import FlakySource, GatedEnhancer, HangingSource, RecordingSink, RepeatEnhancer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def nearest(frame, s=2):
+    return frame.repeat(s, 0).repeat(s, 1)
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+def test_synthetic_is_deterministic_and_moves():
+    a, b = SyntheticSource(64, 32, fps=0), SyntheticSource(64, 32, fps=0)
+    frames = [a.read() for _ in range(3)]
+    assert all(f.shape == (32, 64, 3) and f.dtype == np.uint8 for f in frames)
+    assert np.array_equal(frames[2], b.frame_at(2))
+    assert not np.array_equal(frames[0], frames[1])
+    assert frames[0].base is not None  # a view into the pre-rendered strip: zero-copy
+
+
+@pytest.mark.parametrize("spec,cls,attrs", [
+    ("synthetic:64x32", SyntheticSource, {"width": 64, "height": 32, "fps": 30.0}),
+    ("synthetic:64x32@0", SyntheticSource, {"fps": 0.0}),
+    ("synthetic:80x40@15", SyntheticSource, {"fps": 15.0, "width": 80}),
+    ("cv:0", OpenCVSource, {"device": 0, "live": True}),
+    ("cv:/dev/video2", OpenCVSource, {"device": "/dev/video2"}),
+])
+def test_open_source_specs(spec, cls, attrs):
+    src = open_source(spec)
+    assert type(src) is cls
+    for k, v in attrs.items():
+        assert getattr(src, k) == v
+
+
+@pytest.mark.parametrize("spec,err,words", [
+    ("synthetic:64", ConfigError, "WIDTHxHEIGHT"),
+    ("synthetic:4x4", ConfigError, "too small"),
+    ("synthetic:64x32@fast", ConfigError, "frame rate"),
+    ("webcam", ConfigError, "unknown source"),
+    ("file:/nonexistent/clip.mp4", SourceError, "/nonexistent/clip.mp4"),
+    ("folder:/nonexistent/dir", SourceError, "/nonexistent/dir"),
+    ("picamera2:side", ConfigError, "main' or 'lores"),
+])
+def test_open_source_errors(spec, err, words):
+    with pytest.raises(err, match=words):
+        open_source(spec)
+
+
+def test_folder_source_reads_images_in_order(tmp_path):
+    for i, (w, h) in enumerate([(20, 10), (16, 16), (8, 12)]):
+        Image.new("RGB", (w, h), (i * 50, 0, 0)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    src = FolderSource(str(tmp_path), fps=0)
+    src.start()
+    got = [src.read() for _ in range(4)]
+    assert got[3] is None
+    assert [f.shape for f in got[:3]] == [(10, 20, 3), (16, 16, 3), (12, 8, 3)]
+    assert [int(f[0, 0, 0]) for f in got[:3]] == [0, 50, 100]
+
+
+def test_folder_source_bad_image_names_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    src = FolderSource(str(tmp_path), fps=0)
+    with pytest.raises(SourceError, match="broken.png"):
+        src.read()
+
+
+def test_missing_cv2_names_the_extra(monkeypatch):
+    from edge_enhance.camera import detect
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
+    with pytest.raises(BackendUnavailableError, match=r"pip install edge-enhance\[camera\]"):
+        detect.import_cv2()
+
+
+def test_missing_picamera2_explains_the_fix(monkeypatch):
+    from edge_enhance.camera import detect
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(BackendUnavailableError, match="python3-picamera2.*system-site-packages"):
+        detect.import_picamera2()
+
+
+def test_import_is_lazy():
+    code = ("import sys, edge_enhance.camera, edge_enhance.camera.cli; "
+            "bad = [m for m in ('cv2', 'picamera2', 'edge_enhance.enhancer', 'http.server') if m in sys.modules]; "
+            "assert not bad, bad; "
+            "from edge_enhance.camera.detect import platform_info; assert platform_info.cache_info().currsize == 0")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+def test_bounded_run_with_null_sink_enhances_each_frame():
+    src, enh, rec, null = SyntheticSource(64, 48, fps=0), RepeatEnhancer(), RecordingSink(), NullSink()
+    summary = Preview(src, enh, [null, rec], config=PreviewConfig(frames=10)).run()
+    assert summary["processed"] == 10 and summary["stop_reason"] == "frames"
+    assert enh.calls == 10
+    assert rec.started and rec.stopped and 1 <= len(rec.results) <= 10 and 1 <= null.frames <= 10
+    seqs = [r.seq for r in rec.results]
+    assert seqs == sorted(set(seqs))
+    for r in rec.results:  # each result is the enhancement of exactly the frame captured as seq
+        assert np.array_equal(r.before, src.frame_at(r.seq - 1))
+        assert np.array_equal(r.after, nearest(src.frame_at(r.seq - 1)))
+    assert summary["output_size"] == [128, 96] and summary["input_size"] == [64, 48]
+    assert summary["captured"] - summary["processed"] - summary["dropped"] in (0, 1)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_latest_frame_wins_drops_stale_frames(k):
+    src = SyntheticSource(64, 48, fps=0)
+    enh = GatedEnhancer(src, k)
+    rec = RecordingSink()
+    s = Preview(src, enh, [rec], config=PreviewConfig(frames=8)).run()
+    assert s["processed"] == 8
+    # Every captured frame is processed, dropped as stale, or (at most one) left in the slot at the end.
+    assert s["captured"] - s["processed"] - s["dropped"] in (0, 1)
+    # While one frame is inferred >= k newer arrive; only the newest is taken, so steps are >= k-1.
+    seqs = [r.seq for r in rec.results]
+    assert all(b - a >= k - 1 for a, b in zip(seqs, seqs[1:]))
+    assert s["dropped"] >= (k - 2) * (s["processed"] - 1)
+
+
+def test_end_of_finite_source_stops_cleanly():
+    src = SyntheticSource(32, 32, fps=0, frames=7)
+    s = Preview(src, RepeatEnhancer(), [NullSink()]).run()
+    assert s["stop_reason"] == "end of source"
+    assert s["captured"] == 7 and 1 <= s["processed"] <= 7
+    assert s["captured"] - s["processed"] - s["dropped"] == 0
+
+
+def test_source_failure_mid_run_is_a_clear_error():
+    src = FlakySource(5, recover=False)
+    cfg = PreviewConfig(reconnects=2, reconnect_delay=0)
+    with pytest.raises(SourceLostError) as e:
+        Preview(src, RepeatEnhancer(), [NullSink()], config=cfg).run()
+    msg = str(e.value)
+    assert "flaky-test-camera" in msg and "after 5 frames" in msg and "device unplugged" in msg
+    assert "2 reconnect attempt(s) failed" in msg and "/dev/video9" in msg
+    assert src.starts == 3 and not src.started  # initial + 2 attempts; released at the end
+
+
+def test_source_failure_with_reconnects_disabled():
+    with pytest.raises(SourceLostError, match="reconnecting disabled"):
+        Preview(FlakySource(3, recover=False), RepeatEnhancer(), config=PreviewConfig(reconnects=0)).run()
+
+
+def test_source_that_comes_back_is_reconnected():
+    src = FlakySource(5, recover=True)
+    s = Preview(src, RepeatEnhancer(), [NullSink()],
+                config=PreviewConfig(frames=12, reconnect_delay=0)).run()
+    assert s["processed"] == 12 and s["reconnects"] == 1 and s["stop_reason"] == "frames"
+
+
+def test_hung_source_is_lost_not_waited_for():
+    src = HangingSource(3)
+    try:
+        with pytest.raises(SourceLostError, match="no frame for 0.3 s after 3 frames"):
+            Preview(src, RepeatEnhancer(), config=PreviewConfig(stall_timeout=0.3)).run()
+    finally:
+        src.release.set()
+
+
+def test_sink_failure_stops_the_loop_with_its_name():
+    class Broken(NullSink):
+        name = "broken"
+
+        def show(self, result):
+            raise OSError("disk full")
+    with pytest.raises(EdgeEnhanceError, match="sink broken failed: disk full"):
+        Preview(SyntheticSource(32, 32, fps=200), RepeatEnhancer(), [Broken()], config=PreviewConfig(frames=500)).run()
+
+
+def test_wrong_enhancer_output_is_reported():
+    class Bad(RepeatEnhancer):
+        def enhance(self, frame):
+            return frame  # forgot to upscale
+    with pytest.raises(EdgeEnhanceError, match=r"returned \(32, 40, 3\) uint8 for a 32x40 frame; expected \(64, 80, 3\)"):
+        Preview(SyntheticSource(40, 32, fps=0), Bad(), config=PreviewConfig(frames=3)).run()
+
+
+def test_stop_from_another_thread_releases_source():
+    src = FlakySource(10**9, recover=True)
+    p = Preview(src, RepeatEnhancer(), [NullSink()]).start()
+    while p.stats.processed < 3 and p._thread.is_alive():
+        p._slot.wake()
+        p._thread.join(0.01)
+    p.stop()
+    s = p.wait(10)
+    assert s["stop_reason"] == "stopped" and s["processed"] >= 3
+    assert src.stops >= 1 and not src.started
+
+
+@pytest.mark.parametrize("cfg", [dict(frames=0), dict(seconds=-1), dict(target_fps=0), dict(min_scale=2.0),
+                                 dict(reconnects=-1)])
+def test_config_validation(cfg):
+    with pytest.raises(ConfigError):
+        PreviewConfig(**cfg)
+
+
+# --- controls, snapshot -------------------------------------------------------------------------
+
+def test_controls_actions_and_clamping():
+    c = Controls(strength=1.4)
+    assert c.apply("strength_up").strength == 1.5
+    assert c.apply("strength_up").strength == 1.5  # clamped at 1.5
+    assert c.apply("toggle").enhance is False and c.apply("split").split is True
+    assert c.set_strength(-3).strength == 0.0
+    with pytest.raises(ConfigError, match="unknown control"):
+        c.apply("explode")
+    with pytest.raises(ConfigError):
+        c.set_strength(float("nan"))
+
+
+def test_enhancement_off_shows_plain_upscale_and_skips_engine():
+    src, enh, rec = SyntheticSource(32, 24, fps=0), RepeatEnhancer(), RecordingSink()
+    c = Controls(enhance=False)
+    s = Preview(src, enh, [rec], controls=c, config=PreviewConfig(frames=4)).run()
+    assert enh.calls == 0 and s["enhance"] is False and s["engine_ms_mean"] is None
+    assert all(r.after.shape == (48, 64, 3) and not r.enhanced for r in rec.results)
+
+
+def test_strength_reaches_enhancer_on_loop_thread():
+    enh = RepeatEnhancer()
+    c = Controls(strength=0.3)
+    Preview(SyntheticSource(32, 24, fps=0), enh, controls=c, config=PreviewConfig(frames=2)).run()
+    assert enh.strengths_seen == [0.3]
+
+
+def test_split_and_overlay_picture():
+    rec = RecordingSink()
+    Preview(SyntheticSource(64, 48, fps=0), RepeatEnhancer(), [rec], controls=Controls(split=True),
+            config=PreviewConfig(frames=2)).run()
+    r = rec.results[-1]
+    pic = r.picture()
+    assert pic.shape == r.after.shape and not np.shares_memory(pic, r.after)
+    assert (pic[-10:, 63] == 255).all()  # divider at the middle (below the overlay text)
+    assert not np.array_equal(pic[:20], r.after[:20])  # overlay text drawn
+
+
+def test_snapshot_is_full_quality_and_atomic(tmp_path):
+    snaps = tmp_path / "snaps"
+    src = SyntheticSource(40, 24, fps=100)
+    p = Preview(src, RepeatEnhancer(), [NullSink()], config=PreviewConfig(snapshot_dir=str(snaps)))
+    p.adaptive = AdaptiveController(30, primary=p.enhancer)
+    p.adaptive.level = 3  # preview runs at reduced size; the snapshot must not
+    p.start()
+    try:
+        path = p.controls.apply("snapshot").result(timeout=20)
+        path2 = p.controls.request_snapshot().result(timeout=20)
+    finally:
+        p.stop()
+        p.wait(10)
+    assert os.path.dirname(path) == str(snaps) and os.path.basename(path).startswith("snapshot-")
+    assert path != path2
+    img = np.asarray(Image.open(path))
+    assert img.shape == (48, 80, 3)
+    seq = int(os.path.basename(path).split("-")[3].split(".")[0])
+    assert np.array_equal(img, nearest(src.frame_at(seq - 1)))
+    assert sorted(os.listdir(snaps)) == sorted(os.path.basename(x) for x in (path, path2))  # no temp files
+
+
+def test_snapshot_request_fails_cleanly_when_no_frame_ever_came():
+    src = HangingSource(0)
+    p = Preview(src, RepeatEnhancer(), config=PreviewConfig(stall_timeout=0.3))
+    f = p.controls.request_snapshot()
+    try:
+        with pytest.raises(SourceLostError):
+            p.run()
+    finally:
+        src.release.set()
+    with pytest.raises(SourceError, match="before a frame"):
+        f.result(timeout=1)
+
+
+# --- adaptive ------------------------------------------------------------------------------------
+
+def test_adaptive_controller_steps_down_and_back_up():
+    a = AdaptiveController(30, primary="main", min_scale=0.5)
+    assert [lvl[1] for lvl in a.levels] == [1.0, 0.875, 0.75, 0.625, 0.5]
+    assert a.update(40.0) and a.current == ("main", 0.875)
+    assert a.update(40.0) and a.current == ("main", 0.75)
+    assert not a.update(30.0)  # in budget: hold
+    for _ in range(2):
+        assert not a.update(10.0)  # predicted 10 * (1/0.875)^2... fits, but needs 3 windows
+    assert a.update(10.0) and a.current == ("main", 0.875)
+    for _ in range(10):
+        a.update(100.0)
+    assert a.current == ("main", 0.5) and a.describe()["lowered"] is True
+
+
+def test_adaptive_switches_to_light_model_first():
+    a = AdaptiveController(30, primary="big", light="small", min_scale=0.75)
+    assert a.levels == [("big", 1.0), ("small", 1.0), ("small", 0.875), ("small", 0.75)]
+    a.update(50.0)
+    assert a.current == ("small", 1.0)
+
+
+def test_light_model_must_match_scale():
+    with pytest.raises(ConfigError, match="same scale"):
+        Preview(SyntheticSource(32, 32), RepeatEnhancer(2), light_enhancer=RepeatEnhancer(4),
+                config=PreviewConfig(target_fps=30))
+
+
+def test_reduced_processing_keeps_output_size():
+    rec, enh = RecordingSink(), RepeatEnhancer()
+    p = Preview(SyntheticSource(64, 48, fps=0), enh, [rec], config=PreviewConfig(frames=3, target_fps=1000))
+    p.adaptive.level = 4  # 0.5 of the input side
+    s = p.run()
+    assert s["processed_size"] == [32, 24] and s["output_size"] == [128, 96]
+    assert all(r.after.shape == (96, 128, 3) for r in rec.results)
+    assert s["adaptive"]["scale"] == 0.5 and s["adaptive"]["target_fps"] == 1000
+
+
+# --- stats ------------------------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_stats_window_and_summary_with_fake_clock():
+    clock = FakeClock()
+    st = Stats(clock=clock)
+    for i in range(30):
+        st.on_capture(dropped=i % 3 == 0)
+    for ms in range(1, 21):  # latencies 1..20 ms
+        st.on_processed(latency_s=ms / 1000, engine_ms=5.0, busy_ms=7.0)
+    clock.t += 1.0
+    w = st.window(model="m")
+    assert w["input_fps"] == 30.0 and w["output_fps"] == 20.0 and w["dropped"] == 10
+    assert w["latency_ms"] == {"p50": 10.0, "p95": 19.0} and w["engine_ms"] == 5.0 and w["model"] == "m"
+    clock.t += 1.0
+    w2 = st.window()
+    assert w2["input_fps"] == 0.0 and w2["latency_ms"]["p50"] is None and w2["dropped_window"] == 0
+    s = st.summary(stop_reason="frames")
+    assert s["final"] and s["input_fps"] == 15.0 and s["latency_ms"] == {"p50": 10.0, "p95": 19.0}
+
+
+@pytest.mark.parametrize("values,q,want", [([5, 1, 3], 50, 3), ([1, 2, 3, 4], 95, 4), ([7], 50, 7), ([], 50, None)])
+def test_percentile_nearest_rank(values, q, want):
+    assert percentile(values, q) == want
+
+
+def test_latency_histogram_is_constant_memory():
+    h = LatencyHistogram()
+    size = h.counts.nbytes
+    for i in range(10000):
+        h.add((i % 100) / 1000)
+    h.add(60.0)  # beyond the last bin: clamped, not grown
+    assert h.counts.nbytes == size and h.percentile(50) == 50.0 and h.percentile(10) == 10.0 and h.percentile(95) == 95.0
+
+
+def test_stats_json_lines(tmp_path):
+    path = tmp_path / "stats.jsonl"
+    w = StatsJsonWriter(str(path))
+    cfg = PreviewConfig(frames=30, stats_interval=0.01)
+    Preview(SyntheticSource(32, 32, fps=200), RepeatEnhancer(), [NullSink()], config=cfg, on_stats=w).run()
+    w.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    *windows, final = lines
+    assert final["final"] is True and final["processed"] == 30 and final["stop_reason"] == "frames"
+    assert windows and all("final" not in x for x in windows)
+    for x in windows:
+        assert {"t", "input_fps", "output_fps", "dropped", "latency_ms", "engine_ms", "model", "adaptive"} <= set(x)
+    assert [x["processed"] for x in windows] == sorted(x["processed"] for x in windows)
+
+
+def test_stats_json_unwritable_folder(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        StatsJsonWriter(str(tmp_path / "missing" / "s.jsonl"))
+
+
+# --- video ------------------------------------------------------------------------------------------
+
+cv2 = pytest.importorskip("cv2", reason="OpenCV (edge-enhance[camera]) not installed")
+
+
+def write_clip(path, n=8, w=32, h=24, fps=10):
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert vw.isOpened()
+    src = SyntheticSource(w, h, fps=0)
+    for i in range(n):
+        vw.write(np.ascontiguousarray(src.frame_at(i)[..., ::-1]))
+    vw.release()
+
+
+def count_frames(path):
+    cap = cv2.VideoCapture(str(path))
+    n, shape = 0, None
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, f.shape
+    cap.release()
+    return n, shape
+
+
+@pytest.mark.parametrize("temporal", [0.0, 0.6])
+def test_enhance_video(tmp_path, temporal, monkeypatch):
+    from edge_enhance.camera import video
+    monkeypatch.setattr(video.shutil, "which", lambda name: None)
+    clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
+    write_clip(clip)
+    calls = []
+    r = video.enhance_video(clip, out, RepeatEnhancer(), temporal=temporal,
+                            progress=lambda **kw: calls.append(kw))
+    assert r.frames == 8 and r.size == (64, 48) and r.audio == "skipped: ffmpeg not on PATH"
+    assert count_frames(out) == (8, (48, 64, 3))
+    assert [c["done"] for c in calls] == list(range(1, 9)) and calls[-1]["total"] == 8
+    assert calls[-1]["eta_s"] == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("dst,words", [("out.xyz", "cannot write video container '.xyz'"),
+                                       ("missing/out.mp4", "does not exist"),
+                                       ("clip.avi", "overwrite the input")])
+def test_enhance_video_unwritable(tmp_path, dst, words):
+    from edge_enhance.camera.video import enhance_video
+    write_clip(tmp_path / "clip.avi", n=2)
+    with pytest.raises(OutputError, match=words):
+        enhance_video(tmp_path / "clip.avi", tmp_path / dst, RepeatEnhancer())
+
+
+def test_enhance_video_undecodable_input(tmp_path):
+    from edge_enhance.camera.video import enhance_video
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(SourceError, match="bad.mp4"):
+        enhance_video(bad, tmp_path / "o.mp4", RepeatEnhancer())
+
+
+def test_temporal_smoothing_still_vs_moving():
+    from edge_enhance.camera.video import TemporalSmoother
+    sm = TemporalSmoother(0.5, scale=2)
+    f0 = np.zeros((2, 2, 3), np.uint8)
+    e0 = nearest(f0) + 40  # residual +40 everywhere
+    assert np.array_equal(sm(f0, e0), e0)  # first frame: unchanged
+    f1 = f0.copy()
+    f1[0, 0] = 200  # one input pixel moves; the rest is still
+    e1 = nearest(f1)  # residual 0 everywhere
+    out = sm(f1, e1).astype(int)
+    assert (out[2:, :] == 20).all()  # still: 0.5 * 40 + 0.5 * 0
+    assert (out[:2, :2] == 200).all()  # moving: residual not smoothed, no ghost of the old +40
+    with pytest.raises(ConfigError):
+        TemporalSmoother(1.5, scale=2)
+
+
+def test_video_source_and_file_sink(tmp_path):
+    clip, out = tmp_path / "clip.avi", tmp_path / "rec.avi"
+    write_clip(clip, n=6)
+    src = open_source(f"file:{clip}@0")
+    sink = VideoFileSink(str(out), fps=10)
+    s = Preview(src, RepeatEnhancer(), [sink]).run()
+    assert s["stop_reason"] == "end of source" and s["captured"] == 6
+    n, shape = count_frames(out)
+    assert 1 <= n <= 6 and shape == (48, 64, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_file_sink_rejects_unknown_container(tmp_path):
+    with pytest.raises(ConfigError, match="needs one of"):
+        VideoFileSink(str(tmp_path / "x.gif"))
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def parse(argv):
+    from edge_enhance.camera.cli import add_arguments
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_cli_preview_bounded_run(tmp_path, monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    made = []
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads: made.append((model, threads)) or RepeatEnhancer())
+    stats = tmp_path / "s.jsonl"
+    rc = cli.main(parse(["--source", "synthetic:48x32@0", "--sink", "null", "--frames", "5",
+                         "--stats-json", str(stats), "--threads", "2"]))
+    assert rc == 0 and made == [("sr-x2-rt", 2)]
+    final = json.loads(stats.read_text().splitlines()[-1])
+    assert final["final"] and final["processed"] == 5
+    assert "5 frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--source", "nope", "--sink", "null"], "unknown source"),
+    (["--source", "synthetic:48x32", "--sink", "tv"], "unknown sink"),
+    (["--source", "synthetic:48x32", "--sink", "null", "--frames", "0"], "--frames 0 must be > 0"),
+])
+def test_cli_errors_are_one_line(argv, words, monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads: RepeatEnhancer())
+    assert cli.main(parse(argv)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("edge-enhance preview: error:") and words in err
+
+
+def test_cli_source_lost_exits_nonzero(monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads: RepeatEnhancer())
+    monkeypatch.setattr(cli, "open_source", lambda spec: FlakySource(4, recover=False))
+    assert cli.main(parse(["--source", "x", "--sink", "null", "--reconnects", "0"])) == 1
+    assert "source lost after 4 frames" in capsys.readouterr().err
+
+
+def test_cli_sigterm_stops_cleanly(tmp_path):
+    # A real process: SIGTERM must end an unbounded run with exit 0 and a final stats line.
+    stats = tmp_path / "s.jsonl"
+    code = (
+        "import sys, argparse; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "from test_camera_doubles import RepeatEnhancer\n"
+        "from edge_enhance.camera import cli\n"
+        "cli._make_enhancer = lambda m, t: RepeatEnhancer()\n"
+        "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
+        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@100', '--sink', 'null', '--stats-json', sys.argv[2]])))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats)], stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+        deadline = time.monotonic() + 60
+        while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait for the first stats line: the loop is running
+        proc.send_signal(15)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    final = json.loads(stats.read_text().splitlines()[-1])
+    assert final["final"] and final["stop_reason"] == "stopped"

@@ -1,0 +1,133 @@
+"""A whole small residual SR net, ONNX file -> every target, verified on real images; and the CLI."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from tests.conversion_testkit import residual_sr_model, run_ort, run_tflite
+
+from conversion.cli import add_arguments, convert, main
+from conversion.errors import ConfigError, VerificationError
+from conversion.verify import default_dataset, verify_tflite
+from edge_enhance.card import ModelCard
+
+SET5 = default_dataset()
+needs_set5 = pytest.mark.skipif(not SET5.is_dir(), reason=f"evaluation images not found at {SET5}")
+CROP = (40, 48)  # keep the suite fast: verify on crops of the real images
+
+
+@pytest.fixture(params=[2, 3], ids=["x2", "x3"])
+def sr_file(request, tmp_path):
+    scale = request.param
+    card = ModelCard(name=f"test-sr-x{scale}", task="sr", scale=scale, receptive_field=7)
+    m = residual_sr_model(np.random.default_rng(scale), scale=scale, card=card)
+    p = tmp_path / f"sr_x{scale}.onnx"
+    p.write_bytes(m.SerializeToString())
+    return p, m
+
+
+@needs_set5
+@pytest.mark.parametrize("to,precision", [("tflite", "fp32"), ("tflite", "fp16"), ("onnx", "fp32"), ("onnx", "fp16")])
+def test_sr_net_every_target(tmp_path, sr_file, to, precision):
+    src, model = sr_file
+    res = convert(src, to, precision=precision, output=tmp_path / f"out_{to}_{precision}.bin", dataset=SET5,
+                  max_images=2, crop=CROP)
+    rep = res.report
+    assert res.output.is_file() and res.size_bytes > 1000
+    assert len(rep.images) == 2
+    if precision == "fp32":
+        assert rep.max_abs_err <= 1e-4
+    else:
+        assert rep.max_abs_err < 1e-2 and rep.psnr_between > 45
+    # The task PSNR is measured on real images for both and must agree closely.
+    assert abs(rep.task_psnr_source - rep.task_psnr_target) < (0.01 if precision == "fp32" else 0.2)
+    if to == "tflite":
+        assert "TRANSPOSE" not in res.ops and res.ops["DEPTH_TO_SPACE"] == 1
+        x = np.random.default_rng(0).uniform(0, 1, (1, 3, 11, 13)).astype(np.float32)
+        y = run_tflite(res.output, x.transpose(0, 2, 3, 1))  # dynamic shape: any size runs
+        np.testing.assert_allclose(y, run_ort(model, x), atol=1e-2 if precision == "fp16" else 1e-4)
+
+
+@needs_set5
+def test_fixed_tile_and_transpose_conv_d2s(tmp_path, sr_file):
+    src, _ = sr_file
+    res = convert(src, "tflite", tile=(32, 40), d2s_as_transpose_conv=True, output=tmp_path / "t.tflite",
+                  dataset=SET5, max_images=1)
+    assert "DEPTH_TO_SPACE" not in res.ops and res.ops["TRANSPOSE_CONV"] == 1
+    assert res.report.max_abs_err <= 1e-4
+
+
+@needs_set5
+def test_verification_failure_raises(tmp_path, sr_file):
+    """A target that computes something else is caught (and the tolerance is real)."""
+    src, model = sr_file
+    from conversion.onnx_import import from_onnx
+    from conversion.tflite_writer import to_tflite
+
+    g = from_onnx(src)
+    conv = next(n for n in g.nodes if n.op == "Conv")
+    g.tensors[conv.inputs[2]].data = g.tensors[conv.inputs[2]].data + 1e-2  # a wrong bias
+    bad = to_tflite(g, tmp_path / "bad.tflite")
+    with pytest.raises(VerificationError, match="exceeds"):
+        verify_tflite(model, bad, dataset=SET5, max_images=1, crop=CROP)
+
+
+def _cli(argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return main(p.parse_args(argv))
+
+
+@needs_set5
+def test_cli_prints_table_and_summary(tmp_path, sr_file, capsys):
+    src, _ = sr_file
+    out = tmp_path / "cli.tflite"
+    rc = _cli([str(src), "--to", "tflite", "-o", str(out), "--dataset", str(SET5), "--verify-images", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file()
+    assert "max|err|" in text and "CONV_2D" in text and "delegate-friendly" in text
+
+
+def test_cli_errors_write_nothing(tmp_path, sr_file, capsys):
+    src, _ = sr_file
+    before = set(tmp_path.iterdir())
+    assert _cli([str(src), "--to", "coreml", "--precision", "int16x8"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+    assert _cli([str(src), "--to", "tflite", "--tile", "abc"]) == 2
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    assert _cli([str(bad), "--to", "tflite", "-o", str(tmp_path / "x.tflite")]) == 1
+    assert "bad.onnx" in capsys.readouterr().err
+    assert set(tmp_path.iterdir()) == before | {bad}
+
+
+def test_convert_rejects_overwriting_input(tmp_path, sr_file):
+    src, _ = sr_file
+    with pytest.raises(ConfigError, match="overwrite"):
+        convert(src, "onnx", output=src)
+
+
+def test_cli_int8_tflite_is_calibrated_quantisation(tmp_path, capsys):
+    pytest.importorskip("quantization")
+    from PIL import Image
+
+    from tests.onnx_models import residual_sr
+
+    src = tmp_path / "small.onnx"
+    residual_sr(src, layers=2, channels=4)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    out = tmp_path / "q.tflite"
+    rc = _cli([str(src), "--to", "tflite", "--precision", "int8", "--io", "uint8", "--calib", str(calib),
+               "--dataset", str(calib), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(out))
+    assert it.get_input_details()[0]["dtype"] == np.uint8
+    assert "drop" in capsys.readouterr().out

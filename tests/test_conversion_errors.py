@@ -1,0 +1,88 @@
+"""Bad input gives one clear error naming the file / nodes; nothing partial is written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conversion_testkit import h, make_model, rand, residual_sr_model
+
+from conversion.errors import ConfigError, ModelFormatError, UnsupportedOpError
+from conversion.onnx_import import from_onnx
+from conversion.tflite_writer import tflite_metadata, to_tflite
+from edge_enhance.card import CARD_KEY, ModelCard
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx file at all \x00\xff" * 10, b"\x08\x07\x12"])
+def test_malformed_file_names_the_file(tmp_path, content):
+    p = tmp_path / "broken.onnx"
+    p.write_bytes(content)
+    with pytest.raises(ModelFormatError, match="broken.onnx"):
+        from_onnx(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFormatError, match="nope.onnx"):
+        from_onnx(tmp_path / "nope.onnx")
+
+
+def test_opset_too_old(tmp_path):
+    m = make_model([h.make_node("Relu", ["x"], ["y"])], {}, [1, 3, 4, 4], opset=9)
+    with pytest.raises(ModelFormatError, match="opset 9"):
+        from_onnx(m)
+
+
+def test_every_unsupported_op_listed_once(tmp_path):
+    rng = np.random.default_rng(0)
+    m = make_model([
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Softmax", ["c"], ["s"], axis=1, name="my_softmax"),
+        h.make_node("LRN", ["s"], ["l"], size=3, name="my_lrn"),
+        h.make_node("Resize", ["l", "", "sc"], ["y"], mode="cubic", name="my_cubic"),
+    ], {"w": rand(rng, 3, 3, 3, 3), "sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, 8, 8])
+    p = tmp_path / "m.onnx"
+    p.write_bytes(m.SerializeToString())
+    with pytest.raises(UnsupportedOpError) as e:
+        from_onnx(p)
+    msg = str(e.value)
+    assert "m.onnx" in msg and "3 unsupported" in msg
+    for name in ("my_softmax (Softmax)", "my_lrn (LRN)", "my_cubic (Resize: mode cubic"):
+        assert name in msg
+
+
+def test_non_image_input_rejected():
+    m = make_model([h.make_node("Relu", ["x"], ["y"])], {}, [1, 3, 8])
+    with pytest.raises(ModelFormatError, match="NCHW"):
+        from_onnx(m)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    """A dynamic bilinear resize cannot be written without a tile: error, and no file at all."""
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", name="up")],
+                   {"sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, "H", "W"])
+    g = from_onnx(m)
+    out = tmp_path / "m.tflite"
+    with pytest.raises(ConfigError, match="tile"):
+        to_tflite(g, out)
+    assert list(tmp_path.iterdir()) == []
+    to_tflite(g, out, tile=(8, 8))  # and with a tile it works
+    assert out.stat().st_size > 0
+
+
+def test_bad_options(tmp_path):
+    g = from_onnx(make_model([h.make_node("Relu", ["x"], ["y"])], {}, [1, 3, 4, 4]))
+    with pytest.raises(ConfigError, match="precision"):
+        to_tflite(g, tmp_path / "a.tflite", precision="fp8")
+    with pytest.raises(ConfigError, match="io"):
+        to_tflite(g, tmp_path / "a.tflite", io="uint8")
+    with pytest.raises(ConfigError, match="folder"):
+        to_tflite(g, tmp_path / "missing" / "a.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_card_travels_into_tflite_metadata(tmp_path):
+    card = ModelCard(name="t-x2", task="sr", scale=2, receptive_field=7, extra={"psnr_set5": 1.0})
+    g = from_onnx(residual_sr_model(np.random.default_rng(0), card=card))
+    assert g.metadata[CARD_KEY] == card.to_json()
+    p = to_tflite(g, tmp_path / "m.tflite", tile=(16, 16))
+    got = ModelCard.from_json(tflite_metadata(p)[CARD_KEY])
+    assert got.layout == "nhwc" and got.tile == (16, 16) and got.scale == 2 and got.extra == card.extra

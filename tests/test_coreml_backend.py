@@ -1,0 +1,44 @@
+"""The Core ML backend: the card is readable anywhere coremltools installs; prediction is macOS only."""
+import platform
+
+import numpy as np
+import pytest
+
+pytest.importorskip("coremltools", reason="coremltools is not installed (pip install edge-enhance[coreml])")
+pytest.importorskip("onnx")
+
+from conversion.coreml_writer import to_coreml  # noqa: E402
+from conversion.onnx_import import from_onnx  # noqa: E402
+from edge_enhance.backends import read_card, sniff_format  # noqa: E402
+from edge_enhance.enhancer import Enhancer  # noqa: E402
+from edge_enhance.errors import BackendUnavailableError  # noqa: E402
+from tests.onnx_models import residual_sr  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mlpackage(tmp_path_factory):
+    d = tmp_path_factory.mktemp("coreml")
+    residual_sr(d / "m.onnx", channels=4)
+    to_coreml(from_onnx(str(d / "m.onnx")), d / "m.mlpackage", tile=(32, 32))
+    return d / "m.mlpackage"
+
+
+def test_card_is_read_from_user_metadata(mlpackage):
+    assert sniff_format(mlpackage) == "coreml"
+    card = read_card(mlpackage)
+    assert card.scale == 2 and card.receptive_field == 9 and card.tile == (32, 32)
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="Core ML predicts on macOS")
+def test_prediction_off_macos_is_a_clear_error(mlpackage):
+    with pytest.raises(BackendUnavailableError, match="only on macOS"):
+        Enhancer(mlpackage)
+
+
+@pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML predict() needs macOS")
+def test_prediction_on_macos_matches_onnx(mlpackage, tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    residual_sr(tmp_path / "m.onnx", channels=4)
+    a = Enhancer(mlpackage).enhance(img).astype(int)
+    b = Enhancer(tmp_path / "m.onnx").enhance(img).astype(int)
+    assert np.abs(a - b).max() <= 2

@@ -1,0 +1,287 @@
+"""Bad and odd image inputs through the real CLI: one clear message naming the file and the cause,
+exit code 1 for a failed file (2 for usage), nothing lost (input bytes unchanged, no partial or
+temporary file in the output folder). Odd-but-valid inputs must just work."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from edge_enhance.cli import main  # noqa: E402
+from tests import hardening_kit as kit  # noqa: E402
+from tests.onnx_models import residual_sr  # noqa: E402
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    p = tmp_path_factory.mktemp("model") / "m.onnx"
+    residual_sr(p)
+    return p
+
+
+def _jpeg() -> bytes:
+    return kit.encode(kit.noise(64, 48, seed=1), "JPEG", quality=90)
+
+
+def _png() -> bytes:
+    return kit.encode(kit.noise(48, 40, seed=2), "PNG")
+
+
+BAD = [
+    # (file name, bytes, cause the message must give)
+    ("zero.jpg", lambda: b"", r"empty file \(0 bytes\)"),
+    ("truncated.jpg", lambda: kit.truncated(_jpeg()), r"truncated or corrupt image data"),
+    ("truncated.png", lambda: kit.truncated(_png()), r"truncated or corrupt image data"),
+    ("text.jpg", lambda: b"Dear family, the photos are attached.\n", r"not an image format Pillow can decode"),
+    ("bomb.png", lambda: kit.raw_png(100_000, 100_000, 8, 2, b"\x00" * 1000), r"decompression bomb"),
+    ("huge.png", lambda: kit.raw_png(20_000, 15_000, 8, 2, b"\x00" * 1000),
+     r"20000x15000 = 300\.0 MP exceeds the limit of 200\.0 MP \(raise it with --max-pixels\)"),
+    ("animated.gif", lambda: kit.animated("GIF"), r"animated image \(2 frames\)"),
+    ("animated.webp", lambda: kit.animated("WEBP"), r"animated image \(2 frames\)"),
+    ("photo.heic", lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
+     r"HEIC/AVIF needs a Pillow plugin: pip install pillow-heif"),
+    ("model.png", lambda: b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64, r"this is a TFLite model, not an image"),
+]
+
+
+@pytest.mark.parametrize("name,make,cause", BAD, ids=[b[0] for b in BAD])
+def test_bad_image_fails_with_one_clear_message(tmp_path, model, capsys, name, make, cause):
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    src.write_bytes(make())
+    before = src.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = main(["enhance", str(src), "-o", str(out), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    failed = [line for line in err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, err
+    assert str(src) in failed[0]
+    assert re.search(cause, failed[0]), failed[0]
+    assert "Traceback" not in err
+    assert src.read_bytes() == before
+    assert kit.files_under(out) == []
+
+
+@pytest.mark.parametrize("name,make,cause", [BAD[0], BAD[2], BAD[4]], ids=["zero", "truncated-png", "bomb"])
+def test_bad_image_in_a_child_process(tmp_path, model, name, make, cause):
+    src = tmp_path / name
+    src.write_bytes(make())
+    r = kit.cli("enhance", src, "-o", tmp_path / "out.png", "--model", model)
+    assert r.returncode == 1, r.stderr
+    assert str(src) in r.stderr and "Traceback" not in r.stderr
+    assert re.search(cause, r.stderr)
+    assert not (tmp_path / "out.png").exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_missing_input_file(tmp_path, model, capsys):
+    rc = main(["enhance", str(tmp_path / "gone.jpg"), "-o", str(tmp_path / "o.jpg"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{tmp_path / 'gone.jpg'}: cannot read (No such file or directory)" in err
+
+
+@pytest.mark.parametrize("argv", [["--tile", "0"], ["--tile", "wide"], ["--strength", "2"], ["--max-pixels", "-1"]])
+def test_usage_errors_exit_2(tmp_path, model, argv, capsys):
+    src = tmp_path / "a.png"
+    src.write_bytes(_png())
+    try:
+        rc = main(["enhance", str(src), "--model", str(model), *argv])
+    except SystemExit as e:  # argparse type errors
+        rc = e.code
+    assert rc == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+# -- odd but valid inputs: they must just work ---------------------------------------------------------
+def _ok(tmp_path, model, name, data, capsys, *extra):
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["enhance", str(src), "-o", str(out), "--model", str(model), *extra])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert src.read_bytes() == data
+    assert not [w for w in caught if "PIL" in w.filename], [str(w.message) for w in caught]
+    assert kit.files_under(out) == [name]  # the output, and no temporary beside it
+    return out / name
+
+
+def test_png_named_jpg_just_works(tmp_path, model, capsys):
+    data = kit.encode(Image.new("RGB", (8, 6), (10, 20, 30)), "PNG")
+    dst = _ok(tmp_path, model, "really-a-png.jpg", data, capsys)
+    with Image.open(dst) as im:
+        assert im.format == "JPEG" and im.size == (16, 12)  # the output follows its own extension
+
+
+def test_one_pixel(tmp_path, model, capsys):
+    dst = _ok(tmp_path, model, "dot.png", kit.encode(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"), capsys)
+    with Image.open(dst) as im:
+        assert im.size == (2, 2) and im.mode == "RGB"
+
+
+def test_sixteen_bit_grey_with_alpha_stays_grey_with_alpha(tmp_path, model, capsys):
+    dst = _ok(tmp_path, model, "ga16.png", kit.grey_alpha_16(), capsys)
+    from edge_enhance.imageio import load_image
+
+    back = load_image(dst)  # (Pillow itself opens a 16-bit grey+alpha PNG as 8-bit RGBA)
+    assert back.grey and back.rgb.shape == (8, 10, 3) and back.alpha is not None
+    assert np.all(back.alpha.astype(np.float64) / back.maxval > 0.55)  # alpha was 40000/65535 everywhere
+
+
+def test_cmyk_without_profile(tmp_path, model, capsys, caplog):
+    data = kit.encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG")
+    dst = _ok(tmp_path, model, "print.jpg", data, capsys)
+    assert "CMYK without an ICC profile" in caplog.text
+    with Image.open(dst) as im:
+        assert im.mode == "RGB" and "icc_profile" not in im.info
+
+
+@pytest.mark.parametrize("mode", ["RGB", "CMYK"])
+def test_broken_icc_profile_is_dropped_not_copied(tmp_path, model, capsys, caplog, mode):
+    colour = (0, 255, 255) if mode == "RGB" else (0, 255, 255, 0)
+    data = kit.encode(Image.new(mode, (8, 8), colour), "JPEG", icc_profile=b"not a profile" * 20)
+    dst = _ok(tmp_path, model, "icc.jpg", data, capsys)
+    assert "ICC profile" in caplog.text and ("unusable" in caplog.text or "unreadable" in caplog.text)
+    with Image.open(dst) as im:
+        assert not im.info.get("icc_profile")
+
+
+def test_good_icc_profile_still_travels(tmp_path, model, capsys):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    dst = _ok(tmp_path, model, "srgb.png", kit.encode(Image.new("RGB", (6, 6)), "PNG", icc_profile=icc), capsys)
+    with Image.open(dst) as im:
+        assert im.info.get("icc_profile") == icc
+
+
+def test_broken_exif_one_warning_and_an_output(tmp_path, model, capsys, caplog):
+    dst = _ok(tmp_path, model, "exif.jpg", kit.broken_exif(), capsys)
+    assert len([r for r in caplog.records if "EXIF" in r.getMessage()]) == 1
+    with Image.open(dst) as im:
+        assert im.size == (16, 16)
+
+
+def test_output_is_readable_by_others_like_any_new_file(tmp_path, model, capsys):
+    dst = _ok(tmp_path, model, "a.png", _png(), capsys)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_long_strip_is_enhanced_and_correct(tmp_path, model, capsys):
+    """100000 x 1: tiling must cope with a one-pixel-high image and stay exact."""
+    ort = pytest.importorskip("onnxruntime")
+    from edge_enhance.tiling import reflect_index
+
+    rgb = np.random.default_rng(3).integers(0, 256, (1, 100_000, 3), dtype=np.uint8)
+    dst = _ok(tmp_path, model, "strip.png", kit.encode(Image.fromarray(rgb), "PNG"), capsys, "--memory", "4")
+    got = np.asarray(Image.open(dst))
+    assert got.shape == (2, 200_000, 3)
+    # Reference: the model run once on the whole reflect-padded strip by ONNX Runtime directly.
+    m = 4  # receptive field 9
+    padded = rgb[reflect_index(np.arange(-m, 1 + m), 1)[:, None], reflect_index(np.arange(-m, 100_000 + m), 100_000)]
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    x = (padded.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    y = sess.run(None, {"x": x})[0][0].transpose(1, 2, 0)[2 * m:2 * m + 2, 2 * m:2 * m + 200_000]
+    want = np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want).max() <= 1  # float summation order may flip a rounding
+    assert (got != want).mean() < 1e-3
+
+
+# -- the file system fights back ---------------------------------------------------------------------
+def test_disk_full_removes_the_partial_file_and_keeps_the_input(tmp_path, model, capsys, monkeypatch):
+    src = tmp_path / "in" / "a.png"
+    src.parent.mkdir()
+    data = _png()
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_save = Image.Image.save
+
+    def half_then_enospc(self, fp, *a, **k):
+        real_save(self, fp, *a, **k)  # some bytes reach the temporary file first
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", half_then_enospc)
+    rc = main(["enhance", str(src), "-o", str(out), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{out / 'a.png'}: cannot write (No space left on device)" in err
+    assert kit.files_under(out) == [] and src.read_bytes() == data
+
+
+def test_disk_full_keeps_a_previous_output(tmp_path, model, capsys, monkeypatch):
+    src = tmp_path / "a.png"
+    src.write_bytes(_png())
+    dst = tmp_path / "o.png"
+    dst.write_bytes(b"last week's result")
+
+    def enospc(self, fp, *a, **k):
+        fp.write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", enospc)
+    assert main(["enhance", str(src), "-o", str(dst), "--model", str(model)]) == 1
+    assert dst.read_bytes() == b"last week's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "o.png"]
+
+
+def _as_unprivileged(tmp_path, model, setup):
+    """Run the CLI where permissions bite: in-process when not root, as `nobody` in a child when root."""
+    if not IS_ROOT:
+        src, out = setup(tmp_path)
+        rc = main(["enhance", str(src), "-o", str(out), "--model", str(model)])
+        return rc, None, src, out
+    with kit.world_readable_dir() as d:
+        (d / "m.onnx").write_bytes(model.read_bytes())
+        src, out = setup(d)
+        (d / "warm.png").write_bytes(_png())
+        warm = ["enhance", d / "warm.png", "-o", d / "warm-out.png", "--model", d / "m.onnx", "-q"]
+        r = kit.cli_as_nobody(warm, ["enhance", src, "-o", out, "--model", d / "m.onnx"], cwd=d)
+        return r.returncode, r.stderr, src, kit.files_under(out) if out.is_dir() else None
+
+
+def test_unreadable_input(tmp_path, model, capsys):
+    def setup(d):
+        src = d / "secret.png"
+        src.write_bytes(_png())
+        src.chmod(0)
+        out = d / "out"
+        out.mkdir()
+        out.chmod(0o777)
+        return src, out
+
+    rc, err, src, out = _as_unprivileged(tmp_path, model, setup)
+    err = err if err is not None else capsys.readouterr().err
+    assert rc == 1 and f"{src}: cannot read (Permission denied)" in err and "Traceback" not in err
+    assert (kit.files_under(out) if not isinstance(out, list) else out) == []
+
+
+def test_output_folder_not_writable(tmp_path, model, capsys):
+    def setup(d):
+        src = d / "a.png"
+        src.write_bytes(_png())
+        src.chmod(0o644)
+        out = d / "out"
+        out.mkdir()
+        out.chmod(0o555)
+        return src, out
+
+    rc, err, src, out = _as_unprivileged(tmp_path, model, setup)
+    err = err if err is not None else capsys.readouterr().err
+    assert rc == 1 and "is not writable" in err and "Traceback" not in err
+    assert (kit.files_under(out) if not isinstance(out, list) else out) == []

@@ -1,0 +1,186 @@
+"""Training recipes: tiny runs, re-parameterisation, ONNX export equal to torch, card round trip."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+onnx = pytest.importorskip("onnx", reason="export needs onnx")
+ort = pytest.importorskip("onnxruntime", reason="export checks need onnxruntime")
+from PIL import Image  # noqa: E402
+
+from edge_enhance.card import CARD_KEY, ModelCard  # noqa: E402
+from edge_enhance.errors import ConfigError  # noqa: E402
+from training import export as ex  # noqa: E402
+from training.data import PatchSampler  # noqa: E402
+from training.model import ResidualNet, depth_to_space_dcr  # noqa: E402
+from training.recipes import RECIPES, Recipe  # noqa: E402
+from training.train import build_model, export_model, train  # noqa: E402
+
+CONVERTER_OPS = {"Conv", "Relu", "Concat", "Add", "DepthToSpace", "Clip"}
+
+
+def _images(n=3, size=(40, 44), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3)).astype(np.uint8) for _ in range(n)]
+
+
+def _perturbed(model: ResidualNet, seed=0) -> ResidualNet:
+    # Every branch non-trivial so a wrong collapse cannot hide behind near-zero weights.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """A stand-in for ../shared/data with a two-image eval/Set5, so Set5 logging runs in tests."""
+    d = tmp_path / "data" / "eval" / "Set5"
+    d.mkdir(parents=True)
+    for i, im in enumerate(_images(2, (24, 28), seed=1)):
+        Image.fromarray(im).save(d / f"{i}.png")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_depth_to_space_dcr_matches_onnx(s):
+    x = np.random.default_rng(0).random((1, 3 * s * s, 4, 5), dtype=np.float32)
+    node = onnx.helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=s, mode="DCR")
+    g = onnx.helper.make_graph([node], "d2s", [onnx.helper.make_tensor_value_info("x", 1, x.shape)],
+                               [onnx.helper.make_tensor_value_info("y", 1, None)])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(depth_to_space_dcr(torch.from_numpy(x), s).numpy(), want)
+
+
+@pytest.mark.parametrize("scale, channels, convs", [(1, 6, 3), (2, 5, 4), (3, 4, 2), (4, 4, 3)])
+def test_reparam_collapse_equals_multi_branch_forward(scale, channels, convs):
+    m = _perturbed(ResidualNet(scale, channels, convs))
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(1)) * 0.2 + 0.4
+    with torch.no_grad():
+        a, b = m(x), m.forward_collapsed(x)
+    assert a.shape == (1, 3, 9 * scale, 11 * scale)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert m.receptive_field == 2 * convs + 1
+    assert m.deploy_params() == sum(w.numel() + o.numel() for w, o in m.collapsed())
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_zero_residual_is_the_nearest_or_identity_base(scale):
+    m = _perturbed(ResidualNet(scale, 4, 3))
+    with torch.no_grad():
+        for conv in (m.layers[-1].k3, m.layers[-1].k1):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    x = torch.rand(1, 3, 5, 6)
+    want = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest") if scale > 1 else x
+    torch.testing.assert_close(m(x), want)
+
+
+def test_every_recipe_fits_its_budget():
+    for r in RECIPES.values():
+        m = build_model(r)
+        if r.max_params:
+            assert m.deploy_params() <= r.max_params, r.name
+        if r.max_macs:
+            assert m.macs_per_pixel() <= r.max_macs, r.name
+    with pytest.raises(ConfigError, match="exceed the budget"):
+        build_model(Recipe("big", "sr", 2, channels=64, convs=8, patch=16, max_params=50_000))
+    with pytest.raises(ConfigError, match="scale 1"):
+        Recipe("bad", "denoise", 2, channels=4, convs=2, patch=16)
+
+
+@pytest.mark.parametrize("task, scale", [("sr", 2), ("denoise", 1), ("dejpeg", 1), ("enhance", 2)])
+def test_sampler_shapes_and_range(task, scale):
+    r = Recipe(f"t-{task}", task, scale, channels=4, convs=2, patch=8, batch=3)
+    x, y = PatchSampler(r, _images(2, (60, 64)), seed=0).sample()
+    assert x.shape == (3, 3, 8, 8) and y.shape == (3, 3, 8 * scale, 8 * scale)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert not torch.equal(x, y[:, :, ::scale, ::scale])  # the input is degraded
+
+
+@pytest.mark.parametrize("task, scale", [("sr", 2), ("denoise", 1), ("dejpeg", 1), ("enhance", 2)])
+def test_train_few_steps_logs_set5_checkpoints_and_resumes(tmp_path, data_root, task, scale):
+    r = Recipe(f"t-{task}", task, scale, channels=4, convs=3, patch=8, batch=2, eval_every=2)
+    ck = tmp_path / "ck"
+    images = _images(2, (60, 64))
+    m, state = train(r, ckpt_dir=ck, data_root=data_root, steps=3, images=images)
+    assert state["step"] == 3 and (ck / "last.pt").exists()
+    assert [h[0] for h in state["history"]] == [2] and np.isfinite(state["history"][0][2])
+    before = [p.detach().clone() for p in m.parameters()]
+    m2, state2 = train(r, ckpt_dir=ck, data_root=data_root, steps=5, images=images)
+    assert state2["step"] == 5 and [h[0] for h in state2["history"]] == [2, 4]
+    assert any(not torch.equal(a, b) for a, b in zip(before, m2.parameters()))
+
+
+@pytest.mark.parametrize("task, scale", [("sr", 2), ("sr", 4), ("denoise", 1)])
+def test_export_equals_torch_and_card_parses(tmp_path, data_root, task, scale):
+    r = Recipe(f"t-{task}", task, scale, channels=5, convs=3, patch=8, batch=2)
+    m = _perturbed(ResidualNet(scale, 5, 3), seed=3)
+    state = {"step": 7, "elapsed": 12.0, "history": []}
+    card = export_model(r, m, state, tmp_path / "out", data_root=data_root, evaluate_sets=False)
+    path = tmp_path / "out" / f"t-{task}.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert {n.op_type for n in model.graph.node} <= CONVERTER_OPS
+    assert all(o.version == 17 for o in model.opset_import)
+    d2s = [n for n in model.graph.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == (scale > 1)
+    assert all(a.s == b"DCR" for n in d2s for a in n.attribute if a.name == "mode")
+    x = torch.rand(1, 3, 13, 10)
+    with torch.no_grad():
+        want = m(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (1, 3, 13 * scale, 10 * scale)
+    assert np.abs(got - want).max() < 1e-5
+    props = {p.key: p.value for p in model.metadata_props}
+    parsed = ModelCard.from_json(props[CARD_KEY])
+    assert parsed == card
+    assert (parsed.task, parsed.scale, parsed.receptive_field, parsed.layout) == (task, scale, 7, "nchw")
+    assert parsed.base == ("identity" if scale == 1 else "nearest")
+    assert parsed.params == m.deploy_params() and parsed.macs_per_pixel == m.macs_per_pixel()
+    assert parsed.extra["steps"] == 7 and "recipe" in parsed.extra
+    assert not list((tmp_path / "out").glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path, data_root, monkeypatch):
+    r = Recipe("t-sr", "sr", 2, channels=4, convs=2, patch=8)
+    m = _perturbed(ResidualNet(2, 4, 2))
+    monkeypatch.setattr(ex, "max_abs_error", lambda *a, **k: 1e-3)
+    with pytest.raises(ConfigError, match="differs from torch"):
+        export_model(r, m, {"step": 1, "elapsed": 1.0, "history": []}, tmp_path, data_root=data_root, evaluate_sets=False)
+    assert not (tmp_path / "t-sr.onnx").exists()
+
+
+def test_report_table_lists_exported_models(tmp_path, data_root):
+    from training.report import table
+
+    r = Recipe("t-sr", "sr", 2, channels=4, convs=2, patch=8)
+    m = _perturbed(ResidualNet(2, 4, 2))
+    export_model(r, m, {"step": 3, "elapsed": 60.0, "history": []}, tmp_path, data_root=data_root, evaluate_sets=False)
+    rows = table(tmp_path).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| t-sr |") and f"| {m.deploy_params()} |" in rows[2]
+
+
+def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
+    from training import queue
+
+    root = tmp_path / "data"
+    for sub, n in (("train/T91", 2), ("train/BSD200", 1), ("eval/Set5", 1), ("eval/Set14", 1), ("eval/BSD100", 1)):
+        (root / sub).mkdir(parents=True)
+        for i, im in enumerate(_images(n, (36, 40), seed=len(sub))):
+            Image.fromarray(im).save(root / sub / f"{i}.png")
+    r = Recipe("t-q", "sr", 2, channels=4, convs=2, patch=8, batch=2, eval_every=10_000)
+    monkeypatch.setattr(queue, "QUEUE", (("t-q", 0.01),))
+    monkeypatch.setattr(queue, "get", lambda name: r)
+    args = ["--out", str(tmp_path / "out"), "--ckpt", str(tmp_path / "ck"), "--data", str(root)]
+    assert queue.main(args) == 0
+    out = tmp_path / "out" / "t-q.onnx"
+    card = ex.read_card(out)
+    assert set(card.extra["psnr"]) == {"Set5", "Set14", "BSD100"} and card.extra["steps"] >= 1
+    stamp = out.stat().st_mtime_ns
+    assert queue.main(args) == 0  # budget already covered: nothing retrained or rewritten
+    assert out.stat().st_mtime_ns == stamp
+    assert queue.main(args + ["--factor", "3"]) == 0  # a larger budget resumes and re-exports
+    assert ex.read_card(out).extra["steps"] > card.extra["steps"]

@@ -1,0 +1,71 @@
+"""Bundle a trained model: calibrated int8 TFLite beside its ONNX in edge_enhance/models, with the
+int8 file's own measured PSNR in its card (the float numbers kept as psnr_fp32).
+
+    python -m training.bundle sr-x2 [sr-x2-rt ...]
+
+Uses the quantiser's defaults (percentile ranges, GPTQ rounding, CLE / bias correction where they
+help) and the exact evaluation protocol on the issue's datasets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.models import MODELS_DIR
+
+SR_SETS = ("Set5", "Set14", "BSD100")
+SETTINGS = {  # task -> [(label, dataset, evaluate() keyword)]
+    "sr": [(s, s, {}) for s in SR_SETS],
+    "denoise": [(f"CBSD68 s{s}", "CBSD68", {"sigma": s}) for s in (15, 25, 50)],
+    "dejpeg": [(f"Kodak24 q{q}", "Kodak24", {"quality": q}) for q in (20, 30, 40)],
+    "enhance": [("Kodak24", "Kodak24", {})],
+}
+
+
+def bundle(name: str, data: Path) -> dict:
+    from edge_enhance.enhancer import Enhancer
+    from edge_enhance.evaluation import evaluate
+    from quantization.calibration import calibration_set
+    from quantization.quantize import quantize_model, write_tflite
+    from quantization.report import load_model
+
+    src = MODELS_DIR / f"{name}.onnx"
+    out = MODELS_DIR / f"{name}.int8.tflite"
+    t0 = time.perf_counter()
+    g, card = load_model(src)
+    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale), method="percentile")
+    write_tflite(res.graph, out)
+    psnr = {}
+    for label, ds, kw in SETTINGS[card.task]:
+        psnr[label] = round(evaluate(Enhancer(out).enhance_rgb, data / ds, card.task, scale=card.scale,
+                                     with_ssim=False, **kw).psnr, 3)
+    d = json.loads(res.graph.metadata[CARD_KEY])
+    extra = d.setdefault("extra", {})
+    extra["psnr_fp32"] = extra.get("psnr", d.pop("psnr", None))
+    extra["psnr"] = psnr
+    extra["quantization"] = {"method": "percentile", "cle": res.report.cle,
+                             "bias_correction": res.report.bias_correction,
+                             "precision": "int8 (per-channel weights, int8 activations)"}
+    ModelCard.from_dict(d)  # still a valid card
+    res.graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
+    write_tflite(res.graph, out)  # again, now carrying its own measured numbers
+    return {"name": name, "file": out.name, "kb": round(out.stat().st_size / 1024, 1), "int8": psnr,
+            "fp32": extra["psnr_fp32"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="+")
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "eval")
+    args = p.parse_args(argv)
+    for name in args.names:
+        print(json.dumps(bundle(name, args.data)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

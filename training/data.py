@@ -1,0 +1,98 @@
+"""Training patches from ../shared/data/train (T91 + BSD200), degraded on the fly per the protocol.
+
+All images are held in memory as uint8 (about 100 MB). SR inputs come from the whole-image Pillow
+bicubic LR (HR mod-cropped, exactly as the evaluation protocol), so patches carry no resize border
+artefacts; flips and 90-degree rotations are applied to the (input, target) pair.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_enhance.evaluation import Degradation, degrade, jpeg, list_images, load_rgb, mod_crop, sr_pair
+
+from .recipes import Recipe
+
+TRAIN_SETS = ("T91", "BSD200")
+
+
+def default_data_root() -> Path:
+    """$EDGE_ENHANCE_DATA, else the nearest ``shared/data`` beside the repository root or above it
+    (``../shared/data`` from /work/main; worktrees sit one level deeper)."""
+    env = os.environ.get("EDGE_ENHANCE_DATA")
+    if env:
+        return Path(env)
+    for d in Path(__file__).resolve().parents[1].parents:
+        if (d / "shared" / "data" / "train").is_dir():
+            return d / "shared" / "data"
+    raise FileNotFoundError("no shared/data above the repository; set EDGE_ENHANCE_DATA or pass --data")
+
+
+def load_train_images(root: Path | None = None, sets=TRAIN_SETS) -> list[np.ndarray]:
+    root = Path(root) if root else default_data_root()
+    return [load_rgb(p) for s in sets for p in list_images(root / "train" / s)]
+
+
+def _augment(rng: np.random.Generator, *arrays):
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k)
+        out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
+    return out
+
+
+def _to_tensor(batch: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class PatchSampler:
+    """Draws (input, target) batches for one recipe; deterministic for a given seed."""
+
+    def __init__(self, recipe: Recipe, images: list[np.ndarray], seed: int = 0):
+        self.r = recipe
+        self.rng = np.random.default_rng(seed)
+        s, p = recipe.scale, recipe.patch
+        need = p * s + (16 * s if recipe.task == "enhance" else 0)
+        self.images = [im for im in images if min(im.shape[:2]) >= need]
+        if not self.images:
+            raise ValueError(f"no training image is at least {need} pixels on its short side")
+        self.pairs = [sr_pair(im, s) for im in self.images] if recipe.task == "sr" else None
+
+    def sample(self, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for _ in range(batch or self.r.batch):
+            x, y = self._one()
+            x, y = _augment(self.rng, x, y)
+            xs.append(x)
+            ys.append(y)
+        return _to_tensor(xs), _to_tensor(ys)
+
+    def _crop(self, im: np.ndarray, side: int) -> np.ndarray:
+        h, w = im.shape[:2]
+        i, j = int(self.rng.integers(h - side + 1)), int(self.rng.integers(w - side + 1))
+        return im[i:i + side, j:j + side]
+
+    def _one(self) -> tuple[np.ndarray, np.ndarray]:
+        r, rng, p, s = self.r, self.rng, self.r.patch, self.r.scale
+        k = int(rng.integers(len(self.images)))
+        if r.task == "sr":
+            hr, lr = self.pairs[k]
+            i, j = int(rng.integers(lr.shape[0] - p + 1)), int(rng.integers(lr.shape[1] - p + 1))
+            return lr[i:i + p, j:j + p], hr[i * s:(i + p) * s, j * s:(j + p) * s]
+        if r.task == "denoise":
+            clean = self._crop(self.images[k], p)
+            sigma = rng.uniform(0.0, r.sigma_max)
+            noisy = np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+            return noisy, clean
+        if r.task == "dejpeg":
+            clean = self._crop(self.images[k], p)
+            return jpeg(clean, int(rng.integers(r.quality_range[0], r.quality_range[1] + 1))), clean
+        # enhance: degrade an HR crop with an 8-LR-pixel margin, keep the centre (no border effects).
+        m = 8
+        hr = mod_crop(self._crop(self.images[k], (p + 2 * m) * s), s)
+        lr = degrade(hr, s, rng, Degradation.draw(rng))
+        return lr[m:m + p, m:m + p], hr[m * s:(m + p) * s, m * s:(m + p) * s]

@@ -1,0 +1,103 @@
+"""Plain residual networks in image space, with re-parameterisable training blocks.
+
+Network (scale s, C channels, n convs): 3x3 conv + ReLU at input resolution throughout, the last
+conv emits 3*s*s channels; output = Clip(DepthToSpace_DCR(Concat([x] * s*s) + body(x)), 0, 1).
+With DCR ordering, channel (i*s + j)*3 + c of the last conv lands on sub-pixel (i, j) of colour c,
+so Concat of s*s copies of the input is exactly nearest-neighbour upsampling (the card's base).
+For s = 1 (denoise, dejpeg) it is Clip(x + body(x), 0, 1) (base "identity").
+
+Training blocks (RepConv): 3x3 + 1x1 (+ identity when cin == cout) branches, all linear, summed
+before the ReLU; :meth:`RepConv.collapse` folds them into one 3x3 conv for export.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def depth_to_space_dcr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """ONNX DepthToSpace mode DCR (TFLite DEPTH_TO_SPACE ordering); torch pixel_shuffle is CRD."""
+    n, c, h, w = x.shape
+    x = x.view(n, s, s, c // (s * s), h, w).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(n, c // (s * s), h * s, w * s)
+
+
+class RepConv(nn.Module):
+    def __init__(self, cin: int, cout: int, identity: bool = True):
+        super().__init__()
+        self.cin, self.cout = cin, cout
+        self.k3 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.k1 = nn.Conv2d(cin, cout, 1)
+        self.identity = identity and cin == cout
+
+    def forward(self, x):
+        y = self.k3(x) + self.k1(x)
+        return y + x if self.identity else y
+
+    @torch.no_grad()
+    def collapse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [cout, cin, 3, 3], bias [cout]) of the single equivalent 3x3 conv."""
+        w = self.k3.weight.clone()
+        w[:, :, 1, 1] += self.k1.weight[:, :, 0, 0]
+        if self.identity:
+            w[:, :, 1, 1] += torch.eye(self.cout, dtype=w.dtype, device=w.device)
+        return w, self.k3.bias + self.k1.bias
+
+
+class ResidualNet(nn.Module):
+    """``convs`` RepConv layers of ``channels`` channels; ReLU between them, none after the last."""
+
+    def __init__(self, scale: int, channels: int, convs: int):
+        super().__init__()
+        if convs < 2:
+            raise ValueError("ResidualNet needs at least 2 convs")
+        self.scale = scale
+        widths = [3] + [channels] * (convs - 1) + [3 * scale * scale]
+        self.layers = nn.ModuleList(RepConv(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        # Start as the plain base (nearest / identity): the residual begins near zero.
+        with torch.no_grad():
+            last = self.layers[-1]
+            for conv in (last.k3, last.k1):
+                conv.weight.mul_(0.1)
+                conv.bias.zero_()
+
+    def body(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+    def forward(self, x):
+        return self._head(x, self.body(x))
+
+    def _head(self, x, r):
+        s = self.scale
+        if s == 1:
+            return torch.clamp(x + r, 0.0, 1.0)
+        return torch.clamp(depth_to_space_dcr(x.repeat(1, s * s, 1, 1) + r, s), 0.0, 1.0)
+
+    def collapsed(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [layer.collapse() for layer in self.layers]
+
+    def forward_collapsed(self, x):
+        """The deploy graph (one 3x3 conv per layer) in torch: what the ONNX export computes."""
+        h = x
+        convs = self.collapsed()
+        for i, (w, b) in enumerate(convs):
+            h = F.conv2d(h, w, b, padding=1)
+            if i < len(convs) - 1:
+                h = F.relu(h)
+        return self._head(x, h)
+
+    @property
+    def receptive_field(self) -> int:
+        return 2 * len(self.layers) + 1
+
+    def deploy_params(self) -> int:
+        return sum(w.numel() + b.numel() for w, b in self.collapsed())
+
+    def macs_per_pixel(self) -> int:
+        """Multiply-accumulates per input pixel of the collapsed convs (adds/clip not counted)."""
+        return sum(w.numel() for w, _ in self.collapsed())

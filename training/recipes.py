@@ -1,0 +1,78 @@
+"""One frozen recipe per bundled model: task, architecture, data and schedule.
+
+Budgets (issue 3): sr-x2/x3/x4 <= 50k params, sr-x2-rt <= 25k MACs per input pixel,
+denoise / dejpeg / enhance-x2 <= 100k params. Checked when a model is built (see train.build_model).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_enhance.errors import ConfigError
+
+TASKS = ("sr", "denoise", "dejpeg", "enhance")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    task: str
+    scale: int
+    channels: int
+    convs: int
+    patch: int  # side of an input (LR) training patch
+    batch: int = 16
+    lr: float = 1e-3
+    minutes: float = 30.0  # default wall-clock budget (time-based cosine schedule)
+    max_params: int | None = None
+    max_macs: int | None = None
+    sigma_max: float = 50.0  # denoise: blind sigma U(0, sigma_max)
+    quality_range: tuple[int, int] = (10, 90)  # dejpeg: quality U(lo, hi)
+    eval_every: int = 250  # steps between Set5 logs
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"recipe {self.name}: task {self.task!r} not in {TASKS}")
+        if self.task in ("denoise", "dejpeg") and self.scale != 1:
+            raise ConfigError(f"recipe {self.name}: {self.task} models have scale 1")
+        if self.task in ("sr", "enhance") and self.scale < 2:
+            raise ConfigError(f"recipe {self.name}: {self.task} needs scale >= 2")
+        if self.channels < 1 or self.convs < 2 or self.patch < 8 or self.batch < 1:
+            raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
+        if not (self.lr > 0 and self.minutes > 0):
+            raise ConfigError(f"recipe {self.name}: lr and minutes must be positive")
+        lo, hi = self.quality_range
+        if not 1 <= lo <= hi <= 100:
+            raise ConfigError(f"recipe {self.name}: JPEG quality range {self.quality_range} not in 1..100")
+
+    @property
+    def base(self) -> str:
+        return "identity" if self.scale == 1 else "nearest"
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(r: Recipe) -> Recipe:
+    if r.name in RECIPES:
+        raise ConfigError(f"recipe {r.name!r} registered twice")
+    RECIPES[r.name] = r
+    return r
+
+
+# 8 convs x 28 channels: 46k params, receptive field 17.
+register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=45, max_params=50_000))
+# 6 convs x 24 channels: 24k MACs per input pixel.
+register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=15, max_macs=25_000))
+register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=10, max_params=50_000))
+register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=15, max_params=50_000))
+# Full-resolution networks: compute per pixel = params, so they stay well under the 100k cap.
+register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=20, max_params=100_000))
+register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=15, max_params=100_000))
+register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=15, max_params=100_000))
+
+
+def get(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"no recipe {name!r}; known: {', '.join(RECIPES)}") from None

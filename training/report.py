@@ -1,0 +1,27 @@
+"""Markdown table of exported models from their embedded cards: ``python -m training.report DIR``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .export import read_card
+
+
+def table(folder: Path) -> str:
+    lines = ["| model | measured PSNR (dB) [input / baseline] | params | MACs/px | RF | steps | train min |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted(Path(folder).glob("*.onnx")):
+        c = read_card(path)
+        e = c.extra
+        psnr = ", ".join(f"{k} {v:.2f} [{e.get('input_psnr', {}).get(k, float('nan')):.2f}]"
+                         for k, v in e.get("psnr", {}).items())
+        peer = e.get("input_psnr", {}).get("Kodak24/degraded sr-x2")
+        if peer is not None:
+            psnr += f"; sr-x2 on same input {peer:.2f}"
+        lines.append(f"| {c.name} | {psnr} | {c.params} | {c.macs_per_pixel} | {c.receptive_field} | "
+                     f"{e.get('steps')} | {e.get('train_minutes')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp/edge-enhance/export")))

@@ -1,0 +1,239 @@
+"""Train one bundled model and export it: ``python -m training.train sr-x2 --out DIR``.
+
+Adam + L1, cosine learning rate over the budget (``--steps N``, else ``--minutes M`` of wall
+clock, so a 2-core CPU run ends on time), checkpoint + resume every few minutes under
+``--ckpt`` (default /var/tmp/edge-enhance/ckpt/<name>/last.pt), Set5 PSNR logged with the exact
+evaluation protocol every ``eval_every`` steps, CUDA when present. At the end the collapsed network
+is written as ONNX fp32, checked against torch in onnxruntime, measured on the standard sets with
+the protocol, and the card (with recipe, data, steps, time, PSNR) is embedded.
+Running the same command again resumes; a larger --minutes / --steps continues training.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_enhance.card import ModelCard
+from edge_enhance.errors import ConfigError
+from edge_enhance.evaluation import evaluate
+
+from . import export as ex
+from .data import PatchSampler, default_data_root, load_train_images
+from .model import ResidualNet
+from .recipes import RECIPES, Recipe, get
+
+log = logging.getLogger("training")
+DEFAULT_CKPT = Path("/var/tmp/edge-enhance/ckpt")
+CKPT_EVERY_S = 180.0
+VERSION = "1"
+
+
+def build_model(r: Recipe) -> ResidualNet:
+    m = ResidualNet(r.scale, r.channels, r.convs)
+    if r.max_params is not None and m.deploy_params() > r.max_params:
+        raise ConfigError(f"recipe {r.name}: {m.deploy_params()} params exceed the budget {r.max_params}")
+    if r.max_macs is not None and m.macs_per_pixel() > r.max_macs:
+        raise ConfigError(f"recipe {r.name}: {m.macs_per_pixel()} MACs/pixel exceed the budget {r.max_macs}")
+    return m
+
+
+def torch_fn(model: ResidualNet, device):
+    """RGB uint8 -> RGB uint8 through the torch model (for the Set5 log during training)."""
+    @torch.no_grad()
+    def fn(rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
+        y = model(x)[0].permute(1, 2, 0).cpu().numpy()
+        return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
+    return fn
+
+
+def quick_eval_args(r: Recipe) -> dict:
+    if r.task == "denoise":
+        return {"sigma": 25.0}
+    if r.task == "dejpeg":
+        return {"quality": 30}
+    return {"scale": r.scale}
+
+
+def full_eval_plan(r: Recipe) -> list[tuple[str, str, dict]]:
+    """(label, eval set, protocol args) for the card: the sets the issue's bars are stated on."""
+    if r.task == "sr":
+        return [(d, d, {"scale": r.scale}) for d in ("Set5", "Set14", "BSD100")]
+    if r.task == "denoise":
+        return [(f"CBSD68/sigma{s}", "CBSD68", {"sigma": float(s)}) for s in (15, 25, 50)] + [
+            ("Kodak24/sigma25", "Kodak24", {"sigma": 25.0})]
+    if r.task == "dejpeg":
+        return [(f"Kodak24/q{q}", "Kodak24", {"quality": q}) for q in (20, 30, 40)]
+    return [("Kodak24/degraded", "Kodak24", {"scale": r.scale})]
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None = None,
+          steps: int | None = None, seed: int = 0, images=None) -> tuple[ResidualNet, dict]:
+    """Train (or resume) until the budget is spent; returns the model and the checkpoint state."""
+    torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    budget_s = 60.0 * (minutes if minutes is not None else r.minutes)
+    torch.manual_seed(seed)
+    model = build_model(r).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=r.lr)
+    sampler = PatchSampler(r, images if images is not None else load_train_images(data_root), seed=seed)
+    state = {"step": 0, "elapsed": 0.0, "history": []}
+    path = Path(ckpt_dir) / "last.pt"
+    if path.exists():
+        ck = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sampler.rng.bit_generator.state = ck["rng"]
+        state = {k: ck[k] for k in ("step", "elapsed", "history")}
+        log.info("%s: resumed from %s at step %d (%.1f min)", r.name, path, state["step"], state["elapsed"] / 60)
+
+    def save():
+        _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
+                      "recipe": r.name, **state}, path)
+
+    def progress():
+        return min(1.0, state["step"] / steps) if steps else min(1.0, state["elapsed"] / budget_s)
+
+    def quick_eval():
+        model.eval()
+        res = evaluate(torch_fn(model, device), data_root / "eval" / "Set5",
+                       "enhance" if r.task == "enhance" else r.task, with_ssim=False, **quick_eval_args(r))
+        model.train()
+        state["history"].append((state["step"], round(state["elapsed"], 1), round(res.psnr, 3)))
+        log.info("%s: step %d  %.1f min  Set5 %.3f dB (input %.3f dB)", r.name, state["step"],
+                 state["elapsed"] / 60, res.psnr, res.baseline_psnr)
+
+    model.train()
+    last_ck = t_log = time.monotonic()
+    loss_acc, n_acc = 0.0, 0
+    while progress() < 1.0:
+        t0 = time.monotonic()
+        lr = 0.5 * r.lr * (1.0 + math.cos(math.pi * progress()))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = sampler.sample()
+        x, y = x.to(device), y.to(device)
+        loss = F.l1_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        loss_acc += loss.item()
+        n_acc += 1
+        if state["step"] % r.eval_every == 0:
+            quick_eval()
+        state["elapsed"] += time.monotonic() - t0
+        now = time.monotonic()
+        if now - t_log > 60:
+            log.info("%s: step %d  loss %.5f  lr %.2e  %.2f steps/s  %.0f%%", r.name, state["step"],
+                     loss_acc / n_acc, lr, n_acc / (now - t_log), 100 * progress())
+            t_log, loss_acc, n_acc = now, 0.0, 0
+        if now - last_ck > CKPT_EVERY_S:
+            save()
+            last_ck = now
+    save()
+    model.eval()
+    return model.cpu(), state
+
+
+def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_root: Path,
+                 evaluate_sets: bool = True, command: str | None = None) -> ModelCard:
+    """Write <out>/<name>.onnx with its card; returns the card. Raises if ONNX disagrees with torch."""
+    m = ex.build_onnx(model)
+    err = ex.max_abs_error(model, m)
+    if err >= 1e-5:
+        raise ConfigError(f"{r.name}: ONNX differs from torch by {err:.2e} (limit 1e-5)")
+    psnr, ssim, baseline = {}, {}, {}
+    if evaluate_sets:
+        fn = ex.ort_fn(ex.ort_session(m))
+        task = "enhance" if r.task == "enhance" else r.task
+        for label, d, kw in full_eval_plan(r):
+            res = evaluate(fn, data_root / "eval" / d, task, **kw)
+            psnr[label], ssim[label], baseline[label] = round(res.psnr, 3), round(res.ssim, 4), round(res.baseline_psnr, 3)
+            log.info("%s: %s %.3f dB / %.4f (input %.3f dB)", r.name, label, res.psnr, res.ssim, res.baseline_psnr)
+        peer = Path(out) / "sr-x2.onnx"
+        if r.task == "enhance" and r.scale == 2 and peer.exists():
+            import onnx
+
+            res = evaluate(ex.ort_fn(ex.ort_session(onnx.load(str(peer)))), data_root / "eval" / "Kodak24", "enhance", scale=2)
+            baseline["Kodak24/degraded sr-x2"] = round(res.psnr, 3)
+            log.info("%s: sr-x2 on the degraded Kodak24: %.3f dB", r.name, res.psnr)
+    card = ModelCard(
+        name=r.name, task=r.task, scale=r.scale, receptive_field=model.receptive_field, layout="nchw",
+        base=r.base, version=VERSION, params=model.deploy_params(), macs_per_pixel=model.macs_per_pixel(),
+        extra={
+            "recipe": command or f"python -m training.train {r.name} --out DIR",
+            "architecture": f"{r.convs} x conv3x3 ({r.channels} ch, RepConv 3x3+1x1+identity collapsed), "
+                            f"ReLU, residual on {r.base} base, DepthToSpace DCR, Clip(0,1)",
+            "data": "T91 + BSD200 (../shared/data/train), random patches, flips/rot90",
+            "degradation": _degradation_text(r),
+            "steps": state["step"], "batch": r.batch, "patch": r.patch,
+            "train_minutes": round(state["elapsed"] / 60, 1),
+            "train_seconds": round(state["elapsed"], 1),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+            "protocol": "../shared/data/README.md (Pillow bicubic LR; Y-PSNR shave s for sr/enhance, RGB for denoise/dejpeg)",
+            "psnr": psnr, "ssim": ssim, "input_psnr": baseline,
+            "onnx_max_abs_err_vs_torch": err,
+        },
+    )
+    ex.set_card(m, card)
+    ex.write_atomic(m, Path(out) / f"{r.name}.onnx")
+    return card
+
+
+def _degradation_text(r: Recipe) -> str:
+    if r.task == "sr":
+        return f"Pillow bicubic x1/{r.scale} of the whole mod-cropped image"
+    if r.task == "denoise":
+        return f"blind Gaussian sigma U(0, {r.sigma_max:g}), rounded and clipped to uint8"
+    if r.task == "dejpeg":
+        return f"Pillow JPEG quality U{{{r.quality_range[0]}..{r.quality_range[1]}}}"
+    return "edge_enhance.evaluation.degrade: blur sigma U(0.4,1.6), bicubic x1/2, noise sigma U(1,10), JPEG q U{40..90}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    ap.add_argument("name", choices=sorted(RECIPES))
+    ap.add_argument("--out", type=Path, required=True, help="folder for <name>.onnx")
+    ap.add_argument("--minutes", type=float, help="wall-clock budget (default: the recipe's)")
+    ap.add_argument("--steps", type=int, help="step budget instead of minutes")
+    ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>)")
+    ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    r = get(a.name)
+    data_root = a.data or default_data_root()
+    model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
+                         minutes=a.minutes, steps=a.steps)
+    cmd = f"python -m training.train {r.name} --out DIR" + (f" --steps {a.steps}" if a.steps else f" --minutes {a.minutes or r.minutes:g}")
+    card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
+    log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
