@@ -250,12 +250,14 @@ def gptq_weights(g: Graph, calib: CalibSet, assign) -> int:
     return len(convs)
 
 
-def bias_correct(g: Graph, calib: CalibSet) -> None:
+def bias_correct(g: Graph, calib: CalibSet, ref: Graph | None = None) -> None:
     """Empirical bias correction (DFQ / AIMET): remove the mean output shift weight rounding causes.
 
     E[conv(x, Wq) - conv(x, W)]_o = sum_{k,i} (Wq - W)[o, k, i] * E[x_i] (borders aside), measured
-    with the float model's input means on the calibration set.
+    with the float model's input means on the calibration set. ``ref`` is that float model when
+    ``g``'s weights were already moved (GPTQ leaves them on the grid, so W would equal Wq).
     """
+    ref = ref if ref is not None else g
     convs = [n for n in g.nodes if n.op == "Conv" and n.attrs["group"] == 1]
     want = {n.inputs[0] for n in convs}
     sums: dict = {}
@@ -267,11 +269,12 @@ def bias_correct(g: Graph, calib: CalibSet) -> None:
             count[name] = count.get(name, 0) + v.size // v.shape[-1]
 
     for x in calib.inputs:
-        executor.run(g, {g.inputs[0]: x}, observer=observe)
+        executor.run(ref, {ref.inputs[0]: x}, observer=observe)
     for n in convs:
         mu = sums[n.inputs[0]] / count[n.inputs[0]]
         wt, bt = g.tensors[n.inputs[1]], g.tensors[n.inputs[2]]
-        dw = wt.quant.fake_quantize(wt.data).astype(np.float64) - wt.data.astype(np.float64)
+        w_float = ref.tensors[n.inputs[1]].data.astype(np.float64)
+        dw = wt.quant.fake_quantize(wt.data).astype(np.float64) - w_float
         shift = np.einsum("ohwi,i->o", dw, mu)
         bt.data = (bt.data.astype(np.float64) - shift).astype(np.float32)
 
@@ -469,11 +472,12 @@ def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, perce
     if cle:
         cross_layer_equalize(g)
     quantize_all_weights(g, per_channel)
+    ref = copy.deepcopy(g)  # float (equalised) weights, before rounding moves them
     if rounding == "gptq":
         st0 = collect_stats(g, calib)
         gptq_weights(g, calib, lambda h: assign_activation_params(h, st0, method, percentile, frozenset(keep_16x8)))
     if bc:
-        bias_correct(g, calib)
+        bias_correct(g, calib, ref)
     st = collect_stats(g, calib)
     assign_activation_params(g, st, method, percentile, frozenset(keep_16x8))
     return g

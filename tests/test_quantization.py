@@ -346,3 +346,23 @@ def test_residual_window_clips_rare_tails_but_widens_for_wide_residuals():
         step, lo, hi = qz._best_residual_window(counts, edges, s0, 3)
         assert step == pytest.approx(k_want * s0)
         assert hi - lo == pytest.approx(255 * step) and lo <= 0 <= hi
+
+
+def test_bias_correction_removes_the_mean_shift_of_weight_rounding(sr_graph):
+    g = copy.deepcopy(sr_graph)
+    qz.quantize_all_weights(g, per_channel=False)  # coarse per-tensor rounding: a visible bias
+    rng = np.random.default_rng(12)
+    c = CalibSet([rng.uniform(0.2, 1, (1, 10, 10, 3)).astype(np.float32) for _ in range(4)], [None] * 4, "x")
+    conv = next(n for n in g.nodes if n.op == "Conv")
+
+    def mean_shift(h):
+        errs = []
+        for x in c.inputs:
+            f = executor.run(sr_graph, {h.inputs[0]: x}, keep_all=True)[conv.outputs[0]]
+            q = executor.run(h, {h.inputs[0]: x}, simulate_quant=True, keep_all=True)[conv.outputs[0]]
+            errs.append((q - f)[:, 1:-1, 1:-1].reshape(-1, f.shape[-1]).mean(0))  # borders aside
+        return np.abs(np.mean(errs, 0)).max()
+
+    before = mean_shift(g)
+    qz.bias_correct(g, c)
+    assert mean_shift(g) < 0.5 * before
