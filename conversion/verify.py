@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.evaluation import list_images  # noqa: F401  (coreml_writer imports it from here)
 
 from .errors import ConfigError, VerificationError
 
 log = logging.getLogger(__name__)
 FP32_TOL = 1e-4
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def default_dataset() -> Path:
@@ -109,16 +109,6 @@ def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float
         ya, yb = ya[s:-s, s:-s], yb[s:-s, s:-s]
         return psnr(ya, yb, 255.0)
     return psnr(np.round(out * 255), np.round(ref * 255), 255.0)
-
-
-def list_images(dataset) -> list:
-    d = Path(dataset)
-    if not d.is_dir():
-        raise ConfigError(f"{d}: evaluation image folder not found (pass a dataset dir)")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise ConfigError(f"{d}: no images ({', '.join(IMAGE_EXTS)})")
-    return files
 
 
 def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None):
