@@ -213,9 +213,18 @@ def cmd_enhance(args) -> int:
     if args.output and (len(jobs) > 1 or inputs[0][1] is not None):
         Path(args.output).mkdir(parents=True, exist_ok=True)
     progress = Progress(len(jobs), enabled=not args.json and not args.quiet)
+    stop = _StopRequest()
+
+    def on_tile(done: int, total: int) -> None:
+        progress.tiles(done, total)
+        stop.check()  # between tiles only: never in the middle of writing a file
+
     t_start = time.monotonic()
     interrupted = False
     for i, job in enumerate(jobs):
+        if stop.requested:
+            interrupted = True
+            break
         if job.status == "failed":
             continue
         if args.skip_existing and job.dst.exists():
@@ -229,12 +238,12 @@ def cmd_enhance(args) -> int:
                 from .camera.video import enhance_video
 
                 enhance_video(job.src, job.dst, enhancer, temporal=args.temporal,
-                              progress=lambda *, done, total, fps, eta_s: progress.tiles(done, total or done + 1))
+                              progress=lambda *, done, total, fps, eta_s: on_tile(done, total or done + 1))
             else:
                 enhancer.enhance_file(job.src, job.dst, fmt=args.format, quality=args.quality,
                                       strip_metadata=args.strip_metadata, dpi_mode=args.dpi,
                                       max_pixels=args.max_pixels, overwrite=args.overwrite,
-                                      progress=progress.tiles)
+                                      progress=on_tile)
             job.status = "ok"
             if enhancer.last_run:
                 job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles}
@@ -255,7 +264,30 @@ def cmd_enhance(args) -> int:
             print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
         if interrupted:
             break
-    return _summarise(jobs, time.monotonic() - t_start, args, interrupted)
+    stop.restore()
+    return _summarise(jobs, time.monotonic() - t_start, args, interrupted or stop.requested)
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM during a batch: the first one is honoured at the next safe point (between tiles,
+    between files), so a file being encoded or renamed is never cut; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _named(job: Job) -> str:
