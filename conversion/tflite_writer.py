@@ -525,7 +525,7 @@ class _Emitter:
         if (lo, hi) in named:
             self.fb.op(named[(lo, hi)], [self.act(x)], [self.act(out)], version=self.v(named[(lo, hi)]))
             return
-        cur, cur_name = self.act(x), x
+        cur = self.act(x)
         steps = [(op, v) for op, v in (("MAXIMUM", lo), ("MINIMUM", hi)) if v is not None]
         for k, (op, v) in enumerate(steps):
             last = k == len(steps) - 1

@@ -194,7 +194,6 @@ def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, crit
     pairs = conv_pairs(g0)
     if not pairs:
         raise ConfigError(f"{graph.name}: no Conv -> ReLU -> Conv chain to prune")
-    by_a = {a.name: (a, b) for a, b in pairs}
     macs0 = conv_macs(g0)
     total0 = float(sum(macs0.values()))
     widths = {a.name: g0.tensors[a.inputs[1]].data.shape[0] for a, _ in pairs}

@@ -19,7 +19,6 @@ pytest.importorskip("onnxruntime")
 from edge_enhance.enhancer import Enhancer  # noqa: E402
 from edge_enhance.errors import EngineError  # noqa: E402
 from edge_enhance.tiling import TilingConfig  # noqa: E402
-from tests import hardening_kit as kit  # noqa: E402
 from tests.onnx_models import residual_sr  # noqa: E402
 from tests.test_camera_web import mjpeg_frames, request, running  # noqa: E402,F401  (fixture)
 
