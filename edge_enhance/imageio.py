@@ -94,9 +94,12 @@ def _read_png16(path: Path) -> np.ndarray | None:
     except ImportError:
         log.warning("%s: 16-bit PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
         return None
-    w, h, rows, info = png.Reader(filename=str(path)).asDirect()
-    planes = info["planes"]
-    return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
+    try:
+        w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+        planes = info["planes"]
+        return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
+    except (png.Error, ValueError, OSError) as e:  # Pillow got past the header; pypng reads every chunk
+        raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
 
 
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
