@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from .calibration import METHODS, CalibConfig, calibration_set
 from .errors import ConfigError
-from .report import Progress, default_eval_dir, human_size, load_model, measure, temp_beside
+from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
 
 
 def _fraction_db(text: str) -> float:
@@ -97,10 +96,7 @@ def main(args) -> int:
             print(f"bar missed: drop {drop:.3f} dB > --max-drop {args.max_drop} dB; nothing written "
                   "(use --force to write anyway)")
             return 1
-        os.replace(tmp, out)
-        if not args.json:
-            print(f"wrote {out} ({human_size(out.stat().st_size)})")
-        return 0
+        return publish(tmp, out, args.json)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -78,3 +78,13 @@ class Progress:
     def __call__(self, message: str) -> None:
         if not self.quiet:
             print(f"[{time.perf_counter() - self.t0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def publish(tmp: Path, out: Path, quiet: bool) -> int:
+    """Move a verified result into place and say where (the commands' common last step)."""
+    import os
+
+    os.replace(tmp, out)
+    if not quiet:
+        print(f"wrote {out} ({human_size(out.stat().st_size)})")
+    return 0
