@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "palette4", "palette6", "palett
 # Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS).
 COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
 SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
+QUANTIZED = ("int8", "int16x8")  # TFLite precisions made by the calibrated quantiser (quantization.cli)
 
 
 def parse_tile(text: str) -> tuple:
@@ -35,6 +36,20 @@ def parse_tile(text: str) -> tuple:
     return h, w
 
 
+def parse_shapes(text: str) -> tuple:
+    """``"256x256,512x384"`` -> ((256, 256), (512, 384)), duplicates dropped, order kept."""
+    shapes = []
+    for part in text.split(","):
+        try:
+            hw = parse_tile(part.strip())
+        except ConfigError:
+            raise ConfigError(f"--enumerated-shapes {text!r}: {part.strip()!r} is not a positive HxW "
+                              "size such as 256x256 (sizes are comma-separated)") from None
+        if hw not in shapes:
+            shapes.append(hw)
+    return tuple(shapes)
+
+
 @dataclass
 class ConvertResult:
     output: Path
@@ -44,10 +59,34 @@ class ConvertResult:
     size_bytes: int
     ops: dict = field(default_factory=dict)  # op type -> count
     report: object = None  # verify.VerifyReport or None
+    notes: list = field(default_factory=list)  # lines for the summary (I/O, shapes)
 
 
 def _tree_size(p: Path) -> int:
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as_transpose_conv: bool = False):
+    """Raise ConfigError for a combination of options no target supports (before any work)."""
+    if to not in TARGETS:
+        raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision.startswith("palette") and to != "coreml":
+        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
+    if precision == "int16x8" and to != "tflite":
+        raise ConfigError(f"--precision int16x8 (16-bit activations, 8-bit weights) applies to --to tflite only; "
+                          f"{to} has {'fp16 activations with int8 weights (--precision int8)' if to == 'coreml' else 'int8'}")
+    if io == "image" and to != "coreml":
+        raise ConfigError(f"--io image applies to --to coreml only ({to} models take tensors; int8 TFLite takes "
+                          "uint8 pixels with --io uint8)")
+    if io in ("int8", "uint8") and not (to == "tflite" and precision == "int8"):
+        raise ConfigError(f"--io {io} applies to --to tflite --precision int8 only; {to} {precision} models have "
+                          f"float I/O{' (or --io image)' if to == 'coreml' else ''}")
+    if enumerated_shapes and to != "coreml":
+        raise ConfigError("--enumerated-shapes applies to --to coreml only")
+    if d2s_as_transpose_conv and to != "tflite":
+        raise ConfigError("--d2s-as-transpose-conv applies to --to tflite only")
 
 
 def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
@@ -57,20 +96,12 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     """Import, convert into a temporary file beside ``output``, verify, then move it into place."""
     from .onnx_import import from_onnx
 
-    if to not in TARGETS:
-        raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision.startswith("palette") and to != "coreml":
-        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
-    if precision == "int16x8" or (precision == "int8" and to == "tflite"):
-        raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
-                          "is not available yet: int8 TFLite comes from `edge-enhance convert --to tflite --precision "
-                          "int8` (dynamic shape) or `edge-enhance quantize`; 16x8 layers from `quantize --max-drop`")
-    if io != "float":
-        raise ConfigError(f"--io {io} needs an integer precision (int8); fp32/fp16 models have float I/O")
-    if d2s_as_transpose_conv and to != "tflite":
-        raise ConfigError("--d2s-as-transpose-conv applies to --to tflite only")
+    check_options(to, precision, io, enumerated_shapes, d2s_as_transpose_conv)
+    if to == "tflite" and precision in QUANTIZED:
+        raise ConfigError(f"--precision {precision} TFLite is calibrated quantisation: use `edge-enhance convert "
+                          f"--to tflite --precision {precision} --calib DIR` or quantization.quantize_model")
+    if enumerated_shapes and tile is None:
+        tile = enumerated_shapes[0]  # the first size is the default one
     src = Path(model)
     out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
     if to == "coreml" and out.suffix != ".mlpackage":
@@ -89,7 +120,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
-        report = None
+        report, notes = None, []
         if to == "tflite":
             from .tflite_writer import tflite_ops, to_tflite
 
@@ -111,12 +142,14 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                 report = verify_onnx(source_model, tmp, precision=precision, dataset=dataset,
                                      max_images=max_images, crop=crop)
         else:
-            from .coreml_writer import to_coreml
+            from .coreml_writer import spec_io, to_coreml
 
             weights = precision if precision in COREML_WEIGHTS else "fp"
             prog_ops = to_coreml(graph, tmp, precision="fp16" if weights != "fp" else precision, tile=tile,
-                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights)
+                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights,
+                                 io="image" if io == "image" else "tensor")
             names = prog_ops
+            notes = coreml_notes(*spec_io(tmp), graph.tensors[graph.inputs[0]].shape[3])
             if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
                 from .coreml_writer import verify_coreml
 
@@ -132,7 +165,18 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     counts: dict = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
-    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report)
+    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, notes)
+
+
+def coreml_notes(io: str, sizes: list, channels: int) -> list:
+    """Summary lines for a written Core ML model, from its spec: I/O types and input sizes."""
+    colour = "RGB" if channels == 3 else "grayscale"
+    lines = [f"Core ML I/O: image in ({colour} pixels 0..255, scaled by 1/255 inside), image out ({colour} 0..255)"
+             if io == "image" else "Core ML I/O: float32 tensors (NCHW, values 0..1)"]
+    shapes = ", ".join(f"{h}x{w}" + (" (default)" if k == 0 and len(sizes) > 1 else "")
+                       for k, (h, w) in enumerate(sizes))
+    lines.append(f"input sizes: {shapes}" + (" (enumerated)" if len(sizes) > 1 else " (fixed)"))
+    return lines
 
 
 def _quantized(graph, src: Path, calib):
@@ -170,8 +214,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--calib", type=Path, help="calibration image folder (int8 / int16x8)")
-    parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible)")
-    parser.add_argument("--io", default="float", choices=("uint8", "int8", "float"), help="I/O type of int8 models")
+    parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible; "
+                                         "Core ML: the card's tile, or the first --enumerated-shapes size)")
+    parser.add_argument("--enumerated-shapes", metavar="HxW,HxW", help="Core ML: input sizes the model accepts, "
+                        "e.g. 256x256,512x512 (--tile, else the first, is the default)")
+    parser.add_argument("--io", default="float", choices=("float", "uint8", "int8", "image"),
+                        help="model I/O: float tensors (default); uint8 / int8 for int8 TFLite; image for Core ML "
+                             "(RGB pixels in and out, iOS16+)")
     parser.add_argument("--d2s-as-transpose-conv", action="store_true",
                         help="express DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
     parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
@@ -197,13 +246,20 @@ def _quantize_instead(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.to == "tflite" and args.precision == "int8" and not args.tile and not args.d2s_as_transpose_conv:
-        return _quantize_instead(args)
     try:
         tile = parse_tile(args.tile) if args.tile else None
+        shapes = parse_shapes(args.enumerated_shapes) if args.enumerated_shapes else ()
+        check_options(args.to, args.precision, args.io, shapes, args.d2s_as_transpose_conv)
+        if args.to == "tflite" and args.precision in QUANTIZED:
+            if tile or args.d2s_as_transpose_conv:
+                raise ConfigError(f"--precision {args.precision} with --tile / --d2s-as-transpose-conv is not "
+                                  "available yet (dynamic-shape quantised TFLite only)")
+            if args.precision == "int16x8":
+                raise ConfigError("--precision int16x8 TFLite is not available yet (16x8 layers: `quantize --max-drop`)")
+            return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, dataset=args.dataset,
-                      max_images=args.verify_images)
+                      max_images=args.verify_images, enumerated_shapes=shapes)
     except ConfigError as e:
         print(f"edge-enhance convert: error: {e}", file=sys.stderr)
         return 2
@@ -216,6 +272,8 @@ def main(args: argparse.Namespace) -> int:
     if res.report is not None:
         print(res.report.table())
     print(op_summary(res))
+    for line in res.notes:
+        print(line)
     print(f"wrote {res.output} ({res.size_bytes / 1024:.1f} KiB) in {res.seconds:.2f} s")
     return 0
 

@@ -1,10 +1,13 @@
 """IR -> Core ML mlprogram (.mlpackage) with coremltools' MIL builder, plus a numpy evaluator.
 
-Core ML's Neural Engine wants fixed shapes, so the program is built for one tile (H, W)
-(optionally with EnumeratedShapes for a few more). Tensors are NCHW as MIL expects; weights are
-laid back out from the IR's OHWI. The card goes to ``user_defined_metadata``. Linux cannot run
-Core ML, so :func:`evaluate_mil` walks the *converted* program's ops (fp16 casts included) with
-numpy and :func:`verify_coreml` compares that with the IR executor on real images.
+Core ML's Neural Engine wants fixed shapes, so the program is built for one tile (H, W), or with
+EnumeratedShapes for a few more (the tile is the default). Tensors are NCHW as MIL expects; weights
+are laid back out from the IR's OHWI. I/O is a float tensor in [0, 1] (``io="tensor"``) or an
+image (``io="image"``: RGB / grayscale pixels in, scaled by 1/255 on the way in, and an image out
+of the network's output times 255, clipped to [0, 255]). The card goes to ``user_defined_metadata``.
+Linux cannot run Core ML, so :func:`evaluate_mil` walks the *converted* program's ops (fp16 casts
+and image scaling included) with numpy and :func:`verify_coreml` compares that with the IR executor
+on real images, at every enumerated shape.
 """
 from __future__ import annotations
 
@@ -20,12 +23,15 @@ import numpy as np
 from edge_enhance.card import CARD_KEY
 
 from . import executor
-from .errors import ConfigError, UnsupportedOpError
+from .errors import ConfigError, UnsupportedOpError, VerificationError
 from .ir import Graph
 from .onnx_writer import _nchw_const
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8")
+IO = ("tensor", "image")
+# Image outputs (ct.ImageType in ``outputs``) need the iOS16 / macOS13 spec.
+IMAGE_OUTPUT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
 # What the card's "weights" field says for each compression (conv / conv_transpose weights only).
 WEIGHT_FORMATS = {"int8": "int8 linear symmetric per-output-channel", "palette4": "4-bit k-means palette",
                   "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette"}
@@ -55,17 +61,30 @@ def _tile_of(g: Graph, tile):
     return h, w
 
 
-def build_program(graph: Graph, tile, *, min_target: str = "iOS16"):
-    """The MIL program (NCHW, float32) computing ``graph`` for input size ``tile``."""
+def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bool = False, io: str = "tensor"):
+    """The MIL program (NCHW, float32) computing ``graph`` for input size ``tile``.
+
+    ``flexible`` leaves H and W symbolic (for EnumeratedShapes): no op may then bake in the tile's
+    output size. ``io="image"`` appends ``clip(y * 255, 0, 255)`` so the output is image pixels.
+    """
     ct, mb = _ct()
+    from coremltools.converters.mil.mil import get_new_symbol
+
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ConfigError("Core ML export supports one image input and one output")
     g = copy.deepcopy(graph)
     n_, _, _, c = g.tensors[g.inputs[0]].shape
     g.retype({g.inputs[0]: (1, tile[0], tile[1], c)})
-    in_name = g.inputs[0]
+    in_name, final = g.inputs[0], g.outputs[0]
+    hw = (get_new_symbol(), get_new_symbol()) if flexible else tuple(tile)
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, c, tile[0], tile[1]))], opset_version=getattr(ct.target, min_target))
+    def scales(n):  # per-axis factors of a Resize that must hold at every input size
+        if n.attrs["scales"] is None:
+            raise UnsupportedOpError(f"{n.name}: Resize to fixed sizes cannot take enumerated shapes (export "
+                                     "it with scales)")
+        return [float(v) for v in n.attrs["scales"]]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, c) + hw)], opset_version=getattr(ct.target, min_target))
     def prog(x):
         env = {in_name: x}
 
@@ -85,7 +104,8 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16"):
         for n in g.nodes:
             a, out = n.attrs, n.outputs[0]
             fused = a.get("activation", "none") != "none"
-            nm = out + "_pre" if fused else out
+            last = out + "_unit" if io == "image" and out == final else out  # the image is named `final`
+            nm = last + "_pre" if fused else last
             if n.op == "Conv":
                 w = g.tensors[n.inputs[1]].data.transpose(0, 3, 1, 2)
                 pt, pl, pb, pr = a["pads"]
@@ -96,10 +116,13 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16"):
                 w = g.tensors[n.inputs[1]].data.transpose(3, 0, 1, 2)  # [C_in, C_out, kh, kw]
                 pt, pl, pb, pr = a["pads"]
                 oh, ow = g.tensors[out].shape[1:3]
+                kw = {} if flexible else {"output_shape": [1, w.shape[1], oh, ow]}
+                if flexible and any(a["output_padding"]):
+                    raise UnsupportedOpError(f"{n.name}: ConvTranspose with output_padding cannot take enumerated "
+                                             "shapes")
                 y = mb.conv_transpose(x=env[n.inputs[0]], weight=np.ascontiguousarray(w),
                                       bias=g.tensors[n.inputs[2]].data, strides=list(a["strides"]),
-                                      pad_type="custom", pad=[pt, pb, pl, pr],
-                                      output_shape=[1, w.shape[1], oh, ow], name=nm)
+                                      pad_type="custom", pad=[pt, pb, pl, pr], name=nm, **kw)
             elif n.op in ("Add", "Mul", "Minimum", "Maximum"):
                 f = {"Add": mb.add, "Mul": mb.mul, "Minimum": mb.minimum, "Maximum": mb.maximum}[n.op]
                 y = f(x=val(n.inputs[0]), y=val(n.inputs[1]), name=nm)
@@ -128,11 +151,19 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16"):
             elif n.op == "Resize":
                 ih, iw = g.tensors[n.inputs[0]].shape[1:3]
                 oh, ow = g.tensors[out].shape[1:3]
+                sh, sw = scales(n) if flexible else (oh / ih, ow / iw)
                 if a["mode"] == "nearest":
-                    if oh % ih or ow % iw or a["align_corners"]:
+                    if not (sh.is_integer() and sw.is_integer()) or a["align_corners"]:
                         raise UnsupportedOpError(f"{n.name}: Core ML nearest resize needs an integer scale")
-                    y = mb.upsample_nearest_neighbor(x=env[n.inputs[0]], scale_factor_height=oh // ih,
-                                                     scale_factor_width=ow // iw, name=nm)
+                    y = mb.upsample_nearest_neighbor(x=env[n.inputs[0]], scale_factor_height=int(sh),
+                                                     scale_factor_width=int(sw), name=nm)
+                elif flexible:  # sized by factors, so it follows the input shape
+                    ac, hp = bool(a["align_corners"]), bool(a["half_pixel_centers"])
+                    if ac == hp and min_target in ("iOS15", "macOS12"):  # half_pixel_centers came in iOS16
+                        raise UnsupportedOpError(f"{n.name}: asymmetric bilinear resize with enumerated shapes "
+                                                 "needs a minimum deployment target of iOS16 or later")
+                    y = mb.upsample_bilinear(x=env[n.inputs[0]], scale_factor_height=sh, scale_factor_width=sw,
+                                             align_corners=ac, name=nm, **({"half_pixel_centers": hp} if ac == hp else {}))
                 else:
                     mode = ("STRICT_ALIGN_CORNERS" if a["align_corners"] else
                             "UNALIGN_CORNERS" if a["half_pixel_centers"] else "DEFAULT")
@@ -140,8 +171,10 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16"):
                                            sampling_mode=mode, name=nm)
             else:
                 raise UnsupportedOpError(f"Core ML writer: no lowering for IR op {n.op} ({n.name})")
-            env[out] = act(y, a.get("activation", "none"), out) if fused else y
-        return env[g.outputs[0]]
+            env[out] = act(y, a.get("activation", "none"), last) if fused else y
+        if io == "image":
+            return mb.clip(x=mb.mul(x=env[final], y=np.float32(255.0)), alpha=0.0, beta=255.0, name=final)
+        return env[final]
 
     return prog
 
@@ -199,11 +232,14 @@ def compress_weights(model, weights: str):
 
 
 def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_target: str = "iOS16",
-              enumerated_shapes: tuple = (), weights: str = "fp") -> list:
+              enumerated_shapes: tuple = (), weights: str = "fp", io: str = "tensor") -> list:
     """Write an .mlpackage atomically; returns the converted program's op types (no consts).
 
     ``weights`` other than ``fp`` compresses conv weights (int8 per-channel or an n-bit palette),
-    which Core ML expands at load time; activations stay ``precision``.
+    which Core ML expands at load time; activations stay ``precision``. ``enumerated_shapes`` are
+    extra (h, w) input sizes besides ``tile`` (the default). ``io="image"``: an RGB (3 channels)
+    or grayscale (1) image in, pixels 0..255 scaled by 1/255 so the network sees [0, 1] as with
+    tensors, and an image of the same layout out.
     """
     ct, _ = _ct()
     if precision not in ("fp32", "fp16"):
@@ -212,15 +248,32 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
         raise ConfigError(f"Core ML weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     if min_target not in TARGETS:
         raise ConfigError(f"minimum deployment target {min_target!r} is not one of {', '.join(TARGETS)}")
+    if io not in IO:
+        raise ConfigError(f"Core ML io {io!r} is not one of {', '.join(IO)}")
+    c = graph.tensors[graph.inputs[0]].shape[3]
+    out_c = graph.tensors[graph.outputs[0]].shape[3] if len(graph.outputs) == 1 else None
+    if io == "image":
+        if min_target not in IMAGE_OUTPUT_TARGETS:
+            raise ConfigError(f"Core ML image output needs iOS16 / macOS13 or later (got {min_target})")
+        if c not in (1, 3) or out_c != c:
+            raise ConfigError(f"Core ML image I/O needs 1 (grayscale) or 3 (RGB) channels in and out; the model "
+                              f"has {c} in, {out_c} out")
     tile = _tile_of(graph, tile)
-    prog = build_program(graph, tile, min_target=min_target)
-    kw = {}
-    if enumerated_shapes:
-        c = graph.tensors[graph.inputs[0]].shape[3]
-        shapes = [(1, c, tile[0], tile[1])] + [(1, c, int(h), int(w)) for h, w in enumerated_shapes]
-        kw["inputs"] = [ct.TensorType(name=graph.inputs[0], shape=ct.EnumeratedShapes(shapes=shapes, default=shapes[0]))]
+    sizes = [tuple(tile)] + [(int(h), int(w)) for h, w in enumerated_shapes if (int(h), int(w)) != tuple(tile)]
+    prog = build_program(graph, tile, min_target=min_target, flexible=len(sizes) > 1, io=io)
+    name = list(prog.functions["main"].inputs)[0]
+    shape = [(1, c) + s for s in sizes]
+    shape = ct.EnumeratedShapes(shapes=shape, default=shape[0]) if len(sizes) > 1 else shape[0]
+    if io == "image":
+        layout = ct.colorlayout.RGB if c == 3 else ct.colorlayout.GRAYSCALE
+        inp = ct.ImageType(name=name, shape=shape, scale=1 / 255.0, color_layout=layout)
+        # convert(outputs=...) is ignored for a MIL program: the output type goes on the function.
+        prog.functions["main"].set_output_types([ct.ImageType(color_layout=layout)])
+    else:
+        inp = ct.TensorType(name=name, shape=shape)
     model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, min_target),
-                       compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32, **kw)
+                       compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                       inputs=[inp])
     if weights != "fp":
         model = compress_weights(model, weights)
     card = graph.metadata.get(CARD_KEY)
@@ -229,6 +282,10 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
         d["layout"], d["tile"] = "nchw", [tile[0], tile[1]]
         if weights != "fp":
             d["weights"] = WEIGHT_FORMATS[weights]
+        if len(sizes) > 1:
+            d["enumerated_shapes"] = [list(s) for s in sizes]
+        if io == "image":  # the runtime feeds / reads 8-bit pixels
+            d["input_range"], d["io"] = [0.0, 255.0], "image"
         model.user_defined_metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
     path = Path(path)
     if not path.parent.is_dir():
@@ -345,6 +402,12 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
                       "DEFAULT": (False, False)}[mode]
             size = (int(arg(op, "target_size_height")), int(arg(op, "target_size_width")))
             y = _nchw(executor.resize(_nhwc(x.astype(np.float32)), size, "bilinear", ac, hp))
+        elif t == "upsample_bilinear":  # half_pixel_centers defaults to not align_corners
+            ac = bool(arg(op, "align_corners", True))
+            hp = bool(arg(op, "half_pixel_centers", not ac))
+            size = (int(x.shape[2] * float(arg(op, "scale_factor_height", 1))),
+                    int(x.shape[3] * float(arg(op, "scale_factor_width", 1))))
+            y = _nchw(executor.resize(_nhwc(x.astype(np.float32)), size, "bilinear", ac, hp))
         else:
             raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
         dtype = np.float16 if x is not None and x.dtype == np.float16 and t != "cast" else None
@@ -405,28 +468,60 @@ def decompress_op(op) -> np.ndarray:
     raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
 
 
+def spec_io(path) -> tuple:
+    """(io, [(h, w), ...]) of a saved model's input, read from its spec; the first size is the default."""
+    ct, _ = _ct()
+    t = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description.input[0].type
+    if t.HasField("imageType"):
+        im = t.imageType
+        return "image", [(im.height, im.width)] + [(s.height, s.width) for s in im.enumeratedSizes.sizes
+                                                   if (s.height, s.width) != (im.height, im.width)]
+    a = t.multiArrayType
+    default = tuple(int(d) for d in a.shape[2:])
+    return "tensor", [default] + [tuple(int(d) for d in s.shape[2:]) for s in a.enumeratedShapes.shapes
+                                  if tuple(int(d) for d in s.shape[2:]) != default]
+
+
+def _fit(x: np.ndarray, size) -> np.ndarray:
+    """HWC image cropped / mirror-padded to ``size`` (to exercise an enumerated shape no image has)."""
+    x = x[: size[0], : size[1]]
+    return np.pad(x, ((0, size[0] - x.shape[0]), (0, size[1] - x.shape[1]), (0, 0)), mode="symmetric")
+
+
 def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, max_images=None, crop=None,
                   tol=None):
-    """IR executor vs numpy evaluation of the converted MIL program, on real images (tile crops)."""
-    from .verify import FP32_TOL, compare, list_images
+    """IR executor vs numpy evaluation of the converted MIL program, on real images cropped to the
+    default tile; each further enumerated shape is checked on the first image, fitted to it.
+
+    Image I/O programs are fed pixels 0..255 and their output is divided by 255 before comparing.
+    """
     from edge_enhance.card import ModelCard
+
+    from .verify import FP32_TOL, ImageResult, _fits, compare, default_dataset, list_images, make_pairs, psnr
 
     prog = _LAST_PROGRAM.get(str(path))
     if prog is None:
         raise ConfigError(f"{path}: no converted program in this session to evaluate (convert it here first)")
-    fn = prog.functions["main"]
-    shape = tuple(int(d) for d in list(fn.inputs.values())[0].shape)
-    tile = shape[2:]
+    io, sizes = spec_io(path)
+    k = np.float32(255.0 if io == "image" else 1.0)
     card = ModelCard.from_json(graph.metadata[CARD_KEY]) if CARD_KEY in graph.metadata else None
     src = lambda x: executor.run(graph, {graph.inputs[0]: x[None]})[graph.outputs[0]][0]
-    tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(x[None])))[0]
-    from .verify import default_dataset
-
+    tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(np.rint(x[None] * k) if io == "image" else x[None])))[0] / k
     files = list_images(dataset or default_dataset())
     if tol is None and precision == "fp32":
         tol = FP32_TOL
-    from .verify import _fits
-
-    files = [f for f in files if _fits(f, tile, card)]
-    return compare("coreml", precision, src, tgt, card, files, crop=tile, max_images=max_images, tol=tol,
-                   source="IR executor (numpy MIL evaluation as target)")
+    fitting = [f for f in files if _fits(f, sizes[0], card)]
+    rep = compare("coreml", precision, src, tgt, card, fitting, crop=sizes[0], max_images=max_images, tol=tol,
+                  source="IR executor (numpy MIL evaluation as target)")
+    if io == "image":
+        rep.precision += ", image I/O"
+    for size in sizes[1:] if fitting else sizes:  # no image as large as the tile: the first one, fitted
+        name, x, _ = next(make_pairs(card, files, max_images=1))
+        x = _fit(x, size)
+        a, b = src(x), tgt(x)
+        err = float(np.abs(a.astype(np.float64) - b).max())
+        rep.images.append(ImageResult(f"{name} @{size[0]}x{size[1]}", err, psnr(a, b), None, None))
+        if tol is not None and err > tol:
+            raise VerificationError(f"coreml {precision}: max abs error {err:.3g} exceeds {tol:g} at enumerated "
+                                    f"shape {size[0]}x{size[1]}")
+    return rep

@@ -94,7 +94,7 @@ def test_cli_errors_write_nothing(tmp_path, sr_file, capsys):
     src, _ = sr_file
     before = set(tmp_path.iterdir())
     assert _cli([str(src), "--to", "coreml", "--precision", "int16x8"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "int16x8 (16-bit activations, 8-bit weights) applies to --to tflite only" in capsys.readouterr().err
     assert _cli([str(src), "--to", "tflite", "--tile", "abc"]) == 2
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")

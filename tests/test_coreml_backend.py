@@ -42,3 +42,13 @@ def test_prediction_on_macos_matches_onnx(mlpackage, tmp_path):
     a = Enhancer(mlpackage).enhance(img).astype(int)
     b = Enhancer(tmp_path / "m.onnx").enhance(img).astype(int)
     assert np.abs(a - b).max() <= 2
+
+
+@pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML predict() needs macOS")
+def test_image_io_prediction_on_macos_matches_onnx(tmp_path):
+    img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    residual_sr(tmp_path / "m.onnx", channels=4)
+    to_coreml(from_onnx(str(tmp_path / "m.onnx")), tmp_path / "i.mlpackage", tile=(32, 32), io="image")
+    a = Enhancer(tmp_path / "i.mlpackage").enhance(img).astype(int)
+    b = Enhancer(tmp_path / "m.onnx").enhance(img).astype(int)
+    assert np.abs(a - b).max() <= 2

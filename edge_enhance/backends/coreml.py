@@ -57,6 +57,8 @@ class CoreMLBackend(Backend):
         spec = self.model.get_spec()
         self._in = spec.description.input[0].name
         self._out = spec.description.output[0].name
+        # Image I/O models (convert --io image) take and give 8-bit pixels; their card's input_range is 0..255.
+        self._image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         self.layout = self.card.layout if self.card else "nchw"
         self.fixed_shape = tuple(self.card.tile) if self.card and self.card.tile else None
 
@@ -65,6 +67,13 @@ class CoreMLBackend(Backend):
             raise ModelFormatError(f"{self.path}: model input is fixed at {self.fixed_shape}, asked for {(h, w)}")
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if self._image:
+            from PIL import Image
+
+            px = np.clip(np.rint(x[0]), 0, 255).astype(np.uint8)
+            img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px, "L" if px.shape[-1] == 1 else "RGB")
+            y = np.asarray(self.model.predict({self._in: img})[self._out], dtype=np.float32)
+            return y.reshape(1, y.shape[0], y.shape[1], -1)
         if self.layout == "nchw":
             x = x.transpose(0, 3, 1, 2)
         y = np.asarray(self.model.predict({self._in: x})[self._out], dtype=np.float32)
