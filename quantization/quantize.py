@@ -351,7 +351,10 @@ def insert_precision_boundaries(g: Graph, keep_16x8, ranges: dict) -> int:
             if t.is_const or t.quant is None or t.quant.dtype == want:
                 continue
             if (i, want) not in made:
-                q = activation_params(*ranges.get(i, _real_range(t.quant)), want)
+                # int8 -> int16 spans the int8 grid itself: a tensor whose params were widened (a
+                # repeated-input Concat keeps its input's [0, 1]) is not clipped to a calibrated range.
+                lo_hi = _real_range(t.quant) if want == "int16" else ranges.get(i, _real_range(t.quant))
+                q = activation_params(*lo_hi, want)
                 # Far below any grid: quantised it clamps to the grid's lowest value, so the max is
                 # the identity in float and in int.
                 c = g.add_const(f"{i}_to_{want}_floor", np.array([-1e30], np.float32))

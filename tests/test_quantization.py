@@ -327,6 +327,18 @@ def test_16x8_layers_run_in_litert_like_the_simulation(tmp_path, sr_graph, calib
     assert np.abs(y - sim).max() <= 1 / 255 + 1e-6
 
 
+def test_int8_to_int16_boundary_spans_the_int8_grid(sr_graph, calib_dir):
+    """The repeated input (Concat) keeps the input's [0, 1] params in int8; its int16 converter must
+    not clip it to the calibrated range of the Concat (lower when calibration pixels stay below 1)."""
+    c = calibration_set(calib_dir, config=SMALL)
+    assert max(float(x.max()) for x in c.inputs) < 0.95  # the smooth photos never reach white
+    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8={"residual"}, cle=False, bias_correction=False,
+                          sensitivity=False, rounding="nearest")
+    add = next(n for n in g.nodes if n.name == "residual")
+    conv = next(i for i in add.inputs if g.tensors[i].quant.dtype == "int16" and i.startswith("rep"))
+    assert float(g.tensors[conv].quant.scale[0]) * 32767 >= 1.0 - 1e-6
+
+
 def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
     g = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, io="int8", cle=False, bias_correction=False,
