@@ -339,6 +339,17 @@ def test_int8_to_int16_boundary_spans_the_int8_grid(sr_graph, calib_dir):
     assert float(g.tensors[conv].quant.scale[0]) * 32767 >= 1.0 - 1e-6
 
 
+def test_int16_ranges_are_min_max_with_headroom(sr_graph, calib_dir):
+    """int16 steps are fine enough to cover every calibration value twice over (a photo's peaks
+    exceed a few crops'), whatever observer int8 uses (a 90th percentile here)."""
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, method="percentile", percentile=90.0, keep_16x8={"conv2"}, cle=False,
+                          bias_correction=False, sensitivity=False, rounding="nearest")
+    out = next(n for n in g.nodes if n.name == "conv2").outputs[0]
+    peak = max(float(np.abs(executor.run(g, {g.inputs[0]: x}, keep_all=True)[out]).max()) for x in c.inputs)
+    assert float(g.tensors[out].quant.scale[0]) * 32767 == pytest.approx(qz.HEADROOM_16 * peak, rel=1e-2)
+
+
 def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
     g = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, io="int8", cle=False, bias_correction=False,
