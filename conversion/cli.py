@@ -75,8 +75,9 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
     if precision.startswith("palette") and to != "coreml":
         raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
     if precision == "int16x8" and to != "tflite":
+        alt = "fp16 activations with int8 weights (--precision int8)" if to == "coreml" else "int8"
         raise ConfigError(f"--precision int16x8 (16-bit activations, 8-bit weights) applies to --to tflite only; "
-                          f"{to} has {'fp16 activations with int8 weights (--precision int8)' if to == 'coreml' else 'int8'}")
+                          f"{to} has {alt}")
     if io == "image" and to != "coreml":
         raise ConfigError(f"--io image applies to --to coreml only ({to} models take tensors; int8 TFLite takes "
                           "uint8 pixels with --io uint8)")
@@ -212,8 +213,12 @@ def op_summary(result: ConvertResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="source .onnx model")
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    parser.add_argument("--calib", type=Path, help="calibration image folder (int8 / int16x8)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32 (default) / fp16; int8 = calibrated full-integer TFLite, int8 QDQ ONNX, or int8 "
+                             "weights in Core ML; int16x8 = TFLite with int16 activations and int8 weights in every "
+                             "layer TFLite runs as 16x8 (the rest int8); palette4/6/8 = k-means weights (Core ML)")
+    parser.add_argument("--calib", type=Path, help="calibration image folder for int8 / int16x8 (default: crops of "
+                                                   "../shared/data/train)")
     parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible; "
                                          "Core ML: the card's tile, or the first --enumerated-shapes size)")
     parser.add_argument("--enumerated-shapes", metavar="HxW,HxW", help="Core ML: input sizes the model accepts, "
@@ -229,13 +234,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _quantize_instead(args: argparse.Namespace) -> int:
-    """--to tflite --precision int8 is calibrated quantisation: the quantize command does it (and
-    verifies the int8 file against the float model on real images)."""
+    """--to tflite --precision int8 / int16x8 is calibrated quantisation: the quantize command does
+    it (and verifies the file against the float model on real images)."""
     from quantization import cli as qcli
 
     p = argparse.ArgumentParser(prog="edge-enhance convert")
     qcli.add_arguments(p)
-    argv = [str(args.model), "--io", args.io]
+    argv = [str(args.model), "--io", args.io, "--precision", args.precision]
     if args.calib:
         argv += ["--calib", str(args.calib)]
     if args.output:
@@ -254,8 +259,6 @@ def main(args: argparse.Namespace) -> int:
             if tile or args.d2s_as_transpose_conv:
                 raise ConfigError(f"--precision {args.precision} with --tile / --d2s-as-transpose-conv is not "
                                   "available yet (dynamic-shape quantised TFLite only)")
-            if args.precision == "int16x8":
-                raise ConfigError("--precision int16x8 TFLite is not available yet (16x8 layers: `quantize --max-drop`)")
             return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, dataset=args.dataset,

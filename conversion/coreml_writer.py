@@ -162,8 +162,9 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
                     if ac == hp and min_target in ("iOS15", "macOS12"):  # half_pixel_centers came in iOS16
                         raise UnsupportedOpError(f"{n.name}: asymmetric bilinear resize with enumerated shapes "
                                                  "needs a minimum deployment target of iOS16 or later")
+                    hp_kw = {"half_pixel_centers": hp} if ac == hp else {}  # else the default, on any opset
                     y = mb.upsample_bilinear(x=env[n.inputs[0]], scale_factor_height=sh, scale_factor_width=sw,
-                                             align_corners=ac, name=nm, **({"half_pixel_centers": hp} if ac == hp else {}))
+                                             align_corners=ac, name=nm, **hp_kw)
                 else:
                     mode = ("STRICT_ALIGN_CORNERS" if a["align_corners"] else
                             "UNALIGN_CORNERS" if a["half_pixel_centers"] else "DEFAULT")

@@ -1,4 +1,8 @@
-"""`edge-enhance quantize MODEL.onnx --calib DIR`: full-integer int8 TFLite with a quality report.
+"""`edge-enhance quantize MODEL.onnx --calib DIR`: full-integer int8 (or 16x8) TFLite with a quality report.
+
+``--precision int16x8`` quantises every layer TFLite runs as 16x8 (Conv, ConvTranspose, Add, Mul:
+int16 activations, int8 weights, int64 bias); the rest (Concat, DepthToSpace, Resize, Clip, ...)
+stays int8 behind QUANTIZE boundaries, and the summary lists both.
 
 Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless --force);
 2 bad input or options (raised as ConfigError and mapped by the main CLI).
@@ -24,10 +28,16 @@ def _fraction_db(text: str) -> float:
     return v
 
 
+PRECISIONS = ("int8", "int16x8")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
     p.add_argument("--calib", metavar="DIR", help="folder of calibration images (default: a fixed, seeded "
                                                   "selection of crops from shared/data/train)")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8",
+                   help="int8 (default) or int16x8: 16-bit activations / 8-bit weights in every layer that "
+                        "has 16x8 kernels (larger, slower, closer to float)")
     p.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
     p.add_argument("--calib-crop", type=int, default=96, help="side of a clean calibration crop (default 96)")
     p.add_argument("--method", choices=METHODS, default="percentile",
@@ -53,25 +63,29 @@ def _flag(v: str):
 
 
 def main(args) -> int:
-    from .quantize import quantize_model, write_tflite
+    from .quantize import INT16_OPS, precision_split, quantize_model, write_tflite
 
     src = Path(args.model_path)
-    out = Path(args.output) if args.output else src.with_suffix(".int8.tflite")
+    out = Path(args.output) if args.output else src.with_suffix(f".{args.precision}.tflite")
     if out.suffix.lower() != ".tflite":
         raise ConfigError(f"{out}: the quantised model is written as .tflite")
+    if args.precision == "int16x8" and args.io != "float":
+        raise ConfigError(f"--precision int16x8 models have float I/O (got --io {args.io})")
     say = Progress(args.quiet)
     g, card = load_model(src)
     say(f"loaded {src.name}: {card.task} x{card.scale}")
     calib = calibration_set(args.calib, task=card.task, scale=card.scale,
                             config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
+    keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
     res = quantize_model(g, calib, method=args.method, io=args.io, cle=_flag(args.cle),
                          bias_correction=_flag(args.bias_correction), rounding=args.rounding,
-                         max_drop=args.max_drop, progress=say)
+                         max_drop=args.max_drop, keep_16x8=keep, progress=say)
     tmp = temp_beside(out)
     try:
         write_tflite(res.graph, tmp)
-        rep = {"model": str(src), "output": str(out), "method": args.method, "rounding": args.rounding,
+        rep = {"model": str(src), "output": str(out), "precision": args.precision, "method": args.method,
+               "rounding": args.rounding,
                "cle": res.report.cle, "bias_correction": res.report.bias_correction, "io": args.io,
                "calibration": {"float_psnr": res.report.float_psnr, "quant_psnr": res.report.quant_psnr},
                "variants": res.report.variants,
@@ -79,13 +93,16 @@ def main(args) -> int:
                           for r in res.report.layers],
                "size_bytes": {"onnx": src.stat().st_size, "tflite": tmp.stat().st_size},
                "macs_per_pixel": card.macs_per_pixel}
+        if args.precision == "int16x8":
+            rep["activations"] = precision_split(res.graph)
         drop = None
         if not args.no_eval:
             ds = Path(args.eval) if args.eval else default_eval_dir(card.task)
-            say(f"evaluating fp32 ONNX and int8 TFLite on {ds}")
+            say(f"evaluating fp32 ONNX and {args.precision} TFLite (LiteRT) on {ds}")
             before, after = measure(src, card, ds), measure(tmp, card, ds)
             drop = before.psnr - after.psnr
-            rep["eval"] = {"dataset": str(ds), "fp32_psnr": before.psnr, "int8_psnr": after.psnr, "drop_db": drop}
+            rep["eval"] = {"dataset": str(ds), "fp32_psnr": before.psnr, f"{args.precision}_psnr": after.psnr,
+                           "drop_db": drop}
         missed = args.max_drop is not None and drop is not None and drop > args.max_drop
         rep["bar"] = {"max_drop": args.max_drop, "met": not missed}
         if args.json:
@@ -105,10 +122,16 @@ def main(args) -> int:
 def _print(rep: dict, report) -> None:
     for line in report.lines():
         print(line)
-    s = rep["size_bytes"]
-    print(f"size: ONNX {human_size(s['onnx'])} -> int8 TFLite {human_size(s['tflite'])}; "
+    s, prec = rep["size_bytes"], rep["precision"]
+    if "activations" in rep:
+        a = rep["activations"]
+        counts = lambda d: ", ".join(f"{op} x{k}" for op, k in sorted(d.items())) or "none"
+        print(f"16x8 (int16 activations, int8 weights): {counts(a['int16'])}")
+        print(f"int8: {counts(a['int8'])} (16x8 covers Conv, ConvTranspose, Add, Mul; LiteRT has no int16 "
+              f"DEPTH_TO_SPACE or RELU_0_TO_1); {a['boundaries']} int8 <-> int16 boundaries (QUANTIZE + MAXIMUM)")
+    print(f"size: ONNX {human_size(s['onnx'])} -> {prec} TFLite {human_size(s['tflite'])}; "
           f"MACs per input pixel {rep['macs_per_pixel']}")
     if "eval" in rep:
         e = rep["eval"]
-        print(f"{Path(e['dataset']).name}: fp32 {e['fp32_psnr']:.3f} dB, int8 {e['int8_psnr']:.3f} dB, "
+        print(f"{Path(e['dataset']).name}: fp32 {e['fp32_psnr']:.3f} dB, {prec} {e[prec + '_psnr']:.3f} dB, "
               f"drop {e['drop_db']:.3f} dB")

@@ -377,6 +377,19 @@ def insert_precision_boundaries(g: Graph, keep_16x8, ranges: dict) -> int:
     return added
 
 
+def precision_split(g: Graph) -> dict:
+    """Activation dtype of each op of a quantised graph: ``{"int16": {op: n}, "int8": {op: n},
+    "boundaries": n}``, the int8 <-> int16 converters of :func:`insert_precision_boundaries` apart."""
+    out: dict = {"int16": {}, "int8": {}, "boundaries": 0}
+    for n in g.nodes:
+        dt = g.tensors[n.outputs[0]].quant.dtype
+        if n.op == "Maximum" and n.outputs[0] == f"{n.inputs[0]}_to_{dt}":
+            out["boundaries"] += 1
+        else:
+            out[dt][n.op] = out[dt].get(n.op, 0) + 1
+    return out
+
+
 def _real_range(q: QuantParams) -> tuple[float, float]:
     from conversion.ir import QDTYPES
 

@@ -9,6 +9,8 @@ from PIL import Image
 
 from tests.conversion_testkit import residual_sr_model
 
+from conversion.verify import default_dataset
+
 from edge_enhance import cli
 from edge_enhance.card import ModelCard
 
@@ -116,3 +118,29 @@ def test_bad_target_macs_is_a_usage_error(setup, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["prune", str(model), "--target-macs", "7"])
     assert e.value.code == 2
+
+
+@pytest.mark.skipif(not (default_dataset().is_dir() and (default_dataset().parents[1] / "train").is_dir()),
+                    reason="shared/data (Set5, train) is not above the repository")
+def test_bundled_sr_x2_rt_int16x8_loses_less_than_int8_in_litert(tmp_path, capsys):
+    """What `convert --to tflite --precision int16x8` runs, on the bundled model (a small, quick
+    calibration; the defaults measure 0.005 vs 0.015 dB), evaluated on Set5 in LiteRT."""
+    from edge_enhance.models import bundled
+    from tests.test_conversion_e2e import _op_dtypes
+
+    src = next(f for f in bundled()["sr-x2-rt"] if f.suffix == ".onnx")
+    drops = {}
+    for precision in ("int8", "int16x8"):
+        out = tmp_path / f"m.{precision}.tflite"
+        rc, cap = _run(["quantize", str(src), "--precision", precision, "--calib-count", "8", "--calib-crop", "64",
+                        "--cle", "off", "--bias-correction", "off", "-o", str(out), "--json", "-q"], capsys)
+        assert rc == 0, cap.err
+        rep = json.loads(cap.out)
+        drops[precision] = rep["eval"]["drop_db"]
+        assert rep["eval"][f"{precision}_psnr"] > 35.8  # Set5, fp32 35.92
+    assert drops["int16x8"] < drops["int8"]
+    assert rep["activations"] == {"int16": {"Conv": 6, "Add": 1}, "int8": {"Concat": 1, "DepthToSpace": 1, "Clip": 1},
+                                  "boundaries": 3}
+    kinds = {(name, out) for name, out, _ in _op_dtypes(out)}
+    assert ("CONV_2D", np.int16) in kinds and ("DEPTH_TO_SPACE", np.int8) in kinds
+    assert ("CONV_2D", np.int8) not in kinds
