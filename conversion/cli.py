@@ -247,6 +247,10 @@ def _quantize_instead(args: argparse.Namespace) -> int:
         argv += ["-o", str(args.output)]
     if args.dataset:
         argv += ["--eval", str(args.dataset)]
+    if args.tile:
+        argv += ["--tile", args.tile]
+    if args.d2s_as_transpose_conv:
+        argv += ["--d2s-as-transpose-conv"]
     return qcli.main(p.parse_args(argv))
 
 
@@ -256,9 +260,6 @@ def main(args: argparse.Namespace) -> int:
         shapes = parse_shapes(args.enumerated_shapes) if args.enumerated_shapes else ()
         check_options(args.to, args.precision, args.io, shapes, args.d2s_as_transpose_conv)
         if args.to == "tflite" and args.precision in QUANTIZED:
-            if tile or args.d2s_as_transpose_conv:
-                raise ConfigError(f"--precision {args.precision} with --tile / --d2s-as-transpose-conv is not "
-                                  "available yet (dynamic-shape quantised TFLite only)")
             return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, dataset=args.dataset,

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest PSNR drop allowed on the quick set; layers go to 16x8 as needed and nothing "
                         "is written if it is still missed (unless --force)")
     p.add_argument("--io", choices=("float", "int8", "uint8"), default="float", help="model input / output type")
+    p.add_argument("--tile", metavar="HxW", help="fixed input size, e.g. 256x256 (default: dynamic)")
+    p.add_argument("--d2s-as-transpose-conv", action="store_true",
+                   help="DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
     p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
     p.add_argument("--no-eval", action="store_true", help="skip the before / after evaluation")
     p.add_argument("-o", "--output", help="output .tflite (default MODEL.int8.tflite beside the model)")
@@ -63,6 +66,8 @@ def _flag(v: str):
 
 
 def main(args) -> int:
+    from conversion.cli import parse_tile
+
     from .quantize import INT16_OPS, precision_split, quantize_model, write_tflite
 
     src = Path(args.model_path)
@@ -71,6 +76,7 @@ def main(args) -> int:
         raise ConfigError(f"{out}: the quantised model is written as .tflite")
     if args.precision == "int16x8" and args.io != "float":
         raise ConfigError(f"--precision int16x8 models have float I/O (got --io {args.io})")
+    tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
     g, card = load_model(src)
     say(f"loaded {src.name}: {card.task} x{card.scale}")
@@ -83,7 +89,7 @@ def main(args) -> int:
                          max_drop=args.max_drop, keep_16x8=keep, progress=say)
     tmp = temp_beside(out)
     try:
-        write_tflite(res.graph, tmp)
+        write_tflite(res.graph, tmp, tile=tile, d2s_as_transpose_conv=args.d2s_as_transpose_conv)
         rep = {"model": str(src), "output": str(out), "precision": args.precision, "method": args.method,
                "rounding": args.rounding,
                "cle": res.report.cle, "bias_correction": res.report.bias_correction, "io": args.io,

@@ -624,15 +624,17 @@ def quantize_graph(graph: Graph, calib: CalibSet, method: str = "mse", per_chann
                           **kw).graph
 
 
-def write_tflite(g: Graph, path, *, io: str | None = None, tile=None):
-    """Full-integer TFLite from a quantised graph (I/O type as chosen at quantisation unless given)."""
+def write_tflite(g: Graph, path, *, io: str | None = None, tile=None, d2s_as_transpose_conv: bool = False):
+    """Full-integer TFLite from a quantised graph (I/O type as chosen at quantisation unless given);
+    ``tile`` fixes the input size, ``d2s_as_transpose_conv`` as in ``conversion.tflite_writer``."""
     io = io or g.metadata.get(IO_KEY, "float")
     meta = dict(g.metadata)
     g2 = copy.copy(g)
     g2.metadata = {k: v for k, v in meta.items() if k != IO_KEY}
+    kw = dict(precision="int8", io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
     if has_int16(g2):
         if io != "float":
             raise ConfigError(f"16x8 layers need float model I/O (got io={io!r})")
         with writer_with_int64_bias():
-            return to_tflite(g2, path, precision="int8", io=io, tile=tile)
-    return to_tflite(g2, path, precision="int8", io=io, tile=tile)
+            return to_tflite(g2, path, **kw)
+    return to_tflite(g2, path, **kw)

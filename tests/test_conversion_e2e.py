@@ -186,3 +186,22 @@ def test_cli_int16x8_needs_float_io_and_tflite(tmp_path, small_and_calib, capsys
     assert _cli([str(src), "--to", "onnx", "--precision", "int16x8"]) == 2
     assert "--to tflite only" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "small.onnx"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16x8"])
+def test_cli_quantised_tflite_with_tile_and_transpose_conv_d2s(tmp_path, small_and_calib, capsys, precision):
+    src, calib = small_and_calib
+    out = tmp_path / "q.tflite"
+    assert _cli([str(src), "--to", "tflite", "--precision", precision, "--tile", "24x20", "--d2s-as-transpose-conv",
+                 "--calib", str(calib), "--dataset", str(calib), "-o", str(out)]) == 0, capsys.readouterr().err
+    ops = _op_dtypes(out)
+    names = [name for name, _, _ in ops]
+    assert "TRANSPOSE_CONV" in names and "DEPTH_TO_SPACE" not in names
+    tconv = next(o for o in ops if o[0] == "TRANSPOSE_CONV")
+    assert tconv[1] == np.int8  # the pixel shuffle stays int8 in 16x8 models too
+    x = np.round(np.random.default_rng(2).uniform(0, 1, (1, 3, 24, 20)) * 255).astype(np.float32) / 255
+    import onnx
+
+    y, d, _ = run_tflite(out, x.transpose(0, 2, 3, 1), details=True)
+    assert list(d["shape_signature"]) == [1, 24, 20, 3]  # fixed
+    assert np.abs(y - run_ort(onnx.load(str(src)), x)).max() <= 4 / 255
