@@ -75,9 +75,9 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
     if precision.startswith("palette") and to != "coreml":
         raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
     if precision == "int16x8" and to != "tflite":
-        alt = "fp16 activations with int8 weights (--precision int8)" if to == "coreml" else "int8"
+        alt = "fp16 activations with int8 weights" if to == "coreml" else "int8 QDQ"
         raise ConfigError(f"--precision int16x8 (16-bit activations, 8-bit weights) applies to --to tflite only; "
-                          f"{to} has {alt}")
+                          f"{to} has {alt} (--precision int8)")
     if io == "image" and to != "coreml":
         raise ConfigError(f"--io image applies to --to coreml only ({to} models take tensors; int8 TFLite takes "
                           "uint8 pixels with --io uint8)")
@@ -219,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "layer TFLite runs as 16x8 (the rest int8); palette4/6/8 = k-means weights (Core ML)")
     parser.add_argument("--calib", type=Path, help="calibration image folder for int8 / int16x8 (default: crops of "
                                                    "../shared/data/train)")
-    parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible; "
+    parser.add_argument("--tile", metavar="HxW", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible; "
                                          "Core ML: the card's tile, or the first --enumerated-shapes size)")
     parser.add_argument("--enumerated-shapes", metavar="HxW,HxW", help="Core ML: input sizes the model accepts, "
                         "e.g. 256x256,512x512 (--tile, else the first, is the default)")
