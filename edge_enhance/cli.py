@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .argtypes import number
 from .errors import ConfigError, EdgeEnhanceError
 
 log = logging.getLogger("edge_enhance")
@@ -72,24 +73,8 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return v
-
-
-def _strength(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= v <= 1.5:
-        raise argparse.ArgumentTypeError(f"{v} is outside 0..1.5")
-    return v
+_positive_int = number(int, lo=1)
+_strength = number(float, 0, 1.5)
 
 
 def _key_value(text: str) -> tuple[str, str]:
