@@ -391,8 +391,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("inputs", nargs="+", help="image files, folders or globs")
     e.add_argument("-o", "--output", help="output file (one input) or folder")
     add_model_arguments(e, default=None)
-    e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "auto"),
-                   help="which bundled models run (default upscale); auto estimates noise and JPEG damage, "
+    e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "photo", "auto"),
+                   help="which bundled models run (default upscale); photo: old / phone photos (blur, noise, "
+                        "JPEG and low resolution at once) through enhance-x2; auto estimates noise and JPEG damage, "
                         "cleans up first, then upscales, and checks the result against the input")
     e.add_argument("--scale", type=int, choices=(1, 2, 3, 4, 8),
                    help="upscale factor (default 2; 1 for denoise/dejpeg); 8 chains x4 then x2, and 8x detail is "
