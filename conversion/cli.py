@@ -19,10 +19,12 @@ from .errors import ConfigError, EdgeEnhanceError, VerificationError
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "w8a8", "palette4", "palette6", "palette8")
-# Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS);
-# w8a8 = calibrated int8 activations too (quantize / dequantize around every activation).
-COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "w8a8", "palette4", "palette6", "palette8", "sparse50", "sparse75",
+              "sparse90")
+# Core ML int8 / paletteN / sparseNN = fp16 activations with compressed conv weights
+# (coreml_writer.WEIGHTS); w8a8 = calibrated int8 activations too (quantize / dequantize).
+COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8", "sparse50", "sparse75", "sparse90")
+COREML_ONLY = ("w8a8",) + COREML_WEIGHTS[1:]
 # numpy MIL evaluation of a W8A8 program vs the quantiser's own int8 simulation (float64): fp16
 # arithmetic moves intermediate rounding ties, up to 3 output steps on sr-x2 / Set5 (a quarter of
 # the pixels by one step; fp32 compute: 0.05%); a wrong scale or zero point moves far more.
@@ -50,6 +52,7 @@ class ConvertResult:
     ops: dict = field(default_factory=dict)  # op type -> count
     report: object = None  # verify.VerifyReport or None
     agreement: object = None  # w8a8: VerifyReport of the program vs the IR's int8 simulation
+    weight_bytes: tuple | None = None  # Core ML compressed weights: (dense float, stored) bytes
 
 
 def _tree_size(p: Path) -> int:
@@ -67,7 +70,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if (precision.startswith("palette") or precision == "w8a8") and to != "coreml":
+    if precision in COREML_ONLY and to != "coreml":
         raise ConfigError(f"--precision {precision} applies to --to coreml only (int8 TFLite / ONNX: --precision int8)")
     if precision == "int16x8" or (precision == "int8" and to == "tflite"):
         raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
@@ -101,7 +104,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
-        report = agreement = None
+        report = agreement = wbytes = None
         if to == "tflite":
             from .tflite_writer import tflite_ops, to_tflite
 
@@ -129,6 +132,10 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
             names = to_coreml(qgraph or graph, tmp, precision=precision if precision in ("fp32", "fp16") else "fp16",
                               tile=tile, min_target=min_target or ("iOS17" if qgraph else "iOS16"),
                               enumerated_shapes=enumerated_shapes, weights=weights, w8a8=qgraph is not None)
+            if qgraph is not None or weights != "fp":
+                from .coreml_writer import _LAST_PROGRAM, weight_bytes
+
+                wbytes = weight_bytes(_LAST_PROGRAM[str(tmp)])
             if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
                 from .coreml_writer import verify_coreml
 
@@ -147,7 +154,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     counts: dict = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
-    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, agreement)
+    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, agreement, wbytes)
 
 
 def _quantized(graph, src: Path, calib):
@@ -186,7 +193,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32 / fp16; int8: calibrated full-integer (tflite, onnx QDQ) or int8 weights "
                              "(coreml); w8a8: coreml int8 weights + activations calibrated with --calib "
-                             "(iOS17 quantize/dequantize); paletteN: coreml n-bit k-means weights")
+                             "(iOS17 quantize/dequantize); paletteN: coreml n-bit k-means weights; sparseNN: "
+                             "coreml weights NN%% magnitude-pruned, stored as bitmask + non-zero values")
     parser.add_argument("--calib", type=Path, help="calibration image folder for int8 / w8a8 (default: the "
                                                    "seeded crops of shared/data/train `edge-enhance quantize` uses)")
     parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible)")
@@ -236,6 +244,10 @@ def main(args: argparse.Namespace) -> int:
         if rep is not None:
             print(rep.table())
     print(op_summary(res))
+    if res.weight_bytes:
+        dense, stored = res.weight_bytes
+        print(f"conv weights: {dense / 1024:.1f} KiB dense -> {stored / 1024:.1f} KiB stored "
+              f"({100 * (1 - stored / dense):.0f}% saved)")
     print(f"wrote {res.output} ({res.size_bytes / 1024:.1f} KiB) in {res.seconds:.2f} s")
     return 0
 

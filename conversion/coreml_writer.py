@@ -25,10 +25,12 @@ from .ir import Graph
 from .onnx_writer import _check_quantised, _nchw_const
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
-WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8")
+WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8", "sparse50", "sparse75", "sparse90")
+SPARSITY = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}  # share of each conv's weights zeroed
 # What the card's "weights" field says for each compression (conv / conv_transpose weights only).
 WEIGHT_FORMATS = {"int8": "int8 linear symmetric per-output-channel", "palette4": "4-bit k-means palette",
-                  "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette"}
+                  "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette",
+                  **{k: f"{v:.0%} magnitude-pruned, bitmask + non-zero values" for k, v in SPARSITY.items()}}
 W8A8_ACTIVATIONS = "int8 per-tensor quantize/dequantize, calibrated (quantization.quantize)"
 W8A8_TOO_OLD = ("iOS15", "iOS16", "macOS12", "macOS13")  # no MIL quantize / dequantize ops
 
@@ -223,6 +225,9 @@ def compress_weights(model, weights: str):
         cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                           weight_threshold=0)
         fn = cto.linear_quantize_weights
+    elif weights in SPARSITY:  # unstructured: the smallest |w| of each conv, as quantization.prune.sparsify
+        cfg = cto.OpMagnitudePrunerConfig(target_sparsity=SPARSITY[weights], weight_threshold=0)
+        fn = cto.prune_weights
     else:
         nbits = int(weights[len("palette"):])
         cfg = cto.OpPalettizerConfig(mode="custom", lut_function=lambda w: kmeans_lut(w, nbits), weight_threshold=0)
@@ -459,7 +464,32 @@ def decompress_op(op) -> np.ndarray:
         if off is not None:
             d = d - _block_repeat(off.astype(np.float32), d.shape)
         return (d * _block_repeat(sc.astype(np.float32), d.shape)).astype(sc.dtype)
+    if t == "constexpr_sparse_to_dense":  # bitmask (iOS16: packed bytes + shape; iOS18: uint1, shaped)
+        data, mask = arg(op, "nonzero_data"), arg(op, "mask")
+        if "shape" in op.inputs:
+            shape = [int(d) for d in arg(op, "shape")]
+            mask = _unpack_bits(mask, 1, int(np.prod(shape))).reshape(shape)
+        out = np.zeros(mask.shape, data.dtype)
+        out[mask != 0] = data
+        return out
     raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
+
+
+def weight_bytes(prog) -> tuple[int, int]:
+    """(dense, stored) bytes of the program's compressed weights: each constexpr op's output at
+    its float type against the constants it is stored as (quantised values, LUT, mask, ...)."""
+    dense = stored = 0
+    for op in prog.functions["main"].operations:
+        if op.op_type.startswith("constexpr_"):
+            dense += decompress_op(op).nbytes
+            stored += sum(-(-np.asarray(v.val).size * _bits(v) // 8) for v in op.inputs.values() if v.val is not None)
+    return dense, stored
+
+
+def _bits(var) -> int:
+    """Bits per element as stored (iOS18 uint1 / uint4 / uint6 are held in uint8 arrays)."""
+    dt = getattr(var, "dtype", None)
+    return dt.get_bitwidth() if hasattr(dt, "get_bitwidth") else np.asarray(var.val).itemsize * 8
 
 
 def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, max_images=None, crop=None,

@@ -15,7 +15,8 @@ ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pi
 from conversion import executor  # noqa: E402
 from conversion.cli import add_arguments, convert, main  # noqa: E402
 from conversion.coreml_writer import (  # noqa: E402
-    _LAST_PROGRAM, W8A8_ACTIVATIONS, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml)
+    _LAST_PROGRAM, SPARSITY, W8A8_ACTIVATIONS, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml,
+    weight_bytes)
 from conversion.errors import ConfigError  # noqa: E402
 from conversion.onnx_import import from_onnx  # noqa: E402
 from conversion.verify import default_dataset  # noqa: E402
@@ -81,7 +82,7 @@ def test_needs_a_tile(tmp_path):
 
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "palette6"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "palette6", "sparse50"])
 def test_sr_net_to_coreml_verified(tmp_path, precision):
     card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
     src = tmp_path / "sr.onnx"
@@ -92,7 +93,12 @@ def test_sr_net_to_coreml_verified(tmp_path, precision):
     tol = {"fp32": 1e-4, "fp16": 5e-3}.get(precision, 3e-2)
     assert res.report.max_abs_err <= tol
     card = json.loads(ct.models.MLModel(str(res.output), skip_model_load=True).user_defined_metadata[CARD_KEY])
-    assert ("weights" in card) == (precision in ("int8", "palette6"))
+    assert ("weights" in card) == (precision in ("int8", "palette6", "sparse50"))
+    if precision in ("fp32", "fp16"):
+        assert res.weight_bytes is None
+    else:  # stored below dense fp16: int8 about half, 6-bit palette about 3/8, 50% sparse about 9/16
+        dense, stored = res.weight_bytes
+        assert stored < {"int8": 0.55, "palette6": 0.45, "sparse50": 0.65}[precision] * dense
 
 
 def test_kmeans_palette_finds_clusters():
@@ -118,6 +124,20 @@ def _tree_size(p):
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def _packed(prog):
+    """(op, dense value) of each compressed-weight op; our numpy decompression must equal
+    coremltools' own reference decompression."""
+    out = []
+    for op in prog.functions["main"].operations:
+        if op.op_type.startswith("constexpr_"):
+            ref = type(op).decompress(**{k: (op.inputs[k].val if k in op.inputs else None)
+                                         for k in inspect.signature(type(op).decompress).parameters})
+            dense = decompress_op(op)
+            np.testing.assert_array_equal(dense, ref)
+            out.append((op, dense))
+    return out
+
+
 @pytest.mark.parametrize("weights,min_target,atol", [
     ("int8", "iOS16", 5e-3), ("int8", "iOS18", 5e-3), ("palette4", "iOS16", 3e-2), ("palette4", "iOS18", 3e-2),
     ("palette6", "iOS16", 1e-2), ("palette8", "iOS18", 5e-3)])
@@ -130,13 +150,9 @@ def test_compressed_weights_evaluate_and_shrink(tmp_path, weights, min_target, a
     to_coreml(g, fp, tile=(8, 8), min_target=min_target)
     ops = to_coreml(g, path, tile=(8, 8), min_target=min_target, weights=weights)
     prog = _LAST_PROGRAM[str(path)]
-    packed = [op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")]
+    packed = _packed(prog)
     assert len(packed) == g.op_counts()["Conv"] and ops.count("conv") == len(packed)
-    for op in packed:  # our numpy dequantisation == coremltools' own reference decompression
-        ref = type(op).decompress(**{k: (op.inputs[k].val if k in op.inputs else None)
-                                     for k in inspect.signature(type(op).decompress).parameters})
-        dense = decompress_op(op)
-        np.testing.assert_array_equal(dense, ref)
+    for op, dense in packed:
         if weights.startswith("palette"):
             assert len(np.unique(dense)) <= 2 ** int(weights[7:])
         else:  # symmetric per-output-channel int8: every channel is a multiple of its own step
@@ -260,3 +276,31 @@ def test_cli_w8a8_bad_calibration_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="tile"):  # refused before calibrating
         convert(src, "coreml", precision="w8a8", calib=tmp_path / "nowhere")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.onnx"]
+
+
+# --------------------------------------------------------------------------- sparse weights
+@pytest.mark.parametrize("weights,min_target", [("sparse50", "iOS16"), ("sparse75", "iOS18"), ("sparse90", "iOS17")])
+def test_sparse_weights_are_our_magnitude_pruning(tmp_path, weights, min_target):
+    from quantization.prune import sparsify
+
+    level = SPARSITY[weights]
+    rng = np.random.default_rng(4)
+    card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
+    g = from_onnx(residual_sr_model(rng, card=card))
+    fp, path = tmp_path / "fp.mlpackage", tmp_path / "w.mlpackage"
+    to_coreml(g, fp, tile=(8, 8), min_target=min_target)
+    ops = to_coreml(g, path, tile=(8, 8), min_target=min_target, weights=weights)
+    prog = _LAST_PROGRAM[str(path)]
+    packed = _packed(prog)
+    assert [op.op_type for op, _ in packed] == ["constexpr_sparse_to_dense"] * 3 and ops.count("conv") == 3
+    for _, dense in packed:
+        assert abs(np.mean(dense == 0) - level) < 0.01
+    # The program computes what quantization.prune.sparsify makes of the float model (fp16 aside).
+    x = rand(rng, 1, 3, 8, 8, lo=0, hi=1)
+    want = executor.run(sparsify(g, level), {g.inputs[0]: x.transpose(0, 2, 3, 1)})[g.outputs[0]]
+    np.testing.assert_allclose(evaluate_mil(prog, x).transpose(0, 2, 3, 1), want, atol=5e-3, rtol=0)
+    dense, stored = weight_bytes(prog)
+    assert stored <= (1 - level) * dense + dense / 16 + 64  # fp16 non-zeros + a 1-bit mask (+ shapes)
+    assert _tree_size(path) < _tree_size(fp)
+    mm = ct.models.MLModel(str(path), skip_model_load=True)
+    assert json.loads(mm.user_defined_metadata[CARD_KEY])["weights"] == WEIGHT_FORMATS[weights]
