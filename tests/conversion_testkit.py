@@ -139,3 +139,32 @@ def calib_dir(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(d / f"{i}.png")
     return d
+
+
+def carded_sr_model(tmp_path):
+    """``tmp_path/sr.onnx``: a small SR net with a card (task, scale), as the calibrating CLIs need."""
+    from edge_enhance.card import ModelCard
+
+    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7)
+    src = tmp_path / "sr.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
+    return src
+
+
+def nearest_rounding(monkeypatch):
+    """The quantiser with nearest weight rounding: the CLIs' GPTQ default takes ~40 s even here."""
+    from quantization import quantize
+
+    orig = quantize.quantize_model
+    monkeypatch.setattr(quantize, "quantize_model", lambda g, c, **kw: orig(g, c, **{**kw, "rounding": "nearest"}))
+
+
+def convert_main(argv) -> int:
+    """``edge-enhance convert ARGV`` through conversion.cli's own parser."""
+    import argparse
+
+    from conversion.cli import add_arguments, main
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return main(p.parse_args(argv))

@@ -1,19 +1,19 @@
 """Core ML: MIL builder -> mlprogram, checked by numpy evaluation of the converted program."""
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 
 import numpy as np
 import pytest
 
-from tests.conversion_testkit import calib_dir, h, make_model, quantised_graph, rand, residual_sr_model, run_ort
+from tests.conversion_testkit import (calib_dir, carded_sr_model, convert_main, h, make_model, nearest_rounding,
+                                     quantised_graph, rand, residual_sr_model, run_ort)
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install edge-enhance[coreml])")
 
 from conversion import executor  # noqa: E402
-from conversion.cli import add_arguments, convert, main  # noqa: E402
+from conversion.cli import convert  # noqa: E402
 from conversion.coreml_writer import (  # noqa: E402
     _LAST_PROGRAM, SPARSITY, W8A8_ACTIVATIONS, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml,
     weight_bytes)
@@ -247,17 +247,11 @@ def test_w8a8_refusals(tmp_path):
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
 def test_cli_w8a8_calibrates_writes_and_reports(tmp_path, capsys, monkeypatch):
-    quantize = pytest.importorskip("quantization.quantize")
-    orig = quantize.quantize_model  # GPTQ is the CLI's default; nearest keeps the test fast
-    monkeypatch.setattr(quantize, "quantize_model", lambda g, c, **kw: orig(g, c, **{**kw, "rounding": "nearest"}))
-    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7)
-    src = tmp_path / "sr.onnx"
-    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    argv = [str(src), "--to", "coreml", "--precision", "w8a8", "--calib", str(calib_dir(tmp_path)),
-            "--tile", "24x24", "--verify-images", "2"]
-    assert main(p.parse_args(argv)) == 0
+    pytest.importorskip("quantization.quantize")
+    nearest_rounding(monkeypatch)
+    src = carded_sr_model(tmp_path)
+    assert convert_main([str(src), "--to", "coreml", "--precision", "w8a8", "--calib", str(calib_dir(tmp_path)),
+                         "--tile", "24x24", "--verify-images", "2"]) == 0
     out = capsys.readouterr().out
     assert "coreml w8a8 vs IR executor (numpy" in out and "coreml w8a8 vs IR executor int8 simulation" in out
     mm = ct.models.MLModel(str(tmp_path / "sr.mlpackage"), skip_model_load=True)
@@ -268,9 +262,7 @@ def test_cli_w8a8_calibrates_writes_and_reports(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_w8a8_bad_calibration_writes_nothing(tmp_path):
-    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7)
-    src = tmp_path / "sr.onnx"
-    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
+    src = carded_sr_model(tmp_path)
     with pytest.raises(ConfigError, match="calibration folder does not exist"):
         convert(src, "coreml", precision="w8a8", tile=(24, 24), calib=tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="tile"):  # refused before calibrating

@@ -1,25 +1,24 @@
 """int8 QDQ ONNX from a quantised IR: onnxruntime vs the IR's simulated int8 inference; the CLI."""
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper as nh
 
-from tests.conversion_testkit import calib_dir, h, make_model, quantised_graph, rand, residual_sr_model
+from tests.conversion_testkit import (calib_dir, carded_sr_model, convert_main, h, make_model, nearest_rounding,
+                                     quantised_graph, rand, residual_sr_model)
 
 from conversion import executor
-from conversion.cli import add_arguments, convert, main
+from conversion.cli import convert
 from conversion.errors import ConfigError
 from conversion.onnx_import import from_onnx
 from conversion.onnx_writer import to_onnx
 from conversion.verify import default_dataset
-from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.card import CARD_KEY
 
 ort = pytest.importorskip("onnxruntime")
-quantize = pytest.importorskip("quantization.quantize", reason="the quantisation package is not importable")
+pytest.importorskip("quantization.quantize", reason="the quantisation package is not importable")
 
 
 def _transpose_model(rng):
@@ -85,17 +84,10 @@ def test_unquantised_graph_is_refused(tmp_path):
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
 def test_cli_onnx_int8(tmp_path, capsys, monkeypatch):
-    # The CLI uses the quantiser's defaults (GPTQ rounding: ~40 s even here); nearest keeps this fast.
-    orig = quantize.quantize_model
-    monkeypatch.setattr(quantize, "quantize_model", lambda g, c, **kw: orig(g, c, **{**kw, "rounding": "nearest"}))
-    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7)
-    src = tmp_path / "sr.onnx"
-    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    argv = [str(src), "--to", "onnx", "--precision", "int8", "--calib", str(calib_dir(tmp_path)),
-            "--verify-images", "1"]
-    assert main(p.parse_args(argv)) == 0
+    nearest_rounding(monkeypatch)
+    src = carded_sr_model(tmp_path)
+    assert convert_main([str(src), "--to", "onnx", "--precision", "int8", "--calib", str(calib_dir(tmp_path)),
+                         "--verify-images", "1"]) == 0
     out = tmp_path / "sr_int8.onnx"
     m = onnx.load(str(out))
     assert "QuantizeLinear" in {n.op_type for n in m.graph.node}
