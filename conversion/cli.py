@@ -19,9 +19,16 @@ from .errors import ConfigError, EdgeEnhanceError, VerificationError
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "palette4", "palette6", "palette8")
-# Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS).
-COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "w8a8", "palette4", "palette6", "palette8", "sparse50", "sparse75",
+              "sparse90")
+# Core ML int8 / paletteN / sparseNN = fp16 activations with compressed conv weights
+# (coreml_writer.WEIGHTS); w8a8 = calibrated int8 activations too (quantize / dequantize).
+COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8", "sparse50", "sparse75", "sparse90")
+COREML_ONLY = ("w8a8",) + COREML_WEIGHTS[1:]
+# numpy MIL evaluation of a W8A8 program vs the quantiser's own int8 simulation (float64): fp16
+# arithmetic moves intermediate rounding ties, up to 3 output steps on sr-x2 / Set5 (a quarter of
+# the pixels by one step; fp32 compute: 0.05%); a wrong scale or zero point moves far more.
+W8A8_AGREEMENT_TOL = 6 / 255
 SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
 
 
@@ -44,6 +51,8 @@ class ConvertResult:
     size_bytes: int
     ops: dict = field(default_factory=dict)  # op type -> count
     report: object = None  # verify.VerifyReport or None
+    agreement: object = None  # w8a8: VerifyReport of the program vs the IR's int8 simulation
+    weight_bytes: tuple | None = None  # Core ML compressed weights: (dense float, stored) bytes
 
 
 def _tree_size(p: Path) -> int:
@@ -52,7 +61,7 @@ def _tree_size(p: Path) -> int:
 
 def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
             d2s_as_transpose_conv: bool = False, calib=None, dataset=None, max_images: int | None = 5,
-            crop: tuple | None = None, verify: bool = True, min_target: str = "iOS16",
+            crop: tuple | None = None, verify: bool = True, min_target: str | None = None,
             enumerated_shapes: tuple = ()) -> ConvertResult:
     """Import, convert into a temporary file beside ``output``, verify, then move it into place."""
     from .onnx_import import from_onnx
@@ -61,8 +70,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision.startswith("palette") and to != "coreml":
-        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
+    if precision in COREML_ONLY and to != "coreml":
+        raise ConfigError(f"--precision {precision} applies to --to coreml only (int8 TFLite / ONNX: --precision int8)")
     if precision == "int16x8" or (precision == "int8" and to == "tflite"):
         raise ConfigError(f"--precision {precision} to {to}{' with --tile / --d2s-as-transpose-conv' if to == 'tflite' else ''} "
                           "is not available yet: int8 TFLite comes from `edge-enhance convert --to tflite --precision "
@@ -84,12 +93,18 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
     graph = from_onnx(src)
     source_model = onnx.load(str(src))
+    if to == "coreml":  # reported before any calibration is spent
+        from .coreml_writer import _ct, _tile_of
+
+        _ct()
+        tile = _tile_of(graph, tile)
     if to == "onnx" and precision == "int8":
         graph = _quantized(graph, src, calib)
+    qgraph = _quantized(graph, src, calib) if precision == "w8a8" else None
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
-        report = None
+        report = agreement = wbytes = None
         if to == "tflite":
             from .tflite_writer import tflite_ops, to_tflite
 
@@ -114,14 +129,21 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
             from .coreml_writer import to_coreml
 
             weights = precision if precision in COREML_WEIGHTS else "fp"
-            prog_ops = to_coreml(graph, tmp, precision="fp16" if weights != "fp" else precision, tile=tile,
-                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights)
-            names = prog_ops
+            names = to_coreml(qgraph or graph, tmp, precision=precision if precision in ("fp32", "fp16") else "fp16",
+                              tile=tile, min_target=min_target or ("iOS17" if qgraph else "iOS16"),
+                              enumerated_shapes=enumerated_shapes, weights=weights, w8a8=qgraph is not None)
+            if qgraph is not None or weights != "fp":
+                from .coreml_writer import _LAST_PROGRAM, weight_bytes
+
+                wbytes = weight_bytes(_LAST_PROGRAM[str(tmp)])
             if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
                 from .coreml_writer import verify_coreml
 
-                report = verify_coreml(graph, tmp, precision=precision, dataset=dataset, max_images=max_images,
-                                       crop=tile or crop)
+                kw = dict(dataset=dataset, max_images=max_images, crop=tile or crop)
+                report = verify_coreml(graph, tmp, precision=precision, **kw)
+                if qgraph is not None:
+                    agreement = verify_coreml(qgraph, tmp, precision=precision, simulate_quant=True,
+                                              tol=W8A8_AGREEMENT_TOL, **kw)
         seconds = time.perf_counter() - t0
         if out.exists():
             if out.is_dir():
@@ -132,11 +154,11 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     counts: dict = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
-    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report)
+    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, agreement, wbytes)
 
 
 def _quantized(graph, src: Path, calib):
-    """Calibrate on ``calib`` (default: the shared training images) and quantise for int8 QDQ."""
+    """Calibrate on ``calib`` (default: the shared training images) and quantise (int8 QDQ, W8A8)."""
     from edge_enhance.card import CARD_KEY, ModelCard
 
     from quantization.calibration import calibration_set
@@ -168,8 +190,13 @@ def op_summary(result: ConvertResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="source .onnx model")
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    parser.add_argument("--calib", type=Path, help="calibration image folder (int8 / int16x8)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32 / fp16; int8: calibrated full-integer (tflite, onnx QDQ) or int8 weights "
+                             "(coreml); w8a8: coreml int8 weights + activations calibrated with --calib "
+                             "(iOS17 quantize/dequantize); paletteN: coreml n-bit k-means weights; sparseNN: "
+                             "coreml weights NN%% magnitude-pruned, stored as bitmask + non-zero values")
+    parser.add_argument("--calib", type=Path, help="calibration image folder for int8 / w8a8 (default: the "
+                                                   "seeded crops of shared/data/train `edge-enhance quantize` uses)")
     parser.add_argument("--tile", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible)")
     parser.add_argument("--io", default="float", choices=("uint8", "int8", "float"), help="I/O type of int8 models")
     parser.add_argument("--d2s-as-transpose-conv", action="store_true",
@@ -213,9 +240,14 @@ def main(args: argparse.Namespace) -> int:
     except EdgeEnhanceError as e:
         print(f"edge-enhance convert: {e}", file=sys.stderr)
         return 1
-    if res.report is not None:
-        print(res.report.table())
+    for rep in (res.report, res.agreement):
+        if rep is not None:
+            print(rep.table())
     print(op_summary(res))
+    if res.weight_bytes:
+        dense, stored = res.weight_bytes
+        print(f"conv weights: {dense / 1024:.1f} KiB dense -> {stored / 1024:.1f} KiB stored "
+              f"({100 * (1 - stored / dense):.0f}% saved)")
     print(f"wrote {res.output} ({res.size_bytes / 1024:.1f} KiB) in {res.seconds:.2f} s")
     return 0
 

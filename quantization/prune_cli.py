@@ -87,6 +87,9 @@ def main(args) -> int:
             for s in rep["sparsity"]:
                 print(f"  magnitude sparsity {100 * s['level']:.0f}% (fp16, bitmask): "
                       f"{human_size(int(s['dense_bytes']))} -> {human_size(int(s['sparse_bytes']))}")
+            if rep["sparsity"]:
+                print("  (written by `edge-enhance convert MODEL --to coreml --tile HxW --precision sparse50`, "
+                      "sparse75 or sparse90)")
         if missed and not args.force:
             print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)")
             return 1
