@@ -86,4 +86,13 @@ def judge_bars(speed: list[dict], quality: list[dict], all_threads: int | None =
     if not judged:
         out.append(_bar(f"int8 TFLite >= 1.5x fp32 TFLite speed, same model ({w}x{h}, 2 threads)", None, 1.5, "",
                         "no model has both an int8 and an fp32 TFLite speed row"))
+
+    # 4. denoise vs CBM3D (model-zoo bar), judged only where CBM3D ran (the bm3d package is optional).
+    peer = next((r for r in quality if r["model"] == "CBM3D" and r["dataset"] == "Kodak24"), None)
+    if peer:
+        for r in quality:
+            if r["ours"] and r["model"] == "denoise" and r["dataset"] == "Kodak24":
+                v = r["psnr"] - peer["psnr"]
+                out.append(_bar(f"denoise {r['engine']} {r['precision']} > CBM3D on Kodak24 (sigma 25)", v, 1e-9,
+                                f"{v:+.2f} dB ({r['psnr']:.2f} vs {peer['psnr']:.2f} dB)"))
     return out

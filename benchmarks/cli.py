@@ -126,7 +126,10 @@ def main(args: argparse.Namespace) -> int:
         _checkpoint(res, notes, out)
     if "speed" in args.only:
         # Peers at scales we have no model of only add minutes; the speed table compares like with like.
-        timed = [s for s in subjects if s.ours or s.scale in scales]
+        timed = [s for s in subjects if s.timed and (s.ours or s.scale in scales)]
+        n = [NotRun(f"speed {s.label}", "quality only: too slow for interleaved timed runs (its seconds per "
+                                        "set are in the quality rows)") for s in subjects if not s.timed]
+        notes += n
         rows, n = speed.run_speed(timed, args.quick, runs, sizes)
         res["speed"], notes = rows, notes + n
         print(f"bench: speed done ({len(rows)} rows)", file=sys.stderr)

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from edge_enhance.procmem import status_mb
+
 from .subjects import NotRun, Subject
 
 log = logging.getLogger(__name__)
@@ -23,27 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rss_mb() -> float:
-    """Current resident set (not the peak), from /proc; NaN where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """Current resident set (not the peak); NaN where /proc is missing."""
+    v = status_mb("VmRSS")
+    return float("nan") if v is None else v
 
 
 def _peak_mb() -> float:
     """Peak resident set of this process. VmHWM belongs to the address space, which exec replaces;
     Linux's ru_maxrss survives exec and would report the benchmark parent's own peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    v = status_mb("VmHWM")
+    if v is not None:
+        return v
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 

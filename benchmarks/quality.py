@@ -25,7 +25,11 @@ def run_quality(subjects: list[Subject], data_dir: Path | None, quick: bool) -> 
     rows, notes = [], []
     table = QUICK_DATASETS if quick else DATASETS
     for sub in subjects:
-        for name in table.get(sub.task, ()):
+        names = [n for n in table.get(sub.task, ()) if sub.datasets is None or n in sub.datasets]
+        if not names:
+            notes.append(NotRun(f"quality {sub.label}", f"runs on {', '.join(sub.datasets or ())} only, "
+                                                         "not in this mode's sets"))
+        for name in names:
             # --data may name ../shared/data or its eval/ folder.
             folder = None if data_dir is None else next(
                 (f for f in (Path(data_dir) / "eval" / name, Path(data_dir) / name) if f.is_dir()),

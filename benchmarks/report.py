@@ -130,8 +130,10 @@ def markdown(res: dict) -> str:
     if res["quality"]:
         out += ["", "## Quality (evaluation protocol of ../shared/data/README.md)", ""]
         rows = [[r["label"], "ours" if r["ours"] else "peer", r["task"], f"x{r['scale']}", r["dataset"],
-                 str(r["images"]), _f(r["psnr"]), _f(r["ssim"], ".4f"), _f(r["input_psnr"])] for r in res["quality"]]
-        out += _table(["subject", "", "task", "scale", "set", "images", "PSNR dB", "SSIM", "input PSNR dB"], rows)
+                 str(r["images"]), _f(r["psnr"]), _f(r["ssim"], ".4f"), _f(r["input_psnr"]),
+                 _f(r["seconds"] / r["images"] if r.get("seconds") and r["images"] else None)] for r in res["quality"]]
+        out += _table(["subject", "", "task", "scale", "set", "images", "PSNR dB", "SSIM", "input PSNR dB", "s / image"],
+                      rows)
         out += ["", "SR: Y PSNR, shave = scale, Pillow bicubic LR; denoise: sigma 25 clipped; dejpeg: Pillow JPEG q30. "
                 "'input PSNR' is the degraded input (bicubic upscale for SR)."]
     if res["speed"]:

@@ -28,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_enhance.procmem import status_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    v = status_mb("VmRSS")
+    return float("nan") if v is None else v
 
 
 def open_fds() -> int:

@@ -59,6 +59,8 @@ class Subject:
     threaded: bool  # whether the engine takes a thread count
     factory: Callable[[int | None], Fn] = field(repr=False)
     path: str | None = None
+    datasets: tuple[str, ...] | None = None  # quality: only these sets (None: the task's usual ones)
+    timed: bool = True  # False: quality only (too slow for the speed section's interleaved runs)
 
     def make(self, threads: int | None = None) -> Fn:
         return self.factory(threads if self.threaded else None)
@@ -259,8 +261,9 @@ def bm3d_subjects(tasks: set[str]) -> tuple[list[Subject], list[NotRun]]:
             out = bm3d.bm3d_rgb(rgb.astype(np.float32) / 255.0, sigma / 255.0)
             return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         return fn
+    # Tens of seconds per Kodak image: judged on Kodak24 only (the set the denoise bar names), not timed.
     return [Subject("CBM3D sigma 25", "CBM3D", False, "bm3d", "-", "denoise", 1, None, threaded=False,
-                    factory=make)], []
+                    factory=make, datasets=("Kodak24",), timed=False)], []
 
 
 def peer_subjects(peer_dir: Path | None, tasks: set[str], scales: list[int]) -> tuple[list[Subject], list[NotRun]]:

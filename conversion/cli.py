@@ -19,9 +19,16 @@ from .errors import ConfigError, EdgeEnhanceError, VerificationError
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "palette4", "palette6", "palette8")
-# Core ML int8 / paletteN = fp16 activations with compressed conv weights (coreml_writer.WEIGHTS).
-COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "w8a8", "palette4", "palette6", "palette8", "sparse50", "sparse75",
+              "sparse90")
+# Core ML int8 / paletteN / sparseNN = fp16 activations with compressed conv weights
+# (coreml_writer.WEIGHTS); w8a8 = calibrated int8 activations too (quantize / dequantize).
+COREML_WEIGHTS = ("int8", "palette4", "palette6", "palette8", "sparse50", "sparse75", "sparse90")
+COREML_ONLY = ("w8a8",) + COREML_WEIGHTS[1:]
+# numpy MIL evaluation of a W8A8 program vs the quantiser's own int8 simulation (float64): fp16
+# arithmetic moves intermediate rounding ties, up to 3 output steps on sr-x2 / Set5 (a quarter of
+# the pixels by one step; fp32 compute: 0.05%); a wrong scale or zero point moves far more.
+W8A8_AGREEMENT_TOL = 6 / 255
 SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
 QUANTIZED = ("int8", "int16x8")  # TFLite precisions made by the calibrated quantiser (quantization.cli)
 
@@ -60,6 +67,8 @@ class ConvertResult:
     ops: dict = field(default_factory=dict)  # op type -> count
     report: object = None  # verify.VerifyReport or None
     notes: list = field(default_factory=list)  # lines for the summary (I/O, shapes)
+    agreement: object = None  # w8a8: VerifyReport of the program vs the IR's int8 simulation
+    weight_bytes: tuple | None = None  # Core ML compressed weights: (dense float, stored) bytes
 
 
 def _tree_size(p: Path) -> int:
@@ -72,8 +81,8 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
         raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision.startswith("palette") and to != "coreml":
-        raise ConfigError(f"--precision {precision} (palettised weights) applies to --to coreml only")
+    if precision in COREML_ONLY and to != "coreml":
+        raise ConfigError(f"--precision {precision} applies to --to coreml only (int8 TFLite / ONNX: --precision int8)")
     if precision == "int16x8" and to != "tflite":
         alt = "fp16 activations with int8 weights" if to == "coreml" else "int8 QDQ"
         raise ConfigError(f"--precision int16x8 (16-bit activations, 8-bit weights) applies to --to tflite only; "
@@ -92,7 +101,7 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
 
 def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
             d2s_as_transpose_conv: bool = False, calib=None, dataset=None, max_images: int | None = 5,
-            crop: tuple | None = None, verify: bool = True, min_target: str = "iOS16",
+            crop: tuple | None = None, verify: bool = True, min_target: str | None = None,
             enumerated_shapes: tuple = ()) -> ConvertResult:
     """Import, convert into a temporary file beside ``output``, verify, then move it into place."""
     from .onnx_import import from_onnx
@@ -116,12 +125,23 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
     graph = from_onnx(src)
     source_model = onnx.load(str(src))
+    weights = precision if precision in COREML_WEIGHTS else "fp"
+    coreml_io = "image" if io == "image" else "tensor"
+    if to == "coreml":  # reported before any calibration is spent
+        from .coreml_writer import _ct, _tile_of, check_coreml
+
+        _ct()
+        min_target = min_target or ("iOS17" if precision == "w8a8" else "iOS16")
+        check_coreml(graph, weights=weights, min_target=min_target, io=coreml_io, w8a8=precision == "w8a8")
+        tile = _tile_of(graph, tile)
     if to == "onnx" and precision == "int8":
         graph = _quantized(graph, src, calib)
+    qgraph = _quantized(graph, src, calib) if precision == "w8a8" else None
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
-        report, notes = None, []
+        report = agreement = wbytes = None
+        notes = []
         if to == "tflite":
             from .tflite_writer import tflite_ops, to_tflite
 
@@ -145,17 +165,22 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         else:
             from .coreml_writer import spec_io, to_coreml
 
-            weights = precision if precision in COREML_WEIGHTS else "fp"
-            prog_ops = to_coreml(graph, tmp, precision="fp16" if weights != "fp" else precision, tile=tile,
-                                 min_target=min_target, enumerated_shapes=enumerated_shapes, weights=weights,
-                                 io="image" if io == "image" else "tensor")
-            names = prog_ops
+            names = to_coreml(qgraph or graph, tmp, precision=precision if precision in ("fp32", "fp16") else "fp16",
+                              tile=tile, min_target=min_target, enumerated_shapes=enumerated_shapes,
+                              weights=weights, io=coreml_io, w8a8=qgraph is not None)
             notes = coreml_notes(*spec_io(tmp), graph.tensors[graph.inputs[0]].shape[3])
+            if qgraph is not None or weights != "fp":
+                from .coreml_writer import _LAST_PROGRAM, weight_bytes
+
+                wbytes = weight_bytes(_LAST_PROGRAM[str(tmp)])
             if verify:  # compressed weights: no fixed tolerance, the report shows the PSNR cost
                 from .coreml_writer import verify_coreml
 
-                report = verify_coreml(graph, tmp, precision=precision, dataset=dataset, max_images=max_images,
-                                       crop=tile or crop)
+                kw = dict(dataset=dataset, max_images=max_images, crop=tile or crop)
+                report = verify_coreml(graph, tmp, precision=precision, **kw)
+                if qgraph is not None:
+                    agreement = verify_coreml(qgraph, tmp, precision=precision, simulate_quant=True,
+                                              tol=W8A8_AGREEMENT_TOL, **kw)
         seconds = time.perf_counter() - t0
         if out.exists():
             if out.is_dir():
@@ -166,7 +191,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     counts: dict = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
-    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, notes)
+    return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, notes=notes, agreement=agreement,
+                         weight_bytes=wbytes)
 
 
 def coreml_notes(io: str, sizes: list, channels: int) -> list:
@@ -181,7 +207,7 @@ def coreml_notes(io: str, sizes: list, channels: int) -> list:
 
 
 def _quantized(graph, src: Path, calib):
-    """Calibrate on ``calib`` (default: the shared training images) and quantise for int8 QDQ."""
+    """Calibrate on ``calib`` (default: the shared training images) and quantise (int8 QDQ, W8A8)."""
     from edge_enhance.card import CARD_KEY, ModelCard
 
     from quantization.calibration import calibration_set
@@ -216,16 +242,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32 (default) / fp16; int8 = calibrated full-integer TFLite, int8 QDQ ONNX, or int8 "
                              "weights in Core ML; int16x8 = TFLite with int16 activations and int8 weights in every "
-                             "layer TFLite runs as 16x8 (the rest int8); palette4/6/8 = k-means weights (Core ML)")
-    parser.add_argument("--calib", type=Path, help="calibration image folder for int8 / int16x8 (default: crops of "
-                                                   "../shared/data/train)")
+                             "layer TFLite runs as 16x8 (the rest int8); w8a8 = Core ML int8 weights + activations "
+                             "calibrated with --calib (iOS17 quantize/dequantize); palette4/6/8 = Core ML n-bit "
+                             "k-means weights; sparse50/75/90 = Core ML weights NN%% magnitude-pruned, stored as "
+                             "bitmask + non-zero values. Every Core ML precision combines with --enumerated-shapes "
+                             "and --io image")
+    parser.add_argument("--calib", type=Path, help="calibration image folder for int8 / int16x8 / w8a8 (default: "
+                                                   "the seeded crops of shared/data/train `edge-enhance quantize` uses)")
     parser.add_argument("--tile", metavar="HxW", help="fixed input size HxW, e.g. 256x256 (default: dynamic where possible; "
                                          "Core ML: the card's tile, or the first --enumerated-shapes size)")
     parser.add_argument("--enumerated-shapes", metavar="HxW,HxW", help="Core ML: input sizes the model accepts, "
-                        "e.g. 256x256,512x512 (--tile, else the first, is the default)")
+                        "e.g. 256x256,512x512 (--tile, else the first, is the default); any Core ML --precision, "
+                        "verified at every size")
     parser.add_argument("--io", default="float", choices=("float", "uint8", "int8", "image"),
                         help="model I/O: float tensors (default); uint8 / int8 for int8 TFLite; image for Core ML "
-                             "(RGB pixels in and out, iOS16+)")
+                             "(RGB / grayscale pixels in and out, iOS16+; iOS17+ with w8a8), any Core ML --precision")
     parser.add_argument("--d2s-as-transpose-conv", action="store_true",
                         help="express DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
     parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
@@ -273,11 +304,16 @@ def main(args: argparse.Namespace) -> int:
     except EdgeEnhanceError as e:
         print(f"edge-enhance convert: {e}", file=sys.stderr)
         return 1
-    if res.report is not None:
-        print(res.report.table())
+    for rep in (res.report, res.agreement):
+        if rep is not None:
+            print(rep.table())
     print(op_summary(res))
     for line in res.notes:
         print(line)
+    if res.weight_bytes:
+        dense, stored = res.weight_bytes
+        print(f"conv weights: {dense / 1024:.1f} KiB dense -> {stored / 1024:.1f} KiB stored "
+              f"({100 * (1 - stored / dense):.0f}% saved)")
     print(f"wrote {res.output} ({res.size_bytes / 1024:.1f} KiB) in {res.seconds:.2f} s")
     return 0
 

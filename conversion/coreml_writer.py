@@ -5,9 +5,12 @@ EnumeratedShapes for a few more (the tile is the default). Tensors are NCHW as M
 are laid back out from the IR's OHWI. I/O is a float tensor in [0, 1] (``io="tensor"``) or an
 image (``io="image"``: RGB / grayscale pixels in, scaled by 1/255 on the way in, and an image out
 of the network's output times 255, clipped to [0, 255]). The card goes to ``user_defined_metadata``.
-Linux cannot run Core ML, so :func:`evaluate_mil` walks the *converted* program's ops (fp16 casts
-and image scaling included) with numpy and :func:`verify_coreml` compares that with the IR executor
-on real images, at every enumerated shape.
+Weights may be compressed after conversion (int8, k-means palettes, magnitude-pruned sparse), or
+the program may carry a calibrated int8 graph's activation quantisation (W8A8: MIL quantize /
+dequantize, iOS17+); either combines with enumerated shapes and image I/O.
+Linux cannot run Core ML, so :func:`evaluate_mil` walks the *converted* program's ops (fp16 casts,
+image scaling, quantize / dequantize and decompressed weights included) with numpy and
+:func:`verify_coreml` compares that with the IR executor on real images, at every enumerated shape.
 """
 from __future__ import annotations
 
@@ -25,16 +28,20 @@ from edge_enhance.card import CARD_KEY
 from . import executor
 from .errors import ConfigError, UnsupportedOpError, VerificationError
 from .ir import Graph
-from .onnx_writer import _nchw_const
+from .onnx_writer import _check_quantised, _nchw_const
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
-WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8")
+WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8", "sparse50", "sparse75", "sparse90")
+SPARSITY = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}  # share of each conv's weights zeroed
 IO = ("tensor", "image")
 # Image outputs (ct.ImageType in ``outputs``) need the iOS16 / macOS13 spec.
 IMAGE_OUTPUT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
 # What the card's "weights" field says for each compression (conv / conv_transpose weights only).
 WEIGHT_FORMATS = {"int8": "int8 linear symmetric per-output-channel", "palette4": "4-bit k-means palette",
-                  "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette"}
+                  "palette6": "6-bit k-means palette", "palette8": "8-bit k-means palette",
+                  **{k: f"{v:.0%} magnitude-pruned, bitmask + non-zero values" for k, v in SPARSITY.items()}}
+W8A8_ACTIVATIONS = "int8 per-tensor quantize/dequantize, calibrated (quantization.quantize)"
+W8A8_TOO_OLD = ("iOS15", "iOS16", "macOS12", "macOS13")  # no MIL quantize / dequantize ops
 
 
 def _ct():
@@ -61,17 +68,26 @@ def _tile_of(g: Graph, tile):
     return h, w
 
 
-def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bool = False, io: str = "tensor"):
+def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bool = False, io: str = "tensor",
+                  w8a8: bool = False):
     """The MIL program (NCHW, float32) computing ``graph`` for input size ``tile``.
 
     ``flexible`` leaves H and W symbolic (for EnumeratedShapes): no op may then bake in the tile's
     output size. ``io="image"`` appends ``clip(y * 255, 0, 255)`` so the output is image pixels.
+    ``w8a8``: ``graph`` is quantised (quantization.quantize); every activation it quantises (the
+    input, every node output) goes through MIL ``quantize`` -> ``dequantize`` with its scale and
+    zero point, and conv weights are its int8 per-output-channel values behind a
+    ``constexpr_affine_dequantize``: what ``executor.run(graph, simulate_quant=True)`` computes.
+    Both combine with either: quantize / dequantize are elementwise (any H, W), and with image I/O
+    the network's dequantised output is what is scaled to pixels.
     """
     ct, mb = _ct()
     from coremltools.converters.mil.mil import get_new_symbol
 
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ConfigError("Core ML export supports one image input and one output")
+    if w8a8:
+        _check_quantised(graph, "Core ML W8A8")
     g = copy.deepcopy(graph)
     n_, _, _, c = g.tensors[g.inputs[0]].shape
     g.retype({g.inputs[0]: (1, tile[0], tile[1], c)})
@@ -86,11 +102,32 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, c) + hw)], opset_version=getattr(ct.target, min_target))
     def prog(x):
-        env = {in_name: x}
+        env = {}
+
+        def qdq(v, tensor, name):
+            q = g.tensors[tensor].quant
+            if not w8a8:
+                return v
+            s, z = np.float32(q.scale[0]), np.dtype(q.dtype).type(q.zero_point[0])
+            return mb.dequantize(input=mb.quantize(input=v, scale=s, zero_point=z, output_dtype=q.dtype,
+                                                   name=name + "_int"), scale=s, zero_point=z, name=name)
+
+        def weight(name, order, axis):
+            t = g.tensors[name]
+            if not w8a8:
+                return np.ascontiguousarray(t.data.transpose(order))
+            q = t.quant.quantize(np.asarray(t.data, np.float64)).transpose(order).astype(np.int8)
+            s = t.quant.scale.astype(np.float32)
+            return mb.constexpr_affine_dequantize(quantized_data=np.ascontiguousarray(q), zero_point=np.int8(0),
+                                                  scale=s if s.size > 1 else s[0], axis=axis, name=name + "_dq")
 
         def val(name):
             t = g.tensors[name]
-            return _nchw_const(t.data) if t.is_const else env[name]
+            if t.is_const:  # e.g. an Add constant: the value the int8 model sees
+                return _nchw_const(t.quant.fake_quantize(t.data) if w8a8 and t.quant is not None else t.data)
+            return env[name]
+
+        env[in_name] = qdq(x, in_name, in_name + "_dq")
 
         def act(v, kind, name):
             if kind == "relu":
@@ -105,22 +142,23 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
             a, out = n.attrs, n.outputs[0]
             fused = a.get("activation", "none") != "none"
             last = out + "_unit" if io == "image" and out == final else out  # the image is named `final`
-            nm = last + "_pre" if fused else last
+            base = last + "_float" if w8a8 else last  # the dequantised value takes the tensor's name
+            nm = base + "_pre" if fused else base
             if n.op == "Conv":
-                w = g.tensors[n.inputs[1]].data.transpose(0, 3, 1, 2)
                 pt, pl, pb, pr = a["pads"]
-                y = mb.conv(x=env[n.inputs[0]], weight=np.ascontiguousarray(w), bias=g.tensors[n.inputs[2]].data,
-                            strides=list(a["strides"]), dilations=list(a["dilations"]), pad_type="custom",
-                            pad=[pt, pb, pl, pr], groups=a["group"], name=nm)
+                y = mb.conv(x=env[n.inputs[0]], weight=weight(n.inputs[1], (0, 3, 1, 2), 0),
+                            bias=g.tensors[n.inputs[2]].data, strides=list(a["strides"]),
+                            dilations=list(a["dilations"]), pad_type="custom", pad=[pt, pb, pl, pr],
+                            groups=a["group"], name=nm)
             elif n.op == "ConvTranspose":
-                w = g.tensors[n.inputs[1]].data.transpose(3, 0, 1, 2)  # [C_in, C_out, kh, kw]
                 pt, pl, pb, pr = a["pads"]
                 oh, ow = g.tensors[out].shape[1:3]
-                kw = {} if flexible else {"output_shape": [1, w.shape[1], oh, ow]}
+                co = g.tensors[n.inputs[1]].data.shape[0]
+                kw = {} if flexible else {"output_shape": [1, co, oh, ow]}
                 if flexible and any(a["output_padding"]):
                     raise UnsupportedOpError(f"{n.name}: ConvTranspose with output_padding cannot take enumerated "
                                              "shapes")
-                y = mb.conv_transpose(x=env[n.inputs[0]], weight=np.ascontiguousarray(w),
+                y = mb.conv_transpose(x=env[n.inputs[0]], weight=weight(n.inputs[1], (3, 0, 1, 2), 1),  # [C_in, C_out, kh, kw]
                                       bias=g.tensors[n.inputs[2]].data, strides=list(a["strides"]),
                                       pad_type="custom", pad=[pt, pb, pl, pr], name=nm, **kw)
             elif n.op in ("Add", "Mul", "Minimum", "Maximum"):
@@ -172,7 +210,7 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
                                            sampling_mode=mode, name=nm)
             else:
                 raise UnsupportedOpError(f"Core ML writer: no lowering for IR op {n.op} ({n.name})")
-            env[out] = act(y, a.get("activation", "none"), last) if fused else y
+            env[out] = qdq(act(y, a.get("activation", "none"), base) if fused else y, out, last)
         if io == "image":
             return mb.clip(x=mb.mul(x=env[final], y=np.float32(255.0)), alpha=0.0, beta=255.0, name=final)
         return env[final]
@@ -225,6 +263,9 @@ def compress_weights(model, weights: str):
         cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                           weight_threshold=0)
         fn = cto.linear_quantize_weights
+    elif weights in SPARSITY:  # unstructured: the smallest |w| of each conv, as quantization.prune.sparsify
+        cfg = cto.OpMagnitudePrunerConfig(target_sparsity=SPARSITY[weights], weight_threshold=0)
+        fn = cto.prune_weights
     else:
         nbits = int(weights[len("palette"):])
         cfg = cto.OpPalettizerConfig(mode="custom", lut_function=lambda w: kmeans_lut(w, nbits), weight_threshold=0)
@@ -232,36 +273,49 @@ def compress_weights(model, weights: str):
     return fn(model, cto.OptimizationConfig(op_type_configs={"conv": cfg, "conv_transpose": cfg}))
 
 
-def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_target: str = "iOS16",
-              enumerated_shapes: tuple = (), weights: str = "fp", io: str = "tensor") -> list:
-    """Write an .mlpackage atomically; returns the converted program's op types (no consts).
-
-    ``weights`` other than ``fp`` compresses conv weights (int8 per-channel or an n-bit palette),
-    which Core ML expands at load time; activations stay ``precision``. ``enumerated_shapes`` are
-    extra (h, w) input sizes besides ``tile`` (the default). ``io="image"``: an RGB (3 channels)
-    or grayscale (1) image in, pixels 0..255 scaled by 1/255 so the network sees [0, 1] as with
-    tensors, and an image of the same layout out.
-    """
-    ct, _ = _ct()
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"Core ML precision {precision!r} is not one of fp32, fp16")
+def check_coreml(graph: Graph, *, weights: str = "fp", min_target: str = "iOS16", io: str = "tensor",
+                 w8a8: bool = False) -> None:
+    """Raise ConfigError for options :func:`to_coreml` cannot honour (callers check before calibrating)."""
     if weights not in WEIGHTS:
         raise ConfigError(f"Core ML weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     if min_target not in TARGETS:
         raise ConfigError(f"minimum deployment target {min_target!r} is not one of {', '.join(TARGETS)}")
     if io not in IO:
         raise ConfigError(f"Core ML io {io!r} is not one of {', '.join(IO)}")
-    c = graph.tensors[graph.inputs[0]].shape[3]
-    out_c = graph.tensors[graph.outputs[0]].shape[3] if len(graph.outputs) == 1 else None
+    if w8a8 and (weights != "fp" or min_target in W8A8_TOO_OLD):
+        raise ConfigError(f"Core ML W8A8 needs uncompressed-weight options (got weights={weights!r}) and a "
+                          f"minimum deployment target of iOS17 / macOS14 or later (got {min_target})")
     if io == "image":
+        c = graph.tensors[graph.inputs[0]].shape[3]
+        out_c = graph.tensors[graph.outputs[0]].shape[3] if len(graph.outputs) == 1 else None
         if min_target not in IMAGE_OUTPUT_TARGETS:
             raise ConfigError(f"Core ML image output needs iOS16 / macOS13 or later (got {min_target})")
         if c not in (1, 3) or out_c != c:
             raise ConfigError(f"Core ML image I/O needs 1 (grayscale) or 3 (RGB) channels in and out; the model "
                               f"has {c} in, {out_c} out")
+
+
+def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_target: str = "iOS16",
+              enumerated_shapes: tuple = (), weights: str = "fp", io: str = "tensor", w8a8: bool = False) -> list:
+    """Write an .mlpackage atomically; returns the converted program's op types (no consts).
+
+    ``weights`` other than ``fp`` compresses conv weights (int8 per-channel, an n-bit palette or
+    a magnitude-pruned bitmask), which Core ML expands at load time; activations stay ``precision``.
+    ``enumerated_shapes`` are extra (h, w) input sizes besides ``tile`` (the default).
+    ``io="image"``: an RGB (3 channels) or grayscale (1) image in, pixels 0..255 scaled by 1/255 so
+    the network sees [0, 1] as with tensors, and an image of the same layout out. ``w8a8`` takes a
+    quantised graph (quantization.quantize) and writes its int8 weights and activation quantisation
+    (see :func:`build_program`); MIL ``quantize`` / ``dequantize`` need iOS17 / macOS14. Shapes,
+    I/O and precision are independent: every combination is allowed (w8a8 excludes ``weights``).
+    """
+    ct, _ = _ct()
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"Core ML precision {precision!r} is not one of fp32, fp16")
+    check_coreml(graph, weights=weights, min_target=min_target, io=io, w8a8=w8a8)
+    c = graph.tensors[graph.inputs[0]].shape[3]
     tile = _tile_of(graph, tile)
     sizes = [tuple(tile)] + [(int(h), int(w)) for h, w in enumerated_shapes if (int(h), int(w)) != tuple(tile)]
-    prog = build_program(graph, tile, min_target=min_target, flexible=len(sizes) > 1, io=io)
+    prog = build_program(graph, tile, min_target=min_target, flexible=len(sizes) > 1, io=io, w8a8=w8a8)
     name = list(prog.functions["main"].inputs)[0]
     shape = [(1, c) + s for s in sizes]
     shape = ct.EnumeratedShapes(shapes=shape, default=shape[0]) if len(sizes) > 1 else shape[0]
@@ -281,8 +335,10 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     if card:
         d = json.loads(card)
         d["layout"], d["tile"] = "nchw", [tile[0], tile[1]]
-        if weights != "fp":
-            d["weights"] = WEIGHT_FORMATS[weights]
+        if weights != "fp" or w8a8:
+            d["weights"] = WEIGHT_FORMATS["int8" if w8a8 else weights]
+        if w8a8:
+            d["activations"] = W8A8_ACTIVATIONS
         if len(sizes) > 1:
             d["enumerated_shapes"] = [list(s) for s in sizes]
         if io == "image":  # the runtime feeds / reads 8-bit pixels
@@ -344,8 +400,10 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
         if t.startswith("constexpr_"):
             env[op.outputs[0].name] = decompress_op(op)
             continue
-        x = arg(op, "x")
-        if t == "cast":
+        x = arg(op, "x") if "x" in op.inputs else arg(op, "input")
+        if t in ("quantize", "dequantize"):
+            y = _affine(op, x, arg)
+        elif t == "cast":
             dt = str(arg(op, "dtype"))
             y = x.astype({"fp16": np.float16, "fp32": np.float32}[dt])
         elif t == "conv":
@@ -411,7 +469,7 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
             y = _nchw(executor.resize(_nhwc(x.astype(np.float32)), size, "bilinear", ac, hp))
         else:
             raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
-        dtype = np.float16 if x is not None and x.dtype == np.float16 and t != "cast" else None
+        dtype = np.float16 if x is not None and x.dtype == np.float16 and t not in ("cast", "quantize") else None
         y = np.asarray(y)
         if dtype is not None:
             y = y.astype(np.float16)
@@ -419,6 +477,22 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
             y = y.astype(np.float32)
         env[op.outputs[0].name] = y
     return np.asarray(env[fn.outputs[0].name], np.float32)
+
+
+def _affine(op, x, arg):
+    """MIL iOS17 ``quantize`` (clip(round(x / scale) + zero_point), round half to even, in the
+    input's float type as Core ML computes it) and ``dequantize`` ((q - zero_point) * scale)."""
+    s, z = arg(op, "scale"), arg(op, "zero_point")
+    if s.size > 1:
+        shape = [1] * x.ndim
+        shape[int(arg(op, "axis"))] = -1
+        s, z = s.reshape(shape), (None if z is None else z.reshape(shape))
+    if op.op_type == "dequantize":
+        return (x.astype(s.dtype) - (0 if z is None else z.astype(s.dtype))) * s
+    dt = np.dtype(str(arg(op, "output_dtype")))
+    info = np.iinfo(dt)
+    q = np.round(x / s.astype(x.dtype)) + (0 if z is None else z.astype(x.dtype))
+    return np.clip(q, info.min, info.max).astype(dt)
 
 
 def _unpack_bits(packed: np.ndarray, nbits: int, n: int) -> np.ndarray:
@@ -466,6 +540,14 @@ def decompress_op(op) -> np.ndarray:
         if off is not None:
             d = d - _block_repeat(off.astype(np.float32), d.shape)
         return (d * _block_repeat(sc.astype(np.float32), d.shape)).astype(sc.dtype)
+    if t == "constexpr_sparse_to_dense":  # bitmask (iOS16: packed bytes + shape; iOS18: uint1, shaped)
+        data, mask = arg(op, "nonzero_data"), arg(op, "mask")
+        if "shape" in op.inputs:
+            shape = [int(d) for d in arg(op, "shape")]
+            mask = _unpack_bits(mask, 1, int(np.prod(shape))).reshape(shape)
+        out = np.zeros(mask.shape, data.dtype)
+        out[mask != 0] = data
+        return out
     raise ConfigError(f"MIL evaluation: no numpy kernel for {t} ({op.name})")
 
 
@@ -489,12 +571,31 @@ def _fit(x: np.ndarray, size) -> np.ndarray:
     return np.pad(x, ((0, size[0] - x.shape[0]), (0, size[1] - x.shape[1]), (0, 0)), mode="symmetric")
 
 
+def weight_bytes(prog) -> tuple[int, int]:
+    """(dense, stored) bytes of the program's compressed weights: each constexpr op's output at
+    its float type against the constants it is stored as (quantised values, LUT, mask, ...)."""
+    dense = stored = 0
+    for op in prog.functions["main"].operations:
+        if op.op_type.startswith("constexpr_"):
+            dense += decompress_op(op).nbytes
+            stored += sum(-(-np.asarray(v.val).size * _bits(v) // 8) for v in op.inputs.values() if v.val is not None)
+    return dense, stored
+
+
+def _bits(var) -> int:
+    """Bits per element as stored (iOS18 uint1 / uint4 / uint6 are held in uint8 arrays)."""
+    dt = getattr(var, "dtype", None)
+    return dt.get_bitwidth() if hasattr(dt, "get_bitwidth") else np.asarray(var.val).itemsize * 8
+
+
 def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, max_images=None, crop=None,
-                  tol=None):
+                  tol=None, simulate_quant: bool = False):
     """IR executor vs numpy evaluation of the converted MIL program, on real images cropped to the
     default tile; each further enumerated shape is checked on the first image, fitted to it.
 
     Image I/O programs are fed pixels 0..255 and their output is divided by 255 before comparing.
+    ``simulate_quant``: ``graph`` is quantised and the source is its simulated int8 inference
+    (for W8A8: does the program compute what the quantiser planned?), at every shape too.
     """
     from edge_enhance.card import ModelCard
 
@@ -506,14 +607,14 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
     io, sizes = spec_io(path)
     k = np.float32(255.0 if io == "image" else 1.0)
     card = ModelCard.from_json(graph.metadata[CARD_KEY]) if CARD_KEY in graph.metadata else None
-    src = lambda x: executor.run(graph, {graph.inputs[0]: x[None]})[graph.outputs[0]][0]
+    src = lambda x: executor.run(graph, {graph.inputs[0]: x[None]}, simulate_quant=simulate_quant)[graph.outputs[0]][0]
     tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(np.rint(x[None] * k) if io == "image" else x[None])))[0] / k
     files = list_images(dataset or default_dataset())
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     fitting = [f for f in files if _fits(f, sizes[0], card)]
     rep = compare("coreml", precision, src, tgt, card, fitting, crop=sizes[0], max_images=max_images, tol=tol,
-                  source="IR executor (numpy MIL evaluation as target)")
+                  source=f"IR executor{' int8 simulation' if simulate_quant else ''} (numpy MIL evaluation as target)")
     if io == "image":
         rep.precision += ", image I/O"
     for size in sizes[1:] if fitting else sizes:  # no image as large as the tile: the first one, fitted

@@ -185,21 +185,21 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
     return model
 
 
-def _check_quantised(g: Graph) -> None:
+def _check_quantised(g: Graph, what: str = "int8 ONNX") -> None:
     need = list(g.inputs) + [n.outputs[0] for n in g.nodes]
     need += [n.inputs[1] for n in g.nodes if n.op in ("Conv", "ConvTranspose")]
     missing = [t for t in need if g.tensors[t].quant is None]
     if missing:
-        raise ConfigError(f"int8 ONNX needs a quantised graph (quantization.quantize.quantize_model): "
+        raise ConfigError(f"{what} needs a quantised graph (quantization.quantize.quantize_model): "
                           f"{len(missing)} tensor(s) without quantisation parameters, e.g. {missing[0]}")
     other = sorted({g.tensors[t].quant.dtype for t in need} - {"int8", "uint8"})
     if other:
-        raise ConfigError(f"int8 ONNX QDQ writes 8-bit tensors only; the graph has {', '.join(other)} "
+        raise ConfigError(f"{what} writes 8-bit tensors only; the graph has {', '.join(other)} "
                           "(16x8 layers): write those as TFLite")
     for n in g.nodes:
         wq = g.tensors[n.inputs[1]].quant if n.op in ("Conv", "ConvTranspose") else None
         if wq is not None and (wq.dtype != "int8" or np.any(wq.zero_point != 0) or wq.quantized_dimension != 0):
-            raise ConfigError(f"{n.name}: int8 ONNX needs symmetric int8 weights per output channel")
+            raise ConfigError(f"{n.name}: {what} needs symmetric int8 weights per output channel")
 
 
 def _insert_activation_qdq(g: Graph, nodes: list, inits: list) -> list:

@@ -18,14 +18,9 @@ import sys
 
 
 def rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    from edge_enhance.procmem import status_mb
+
+    return status_mb("VmRSS")
 
 
 def describe_device() -> dict:

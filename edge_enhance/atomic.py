@@ -15,10 +15,40 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # someone else's process (or not a pid): leave it alone
+        return True
+    return True
+
+
+def sweep_stale(path) -> int:
+    """Remove the temporaries that a killed writer (SIGKILL, power cut) left beside ``path``: names
+    ``.NAME.PID-XXXX.part`` whose PID no longer runs on this machine. Returns how many were removed."""
+    path = Path(path)
+    n = 0
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*-*.part"):
+        pid = tmp.name[len(path.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                n += 1
+    return n
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode: str = "wb"):
     """A temporary file beside `path`, renamed onto it on a clean exit (after fsync, with the mode
     any new file gets: mkstemp's 0600 would hide a photo from other users); removed on any error.
+    The temporary's name carries the PID, so a later write of the same path removes what a killed
+    process left (:func:`sweep_stale`).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.bin"
@@ -28,7 +58,8 @@ def atomic_file(path, mode: str = "wb"):
     b'ok'
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".part")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .argtypes import number
 from .errors import ConfigError, EdgeEnhanceError
 
 log = logging.getLogger("edge_enhance")
@@ -72,24 +73,8 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return v
-
-
-def _strength(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= v <= 1.5:
-        raise argparse.ArgumentTypeError(f"{v} is outside 0..1.5")
-    return v
+_positive_int = number(int, lo=1)
+_strength = number(float, 0, 1.5)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -406,8 +391,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("inputs", nargs="+", help="image files, folders or globs")
     e.add_argument("-o", "--output", help="output file (one input) or folder")
     add_model_arguments(e, default=None)
-    e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "auto"),
-                   help="which bundled models run (default upscale); auto estimates noise and JPEG damage, "
+    e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "photo", "auto"),
+                   help="which bundled models run (default upscale); photo: old / phone photos (blur, noise, "
+                        "JPEG and low resolution at once) through enhance-x2; auto estimates noise and JPEG damage, "
                         "cleans up first, then upscales, and checks the result against the input")
     e.add_argument("--scale", type=int, choices=(1, 2, 3, 4, 8),
                    help="upscale factor (default 2; 1 for denoise/dejpeg); 8 chains x4 then x2, and 8x detail is "

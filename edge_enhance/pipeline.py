@@ -22,7 +22,7 @@ from .errors import ConfigError, EdgeEnhanceError
 
 log = logging.getLogger(__name__)
 
-MODES = ("upscale", "denoise", "dejpeg", "auto")
+MODES = ("upscale", "denoise", "dejpeg", "photo", "auto")
 NOISE_THRESHOLD = 6.0  # sigma (0..255) above which auto mode denoises; textured clean photos read up to ~5
 JPEG_QUALITY_THRESHOLD = 80  # IJG quality below which auto mode removes JPEG artefacts
 BLOCKINESS_THRESHOLD = 1.25
@@ -132,6 +132,10 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
         return sr_chain(scale), None
     if mode in ("denoise", "dejpeg"):
         return [mode] + sr_chain(scale), None
+    if mode == "photo":  # real-world x2 (blur + noise + JPEG + low resolution) in one model
+        if scale not in (2, 4):
+            raise ConfigError(f"--mode photo upscales x2 (enhance-x2), or x4 with sr-x2 after it; not x{scale}")
+        return ["enhance-x2"] + (["sr-x2"] if scale == 4 else []), None
     an = Analysis(estimate_noise_sigma(photo.rgb), jpeg_quality_from_tables(src) if src else None,
                   blockiness(photo.rgb))
     stages = []

@@ -13,19 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
+from edge_enhance.argtypes import number
+
 from .calibration import METHODS, CalibConfig, calibration_set
 from .errors import ConfigError
 from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
-
-
-def _fraction_db(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of dB") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 dB")
-    return v
 
 
 PRECISIONS = ("int8", "int16x8")
@@ -46,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight rounding (default gptq: error-compensating)")
     p.add_argument("--cle", choices=("auto", "on", "off"), default="auto", help="cross-layer equalisation")
     p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--max-drop", type=_fraction_db, metavar="DB",
+    p.add_argument("--max-drop", type=number(float, lo=0, unit="dB"), metavar="DB",
                    help="largest PSNR drop allowed on the quick set; layers go to 16x8 as needed and nothing "
                         "is written if it is still missed (unless --force)")
     p.add_argument("--io", choices=("float", "int8", "uint8"), default="float", help="model input / output type")

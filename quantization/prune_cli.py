@@ -10,24 +10,16 @@ import argparse
 import json
 from pathlib import Path
 
+from edge_enhance.argtypes import number
+
 from .calibration import CalibConfig, calibration_set
 from .errors import ConfigError
 from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction") from None
-    if not 0.05 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in [0.05, 1]")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
-    p.add_argument("--target-macs", type=_fraction, required=True, metavar="F",
+    p.add_argument("--target-macs", type=number(float, 0.05, 1.0), required=True, metavar="F",
                    help="keep this fraction of the conv MACs (e.g. 0.7)")
     p.add_argument("--criterion", choices=("contribution", "l1"), default="contribution",
                    help="channel importance (default contribution: mean |activation| x outgoing |weights|)")
@@ -95,6 +87,9 @@ def main(args) -> int:
             for s in rep["sparsity"]:
                 print(f"  magnitude sparsity {100 * s['level']:.0f}% (fp16, bitmask): "
                       f"{human_size(int(s['dense_bytes']))} -> {human_size(int(s['sparse_bytes']))}")
+            if rep["sparsity"]:
+                print("  (written by `edge-enhance convert MODEL --to coreml --tile HxW --precision sparse50`, "
+                      "sparse75 or sparse90)")
         if missed and not args.force:
             print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)")
             return 1

@@ -446,18 +446,29 @@ def align_residual_adds(g: Graph, st: RangeStats | None = None) -> int:
             if (base.dtype != "int8" or res.dtype != "int8" or g.tensors[rname].is_const
                     or not np.isclose(base.scale[0], qo.scale[0], rtol=1e-9)):
                 continue
-            lo, hi = _real_range(res)
-            s0 = float(qo.scale[0])
-            kmax = max(1, int(np.ceil((hi - lo) / (255 * s0) - 1e-9)))
-            if st is not None and rname in st.hist and kmax > 1:
-                step, lo, hi = _best_residual_window(st.hist[rname], st.edges(rname), s0, kmax)
-            else:
-                step = s0 * kmax
-            zp = int(np.clip(np.round(-128 - ((lo + hi) / 2 - 127.5 * step) / step), -128, 127))
-            g.tensors[rname].quant = QuantParams([step], [zp], 0, "int8")
+            hist = (st.hist[rname], st.edges(rname)) if st is not None and rname in st.hist else None
+            g.tensors[rname].quant = residual_params(res, float(qo.scale[0]), hist)
             changed += 1
             break
     return changed
+
+
+def residual_params(res: QuantParams, s0: float, hist=None) -> QuantParams:
+    """int8 params for a residual (calibrated as ``res``) added onto a base on the output grid
+    ``s0``: step ``k * s0`` with the fewest k covering its range, centre kept, or, with a
+    calibration histogram ``(counts, edges)`` and k > 1, the step and window costing least.
+
+    >>> q = residual_params(activation_params(-0.3, 0.2), 1 / 255); round(float(q.scale[0]) * 255, 6), int(q.zero_point[0])
+    (1.0, 12)
+    """
+    lo, hi = _real_range(res)
+    kmax = max(1, int(np.ceil((hi - lo) / (255 * s0) - 1e-9)))
+    if hist is not None and kmax > 1:
+        step, lo, hi = _best_residual_window(hist[0], hist[1], s0, kmax)
+    else:
+        step = s0 * kmax
+    zp = int(np.clip(np.round(-128 - ((lo + hi) / 2 - 127.5 * step) / step), -128, 127))
+    return QuantParams([step], [zp], 0, "int8")
 
 
 def _simulate(g: Graph, calib: CalibSet, quant: bool) -> list:

@@ -111,3 +111,60 @@ def minmax_calibrate(graph, images_nhwc):
             t = graph.tensors[n.inputs[1]]
             t.quant = symmetric_per_channel(t.data, 0)
     return graph
+
+
+def quantised_graph(model, rng):
+    """The IR of ``model`` quantised by quantization.quantize (fast settings: min-max ranges,
+    nearest rounding), calibrated on four random 12x12 inputs with the float outputs as targets."""
+    from conversion import executor
+    from conversion.onnx_import import from_onnx
+    from quantization.calibration import CalibSet
+    from quantization.quantize import quantize_model
+
+    g = from_onnx(model)
+    xs = [rng.random((1, 12, 12, 3), dtype=np.float32) for _ in range(4)]
+    outs = [executor.run(g, {g.inputs[0]: x})[g.outputs[0]][0] for x in xs]
+    targets = [(np.clip(o, 0, 1) * 255).round().astype(np.uint8) for o in outs]
+    return quantize_model(g, CalibSet(xs, targets, "test"), method="minmax", rounding="nearest", cle=False,
+                          bias_correction=False, sensitivity=False).graph
+
+
+def calib_dir(tmp_path):
+    """Two random 100x100 PNGs: a calibration folder for the CLIs."""
+    from PIL import Image
+
+    d = tmp_path / "calib"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return d
+
+
+def carded_sr_model(tmp_path):
+    """``tmp_path/sr.onnx``: a small SR net with a card (task, scale), as the calibrating CLIs need."""
+    from edge_enhance.card import ModelCard
+
+    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7)
+    src = tmp_path / "sr.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
+    return src
+
+
+def nearest_rounding(monkeypatch):
+    """The quantiser with nearest weight rounding: the CLIs' GPTQ default takes ~40 s even here."""
+    from quantization import quantize
+
+    orig = quantize.quantize_model
+    monkeypatch.setattr(quantize, "quantize_model", lambda g, c, **kw: orig(g, c, **{**kw, "rounding": "nearest"}))
+
+
+def convert_main(argv) -> int:
+    """``edge-enhance convert ARGV`` through conversion.cli's own parser (paths may be Paths)."""
+    import argparse
+
+    from conversion.cli import add_arguments, main
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return main(p.parse_args([str(a) for a in argv]))

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +142,13 @@ def corrupt_tflite(data: bytes, how: str) -> bytes:
     if how == "root_offset":  # the root table offset points past the end of the file
         return _patch(data, 0, "<I", len(data) + 4096)
     raise ValueError(how)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny residual x2 ONNX network (tests/onnx_models.residual_sr), one per test module."""
+    from tests.onnx_models import residual_sr
+
+    p = tmp_path_factory.mktemp("model") / "m.onnx"
+    residual_sr(p)
+    return p

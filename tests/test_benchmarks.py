@@ -213,6 +213,24 @@ def test_quality_identity_denoiser_scores_the_input(tiny_data):
     assert 18 < row["psnr"] < 25  # sigma 25 clipped noise: about 20.5 dB
 
 
+def test_quality_only_on_a_subjects_own_sets(tiny_data):
+    ident = lambda t: (lambda x: x)  # noqa: E731
+    only_mc = Subject("a", "a", False, "pillow", "-", "denoise", 1, 0.0, False, ident, datasets=("McMaster",))
+    only_kodak = Subject("b", "b", False, "pillow", "-", "denoise", 1, 0.0, False, ident, datasets=("Kodak24",))
+    rows, notes = quality.run_quality([only_mc, only_kodak], tiny_data, quick=True)
+    assert [(r["label"], r["dataset"]) for r in rows] == [("a", "McMaster")]
+    assert [n.what for n in notes] == ["quality b"] and "Kodak24 only" in notes[0].reason
+
+
+def test_denoise_vs_cbm3d_bar_only_where_cbm3d_ran():
+    row = {"ours": True, "model": "denoise", "engine": "litert", "precision": "int8", "dataset": "Kodak24"}
+    peer = {**row, "ours": False, "model": "CBM3D", "engine": "bm3d", "precision": "-"}
+    assert not [b for b in bars.judge_bars([], [{**row, "psnr": 30.0}]) if "CBM3D" in b["bar"]]
+    for ours, want in ((31.9, "PASS"), (31.0, "FAIL"), (31.5, "FAIL")):
+        (b,) = [b for b in bars.judge_bars([], [{**row, "psnr": ours}, {**peer, "psnr": 31.5}]) if "CBM3D" in b["bar"]]
+        assert b["status"] == want and b["value"] == pytest.approx(ours - 31.5)
+
+
 # -- report ----------------------------------------------------------------------------------------
 def _result():
     meta = {"machine": "test box", "cpu_count": 2, "date": "2026-01-01", "command": "bench", "load": "idle",

@@ -154,3 +154,18 @@ def test_quiet_still_names_failures_once(tmp_path, model, capsys):
     assert main(["enhance", str(bad), "-o", str(tmp_path / "o.png"), "--model", model, "-q"]) == 1
     err = capsys.readouterr().err
     assert err.count(str(bad)) == 1 and "not an image" in err
+
+
+def test_number_argtype_bounds_and_messages():
+    import argparse
+
+    from edge_enhance.argtypes import number
+
+    assert number(int, lo=1)("3") == 3
+    assert number(float, 0, 1.5)("1.5") == 1.5
+    for parse, text, msg in [(number(int, lo=1), "0", "'0' must be >= 1"),
+                             (number(int, lo=1), "2.5", "'2.5' is not an integer"),
+                             (number(float, 0, 1.5), "nan", "'nan' must be in 0..1.5"),
+                             (number(float, lo=0, unit="dB"), "x", "'x' is not a number of dB")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=msg):
+            parse(text)

@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from tests.conversion_testkit import h, make_model, rand, residual_sr_model, run_ort
+from tests.conversion_testkit import (calib_dir, carded_sr_model, convert_main, h, make_model, nearest_rounding,
+                                     quantised_graph, rand, residual_sr_model, run_ort)
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install edge-enhance[coreml])")
 
+from conversion import executor  # noqa: E402
 from conversion.cli import convert  # noqa: E402
 from conversion.coreml_writer import (  # noqa: E402
-    _LAST_PROGRAM, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml)
+    _LAST_PROGRAM, SPARSITY, W8A8_ACTIVATIONS, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml,
+    weight_bytes)
 from conversion.errors import ConfigError  # noqa: E402
 from conversion.onnx_import import from_onnx  # noqa: E402
 from conversion.verify import default_dataset  # noqa: E402
@@ -79,7 +82,7 @@ def test_needs_a_tile(tmp_path):
 
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "palette6"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "palette6", "sparse50"])
 def test_sr_net_to_coreml_verified(tmp_path, precision):
     card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
     src = tmp_path / "sr.onnx"
@@ -90,7 +93,12 @@ def test_sr_net_to_coreml_verified(tmp_path, precision):
     tol = {"fp32": 1e-4, "fp16": 5e-3}.get(precision, 3e-2)
     assert res.report.max_abs_err <= tol
     card = json.loads(ct.models.MLModel(str(res.output), skip_model_load=True).user_defined_metadata[CARD_KEY])
-    assert ("weights" in card) == (precision in ("int8", "palette6"))
+    assert ("weights" in card) == (precision in ("int8", "palette6", "sparse50"))
+    if precision in ("fp32", "fp16"):
+        assert res.weight_bytes is None
+    else:  # stored below dense fp16: int8 about half, 6-bit palette about 3/8, 50% sparse about 9/16
+        dense, stored = res.weight_bytes
+        assert stored < {"int8": 0.55, "palette6": 0.45, "sparse50": 0.65}[precision] * dense
 
 
 def test_kmeans_palette_finds_clusters():
@@ -116,6 +124,20 @@ def _tree_size(p):
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def _packed(prog):
+    """(op, dense value) of each compressed-weight op; our numpy decompression must equal
+    coremltools' own reference decompression."""
+    out = []
+    for op in prog.functions["main"].operations:
+        if op.op_type.startswith("constexpr_"):
+            ref = type(op).decompress(**{k: (op.inputs[k].val if k in op.inputs else None)
+                                         for k in inspect.signature(type(op).decompress).parameters})
+            dense = decompress_op(op)
+            np.testing.assert_array_equal(dense, ref)
+            out.append((op, dense))
+    return out
+
+
 @pytest.mark.parametrize("weights,min_target,atol", [
     ("int8", "iOS16", 5e-3), ("int8", "iOS18", 5e-3), ("palette4", "iOS16", 3e-2), ("palette4", "iOS18", 3e-2),
     ("palette6", "iOS16", 1e-2), ("palette8", "iOS18", 5e-3)])
@@ -128,13 +150,9 @@ def test_compressed_weights_evaluate_and_shrink(tmp_path, weights, min_target, a
     to_coreml(g, fp, tile=(8, 8), min_target=min_target)
     ops = to_coreml(g, path, tile=(8, 8), min_target=min_target, weights=weights)
     prog = _LAST_PROGRAM[str(path)]
-    packed = [op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")]
+    packed = _packed(prog)
     assert len(packed) == g.op_counts()["Conv"] and ops.count("conv") == len(packed)
-    for op in packed:  # our numpy dequantisation == coremltools' own reference decompression
-        ref = type(op).decompress(**{k: (op.inputs[k].val if k in op.inputs else None)
-                                     for k in inspect.signature(type(op).decompress).parameters})
-        dense = decompress_op(op)
-        np.testing.assert_array_equal(dense, ref)
+    for op, dense in packed:
         if weights.startswith("palette"):
             assert len(np.unique(dense)) <= 2 ** int(weights[7:])
         else:  # symmetric per-output-channel int8: every channel is a multiple of its own step
@@ -159,22 +177,9 @@ def _spec_input(path):
     return ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
 
 
-def _cli(argv):
-    import argparse
-
-    from conversion.cli import add_arguments, main
-
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return main(p.parse_args([str(a) for a in argv]))
-
-
 @pytest.fixture
 def sr_onnx(tmp_path):
-    card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
-    src = tmp_path / "sr.onnx"
-    src.write_bytes(residual_sr_model(np.random.default_rng(2), card=card).SerializeToString())
-    return src
+    return carded_sr_model(tmp_path)
 
 
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-5), ("fp16", 5e-3)])
@@ -196,7 +201,7 @@ def test_enumerated_shapes_every_size_matches_onnxruntime(tmp_path, precision, a
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
 def test_cli_enumerated_shapes_written_and_verified(tmp_path, sr_onnx, capsys):
     out = tmp_path / "m.mlpackage"
-    assert _cli([sr_onnx, "--to", "coreml", "--enumerated-shapes", "32x32,48x40", "--verify-images", "1",
+    assert convert_main([sr_onnx, "--to", "coreml", "--enumerated-shapes", "32x32,48x40", "--verify-images", "1",
                  "-o", out]) == 0
     text = capsys.readouterr().out
     inp = _spec_input(out).input[0].type.multiArrayType
@@ -221,7 +226,7 @@ def test_cli_enumerated_shapes_written_and_verified(tmp_path, sr_onnx, capsys):
 ])
 def test_cli_bad_shape_and_io_options(tmp_path, sr_onnx, capsys, argv, msg):
     before = set(tmp_path.iterdir())
-    assert _cli([sr_onnx] + argv) == 2
+    assert convert_main([sr_onnx] + argv) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
     assert set(tmp_path.iterdir()) == before
@@ -231,7 +236,7 @@ def test_cli_bad_shape_and_io_options(tmp_path, sr_onnx, capsys, argv, msg):
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 5e-3)])
 def test_image_io_spec_and_verification(tmp_path, sr_onnx, capsys, precision, tol):
     out = tmp_path / "img.mlpackage"
-    assert _cli([sr_onnx, "--to", "coreml", "--io", "image", "--precision", precision, "--tile", "32x32",
+    assert convert_main([sr_onnx, "--to", "coreml", "--io", "image", "--precision", precision, "--tile", "32x32",
                  "--enumerated-shapes", "40x48", "--verify-images", "2", "-o", out]) == 0
     text = capsys.readouterr().out
     desc = _spec_input(out)
@@ -272,3 +277,196 @@ def test_image_io_bad_options(tmp_path, kw, msg):
     with pytest.raises(ConfigError, match=msg):
         to_coreml(g, tmp_path / "m.mlpackage", tile=(8, 8), **({"io": "image"} | kw))
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- W8A8
+def _steps_apart(a, b):
+    """Output values (on the 1/255 grid) that differ, and by how many steps at most."""
+    d = np.rint(np.asarray(a, np.float64) * 255) - np.rint(np.asarray(b, np.float64) * 255)
+    return float(np.mean(d != 0)), float(np.abs(d).max())
+
+
+@pytest.mark.parametrize("precision,max_share", [("fp32", 0.0), ("fp16", 0.1)])
+def test_w8a8_program_computes_the_int8_simulation(tmp_path, precision, max_share):
+    pytest.importorskip("quantization.quantize")
+    rng = np.random.default_rng(5)
+    g = quantised_graph(residual_sr_model(rng), rng)
+    path = tmp_path / "w8a8.mlpackage"
+    ops = to_coreml(g, path, precision=precision, tile=(10, 14), min_target="iOS17", w8a8=True)
+    prog = _LAST_PROGRAM[str(path)]
+    # Every activation the quantiser planned (the input and each node output) is quantised once.
+    # coremltools rewrites some pairs exactly (int8 zero point -128 -> uint8 0; an add of equal
+    # scales in integer units), so the planned scales (fp16-rounded) are among the program's.
+    assert ops.count("quantize") == ops.count("dequantize") == len(g.nodes) + 1
+    got = [float(op.inputs["scale"].val) for op in prog.functions["main"].operations if op.op_type == "quantize"]
+    for t in [g.inputs[0]] + [n.outputs[0] for n in g.nodes]:
+        assert np.isclose(got, g.tensors[t].quant.scale[0], rtol=1e-3, atol=0).any(), t
+    packed = [op for op in prog.functions["main"].operations if op.op_type == "constexpr_affine_dequantize"]
+    convs = [n for n in g.nodes if n.op == "Conv"]
+    assert len(packed) == len(convs) == ops.count("conv")
+    for op, n in zip(packed, convs):  # our int8 weights and scales, unchanged by coremltools
+        wq = g.tensors[n.inputs[1]].quant
+        assert op.inputs["quantized_data"].val.dtype == np.int8
+        np.testing.assert_array_equal(op.inputs["quantized_data"].val,
+                                      wq.quantize(g.tensors[n.inputs[1]].data).transpose(0, 3, 1, 2))
+        np.testing.assert_allclose(decompress_op(op), wq.fake_quantize(g.tensors[n.inputs[1]].data).transpose(0, 3, 1, 2),
+                                   rtol=2e-3 if precision == "fp16" else 1e-6, atol=1e-7)  # fp16 scale and product
+    x = rng.random((1, 10, 14, 3), dtype=np.float32)
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    y = evaluate_mil(prog, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    share, steps = _steps_apart(y, sim)
+    # fp32: the float64 simulation but for rounding ties; fp16 moves a few ties by one step.
+    assert share <= max_share and steps <= 1
+    assert ct.models.MLModel(str(path), skip_model_load=True).get_spec().specificationVersion >= 8  # iOS17
+
+
+def test_numpy_quantize_rounds_like_core_ml():
+    # MIL quantize rounds half to even (coremltools' reference); dequantize is (q - zp) * scale.
+    from coremltools.converters.mil import Builder as mb
+
+    x = np.array([[-1.5, -0.5, 0.5, 1.5, 2.5, 300.0, -300.0]], np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS17)
+    def prog(v):
+        q = mb.quantize(input=v, scale=np.float32(1.0), zero_point=np.int8(3), output_dtype="int8", name="q")
+        return mb.dequantize(input=q, scale=np.float32(0.5), zero_point=np.int8(3), name="d")
+
+    # half away from zero (TFLite, the IR) would give -0.5, 0.5 and 1.5 at -0.5, 0.5 and 2.5
+    np.testing.assert_array_equal(evaluate_mil(prog, x), [[-1.0, 0.0, 0.0, 1.0, 1.0, 62.0, -65.5]])
+
+
+def test_w8a8_refusals(tmp_path):
+    pytest.importorskip("quantization.quantize")
+    rng = np.random.default_rng(1)
+    g = from_onnx(residual_sr_model(rng))
+    with pytest.raises(ConfigError, match="Core ML W8A8 needs a quantised graph"):
+        to_coreml(g, tmp_path / "m.mlpackage", tile=(8, 8), min_target="iOS17", w8a8=True)
+    q = quantised_graph(residual_sr_model(rng), rng)
+    with pytest.raises(ConfigError, match="iOS17"):
+        to_coreml(q, tmp_path / "m.mlpackage", tile=(8, 8), min_target="iOS16", w8a8=True)
+    with pytest.raises(ConfigError, match="weights='palette4'"):
+        to_coreml(q, tmp_path / "m.mlpackage", tile=(8, 8), min_target="iOS17", w8a8=True, weights="palette4")
+    with pytest.raises(ConfigError, match="coreml only"):
+        convert(tmp_path / "m.onnx", "tflite", precision="w8a8")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
+def test_cli_w8a8_calibrates_writes_and_reports(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("quantization.quantize")
+    nearest_rounding(monkeypatch)
+    src = carded_sr_model(tmp_path)
+    assert convert_main([str(src), "--to", "coreml", "--precision", "w8a8", "--calib", str(calib_dir(tmp_path)),
+                         "--tile", "24x24", "--verify-images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "coreml w8a8 vs IR executor (numpy" in out and "coreml w8a8 vs IR executor int8 simulation" in out
+    mm = ct.models.MLModel(str(tmp_path / "sr.mlpackage"), skip_model_load=True)
+    got = json.loads(mm.user_defined_metadata[CARD_KEY])
+    assert got["activations"] == W8A8_ACTIVATIONS and got["weights"] == WEIGHT_FORMATS["int8"]
+    ops = {line.split()[0] for line in out.split("ops in sr.mlpackage:")[1].splitlines()[1:] if line.startswith("  ")}
+    assert {"quantize", "dequantize", "constexpr_affine_dequantize", "conv"} <= ops
+
+
+def test_cli_w8a8_bad_calibration_writes_nothing(tmp_path):
+    src = carded_sr_model(tmp_path)
+    with pytest.raises(ConfigError, match="calibration folder does not exist"):
+        convert(src, "coreml", precision="w8a8", tile=(24, 24), calib=tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="tile"):  # refused before calibrating
+        convert(src, "coreml", precision="w8a8", calib=tmp_path / "nowhere")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.onnx"]
+
+
+# --------------------------------------------------------------------------- sparse weights
+@pytest.mark.parametrize("weights,min_target", [("sparse50", "iOS16"), ("sparse75", "iOS18"), ("sparse90", "iOS17")])
+def test_sparse_weights_are_our_magnitude_pruning(tmp_path, weights, min_target):
+    from quantization.prune import sparsify
+
+    level = SPARSITY[weights]
+    rng = np.random.default_rng(4)
+    card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
+    g = from_onnx(residual_sr_model(rng, card=card))
+    fp, path = tmp_path / "fp.mlpackage", tmp_path / "w.mlpackage"
+    to_coreml(g, fp, tile=(8, 8), min_target=min_target)
+    ops = to_coreml(g, path, tile=(8, 8), min_target=min_target, weights=weights)
+    prog = _LAST_PROGRAM[str(path)]
+    packed = _packed(prog)
+    assert [op.op_type for op, _ in packed] == ["constexpr_sparse_to_dense"] * 3 and ops.count("conv") == 3
+    for _, dense in packed:
+        assert abs(np.mean(dense == 0) - level) < 0.01
+    # The program computes what quantization.prune.sparsify makes of the float model (fp16 aside).
+    x = rand(rng, 1, 3, 8, 8, lo=0, hi=1)
+    want = executor.run(sparsify(g, level), {g.inputs[0]: x.transpose(0, 2, 3, 1)})[g.outputs[0]]
+    np.testing.assert_allclose(evaluate_mil(prog, x).transpose(0, 2, 3, 1), want, atol=5e-3, rtol=0)
+    dense, stored = weight_bytes(prog)
+    assert stored <= (1 - level) * dense + dense / 16 + 64  # fp16 non-zeros + a 1-bit mask (+ shapes)
+    assert _tree_size(path) < _tree_size(fp)
+    mm = ct.models.MLModel(str(path), skip_model_load=True)
+    assert json.loads(mm.user_defined_metadata[CARD_KEY])["weights"] == WEIGHT_FORMATS[weights]
+
+
+# --------------------------------------------------------------------------- precisions x shapes x image I/O
+@pytest.mark.parametrize("precision,max_share", [("fp32", 0.0), ("fp16", 0.02)])
+def test_w8a8_with_enumerated_shapes_and_image_io(tmp_path, precision, max_share):
+    """Symbolic H, W and pixel I/O around the int8 program: at every size, pixels / 255 through
+    the quantiser's simulation, x 255, is what the program returns (fp16: a few ties a step off)."""
+    pytest.importorskip("quantization.quantize")
+    rng = np.random.default_rng(5)
+    g = quantised_graph(residual_sr_model(rng), rng)
+    path = tmp_path / "w8a8.mlpackage"
+    ops = to_coreml(g, path, precision=precision, tile=(10, 14), enumerated_shapes=((16, 12),), io="image",
+                    min_target="iOS17", w8a8=True)
+    assert ops.count("quantize") == len(g.nodes) + 1 and [o for o in ops if o != "cast"][-1] == "clip"
+    desc = _spec_input(path)
+    assert [(s.height, s.width) for s in desc.input[0].type.imageType.enumeratedSizes.sizes] == [(10, 14), (16, 12)]
+    assert desc.output[0].type.WhichOneof("Type") == "imageType"
+    for hw in ((10, 14), (16, 12)):
+        px = rng.integers(0, 256, (1, *hw, 3)).astype(np.float32)
+        sim = executor.run(g, {g.inputs[0]: px / 255}, simulate_quant=True)[g.outputs[0]]
+        y = evaluate_mil(_LAST_PROGRAM[str(path)], px.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+        assert y.shape == (1, 2 * hw[0], 2 * hw[1], 3)
+        share, steps = _steps_apart(y / 255, sim)
+        assert share <= max_share and steps <= 1, hw
+
+
+def test_sparse_with_enumerated_shapes_and_image_io(tmp_path):
+    from quantization.prune import sparsify
+
+    rng = np.random.default_rng(6)
+    g = from_onnx(residual_sr_model(rng))
+    path = tmp_path / "s.mlpackage"
+    to_coreml(g, path, tile=(8, 8), enumerated_shapes=((12, 10),), io="image", weights="sparse75")
+    prog = _LAST_PROGRAM[str(path)]
+    assert [op.op_type for op, _ in _packed(prog)] == ["constexpr_sparse_to_dense"] * 3
+    for hw in ((8, 8), (12, 10)):
+        px = rng.integers(0, 256, (1, *hw, 3)).astype(np.float32)
+        want = executor.run(sparsify(g, 0.75), {g.inputs[0]: px / 255})[g.outputs[0]] * 255
+        np.testing.assert_allclose(evaluate_mil(prog, px.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1), want,
+                                   atol=1.5, rtol=0)  # fp16, in pixel units
+
+
+@pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
+@pytest.mark.parametrize("precision", ["w8a8", "sparse50"])
+def test_cli_quantised_precisions_with_enumerated_shapes_and_image_io(tmp_path, capsys, monkeypatch, precision):
+    pytest.importorskip("quantization.quantize")
+    nearest_rounding(monkeypatch)
+    src = carded_sr_model(tmp_path)
+    assert convert_main([src, "--to", "coreml", "--precision", precision, "--calib", calib_dir(tmp_path),
+                         "--enumerated-shapes", "24x24,32x28", "--io", "image", "--verify-images", "1"]) == 0
+    out = capsys.readouterr().out
+    tables = 2 if precision == "w8a8" else 1  # w8a8: also the agreement with the int8 simulation
+    assert out.count("image I/O") == tables and out.count("@32x28") == tables
+    assert "input sizes: 24x24 (default), 32x28 (enumerated)" in out and "Core ML I/O: image in" in out
+    assert "conv weights:" in out
+    card = json.loads(ct.models.MLModel(str(tmp_path / "sr.mlpackage"), skip_model_load=True)
+                      .user_defined_metadata[CARD_KEY])
+    assert card["io"] == "image" and card["enumerated_shapes"] == [[24, 24], [32, 28]]
+    assert card["weights"] == WEIGHT_FORMATS["int8" if precision == "w8a8" else precision]
+    assert ("activations" in card) == (precision == "w8a8")
+
+
+def test_w8a8_image_io_refusals_come_before_calibration(tmp_path):
+    src = carded_sr_model(tmp_path)
+    with pytest.raises(ConfigError, match="iOS17 / macOS14"):  # iOS16 has image outputs, not quantize ops
+        convert(src, "coreml", precision="w8a8", io="image", tile=(24, 24), calib=tmp_path / "nowhere",
+                min_target="iOS16")  # not "calibration folder does not exist"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.onnx"]

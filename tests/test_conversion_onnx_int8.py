@@ -1,26 +1,24 @@
 """int8 QDQ ONNX from a quantised IR: onnxruntime vs the IR's simulated int8 inference; the CLI."""
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper as nh
 
-from tests.conversion_testkit import h, make_model, rand, residual_sr_model
+from tests.conversion_testkit import (calib_dir, carded_sr_model, convert_main, h, make_model, nearest_rounding,
+                                     quantised_graph, rand, residual_sr_model)
 
 from conversion import executor
-from conversion.cli import add_arguments, convert, main
+from conversion.cli import convert
 from conversion.errors import ConfigError
 from conversion.onnx_import import from_onnx
 from conversion.onnx_writer import to_onnx
 from conversion.verify import default_dataset
-from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.card import CARD_KEY
 
 ort = pytest.importorskip("onnxruntime")
-quantize = pytest.importorskip("quantization.quantize", reason="the quantisation package is not importable")
-from quantization.calibration import CalibSet  # noqa: E402
+pytest.importorskip("quantization.quantize", reason="the quantisation package is not importable")
 
 
 def _transpose_model(rng):
@@ -30,15 +28,6 @@ def _transpose_model(rng):
         h.make_node("ConvTranspose", ["r", "wt", "bt"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4],
                     name="up"),
     ], {"w": rand(rng, 6, 3, 3, 3), "b": rand(rng, 6), "wt": rand(rng, 6, 3, 4, 4), "bt": rand(rng, 3)}, [1, 3, "H", "W"])
-
-
-def _quantised(model, rng):
-    g = from_onnx(model)
-    xs = [rng.random((1, 12, 12, 3), dtype=np.float32) for _ in range(4)]
-    outs = [executor.run(g, {g.inputs[0]: x})[g.outputs[0]][0] for x in xs]
-    targets = [(np.clip(o, 0, 1) * 255).round().astype(np.uint8) for o in outs]
-    return quantize.quantize_model(g, CalibSet(xs, targets, "test"), method="minmax", rounding="nearest", cle=False,
-                                   bias_correction=False, sensitivity=False).graph
 
 
 def _run(path, x_nhwc, level):
@@ -52,7 +41,7 @@ def _run(path, x_nhwc, level):
 def test_qdq_matches_simulated_int8(tmp_path, net):
     rng = np.random.default_rng(5)
     model = _transpose_model(rng) if net == "conv_transpose" else residual_sr_model(rng, scale=int(net[-1]))
-    g = _quantised(model, rng)
+    g = quantised_graph(model, rng)
     path = tmp_path / "q.onnx"
     to_onnx(g, path, precision="int8")
     m = onnx.load(str(path))
@@ -93,30 +82,12 @@ def test_unquantised_graph_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _calib_dir(tmp_path):
-    from PIL import Image
-
-    d = tmp_path / "calib"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return d
-
-
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
 def test_cli_onnx_int8(tmp_path, capsys, monkeypatch):
-    # The CLI uses the quantiser's defaults (GPTQ rounding: ~40 s even here); nearest keeps this fast.
-    orig = quantize.quantize_model
-    monkeypatch.setattr(quantize, "quantize_model", lambda g, c, **kw: orig(g, c, **{**kw, "rounding": "nearest"}))
-    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7)
-    src = tmp_path / "sr.onnx"
-    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    argv = [str(src), "--to", "onnx", "--precision", "int8", "--calib", str(_calib_dir(tmp_path)),
-            "--verify-images", "1"]
-    assert main(p.parse_args(argv)) == 0
+    nearest_rounding(monkeypatch)
+    src = carded_sr_model(tmp_path)
+    assert convert_main([str(src), "--to", "onnx", "--precision", "int8", "--calib", str(calib_dir(tmp_path)),
+                         "--verify-images", "1"]) == 0
     out = tmp_path / "sr_int8.onnx"
     m = onnx.load(str(out))
     assert "QuantizeLinear" in {n.op_type for n in m.graph.node}
@@ -128,5 +99,5 @@ def test_cli_onnx_int8_needs_a_card(tmp_path):
     src = tmp_path / "sr.onnx"
     src.write_bytes(residual_sr_model(np.random.default_rng(2)).SerializeToString())
     with pytest.raises(ConfigError, match="model card"):
-        convert(src, "onnx", precision="int8", calib=_calib_dir(tmp_path))
+        convert(src, "onnx", precision="int8", calib=calib_dir(tmp_path))
     assert not (tmp_path / "sr_int8.onnx").exists()

@@ -3,6 +3,7 @@ file, SIGTERM in the middle of writing a file, SIGKILL, byte-exact resume with -
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,14 +18,7 @@ pytest.importorskip("onnxruntime")
 
 from edge_enhance.cli import main  # noqa: E402
 from tests import hardening_kit as kit  # noqa: E402
-from tests.onnx_models import residual_sr  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    p = tmp_path_factory.mktemp("model") / "m.onnx"
-    residual_sr(p)
-    return p
+from tests.hardening_kit import model  # noqa: E402,F401  (fixture)
 
 
 def _folder(d, n, size=(40, 30), black=()):
@@ -133,6 +127,8 @@ def test_sigkill_while_writing_never_leaves_a_damaged_file_under_the_real_name(t
     for n in ("00.png", "01.png", "02.png", "03.png"):
         with Image.open(out / n) as im:
             assert im.size == (80, 60)
+    # ... and rewriting that output removed the killed process's temporary.
+    assert not [n for n in kit.files_under(out) if n.endswith(".part")]
 
 
 def test_sigterm_as_a_real_signal_from_outside(tmp_path, model):
@@ -158,3 +154,17 @@ def test_sigterm_as_a_real_signal_from_outside(tmp_path, model):
     if p.returncode == 130:
         # A signal landing just after the rename reports that (complete) file as not done; never the reverse.
         assert json.loads(stdout)["ok"] in (len(names), len(names) - 1)
+
+
+def test_sweep_stale_removes_only_dead_writers_temporaries(tmp_path):
+    from edge_enhance.atomic import atomic_file
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / f".a[1].png.{dead}-x1.part").write_bytes(b"half")      # killed writer: swept
+    (tmp_path / f".a[1].png.{os.getppid()}-x2.part").write_bytes(b"")   # a live writer: kept
+    (tmp_path / f".b.png.{dead}-x3.part").write_bytes(b"")              # another output: kept
+    with atomic_file(tmp_path / "a[1].png") as f:
+        f.write(b"ok")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a[1].png", f".a[1].png.{os.getppid()}-x2.part", f".b.png.{dead}-x3.part"])

@@ -19,15 +19,9 @@ pytest.importorskip("onnxruntime")
 from edge_enhance.enhancer import Enhancer  # noqa: E402
 from edge_enhance.errors import EngineError  # noqa: E402
 from edge_enhance.tiling import TilingConfig  # noqa: E402
+from tests.hardening_kit import model  # noqa: E402,F401  (fixture)
 from tests.onnx_models import residual_sr  # noqa: E402
 from tests.test_camera_web import mjpeg_frames, request, running  # noqa: E402,F401  (fixture)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    p = tmp_path_factory.mktemp("model") / "m.onnx"
-    residual_sr(p)
-    return p
 
 
 IMG = np.random.default_rng(5).integers(0, 256, (37, 45, 3), dtype=np.uint8)

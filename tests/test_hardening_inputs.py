@@ -17,16 +17,9 @@ pytest.importorskip("onnxruntime")
 
 from edge_enhance.cli import main  # noqa: E402
 from tests import hardening_kit as kit  # noqa: E402
-from tests.onnx_models import residual_sr  # noqa: E402
+from tests.hardening_kit import model  # noqa: E402,F401  (fixture)
 
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    p = tmp_path_factory.mktemp("model") / "m.onnx"
-    residual_sr(p)
-    return p
 
 
 def _jpeg() -> bytes:

@@ -80,6 +80,10 @@ def test_scale_chains():
         sr_chain(5)
     assert plan_stages("denoise", 1)[0] == ["denoise"]
     assert plan_stages("dejpeg", 2)[0] == ["dejpeg", "sr-x2"]
+    assert plan_stages("photo", 2)[0] == ["enhance-x2"]
+    assert plan_stages("photo", 4)[0] == ["enhance-x2", "sr-x2"]
+    with pytest.raises(ConfigError, match="not x3"):
+        plan_stages("photo", 3)
 
 
 class _Offset:

@@ -38,6 +38,10 @@ class RepConv(nn.Module):
     @torch.no_grad()
     def collapse(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight [cout, cin, 3, 3], bias [cout]) of the single equivalent 3x3 conv."""
+        return self.fused()
+
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`collapse` with gradients (quantisation-aware training trains through it)."""
         w = self.k3.weight.clone()
         w[:, :, 1, 1] += self.k1.weight[:, :, 0, 0]
         if self.identity:

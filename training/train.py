@@ -160,8 +160,10 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
 
 
 def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_root: Path,
-                 evaluate_sets: bool = True, command: str | None = None) -> ModelCard:
-    """Write <out>/<name>.onnx with its card; returns the card. Raises if ONNX disagrees with torch."""
+                 evaluate_sets: bool = True, command: str | None = None, extra: dict | None = None) -> ModelCard:
+    """Write <out>/<name>.onnx with its card; returns the card. Raises if ONNX disagrees with torch.
+
+    ``extra`` adds card fields (training.qat notes its fine-tuning there)."""
     m = ex.build_onnx(model)
     err = ex.max_abs_error(model, m)
     if err >= 1e-5:
@@ -197,6 +199,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
             "protocol": "../shared/data/README.md (Pillow bicubic LR; Y-PSNR shave s for sr/enhance, RGB for denoise/dejpeg)",
             "psnr": psnr, "ssim": ssim, "input_psnr": baseline,
             "onnx_max_abs_err_vs_torch": err,
+            **(extra or {}),
         },
     )
     ex.set_card(m, card)

@@ -1,0 +1,144 @@
+"""Quantisation-aware fine-tuning: fake quantisation is the quantiser's int8 arithmetic; the CLI."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+onnx = pytest.importorskip("onnx", reason="export needs onnx")
+ort = pytest.importorskip("onnxruntime", reason="export checks need onnxruntime")
+from PIL import Image  # noqa: E402
+
+from tests.conversion_testkit import calib_dir  # noqa: E402
+
+from conversion import executor  # noqa: E402
+from conversion.ir import QuantParams  # noqa: E402
+from conversion.onnx_import import from_onnx  # noqa: E402
+from edge_enhance.errors import ConfigError  # noqa: E402
+from quantization.quantize import quantize_weights  # noqa: E402
+from training import export as ex  # noqa: E402
+from training import qat  # noqa: E402
+from training.model import ResidualNet  # noqa: E402
+from training.recipes import RECIPES, Recipe  # noqa: E402
+from training.train import export_model, train  # noqa: E402
+
+
+def _images(n=2, size=(40, 44), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3)).astype(np.uint8) for _ in range(n)]
+
+
+def _recipe(scale=2, name="t-qat"):
+    return Recipe(name, "sr" if scale > 1 else "denoise", scale, channels=4, convs=3, patch=8, batch=2)
+
+
+def _steps_apart(a, b):
+    d = np.rint(np.asarray(a, np.float64) * 255) - np.rint(np.asarray(b, np.float64) * 255)
+    return float(np.mean(d != 0)), float(np.abs(d).max())
+
+
+def test_fake_quant_is_the_ir_rounding():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 500), np.arange(-6, 7) * 0.25]).astype(np.float32)  # ties included
+    q = QuantParams([0.5], [3])
+    got = qat.fake_quant(torch.from_numpy(x), 0.5, 3).numpy()
+    np.testing.assert_array_equal(got, q.fake_quantize(x))
+    w = rng.normal(0, 0.1, (5, 4, 3, 3)).astype(np.float32)
+    w[2] = 0  # a dead channel keeps a tiny scale, as the quantiser's
+    want = quantize_weights(w.transpose(0, 2, 3, 1)).fake_quantize(w.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(qat.fake_quant_weight(torch.from_numpy(w)).numpy(), want, atol=1e-8, rtol=1e-6)
+
+
+def test_gradients_pass_straight_through_inside_the_range_only():
+    x = torch.tensor([0.1, 0.4, 5.0], requires_grad=True)
+    qat.fake_quant(x, 0.25, 0, -4, 4).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_fake_quant_forward_equals_int8_simulation(scale):
+    r = _recipe(scale)
+    torch.manual_seed(scale)
+    net = ResidualNet(scale, 4, 3)
+    q = qat.QATNet(net)
+    qat.finetune(r, q, _images(), steps=3, lr=1e-3)  # EMA ranges from the batches
+    assert not torch.isnan(q.lo).any()
+    x = torch.rand(1, 3, 13, 11, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fq, fp = q(x).numpy().transpose(0, 2, 3, 1), net(x).numpy().transpose(0, 2, 3, 1)
+    # The same weights exported, quantised by quantization.quantize with the QAT ranges, simulated.
+    g = qat.int8_graph(q, from_onnx(ex.build_onnx(net)))
+    sim = executor.run(g, {g.inputs[0]: x.numpy().transpose(0, 2, 3, 1)}, simulate_quant=True)[g.outputs[0]]
+    share, steps = _steps_apart(fq, sim)
+    assert share <= 0.005 and steps <= 1  # float32 torch vs float64 numpy: a rare rounding tie
+    assert _steps_apart(fp, sim)[0] > 0.05  # the float forward is not what int8 computes
+
+
+def test_ranges_from_our_calibration_are_fixed():
+    from quantization.calibration import CalibSet
+
+    r = _recipe()
+    net = ResidualNet(2, 4, 3)
+    xs = [np.random.default_rng(i).random((1, 12, 12, 3), dtype=np.float32) for i in range(3)]
+    ranges = qat.calibrated_ranges(net, CalibSet(xs, [None] * 3, "test"), method="minmax")
+    assert len(ranges) == 3 and all(lo <= hi for lo, hi in ranges)
+    q = qat.QATNet(net)
+    q.set_ranges(ranges)
+    qat.finetune(r, q, _images(), steps=2, lr=1e-3)
+    np.testing.assert_allclose(q.lo.numpy(), [lo for lo, _ in ranges], rtol=1e-6)
+
+
+def test_unset_ranges_are_refused():
+    with pytest.raises(ConfigError, match="ranges are not set"):
+        qat.QATNet(ResidualNet(2, 4, 3)).eval()(torch.rand(1, 3, 8, 8))
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A tiny registered recipe, its data folder, a checkpoint and an exported ONNX of it."""
+    r = _recipe()
+    monkeypatch.setitem(RECIPES, r.name, r)
+    root = tmp_path / "data"
+    for sub in ("train/T91", "train/BSD200"):
+        (root / sub).mkdir(parents=True)
+        for i, im in enumerate(_images(2, (36, 40), seed=len(sub))):
+            Image.fromarray(im).save(root / sub / f"{i}.png")
+    net, state = train(r, ckpt_dir=tmp_path / "ck", data_root=root, steps=2, images=_images())
+    export_model(r, net, state, tmp_path / "src", data_root=root, evaluate_sets=False)
+    return {"root": root, "ckpt": tmp_path / "ck" / "last.pt", "onnx": tmp_path / "src" / f"{r.name}.onnx"}
+
+
+@pytest.mark.parametrize("source,ranges", [("ckpt", "ema"), ("onnx", "ema"), ("onnx", "calib")])
+def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges):
+    out = tmp_path / "out"
+    argv = ["t-qat", "--from", str(tiny[source]), "--steps", "3", "--out", str(out), "--data", str(tiny["root"]),
+            "--no-eval", "--ranges", ranges]
+    if ranges == "calib":
+        argv += ["--calib", str(calib_dir(tmp_path))]
+    assert qat.main(argv) == 0
+    path = out / "t-qat.onnx"
+    onnx.checker.check_model(onnx.load(str(path)))
+    card = ex.read_card(path)
+    assert card.extra["qat"]["steps"] == 3 and card.extra["qat"]["activations"].endswith(f"{ranges} ranges")
+    assert card.extra["steps"] == 2 and "training.qat" in card.extra["recipe"]  # the source's own training
+    x = np.random.default_rng(0).random((1, 3, 9, 7), dtype=np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    src = ort.InferenceSession(str(tiny["onnx"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert y.shape == (1, 3, 18, 14) and not np.array_equal(y, src)  # fine-tuned, still fp32
+
+
+def test_cli_refuses_bad_sources_and_writes_nothing(tmp_path, tiny, monkeypatch):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    other = _recipe(3, "t-qat3")
+    monkeypatch.setitem(RECIPES, other.name, other)
+    cases = [("t-qat", tmp_path / "missing.onnx", "does not exist"),
+             ("t-qat", bad, "bad.pt: not a training checkpoint"),
+             ("t-qat3", tiny["ckpt"], "checkpoint of recipe 't-qat', not 't-qat3'"),
+             ("t-qat3", tiny["onnx"], "are not recipe t-qat3's")]
+    for name, src, msg in cases:
+        with pytest.raises(ConfigError, match=msg):
+            qat.main([name, "--from", str(src), "--steps", "1", "--out", str(out), "--data", str(tiny["root"]),
+                      "--no-eval"])
+    with pytest.raises(ConfigError, match="--calib applies to --ranges calib only"):
+        qat.main(["t-qat", "--from", str(tiny["onnx"]), "--steps", "1", "--out", str(out), "--calib", str(tmp_path)])
+    assert not out.exists()

@@ -1,0 +1,284 @@
+"""Quantisation-aware fine-tuning: ``python -m training.qat NAME --from MODEL.onnx|CKPT --steps N --out DIR``.
+
+A recipe's network is fine-tuned with the int8 arithmetic ``edge-enhance quantize`` will give it
+simulated in the forward pass (fake quantisation, straight-through gradients), then exported in
+fp32 exactly as ``training.train`` exports (``DIR/<name>.onnx``, card field ``qat``), so post-training
+quantisation of the result loses less. What is simulated is what quantization.quantize plans:
+
+* weights of each collapsed 3x3 conv: symmetric int8 per output channel, max |w| / 127;
+* the input and the output: the 8-bit pixel grid (1/255, zero point -128);
+* each hidden conv output: asymmetric int8 per tensor over a range that is an EMA of batch min / max
+  (``--ranges ema``) or fixed by our calibration (``--ranges calib``: the default calibration set
+  or ``--calib DIR``, the percentile observer of ``edge-enhance quantize``);
+* the residual: on the output grid, as ``quantization.quantize.residual_params`` puts it.
+
+Rounding is half away from zero (TFLite, ``conversion.executor``); gradients pass straight through
+inside a range and are zero outside it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conversion.onnx_import import from_onnx
+from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.errors import ConfigError
+from quantization.calibration import RangeStats, calibration_set
+from quantization.quantize import (activation_params, assign_activation_params, collect_stats,
+                                   quantize_all_weights, residual_params)
+
+from . import export as ex
+from .data import PatchSampler, default_data_root, load_train_images
+from .model import ResidualNet, depth_to_space_dcr
+from .recipes import RECIPES, Recipe, get
+from .train import build_model, export_model
+
+log = logging.getLogger("training")
+PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
+RANGES = ("ema", "calib")
+
+
+def fake_quant(x: torch.Tensor, scale, zero_point, qmin: int = -128, qmax: int = 127) -> torch.Tensor:
+    """Round to the grid (half away from zero) and clamp; the gradient passes straight through
+    the rounding and is zero where the clamp bites.
+
+    >>> fake_quant(torch.tensor([0.26, -0.25, 9.0]), 0.5, 0, -4, 4).tolist()
+    [0.5, -0.5, 2.0]
+    """
+    v = x / scale
+    r = torch.sign(v) * torch.floor(torch.abs(v) + 0.5)
+    v = v + (r - v).detach()
+    return (torch.clamp(v + zero_point, qmin, qmax) - zero_point) * scale
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 per output channel ([-127, 127], scale max |w| / 127) as quantize_weights."""
+    m = w.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    s = torch.where(m > 0, m / 127, torch.full_like(m, 1e-8))
+    return fake_quant(w, s, 0, -127, 127)
+
+
+class QATNet(nn.Module):
+    """A ResidualNet whose forward is its int8 inference (see the module docstring).
+
+    ``lo`` / ``hi`` hold the range of each conv's output (after its ReLU); NaN until the first
+    training batch (EMA) or :meth:`set_ranges`. While ``frozen`` they do not move.
+    """
+
+    def __init__(self, net: ResidualNet, momentum: float = 0.9):
+        super().__init__()
+        self.net = net
+        self.momentum = momentum
+        self.frozen = False
+        n = len(net.layers)
+        self.register_buffer("lo", torch.full((n,), float("nan")))
+        self.register_buffer("hi", torch.full((n,), float("nan")))
+
+    def set_ranges(self, ranges) -> None:
+        """Fix the conv output ranges (e.g. from our calibration); they no longer follow batches."""
+        for i, (lo, hi) in enumerate(ranges):
+            self.lo[i], self.hi[i] = float(lo), float(hi)
+        self.frozen = True
+
+    def _observe(self, i: int, h: torch.Tensor) -> None:
+        if not self.training or self.frozen:
+            return
+        lo, hi = float(h.detach().min()), float(h.detach().max())
+        if math.isnan(float(self.lo[i])):
+            self.lo[i], self.hi[i] = lo, hi
+        else:
+            m = self.momentum
+            self.lo[i] = m * self.lo[i] + (1 - m) * lo
+            self.hi[i] = m * self.hi[i] + (1 - m) * hi
+
+    def act_params(self, i: int):
+        """The QuantParams of conv ``i``'s output: asymmetric int8, the residual on the pixel grid."""
+        lo, hi = float(self.lo[i]), float(self.hi[i])
+        if math.isnan(lo):
+            raise ConfigError("QAT ranges are not set: run a training step or set_ranges() first")
+        q = activation_params(lo, hi)
+        return residual_params(q, float(PIXEL.scale[0])) if i == len(self.net.layers) - 1 else q
+
+    def forward(self, x):
+        pixel = (float(PIXEL.scale[0]), int(PIXEL.zero_point[0]))
+        x = fake_quant(x, *pixel)
+        h = x
+        last = len(self.net.layers) - 1
+        for i, layer in enumerate(self.net.layers):
+            w, b = layer.fused()
+            h = F.conv2d(h, fake_quant_weight(w), b, padding=1)
+            if i < last:
+                h = F.relu(h)
+            self._observe(i, h)
+            q = self.act_params(i)
+            h = fake_quant(h, float(q.scale[0]), int(q.zero_point[0]))
+        s = self.net.scale
+        base = x if s == 1 else x.repeat(1, s * s, 1, 1)
+        y = fake_quant(base + h, *pixel)  # the sum's range is the final clip's, [0, 1]
+        return y if s == 1 else depth_to_space_dcr(y, s)
+
+
+def int8_graph(qnet: QATNet, graph):
+    """``graph`` (the IR of ``qnet.net`` exported) quantised by quantization.quantize with the QAT
+    ranges: executor.run(..., simulate_quant=True) on it is int8 inference of these weights."""
+    convs = [n for n in graph.nodes if n.op == "Conv"]
+    if len(convs) != len(qnet.net.layers):
+        raise ConfigError(f"{graph.name}: {len(convs)} convs, the network has {len(qnet.net.layers)}")
+    st = RangeStats()
+    for n in graph.nodes:  # image-range tensors (the input's copies, the clipped sum): [0, 1]
+        st.lo[n.outputs[0]], st.hi[n.outputs[0]] = 0.0, 1.0
+    for i, n in enumerate(convs):
+        st.lo[n.outputs[0]], st.hi[n.outputs[0]] = float(qnet.lo[i]), float(qnet.hi[i])
+    quantize_all_weights(graph, per_channel=True)
+    assign_activation_params(graph, st, "minmax")
+    return graph
+
+
+def calibrated_ranges(net: ResidualNet, calib, method: str = "percentile") -> list:
+    """Each conv output's range on a calibration set (quantization.calibration), as quantize does."""
+    g = from_onnx(ex.build_onnx(net))
+    st = collect_stats(g, calib)
+    return [st.range(n.outputs[0], method) for n in g.nodes if n.op == "Conv"]
+
+
+# --------------------------------------------------------------------------- sources
+def load_source(r: Recipe, path) -> tuple[ResidualNet, dict]:
+    """The recipe's network from a training checkpoint (.pt) or an exported ONNX; (net, state)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: --from file does not exist")
+    net = build_model(r)
+    if p.suffix == ".onnx":
+        return _from_onnx(r, net, p)
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise ConfigError(f"{p}: not a training checkpoint or an .onnx model ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise ConfigError(f"{p}: not a training checkpoint (no 'model' state)")
+    if ck.get("recipe") != r.name:
+        raise ConfigError(f"{p}: checkpoint of recipe {ck.get('recipe')!r}, not {r.name!r}")
+    try:
+        net.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"{p}: checkpoint does not fit recipe {r.name}: {str(e).splitlines()[0]}") from None
+    return net, {"step": int(ck.get("step", 0)), "elapsed": float(ck.get("elapsed", 0.0))}
+
+
+def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]:
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        m = onnx.load(str(p))
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise ConfigError(f"{p}: not a readable ONNX model ({e})") from None
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    shapes = [tuple(inits[n.input[1]].shape) if n.input[1] in inits else None for n in convs]
+    want = [tuple(layer.k3.weight.shape) for layer in net.layers]
+    if shapes != want or any(len(n.input) < 3 or n.input[2] not in inits for n in convs):
+        raise ConfigError(f"{p}: conv weights {shapes} are not recipe {r.name}'s {want} (with biases)")
+    with torch.no_grad():  # the collapsed conv goes into the 3x3 branch; 1x1 and identity cancel
+        for layer, n in zip(net.layers, convs):
+            w = torch.from_numpy(inits[n.input[1]].astype(np.float32)).clone()
+            if layer.identity:
+                w[:, :, 1, 1] -= torch.eye(layer.cout)
+            layer.k3.weight.copy_(w)
+            layer.k3.bias.copy_(torch.from_numpy(inits[n.input[2]].astype(np.float32)))
+            layer.k1.weight.zero_()
+            layer.k1.bias.zero_()
+    err = ex.max_abs_error(net, m)
+    if err >= 1e-4:
+        raise ConfigError(f"{p}: not a {r.name} network as training.export writes it "
+                          f"(the recipe's forward differs from the file by {err:.2e})")
+    card = next((ModelCard.from_json(q.value, str(p)) for q in m.metadata_props if q.key == CARD_KEY), None)
+    if card is not None and (card.task, card.scale) != (r.task, r.scale):
+        raise ConfigError(f"{p}: a {card.task} x{card.scale} model, recipe {r.name} is {r.task} x{r.scale}")
+    extra = card.extra if card is not None else {}
+    return net, {"step": int(extra.get("steps", 0)), "elapsed": float(extra.get("train_seconds", 0.0))}
+
+
+# --------------------------------------------------------------------------- fine-tuning
+def finetune(r: Recipe, qnet: QATNet, images, *, steps: int, lr: float, seed: int = 0) -> float:
+    """Adam + L1 on the fake-quantised forward, cosine learning rate from ``lr``; returns seconds."""
+    torch.manual_seed(seed)
+    try:
+        sampler = PatchSampler(r, images, seed=seed)
+    except ValueError as e:  # no image large enough
+        raise ConfigError(f"QAT data: {e}") from None
+    opt = torch.optim.Adam(qnet.net.parameters(), lr=lr)
+    qnet.train()
+    t0 = time.monotonic()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
+        x, y = sampler.sample()
+        loss = F.l1_loss(qnet(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            log.info("%s qat: step %d/%d  loss %.5f", r.name, step + 1, steps, loss.item())
+    qnet.eval()
+    return time.monotonic() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.qat", description=__doc__.split("\n")[0])
+    ap.add_argument("name", choices=sorted(RECIPES))
+    ap.add_argument("--from", dest="source", type=Path, required=True,
+                    help="the network to fine-tune: an exported .onnx or a training checkpoint (last.pt)")
+    ap.add_argument("--steps", type=int, required=True, help="fine-tuning steps")
+    ap.add_argument("--out", type=Path, required=True, help="folder for <name>.onnx (fp32, card notes qat)")
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: a tenth of the recipe's)")
+    ap.add_argument("--ranges", choices=RANGES, default="ema",
+                    help="activation ranges: EMA of batch min/max, or fixed by our calibration")
+    ap.add_argument("--calib", type=Path, help="calibration images for --ranges calib (default: the seeded "
+                                               "crops of shared/data/train `edge-enhance quantize` uses)")
+    ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
+    r = get(a.name)
+    if a.steps < 1:
+        raise ConfigError(f"--steps {a.steps} must be at least 1")
+    if a.calib is not None and a.ranges != "calib":
+        raise ConfigError("--calib applies to --ranges calib only")
+    lr = a.lr if a.lr is not None else r.lr / 10
+    if not lr > 0:
+        raise ConfigError(f"--lr {lr} must be positive")
+    net, state = load_source(r, a.source)
+    qnet = QATNet(net)
+    if a.ranges == "calib":
+        qnet.set_ranges(calibrated_ranges(net, calibration_set(a.calib, task=r.task, scale=r.scale)))
+    data_root = a.data or default_data_root()
+    seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr)
+    state = {"step": state["step"], "elapsed": state["elapsed"] + seconds}
+    cmd = f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges} --out DIR"
+    qat = {"from": str(a.source), "steps": a.steps, "lr": lr, "seconds": round(seconds, 1),
+           "weights": "int8 symmetric per output channel", "activations": f"int8 asymmetric per tensor, {a.ranges} ranges",
+           "ranges": [[round(float(lo), 6), round(float(hi), 6)] for lo, hi in zip(qnet.lo, qnet.hi)]}
+    card = export_model(r, net, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd,
+                        extra={"qat": qat})
+    log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        print(f"python -m training.qat: error: {e}", file=sys.stderr)
+        sys.exit(2)
