@@ -3,8 +3,8 @@ int8 file's own measured PSNR in its card (the float numbers kept as psnr_fp32).
 
     python -m training.bundle sr-x2 [sr-x2-rt ...]
 
-Uses the quantiser's defaults (percentile ranges, GPTQ rounding, CLE / bias correction where they
-help) and the exact evaluation protocol on the issue's datasets.
+Uses the quantiser's defaults (percentile ranges unless --method says otherwise, GPTQ rounding,
+CLE / bias correction where they help) and the exact evaluation protocol on the issue's datasets.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ SETTINGS = {  # task -> [(label, dataset, evaluate() keyword)]
 }
 
 
-def bundle(name: str, data: Path) -> dict:
+def bundle(name: str, data: Path, method: str = "percentile") -> dict:
     from edge_enhance.enhancer import Enhancer
     from edge_enhance.evaluation import evaluate
     from quantization.calibration import calibration_set
@@ -37,7 +37,7 @@ def bundle(name: str, data: Path) -> dict:
     out = MODELS_DIR / f"{name}.int8.tflite"
     t0 = time.perf_counter()
     g, card = load_model(src)
-    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale), method="percentile")
+    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale), method=method)
     write_tflite(res.graph, out)
     psnr = {}
     for label, ds, kw in SETTINGS[card.task]:
@@ -47,7 +47,7 @@ def bundle(name: str, data: Path) -> dict:
     extra = d.setdefault("extra", {})
     extra["psnr_fp32"] = extra.get("psnr", d.pop("psnr", None))
     extra["psnr"] = psnr
-    extra["quantization"] = {"method": "percentile", "cle": res.report.cle,
+    extra["quantization"] = {"method": method, "cle": res.report.cle,
                              "bias_correction": res.report.bias_correction,
                              "precision": "int8 (per-channel weights, int8 activations)"}
     ModelCard.from_dict(d)  # still a valid card
@@ -60,10 +60,12 @@ def bundle(name: str, data: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="+")
+    p.add_argument("--method", default="percentile", choices=("percentile", "minmax", "mse"),
+                   help="activation ranges (default percentile; the one a model's card names is what it was bundled with)")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "eval")
     args = p.parse_args(argv)
     for name in args.names:
-        print(json.dumps(bundle(name, args.data)), flush=True)
+        print(json.dumps(bundle(name, args.data, args.method)), flush=True)
     return 0
 
 
