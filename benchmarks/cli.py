@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=None, help="timed runs per contender (>= 5; default 5 quick, 7 full)")
     p.add_argument("--sizes", default=None, metavar="WxH,...",
                    help="speed input frames (default 640x360,1280x720,1920x1080; --quick 640x360)")
-    p.add_argument("--slow", action="store_true", help="also the 48 MP memory runs")
+    p.add_argument("--slow", action="store_true", help="also the 48 MP memory runs and the CBM3D peer on Kodak24 "
+                                                                "(bm3d package; about a minute per image)")
     p.add_argument("--no-peers", action="store_true", help="only our models")
     p.add_argument("--load-note", default=None, help="what else loaded the machine, for the report")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable), "
@@ -113,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     scales = sorted({s.scale for s in ours if s.task == "sr"} | {2})
     if args.quick:
         scales = [2]
-    peers, n = ([], []) if args.no_peers else peer_subjects(peers_dir, tasks, scales)
+    peers, n = ([], []) if args.no_peers else peer_subjects(peers_dir, tasks, scales, slow=args.slow)
     notes += n
     subjects = ours + peers
     res["subjects"] = [s.row() for s in subjects]

@@ -266,7 +266,8 @@ def bm3d_subjects(tasks: set[str]) -> tuple[list[Subject], list[NotRun]]:
                     factory=make, datasets=("Kodak24",), timed=False)], []
 
 
-def peer_subjects(peer_dir: Path | None, tasks: set[str], scales: list[int]) -> tuple[list[Subject], list[NotRun]]:
+def peer_subjects(peer_dir: Path | None, tasks: set[str], scales: list[int],
+                  slow: bool = False) -> tuple[list[Subject], list[NotRun]]:
     subjects: list[Subject] = []
     notes: list[NotRun] = []
     if "sr" in tasks:
@@ -274,5 +275,9 @@ def peer_subjects(peer_dir: Path | None, tasks: set[str], scales: list[int]) -> 
         s2, n2 = opencv_subjects(peer_dir, scales)
         subjects += s2
         notes += n2
-    s3, n3 = bm3d_subjects(tasks)
-    return subjects + s3, notes + n3
+    if slow:
+        s3, n3 = bm3d_subjects(tasks)
+        subjects, notes = subjects + s3, notes + n3
+    elif "denoise" in tasks:
+        notes.append(NotRun("CBM3D", "runs with --slow only (about a minute per Kodak image on two cores)"))
+    return subjects, notes
