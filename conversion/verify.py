@@ -93,46 +93,38 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
 
 
-def _luma(rgb01: np.ndarray) -> np.ndarray:
-    r, g, b = (rgb01[..., i] * 255.0 for i in range(3))
-    return 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+def _scale(card: ModelCard | None) -> int:
+    """Output / input size of a carded model (upscaling tasks), else 1."""
+    return card.scale if card is not None and card.task in ("sr", "enhance") else 1
 
 
 def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float | None:
-    """out, ref: HWC float in [0, 1]. The evaluation protocol of ../shared/data/README.md."""
+    """out, ref: HWC float in [0, 1]; the evaluation protocol of ../shared/data/README.md on 8-bit pixels."""
     if card is None:
         return None
-    out = np.clip(out, 0, 1)
-    if card.task == "sr":
-        s = card.scale
-        ya, yb = _luma(np.round(out * 255) / 255), _luma(ref)
-        ya, yb = ya[s:-s, s:-s], yb[s:-s, s:-s]
-        return psnr(ya, yb, 255.0)
-    return psnr(np.round(out * 255), np.round(ref * 255), 255.0)
+    from edge_enhance.evaluation import score_psnr
+
+    def u8(a):
+        return np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+
+    return score_psnr(card.task, u8(ref), u8(out), _scale(card))
 
 
 def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None):
-    """(name, model_input HWC float, reference HWC float or None) per image, per the protocol."""
-    from PIL import Image
+    """(name, model_input HWC float, reference HWC float or None) per image: the task's degradation of
+    the protocol (edge_enhance.evaluation.make_input, image i seeded by its index), ``crop`` an input HxW."""
+    from edge_enhance.evaluation import load_rgb, make_input
 
-    scale = card.scale if card is not None else 1
+    s = _scale(card)
     for i, p in enumerate(files[:max_images]):
-        img = Image.open(p).convert("RGB")
-        w, h = img.size
-        if card is not None and card.task == "sr":
-            hr = img.crop((0, 0, w - w % scale, h - h % scale))
-            if crop is not None:
-                hr = hr.crop((0, 0, min(hr.width, crop[1] * scale), min(hr.height, crop[0] * scale)))
-            lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
-            yield p.name, np.asarray(lr, np.float32) / 255, np.asarray(hr, np.float32) / 255
+        clean = load_rgb(p)
+        if crop is not None:
+            clean = clean[: crop[0] * s, : crop[1] * s]
+        if card is None:
+            yield p.name, clean.astype(np.float32) / 255, None
             continue
-        clean = np.asarray(img if crop is None else img.crop((0, 0, min(w, crop[1]), min(h, crop[0]))), np.uint8)
-        if card is not None and card.task == "denoise":
-            sigma = float(card.extra.get("sigma", 25))
-            noisy = np.clip(np.round(clean + np.random.default_rng(i).normal(0, sigma, clean.shape)), 0, 255)
-            yield p.name, noisy.astype(np.float32) / 255, clean.astype(np.float32) / 255
-        else:
-            yield p.name, clean.astype(np.float32) / 255, (clean.astype(np.float32) / 255 if card else None)
+        ref, x = make_input(card.task, clean, i, scale=s, sigma=float(card.extra.get("sigma", 25)))
+        yield p.name, x.astype(np.float32) / 255, ref.astype(np.float32) / 255
 
 
 def _tflite_runner(path):
@@ -225,7 +217,7 @@ def _fits(path, tile, card):
 
     with Image.open(path) as im:
         w, h = im.size
-    s = card.scale if card is not None and card.task == "sr" else 1
+    s = _scale(card)
     return h // s >= tile[0] and w // s >= tile[1]
 
 

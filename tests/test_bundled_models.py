@@ -31,3 +31,24 @@ def test_every_bundled_model_converts_and_verifies(tmp_path, path, to, precision
                   max_images=1, crop=(48, 48), tile=(48, 48) if to == "coreml" else None)
     assert res.output.exists() and res.report is not None
     assert res.report.psnr_between > (100 if precision == "fp32" else 60)
+
+
+@pytest.mark.skipif(not SET5.is_dir(), reason="../shared/data is not beside the repository")
+@pytest.mark.parametrize("path", ONNX_MODELS, ids=lambda p: p.name)
+def test_verification_inputs_follow_the_task_protocol(path):
+    """convert's task PSNR is the eval protocol's: the same degraded input, the same reference."""
+    import numpy as np
+
+    from conversion.verify import make_pairs, task_psnr
+    from edge_enhance.evaluation import list_images, load_rgb, make_input, score_psnr
+
+    card = read_card(path)
+    files = list_images(SET5)[:2]
+    for i, (name, x, ref) in enumerate(make_pairs(card, files)):
+        want_ref, want_x = make_input(card.task, load_rgb(files[i]), i, scale=card.scale)
+        assert name == files[i].name
+        np.testing.assert_array_equal(np.round(x * 255), want_x)
+        np.testing.assert_array_equal(np.round(ref * 255), want_ref)
+        assert (x.shape == ref.shape) == (card.task in ("denoise", "dejpeg"))
+        assert task_psnr(card, x if card.scale == 1 else ref, ref) == (
+            score_psnr(card.task, want_ref, want_x, 1) if card.scale == 1 else float("inf"))
