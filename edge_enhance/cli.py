@@ -385,8 +385,11 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
                                 epilog="`edge-enhance photo.jpg` is short for `edge-enhance enhance photo.jpg`.")
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="command", required=True)
+    # -v also after the command (`edge-enhance bench -v`); SUPPRESS keeps a count given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
 
-    e = sub.add_parser("enhance", help="enhance photos (files, folders, globs)", epilog=NAMING_RULE,
+    e = sub.add_parser("enhance", help="enhance photos (files, folders, globs)", epilog=NAMING_RULE, parents=[verbose],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("inputs", nargs="+", help="image files, folders or globs")
     e.add_argument("-o", "--output", help="output file (one input) or folder")
@@ -415,19 +418,19 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_enhance)
 
-    i = sub.add_parser("info", help="print a model's card")
+    i = sub.add_parser("info", help="print a model's card", parents=[verbose])
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    m = sub.add_parser("models", help="list the bundled models")
+    m = sub.add_parser("models", help="list the bundled models", parents=[verbose])
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
-    _add_optional_commands(sub, chosen)
+    _add_optional_commands(sub, chosen, verbose)
     return p
 
 
-def _add_optional_commands(sub, chosen: str | None) -> None:
+def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentParser) -> None:
     """Sub-commands living in other packages; a module is imported only when its command is chosen."""
     import importlib
     import importlib.util
@@ -447,7 +450,7 @@ def _add_optional_commands(sub, chosen: str | None) -> None:
             found = False
         if not found:
             continue
-        sp = sub.add_parser(name, help=help_)
+        sp = sub.add_parser(name, help=help_, parents=[verbose])
         if name == chosen:
             mod = importlib.import_module(module)
             mod.add_arguments(sp)
@@ -456,9 +459,11 @@ def _add_optional_commands(sub, chosen: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        argv.insert(0, "enhance")
-    parser = build_parser(argv[0] if argv else None)
+    # The command is the first word that is not an option (the top-level options take no value).
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if at is not None and argv[at] not in COMMANDS:
+        argv.insert(at, "enhance")
+    parser = build_parser(argv[at] if at is not None else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
 

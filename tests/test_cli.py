@@ -169,3 +169,15 @@ def test_number_argtype_bounds_and_messages():
                              (number(float, lo=0, unit="dB"), "x", "'x' is not a number of dB")]:
         with pytest.raises(argparse.ArgumentTypeError, match=msg):
             parse(text)
+
+
+def test_verbose_flag_before_or_after_the_command(capsys):
+    """`edge-enhance -v models`, `edge-enhance models -v` and `edge-enhance -v photo.jpg` all parse."""
+    from edge_enhance.cli import build_parser
+
+    assert main(["-v", "models", "--json"]) == 0
+    assert main(["models", "-v", "--json"]) == 0
+    args = build_parser("bench").parse_args(["-v", "bench", "--quick", "-v"])
+    assert args.command == "bench" and args.quick and args.verbose == 1
+    assert main(["-v", "missing-photo.jpg"]) == 1  # the bare-file shorthand still applies after an option
+    assert "missing-photo.jpg" in capsys.readouterr().err
