@@ -8,7 +8,7 @@ def number(kind=float, lo=None, hi=None, unit: str = ""):
     """Parse ``kind`` (int or float) within [lo, hi] (either end may be open); ``unit`` for messages."""
     noun = "an integer" if kind is int else "a number"
     bounds = (f"in {lo:g}..{hi:g}" if lo is not None and hi is not None
-              else f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+              else f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "")
     suffix = f" {unit}" if unit else ""
 
     def parse(text: str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -30,17 +31,13 @@ def sweep_stale(path) -> int:
     ``.NAME.PID-XXXX.part`` whose PID no longer runs on this machine. Returns how many were removed."""
     path = Path(path)
     n = 0
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*-*.part"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.part"):
         pid = tmp.name[len(path.name) + 2:].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 n += 1
     return n
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
