@@ -211,22 +211,27 @@ class MulL(_Binary):
     ir_op = "Mul"
 
 
-@register("Sub")
-class SubL(_Binary):
+class _ByConstant(_Binary):
+    """``x - c`` / ``x / c`` with a constant c, lowered to Add / Mul of the transformed constant."""
+    symbol = ""
+    transform = None
+
     def check(self, n, ctx):
-        return super().check(n, ctx) or (None if ctx.is_const(n.inputs[1]) else "only x - constant is supported")
+        return super().check(n, ctx) or (
+            None if ctx.is_const(n.inputs[1]) else f"only x {self.symbol} constant is supported")
 
     def lower(self, n, ctx):
-        ctx.out(n, "Add", [self.operand(ctx, n, 0), self.operand(ctx, n, 1, np.negative)])
+        ctx.out(n, self.ir_op, [self.operand(ctx, n, 0), self.operand(ctx, n, 1, type(self).transform)])
+
+
+@register("Sub")
+class SubL(_ByConstant):
+    ir_op, symbol, transform = "Add", "-", np.negative
 
 
 @register("Div")
-class DivL(_Binary):
-    def check(self, n, ctx):
-        return super().check(n, ctx) or (None if ctx.is_const(n.inputs[1]) else "only x / constant is supported")
-
-    def lower(self, n, ctx):
-        ctx.out(n, "Mul", [self.operand(ctx, n, 0), self.operand(ctx, n, 1, lambda a: 1.0 / a)])
+class DivL(_ByConstant):
+    ir_op, symbol, transform = "Mul", "/", np.reciprocal
 
 
 class _MinMax(_Binary):

@@ -128,27 +128,22 @@ def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_
 
 
 def _tflite_runner(path):
+    """The file as the runtime runs it: integer I/O quantised / dequantised by the LiteRT backend's helpers."""
     from ai_edge_litert.interpreter import Interpreter
+
+    from edge_enhance.backends.litert import dequantise_io, quantise_io
 
     it = Interpreter(model_path=str(path))
     d, o = it.get_input_details()[0], it.get_output_details()[0]
     fixed = None if -1 in list(d.get("shape_signature", [])) else tuple(int(v) for v in d["shape"][1:3])
 
     def run(x_hwc):
-        x = x_hwc[None]
-        if d["dtype"] != np.float32:
-            s, z = d["quantization"]
-            info = np.iinfo(d["dtype"])
-            x = np.clip(np.floor(x / s + 0.5) + z, info.min, info.max).astype(d["dtype"])
+        x = quantise_io(x_hwc[None], d)
         it.resize_tensor_input(d["index"], list(x.shape))
         it.allocate_tensors()
         it.set_tensor(d["index"], x)
         it.invoke()
-        y = it.get_tensor(o["index"])
-        if o["dtype"] != np.float32:
-            s, z = o["quantization"]
-            y = (y.astype(np.float32) - z) * s
-        return y[0]
+        return dequantise_io(it.get_tensor(o["index"]), o)[0]
 
     return run, fixed
 

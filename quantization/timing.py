@@ -17,16 +17,14 @@ import numpy as np
 def _interpreter(path, threads, size):
     from ai_edge_litert.interpreter import Interpreter
 
+    from edge_enhance.backends.litert import quantise_io
+
     it = Interpreter(model_path=str(path), num_threads=threads)
     d = it.get_input_details()[0]
     it.resize_tensor_input(d["index"], [1, size[0], size[1], 3])
     it.allocate_tensors()
     x = np.random.default_rng(0).uniform(0, 1, (1, size[0], size[1], 3)).astype(np.float32)
-    if d["dtype"] != np.float32:
-        s, z = d["quantization"]
-        info = np.iinfo(d["dtype"])
-        x = np.clip(np.round(x / s) + z, info.min, info.max).astype(d["dtype"])
-    it.set_tensor(d["index"], x)
+    it.set_tensor(d["index"], quantise_io(x, d))
     return it
 
 

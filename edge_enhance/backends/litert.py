@@ -64,7 +64,8 @@ def _load_error(path, engine: str, e: Exception) -> ModelFormatError:
     return ModelFormatError(f"{path}: {engine} {_engine_version(engine)} cannot load this model: {text}")
 
 
-def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
+def quantise_io(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the tensor's dtype on its (scale, zero point) grid; float tensors pass through."""
     dtype = detail["dtype"]
     if dtype == np.float32:
         return x.astype(np.float32, copy=False)
@@ -73,7 +74,8 @@ def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
-def _dequantise(y: np.ndarray, detail: dict) -> np.ndarray:
+def dequantise_io(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An output tensor back to float (the inverse grid of :func:`quantise_io`)."""
     if detail["dtype"] == np.float32:
         return y
     scale, zero = detail["quantization"]
@@ -156,9 +158,9 @@ class LiteRTBackend(Backend):
         self._size = (h, w)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        self.interp.set_tensor(self._in["index"], _quantise(x, self._in))
+        self.interp.set_tensor(self._in["index"], quantise_io(x, self._in))
         self.interp.invoke()
-        return _dequantise(self.interp.get_tensor(self._out["index"]), self._out)
+        return dequantise_io(self.interp.get_tensor(self._out["index"]), self._out)
 
     def activation_bytes_per_pixel(self) -> float:
         """Memory per input pixel of a tile: every activation and scratch tensor of a probe
