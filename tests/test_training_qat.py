@@ -53,15 +53,15 @@ def test_gradients_pass_straight_through_inside_the_range_only():
     assert x.grad.tolist() == [1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("scale", [1, 2, 3])
-def test_fake_quant_forward_equals_int8_simulation(scale):
+@pytest.mark.parametrize("scale, down", [(1, 1), (2, 1), (3, 1), (1, 2)])
+def test_fake_quant_forward_equals_int8_simulation(scale, down):
     r = _recipe(scale)
     torch.manual_seed(scale)
-    net = ResidualNet(scale, 4, 3)
+    net = ResidualNet(scale, 4, 3, down=down)
     q = qat.QATNet(net)
     qat.finetune(r, q, _images(), steps=3, lr=1e-3)  # EMA ranges from the batches
     assert not torch.isnan(q.lo).any()
-    x = torch.rand(1, 3, 13, 11, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(1, 3, 14, 12, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fq, fp = q(x).numpy().transpose(0, 2, 3, 1), net(x).numpy().transpose(0, 2, 3, 1)
     # The same weights exported, quantised by quantization.quantize with the QAT ranges, simulated.

@@ -2,6 +2,8 @@
 
 Graph: Conv(3x3, pad 1) [+ Relu] per layer; for scale s > 1, Concat of s*s copies of the input,
 Add, DepthToSpace (mode DCR, matching model.depth_to_space_dcr), Clip(0, 1); for s = 1, Add + Clip.
+Half-resolution models (down = 2): the first Conv is 4x4 stride 2 pad 1 and the residual goes
+through DepthToSpace(2) before Add + Clip; H and W must be even.
 Input "input" [1, 3, H, W] float32 RGB in [0, 1]; output "output" [1, 3, H*s, W*s].
 """
 from __future__ import annotations
@@ -32,13 +34,20 @@ def build_onnx(model: ResidualNet, card: ModelCard | None = None) -> onnx.ModelP
         wn, bn, out = f"conv{i}.weight", f"conv{i}.bias", f"conv{i}"
         inits.append(numpy_helper.from_array(w.detach().cpu().numpy().astype(np.float32), wn))
         inits.append(numpy_helper.from_array(b.detach().cpu().numpy().astype(np.float32), bn))
-        nodes.append(helper.make_node("Conv", [h, wn, bn], [out], name=out, kernel_shape=[3, 3],
-                                      pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], group=1))
+        k = int(w.shape[-1])
+        st = 2 if k == 4 else 1
+        nodes.append(helper.make_node("Conv", [h, wn, bn], [out], name=out, kernel_shape=[k, k],
+                                      pads=[1, 1, 1, 1], strides=[st, st], dilations=[1, 1], group=1))
         h = out
         if i < len(convs) - 1:
             nodes.append(helper.make_node("Relu", [h], [f"relu{i}"], name=f"relu{i}"))
             h = f"relu{i}"
-    if s > 1:
+    if model.down == 2:
+        nodes.append(helper.make_node("DepthToSpace", [h], ["residual"], name="depth_to_space",
+                                      blocksize=2, mode="DCR"))
+        nodes.append(helper.make_node("Add", ["input", "residual"], ["sum"], name="add"))
+        h = "sum"
+    elif s > 1:
         nodes.append(helper.make_node("Concat", ["input"] * (s * s), ["base"], name="base", axis=1))
         nodes.append(helper.make_node("Add", ["base", h], ["sum"], name="add"))
         nodes.append(helper.make_node("DepthToSpace", ["sum"], ["upsampled"], name="depth_to_space",
@@ -82,16 +91,28 @@ def ort_session(m: onnx.ModelProto, threads: int = 2):
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def ort_fn(session):
+def aligned(fn, align: int, scale: int = 1):
+    """``fn`` on HxW reflect-padded at the bottom / right to multiples of ``align``, output cropped."""
+    if align == 1:
+        return fn
+
+    def padded(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        ph, pw = -h % align, -w % align
+        return fn(np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect"))[: h * scale, : w * scale]
+    return padded
+
+
+def ort_fn(session, align: int = 1, scale: int = 1):
     """RGB uint8 HxWx3 -> RGB uint8 through an ONNX session (the evaluation's model function)."""
     def fn(rgb: np.ndarray) -> np.ndarray:
         x = (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         y = session.run(None, {"input": x})[0][0].transpose(1, 2, 0)
         return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
-    return fn
+    return aligned(fn, align, scale)
 
 
-def max_abs_error(model: ResidualNet, m: onnx.ModelProto, size=(1, 3, 23, 17), seed: int = 0) -> float:
+def max_abs_error(model: ResidualNet, m: onnx.ModelProto, size=(1, 3, 24, 18), seed: int = 0) -> float:
     """Largest |torch multi-branch forward - onnxruntime| on a random input."""
     x = torch.rand(size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

@@ -6,6 +6,11 @@ With DCR ordering, channel (i*s + j)*3 + c of the last conv lands on sub-pixel (
 so Concat of s*s copies of the input is exactly nearest-neighbour upsampling (the card's base).
 For s = 1 (denoise, dejpeg) it is Clip(x + body(x), 0, 1) (base "identity").
 
+Half-resolution variant (``down=2``, scale 1 only, FFDNet-style): the first conv is 4x4 stride 2
+(pad 1), the body runs at half resolution, the last conv emits 12 channels and DepthToSpace(2)
+brings the residual back: a 4x larger receptive-field area for a quarter of the MACs per pixel.
+Inputs must then have even sides (the card's ``align`` = 2).
+
 Training blocks (RepConv): 3x3 + 1x1 (+ identity when cin == cout) branches, all linear, summed
 before the ReLU; :meth:`RepConv.collapse` folds them into one 3x3 conv for export.
 """
@@ -49,16 +54,42 @@ class RepConv(nn.Module):
         return w, self.k3.bias + self.k1.bias
 
 
+class RepDown(nn.Module):
+    """Training block of the stride-2 first conv: 4x4 (pad 1) + 2x2 (pad 0) branches, both stride 2.
+
+    The 2x2 window is the centre of the 4x4 one, so the pair collapses into one 4x4 conv."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.k4 = nn.Conv2d(cin, cout, 4, stride=2, padding=1)
+        self.k2 = nn.Conv2d(cin, cout, 2, stride=2)
+
+    def forward(self, x):
+        return self.k4(x) + self.k2(x)
+
+    @torch.no_grad()
+    def collapse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fused()
+
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.k4.weight.clone()
+        w[:, :, 1:3, 1:3] += self.k2.weight
+        return w, self.k4.bias + self.k2.bias
+
+
 class ResidualNet(nn.Module):
     """``convs`` RepConv layers of ``channels`` channels; ReLU between them, none after the last."""
 
-    def __init__(self, scale: int, channels: int, convs: int):
+    def __init__(self, scale: int, channels: int, convs: int, down: int = 1):
         super().__init__()
         if convs < 2:
             raise ValueError("ResidualNet needs at least 2 convs")
-        self.scale = scale
-        widths = [3] + [channels] * (convs - 1) + [3 * scale * scale]
-        self.layers = nn.ModuleList(RepConv(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        if down not in (1, 2) or (down == 2 and scale != 1):
+            raise ValueError("ResidualNet: down=2 is for scale-1 models only")
+        self.scale, self.down = scale, down
+        widths = [3] + [channels] * (convs - 1) + [3 * (scale * down) ** 2]
+        self.layers = nn.ModuleList(RepDown(a, b) if i == 0 and down == 2 else RepConv(a, b)
+                                    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])))
         # Start as the plain base (nearest / identity): the residual begins near zero.
         with torch.no_grad():
             last = self.layers[-1]
@@ -78,6 +109,8 @@ class ResidualNet(nn.Module):
 
     def _head(self, x, r):
         s = self.scale
+        if self.down == 2:
+            return torch.clamp(x + depth_to_space_dcr(r, 2), 0.0, 1.0)
         if s == 1:
             return torch.clamp(x + r, 0.0, 1.0)
         return torch.clamp(depth_to_space_dcr(x.repeat(1, s * s, 1, 1) + r, s), 0.0, 1.0)
@@ -90,18 +123,25 @@ class ResidualNet(nn.Module):
         h = x
         convs = self.collapsed()
         for i, (w, b) in enumerate(convs):
-            h = F.conv2d(h, w, b, padding=1)
+            h = F.conv2d(h, w, b, stride=2, padding=1) if w.shape[-1] == 4 else F.conv2d(h, w, b, padding=1)
             if i < len(convs) - 1:
                 h = F.relu(h)
         return self._head(x, h)
 
     @property
     def receptive_field(self) -> int:
+        if self.down == 2:  # output row y depends on input rows y-2n .. y+2n (n convs; see module doc)
+            return 4 * len(self.layers) + 1
         return 2 * len(self.layers) + 1
+
+    @property
+    def align(self) -> int:
+        """Input sides must be multiples of this."""
+        return self.down
 
     def deploy_params(self) -> int:
         return sum(w.numel() + b.numel() for w, b in self.collapsed())
 
     def macs_per_pixel(self) -> int:
         """Multiply-accumulates per input pixel of the collapsed convs (adds/clip not counted)."""
-        return sum(w.numel() for w, _ in self.collapsed())
+        return sum(w.numel() for w, _ in self.collapsed()) // (self.down * self.down)

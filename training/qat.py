@@ -39,7 +39,7 @@ from quantization.quantize import (activation_params, assign_activation_params, 
 
 from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
-from .model import ResidualNet, depth_to_space_dcr
+from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
 from .train import build_model, export_model
 
@@ -116,13 +116,16 @@ class QATNet(nn.Module):
         last = len(self.net.layers) - 1
         for i, layer in enumerate(self.net.layers):
             w, b = layer.fused()
-            h = F.conv2d(h, fake_quant_weight(w), b, padding=1)
+            stride = 2 if w.shape[-1] == 4 else 1  # the half-resolution models' first conv
+            h = F.conv2d(h, fake_quant_weight(w), b, stride=stride, padding=1)
             if i < last:
                 h = F.relu(h)
             self._observe(i, h)
             q = self.act_params(i)
             h = fake_quant(h, float(q.scale[0]), int(q.zero_point[0]))
         s = self.net.scale
+        if self.net.down == 2:
+            return fake_quant(x + depth_to_space_dcr(h, 2), *pixel)
         base = x if s == 1 else x.repeat(1, s * s, 1, 1)
         y = fake_quant(base + h, *pixel)  # the sum's range is the final clip's, [0, 1]
         return y if s == 1 else depth_to_space_dcr(y, s)
@@ -175,6 +178,11 @@ def load_source(r: Recipe, path) -> tuple[ResidualNet, dict]:
     return net, {"step": int(ck.get("step", 0)), "elapsed": float(ck.get("elapsed", 0.0))}
 
 
+def _branches(layer):
+    """(the branch a collapsed conv is loaded into, the branch zeroed) of a training block."""
+    return (layer.k4, layer.k2) if isinstance(layer, RepDown) else (layer.k3, layer.k1)
+
+
 def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]:
     import onnx
     from onnx import numpy_helper
@@ -186,18 +194,19 @@ def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     shapes = [tuple(inits[n.input[1]].shape) if n.input[1] in inits else None for n in convs]
-    want = [tuple(layer.k3.weight.shape) for layer in net.layers]
+    want = [tuple(_branches(layer)[0].weight.shape) for layer in net.layers]
     if shapes != want or any(len(n.input) < 3 or n.input[2] not in inits for n in convs):
         raise ConfigError(f"{p}: conv weights {shapes} are not recipe {r.name}'s {want} (with biases)")
     with torch.no_grad():  # the collapsed conv goes into the 3x3 branch; 1x1 and identity cancel
         for layer, n in zip(net.layers, convs):
+            main, extra = _branches(layer)
             w = torch.from_numpy(inits[n.input[1]].astype(np.float32)).clone()
-            if layer.identity:
+            if getattr(layer, "identity", False):
                 w[:, :, 1, 1] -= torch.eye(layer.cout)
-            layer.k3.weight.copy_(w)
-            layer.k3.bias.copy_(torch.from_numpy(inits[n.input[2]].astype(np.float32)))
-            layer.k1.weight.zero_()
-            layer.k1.bias.zero_()
+            main.weight.copy_(w)
+            main.bias.copy_(torch.from_numpy(inits[n.input[2]].astype(np.float32)))
+            extra.weight.zero_()
+            extra.bias.zero_()
     err = ex.max_abs_error(net, m)
     if err >= 1e-4:
         raise ConfigError(f"{p}: not a {r.name} network as training.export writes it "

@@ -20,6 +20,7 @@ class Recipe:
     channels: int
     convs: int
     patch: int  # side of an input (LR) training patch
+    down: int = 1  # 2: the body runs at half resolution (scale-1 models; see model.py)
     batch: int = 16
     lr: float = 1e-3
     minutes: float = 30.0  # default wall-clock budget (time-based cosine schedule)
@@ -36,6 +37,8 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: {self.task} models have scale 1")
         if self.task in ("sr", "enhance") and self.scale < 2:
             raise ConfigError(f"recipe {self.name}: {self.task} needs scale >= 2")
+        if self.down not in (1, 2) or (self.down == 2 and (self.scale != 1 or self.patch % 2)):
+            raise ConfigError(f"recipe {self.name}: down=2 needs scale 1 and an even patch")
         if self.channels < 1 or self.convs < 2 or self.patch < 8 or self.batch < 1:
             raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
         if not (self.lr > 0 and self.minutes > 0):
@@ -65,9 +68,10 @@ register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=45, ma
 register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=15, max_macs=25_000))
 register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=10, max_params=50_000))
 register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=15, max_params=50_000))
-# Full-resolution networks: compute per pixel = params, so they stay well under the 100k cap.
-register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=20, max_params=100_000))
-register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=15, max_params=100_000))
+# Half-resolution networks (4x4 stride-2 conv in, DepthToSpace out): 93k params, 23k MACs per
+# pixel, receptive field 33 (covers four 8x8 JPEG blocks).
+register(Recipe("denoise", "denoise", 1, channels=40, convs=8, patch=96, down=2, minutes=90, max_params=100_000))
+register(Recipe("dejpeg", "dejpeg", 1, channels=40, convs=8, patch=96, down=2, minutes=90, max_params=100_000))
 register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=15, max_params=100_000))
 
 

@@ -40,7 +40,7 @@ VERSION = "1"
 
 
 def build_model(r: Recipe) -> ResidualNet:
-    m = ResidualNet(r.scale, r.channels, r.convs)
+    m = ResidualNet(r.scale, r.channels, r.convs, down=r.down)
     if r.max_params is not None and m.deploy_params() > r.max_params:
         raise ConfigError(f"recipe {r.name}: {m.deploy_params()} params exceed the budget {r.max_params}")
     if r.max_macs is not None and m.macs_per_pixel() > r.max_macs:
@@ -55,7 +55,7 @@ def torch_fn(model: ResidualNet, device):
         x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
         y = model(x)[0].permute(1, 2, 0).cpu().numpy()
         return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
-    return fn
+    return ex.aligned(fn, model.align, model.scale)
 
 
 def quick_eval_args(r: Recipe) -> dict:
@@ -170,7 +170,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
         raise ConfigError(f"{r.name}: ONNX differs from torch by {err:.2e} (limit 1e-5)")
     psnr, ssim, baseline = {}, {}, {}
     if evaluate_sets:
-        fn = ex.ort_fn(ex.ort_session(m))
+        fn = ex.ort_fn(ex.ort_session(m), model.align, model.scale)
         task = "enhance" if r.task == "enhance" else r.task
         for label, d, kw in full_eval_plan(r):
             res = evaluate(fn, data_root / "eval" / d, task, **kw)
@@ -188,8 +188,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
         base=r.base, version=VERSION, params=model.deploy_params(), macs_per_pixel=model.macs_per_pixel(),
         extra={
             "recipe": command or f"python -m training.train {r.name} --out DIR",
-            "architecture": f"{r.convs} x conv3x3 ({r.channels} ch, RepConv 3x3+1x1+identity collapsed), "
-                            f"ReLU, residual on {r.base} base, DepthToSpace DCR, Clip(0,1)",
+            "architecture": _architecture_text(r),
             "data": "T91 + BSD200 (../shared/data/train), random patches, flips/rot90",
             "degradation": _degradation_text(r),
             "steps": state["step"], "batch": r.batch, "patch": r.patch,
@@ -205,6 +204,15 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
     ex.set_card(m, card)
     ex.write_atomic(m, Path(out) / f"{r.name}.onnx")
     return card
+
+
+def _architecture_text(r: Recipe) -> str:
+    if r.down == 2:
+        return (f"conv4x4 stride 2 (4x4+2x2 branches collapsed) + {r.convs - 1} x conv3x3 at half resolution "
+                f"({r.channels} ch, RepConv 3x3+1x1+identity collapsed), ReLU, DepthToSpace DCR 2 of the "
+                f"residual, added to the input, Clip(0,1)")
+    return (f"{r.convs} x conv3x3 ({r.channels} ch, RepConv 3x3+1x1+identity collapsed), "
+            f"ReLU, residual on {r.base} base, DepthToSpace DCR, Clip(0,1)")
 
 
 def _degradation_text(r: Recipe) -> str:
