@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_enhance.tiling import check_aligned
+
 from .errors import ConfigError, EdgeEnhanceError, VerificationError
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     import onnx
 
     graph = from_onnx(src)
+    check_aligned(enumerated_shapes, graph.align, f"{src}: --enumerated-shapes")
+    check_aligned([tile] if tile else [], graph.align, f"{src}: --tile")
     source_model = onnx.load(str(src))
     weights = precision if precision in COREML_WEIGHTS else "fp"
     coreml_io = "image" if io == "image" else "tensor"
@@ -216,7 +220,7 @@ def _quantized(graph, src: Path, calib):
     if CARD_KEY not in graph.metadata:
         raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none")
     card = ModelCard.from_json(graph.metadata[CARD_KEY])
-    cs = calibration_set(calib, task=card.task, scale=card.scale)
+    cs = calibration_set(calib, task=card.task, scale=card.scale, align=card.align)
     res = quantize_model(graph, cs, sensitivity=False)
     log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
              res.report.quant_psnr)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_enhance.card import CARD_KEY
+from edge_enhance.tiling import check_aligned
 
 from . import executor
 from .errors import ConfigError, UnsupportedOpError, VerificationError
@@ -315,6 +316,7 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     c = graph.tensors[graph.inputs[0]].shape[3]
     tile = _tile_of(graph, tile)
     sizes = [tuple(tile)] + [(int(h), int(w)) for h, w in enumerated_shapes if (int(h), int(w)) != tuple(tile)]
+    check_aligned(sizes, graph.align, "Core ML input size")
     prog = build_program(graph, tile, min_target=min_target, flexible=len(sizes) > 1, io=io, w8a8=w8a8)
     name = list(prog.functions["main"].inputs)[0]
     shape = [(1, c) + s for s in sizes]

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_enhance.card import CARD_KEY, ModelCard
+
 from .errors import ConfigError
 
 OPS = (
@@ -162,6 +164,12 @@ class Graph:
         self.outputs.append(name)
 
     # -- queries --------------------------------------------------------------------------
+    @property
+    def align(self) -> int:
+        """The model card's align (input height and width must be multiples of it); 1 without a card."""
+        card = self.metadata.get(CARD_KEY)
+        return ModelCard.from_json(card, self.name).align if card else 1
+
     def producer(self, tensor: str) -> Node | None:
         for n in self.nodes:
             if tensor in n.outputs:

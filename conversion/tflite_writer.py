@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_enhance.atomic import write_bytes
 from edge_enhance.card import CARD_KEY
+from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, ModelFormatError, UnsupportedOpError
 from .ir import Graph, QuantParams
@@ -291,14 +292,20 @@ def apply_int8_constraints(g: Graph) -> None:
 
 
 # --------------------------------------------------------------------------- lowering
-def _pad_mode(in_hw, k, s, d, pads):
-    """SAME / VALID when the IR's explicit pads equal TFLite's rule, else None (emit a PAD)."""
+def _pad_mode(in_hw, k, s, d, pads, align=1):
+    """SAME / VALID when the IR's explicit pads equal TFLite's rule, else None (emit a PAD).
+
+    ``align``: a dynamic size is known to be a multiple of it (the model input, by its card), so
+    for a stride dividing it SAME pads k_eff - stride in all: 4x4 stride 2 pads 1 and 1.
+    """
     if not any(pads):
         return VALID
     for ax in range(2):
         k_eff = (k[ax] - 1) * d[ax] + 1
         if s[ax] == 1:
             total = k_eff - 1
+        elif in_hw[ax] is None and align % s[ax] == 0:
+            total = max(k_eff - s[ax], 0)
         elif in_hw[ax] is None:
             return None
         else:
@@ -407,7 +414,8 @@ class _Emitter:
         c = self.shape(x)[3]
         xi = self.act(x)
         in_hw = self.shape(x)[1:3]
-        mode = _pad_mode(in_hw, (kh, kw), a["strides"], a["dilations"], a["pads"])
+        mode = _pad_mode(in_hw, (kh, kw), a["strides"], a["dilations"], a["pads"],
+                         self.g.align if x in self.g.inputs else 1)
         if mode is None:
             pt, pl, pb, pr = a["pads"]
             padded = self.shape(x)[:1] + tuple(None if d is None else d + p for d, p in
@@ -643,6 +651,7 @@ def to_tflite_bytes(graph: Graph, *, precision: str = "fp32", io: str = "float",
     if tile is not None:
         if len(g.inputs) != 1:
             raise ConfigError("tile needs a single-input model")
+        check_aligned([tile], g.align, "tile")
         n_, _, _, c = g.tensors[g.inputs[0]].shape
         g.retype({g.inputs[0]: (1 if n_ is None else n_, int(tile[0]), int(tile[1]), c)})
     _check(g, precision, io)

@@ -112,7 +112,8 @@ def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float
 
 def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None):
     """(name, model_input HWC float, reference HWC float or None) per image: the task's degradation of
-    the protocol (edge_enhance.evaluation.make_input, image i seeded by its index), ``crop`` an input HxW."""
+    the protocol (edge_enhance.evaluation.make_input, image i seeded by its index), ``crop`` an input HxW.
+    Inputs are cropped (bottom / right) to multiples of the card's ``align``, as the model needs."""
     from edge_enhance.evaluation import load_rgb, make_input
 
     s = _scale(card)
@@ -124,7 +125,8 @@ def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_
             yield p.name, clean.astype(np.float32) / 255, None
             continue
         ref, x = make_input(card.task, clean, i, scale=s, sigma=float(card.extra.get("sigma", 25)))
-        yield p.name, x.astype(np.float32) / 255, ref.astype(np.float32) / 255
+        h, w = x.shape[0] // card.align * card.align, x.shape[1] // card.align * card.align
+        yield p.name, x[:h, :w].astype(np.float32) / 255, ref[: h * s, : w * s].astype(np.float32) / 255
 
 
 def _tflite_runner(path):

@@ -3,9 +3,18 @@
 Stored as UTF-8 JSON under the key ``edge_enhance.card``: ONNX ``metadata_props``, a TFLite
 ``metadata`` entry (its buffer holds the JSON), Core ML ``user_defined_metadata``.
 
+``align`` is for networks that work at a reduced resolution inside (a stride-2 first conv, as
+FFDNet): input height and width must be multiples of ``align``, and the network is translation-
+equivariant only for shifts by multiples of it, so tiles start on multiples of ``align`` and the
+tile margin is rounded up to one.
+
 >>> c = ModelCard(name="sr-x2", task="sr", scale=2, receptive_field=15)
 >>> c.margin
 7
+>>> ModelCard(name="dn", task="denoise", scale=1, receptive_field=33, align=2).margin
+16
+>>> ModelCard(name="dn", task="denoise", scale=1, receptive_field=35, align=4).margin
+20
 >>> ModelCard.from_json(c.to_json()) == c
 True
 """
@@ -23,6 +32,7 @@ LAYOUTS = ("nchw", "nhwc")
 BASES = ("nearest", "identity", "bilinear")
 # Fields a user must give on the command line for a model that carries no card.
 REQUIRED_FIELDS = ("task", "scale", "receptive_field")
+MAX_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class ModelCard:
     colour: str = "rgb"
     base: str = "nearest"  # what the learned residual is added to (for --strength)
     tile: tuple[int, int] | None = None  # fixed input (h, w) the model was built for, if any
+    align: int = 1  # input height and width must be multiples of align; tiles start on multiples of align
     version: str = "1"
     params: int | None = None
     macs_per_pixel: int | None = None  # per input pixel
@@ -59,11 +70,14 @@ class ModelCard:
             raise ModelFormatError(f"model card: input_range {self.input_range!r} is empty")
         if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
             raise ModelFormatError(f"model card: tile {self.tile!r} must be [height, width]")
+        if not (isinstance(self.align, int) and 1 <= self.align <= MAX_ALIGN):
+            raise ModelFormatError(f"model card: align {self.align!r} must be an integer 1..{MAX_ALIGN}")
 
     @property
     def margin(self) -> int:
-        """Input pixels of context each side of a tile so its cropped centre is exact."""
-        return self.receptive_field // 2
+        """Input pixels of context each side of a tile so its cropped centre is exact: the
+        receptive-field radius, rounded up to a multiple of ``align`` so tiles stay aligned."""
+        return -(-(self.receptive_field // 2) // self.align) * self.align
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -108,5 +122,5 @@ def missing_card_error(path) -> ModelFormatError:
     return ModelFormatError(
         f"{path}: the model has no edge-enhance card ({CARD_KEY} metadata); pass "
         "--card-task sr|denoise|dejpeg|enhance --card-scale N --card-receptive-field N "
-        "(and --card-layout nchw|nhwc if not NCHW)"
+        "(and --card-layout nchw|nhwc if not NCHW, --card-align N if input sides must be multiples of N)"
     )

@@ -99,6 +99,8 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2
     c.add_argument("--card-scale", type=_positive_int)
     c.add_argument("--card-receptive-field", type=_positive_int, metavar="N")
     c.add_argument("--card-layout", choices=("nchw", "nhwc"))
+    c.add_argument("--card-align", type=_positive_int, default=1, metavar="N",
+                   help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv)")
 
 
 def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | None = None):
@@ -118,7 +120,7 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
             raise ConfigError("a model without a card needs --card-task, --card-scale and --card-receptive-field together")
         card = ModelCard(name=Path(model or args.model).stem, task=args.card_task, scale=args.card_scale,
                          receptive_field=args.card_receptive_field, layout=args.card_layout or "nchw",
-                         base="nearest" if args.card_scale > 1 else "identity")
+                         base="nearest" if args.card_scale > 1 else "identity", align=args.card_align)
     return Enhancer(model or args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
                     strength=strength, card=card)
 

@@ -15,7 +15,7 @@ from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
 from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
 from .models import DEFAULT_MODEL, resolve
-from .tiling import MIN_CORE, TilingConfig, choose_tile, extract, plan_tiles
+from .tiling import MIN_CORE, TilingConfig, choose_tile, extract, plan_tiles, round_up
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class Enhancer:
         self.card = card or self.backend.card
         if self.card is None:
             raise missing_card_error(self.path)
+        fixed, a = self.backend.fixed_shape or self.card.tile, self.card.align
+        if fixed and (fixed[0] % a or fixed[1] % a):
+            raise ModelFormatError(f"{self.path}: the model's fixed input {fixed[0]}x{fixed[1]} is not a multiple of "
+                                   f"its card's align {a} (input height and width must be multiples of {a})")
         self.tiling = tiling
         self.strength = strength
         self.last_run: RunInfo | None = None
@@ -85,11 +89,14 @@ class Enhancer:
         if self._bpp is None and self.tiling.tile is None and not self.backend.fixed_shape:
             self._bpp = self.backend.activation_bytes_per_pixel()
         return choose_tile(h, w, self.card.margin, self._bpp or 1.0, self.tiling.memory_mb,
-                           self.tiling.tile, self.backend.fixed_shape or self.card.tile)
+                           self.tiling.tile, self.backend.fixed_shape or self.card.tile, self.card.align)
 
     # -- core -------------------------------------------------------------------------------------
     def enhance_rgb(self, rgb: np.ndarray, *, out: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
-        """H x W x 3 uint8 / uint16 -> (H*s) x (W*s) x 3 of the same dtype, tile by tile."""
+        """H x W x 3 uint8 / uint16 -> (H*s) x (W*s) x 3 of the same dtype, tile by tile.
+
+        Any H and W: for a card with ``align`` > 1 the windows run past the image's bottom and right
+        edges into its reflection up to a multiple of ``align``, and only H*s x W*s is kept."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
         if rgb.dtype not in (np.uint8, np.uint16):
@@ -114,8 +121,9 @@ class Enhancer:
         """Half the tile each way (keeping a core inside the margins), or None for a fixed-shape model."""
         if self.backend.fixed_shape or self.card.tile:
             return None
-        floor = 2 * self.card.margin + MIN_CORE
-        smaller = (max(floor, tile[0] // 2), max(floor, tile[1] // 2))
+        a = self.card.align
+        floor = 2 * self.card.margin + round_up(MIN_CORE, a)
+        smaller = (max(floor, tile[0] // 2 // a * a), max(floor, tile[1] // 2 // a * a))
         return smaller if smaller != tile else None
 
     def _run_tiles(self, rgb: np.ndarray, out: np.ndarray, tile: tuple[int, int],
@@ -125,7 +133,7 @@ class Enhancer:
         maxv = float(np.iinfo(rgb.dtype).max)
         lo, hi = card.input_range
         k_in, k_out = np.float32((hi - lo) / maxv), np.float32(maxv / (hi - lo))
-        tiles = plan_tiles(h, w, tile, m)
+        tiles = plan_tiles(h, w, tile, m, card.align)
         self.backend.prepare(*tile)
         self.last_run = RunInfo(tile, len(tiles), m)
         strength = self.strength

@@ -5,8 +5,15 @@ The image is conceptually reflect-padded by the margin on every side (the whole-
 same padding), and every tile has the same input shape, so fixed-shape and NPU models work and the
 interpreter is resized once.
 
+For a model whose card has ``align`` > 1 (input sides must be multiples of it; shifts by multiples
+of it commute with the model), tile sides, cores and the margin are multiples of ``align``, so
+every window starts on a multiple of ``align`` from the image origin; the whole-image run is the
+image reflect-padded up to the next multiple (then cropped back), which the tiles see alike.
+
 >>> [t.core for t in plan_tiles(10, 7, tile=(8, 8), margin=2)]
 [(0, 0, 4, 4), (0, 4, 4, 3), (4, 0, 4, 4), (4, 4, 4, 3), (8, 0, 2, 4), (8, 4, 2, 3)]
+>>> [t.core for t in plan_tiles(5, 3, tile=(8, 8), margin=2, align=2)]
+[(0, 0, 4, 3), (4, 0, 1, 3)]
 """
 from __future__ import annotations
 
@@ -56,9 +63,25 @@ def parse_tile(text: str) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def plan_tiles(h: int, w: int, tile: tuple[int, int], margin: int) -> list[Tile]:
-    """Tiles of input shape `tile` (margins included) covering an h x w image."""
+def round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def check_aligned(sizes, align: int, what: str) -> None:
+    """ConfigError naming ``what`` unless every (h, w) in ``sizes`` is a multiple of ``align``."""
+    bad = [f"{h}x{w}" for h, w in sizes if h % align or w % align]
+    if bad:
+        raise ConfigError(f"{what} {', '.join(bad)}: the model's input height and width must be multiples of "
+                          f"{align} (its card's align)")
+
+
+def plan_tiles(h: int, w: int, tile: tuple[int, int], margin: int, align: int = 1) -> list[Tile]:
+    """Tiles of input shape `tile` (margins included) covering an h x w image; with `align`, tile
+    and margin must be multiples of it, and so then are the cores and every window's start."""
     th, tw = tile
+    check_aligned([tile], align, "tile")
+    if margin % align:
+        raise ConfigError(f"margin {margin} is not a multiple of the model's align {align}")
     ch, cw = th - 2 * margin, tw - 2 * margin
     if ch < 1 or cw < 1:
         raise ConfigError(f"tile {th}x{tw} leaves no room inside a margin of {margin} pixels")
@@ -70,34 +93,45 @@ def plan_tiles(h: int, w: int, tile: tuple[int, int], margin: int) -> list[Tile]
 
 
 def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: float,
-                requested: tuple[int, int] | None = None, fixed: tuple[int, int] | None = None) -> tuple[int, int]:
+                requested: tuple[int, int] | None = None, fixed: tuple[int, int] | None = None,
+                align: int = 1) -> tuple[int, int]:
     """The run's tile shape: the model's fixed shape, else the request, else the largest square whose
-    activations fit the budget; never larger than the padded image (then the run is one tile)."""
-    full = (h + 2 * margin, w + 2 * margin)
+    activations fit the budget; never larger than the padded image (then the run is one tile).
+
+    Sides are multiples of `align` (`margin` must be one): the whole image is padded up to the next
+    multiple, and a requested side is rounded up to one (--tile 101 with align 2 runs 102).
+    """
+    a = align
+    full = (round_up(h, a) + 2 * margin, round_up(w, a) + 2 * margin)
     if fixed:
         return fixed
     if requested:
         if requested[0] >= h and requested[1] >= w:  # "a tile at least as large as the image": no tiling
             return full
-        return min(requested[0], full[0]), min(requested[1], full[1])
+        return min(round_up(requested[0], a), full[0]), min(round_up(requested[1], a), full[1])
     budget_px = memory_mb * 2**20 / max(bytes_per_pixel, 1.0)
-    floor = 2 * margin + MIN_CORE
-    side = max(floor, min(int(math.sqrt(budget_px)), MAX_AUTO_TILE))
+    floor = 2 * margin + round_up(MIN_CORE, a)
+    side = max(floor, _round_down(min(int(math.sqrt(budget_px)), MAX_AUTO_TILE), a))
     th, tw = min(side, full[0]), min(side, full[1])
     # A thin strip leaves budget unused in one direction: spend it along the other.
     if th < side:
-        tw = min(full[1], max(floor, min(int(budget_px // th), MAX_AUTO_TILE**2 // th)))
+        tw = min(full[1], max(floor, _round_down(min(int(budget_px // th), MAX_AUTO_TILE**2 // th), a)))
     elif tw < side:
-        th = min(full[0], max(floor, min(int(budget_px // tw), MAX_AUTO_TILE**2 // tw)))
-    return _balanced(h, th, margin), _balanced(w, tw, margin)
+        th = min(full[0], max(floor, _round_down(min(int(budget_px // tw), MAX_AUTO_TILE**2 // tw), a)))
+    return _balanced(h, th, margin, a), _balanced(w, tw, margin, a)
 
 
-def _balanced(n: int, t: int, margin: int) -> int:
+def _round_down(n: int, align: int) -> int:
+    return n - n % align
+
+
+def _balanced(n: int, t: int, margin: int, align: int = 1) -> int:
     """The smallest tile side giving the same number of tiles as `t` along `n` pixels, so the last
-    tile is not mostly padding (720 rows at tile 559, margin 9: two tiles of 378, not of 559)."""
+    tile is not mostly padding (720 rows at tile 559, margin 9: two tiles of 378, not of 559).
+    With `align` the core is rounded up to a multiple of it (never past `t`'s, itself a multiple)."""
     core = t - 2 * margin
     count = -(-n // core)
-    return -(-n // count) + 2 * margin
+    return round_up(-(-n // count), align) + 2 * margin
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
@@ -119,6 +153,6 @@ def extract(img: np.ndarray, y: int, x: int, th: int, tw: int) -> np.ndarray:
     return img[ys[:, None], xs[None, :]]
 
 
-def overhead(h: int, w: int, tile: tuple[int, int], margin: int) -> float:
+def overhead(h: int, w: int, tile: tuple[int, int], margin: int, align: int = 1) -> float:
     """Input pixels inferred / image pixels: the cost of margins and edge padding (>= 1)."""
-    return len(plan_tiles(h, w, tile, margin)) * tile[0] * tile[1] / (h * w)
+    return len(plan_tiles(h, w, tile, margin, align)) * tile[0] * tile[1] / (h * w)

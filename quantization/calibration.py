@@ -114,16 +114,22 @@ def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) 
     raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
 
 
-def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: CalibConfig = CalibConfig()) -> CalibSet:
+def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: CalibConfig = CalibConfig(),
+                    align: int = 1) -> CalibSet:
     """``config.count`` seeded crops from the images of ``folder`` (default: the shared train set).
 
     Every image is checked (readable, at least ``crop`` on each side) before any crop is made, so a
-    bad file is reported even if the draw would not have picked it.
+    bad file is reported even if the draw would not have picked it. ``align`` is the model card's:
+    model inputs (the crop, / scale for sr and enhance) must be multiples of it.
     """
     if task not in TASKS:
         raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
-    if task in ("sr", "enhance") and config.crop % scale:
+    s = scale if task in ("sr", "enhance") else 1
+    if config.crop % s:
         raise ConfigError(f"calibration crop {config.crop} is not a multiple of the scale {scale}")
+    if config.crop // s % align:
+        raise ConfigError(f"calibration crop {config.crop} makes model inputs of {config.crop // s} pixels, not a "
+                          f"multiple of the model's align {align} (choose a crop that is a multiple of {s * align})")
     root = Path(folder) if folder is not None else default_train_dir()
     files = list_calibration_files(root)
     rng = np.random.default_rng(config.seed)

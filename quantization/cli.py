@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from edge_enhance.argtypes import number
+from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_set
 from .errors import ConfigError
@@ -71,8 +72,9 @@ def main(args) -> int:
     tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
     g, card = load_model(src)
+    check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
-    calib = calibration_set(args.calib, task=card.task, scale=card.scale,
+    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align,
                             config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()

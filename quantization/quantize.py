@@ -495,11 +495,14 @@ def _check_calib(graph: Graph, calib: CalibSet) -> None:
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ConfigError(f"quantisation handles single-input, single-output models; {graph.name} has "
                           f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs")
-    c = graph.tensors[graph.inputs[0]].shape[-1]
+    c, a = graph.tensors[graph.inputs[0]].shape[-1], graph.align
     for x in calib.inputs:
         if x.ndim != 4 or x.shape[-1] != c:
             raise CalibrationError(f"calibration input of shape {x.shape} does not fit model input "
                                    f"{graph.tensors[graph.inputs[0]].shape}")
+        if x.shape[1] % a or x.shape[2] % a:
+            raise CalibrationError(f"calibration input of shape {x.shape}: the model's input height and width must "
+                                   f"be multiples of {a} (its card's align); crop calibration images to multiples")
 
 
 def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, percentile, keep_16x8,

@@ -56,3 +56,56 @@ def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, see
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return card
+
+
+def half_res_denoise(path=None, *, channels: int = 8, layers: int = 2, seed: int = 0, card: dict | None = None,
+                     fixed: tuple[int, int] | None = None, name: str = "test-half-res"):
+    """The half-resolution (FFDNet / mobile) shape: Conv 4x4 stride 2 pads 1 + ReLU, (Conv 3x3 + ReLU)
+    x layers, Conv 3x3 to 12, DepthToSpace(2, DCR), + input, Clip(0, 1); opset 17. Returns the model
+    (also saved to ``path`` if given).
+
+    Needs even H and W, and commutes with even shifts only: card align 2. Output pixel p = 2q + d
+    reads half-res q, which reads inputs 2q-1..2q+2 through the strided conv and 2 more each way per
+    3x3 conv (layers + 1 of them): radius 2 * (layers + 2), receptive field 4 * layers + 9.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = lambda o, i, k, a: (rng.standard_normal((o, i, k, k)) * (a / np.sqrt(i * k * k))).astype(np.float32)
+    b = lambda o: (rng.standard_normal(o) * 0.01).astype(np.float32)
+    inits = [numpy_helper.from_array(w(channels, 3, 4, 1.0), "w0"), numpy_helper.from_array(b(channels), "b0")]
+    nodes = [helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], kernel_shape=[4, 4], strides=[2, 2],
+                              pads=[1, 1, 1, 1], name="down"),
+             helper.make_node("Relu", ["c0"], ["r0"])]
+    prev = "r0"
+    for i in range(1, layers + 2):
+        last = i == layers + 1
+        cout = 12 if last else channels
+        inits += [numpy_helper.from_array(w(cout, channels, 3, 0.1 if last else 1.0), f"w{i}"),
+                  numpy_helper.from_array(b(cout), f"b{i}")]
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1]))
+        prev = f"c{i}"
+        if not last:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+              numpy_helper.from_array(np.array(1, np.float32), "hi")]
+    nodes += [helper.make_node("DepthToSpace", [prev], ["d2s"], blocksize=2, mode="DCR"),
+              helper.make_node("Add", ["input", "d2s"], ["sum"]),
+              helper.make_node("Clip", ["sum", "lo", "hi"], ["output"])]
+    h, w_ = fixed if fixed else ("h", "w")
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w_])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, h, w_])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if card is None:
+        card = {"name": name, "task": "denoise", "scale": 1, "receptive_field": 4 * layers + 9, "layout": "nchw",
+                "base": "identity", "align": 2}
+    if card:
+        helper.set_model_props(model, {"edge_enhance.card": json.dumps(card)})
+    onnx.checker.check_model(model)
+    if path is not None:
+        onnx.save(model, str(path))
+    return model

@@ -329,6 +329,17 @@ def test_reduced_processing_keeps_output_size():
     assert s["adaptive"]["scale"] == 0.5 and s["adaptive"]["target_fps"] == 1000
 
 
+def test_reduced_processing_size_is_a_multiple_of_the_model_align():
+    from types import SimpleNamespace
+
+    rec, enh = RecordingSink(), RepeatEnhancer()
+    enh.card = SimpleNamespace(align=16)  # e.g. four stride-2 stages
+    p = Preview(SyntheticSource(100, 72, fps=0), enh, [rec], config=PreviewConfig(frames=2, target_fps=1000))
+    p.adaptive.level = 4  # 0.5 of the input side: 50x36 -> 48x32
+    s = p.run()
+    assert s["processed_size"] == [48, 32] and s["output_size"] == [200, 144]
+
+
 # --- stats ------------------------------------------------------------------------------------------
 
 class FakeClock:

@@ -181,3 +181,18 @@ def test_verbose_flag_before_or_after_the_command(capsys):
     assert args.command == "bench" and args.quick and args.verbose == 1
     assert main(["-v", "missing-photo.jpg"]) == 1  # the bare-file shorthand still applies after an option
     assert "missing-photo.jpg" in capsys.readouterr().err
+
+
+def test_cardless_half_res_model_with_card_align(tmp_path):
+    from tests.onnx_models import half_res_denoise
+
+    p = tmp_path / "bare-half.onnx"
+    half_res_denoise(p, card={})
+    src = _img(tmp_path / "odd.png", size=(13, 9))
+    card = ["--card-task", "denoise", "--card-scale", "1", "--card-receptive-field", "17"]
+    assert main(["enhance", str(src), "-o", str(tmp_path / "out.png"), "--model", str(p), "--tile", "19",
+                 *card, "--card-align", "2", "-q"]) == 0
+    assert Image.open(tmp_path / "out.png").size == (13, 9)
+    # without it the model is fed odd sizes and fails, naming the file
+    assert main(["enhance", str(src), "-o", str(tmp_path / "bad.png"), "--model", str(p), *card, "-q"]) == 1
+    assert not (tmp_path / "bad.png").exists()

@@ -198,6 +198,32 @@ def test_enumerated_shapes_every_size_matches_onnxruntime(tmp_path, precision, a
         np.testing.assert_allclose(y.transpose(0, 2, 3, 1), run_ort(m, x), atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-5), ("fp16", 5e-3)])
+def test_half_res_net_with_enumerated_shapes(tmp_path, precision, atol):
+    """The stride-2 4x4 conv (custom pads 1) at symbolic H, W, DepthToSpace and the input skip."""
+    from tests.onnx_models import half_res_denoise
+
+    m = half_res_denoise(layers=1, seed=3)
+    g = from_onnx(m)
+    path = tmp_path / "half.mlpackage"
+    ops = to_coreml(g, path, precision=precision, tile=(24, 30), enumerated_shapes=((32, 40), (18, 8)))
+    assert ops.count("conv") == 3 and "depth_to_space" in ops
+    rng = np.random.default_rng(9)
+    for hw in ((24, 30), (32, 40), (18, 8)):
+        x = rand(rng, 1, 3, *hw, lo=0, hi=1)
+        y = evaluate_mil(_LAST_PROGRAM[str(path)], x)
+        np.testing.assert_allclose(y.transpose(0, 2, 3, 1), run_ort(m, x), atol=atol, rtol=0)
+    with pytest.raises(ConfigError, match=r"Core ML input size 33x40: .* multiples of 2 \(its card's align\)"):
+        to_coreml(g, tmp_path / "odd.mlpackage", tile=(24, 30), enumerated_shapes=((32, 40), (33, 40)))
+    src = tmp_path / "half.onnx"
+    src.write_bytes(m.SerializeToString())
+    for opt in (["--tile", "24x31"], ["--enumerated-shapes", "24x30,33x40"]):
+        with pytest.raises(ConfigError, match=rf"half\.onnx: {opt[0]} .* multiples of 2"):
+            convert(src, "coreml", tile=(24, 31) if opt[0] == "--tile" else None,
+                    enumerated_shapes=((24, 30), (33, 40)) if opt[0] != "--tile" else ())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.mlpackage", "half.onnx"]
+
+
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
 def test_cli_enumerated_shapes_written_and_verified(tmp_path, sr_onnx, capsys):
     out = tmp_path / "m.mlpackage"

@@ -205,3 +205,76 @@ def test_cli_quantised_tflite_with_tile_and_transpose_conv_d2s(tmp_path, small_a
     y, d, _ = run_tflite(out, x.transpose(0, 2, 3, 1), details=True)
     assert list(d["shape_signature"]) == [1, 24, 20, 3]  # fixed
     assert np.abs(y - run_ort(onnx.load(str(src)), x)).max() <= 4 / 255
+
+
+# -- the half-resolution (FFDNet / mobile) denoiser: card align 2 ---------------------------------------------------
+@pytest.fixture
+def half_res_file(tmp_path):
+    from tests.onnx_models import half_res_denoise
+
+    p = tmp_path / "half.onnx"
+    return p, half_res_denoise(p, layers=2, seed=7)
+
+
+@needs_set5
+@pytest.mark.parametrize("to", ["tflite", "onnx"])
+def test_half_res_net_converts_exactly_and_verifies_on_odd_crops(tmp_path, half_res_file, to):
+    src, model = half_res_file
+    # Verification feeds the protocol's inputs cropped to multiples of 2 (41x47 -> 40x46): odd ones
+    # would fail in onnxruntime itself.
+    res = convert(src, to, output=tmp_path / f"out.{to}", dataset=SET5, max_images=2, crop=(41, 47))
+    assert res.report.max_abs_err <= 1e-4 and len(res.report.images) == 2
+    if to == "tflite":  # dynamic size, even by the card: the strided conv is SAME, no PAD
+        assert res.ops == {"CONV_2D": 4, "DEPTH_TO_SPACE": 1, "ADD": 1, "RELU_0_TO_1": 1}
+        x = np.random.default_rng(0).uniform(0, 1, (1, 3, 22, 30)).astype(np.float32)
+        np.testing.assert_allclose(run_tflite(res.output, x.transpose(0, 2, 3, 1)), run_ort(model, x), atol=1e-4)
+
+
+def test_half_res_net_int8_and_int16x8_through_the_quantiser(tmp_path, half_res_file):
+    """Calibrated on aligned crops; the integer file runs like the quantiser's simulation, and the
+    runtime's tiles of it (any image size, an odd --tile) equal the whole image bit for bit."""
+    pytest.importorskip("quantization")
+    from conversion import executor
+    from conversion.onnx_import import from_onnx
+    from conversion.tflite_writer import tflite_ops
+    from edge_enhance.enhancer import Enhancer
+    from edge_enhance.tiling import TilingConfig
+    from quantization.calibration import CalibConfig, calibration_set
+    from quantization.quantize import INT16_OPS, quantize_graph, write_tflite
+    from tests.conversion_testkit import calib_dir
+
+    src, model = half_res_file
+    g = from_onnx(src)
+    calib = calibration_set(calib_dir(tmp_path), task="denoise", scale=1, align=2, config=CalibConfig(crop=48, count=4))
+    x = np.round(np.random.default_rng(3).uniform(0, 1, (1, 3, 26, 34)) * 255).astype(np.float32) / 255
+    want = run_ort(model, x)
+    for keep in (frozenset(), frozenset(n.name for n in g.nodes if n.op in INT16_OPS)):
+        q = quantize_graph(g, calib, method="minmax", keep_16x8=keep, cle=False, bias_correction=False,
+                           sensitivity=False, rounding="nearest")
+        sim = executor.run(q, {q.inputs[0]: x.transpose(0, 2, 3, 1)}, simulate_quant=True)[q.outputs[0]]
+        for tile in (None, (26, 34)):
+            path = write_tflite(q, tmp_path / f"q{len(keep)}{'' if tile is None else '_tile'}.tflite", tile=tile)
+            ops = tflite_ops(path)
+            assert ops.count("CONV_2D") == 4 and "DEPTH_TO_SPACE" in ops
+            # int16 input converters sit before the strided conv: a dynamic size then keeps the exact PAD
+            assert ("PAD" in ops) == (bool(keep) and tile is None)
+            y = run_tflite(path, x.transpose(0, 2, 3, 1))
+            step = float(q.tensors[q.outputs[0]].quant.scale[0])
+            assert np.abs(y - sim).max() <= 2 * step + 1e-6
+            assert np.abs(y - want).max() < 0.05
+    img = np.random.default_rng(4).integers(0, 256, (45, 37, 3), dtype=np.uint8)
+    int8 = tmp_path / "q0.tflite"  # dynamic size
+    whole = Enhancer(int8, tiling=TilingConfig(tile=(10**4, 10**4))).enhance(img)
+    enh = Enhancer(int8, tiling=TilingConfig(tile=(19, 23)))
+    assert np.array_equal(enh.enhance(img), whole) and enh.last_run.tile == (20, 24) and enh.last_run.tiles > 4
+
+
+def test_half_res_net_refuses_unaligned_sizes_before_any_work(tmp_path, half_res_file, capsys):
+    src, _ = half_res_file
+    before = set(tmp_path.iterdir())
+    assert _cli([str(src), "--to", "tflite", "--tile", "41x40"]) == 2
+    err = capsys.readouterr().err
+    assert "half.onnx: --tile 41x40: the model's input height and width must be multiples of 2" in err
+    assert _cli([str(src), "--to", "tflite", "--precision", "int8", "--tile", "40x41"]) == 2
+    assert "half.onnx: --tile 40x41" in capsys.readouterr().err
+    assert set(tmp_path.iterdir()) == before

@@ -37,10 +37,15 @@ def _run(path, x_nhwc, level):
     return s.run(None, {s.get_inputs()[0].name: x_nhwc.transpose(0, 3, 1, 2)})[0].transpose(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("net", ["sr_x2", "sr_x3", "conv_transpose"])
+@pytest.mark.parametrize("net", ["sr_x2", "sr_x3", "conv_transpose", "half_res"])
 def test_qdq_matches_simulated_int8(tmp_path, net):
+    from tests.onnx_models import half_res_denoise
+
     rng = np.random.default_rng(5)
-    model = _transpose_model(rng) if net == "conv_transpose" else residual_sr_model(rng, scale=int(net[-1]))
+    if net == "half_res":  # the stride-2 4x4 conv, DepthToSpace and the input skip
+        model = half_res_denoise(layers=1, seed=5)
+    else:
+        model = _transpose_model(rng) if net == "conv_transpose" else residual_sr_model(rng, scale=int(net[-1]))
     g = quantised_graph(model, rng)
     path = tmp_path / "q.onnx"
     to_onnx(g, path, precision="int8")

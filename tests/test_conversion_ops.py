@@ -100,6 +100,26 @@ def test_conv_batchnorm_folded(tmp_path):
     convert_and_compare(tmp_path, m, rand(rng, 1, 3, 7, 9), expect=["CONV_2D"])
 
 
+# The half-resolution models' first layer: 4x4 stride 2 pads 1. On an even side TFLite's SAME pads 1
+# and 1 (exactly ONNX's), on an odd one 1 and 2 (so an explicit PAD + VALID). A dynamic side is even
+# when the card's align says so (the model's input); else PAD + VALID, exact at any size.
+@pytest.mark.parametrize("hw,align,expect", [((10, 14), 1, ["CONV_2D"]), ((9, 14), 1, ["PAD", "CONV_2D"]),
+                                             (("H", "W"), 1, ["PAD", "CONV_2D"]), (("H", "W"), 2, ["CONV_2D"])])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_conv_4x4_stride_2_pads_1(tmp_path, hw, align, expect, precision):
+    from edge_enhance.card import CARD_KEY, ModelCard
+
+    rng = rng_for("conv4s2", hw, align)
+    meta = {CARD_KEY: ModelCard(name="t", task="denoise", scale=1, receptive_field=9, align=align).to_json()}
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[4, 4], strides=[2, 2],
+                                pads=[1, 1, 1, 1], name="down")],
+                   {"w": rand(rng, 8, 3, 4, 4, lo=-0.5, hi=0.5), "b": rand(rng, 8)}, [1, 3, *hw], opset=17,
+                   metadata=meta)
+    sizes = [hw] if isinstance(hw[0], int) else [(10, 14), (6, 32)] + ([(9, 13)] if align == 1 else [])
+    for hh, ww in sizes:
+        convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), precision=precision, expect=expect)
+
+
 @pytest.mark.parametrize("k,s,pads,opad", [(2, 2, [0, 0, 0, 0], [0, 0]), (4, 2, [1, 1, 1, 1], [0, 0]),
                                            (3, 2, [1, 1, 1, 1], [1, 1]), (3, 3, [0, 0, 0, 0], [0, 0])])
 def test_conv_transpose(tmp_path, k, s, pads, opad):

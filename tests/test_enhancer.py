@@ -134,3 +134,62 @@ def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, mo
     assert used == ["memmap"]
     assert np.array_equal(np.asarray(Image.open(out)), enh.enhance(img))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # the map is gone
+
+
+# -- align 2: a half-resolution model (stride-2 first conv) -------------------------------------------------------
+@pytest.fixture(scope="module")
+def half_res(tmp_path_factory):
+    from tests.onnx_models import half_res_denoise
+
+    p = tmp_path_factory.mktemp("half") / "half.onnx"
+    half_res_denoise(p, layers=2, seed=5)
+    return p
+
+
+def _reference_half_res(path, img, margin):
+    """The whole-image result by hand: reflect-pad by the margin and up to even sides, run, crop."""
+    import onnxruntime as ort
+
+    h, w, _ = img.shape
+    x = np.pad(img, ((margin, margin + h % 2), (margin, margin + w % 2), (0, 0)), mode="reflect")
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xin = x.astype(np.float32) * np.float32(1 / 255)  # as the Enhancer scales
+    y = s.run(None, {"input": xin.transpose(2, 0, 1)[None]})[0][0].transpose(1, 2, 0)
+    return np.clip(np.rint(y[margin:margin + h, margin:margin + w] * np.float32(255)), 0, 255).astype(np.uint8)
+
+
+def test_half_res_model_tiled_equals_whole_on_odd_sizes(half_res):
+    img = np.random.default_rng(6).integers(0, 256, (481, 321, 3), dtype=np.uint8)
+    whole_enh = Enhancer(half_res, tiling=TilingConfig(tile=(10**4, 10**4)))
+    whole = whole_enh.enhance(img)
+    assert whole_enh.card.align == 2 and whole_enh.card.margin == 8
+    assert whole_enh.last_run.tile == (498, 338) and whole_enh.last_run.tiles == 1
+    assert np.array_equal(whole, _reference_half_res(half_res, img, 8))
+    enh = Enhancer(half_res, tiling=TilingConfig(tile=(101, 101)))
+    tiled = enh.enhance(img)
+    assert enh.last_run.tile == (102, 102) and enh.last_run.tiles == 6 * 4  # cores of 86
+    assert tiled.shape == img.shape and np.array_equal(tiled, whole)
+    auto = Enhancer(half_res, tiling=TilingConfig(memory_mb=0.5))
+    assert np.array_equal(auto.enhance(img), whole)
+    assert auto.last_run.tiles > 1 and all(t % 2 == 0 for t in auto.last_run.tile)
+
+
+@given(h=st.integers(1, 41), w=st.integers(1, 41), th=st.integers(0, 30), tw=st.integers(0, 30),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=30, deadline=None)
+def test_half_res_tiled_equals_whole_for_any_size_and_tile(half_res, h, w, th, tw, seed):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole = Enhancer(half_res, tiling=TilingConfig(tile=(10**4, 10**4))).enhance(img)
+    enh = Enhancer(half_res, tiling=TilingConfig(tile=(17 + th, 17 + tw)))  # any side, odd ones rounded up
+    tiled = enh.enhance(img)
+    assert tiled.shape == (h, w, 3) and np.array_equal(tiled, whole)
+
+
+def test_fixed_shape_not_a_multiple_of_align_is_refused(tmp_path):
+    from tests.onnx_models import residual_sr
+
+    p = tmp_path / "odd-fixed.onnx"
+    residual_sr(p, fixed=(25, 24), card={"name": "t", "task": "sr", "scale": 2, "receptive_field": 9, "align": 2})
+    with pytest.raises(ModelFormatError, match=r"odd-fixed\.onnx: the model's fixed input 25x24 is not a multiple "
+                                               r"of its card's align 2"):
+        Enhancer(p)

@@ -59,11 +59,30 @@ class BoxBackend:
         return y.repeat(s, 0).repeat(s, 1)[None]
 
 
-def _box_enhancer(k, s, tile, strength=1.0):
+class PooledBoxBackend(BoxBackend):
+    """An align-a 'model': mean over a x a cells, the box at that low resolution, nearest upscale by
+    a * s. It refuses sides that are not multiples of a, and commutes only with shifts by multiples
+    of a. Receptive field 2 * (a * r + a - 1) + 1 for a box of 2r + 1 cells."""
+
+    def __init__(self, k: int, s: int, a: int):
+        super().__init__(k, s)
+        self.a = a
+
+    def run(self, x):
+        a, (h, w) = self.a, x.shape[1:3]
+        if h % a or w % a:
+            raise ValueError(f"input {h}x{w} is not a multiple of {a}")
+        low = x[0].reshape(h // a, a, w // a, a, 3).mean(axis=(1, 3), dtype=np.float32)
+        y = BoxBackend.run(self, low[None])[0]  # the box, then nearest by s
+        return y.repeat(a, 0).repeat(a, 1)[None]
+
+
+def _box_enhancer(k, s, tile, strength=1.0, a=1):
     enh = Enhancer.__new__(Enhancer)  # no model file: the backend is the double above
-    enh.path, enh.backend = Path("box"), BoxBackend(k, s)
-    enh.card = ModelCard(name="box", task="sr" if s > 1 else "denoise", scale=s, receptive_field=k,
-                         base="nearest" if s > 1 else "identity")
+    enh.path, enh.backend = Path("box"), BoxBackend(k, s) if a == 1 else PooledBoxBackend(k, s, a)
+    rf = k if a == 1 else 2 * (a * (k // 2) + a - 1) + 1
+    enh.card = ModelCard(name="box", task="sr" if s > 1 else "denoise", scale=s, receptive_field=rf,
+                         base="nearest" if s > 1 else "identity", align=a)
     enh.tiling, enh.last_run, enh._bpp = TilingConfig(tile=tile), None, None
     enh.strength = strength
     return enh
@@ -82,6 +101,23 @@ def test_tiling_is_exact_for_any_size_tile_and_margin(h, w, r, s, th, tw, dtype,
     tiled = tiled_enh.enhance_rgb(img)
     assert tiled.shape == (h * s, w * s, 3) and tiled.dtype == dtype
     assert np.array_equal(tiled, whole)
+
+
+@given(h=st.integers(1, 40), w=st.integers(1, 40), r=st.integers(0, 2), s=st.integers(1, 2), a=st.sampled_from([2, 3, 4]),
+       th=st.integers(0, 24), tw=st.integers(0, 24), strength=st.sampled_from([1.0, 0.6]), seed=st.integers(0, 2**16))
+@settings(QUICK, max_examples=80)
+@example(h=481, w=321, r=2, s=1, a=2, th=0, tw=0, strength=1.0, seed=0)
+def test_tiling_is_exact_with_align_for_odd_sizes_and_tiles(h, w, r, s, a, th, tw, strength, seed):
+    k = 2 * r + 1
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole_enh = _box_enhancer(k, s, (10**6, 10**6), strength, a)
+    whole = whole_enh.enhance_rgb(img)
+    m = whole_enh.card.margin
+    assert whole_enh.last_run.tiles == 1 and m % a == 0
+    tiled_enh = _box_enhancer(k, s, (2 * m + 1 + th, 2 * m + 1 + tw), strength, a)  # sides of any remainder
+    tiled = tiled_enh.enhance_rgb(img)
+    assert all(t % a == 0 for t in tiled_enh.last_run.tile)
+    assert tiled.shape == (h * s, w * s, 3) and np.array_equal(tiled, whole)
 
 
 # -- every mode round-trips through load / save -----------------------------------------------------

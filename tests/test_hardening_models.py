@@ -180,6 +180,7 @@ def test_external_data_in_a_subgraph_is_found():
     ({"layout": "nhwc"}, r"the card says layout nhwc but the input tensor is \[1, 3, 'h', 'w'\]"),
     ({"receptive_field": 0}, r"receptive_field 0 must be a positive integer"),
     ({"task": "colourise"}, r"task 'colourise' is not one of"),
+    ({"align": 0}, r"align 0 must be an integer 1\.\.64"),
 ])
 def test_card_that_does_not_match_the_tensors(tmp_path, files, capsys, change, cause):
     card = {"name": "liar", "task": "sr", "scale": 2, "receptive_field": 9, "layout": "nchw", "base": "nearest"}

@@ -91,3 +91,18 @@ def test_activation_estimate_counts_real_tensors(files):
     enh.enhance(np.zeros((100, 100, 3), np.uint8))
     th, tw = enh.last_run.tile
     assert th * tw * bpp <= 2**20
+
+
+def test_half_res_model_estimate_counts_its_half_resolution_activations(tmp_path):
+    from tests.onnx_models import half_res_denoise
+
+    path = to_tflite(from_onnx(half_res_denoise(layers=2, channels=8)), tmp_path / "half.tflite")
+    enh = Enhancer(path, tiling=TilingConfig(memory_mb=0.25))
+    assert enh.card.align == 2 and read_card(path).align == 2
+    # full resolution: input, d2s, add, clip (3 each); half: three convs of 8 and one of 12, a
+    # quarter of the pixels each = 21 floats per input pixel
+    assert enh.backend.activation_bytes_per_pixel() >= 4 * 21
+    img = np.random.default_rng(1).integers(0, 256, (97, 83, 3), dtype=np.uint8)
+    out = enh.enhance(img)
+    assert out.shape == img.shape and enh.last_run.tiles > 1 and all(t % 2 == 0 for t in enh.last_run.tile)
+    assert np.array_equal(out, Enhancer(path, tiling=TilingConfig(tile=(10**4, 10**4))).enhance(img))

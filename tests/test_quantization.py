@@ -176,6 +176,37 @@ def test_quantize_rejects_bad_calibration_input(sr_graph):
         qz.quantize_model(sr_graph, grey)
 
 
+@pytest.mark.parametrize("task,scale,align,crop", [("denoise", 1, 2, 15), ("sr", 2, 2, 18), ("sr", 3, 4, 18)])
+def test_calibration_crop_must_give_aligned_inputs(calib_dir, task, scale, align, crop):
+    with pytest.raises(ConfigError, match=rf"crop {crop} makes model inputs of {crop // scale} pixels, not a "
+                                          rf"multiple of the model's align {align}"):
+        calibration_set(calib_dir, task=task, scale=scale, align=align, config=CalibConfig(crop=crop, count=2))
+    ok = calibration_set(calib_dir, task=task, scale=scale, align=align, config=CalibConfig(crop=24, count=2))
+    assert ok.inputs[0].shape == (1, 24 // scale, 24 // scale, 3)
+
+
+def test_quantize_refuses_calibration_inputs_the_model_cannot_take(tmp_path):
+    """An align-2 model calibrated on odd inputs: one clear error, not an engine failure mid-way."""
+    from tests.onnx_models import half_res_denoise
+
+    g = from_onnx(half_res_denoise(layers=1))
+    odd = CalibSet([np.zeros((1, 9, 8, 3), np.float32)], [np.zeros((9, 8, 3), np.uint8)], "odd")
+    with pytest.raises(CalibrationError, match=r"shape \(1, 9, 8, 3\): the model's input height and width must "
+                                               r"be multiples of 2"):
+        qz.quantize_model(g, odd)
+
+
+def test_timing_refuses_a_size_the_model_cannot_take(tmp_path):
+    from conversion.tflite_writer import to_tflite
+    from quantization.timing import time_models
+    from tests.onnx_models import half_res_denoise
+
+    path = to_tflite(from_onnx(half_res_denoise(layers=1)), tmp_path / "half.tflite")
+    with pytest.raises(ConfigError, match=r"half\.tflite: --size 33x32: .* multiples of 2"):
+        time_models([path], size=(33, 32), rounds=1, warmup=0)
+    assert len(time_models([path], size=(32, 32), rounds=1, warmup=0)) == 1
+
+
 def test_quantize_rejects_bad_options(sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
     for kw in ({"method": "kl"}, {"io": "int4"}, {"cle": "maybe"}, {"keep_16x8": {"nope"}}, {"max_drop": -1},

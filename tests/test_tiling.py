@@ -65,3 +65,50 @@ def test_margin_must_leave_a_core():
 
 def test_overhead_of_one_whole_tile_is_padding_only():
     assert overhead(100, 100, (108, 108), 4) == pytest.approx(1.1664)
+
+
+# -- align > 1: every window starts on a multiple of align from the image origin --------------------------------
+@given(h=st.integers(1, 90), w=st.integers(1, 90), th=st.integers(0, 20), tw=st.integers(0, 20),
+       m=st.integers(0, 3), a=st.sampled_from([2, 4]))
+@settings(max_examples=100, deadline=None)
+def test_aligned_tiles_start_on_multiples_and_cover_once(h, w, th, tw, m, a):
+    m *= a
+    tile = (2 * m + a * (1 + th), 2 * m + a * (1 + tw))
+    cover = np.zeros((h, w), int)
+    for (y, x, ch, cw), (wy, wx) in plan_tiles(h, w, tile, m, a):
+        assert (wy - m) % a == 0 and (wx - m) % a == 0
+        cover[y:y + ch, x:x + cw] += 1
+    assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("tile,margin", [((101, 100), 16), ((100, 100), 15)])
+def test_plan_tiles_refuses_unaligned_tile_or_margin(tile, margin):
+    with pytest.raises(ConfigError, match="multiple"):
+        plan_tiles(481, 321, tile, margin, align=2)
+
+
+def test_choose_tile_rules_with_align():
+    # the whole image is padded up to the next multiple: 481 x 321 -> 482 x 322, plus the margins
+    assert choose_tile(481, 321, 16, 100.0, 256, requested=(481, 321), align=2) == (514, 354)
+    # a requested odd side is rounded up to a multiple of align
+    assert choose_tile(481, 321, 16, 100.0, 256, requested=(101, 101), align=2) == (102, 102)
+    assert choose_tile(481, 321, 16, 100.0, 256, requested=(101, 99), align=4) == (104, 100)
+    # a fixed model shape is returned as is (the Enhancer checks it against the card)
+    assert choose_tile(481, 321, 16, 100.0, 256, fixed=(128, 128), align=2) == (128, 128)
+    # floor: margins plus MIN_CORE rounded up to align
+    assert choose_tile(1000, 1000, 12, 1e9, 1.0, align=16) == (40, 40)
+
+
+@given(h=st.integers(1, 3000), w=st.integers(1, 3000), m=st.integers(0, 12), a=st.sampled_from([1, 2, 3, 4, 8]),
+       budget_kb=st.integers(1, 4096))
+@settings(max_examples=200, deadline=None)
+def test_auto_tile_is_aligned_and_balanced(h, w, m, a, budget_kb):
+    m *= a
+    th, tw = choose_tile(h, w, m, 64.0, budget_kb / 1024, align=a)
+    assert th % a == 0 and tw % a == 0 and th > 2 * m and tw > 2 * m
+    for n, t in ((h, th), (w, tw)):
+        core = t - 2 * m
+        count = -(-n // core)
+        # balanced: one alignment step less of core would need another tile
+        assert core == a or -(-n // (core - a)) > count
+    plan_tiles(h, w, (th, tw), m, a)

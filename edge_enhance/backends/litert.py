@@ -10,6 +10,7 @@ import numpy as np
 
 from ..card import CARD_KEY, ModelCard
 from ..errors import BackendUnavailableError, ModelFormatError
+from ..tiling import round_up
 from . import Backend, EngineOptions, register
 from .tflite_meta import read_metadata, verify_graph
 
@@ -135,9 +136,11 @@ class LiteRTBackend(Backend):
         if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_FIXED_PIXELS:
             raise ModelFormatError(f"{path}: fixed input of {self.fixed_shape[0]}x{self.fixed_shape[1]} pixels is "
                                    f"implausibly large (limit {MAX_FIXED_PIXELS} pixels)")
+        self._align = self.card.align if self.card else 1
         try:  # the interpreter checks the graph only when allocating: do it at load, at a small size
             if not self.fixed_shape:
-                self.interp.resize_tensor_input(self._in["index"], [1, 16, 16, 3], strict=False)
+                side = round_up(16, self._align)
+                self.interp.resize_tensor_input(self._in["index"], [1, side, side, 3], strict=False)
             self.interp.allocate_tensors()
         except (RuntimeError, ValueError) as e:
             raise _load_error(path, self.engine_name, e) from None
@@ -167,9 +170,11 @@ class LiteRTBackend(Backend):
         interpreter without XNNPACK (which hides its intermediates) plus one pointer per kernel tap
         per pixel for each convolution (XNNPACK's indirection buffers). Deliberately an upper bound,
         so --memory is a bound: measured RSS per pixel was 0.4x (a 4-conv fp32 test net) to 0.6x
-        (sr-x2 int8, 4000x3000) of it."""
+        (sr-x2 int8, 4000x3000) of it. Activations at a fraction of the input size (after a
+        stride-2 conv) count too: any 4-D tensor wider than a kernel (7) each way."""
         m, _ = interpreter_module()
-        probe = self.fixed_shape or (64, 64)
+        side = round_up(64, self._align)
+        probe = self.fixed_shape or (side, side)
         kw = {}
         if hasattr(m, "OpResolverType"):
             kw["experimental_op_resolver_type"] = m.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -185,7 +190,7 @@ class LiteRTBackend(Backend):
             shape = t["shape"]
             if len(shape) != 4:
                 continue
-            if shape[1] >= probe[0] and shape[2] >= probe[1]:
+            if shape[1] > 7 and shape[2] > 7:
                 total += int(np.prod(shape)) * np.dtype(t["dtype"]).itemsize
             elif shape[1] <= 7 and shape[2] <= 7:  # an OHWI (or 1HWO depthwise) kernel
                 total += int(shape[1] * shape[2]) * 8

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import threading
 import time
@@ -165,9 +166,12 @@ def _settle(futures, *, result=None, error=None):
             pass
 
 
-def _processed_size(w: int, h: int, scale: float) -> tuple[int, int]:
-    # Multiples of 4 keep the engine's input shapes few and pixel-shuffle friendly.
-    return max(16, int(w * scale) // 4 * 4), max(16, int(h * scale) // 4 * 4)
+def _processed_size(w: int, h: int, scale: float, align: int = 1) -> tuple[int, int]:
+    # Multiples of 4 keep the engine's input shapes few and pixel-shuffle friendly; of the model's
+    # align too, so the enhancer need not pad the frame (it would, exactly, for any size).
+    m = math.lcm(4, align)
+    least = -(-16 // m) * m
+    return max(least, int(w * scale) // m * m), max(least, int(h * scale) // m * m)
 
 
 class Preview:
@@ -311,7 +315,8 @@ class Preview:
             enh, scale = self.adaptive.current if self.adaptive else (self.enhancer, 1.0)
             if getattr(enh, "strength", None) != st.strength:
                 enh.strength = st.strength
-            pw, ph = _processed_size(w, h, scale) if scale < 1.0 else (w, h)
+            align = getattr(getattr(enh, "card", None), "align", 1)
+            pw, ph = _processed_size(w, h, scale, align) if scale < 1.0 else (w, h)
             src = resize(frame, pw, ph) if (pw, ph) != (w, h) else np.ascontiguousarray(frame)
             t0 = time.perf_counter()
             out = enh.enhance(src)
