@@ -447,7 +447,14 @@ def align_residual_adds(g: Graph, st: RangeStats | None = None) -> int:
                     or not np.isclose(base.scale[0], qo.scale[0], rtol=1e-9)):
                 continue
             hist = (st.hist[rname], st.edges(rname)) if st is not None and rname in st.hist else None
-            g.tensors[rname].quant = residual_params(res, float(qo.scale[0]), hist)
+            q = g.tensors[rname].quant = residual_params(res, float(qo.scale[0]), hist)
+            # Data movement before the add (a half-resolution residual's DepthToSpace) keeps its
+            # input's params: the producing conv then writes on the output grid directly.
+            p = g.producer(rname)
+            while p is not None and p.op in _PASS_THROUGH and len(g.consumers(p.inputs[0])) == 1 \
+                    and not g.tensors[p.inputs[0]].is_const and p.inputs[0] not in g.inputs:
+                g.tensors[p.inputs[0]].quant = copy.deepcopy(q)
+                p = g.producer(p.inputs[0])
             changed += 1
             break
     return changed

@@ -136,6 +136,19 @@ def test_train_few_steps_logs_set5_checkpoints_and_resumes(tmp_path, data_root, 
     assert any(not torch.equal(a, b) for a, b in zip(before, m2.parameters()))
 
 
+def test_l2_fine_tune_runs_after_the_l1_budget_resumes_and_is_carded(tmp_path, data_root):
+    r = Recipe("t-l2", "sr", 2, channels=4, convs=3, patch=8, batch=2, eval_every=2)
+    ck, images = tmp_path / "ck", _images(2, (60, 64))
+    m, st = train(r, ckpt_dir=ck, data_root=data_root, steps=3, images=images, l2_steps=2)
+    assert (st["step"], st["l2_step"]) == (3, 2) and [h[0] for h in st["history"]] == [2, 4]
+    before = [p.detach().clone() for p in m.parameters()]
+    m, st = train(r, ckpt_dir=ck, data_root=data_root, steps=3, images=images, l2_steps=4)  # L1 done: L2 only
+    assert (st["step"], st["l2_step"]) == (3, 4)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    card = export_model(r, m, st, tmp_path / "out", data_root=data_root, evaluate_sets=False)
+    assert card.extra["steps"] == 7 and card.extra["l2_finetune"]["steps"] == 4
+
+
 @pytest.mark.parametrize("task, scale, down", [("sr", 2, 1), ("sr", 4, 1), ("denoise", 1, 1), ("dejpeg", 1, 2)])
 def test_export_equals_torch_and_card_parses(tmp_path, data_root, task, scale, down):
     r = Recipe(f"t-{task}", task, scale, channels=5, convs=3, patch=8, batch=2, down=down)
@@ -161,6 +174,7 @@ def test_export_equals_torch_and_card_parses(tmp_path, data_root, task, scale, d
     assert parsed == card
     assert (parsed.task, parsed.scale, parsed.receptive_field, parsed.layout) == (task, scale, 7 if down == 1 else 13, "nchw")
     assert parsed.base == ("identity" if scale == 1 else "nearest")
+    assert parsed.align == down and parsed.margin == parsed.receptive_field // 2
     assert parsed.params == m.deploy_params() and parsed.macs_per_pixel == m.macs_per_pixel()
     assert parsed.extra["steps"] == 7 and "recipe" in parsed.extra
     assert not list((tmp_path / "out").glob("*.tmp"))  # atomic write leaves no temp file

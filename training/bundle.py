@@ -37,7 +37,7 @@ def bundle(name: str, data: Path, method: str = "percentile") -> dict:
     out = MODELS_DIR / f"{name}.int8.tflite"
     t0 = time.perf_counter()
     g, card = load_model(src)
-    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale), method=method)
+    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale, align=card.align), method=method)
     write_tflite(res.graph, out)
     psnr = {}
     for label, ds, kw in SETTINGS[card.task]:

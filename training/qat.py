@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     net, state = load_source(r, a.source)
     qnet = QATNet(net)
     if a.ranges == "calib":
-        qnet.set_ranges(calibrated_ranges(net, calibration_set(a.calib, task=r.task, scale=r.scale)))
+        qnet.set_ranges(calibrated_ranges(net, calibration_set(a.calib, task=r.task, scale=r.scale, align=net.align)))
     data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr)
     state = {"step": state["step"], "elapsed": state["elapsed"] + seconds}

@@ -25,7 +25,7 @@ log = logging.getLogger("training")
 
 # (name, minutes): the order of the priorities.
 QUEUE = (("sr-x2", 45), ("sr-x2-rt", 15), ("denoise", 90), ("sr-x4", 15), ("sr-x3", 10),
-         ("dejpeg", 90), ("enhance-x2", 15))
+         ("dejpeg", 80), ("enhance-x2", 15))
 
 
 def main(argv=None) -> int:

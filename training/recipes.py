@@ -68,10 +68,9 @@ register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=45, ma
 register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=15, max_macs=25_000))
 register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=10, max_params=50_000))
 register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=15, max_params=50_000))
-# Half-resolution networks (4x4 stride-2 conv in, DepthToSpace out): 93k params, 23k MACs per
-# pixel, receptive field 33 (covers four 8x8 JPEG blocks).
-register(Recipe("denoise", "denoise", 1, channels=40, convs=8, patch=96, down=2, minutes=90, max_params=100_000))
-register(Recipe("dejpeg", "dejpeg", 1, channels=40, convs=8, patch=96, down=2, minutes=90, max_params=100_000))
+# Full-resolution networks: compute per pixel = params, so they stay well under the 100k cap.
+register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=90, max_params=100_000))
+register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=80, max_params=100_000))
 register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=15, max_params=100_000))
 
 

@@ -91,8 +91,13 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None = None,
-          steps: int | None = None, seed: int = 0, images=None) -> tuple[ResidualNet, dict]:
-    """Train (or resume) until the budget is spent; returns the model and the checkpoint state."""
+          steps: int | None = None, seed: int = 0, images=None, l2_minutes: float = 0.0,
+          l2_steps: int | None = None) -> tuple[ResidualNet, dict]:
+    """Train (or resume) until the budget is spent; returns the model and the checkpoint state.
+
+    Then, if ``l2_minutes`` / ``l2_steps`` is given, fine-tune with the L2 loss (what PSNR measures)
+    at a tenth of the learning rate on its own cosine schedule; its progress is kept apart in the
+    state (``l2_step``, ``l2_elapsed``) so it resumes and extends the same way."""
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget_s = 60.0 * (minutes if minutes is not None else r.minutes)
@@ -100,14 +105,14 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     model = build_model(r).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
     sampler = PatchSampler(r, images if images is not None else load_train_images(data_root), seed=seed)
-    state = {"step": 0, "elapsed": 0.0, "history": []}
+    state = {"step": 0, "elapsed": 0.0, "history": [], "l2_step": 0, "l2_elapsed": 0.0}
     path = Path(ckpt_dir) / "last.pt"
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sampler.rng.bit_generator.state = ck["rng"]
-        state = {k: ck[k] for k in ("step", "elapsed", "history")}
+        state.update({k: ck[k] for k in state if k in ck})
         log.info("%s: resumed from %s at step %d (%.1f min)", r.name, path, state["step"], state["elapsed"] / 60)
 
     def save():
@@ -117,43 +122,55 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     def progress():
         return min(1.0, state["step"] / steps) if steps else min(1.0, state["elapsed"] / budget_s)
 
+    l2_budget_s = 60.0 * l2_minutes
+
+    def l2_progress():
+        if l2_steps:
+            return min(1.0, state["l2_step"] / l2_steps)
+        return min(1.0, state["l2_elapsed"] / l2_budget_s) if l2_budget_s > 0 else 1.0
+
     def quick_eval():
         model.eval()
         res = evaluate(torch_fn(model, device), data_root / "eval" / "Set5",
                        "enhance" if r.task == "enhance" else r.task, with_ssim=False, **quick_eval_args(r))
         model.train()
-        state["history"].append((state["step"], round(state["elapsed"], 1), round(res.psnr, 3)))
-        log.info("%s: step %d  %.1f min  Set5 %.3f dB (input %.3f dB)", r.name, state["step"],
-                 state["elapsed"] / 60, res.psnr, res.baseline_psnr)
+        steps_done, seconds = state["step"] + state["l2_step"], state["elapsed"] + state["l2_elapsed"]
+        state["history"].append((steps_done, round(seconds, 1), round(res.psnr, 3)))
+        log.info("%s: step %d  %.1f min  Set5 %.3f dB (input %.3f dB)", r.name, steps_done,
+                 seconds / 60, res.psnr, res.baseline_psnr)
 
     model.train()
     last_ck = t_log = time.monotonic()
     loss_acc, n_acc = 0.0, 0
-    while progress() < 1.0:
-        t0 = time.monotonic()
-        lr = 0.5 * r.lr * (1.0 + math.cos(math.pi * progress()))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = sampler.sample()
-        x, y = x.to(device), y.to(device)
-        loss = F.l1_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        loss_acc += loss.item()
-        n_acc += 1
-        if state["step"] % r.eval_every == 0:
-            quick_eval()
-        state["elapsed"] += time.monotonic() - t0
-        now = time.monotonic()
-        if now - t_log > 60:
-            log.info("%s: step %d  loss %.5f  lr %.2e  %.2f steps/s  %.0f%%", r.name, state["step"],
-                     loss_acc / n_acc, lr, n_acc / (now - t_log), 100 * progress())
-            t_log, loss_acc, n_acc = now, 0.0, 0
-        if now - last_ck > CKPT_EVERY_S:
-            save()
-            last_ck = now
+    # Phase 1: L1 at the recipe's rate; phase 2 (optional): L2 at a tenth of it. Step / time
+    # counters of phase 2 are its own, so a larger budget for either resumes where it stands.
+    phases = ((progress, r.lr, F.l1_loss, "step", "elapsed"), (l2_progress, r.lr / 10, F.mse_loss, "l2_step", "l2_elapsed"))
+    for prog, lr_max, loss_fn, step_key, time_key in phases:
+        while prog() < 1.0:
+            t0 = time.monotonic()
+            lr = 0.5 * lr_max * (1.0 + math.cos(math.pi * prog()))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = sampler.sample()
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state[step_key] += 1
+            loss_acc += loss.item()
+            n_acc += 1
+            if (state["step"] + state["l2_step"]) % r.eval_every == 0:
+                quick_eval()
+            state[time_key] += time.monotonic() - t0
+            now = time.monotonic()
+            if now - t_log > 60:
+                log.info("%s: %s %d  loss %.5f  lr %.2e  %.2f steps/s  %.0f%%", r.name, step_key.replace("_", " "),
+                         state[step_key], loss_acc / n_acc, lr, n_acc / (now - t_log), 100 * prog())
+                t_log, loss_acc, n_acc = now, 0.0, 0
+            if now - last_ck > CKPT_EVERY_S:
+                save()
+                last_ck = now
     save()
     model.eval()
     return model.cpu(), state
@@ -186,14 +203,17 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
     card = ModelCard(
         name=r.name, task=r.task, scale=r.scale, receptive_field=model.receptive_field, layout="nchw",
         base=r.base, version=VERSION, params=model.deploy_params(), macs_per_pixel=model.macs_per_pixel(),
+        align=model.align,
         extra={
             "recipe": command or f"python -m training.train {r.name} --out DIR",
             "architecture": _architecture_text(r),
             "data": "T91 + BSD200 (../shared/data/train), random patches, flips/rot90",
             "degradation": _degradation_text(r),
-            "steps": state["step"], "batch": r.batch, "patch": r.patch,
-            "train_minutes": round(state["elapsed"] / 60, 1),
-            "train_seconds": round(state["elapsed"], 1),
+            "steps": state["step"] + state.get("l2_step", 0), "batch": r.batch, "patch": r.patch,
+            "train_minutes": round((state["elapsed"] + state.get("l2_elapsed", 0.0)) / 60, 1),
+            "train_seconds": round(state["elapsed"] + state.get("l2_elapsed", 0.0), 1),
+            **({"l2_finetune": {"steps": state["l2_step"], "minutes": round(state["l2_elapsed"] / 60, 1),
+                                "lr": r.lr / 10}} if state.get("l2_step") else {}),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
             "protocol": "../shared/data/README.md (Pillow bicubic LR; Y-PSNR shave s for sr/enhance, RGB for denoise/dejpeg)",
             "psnr": psnr, "ssim": ssim, "input_psnr": baseline,
@@ -231,6 +251,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for <name>.onnx")
     ap.add_argument("--minutes", type=float, help="wall-clock budget (default: the recipe's)")
     ap.add_argument("--steps", type=int, help="step budget instead of minutes")
+    ap.add_argument("--l2-minutes", type=float, default=0.0,
+                    help="then fine-tune with the L2 loss at lr/10 for this long (resumable, like --minutes)")
+    ap.add_argument("--l2-steps", type=int, help="step budget of the L2 fine-tune instead of --l2-minutes")
     ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
@@ -239,8 +262,10 @@ def main(argv=None) -> int:
     r = get(a.name)
     data_root = a.data or default_data_root()
     model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
-                         minutes=a.minutes, steps=a.steps)
+                         minutes=a.minutes, steps=a.steps, l2_minutes=a.l2_minutes, l2_steps=a.l2_steps)
     cmd = f"python -m training.train {r.name} --out DIR" + (f" --steps {a.steps}" if a.steps else f" --minutes {a.minutes or r.minutes:g}")
+    if a.l2_steps or a.l2_minutes:
+        cmd += f" --l2-steps {a.l2_steps}" if a.l2_steps else f" --l2-minutes {a.l2_minutes:g}"
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
