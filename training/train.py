@@ -1,7 +1,7 @@
 """Train one bundled model and export it: ``python -m training.train sr-x2 --out DIR``.
 
 Adam + L1, cosine learning rate over the budget (``--steps N``, else ``--minutes M`` of wall
-clock, so a 2-core CPU run ends on time), checkpoint + resume every few minutes under
+clock, so a 2-core CPU run ends on time), then optionally L2 at lr/10 (``--l2-minutes`` / ``--l2-steps``), checkpoint + resume every few minutes under
 ``--ckpt`` (default /var/tmp/edge-enhance/ckpt/<name>/last.pt), Set5 PSNR logged with the exact
 evaluation protocol every ``eval_every`` steps, CUDA when present. At the end the collapsed network
 is written as ONNX fp32, checked against torch in onnxruntime, measured on the standard sets with
@@ -144,7 +144,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     loss_acc, n_acc = 0.0, 0
     # Phase 1: L1 at the recipe's rate; phase 2 (optional): L2 at a tenth of it. Step / time
     # counters of phase 2 are its own, so a larger budget for either resumes where it stands.
-    phases = ((progress, r.lr, F.l1_loss, "step", "elapsed"), (l2_progress, r.lr / 10, F.mse_loss, "l2_step", "l2_elapsed"))
+    phases = ((progress, r.lr, F.l1_loss, "step", "elapsed"),
+              (l2_progress, r.lr / 10, F.mse_loss, "l2_step", "l2_elapsed"))
     for prog, lr_max, loss_fn, step_key, time_key in phases:
         while prog() < 1.0:
             t0 = time.monotonic()
