@@ -3,9 +3,10 @@
 Adam + L1, cosine learning rate over the budget (``--steps N``, else ``--minutes M`` of wall
 clock, so a 2-core CPU run ends on time), then optionally L2 at lr/10 (``--l2-minutes`` /
 ``--l2-steps``); checkpoint + resume every few minutes under ``--ckpt`` (default
-/var/tmp/edge-enhance/ckpt/<name>/last.pt), Set5 PSNR logged with the exact evaluation protocol every ``eval_every`` steps, CUDA when present. At the end the collapsed network
-is written as ONNX fp32, checked against torch in onnxruntime, measured on the standard sets with
-the protocol, and the card (with recipe, data, steps, time, PSNR) is embedded.
+/var/tmp/edge-enhance/ckpt/<name>/last.pt), Set5 PSNR logged with the exact evaluation protocol
+every ``eval_every`` steps, CUDA when present. At the end the collapsed network is written as ONNX
+fp32, checked against torch in onnxruntime, measured on the standard sets with the protocol, and
+the card (with recipe, data, steps, time, PSNR) is embedded.
 Running the same command again resumes; a larger --minutes / --steps continues training.
 """
 from __future__ import annotations
