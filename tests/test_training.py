@@ -207,8 +207,8 @@ def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
         (root / sub).mkdir(parents=True)
         for i, im in enumerate(_images(n, (36, 40), seed=len(sub))):
             Image.fromarray(im).save(root / sub / f"{i}.png")
-    r = Recipe("t-q", "sr", 2, channels=4, convs=2, patch=8, batch=2, eval_every=10_000)
-    monkeypatch.setattr(queue, "QUEUE", (("t-q", 0.01),))
+    r = Recipe("t-q", "sr", 2, channels=4, convs=2, patch=8, batch=2, minutes=0.01, eval_every=10_000)
+    monkeypatch.setattr(queue, "QUEUE", ("t-q",))
     monkeypatch.setattr(queue, "get", lambda name: r)
     args = ["--out", str(tmp_path / "out"), "--ckpt", str(tmp_path / "ck"), "--data", str(root)]
     assert queue.main(args) == 0

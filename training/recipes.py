@@ -23,7 +23,7 @@ class Recipe:
     down: int = 1  # 2: the body runs at half resolution (scale-1 models; see model.py)
     batch: int = 16
     lr: float = 1e-3
-    minutes: float = 30.0  # default wall-clock budget (time-based cosine schedule)
+    minutes: float = 30.0  # wall-clock budget (time-based cosine): the bundled file's L1 budget
     max_params: int | None = None
     max_macs: int | None = None
     sigma_max: float = 50.0  # denoise: blind sigma U(0, sigma_max)
@@ -63,15 +63,15 @@ def register(r: Recipe) -> Recipe:
 
 
 # 8 convs x 28 channels: 46k params, receptive field 17.
-register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=45, max_params=50_000))
+register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=60, max_params=50_000))
 # 6 convs x 24 channels: 24k MACs per input pixel.
-register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=15, max_macs=25_000))
-register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=10, max_params=50_000))
-register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=15, max_params=50_000))
+register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=35, max_macs=25_000))
+register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=45, max_params=50_000))
+register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=30, max_params=50_000))
 # Full-resolution networks: compute per pixel = params, so they stay well under the 100k cap.
 register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=90, max_params=100_000))
-register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=80, max_params=100_000))
-register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=15, max_params=100_000))
+register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=213, max_params=100_000))
+register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=70, max_params=100_000))
 
 
 def get(name: str) -> Recipe:
