@@ -67,7 +67,7 @@ register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=60, ma
 # 6 convs x 24 channels: 24k MACs per input pixel.
 register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=35, max_macs=25_000))
 register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=45, max_params=50_000))
-register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=30, max_params=50_000))
+register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=50, max_params=50_000))
 # Full-resolution networks: compute per pixel = params, so they stay well under the 100k cap.
 register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=90, max_params=100_000))
 register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=213, max_params=100_000))
