@@ -10,7 +10,7 @@ from PIL import Image  # noqa: E402
 from edge_enhance.card import CARD_KEY, ModelCard  # noqa: E402
 from edge_enhance.errors import ConfigError  # noqa: E402
 from training import export as ex  # noqa: E402
-from training.data import PatchSampler  # noqa: E402
+from training.data import PatchSampler, batches  # noqa: E402
 from training.model import ResidualNet, depth_to_space_dcr  # noqa: E402
 from training.recipes import RECIPES, Recipe  # noqa: E402
 from training.train import build_model, export_model, train  # noqa: E402
@@ -121,6 +121,25 @@ def test_sampler_shapes_and_range(task, scale):
     assert not torch.equal(x, y[:, :, ::scale, ::scale])  # the input is degraded
 
 
+def test_worker_batches_are_reproducible_per_start_step_and_differ_between_workers():
+    r = Recipe("t-w", "enhance", 2, channels=4, convs=2, patch=8, batch=2)
+    sampler = PatchSampler(r, _images(2, (60, 64)), seed=3)
+
+    def draw(start, n=4):
+        it = batches(sampler, workers=2, start=start)
+        out = [next(it)[0] for _ in range(n)]
+        it.close()
+        return out
+
+    a, b, c = draw(5), draw(5), draw(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # same seed, start and workers: same stream
+    assert not torch.equal(a[0], a[1])  # the two workers draw different batches
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))  # another resume point, another stream
+    state = sampler.rng.bit_generator.state
+    next(batches(sampler))  # in-process: the sampler's own (checkpointed) rng advances
+    assert sampler.rng.bit_generator.state != state
+
+
 @pytest.mark.parametrize("task, scale, down", [("sr", 2, 1), ("denoise", 1, 1), ("dejpeg", 1, 1), ("enhance", 2, 1),
                                                ("denoise", 1, 2)])
 def test_train_few_steps_logs_set5_checkpoints_and_resumes(tmp_path, data_root, task, scale, down):
@@ -131,7 +150,7 @@ def test_train_few_steps_logs_set5_checkpoints_and_resumes(tmp_path, data_root, 
     assert state["step"] == 3 and (ck / "last.pt").exists()
     assert [h[0] for h in state["history"]] == [2] and np.isfinite(state["history"][0][2])
     before = [p.detach().clone() for p in m.parameters()]
-    m2, state2 = train(r, ckpt_dir=ck, data_root=data_root, steps=5, images=images)
+    m2, state2 = train(r, ckpt_dir=ck, data_root=data_root, steps=5, images=images, workers=int(task == "enhance"))
     assert state2["step"] == 5 and [h[0] for h in state2["history"]] == [2, 4]
     assert any(not torch.equal(a, b) for a, b in zip(before, m2.parameters()))
 
@@ -207,7 +226,8 @@ def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
         (root / sub).mkdir(parents=True)
         for i, im in enumerate(_images(n, (36, 40), seed=len(sub))):
             Image.fromarray(im).save(root / sub / f"{i}.png")
-    r = Recipe("t-q", "sr", 2, channels=4, convs=2, patch=8, batch=2, minutes=0.01, eval_every=10_000)
+    r = Recipe("t-q", "sr", 2, channels=4, convs=2, patch=8, batch=2, minutes=0.01, l2_minutes=0.005,
+               eval_every=10_000)
     monkeypatch.setattr(queue, "QUEUE", ("t-q",))
     monkeypatch.setattr(queue, "get", lambda name: r)
     args = ["--out", str(tmp_path / "out"), "--ckpt", str(tmp_path / "ck"), "--data", str(root)]
@@ -215,6 +235,7 @@ def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
     out = tmp_path / "out" / "t-q.onnx"
     card = ex.read_card(out)
     assert set(card.extra["psnr"]) == {"Set5", "Set14", "BSD100"} and card.extra["steps"] >= 1
+    assert card.extra["l2_finetune"]["steps"] >= 1 and card.extra["recipe"].endswith("--l2-minutes 0.005")
     stamp = out.stat().st_mtime_ns
     assert queue.main(args) == 0  # budget already covered: nothing retrained or rewritten
     assert out.stat().st_mtime_ns == stamp

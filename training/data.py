@@ -6,6 +6,7 @@ artefacts; flips and 90-degree rotations are applied to the (input, target) pair
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class PatchSampler:
 
     def __init__(self, recipe: Recipe, images: list[np.ndarray], seed: int = 0):
         self.r = recipe
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         s, p = recipe.scale, recipe.patch
         need = p * s + (16 * s if recipe.task == "enhance" else 0)
@@ -96,3 +98,30 @@ class PatchSampler:
         hr = mod_crop(self._crop(self.images[k], (p + 2 * m) * s), s)
         lr = degrade(hr, s, rng, Degradation.draw(rng))
         return lr[m:m + p, m:m + p], hr[m * s:(m + p) * s, m * s:(m + p) * s]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Endless batches from a copy of one sampler per worker, seeded by (seed, start step, worker)."""
+
+    def __init__(self, sampler: PatchSampler, start: int):
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        s = copy.copy(self.sampler)
+        s.rng = np.random.default_rng([self.sampler.seed, self.start, info.id if info else 0])
+        while True:
+            yield s.sample()
+
+
+def batches(sampler: PatchSampler, workers: int = 0, start: int = 0, pin: bool = False):
+    """Endless (input, target) batches. workers=0: drawn here from the sampler, whose rng state the
+    checkpoint keeps. workers=N: drawn by N processes (for a GPU the degradations would otherwise
+    starve), each seeded by (seed, start, worker) and read in turn, so a run that resumes at the same
+    step with the same N draws the same batches."""
+    if workers <= 0:
+        while True:
+            yield sampler.sample()
+    loader = torch.utils.data.DataLoader(_Stream(sampler, start), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=True, pin_memory=pin)
+    yield from loader

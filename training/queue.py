@@ -23,8 +23,8 @@ from .train import DEFAULT_CKPT, export_model, train
 
 log = logging.getLogger("training")
 
-# The order of the issue's priorities; each trains for its recipe's budget (the bundled file's L1
-# budget; sr-x3's then had a 12-minute L2 fine-tune: python -m training.train sr-x3 ... --l2-minutes 12).
+# The order of the issue's priorities; each trains for its recipe's budget (the bundled file's L1 + L2
+# budgets, recipes.py).
 QUEUE = ("sr-x2", "sr-x2-rt", "denoise", "sr-x4", "sr-x3", "dejpeg", "enhance-x2")
 
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         if a.only and name not in a.only:
             continue
         r = get(name)
-        budget = r.minutes * a.factor
+        budget, l2_budget = r.minutes * a.factor, r.l2_minutes * a.factor
         done = a.out / f"{name}.onnx"
         if done.exists():
             try:
@@ -53,13 +53,15 @@ def main(argv=None) -> int:
                 log.warning("%s: cannot read its card (%s); redoing it", done, e)
                 extra, trained_s = {}, -1.0
             # train_minutes is rounded to 0.1 min in older cards: allow that much slack.
-            if trained_s >= 60 * budget - ("train_seconds" not in extra) * 6.0 - 0.5:
-                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained_s / 60, budget)
+            if trained_s >= 60 * (budget + l2_budget) - ("train_seconds" not in extra) * 6.0 - 0.5:
+                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained_s / 60, budget + l2_budget)
                 continue
-        log.info("%s: training for %.1f min", name, budget)
-        model, state = train(r, ckpt_dir=a.ckpt / name, data_root=data_root, minutes=budget, images=images)
+        log.info("%s: training for %.1f + %.1f (L2) min", name, budget, l2_budget)
+        model, state = train(r, ckpt_dir=a.ckpt / name, data_root=data_root, minutes=budget, images=images,
+                             l2_minutes=l2_budget)
+        cmd = f"python -m training.train {name} --out DIR --minutes {budget:g}"
         card = export_model(r, model, state, a.out, data_root=data_root,
-                            command=f"python -m training.train {name} --out DIR --minutes {budget:g}")
+                            command=cmd + (f" --l2-minutes {l2_budget:g}" if l2_budget else ""))
         log.info("%s: exported %s  %s", name, done, card.extra["psnr"])
     log.info("queue finished")
     return 0

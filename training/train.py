@@ -12,6 +12,7 @@ Running the same command again resumes; a larger --minutes / --steps continues t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ from edge_enhance.errors import ConfigError
 from edge_enhance.evaluation import evaluate
 
 from . import export as ex
-from .data import PatchSampler, default_data_root, load_train_images
+from .data import PatchSampler, batches, default_data_root, load_train_images
 from .model import ResidualNet
 from .recipes import RECIPES, Recipe, get
 
@@ -93,7 +94,7 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None = None,
           steps: int | None = None, seed: int = 0, images=None, l2_minutes: float = 0.0,
-          l2_steps: int | None = None) -> tuple[ResidualNet, dict]:
+          l2_steps: int | None = None, workers: int = 0) -> tuple[ResidualNet, dict]:
     """Train (or resume) until the budget is spent; returns the model and the checkpoint state.
 
     Then, if ``l2_minutes`` / ``l2_steps`` is given, fine-tune with the L2 loss (what PSNR measures)
@@ -106,7 +107,7 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     model = build_model(r).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
     sampler = PatchSampler(r, images if images is not None else load_train_images(data_root), seed=seed)
-    state = {"step": 0, "elapsed": 0.0, "history": [], "l2_step": 0, "l2_elapsed": 0.0}
+    state = {"step": 0, "elapsed": 0.0, "history": [], "l2_step": 0, "l2_elapsed": 0.0, "devices": []}
     path = Path(ckpt_dir) / "last.pt"
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
@@ -140,6 +141,10 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
         log.info("%s: step %d  %.1f min  Set5 %.3f dB (input %.3f dB)", r.name, steps_done,
                  seconds / 60, res.psnr, res.baseline_psnr)
 
+    here = _device_name(device)
+    if progress() < 1.0 or l2_progress() < 1.0:
+        state["devices"] = [d for d in state["devices"] if d != here] + [here]
+    stream = batches(sampler, workers, state["step"] + state["l2_step"], pin=device.type == "cuda")
     model.train()
     last_ck = t_log = time.monotonic()
     loss_acc, n_acc = 0.0, 0
@@ -153,8 +158,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
             lr = 0.5 * lr_max * (1.0 + math.cos(math.pi * prog()))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = sampler.sample()
-            x, y = x.to(device), y.to(device)
+            x, y = next(stream)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -216,7 +221,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
             "train_seconds": round(state["elapsed"] + state.get("l2_elapsed", 0.0), 1),
             **({"l2_finetune": {"steps": state["l2_step"], "minutes": round(state["l2_elapsed"] / 60, 1),
                                 "lr": r.lr / 10}} if state.get("l2_step") else {}),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+            "device": " then ".join(state.get("devices") or [_device_name(torch.device("cpu"))]),
             "protocol": "../shared/data/README.md (Pillow bicubic LR; Y-PSNR shave s for sr/enhance, RGB for denoise/dejpeg)",
             "psnr": psnr, "ssim": ssim, "input_psnr": baseline,
             "onnx_max_abs_err_vs_torch": err,
@@ -226,6 +231,12 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
     ex.set_card(m, card)
     ex.write_atomic(m, Path(out) / f"{r.name}.onnx")
     return card
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _architecture_text(r: Recipe) -> str:
@@ -253,21 +264,31 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for <name>.onnx")
     ap.add_argument("--minutes", type=float, help="wall-clock budget (default: the recipe's)")
     ap.add_argument("--steps", type=int, help="step budget instead of minutes")
-    ap.add_argument("--l2-minutes", type=float, default=0.0,
-                    help="then fine-tune with the L2 loss at lr/10 for this long (resumable, like --minutes)")
+    ap.add_argument("--l2-minutes", type=float,
+                    help="then fine-tune with the L2 loss at lr/10 for this long (resumable, like --minutes; "
+                         "default: the recipe's)")
     ap.add_argument("--l2-steps", type=int, help="step budget of the L2 fine-tune instead of --l2-minutes")
     ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes drawing the training batches (0: in the training process; a few on a GPU)")
+    ap.add_argument("--eval-every", type=int, help="steps between Set5 logs (default: the recipe's; raise it on a GPU)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
+    if a.eval_every:
+        if a.eval_every < 1:
+            ap.error("--eval-every must be positive")
+        r = dataclasses.replace(r, eval_every=a.eval_every)
     data_root = a.data or default_data_root()
+    l2_minutes = r.l2_minutes if a.l2_minutes is None else a.l2_minutes
     model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
-                         minutes=a.minutes, steps=a.steps, l2_minutes=a.l2_minutes, l2_steps=a.l2_steps)
+                         minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
+                         workers=a.workers)
     cmd = f"python -m training.train {r.name} --out DIR" + (f" --steps {a.steps}" if a.steps else f" --minutes {a.minutes or r.minutes:g}")
-    if a.l2_steps or a.l2_minutes:
-        cmd += f" --l2-steps {a.l2_steps}" if a.l2_steps else f" --l2-minutes {a.l2_minutes:g}"
+    if a.l2_steps or l2_minutes:
+        cmd += f" --l2-steps {a.l2_steps}" if a.l2_steps else f" --l2-minutes {l2_minutes:g}"
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
