@@ -243,3 +243,12 @@ def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
     factor = card.extra["train_seconds"] / 0.6 + 2
     assert queue.main(args + ["--factor", str(factor)]) == 0
     assert ex.read_card(out).extra["steps"] > card.extra["steps"]
+
+
+def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sr-x2", "--out", str(tmp_path), "--eval-every", "0"])
+    assert e.value.code == 2 and "--eval-every must be positive" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -43,7 +43,7 @@ class Recipe:
         if self.channels < 1 or self.convs < 2 or self.patch < 8 or self.batch < 1:
             raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
         if not (self.lr > 0 and self.minutes > 0 and self.l2_minutes >= 0):
-            raise ConfigError(f"recipe {self.name}: lr and minutes must be positive")
+            raise ConfigError(f"recipe {self.name}: lr and minutes must be positive, l2_minutes not negative")
         lo, hi = self.quality_range
         if not 1 <= lo <= hi <= 100:
             raise ConfigError(f"recipe {self.name}: JPEG quality range {self.quality_range} not in 1..100")

@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
-    if a.eval_every:
+    if a.eval_every is not None:
         if a.eval_every < 1:
             ap.error("--eval-every must be positive")
         r = dataclasses.replace(r, eval_every=a.eval_every)
