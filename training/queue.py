@@ -54,7 +54,8 @@ def main(argv=None) -> int:
                 extra, trained_s = {}, -1.0
             # train_minutes is rounded to 0.1 min in older cards: allow that much slack.
             if trained_s >= 60 * (budget + l2_budget) - ("train_seconds" not in extra) * 6.0 - 0.5:
-                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained_s / 60, budget + l2_budget)
+                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained_s / 60,
+                         budget + l2_budget)
                 continue
         log.info("%s: training for %.1f + %.1f (L2) min", name, budget, l2_budget)
         model, state = train(r, ckpt_dir=a.ckpt / name, data_root=data_root, minutes=budget, images=images,
