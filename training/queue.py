@@ -19,7 +19,7 @@ from pathlib import Path
 from . import export as ex
 from .data import default_data_root, load_train_images
 from .recipes import get
-from .train import DEFAULT_CKPT, export_model, train
+from .train import DEFAULT_CKPT, command, export_model, train
 
 log = logging.getLogger("training")
 
@@ -60,9 +60,8 @@ def main(argv=None) -> int:
         log.info("%s: training for %.1f + %.1f (L2) min", name, budget, l2_budget)
         model, state = train(r, ckpt_dir=a.ckpt / name, data_root=data_root, minutes=budget, images=images,
                              l2_minutes=l2_budget)
-        cmd = f"python -m training.train {name} --out DIR --minutes {budget:g}"
         card = export_model(r, model, state, a.out, data_root=data_root,
-                            command=cmd + (f" --l2-minutes {l2_budget:g}" if l2_budget else ""))
+                            command=command(name, minutes=budget, l2_minutes=l2_budget))
         log.info("%s: exported %s  %s", name, done, card.extra["psnr"])
     log.info("queue finished")
     return 0

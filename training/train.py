@@ -233,6 +233,15 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
     return card
 
 
+def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
+            l2_steps: int | None = None) -> str:
+    """The training command a card records: the budgets that were in force (steps over minutes)."""
+    cmd = f"python -m training.train {name} --out DIR" + (f" --steps {steps}" if steps else f" --minutes {minutes:g}")
+    if l2_steps or l2_minutes:
+        cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
+    return cmd
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -286,9 +295,7 @@ def main(argv=None) -> int:
     model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
                          minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
                          workers=a.workers)
-    cmd = f"python -m training.train {r.name} --out DIR" + (f" --steps {a.steps}" if a.steps else f" --minutes {a.minutes or r.minutes:g}")
-    if a.l2_steps or l2_minutes:
-        cmd += f" --l2-steps {a.l2_steps}" if a.l2_steps else f" --l2-minutes {l2_minutes:g}"
+    cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
