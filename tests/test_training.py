@@ -1,4 +1,5 @@
 """Training recipes: tiny runs, re-parameterisation, ONNX export equal to torch, card round trip."""
+import dataclasses
 import numpy as np
 import pytest
 
@@ -252,3 +253,31 @@ def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):
         main(["sr-x2", "--out", str(tmp_path), "--eval-every", "0"])
     assert e.value.code == 2 and "--eval-every must be positive" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sr-x2", "--out", str(tmp_path), "--channels", "64"])
+    assert e.value.code == 2 and "exceed the budget 50000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", "--out", str(tmp_path), "--convs", "1"])
+    assert e.value.code == 2 and "out of range" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_resuming_a_checkpoint_of_another_architecture_says_so(tmp_path, data_root):
+    r = Recipe("t-arch", "sr", 2, channels=4, convs=3, patch=8, batch=2, eval_every=100)
+    ck, images = tmp_path / "ck", _images(2, (60, 64))
+    train(r, ckpt_dir=ck, data_root=data_root, steps=1, images=images)
+    with pytest.raises(ConfigError, match=r"last\.pt: the checkpoint holds another architecture than 3 convs x 6"):
+        train(dataclasses.replace(r, channels=6), ckpt_dir=ck, data_root=data_root, steps=2, images=images)
+
+
+def test_card_command_records_architecture_overrides():
+    from training.train import command
+
+    assert command("denoise", minutes=19, l2_minutes=2) == "python -m training.train denoise --out DIR --minutes 19 --l2-minutes 2"
+    assert command("denoise", minutes=19, steps=5000, channels=40, convs=8) == \
+        "python -m training.train denoise --out DIR --channels 40 --convs 8 --steps 5000"

@@ -111,7 +111,11 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     path = Path(ckpt_dir) / "last.pt"
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError:
+            raise ConfigError(f"{path}: the checkpoint holds another architecture than {_arch(r)}; "
+                              f"resume with the options it was trained with, or start it in another --ckpt") from None
         opt.load_state_dict(ck["opt"])
         sampler.rng.bit_generator.state = ck["rng"]
         state.update({k: ck[k] for k in state if k in ck})
@@ -234,9 +238,12 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
 
 
 def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
-            l2_steps: int | None = None) -> str:
-    """The training command a card records: the budgets that were in force (steps over minutes)."""
-    cmd = f"python -m training.train {name} --out DIR" + (f" --steps {steps}" if steps else f" --minutes {minutes:g}")
+            l2_steps: int | None = None, channels: int | None = None, convs: int | None = None) -> str:
+    """The training command a card records: the budgets that were in force (steps over minutes)
+    and the architecture options that overrode the recipe's."""
+    cmd = f"python -m training.train {name} --out DIR"
+    cmd += (f" --channels {channels}" if channels else "") + (f" --convs {convs}" if convs else "")
+    cmd += f" --steps {steps}" if steps else f" --minutes {minutes:g}"
     if l2_steps or l2_minutes:
         cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
     return cmd
@@ -246,6 +253,10 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _arch(r: Recipe) -> str:
+    return f"{r.convs} convs x {r.channels} channels" + (" at half resolution" if r.down == 2 else "")
 
 
 def _architecture_text(r: Recipe) -> str:
@@ -283,6 +294,9 @@ def main(argv=None) -> int:
                     help="processes drawing the training batches (0: in the training process; a few on a GPU)")
     ap.add_argument("--eval-every", type=int, help="steps between Set5 logs (default: the recipe's; raise it on a GPU)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
+    ap.add_argument("--channels", type=int, help="width instead of the recipe's (the budget still applies; "
+                                                 "give the run its own --ckpt)")
+    ap.add_argument("--convs", type=int, help="depth (3x3 convs) instead of the recipe's, likewise")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
@@ -290,12 +304,24 @@ def main(argv=None) -> int:
         if a.eval_every < 1:
             ap.error("--eval-every must be positive")
         r = dataclasses.replace(r, eval_every=a.eval_every)
+    arch = {k: v for k, v in (("channels", a.channels), ("convs", a.convs)) if v is not None}
+    if arch:
+        try:
+            r = dataclasses.replace(r, **arch)  # Recipe checks the ranges
+            build_model(r)  # and the budget, before any data is read
+        except ConfigError as e:
+            ap.error(str(e))
     data_root = a.data or default_data_root()
     l2_minutes = r.l2_minutes if a.l2_minutes is None else a.l2_minutes
-    model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
-                         minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                         workers=a.workers)
-    cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps)
+    try:
+        model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
+                             minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
+                             workers=a.workers)
+    except ConfigError as e:
+        print(f"python -m training.train: error: {e}", file=sys.stderr)
+        return 1
+    cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
+                  channels=a.channels, convs=a.convs)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
