@@ -264,6 +264,9 @@ def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["denoise", "--out", str(tmp_path), "--convs", "1"])
     assert e.value.code == 2 and "out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", "--out", str(tmp_path), "--batch", "0"])
+    assert e.value.code == 2 and "out of range" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -279,5 +282,5 @@ def test_card_command_records_architecture_overrides():
     from training.train import command
 
     assert command("denoise", minutes=19, l2_minutes=2) == "python -m training.train denoise --out DIR --minutes 19 --l2-minutes 2"
-    assert command("denoise", minutes=19, steps=5000, channels=40, convs=8) == \
-        "python -m training.train denoise --out DIR --channels 40 --convs 8 --steps 5000"
+    assert command("denoise", minutes=19, steps=5000, overrides={"channels": 40, "batch": 64}) == \
+        "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000"

@@ -39,6 +39,10 @@ log = logging.getLogger("training")
 DEFAULT_CKPT = Path("/var/tmp/edge-enhance/ckpt")
 CKPT_EVERY_S = 180.0
 VERSION = "1"
+# Recipe fields the train CLI can override (--channels 40 ...), for variants: the params / MACs budget
+# still applies, the card records them, and a variant wants its own --ckpt (another shape is refused).
+OVERRIDES = {"channels": "width (channels of every hidden conv)", "convs": "depth (3x3 convs)",
+             "patch": "side of an input training patch", "batch": "patches per step"}
 
 
 def build_model(r: Recipe) -> ResidualNet:
@@ -238,11 +242,11 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
 
 
 def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
-            l2_steps: int | None = None, channels: int | None = None, convs: int | None = None) -> str:
-    """The training command a card records: the budgets that were in force (steps over minutes)
-    and the architecture options that overrode the recipe's."""
+            l2_steps: int | None = None, overrides: dict | None = None) -> str:
+    """The training command a card records: the recipe options overridden (``OVERRIDES``) and the
+    budgets that were in force (steps over minutes)."""
     cmd = f"python -m training.train {name} --out DIR"
-    cmd += (f" --channels {channels}" if channels else "") + (f" --convs {convs}" if convs else "")
+    cmd += "".join(f" --{k} {v}" for k, v in (overrides or {}).items())
     cmd += f" --steps {steps}" if steps else f" --minutes {minutes:g}"
     if l2_steps or l2_minutes:
         cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
@@ -294,9 +298,8 @@ def main(argv=None) -> int:
                     help="processes drawing the training batches (0: in the training process; a few on a GPU)")
     ap.add_argument("--eval-every", type=int, help="steps between Set5 logs (default: the recipe's; raise it on a GPU)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
-    ap.add_argument("--channels", type=int, help="width instead of the recipe's (the budget still applies; "
-                                                 "give the run its own --ckpt)")
-    ap.add_argument("--convs", type=int, help="depth (3x3 convs) instead of the recipe's, likewise")
+    for k, what in OVERRIDES.items():
+        ap.add_argument(f"--{k}", type=int, help=f"{what} instead of the recipe's")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
@@ -304,10 +307,10 @@ def main(argv=None) -> int:
         if a.eval_every < 1:
             ap.error("--eval-every must be positive")
         r = dataclasses.replace(r, eval_every=a.eval_every)
-    arch = {k: v for k, v in (("channels", a.channels), ("convs", a.convs)) if v is not None}
-    if arch:
+    overrides = {k: getattr(a, k) for k in OVERRIDES if getattr(a, k) is not None}
+    if overrides:
         try:
-            r = dataclasses.replace(r, **arch)  # Recipe checks the ranges
+            r = dataclasses.replace(r, **overrides)  # Recipe checks the ranges
             build_model(r)  # and the budget, before any data is read
         except ConfigError as e:
             ap.error(str(e))
@@ -321,7 +324,7 @@ def main(argv=None) -> int:
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
     cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                  channels=a.channels, convs=a.convs)
+                  overrides=overrides)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
