@@ -284,3 +284,56 @@ def test_card_command_records_architecture_overrides():
     assert command("denoise", minutes=19, l2_minutes=2) == "python -m training.train denoise --out DIR --minutes 19 --l2-minutes 2"
     assert command("denoise", minutes=19, steps=5000, overrides={"channels": 40, "batch": 64}) == \
         "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000"
+
+
+@pytest.mark.parametrize("scale,down", [(2, 1), (1, 2)])
+def test_deepening_keeps_what_the_trained_net_computes(scale, down):
+    small = _perturbed(ResidualNet(scale, 6, 3, down=down))
+    big = ResidualNet(scale, 6, 5, down=down)
+    assert big.load_deepened(small.state_dict()) == 3
+    big.eval()
+    x = torch.rand(2, 3, 12, 16)
+    assert torch.allclose(big(x), small(x), atol=1e-6) and torch.allclose(big.forward_collapsed(x), small(x), atol=1e-5)
+    assert big.receptive_field == small.receptive_field + 4 * down
+    # The inserted convs are trainable: their 3x3 branch gets a gradient at once.
+    big.train()
+    big(x).sum().backward()
+    assert big.layers[2].k3.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="holds 5 convs; this net has 3"):
+        ResidualNet(scale, 6, 3, down=down).load_deepened(big.state_dict())
+    with pytest.raises(RuntimeError):
+        ResidualNet(scale, 8, 5, down=down).load_deepened(small.state_dict())
+
+
+def test_train_grows_a_checkpoint_and_the_card_says_so(tmp_path, data_root):
+    r = Recipe("t-grow", "sr", 2, channels=4, convs=2, patch=8, batch=2, eval_every=100)
+    images = _images(2, (60, 64))
+    small, st = train(r, ckpt_dir=tmp_path / "a", data_root=data_root, steps=3, images=images)
+    deep = dataclasses.replace(r, convs=4)
+    src = tmp_path / "a" / "last.pt"
+    model, state = train(deep, ckpt_dir=tmp_path / "b", data_root=data_root, steps=2, images=images, init_from=src)
+    assert state["step"] == 2 and state["init"]["convs"] == 2 and state["init"]["steps"] == 3
+    card = export_model(deep, model, state, tmp_path / "out", data_root=data_root, evaluate_sets=False)
+    assert card.extra["grown_from"]["recipe"] == "t-grow" and card.receptive_field == 9
+    # Resuming the grown run uses its own checkpoint, not the source again.
+    _, state = train(deep, ckpt_dir=tmp_path / "b", data_root=data_root, steps=4, images=images, init_from=src)
+    assert state["step"] == 4 and state["init"]["steps"] == 3
+    with pytest.raises(ConfigError, match=r"nope\.pt: no such checkpoint"):
+        train(deep, ckpt_dir=tmp_path / "c", data_root=data_root, steps=1, images=images, init_from=tmp_path / "nope.pt")
+    with pytest.raises(ConfigError, match=r"last\.pt: cannot grow it into 4 convs x 6 channels: its widths differ"):
+        train(dataclasses.replace(deep, channels=6), ckpt_dir=tmp_path / "c", data_root=data_root, steps=1,
+              images=images, init_from=src)
+    with pytest.raises(ConfigError, match="cannot grow it into 2 convs x 4 channels: it holds 4 convs"):
+        train(r, ckpt_dir=tmp_path / "c", data_root=data_root, steps=1, images=images,
+              init_from=tmp_path / "b" / "last.pt")
+    assert not (tmp_path / "c").exists()
+
+
+def test_train_cli_takes_a_learning_rate_and_a_source_to_grow(tmp_path, capsys):
+    from training.train import command, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", "--out", str(tmp_path), "--lr", "0"])
+    assert e.value.code == 2 and "lr and minutes must be positive" in capsys.readouterr().err
+    assert command("denoise", minutes=19, steps=9, overrides={"convs": 11, "lr": 0.0003}, init_from="ck/last.pt") == \
+        "python -m training.train denoise --out DIR --convs 11 --lr 0.0003 --init-from ck/last.pt --steps 9"

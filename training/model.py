@@ -139,6 +139,34 @@ class ResidualNet(nn.Module):
         """Input sides must be multiples of this."""
         return self.down
 
+    @torch.no_grad()
+    def load_deepened(self, sd: dict) -> int:
+        """Load the state dict of a trained net of the same width with fewer convs, so that this one
+        computes exactly what it did: its convs but the last keep their places, the last stays last,
+        and the convs in between start as identities (3x3 and 1x1 branches zero, identity branch on:
+        their input is post-ReLU, so ReLU(identity) passes it unchanged). Returns its number of convs.
+        Raises ValueError when the shapes do not fit."""
+        idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("layers.")})
+        n, new = len(idx), len(self.layers)
+        if n < 2 or idx != list(range(n)) or n > new:
+            raise ValueError(f"it holds {n} convs; this net has {new}")
+        for i in range(n - 1, new - 1):
+            layer = self.layers[i]
+            if not (isinstance(layer, RepConv) and layer.identity):
+                raise ValueError("the inserted convs need equal input and output widths")
+            for conv in (layer.k3, layer.k1):
+                conv.weight.zero_()
+                conv.bias.zero_()
+        renamed = {}
+        for k, v in sd.items():
+            if k.startswith("layers."):
+                i = int(k.split(".")[1])
+                k = f"layers.{new - 1 if i == n - 1 else i}." + k.split(".", 2)[2]
+            renamed[k] = v
+        keep = {k: v for k, v in self.state_dict().items() if k not in renamed}
+        self.load_state_dict({**keep, **renamed})  # RuntimeError on a width mismatch
+        return n
+
     def deploy_params(self) -> int:
         return sum(w.numel() + b.numel() for w, b in self.collapsed())
 

@@ -41,8 +41,9 @@ CKPT_EVERY_S = 180.0
 VERSION = "1"
 # Recipe fields the train CLI can override (--channels 40 ...), for variants: the params / MACs budget
 # still applies, the card records them, and a variant wants its own --ckpt (another shape is refused).
-OVERRIDES = {"channels": "width (channels of every hidden conv)", "convs": "depth (3x3 convs)",
-             "patch": "side of an input training patch", "batch": "patches per step"}
+OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs": (int, "depth (3x3 convs)"),
+             "patch": (int, "side of an input training patch"), "batch": (int, "patches per step"),
+             "lr": (float, "peak learning rate of the L1 phase (the L2 phase runs at a tenth)")}
 
 
 def build_model(r: Recipe) -> ResidualNet:
@@ -98,12 +99,17 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None = None,
           steps: int | None = None, seed: int = 0, images=None, l2_minutes: float = 0.0,
-          l2_steps: int | None = None, workers: int = 0) -> tuple[ResidualNet, dict]:
+          l2_steps: int | None = None, workers: int = 0,
+          init_from: Path | None = None) -> tuple[ResidualNet, dict]:
     """Train (or resume) until the budget is spent; returns the model and the checkpoint state.
 
     Then, if ``l2_minutes`` / ``l2_steps`` is given, fine-tune with the L2 loss (what PSNR measures)
     at a tenth of the learning rate on its own cosine schedule; its progress is kept apart in the
-    state (``l2_step``, ``l2_elapsed``) so it resumes and extends the same way."""
+    state (``l2_step``, ``l2_elapsed``) so it resumes and extends the same way.
+
+    ``init_from``: a fresh run (no checkpoint under ``ckpt_dir`` yet) starts from that trained
+    checkpoint of a shallower net of the same width, grown without changing what it computes
+    (:meth:`ResidualNet.load_deepened`); the state records it under ``init``."""
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget_s = 60.0 * (minutes if minutes is not None else r.minutes)
@@ -111,7 +117,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     model = build_model(r).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
     sampler = PatchSampler(r, images if images is not None else load_train_images(data_root), seed=seed)
-    state = {"step": 0, "elapsed": 0.0, "history": [], "l2_step": 0, "l2_elapsed": 0.0, "devices": []}
+    state = {"step": 0, "elapsed": 0.0, "history": [], "l2_step": 0, "l2_elapsed": 0.0, "devices": [],
+             "init": None}
     path = Path(ckpt_dir) / "last.pt"
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
@@ -124,6 +131,10 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
         sampler.rng.bit_generator.state = ck["rng"]
         state.update({k: ck[k] for k in state if k in ck})
         log.info("%s: resumed from %s at step %d (%.1f min)", r.name, path, state["step"], state["elapsed"] / 60)
+    elif init_from is not None:
+        state["init"] = _grow(model, Path(init_from), r, device)
+        log.info("%s: grown from %s (%d convs, %d steps)", r.name, init_from, state["init"]["convs"],
+                 state["init"]["steps"])
 
     def save():
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
@@ -227,6 +238,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
             "steps": state["step"] + state.get("l2_step", 0), "batch": r.batch, "patch": r.patch,
             "train_minutes": round((state["elapsed"] + state.get("l2_elapsed", 0.0)) / 60, 1),
             "train_seconds": round(state["elapsed"] + state.get("l2_elapsed", 0.0), 1),
+            **({"grown_from": state["init"]} if state.get("init") else {}),
             **({"l2_finetune": {"steps": state["l2_step"], "minutes": round(state["l2_elapsed"] / 60, 1),
                                 "lr": r.lr / 10}} if state.get("l2_step") else {}),
             "device": " then ".join(state.get("devices") or [_device_name(torch.device("cpu"))]),
@@ -242,15 +254,31 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
 
 
 def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
-            l2_steps: int | None = None, overrides: dict | None = None) -> str:
+            l2_steps: int | None = None, overrides: dict | None = None, init_from: Path | None = None) -> str:
     """The training command a card records: the recipe options overridden (``OVERRIDES``) and the
     budgets that were in force (steps over minutes)."""
     cmd = f"python -m training.train {name} --out DIR"
     cmd += "".join(f" --{k} {v}" for k, v in (overrides or {}).items())
+    cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps else f" --minutes {minutes:g}"
     if l2_steps or l2_minutes:
         cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
     return cmd
+
+
+def _grow(model: ResidualNet, src: Path, r: Recipe, device) -> dict:
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such checkpoint to grow from")
+    try:
+        ck = torch.load(src, map_location=device, weights_only=False)
+        n = model.load_deepened(ck["model"])
+    except (ValueError, RuntimeError, KeyError, EOFError, OSError) as e:
+        why = "its widths differ" if isinstance(e, RuntimeError) else str(e) or type(e).__name__
+        raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {why}") from None
+    return {"checkpoint": str(src), "recipe": ck.get("recipe"), "convs": n,
+            "steps": ck.get("step", 0) + ck.get("l2_step", 0),
+            "train_minutes": round((ck.get("elapsed", 0.0) + ck.get("l2_elapsed", 0.0)) / 60, 1),
+            "devices": ck.get("devices", [])}
 
 
 def _device_name(device: torch.device) -> str:
@@ -298,8 +326,11 @@ def main(argv=None) -> int:
                     help="processes drawing the training batches (0: in the training process; a few on a GPU)")
     ap.add_argument("--eval-every", type=int, help="steps between Set5 logs (default: the recipe's; raise it on a GPU)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
-    for k, what in OVERRIDES.items():
-        ap.add_argument(f"--{k}", type=int, help=f"{what} instead of the recipe's")
+    ap.add_argument("--init-from", type=Path, metavar="CKPT",
+                    help="start a fresh run from this trained last.pt of a shallower net of the same width: "
+                         "its convs are kept and the new ones start as identities (the output is unchanged)")
+    for k, (kind, what) in OVERRIDES.items():
+        ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
@@ -319,12 +350,12 @@ def main(argv=None) -> int:
     try:
         model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
                              minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                             workers=a.workers)
+                             workers=a.workers, init_from=a.init_from)
     except ConfigError as e:
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
     cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                  overrides=overrides)
+                  overrides=overrides, init_from=state["init"] and a.init_from)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
