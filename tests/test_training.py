@@ -320,12 +320,16 @@ def test_train_grows_a_checkpoint_and_the_card_says_so(tmp_path, data_root):
     assert state["step"] == 4 and state["init"]["steps"] == 3
     with pytest.raises(ConfigError, match=r"nope\.pt: no such checkpoint"):
         train(deep, ckpt_dir=tmp_path / "c", data_root=data_root, steps=1, images=images, init_from=tmp_path / "nope.pt")
-    with pytest.raises(ConfigError, match=r"last\.pt: cannot grow it into 4 convs x 6 channels: its widths differ"):
+    with pytest.raises(ConfigError, match=r"last\.pt: cannot grow it into 4 convs x 6 channels: its widths"):
         train(dataclasses.replace(deep, channels=6), ckpt_dir=tmp_path / "c", data_root=data_root, steps=1,
               images=images, init_from=src)
     with pytest.raises(ConfigError, match="cannot grow it into 2 convs x 4 channels: it holds 4 convs"):
         train(r, ckpt_dir=tmp_path / "c", data_root=data_root, steps=1, images=images,
               init_from=tmp_path / "b" / "last.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"junk\.pt: not a training checkpoint"):
+        train(deep, ckpt_dir=tmp_path / "c", data_root=data_root, steps=1, images=images, init_from=junk)
     assert not (tmp_path / "c").exists()
 
 

@@ -271,10 +271,16 @@ def _grow(model: ResidualNet, src: Path, r: Recipe, device) -> dict:
         raise ConfigError(f"{src}: no such checkpoint to grow from")
     try:
         ck = torch.load(src, map_location=device, weights_only=False)
+    except Exception as e:  # torch.load raises pickle, zip and OS errors alike on a file that is not one
+        raise ConfigError(f"{src}: not a training checkpoint ({type(e).__name__})") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise ConfigError(f"{src}: not a training checkpoint (no model state in it)")
+    try:
         n = model.load_deepened(ck["model"])
-    except (ValueError, RuntimeError, KeyError, EOFError, OSError) as e:
-        why = "its widths differ" if isinstance(e, RuntimeError) else str(e) or type(e).__name__
-        raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {why}") from None
+    except ValueError as e:
+        raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {e}") from None
+    except RuntimeError:
+        raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: its widths, scale or first conv differ") from None
     return {"checkpoint": str(src), "recipe": ck.get("recipe"), "convs": n,
             "steps": ck.get("step", 0) + ck.get("l2_step", 0),
             "train_minutes": round((ck.get("elapsed", 0.0) + ck.get("l2_elapsed", 0.0)) / 60, 1),
