@@ -145,7 +145,7 @@ class ResidualNet(nn.Module):
         computes exactly what it did: its convs but the last keep their places, the last stays last,
         and the convs in between start as identities (3x3 and 1x1 branches zero, identity branch on:
         their input is post-ReLU, so ReLU(identity) passes it unchanged). Returns its number of convs.
-        Raises ValueError when the shapes do not fit."""
+        Raises ValueError when the depths do not fit, RuntimeError (load_state_dict) when the widths do not."""
         idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("layers.")})
         n, new = len(idx), len(self.layers)
         if n < 2 or idx != list(range(n)) or n > new:
@@ -164,7 +164,7 @@ class ResidualNet(nn.Module):
                 k = f"layers.{new - 1 if i == n - 1 else i}." + k.split(".", 2)[2]
             renamed[k] = v
         keep = {k: v for k, v in self.state_dict().items() if k not in renamed}
-        self.load_state_dict({**keep, **renamed})  # RuntimeError on a width mismatch
+        self.load_state_dict({**keep, **renamed})
         return n
 
     def deploy_params(self) -> int:

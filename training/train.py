@@ -361,7 +361,7 @@ def main(argv=None) -> int:
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
     cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                  overrides=overrides, init_from=state["init"] and a.init_from)
+                  overrides=overrides, init_from=(state["init"] or {}).get("checkpoint"))
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
