@@ -308,7 +308,7 @@ def test_deepening_keeps_what_the_trained_net_computes(scale, down):
 def test_train_grows_a_checkpoint_and_the_card_says_so(tmp_path, data_root):
     r = Recipe("t-grow", "sr", 2, channels=4, convs=2, patch=8, batch=2, eval_every=100)
     images = _images(2, (60, 64))
-    small, st = train(r, ckpt_dir=tmp_path / "a", data_root=data_root, steps=3, images=images)
+    train(r, ckpt_dir=tmp_path / "a", data_root=data_root, steps=3, images=images)
     deep = dataclasses.replace(r, convs=4)
     src = tmp_path / "a" / "last.pt"
     model, state = train(deep, ckpt_dir=tmp_path / "b", data_root=data_root, steps=2, images=images, init_from=src)
