@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
                    help="weight rounding (default gptq: error-compensating)")
     p.add_argument("--cle", choices=("auto", "on", "off"), default="auto", help="cross-layer equalisation")
+    p.add_argument("--act-eq", choices=("auto", "on", "off"), default="auto",
+                   help="activation equalisation: rescale channels so each uses more of its tensor's int8 range")
     p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--max-drop", type=number(float, lo=0, unit="dB"), metavar="DB",
                    help="largest PSNR drop allowed on the quick set; layers go to 16x8 as needed and nothing "
@@ -79,14 +81,14 @@ def main(args) -> int:
     say(f"calibration: {len(calib)} crops from {calib.source}")
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
     res = quantize_model(g, calib, method=args.method, io=args.io, cle=_flag(args.cle),
-                         bias_correction=_flag(args.bias_correction), rounding=args.rounding,
+                         act_eq=_flag(args.act_eq), bias_correction=_flag(args.bias_correction), rounding=args.rounding,
                          max_drop=args.max_drop, keep_16x8=keep, progress=say)
     tmp = temp_beside(out)
     try:
         write_tflite(res.graph, tmp, tile=tile, d2s_as_transpose_conv=args.d2s_as_transpose_conv)
         rep = {"model": str(src), "output": str(out), "precision": args.precision, "method": args.method,
-               "rounding": args.rounding,
-               "cle": res.report.cle, "bias_correction": res.report.bias_correction, "io": args.io,
+               "rounding": args.rounding, "cle": res.report.cle, "act_eq": res.report.act_eq,
+               "bias_correction": res.report.bias_correction, "io": args.io,
                "calibration": {"float_psnr": res.report.float_psnr, "quant_psnr": res.report.quant_psnr},
                "variants": res.report.variants,
                "layers": [{"name": r.name, "precision": r.precision, "sqnr_db": r.sqnr_db, "alone_drop_db": r.drop_db}

@@ -126,7 +126,7 @@ def quantised_graph(model, rng):
     outs = [executor.run(g, {g.inputs[0]: x})[g.outputs[0]][0] for x in xs]
     targets = [(np.clip(o, 0, 1) * 255).round().astype(np.uint8) for o in outs]
     return quantize_model(g, CalibSet(xs, targets, "test"), method="minmax", rounding="nearest", cle=False,
-                          bias_correction=False, sensitivity=False).graph
+                          act_eq=False, bias_correction=False, sensitivity=False).graph
 
 
 def calib_dir(tmp_path):

@@ -249,8 +249,8 @@ def test_half_res_net_int8_and_int16x8_through_the_quantiser(tmp_path, half_res_
     x = np.round(np.random.default_rng(3).uniform(0, 1, (1, 3, 26, 34)) * 255).astype(np.float32) / 255
     want = run_ort(model, x)
     for keep in (frozenset(), frozenset(n.name for n in g.nodes if n.op in INT16_OPS)):
-        q = quantize_graph(g, calib, method="minmax", keep_16x8=keep, cle=False, bias_correction=False,
-                           sensitivity=False, rounding="nearest")
+        q = quantize_graph(g, calib, method="minmax", keep_16x8=keep, cle=False, act_eq=False,
+                           bias_correction=False, sensitivity=False, rounding="nearest")
         sim = executor.run(q, {q.inputs[0]: x.transpose(0, 2, 3, 1)}, simulate_quant=True)[q.outputs[0]]
         for tile in (None, (26, 34)):
             path = write_tflite(q, tmp_path / f"q{len(keep)}{'' if tile is None else '_tile'}.tflite", tile=tile)

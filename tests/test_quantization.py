@@ -209,8 +209,8 @@ def test_timing_refuses_a_size_the_model_cannot_take(tmp_path):
 
 def test_quantize_rejects_bad_options(sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
-    for kw in ({"method": "kl"}, {"io": "int4"}, {"cle": "maybe"}, {"keep_16x8": {"nope"}}, {"max_drop": -1},
-               {"rounding": "up"}):
+    for kw in ({"method": "kl"}, {"io": "int4"}, {"cle": "maybe"}, {"act_eq": "yes"}, {"keep_16x8": {"nope"}},
+               {"max_drop": -1}, {"rounding": "up"}):
         with pytest.raises(ConfigError):
             qz.quantize_model(sr_graph, c, **kw)
 
@@ -259,7 +259,8 @@ def test_im2col_matches_the_executor_conv():
 
 def test_residual_lands_on_the_output_grid(sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
-    g = qz.quantize_graph(sr_graph, c, method="minmax", cle=False, bias_correction=False, sensitivity=False)
+    g = qz.quantize_graph(sr_graph, c, method="minmax", cle=False, act_eq=False, bias_correction=False,
+                          sensitivity=False)
     add = next(n for n in g.nodes if n.op == "Add")
     out_q = g.tensors[g.outputs[0]].quant
     assert float(out_q.scale[0]) == pytest.approx(1 / 255) and int(out_q.zero_point[0]) == -128
@@ -312,7 +313,7 @@ def _teacher_set(g, c, noise=3.0):
 def test_mixed_precision_keeps_sensitive_layers_at_16x8(sr_graph, calib_dir):
     sr_graph = _badly_scaled(sr_graph)
     c = _teacher_set(sr_graph, calibration_set(calib_dir, config=SMALL))
-    kw = dict(cle=False, bias_correction=False, rounding="nearest")
+    kw = dict(cle=False, act_eq=False, bias_correction=False, rounding="nearest")
     loose = qz.quantize_model(sr_graph, c, max_drop=100.0, **kw)
     assert all(r.precision == "int8" for r in loose.report.layers)
     tight = qz.quantize_model(sr_graph, c, max_drop=0.0, **kw)
@@ -326,10 +327,41 @@ def test_mixed_precision_keeps_sensitive_layers_at_16x8(sr_graph, calib_dir):
 def test_cle_auto_repairs_a_badly_scaled_pair(sr_graph, calib_dir):
     g = _badly_scaled(sr_graph)
     c = _teacher_set(g, calibration_set(calib_dir, config=SMALL))
-    r = qz.quantize_model(g, c, method="minmax", rounding="nearest", bias_correction=False,
+    r = qz.quantize_model(g, c, method="minmax", rounding="nearest", act_eq=False, bias_correction=False,
                           sensitivity=False)
-    assert r.report.cle
-    assert r.report.variants["cle=off,bc=off"] > r.report.variants["cle=on,bc=off"] + 0.5
+    assert r.report.cle and not r.report.act_eq
+    assert r.report.variants["cle=off,ae=off,bc=off"] > r.report.variants["cle=on,ae=off,bc=off"] + 0.5
+
+
+def test_activation_equalisation_preserves_fp32_outputs_and_balances_channel_peaks(sr_graph, calib_dir):
+    g = _badly_scaled(sr_graph, k=1 / 50)  # conv1's channel 0 now peaks far below the others
+    c = calibration_set(calib_dir, config=SMALL)
+    a, _ = qz.conv_pairs(g)[0]
+
+    def peaks(graph):
+        runs = [executor.run(graph, {graph.inputs[0]: x}, keep_all=True)[a.outputs[0]] for x in c.inputs]
+        return np.max([np.abs(v).max(axis=(0, 1, 2)) for v in runs], axis=0)
+
+    x = c.inputs[0]
+    before, p0 = executor.run(g, {g.inputs[0]: x})[g.outputs[0]], peaks(g)
+    e = copy.deepcopy(g)
+    assert qz.equalize_activations(e, c, alpha=1.0) == 2
+    np.testing.assert_allclose(executor.run(e, {e.inputs[0]: x})[e.outputs[0]], before, atol=1e-5)
+    p1 = peaks(e)
+    np.testing.assert_allclose(p1[p0 > 0], p0.max(), rtol=1e-4)  # alpha 1: every live channel at the top
+    h = copy.deepcopy(g)
+    qz.equalize_activations(h, c, alpha=0.5)
+    np.testing.assert_allclose(peaks(h)[p0 > 0], np.sqrt(p0[p0 > 0] * p0.max()), rtol=1e-4)
+
+
+def test_act_eq_auto_repairs_a_starved_channel(sr_graph, calib_dir):
+    g = _badly_scaled(sr_graph, k=1 / 300)
+    c = _teacher_set(g, calibration_set(calib_dir, config=SMALL))
+    r = qz.quantize_model(g, c, method="minmax", rounding="nearest", cle=False, bias_correction=False,
+                          sensitivity=False)
+    assert r.report.act_eq and not r.report.cle
+    assert r.report.variants["cle=off,ae=off,bc=off"] > r.report.variants["cle=off,ae=on,bc=off"] + 0.1
+    assert any("activation equalisation on" in line for line in r.report.lines())
 
 
 @pytest.mark.parametrize("keep", [{"conv2"}, {"conv1", "residual"}, {"conv1", "conv2", "conv3", "residual"}])
@@ -338,7 +370,7 @@ def test_16x8_layers_run_in_litert_like_the_simulation(tmp_path, sr_graph, calib
     from tests.conversion_testkit import run_tflite
 
     c = calibration_set(calib_dir, config=SMALL)
-    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8=keep, cle=False, bias_correction=False,
+    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8=keep, cle=False, act_eq=False, bias_correction=False,
                           sensitivity=False, rounding="nearest")
     for n in g.nodes:
         dt = g.tensors[n.outputs[0]].quant.dtype
@@ -363,8 +395,8 @@ def test_int8_to_int16_boundary_spans_the_int8_grid(sr_graph, calib_dir):
     not clip it to the calibrated range of the Concat (lower when calibration pixels stay below 1)."""
     c = calibration_set(calib_dir, config=SMALL)
     assert max(float(x.max()) for x in c.inputs) < 0.95  # the smooth photos never reach white
-    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8={"residual"}, cle=False, bias_correction=False,
-                          sensitivity=False, rounding="nearest")
+    g = qz.quantize_graph(sr_graph, c, method="minmax", keep_16x8={"residual"}, cle=False, act_eq=False,
+                          bias_correction=False, sensitivity=False, rounding="nearest")
     add = next(n for n in g.nodes if n.name == "residual")
     conv = next(i for i in add.inputs if g.tensors[i].quant.dtype == "int16" and i.startswith("rep"))
     assert float(g.tensors[conv].quant.scale[0]) * 32767 >= 1.0 - 1e-6
@@ -374,7 +406,7 @@ def test_int16_ranges_are_min_max_with_headroom(sr_graph, calib_dir):
     """int16 steps are fine enough to cover every calibration value twice over (a photo's peaks
     exceed a few crops'), whatever observer int8 uses (a 90th percentile here)."""
     c = calibration_set(calib_dir, config=SMALL)
-    g = qz.quantize_graph(sr_graph, c, method="percentile", percentile=90.0, keep_16x8={"conv2"}, cle=False,
+    g = qz.quantize_graph(sr_graph, c, method="percentile", percentile=90.0, keep_16x8={"conv2"}, cle=False, act_eq=False,
                           bias_correction=False, sensitivity=False, rounding="nearest")
     out = next(n for n in g.nodes if n.name == "conv2").outputs[0]
     peak = max(float(np.abs(executor.run(g, {g.inputs[0]: x}, keep_all=True)[out]).max()) for x in c.inputs)
@@ -383,7 +415,7 @@ def test_int16_ranges_are_min_max_with_headroom(sr_graph, calib_dir):
 
 def test_16x8_needs_float_io(tmp_path, sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
-    g = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, io="int8", cle=False, bias_correction=False,
+    g = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, io="int8", cle=False, act_eq=False, bias_correction=False,
                           sensitivity=False)
     with pytest.raises(ConfigError, match="float model I/O"):
         qz.write_tflite(g, tmp_path / "m.tflite")

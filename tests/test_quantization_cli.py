@@ -49,7 +49,7 @@ def test_quantize_writes_an_int8_model_and_reports(setup, capsys, tmp_path):
     model, calib, ev = setup
     out = tmp_path / "q.tflite"
     rc, cap = _run(["quantize", str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16",
-                    "--eval", str(ev), "--cle", "off", "--bias-correction", "off", "-o", str(out), "--json", "-q"],
+                    "--eval", str(ev), "--cle", "off", "--act-eq", "off", "--bias-correction", "off", "-o", str(out), "--json", "-q"],
                    capsys)
     assert rc == 0, cap.err
     rep = json.loads(cap.out)
@@ -64,7 +64,7 @@ def test_quantize_writes_an_int8_model_and_reports(setup, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("command,extra", [
-    ("quantize", ["--cle", "off", "--bias-correction", "off", "--rounding", "nearest"]),
+    ("quantize", ["--cle", "off", "--act-eq", "off", "--bias-correction", "off", "--rounding", "nearest"]),
     ("prune", ["--target-macs", "0.3", "--multiple", "1"]),
 ])
 def test_a_missed_bar_writes_nothing_unless_forced(setup, capsys, tmp_path, command, extra):
@@ -133,7 +133,7 @@ def test_bundled_sr_x2_rt_int16x8_loses_less_than_int8_in_litert(tmp_path, capsy
     for precision in ("int8", "int16x8"):
         out = tmp_path / f"m.{precision}.tflite"
         rc, cap = _run(["quantize", str(src), "--precision", precision, "--calib-count", "8", "--calib-crop", "64",
-                        "--cle", "off", "--bias-correction", "off", "-o", str(out), "--json", "-q"], capsys)
+                        "--cle", "off", "--act-eq", "off", "--bias-correction", "off", "-o", str(out), "--json", "-q"], capsys)
         assert rc == 0, cap.err
         rep = json.loads(cap.out)
         drops[precision] = rep["eval"]["drop_db"]
