@@ -106,18 +106,25 @@ def tiny(tmp_path, monkeypatch):
     return {"root": root, "ckpt": tmp_path / "ck" / "last.pt", "onnx": tmp_path / "src" / f"{r.name}.onnx"}
 
 
-@pytest.mark.parametrize("source,ranges", [("ckpt", "ema"), ("onnx", "ema"), ("onnx", "calib")])
-def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges):
+@pytest.mark.parametrize("source,ranges,extra,want", [
+    ("ckpt", "ema", [], "ema ranges"),
+    ("onnx", "ema", ["--loss", "l2"], "ema ranges"),
+    ("onnx", "calib", [], "calib ranges (percentile)"),
+    ("onnx", "calib", ["--method", "mse", "--loss", "l2"], "calib ranges (mse)"),
+])
+def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, extra, want):
     out = tmp_path / "out"
     argv = ["t-qat", "--from", str(tiny[source]), "--steps", "3", "--out", str(out), "--data", str(tiny["root"]),
-            "--no-eval", "--ranges", ranges]
+            "--no-eval", "--ranges", ranges] + extra
     if ranges == "calib":
         argv += ["--calib", str(calib_dir(tmp_path))]
     assert qat.main(argv) == 0
     path = out / "t-qat.onnx"
     onnx.checker.check_model(onnx.load(str(path)))
     card = ex.read_card(path)
-    assert card.extra["qat"]["steps"] == 3 and card.extra["qat"]["activations"].endswith(f"{ranges} ranges")
+    assert card.extra["qat"]["steps"] == 3 and card.extra["qat"]["activations"].endswith(want)
+    loss = "l2" if "l2" in extra else "l1"
+    assert card.extra["qat"]["loss"] == loss and f"--loss {loss}" in card.extra["recipe"]
     assert card.extra["steps"] == 2 and "training.qat" in card.extra["recipe"]  # the source's own training
     x = np.random.default_rng(0).random((1, 3, 9, 7), dtype=np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -141,4 +148,6 @@ def test_cli_refuses_bad_sources_and_writes_nothing(tmp_path, tiny, monkeypatch)
                       "--no-eval"])
     with pytest.raises(ConfigError, match="--calib applies to --ranges calib only"):
         qat.main(["t-qat", "--from", str(tiny["onnx"]), "--steps", "1", "--out", str(out), "--calib", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--method applies to --ranges calib only"):
+        qat.main(["t-qat", "--from", str(tiny["onnx"]), "--steps", "1", "--out", str(out), "--method", "mse"])
     assert not out.exists()

@@ -9,7 +9,7 @@ quantisation of the result loses less. What is simulated is what quantization.qu
 * the input and the output: the 8-bit pixel grid (1/255, zero point -128);
 * each hidden conv output: asymmetric int8 per tensor over a range that is an EMA of batch min / max
   (``--ranges ema``) or fixed by our calibration (``--ranges calib``: the default calibration set
-  or ``--calib DIR``, the percentile observer of ``edge-enhance quantize``);
+  or ``--calib DIR``, the observer ``--method`` of ``edge-enhance quantize``, default percentile);
 * the residual: on the output grid, as ``quantization.quantize.residual_params`` puts it.
 
 Rounding is half away from zero (TFLite, ``conversion.executor``); gradients pass straight through
@@ -33,7 +33,7 @@ from torch import nn
 from conversion.onnx_import import from_onnx
 from edge_enhance.card import CARD_KEY, ModelCard
 from edge_enhance.errors import ConfigError
-from quantization.calibration import RangeStats, calibration_set
+from quantization.calibration import METHODS, RangeStats, calibration_set
 from quantization.quantize import (activation_params, assign_activation_params, collect_stats,
                                    quantize_all_weights, residual_params)
 
@@ -219,8 +219,12 @@ def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]
 
 
 # --------------------------------------------------------------------------- fine-tuning
-def finetune(r: Recipe, qnet: QATNet, images, *, steps: int, lr: float, seed: int = 0) -> float:
-    """Adam + L1 on the fake-quantised forward, cosine learning rate from ``lr``; returns seconds."""
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
+
+def finetune(r: Recipe, qnet: QATNet, images, *, steps: int, lr: float, seed: int = 0, loss: str = "l1") -> float:
+    """Adam + ``loss`` (l1 / l2) on the fake-quantised forward, cosine learning rate from ``lr``;
+    returns seconds."""
     torch.manual_seed(seed)
     try:
         sampler = PatchSampler(r, images, seed=seed)
@@ -233,12 +237,12 @@ def finetune(r: Recipe, qnet: QATNet, images, *, steps: int, lr: float, seed: in
         for g in opt.param_groups:
             g["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         x, y = sampler.sample()
-        loss = F.l1_loss(qnet(x), y)
+        err = LOSSES[loss](qnet(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        err.backward()
         opt.step()
         if (step + 1) % 50 == 0 or step + 1 == steps:
-            log.info("%s qat: step %d/%d  loss %.5f", r.name, step + 1, steps, loss.item())
+            log.info("%s qat: step %d/%d  loss %.5f", r.name, step + 1, steps, err.item())
     qnet.eval()
     return time.monotonic() - t0
 
@@ -255,6 +259,10 @@ def main(argv=None) -> int:
                     help="activation ranges: EMA of batch min/max, or fixed by our calibration")
     ap.add_argument("--calib", type=Path, help="calibration images for --ranges calib (default: the seeded "
                                                "crops of shared/data/train `edge-enhance quantize` uses)")
+    ap.add_argument("--method", choices=METHODS, help="range observer for --ranges calib (default percentile; "
+                                                      "use the one the model will be quantised with)")
+    ap.add_argument("--loss", choices=sorted(LOSSES), default="l1",
+                    help="l1 (default) or l2, the loss PSNR measures (a recipe whose last phase was L2)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
     a = ap.parse_args(argv)
@@ -263,21 +271,26 @@ def main(argv=None) -> int:
     r = get(a.name)
     if a.steps < 1:
         raise ConfigError(f"--steps {a.steps} must be at least 1")
-    if a.calib is not None and a.ranges != "calib":
-        raise ConfigError("--calib applies to --ranges calib only")
+    for flag, v in (("--calib", a.calib), ("--method", a.method)):
+        if v is not None and a.ranges != "calib":
+            raise ConfigError(f"{flag} applies to --ranges calib only")
+    method = a.method or "percentile"
     lr = a.lr if a.lr is not None else r.lr / 10
     if not lr > 0:
         raise ConfigError(f"--lr {lr} must be positive")
     net, state = load_source(r, a.source)
     qnet = QATNet(net)
     if a.ranges == "calib":
-        qnet.set_ranges(calibrated_ranges(net, calibration_set(a.calib, task=r.task, scale=r.scale, align=net.align)))
+        calib = calibration_set(a.calib, task=r.task, scale=r.scale, align=net.align)
+        qnet.set_ranges(calibrated_ranges(net, calib, method))
     data_root = a.data or default_data_root()
-    seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr)
+    seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     state = {"step": state["step"], "elapsed": state["elapsed"] + seconds}
-    cmd = f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges} --out DIR"
-    qat = {"from": str(a.source), "steps": a.steps, "lr": lr, "seconds": round(seconds, 1),
-           "weights": "int8 symmetric per output channel", "activations": f"int8 asymmetric per tensor, {a.ranges} ranges",
+    ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
+    cmd = (f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
+           + (f" --method {method}" if a.ranges == "calib" else "") + f" --loss {a.loss} --out DIR")
+    qat = {"from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "seconds": round(seconds, 1),
+           "weights": "int8 symmetric per output channel", "activations": f"int8 asymmetric per tensor, {ranges}",
            "ranges": [[round(float(lo), 6), round(float(hi), 6)] for lo, hi in zip(qnet.lo, qnet.hi)]}
     card = export_model(r, net, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd,
                         extra={"qat": qat})
