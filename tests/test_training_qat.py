@@ -86,6 +86,32 @@ def test_ranges_from_our_calibration_are_fixed():
     np.testing.assert_allclose(q.lo.numpy(), [lo for lo, _ in ranges], rtol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1, 2])
+def test_equalize_net_keeps_the_function_and_evens_channel_peaks(scale):
+    from quantization.calibration import CalibSet
+
+    torch.manual_seed(0)
+    net = ResidualNet(scale, 6, 3)
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+        net.layers[0].k3.weight[0] *= 20  # one loud channel out of the first conv
+    xs = [np.random.default_rng(i).random((1, 12, 12, 3), dtype=np.float32) for i in range(3)]
+    x = torch.from_numpy(np.concatenate(xs)).permute(0, 3, 1, 2)
+
+    def first_peaks():
+        w, b = net.layers[0].fused()
+        return torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1)).amax(dim=(0, 2, 3))
+
+    with torch.no_grad():
+        before, p0 = net(x), first_peaks()
+        qat.equalize_net(net, CalibSet(xs, [None] * 3, "test"))
+        after, p1 = net(x), first_peaks()
+    np.testing.assert_allclose(after.numpy(), before.numpy(), atol=1e-4)
+    live0, live1 = p0[p0 > 0], p1[p1 > 0]
+    assert float(live1.min() / live1.max()) > 2 * float(live0.min() / live0.max())
+
+
 def test_unset_ranges_are_refused():
     with pytest.raises(ConfigError, match="ranges are not set"):
         qat.QATNet(ResidualNet(2, 4, 3)).eval()(torch.rand(1, 3, 8, 8))
@@ -111,6 +137,7 @@ def tiny(tmp_path, monkeypatch):
     ("onnx", "ema", ["--loss", "l2"], "ema ranges"),
     ("onnx", "calib", [], "calib ranges (percentile)"),
     ("onnx", "calib", ["--method", "mse", "--loss", "l2"], "calib ranges (mse)"),
+    ("onnx", "calib", ["--method", "mse", "--act-eq"], "calib ranges (mse)"),
 ])
 def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, extra, want):
     out = tmp_path / "out"
@@ -125,6 +152,7 @@ def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, ex
     assert card.extra["qat"]["steps"] == 3 and card.extra["qat"]["activations"].endswith(want)
     loss = "l2" if "l2" in extra else "l1"
     assert card.extra["qat"]["loss"] == loss and f"--loss {loss}" in card.extra["recipe"]
+    assert card.extra["qat"]["act_eq"] == ("--act-eq" in extra) == ("--act-eq" in card.extra["recipe"])
     assert card.extra["steps"] == 2 and "training.qat" in card.extra["recipe"]  # the source's own training
     x = np.random.default_rng(0).random((1, 3, 9, 7), dtype=np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -146,7 +174,7 @@ def test_cli_refuses_bad_sources_and_writes_nothing(tmp_path, tiny, monkeypatch)
         with pytest.raises(ConfigError, match=msg):
             qat.main([name, "--from", str(src), "--steps", "1", "--out", str(out), "--data", str(tiny["root"]),
                       "--no-eval"])
-    with pytest.raises(ConfigError, match="--calib applies to --ranges calib only"):
+    with pytest.raises(ConfigError, match="--calib applies to --ranges calib or --act-eq only"):
         qat.main(["t-qat", "--from", str(tiny["onnx"]), "--steps", "1", "--out", str(out), "--calib", str(tmp_path)])
     with pytest.raises(ConfigError, match="--method applies to --ranges calib only"):
         qat.main(["t-qat", "--from", str(tiny["onnx"]), "--steps", "1", "--out", str(out), "--method", "mse"])

@@ -35,7 +35,7 @@ from edge_enhance.card import CARD_KEY, ModelCard
 from edge_enhance.errors import ConfigError
 from quantization.calibration import METHODS, RangeStats, calibration_set
 from quantization.quantize import (activation_params, assign_activation_params, collect_stats,
-                                   quantize_all_weights, residual_params)
+                                   equalize_activations, quantize_all_weights, residual_params)
 
 from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
@@ -197,16 +197,7 @@ def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]
     want = [tuple(_branches(layer)[0].weight.shape) for layer in net.layers]
     if shapes != want or any(len(n.input) < 3 or n.input[2] not in inits for n in convs):
         raise ConfigError(f"{p}: conv weights {shapes} are not recipe {r.name}'s {want} (with biases)")
-    with torch.no_grad():  # the collapsed conv goes into the 3x3 branch; 1x1 and identity cancel
-        for layer, n in zip(net.layers, convs):
-            main, extra = _branches(layer)
-            w = torch.from_numpy(inits[n.input[1]].astype(np.float32)).clone()
-            if getattr(layer, "identity", False):
-                w[:, :, 1, 1] -= torch.eye(layer.cout)
-            main.weight.copy_(w)
-            main.bias.copy_(torch.from_numpy(inits[n.input[2]].astype(np.float32)))
-            extra.weight.zero_()
-            extra.bias.zero_()
+    _load_collapsed(net, [(inits[n.input[1]], inits[n.input[2]]) for n in convs])
     err = ex.max_abs_error(net, m)
     if err >= 1e-4:
         raise ConfigError(f"{p}: not a {r.name} network as training.export writes it "
@@ -216,6 +207,34 @@ def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]
         raise ConfigError(f"{p}: a {card.task} x{card.scale} model, recipe {r.name} is {r.task} x{r.scale}")
     extra = card.extra if card is not None else {}
     return net, {"step": int(extra.get("steps", 0)), "elapsed": float(extra.get("train_seconds", 0.0))}
+
+
+def _load_collapsed(net: ResidualNet, convs) -> None:
+    """Load collapsed (OIHW weight, bias) pairs into the training blocks: the main branch takes each,
+    less the identity the block adds; the other branch is zeroed."""
+    with torch.no_grad():
+        for layer, (w, b) in zip(net.layers, convs):
+            main, extra = _branches(layer)
+            w = torch.tensor(np.asarray(w, np.float32))
+            if getattr(layer, "identity", False):
+                w[:, :, 1, 1] -= torch.eye(layer.cout)
+            main.weight.copy_(w)
+            main.bias.copy_(torch.tensor(np.asarray(b, np.float32)))
+            extra.weight.zero_()
+            extra.bias.zero_()
+
+
+def equalize_net(net: ResidualNet, calib) -> None:
+    """Activation equalisation of the network, in place (quantization.quantize.equalize_activations on
+    its exported graph): the function is unchanged, each hidden tensor's channels are rescaled as
+    ``edge-enhance quantize --act-eq on`` would rescale them."""
+    g = from_onnx(ex.build_onnx(net))
+    equalize_activations(g, calib)
+    convs = [n for n in g.nodes if n.op == "Conv"]
+    if len(convs) != len(net.layers):
+        raise ConfigError(f"{len(convs)} convs in the exported graph, the network has {len(net.layers)}")
+    _load_collapsed(net, [(g.tensors[n.inputs[1]].data.transpose(0, 3, 1, 2), g.tensors[n.inputs[2]].data)
+                          for n in convs])
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -261,6 +280,9 @@ def main(argv=None) -> int:
                                                "crops of shared/data/train `edge-enhance quantize` uses)")
     ap.add_argument("--method", choices=METHODS, help="range observer for --ranges calib (default percentile; "
                                                       "use the one the model will be quantised with)")
+    ap.add_argument("--act-eq", action="store_true",
+                    help="start from the activation-equalised network (the channel scaling `edge-enhance quantize "
+                         "--act-eq on` applies); quantise the result with --act-eq off --rounding nearest")
     ap.add_argument("--loss", choices=sorted(LOSSES), default="l1",
                     help="l1 (default) or l2, the loss PSNR measures (a recipe whose last phase was L2)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
@@ -271,25 +293,32 @@ def main(argv=None) -> int:
     r = get(a.name)
     if a.steps < 1:
         raise ConfigError(f"--steps {a.steps} must be at least 1")
-    for flag, v in (("--calib", a.calib), ("--method", a.method)):
-        if v is not None and a.ranges != "calib":
-            raise ConfigError(f"{flag} applies to --ranges calib only")
+    if a.method is not None and a.ranges != "calib":
+        raise ConfigError("--method applies to --ranges calib only")
+    if a.calib is not None and a.ranges != "calib" and not a.act_eq:
+        raise ConfigError("--calib applies to --ranges calib or --act-eq only")
     method = a.method or "percentile"
     lr = a.lr if a.lr is not None else r.lr / 10
     if not lr > 0:
         raise ConfigError(f"--lr {lr} must be positive")
     net, state = load_source(r, a.source)
+    calib = None
+    if a.ranges == "calib" or a.act_eq:
+        calib = calibration_set(a.calib, task=r.task, scale=r.scale, align=net.align)
+    if a.act_eq:
+        equalize_net(net, calib)
     qnet = QATNet(net)
     if a.ranges == "calib":
-        calib = calibration_set(a.calib, task=r.task, scale=r.scale, align=net.align)
         qnet.set_ranges(calibrated_ranges(net, calib, method))
     data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     state = {"step": state["step"], "elapsed": state["elapsed"] + seconds}
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
     cmd = (f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
-           + (f" --method {method}" if a.ranges == "calib" else "") + f" --loss {a.loss} --out DIR")
-    qat = {"from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "seconds": round(seconds, 1),
+           + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
+           + f" --loss {a.loss} --out DIR")
+    qat = {"from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "act_eq": a.act_eq,
+           "seconds": round(seconds, 1),
            "weights": "int8 symmetric per output channel", "activations": f"int8 asymmetric per tensor, {ranges}",
            "ranges": [[round(float(lo), 6), round(float(hi), 6)] for lo, hi in zip(qnet.lo, qnet.hi)]}
     card = export_model(r, net, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd,
