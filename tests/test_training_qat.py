@@ -179,3 +179,32 @@ def test_cli_refuses_bad_sources_and_writes_nothing(tmp_path, tiny, monkeypatch)
     with pytest.raises(ConfigError, match="--method applies to --ranges calib only"):
         qat.main(["t-qat", "--from", str(tiny["onnx"]), "--steps", "1", "--out", str(out), "--method", "mse"])
     assert not out.exists()
+
+
+def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny, monkeypatch):
+    from training import bundle as bd
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shipped = models / "t-qat.onnx"
+    shipped.write_bytes(tiny["onnx"].read_bytes())
+    data = tmp_path / "eval"
+    (data / "tiny").mkdir(parents=True)
+    for i, im in enumerate(_images(2, (24, 20), seed=5)):
+        Image.fromarray(im).save(data / "tiny" / f"{i}.png")
+    monkeypatch.setattr(bd, "MODELS_DIR", models)
+    monkeypatch.setitem(bd.SETTINGS, "sr", [("tiny", "tiny", {})])
+    with pytest.raises(ConfigError, match="t-qat.onnx: not a training.qat fine-tune of t-qat.onnx"):
+        bd.bundle("t-qat", data, weights=shipped, rounding="nearest")
+    assert not (models / "t-qat.int8.tflite").exists()
+    out = tmp_path / "qat"
+    assert qat.main(["t-qat", "--from", str(shipped), "--steps", "2", "--out", str(out), "--data", str(tiny["root"]),
+                     "--no-eval"]) == 0
+    before = shipped.read_bytes()
+    rep = bd.bundle("t-qat", data, weights=out / "t-qat.onnx", rounding="nearest")
+    assert shipped.read_bytes() == before  # the fp32 file that ships is untouched
+    from edge_enhance.backends import read_card
+
+    card = read_card(models / "t-qat.int8.tflite")
+    assert card.extra["qat"]["steps"] == 2 and card.extra["quantization"]["rounding"] == "nearest"
+    assert card.extra["psnr_fp32"] == ex.read_card(shipped).extra.get("psnr") and set(rep["int8"]) == {"tiny"}

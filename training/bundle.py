@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.errors import ConfigError
 from edge_enhance.models import MODELS_DIR
 
 SR_SETS = ("Set5", "Set14", "BSD100")
@@ -28,7 +29,10 @@ SETTINGS = {  # task -> [(label, dataset, evaluate() keyword)]
 }
 
 
-def bundle(name: str, data: Path, method: str = "percentile") -> dict:
+def bundle(name: str, data: Path, method: str = "percentile", weights: Path | None = None,
+           rounding: str = "gptq") -> dict:
+    """Quantise ``edge_enhance/models/<name>.onnx`` (or ``weights``: a ``training.qat`` fine-tune of
+    it, whose int8 file ships beside the untouched fp32 one) and measure the int8 file."""
     from edge_enhance.enhancer import Enhancer
     from edge_enhance.evaluation import evaluate
     from quantization.calibration import calibration_set
@@ -38,8 +42,16 @@ def bundle(name: str, data: Path, method: str = "percentile") -> dict:
     src = MODELS_DIR / f"{name}.onnx"
     out = MODELS_DIR / f"{name}.int8.tflite"
     t0 = time.perf_counter()
-    g, card = load_model(src)
-    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale, align=card.align), method=method)
+    g, card = load_model(weights or src)
+    fp32 = None
+    if weights is not None:
+        _, shipped = load_model(src)
+        if (card.name, card.task, card.scale) != (shipped.name, shipped.task, shipped.scale) or "qat" not in card.extra:
+            raise ConfigError(f"{weights}: not a training.qat fine-tune of {src.name} (its card: {card.name}, "
+                              f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
+        fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
+    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale, align=card.align), method=method,
+                         rounding=rounding)
     write_tflite(res.graph, out)
     psnr = {}
     for label, ds, kw in SETTINGS[card.task]:
@@ -47,9 +59,10 @@ def bundle(name: str, data: Path, method: str = "percentile") -> dict:
                                      with_ssim=False, **kw).psnr, 3)
     d = json.loads(res.graph.metadata[CARD_KEY])
     extra = d.setdefault("extra", {})
-    extra["psnr_fp32"] = extra.get("psnr", d.pop("psnr", None))
+    extra["psnr_fp32"] = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
     extra["psnr"] = psnr
-    extra["quantization"] = {"method": method, "cle": res.report.cle, "act_eq": res.report.act_eq,
+    extra["quantization"] = {"method": method, "rounding": rounding, "cle": res.report.cle,
+                             "act_eq": res.report.act_eq,
                              "bias_correction": res.report.bias_correction,
                              "precision": "int8 (per-channel weights, int8 activations)"}
     ModelCard.from_dict(d)  # still a valid card
@@ -64,12 +77,22 @@ def main(argv=None) -> int:
     p.add_argument("names", nargs="+")
     p.add_argument("--method", default="percentile", choices=("percentile", "minmax", "mse"),
                    help="activation ranges (default percentile; the one a model's card names is what it was bundled with)")
+    p.add_argument("--weights", type=Path, help="quantise this training.qat output of the model instead of "
+                                                "its .onnx (one name only); the .onnx stays as it is")
+    p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                   help="weight rounding (default gptq; nearest for a QAT fine-tune, whose weights fit that grid)")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "eval")
     args = p.parse_args(argv)
+    if args.weights is not None and len(args.names) != 1:
+        p.error("--weights goes with one model name")
     for name in args.names:
-        print(json.dumps(bundle(name, args.data, args.method)), flush=True)
+        print(json.dumps(bundle(name, args.data, args.method, args.weights, args.rounding)), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        print(f"python -m training.bundle: error: {e}", file=sys.stderr)
+        sys.exit(2)
