@@ -122,7 +122,7 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
                          receptive_field=args.card_receptive_field, layout=args.card_layout or "nchw",
                          base="nearest" if args.card_scale > 1 else "identity", align=args.card_align)
     return Enhancer(model or args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
-                    strength=strength, card=card)
+                    strength=strength, card=card, tta=getattr(args, "tta", False))
 
 
 # -- enhance --------------------------------------------------------------------------------------
@@ -233,7 +233,8 @@ def cmd_enhance(args) -> int:
                                       progress=on_tile)
             job.status = "ok"
             if enhancer.last_run:
-                job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles}
+                job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles,
+                             "passes": enhancer.last_run.passes}
             analysis = getattr(enhancer, "last_analysis", None)
             if analysis:
                 job.extra.update(dataclasses.asdict(analysis))
@@ -407,6 +408,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--tile", default="auto", help="auto (from --memory), N or HxW input pixels per tile")
     e.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
     e.add_argument("--strength", type=_strength, default=1.0, help="0 = input, 1 = model, up to 1.5")
+    e.add_argument("--tta", action="store_true",
+                   help="self-ensemble: average the model over the 8 rotations / mirror images (8x slower, "
+                        "a little more PSNR)")
     e.add_argument("--format", help="output format (png, jpg, webp, tiff); default: the input's")
     e.add_argument("--quality", type=int, default=92, help="JPEG / WebP quality (default 92)")
     e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")

@@ -40,11 +40,22 @@ def _available_ram() -> int | None:
     return None
 
 
+def _dihedral(x: np.ndarray, t: int) -> np.ndarray:
+    """Transform t of the 8 rotations / mirror images of an H x W x C array (0 is the identity)."""
+    x = np.rot90(x, t % 4)
+    return x[:, ::-1] if t >= 4 else x
+
+
+def _undo_dihedral(y: np.ndarray, t: int) -> np.ndarray:
+    return np.rot90(y[:, ::-1] if t >= 4 else y, -(t % 4))
+
+
 @dataclass(frozen=True)
 class RunInfo:
     tile: tuple[int, int]
     tiles: int
     margin: int
+    passes: int = 1  # model runs per tile: 8 (or 4 on a non-square fixed-shape model) with tta
 
 
 class Enhancer:
@@ -57,7 +68,7 @@ class Enhancer:
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, engine: str | None = None, threads: int | None = None,
                  tiling: TilingConfig = TilingConfig(), strength: float = 1.0,
-                 options: EngineOptions | None = None, card: ModelCard | None = None):
+                 options: EngineOptions | None = None, card: ModelCard | None = None, tta: bool = False):
         self.path = resolve(model)
         options = options or EngineOptions(threads=threads)
         self.backend = open_backend(self.path, options, engine)
@@ -70,6 +81,9 @@ class Enhancer:
                                    f"its card's align {a} (input height and width must be multiples of {a})")
         self.tiling = tiling
         self.strength = strength
+        # Self-ensemble: every tile is run in its 8 rotations / mirror images and the outputs, turned
+        # back, are averaged. About 8x the compute for a small PSNR gain; never for the live preview.
+        self.tta = bool(tta)
         self.last_run: RunInfo | None = None
         self._bpp: float | None = None
 
@@ -106,6 +120,8 @@ class Enhancer:
         if out is None:
             out = np.empty((h * s, w * s, 3), rgb.dtype)
         tile = self.tile_for(h, w)
+        if self.tta and tile[0] != tile[1] and not (self.backend.fixed_shape or self.card.tile):
+            tile = (min(tile),) * 2  # a square window turns a quarter without resizing the engine
         try:
             return self._run_tiles(rgb, out, tile, progress)
         except MemoryError:
@@ -135,25 +151,22 @@ class Enhancer:
         k_in, k_out = np.float32((hi - lo) / maxv), np.float32(maxv / (hi - lo))
         tiles = plan_tiles(h, w, tile, m, card.align)
         self.backend.prepare(*tile)
-        self.last_run = RunInfo(tile, len(tiles), m)
+        # Quarter turns need a square window; a non-square fixed-shape model gets the 4 that keep its shape.
+        passes = (range(8) if tile[0] == tile[1] else (0, 2, 4, 6)) if self.tta else (0,)
+        self.last_run = RunInfo(tile, len(tiles), m, len(passes))
         strength = self.strength
         for i, t in enumerate(tiles):
             (y, x, ch, cw), (wy, wx) = t
             win = extract(rgb, wy - m, wx - m, *tile)
             xin = win.astype(np.float32) * k_in + np.float32(lo)
-            try:
-                yout = self.backend.run(xin[None])
-            except (MemoryError, EdgeEnhanceError):
-                raise
-            except Exception as e:  # each engine raises its own types; the CLI reports one clear line
-                raise EngineError(f"{self.path}: the engine failed on tile {i + 1} of {len(tiles)} "
-                                  f"({type(e).__name__}: {e})") from e
-            if yout.shape != (1, tile[0] * s, tile[1] * s, 3):
-                raise ModelFormatError(
-                    f"{self.path}: output shape {tuple(yout.shape)} does not match the card "
-                    f"(scale {s} of input {tile[0]}x{tile[1]} -> (1, {tile[0] * s}, {tile[1] * s}, 3))"
-                )
-            res = yout[0, m * s:(m + ch) * s, m * s:(m + cw) * s]
+            acc = None
+            for p in passes:
+                yout = self._run_one(np.ascontiguousarray(_dihedral(xin, p))[None], tile, i, len(tiles))
+                yout = _undo_dihedral(yout[0], p)
+                acc = yout.copy() if acc is None else acc + yout
+            if len(passes) > 1:
+                acc *= np.float32(1 / len(passes))
+            res = acc[m * s:(m + ch) * s, m * s:(m + cw) * s]
             if strength != 1.0:
                 base = xin[m:m + ch, m:m + cw]
                 if card.base != "identity":
@@ -163,6 +176,22 @@ class Enhancer:
             if progress:
                 progress(i + 1, len(tiles))
         return out
+
+    def _run_one(self, xin: np.ndarray, tile: tuple[int, int], i: int, n: int) -> np.ndarray:
+        s = self.card.scale
+        try:
+            yout = self.backend.run(xin)
+        except (MemoryError, EdgeEnhanceError):
+            raise
+        except Exception as e:  # each engine raises its own types; the CLI reports one clear line
+            raise EngineError(f"{self.path}: the engine failed on tile {i + 1} of {n} "
+                              f"({type(e).__name__}: {e})") from e
+        if yout.shape != (1, tile[0] * s, tile[1] * s, 3):
+            raise ModelFormatError(
+                f"{self.path}: output shape {tuple(yout.shape)} does not match the card "
+                f"(scale {s} of input {tile[0]}x{tile[1]} -> (1, {tile[0] * s}, {tile[1] * s}, 3))"
+            )
+        return yout
 
     # -- convenience ------------------------------------------------------------------------------
     def _upscale_alpha(self, alpha: np.ndarray) -> np.ndarray:

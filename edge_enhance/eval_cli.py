@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", type=int, default=30, help="dejpeg: JPEG quality of the input (default 30)")
     p.add_argument("--tile", default="auto")
     p.add_argument("--memory", type=float, default=256.0)
+    p.add_argument("--tta", action="store_true", help="self-ensemble over the 8 rotations / mirror images (8x slower)")
     p.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
     p.add_argument("--json", action="store_true")
     add_model_arguments(p, default=None)
@@ -38,10 +39,11 @@ def main(args) -> int:
                "dejpeg": f"quality {args.quality}"}[task]
     if args.json:
         print(json.dumps({"model": str(enh.path), "engine": enh.backend.name, "dataset": args.dataset, "task": task,
-                          "setting": setting, "psnr": res.psnr, "ssim": res.ssim, "baseline_psnr": res.baseline_psnr,
+                          "setting": setting, "tta": enh.tta, "psnr": res.psnr, "ssim": res.ssim,
+                          "baseline_psnr": res.baseline_psnr,
                           "seconds": round(seconds, 2), "images": res.rows}, indent=1))
         return 0
-    print(f"{enh.path.name} ({enh.backend.name}) on {args.dataset}, {task} {setting}")
+    print(f"{enh.path.name} ({enh.backend.name}{', tta' if enh.tta else ''}) on {args.dataset}, {task} {setting}")
     print(f"{'image':<24} {'PSNR':>8} {'SSIM':>7} {'input':>8}")
     for r in res.rows:
         print(f"{r['name']:<24} {r['psnr']:8.3f} {r['ssim']:7.4f} {r['baseline_psnr']:8.3f}")

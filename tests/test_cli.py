@@ -196,3 +196,16 @@ def test_cardless_half_res_model_with_card_align(tmp_path):
     # without it the model is fed odd sizes and fails, naming the file
     assert main(["enhance", str(src), "-o", str(tmp_path / "bad.png"), "--model", str(p), *card, "-q"]) == 1
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_enhance_tta_runs_the_8_turns_and_says_so(tmp_path, model, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (9, 12, 3), dtype=np.uint8)).save(src)
+    outs, runs = [], []
+    for extra in ([], ["--tta"]):
+        dst = tmp_path / f"b{len(extra)}.png"
+        assert main(["enhance", str(src), "-o", str(dst), "--model", model, "--json", *extra]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["files"][0])
+        outs.append(np.asarray(Image.open(dst)))
+    assert [r["passes"] for r in runs] == [1, 8]
+    assert outs[0].shape == outs[1].shape == (18, 24, 3) and not np.array_equal(*outs)

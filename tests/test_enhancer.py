@@ -193,3 +193,53 @@ def test_fixed_shape_not_a_multiple_of_align_is_refused(tmp_path):
     with pytest.raises(ModelFormatError, match=r"odd-fixed\.onnx: the model's fixed input 25x24 is not a multiple "
                                                r"of its card's align 2"):
         Enhancer(p)
+
+
+def _plain_outputs_of_the_8_turns(path, img):
+    """The non-TTA model on each rotation / mirror image of img, turned back: float, 0..255."""
+    plain = Enhancer(path, tiling=TilingConfig(tile=(10**4, 10**4)))
+    outs = []
+    for t in range(8):
+        x = np.rot90(img, t % 4)
+        x = x[:, ::-1] if t >= 4 else x
+        y = plain.enhance(np.ascontiguousarray(x)).astype(np.float64)
+        y = y[:, ::-1] if t >= 4 else y
+        outs.append(np.rot90(y, -(t % 4)))
+    return outs
+
+
+def test_tta_is_the_mean_of_the_model_over_the_8_turns(models):
+    img = np.random.default_rng(5).integers(0, 256, (11, 14, 3), dtype=np.uint8)
+    outs = _plain_outputs_of_the_8_turns(models[2], img)
+    enh = Enhancer(models[2], tta=True)
+    got = enh.enhance(img).astype(np.float64)
+    assert enh.last_run.passes == 8 and enh.last_run.tile[0] == enh.last_run.tile[1]
+    # The plain runs are rounded to uint8 before averaging, TTA averages before rounding: within 1 level.
+    assert np.abs(got - np.mean(outs, axis=0)).max() <= 1.0
+    assert not np.array_equal(got, outs[0])  # the random-weight model is not symmetric, so TTA changes it
+
+
+@given(h=st.integers(1, 30), w=st.integers(1, 30), th=st.integers(0, 12), tw=st.integers(0, 12),
+       scale=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
+@settings(max_examples=15, deadline=None)
+def test_tta_tiled_equals_tta_whole_image(models, h, w, th, tw, scale, seed):
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole = Enhancer(models[scale], tiling=TilingConfig(tile=(10**4, 10**4)), tta=True)
+    m = whole.card.margin
+    tiled = Enhancer(models[scale], tiling=TilingConfig(tile=(2 * m + 1 + th, 2 * m + 1 + tw)), tta=True)
+    assert np.array_equal(tiled.enhance(img), whole.enhance(img))
+    assert tiled.last_run.tile == (min(tiled.tile_for(h, w)),) * 2  # squared, never larger than the plain tile
+
+
+def test_tta_on_a_non_square_fixed_shape_uses_the_4_shape_keeping_turns(models):
+    import dataclasses
+
+    base = Enhancer(models[2])
+    m = base.card.margin
+    card = dataclasses.replace(base.card, tile=(2 * m + 4, 2 * m + 6))
+    img = np.random.default_rng(6).integers(0, 256, (9, 10, 3), dtype=np.uint8)
+    enh = Enhancer(models[2], card=card, tta=True)
+    got = enh.enhance(img).astype(np.float64)
+    assert enh.last_run.passes == 4 and enh.last_run.tile == card.tile
+    outs = _plain_outputs_of_the_8_turns(models[2], img)
+    assert np.abs(got - np.mean([outs[t] for t in (0, 2, 4, 6)], axis=0)).max() <= 1.0

@@ -47,3 +47,16 @@ def test_denoise_eval_uses_seeded_clipped_noise(tmp_path, dataset, capsys):
     clean = np.asarray(Image.open(dataset / "b.png"))
     expect = psnr(clean, noisy(clean, 15, 1))  # b.png is image 1 in sorted order
     assert got["images"][1]["baseline_psnr"] == pytest.approx(expect, abs=1e-9)
+
+
+def test_eval_tta_is_reported_and_changes_the_score(tmp_path, dataset, capsys):
+    m = tmp_path / "m.onnx"
+    residual_sr(m)
+    runs = []
+    for extra in ([], ["--tta"]):
+        assert main(["eval", str(m), "--dataset", str(dataset), "--json", "--no-ssim", *extra]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert [r["tta"] for r in runs] == [False, True]
+    assert runs[0]["psnr"] != runs[1]["psnr"]
+    assert main(["eval", str(m), "--dataset", str(dataset), "--no-ssim", "--tta"]) == 0
+    assert "(onnxruntime, tta)" in capsys.readouterr().out
