@@ -151,9 +151,15 @@ def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, ex
     card = ex.read_card(path)
     assert card.extra["qat"]["steps"] == 3 and card.extra["qat"]["activations"].endswith(want)
     loss = "l2" if "l2" in extra else "l1"
-    assert card.extra["qat"]["loss"] == loss and f"--loss {loss}" in card.extra["recipe"]
-    assert card.extra["qat"]["act_eq"] == ("--act-eq" in extra) == ("--act-eq" in card.extra["recipe"])
-    assert card.extra["steps"] == 2 and "training.qat" in card.extra["recipe"]  # the source's own training
+    q = card.extra["qat"]
+    assert q["loss"] == loss and f"--loss {loss}" in q["command"] and q["command"].startswith("python -m training.qat")
+    assert q["act_eq"] == ("--act-eq" in extra) == ("--act-eq" in q["command"])
+    assert q["seconds"] > 0 and q["device"].startswith("cpu")
+    # The source's own training record is kept, not replaced by the fine-tune's.
+    assert card.extra["steps"] == 2 and card.extra["recipe"] == "python -m training.train t-qat --out DIR"
+    if source == "onnx":
+        src = ex.read_card(tiny["onnx"]).extra
+        assert {k: card.extra[k] for k in ("device", "train_seconds")} == {k: src[k] for k in ("device", "train_seconds")}
     x = np.random.default_rng(0).random((1, 3, 9, 7), dtype=np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     src = ort.InferenceSession(str(tiny["onnx"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -200,6 +206,12 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     out = tmp_path / "qat"
     assert qat.main(["t-qat", "--from", str(shipped), "--steps", "2", "--out", str(out), "--data", str(tiny["root"]),
                      "--no-eval"]) == 0
+    # A fine-tune whose card lost the source's training record (an older training.qat wrote its own).
+    tuned = out / "t-qat.onnx"
+    m, c = onnx.load(str(tuned)), ex.read_card(tuned)
+    c.extra.update(device="elsewhere", recipe="python -m training.qat ...")
+    ex.set_card(m, c)
+    onnx.save(m, str(tuned))
     before = shipped.read_bytes()
     rep = bd.bundle("t-qat", data, weights=out / "t-qat.onnx", rounding="nearest")
     assert shipped.read_bytes() == before  # the fp32 file that ships is untouched
@@ -207,4 +219,6 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
 
     card = read_card(models / "t-qat.int8.tflite")
     assert card.extra["qat"]["steps"] == 2 and card.extra["quantization"]["rounding"] == "nearest"
-    assert card.extra["psnr_fp32"] == ex.read_card(shipped).extra.get("psnr") and set(rep["int8"]) == {"tiny"}
+    src = ex.read_card(shipped).extra
+    assert card.extra["psnr_fp32"] == src.get("psnr") and set(rep["int8"]) == {"tiny"}
+    assert (card.extra["device"], card.extra["recipe"]) == (src["device"], src["recipe"])  # how it was trained

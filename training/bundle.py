@@ -43,13 +43,16 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     out = MODELS_DIR / f"{name}.int8.tflite"
     t0 = time.perf_counter()
     g, card = load_model(weights or src)
-    fp32 = None
+    fp32, base = None, {}
     if weights is not None:
+        from .qat import BASE_FIELDS
+
         _, shipped = load_model(src)
         if (card.name, card.task, card.scale) != (shipped.name, shipped.task, shipped.scale) or "qat" not in card.extra:
             raise ConfigError(f"{weights}: not a training.qat fine-tune of {src.name} (its card: {card.name}, "
                               f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
         fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
+        base = {k: shipped.extra[k] for k in BASE_FIELDS if k in shipped.extra}  # how the network was trained
     res = quantize_model(g, calibration_set(task=card.task, scale=card.scale, align=card.align), method=method,
                          rounding=rounding)
     write_tflite(res.graph, out)
@@ -59,6 +62,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
                                      with_ssim=False, **kw).psnr, 3)
     d = json.loads(res.graph.metadata[CARD_KEY])
     extra = d.setdefault("extra", {})
+    extra.update(base)
     extra["psnr_fp32"] = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
     extra["psnr"] = psnr
     extra["quantization"] = {"method": method, "rounding": rounding, "cle": res.report.cle,
@@ -73,7 +77,8 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.bundle",
+                                description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("names", nargs="+")
     p.add_argument("--method", default="percentile", choices=("percentile", "minmax", "mse"),
                    help="activation ranges (default percentile; the one a model's card names is what it was bundled with)")

@@ -2,8 +2,9 @@
 
 A recipe's network is fine-tuned with the int8 arithmetic ``edge-enhance quantize`` will give it
 simulated in the forward pass (fake quantisation, straight-through gradients), then exported in
-fp32 exactly as ``training.train`` exports (``DIR/<name>.onnx``, card field ``qat``), so post-training
-quantisation of the result loses less. What is simulated is what quantization.quantize plans:
+fp32 exactly as ``training.train`` exports (``DIR/<name>.onnx``; the card keeps the source's own
+training record, recipe, device, steps and time, and field ``qat`` records the fine-tune: its command,
+device, seconds, ranges), so post-training quantisation of the result loses less. What is simulated is what quantization.quantize plans:
 
 * weights of each collapsed 3x3 conv: symmetric int8 per output channel, max |w| / 127;
 * the input and the output: the 8-bit pixel grid (1/255, zero point -128);
@@ -41,7 +42,7 @@ from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
-from .train import build_model, export_model
+from .train import _device_name, build_model, export_model
 
 log = logging.getLogger("training")
 PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
@@ -155,6 +156,10 @@ def calibrated_ranges(net: ResidualNet, calib, method: str = "percentile") -> li
 
 
 # --------------------------------------------------------------------------- sources
+# Card fields that describe how the source network was trained (training.train's card).
+BASE_FIELDS = ("recipe", "device", "steps", "train_minutes", "train_seconds", "l2_finetune", "grown_from")
+
+
 def load_source(r: Recipe, path) -> tuple[ResidualNet, dict]:
     """The recipe's network from a training checkpoint (.pt) or an exported ONNX; (net, state)."""
     p = Path(path)
@@ -175,7 +180,7 @@ def load_source(r: Recipe, path) -> tuple[ResidualNet, dict]:
         net.load_state_dict(ck["model"])
     except RuntimeError as e:
         raise ConfigError(f"{p}: checkpoint does not fit recipe {r.name}: {str(e).splitlines()[0]}") from None
-    return net, {"step": int(ck.get("step", 0)), "elapsed": float(ck.get("elapsed", 0.0))}
+    return net, {k: ck[k] for k in ("step", "elapsed", "l2_step", "l2_elapsed", "devices", "init") if k in ck}
 
 
 def _branches(layer):
@@ -206,7 +211,9 @@ def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]
     if card is not None and (card.task, card.scale) != (r.task, r.scale):
         raise ConfigError(f"{p}: a {card.task} x{card.scale} model, recipe {r.name} is {r.task} x{r.scale}")
     extra = card.extra if card is not None else {}
-    return net, {"step": int(extra.get("steps", 0)), "elapsed": float(extra.get("train_seconds", 0.0))}
+    # The source's own training, as its card tells it, goes unchanged into the fine-tune's card.
+    kept = {k: extra[k] for k in BASE_FIELDS if k in extra}
+    return net, {"step": int(extra.get("steps", 0)), "elapsed": float(extra.get("train_seconds", 0.0)), "card": kept}
 
 
 def _load_collapsed(net: ResidualNet, convs) -> None:
@@ -312,17 +319,16 @@ def main(argv=None) -> int:
         qnet.set_ranges(calibrated_ranges(net, calib, method))
     data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
-    state = {"step": state["step"], "elapsed": state["elapsed"] + seconds}
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
     cmd = (f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
            + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
            + f" --loss {a.loss} --out DIR")
-    qat = {"from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "act_eq": a.act_eq,
-           "seconds": round(seconds, 1),
+    qat = {"command": cmd, "from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "act_eq": a.act_eq,
+           "seconds": round(seconds, 1), "device": _device_name(torch.device("cpu")),
            "weights": "int8 symmetric per output channel", "activations": f"int8 asymmetric per tensor, {ranges}",
            "ranges": [[round(float(lo), 6), round(float(hi), 6)] for lo, hi in zip(qnet.lo, qnet.hi)]}
-    card = export_model(r, net, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd,
-                        extra={"qat": qat})
+    card = export_model(r, net, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval,
+                        extra={**state.get("card", {}), "qat": qat})
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
 
