@@ -243,3 +243,17 @@ def test_tta_on_a_non_square_fixed_shape_uses_the_4_shape_keeping_turns(models):
     assert enh.last_run.passes == 4 and enh.last_run.tile == card.tile
     outs = _plain_outputs_of_the_8_turns(models[2], img)
     assert np.abs(got - np.mean([outs[t] for t in (0, 2, 4, 6)], axis=0)).max() <= 1.0
+
+
+def test_tta_stays_exact_on_an_align_2_model(tmp_path):
+    from tests.onnx_models import half_res_denoise
+
+    p = tmp_path / "h.onnx"
+    half_res_denoise(p)
+    rng = np.random.default_rng(0)
+    for h, w, tile in [(13, 9, (22, 26)), (30, 17, (20, 20)), (5, 28, (26, 18))]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        whole = Enhancer(p, tiling=TilingConfig(tile=(10**4, 10**4)), tta=True).enhance(img)
+        tiled = Enhancer(p, tiling=TilingConfig(tile=tile), tta=True)
+        assert np.array_equal(tiled.enhance(img), whole)
+        assert tiled.last_run.tiles > 1 and tiled.last_run.passes == 8
