@@ -84,7 +84,7 @@ def _box_enhancer(k, s, tile, strength=1.0, a=1):
     enh.card = ModelCard(name="box", task="sr" if s > 1 else "denoise", scale=s, receptive_field=rf,
                          base="nearest" if s > 1 else "identity", align=a)
     enh.tiling, enh.last_run, enh._bpp = TilingConfig(tile=tile), None, None
-    enh.strength = strength
+    enh.strength, enh.tta = strength, False
     return enh
 
 

@@ -137,7 +137,7 @@ def tiny(tmp_path, monkeypatch):
     ("onnx", "ema", ["--loss", "l2"], "ema ranges"),
     ("onnx", "calib", [], "calib ranges (percentile)"),
     ("onnx", "calib", ["--method", "mse", "--loss", "l2"], "calib ranges (mse)"),
-    ("onnx", "calib", ["--method", "mse", "--act-eq"], "calib ranges (mse)"),
+    ("onnx", "calib", ["--method", "mse", "--act-eq", "--lr", "3e-05"], "calib ranges (mse)"),
 ])
 def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, extra, want):
     out = tmp_path / "out"
@@ -154,6 +154,7 @@ def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, ex
     q = card.extra["qat"]
     assert q["loss"] == loss and f"--loss {loss}" in q["command"] and q["command"].startswith("python -m training.qat")
     assert q["act_eq"] == ("--act-eq" in extra) == ("--act-eq" in q["command"])
+    assert ("--lr 3e-05" in q["command"]) == ("--lr" in extra) == (q["lr"] == 3e-5)
     assert q["seconds"] > 0 and q["device"].startswith("cpu")
     # The source's own training record is kept, not replaced by the fine-tune's.
     assert card.extra["steps"] == 2 and card.extra["recipe"] == "python -m training.train t-qat --out DIR"

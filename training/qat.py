@@ -3,8 +3,9 @@
 A recipe's network is fine-tuned with the int8 arithmetic ``edge-enhance quantize`` will give it
 simulated in the forward pass (fake quantisation, straight-through gradients), then exported in
 fp32 exactly as ``training.train`` exports (``DIR/<name>.onnx``; the card keeps the source's own
-training record, recipe, device, steps and time, and field ``qat`` records the fine-tune: its command,
-device, seconds, ranges), so post-training quantisation of the result loses less. What is simulated is what quantization.quantize plans:
+training record, recipe, device, steps and time, and field ``qat`` records the fine-tune: its
+command, device, seconds, ranges), so post-training quantisation of the result loses less. What is
+simulated is what quantization.quantize plans:
 
 * weights of each collapsed 3x3 conv: symmetric int8 per output channel, max |w| / 127;
 * the input and the output: the 8-bit pixel grid (1/255, zero point -128);
@@ -180,7 +181,8 @@ def load_source(r: Recipe, path) -> tuple[ResidualNet, dict]:
         net.load_state_dict(ck["model"])
     except RuntimeError as e:
         raise ConfigError(f"{p}: checkpoint does not fit recipe {r.name}: {str(e).splitlines()[0]}") from None
-    return net, {k: ck[k] for k in ("step", "elapsed", "l2_step", "l2_elapsed", "devices", "init") if k in ck}
+    return net, {"step": 0, "elapsed": 0.0,
+                 **{k: ck[k] for k in ("step", "elapsed", "l2_step", "l2_elapsed", "devices", "init") if k in ck}}
 
 
 def _branches(layer):
@@ -322,7 +324,7 @@ def main(argv=None) -> int:
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
     cmd = (f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
            + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
-           + f" --loss {a.loss} --out DIR")
+           + f" --loss {a.loss}" + (f" --lr {lr:g}" if a.lr is not None else "") + " --out DIR")
     qat = {"command": cmd, "from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "act_eq": a.act_eq,
            "seconds": round(seconds, 1), "device": _device_name(torch.device("cpu")),
            "weights": "int8 symmetric per output channel", "activations": f"int8 asymmetric per tensor, {ranges}",
