@@ -155,7 +155,7 @@ def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, ex
     assert q["loss"] == loss and f"--loss {loss}" in q["command"] and q["command"].startswith("python -m training.qat")
     assert q["act_eq"] == ("--act-eq" in extra) == ("--act-eq" in q["command"])
     assert ("--lr 3e-05" in q["command"]) == ("--lr" in extra) == (q["lr"] == 3e-5)
-    assert q["seconds"] > 0 and q["device"].startswith("cpu")
+    assert q["seconds"] >= 0 and q["device"].startswith("cpu")  # 3 tiny steps may round to 0.0 s
     # The source's own training record is kept, not replaced by the fine-tune's.
     assert card.extra["steps"] == 2 and card.extra["recipe"] == "python -m training.train t-qat --out DIR"
     if source == "onnx":
