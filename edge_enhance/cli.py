@@ -409,8 +409,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
     e.add_argument("--strength", type=_strength, default=1.0, help="0 = input, 1 = model, up to 1.5")
     e.add_argument("--tta", action="store_true",
-                   help="self-ensemble: average the model over the 8 rotations / mirror images (8x slower, "
-                        "a little more PSNR)")
+                   help="self-ensemble: average the model over the 8 rotations / mirror images "
+                        "(about 10x slower, a little more PSNR)")
     e.add_argument("--format", help="output format (png, jpg, webp, tiff); default: the input's")
     e.add_argument("--quality", type=int, default=92, help="JPEG / WebP quality (default 92)")
     e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")

@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", type=int, default=30, help="dejpeg: JPEG quality of the input (default 30)")
     p.add_argument("--tile", default="auto")
     p.add_argument("--memory", type=float, default=256.0)
-    p.add_argument("--tta", action="store_true", help="self-ensemble over the 8 rotations / mirror images (8x slower)")
+    p.add_argument("--tta", action="store_true",
+                   help="self-ensemble over the 8 rotations / mirror images (about 10x slower)")
     p.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
     p.add_argument("--json", action="store_true")
     add_model_arguments(p, default=None)

@@ -160,7 +160,8 @@ def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, ex
     assert card.extra["steps"] == 2 and card.extra["recipe"] == "python -m training.train t-qat --out DIR"
     if source == "onnx":
         src = ex.read_card(tiny["onnx"]).extra
-        assert {k: card.extra[k] for k in ("device", "train_seconds")} == {k: src[k] for k in ("device", "train_seconds")}
+        keys = ("device", "train_seconds")
+        assert {k: card.extra[k] for k in keys} == {k: src[k] for k in keys}
     x = np.random.default_rng(0).random((1, 3, 9, 7), dtype=np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     src = ort.InferenceSession(str(tiny["onnx"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
