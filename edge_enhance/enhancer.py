@@ -163,7 +163,10 @@ class Enhancer:
             for p in passes:
                 yout = self._run_one(np.ascontiguousarray(_dihedral(xin, p))[None], tile, i, len(tiles))
                 yout = _undo_dihedral(yout[0], p)
-                acc = yout.copy() if acc is None else acc + yout
+                if acc is None:  # an engine may hand back its own buffer: copy it before the next pass
+                    acc = yout.copy() if len(passes) > 1 else yout
+                else:
+                    acc += yout
             if len(passes) > 1:
                 acc *= np.float32(1 / len(passes))
             res = acc[m * s:(m + ch) * s, m * s:(m + cw) * s]
