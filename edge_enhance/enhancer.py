@@ -75,7 +75,7 @@ class Enhancer:
         self.card = card or self.backend.card
         if self.card is None:
             raise missing_card_error(self.path)
-        fixed, a = self.backend.fixed_shape or self.card.tile, self.card.align
+        fixed, a = self.fixed_tile, self.card.align
         if fixed and (fixed[0] % a or fixed[1] % a):
             raise ModelFormatError(f"{self.path}: the model's fixed input {fixed[0]}x{fixed[1]} is not a multiple of "
                                    f"its card's align {a} (input height and width must be multiples of {a})")
@@ -99,11 +99,16 @@ class Enhancer:
     def scale(self) -> int:
         return self.card.scale
 
+    @property
+    def fixed_tile(self) -> tuple[int, int] | None:
+        """The (h, w) every tile must have: the engine's frozen input shape, else the card's, else None."""
+        return self.backend.fixed_shape or self.card.tile
+
     def tile_for(self, h: int, w: int) -> tuple[int, int]:
         if self._bpp is None and self.tiling.tile is None and not self.backend.fixed_shape:
             self._bpp = self.backend.activation_bytes_per_pixel()
         return choose_tile(h, w, self.card.margin, self._bpp or 1.0, self.tiling.memory_mb,
-                           self.tiling.tile, self.backend.fixed_shape or self.card.tile, self.card.align)
+                           self.tiling.tile, self.fixed_tile, self.card.align)
 
     # -- core -------------------------------------------------------------------------------------
     def enhance_rgb(self, rgb: np.ndarray, *, out: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
@@ -120,7 +125,7 @@ class Enhancer:
         if out is None:
             out = np.empty((h * s, w * s, 3), rgb.dtype)
         tile = self.tile_for(h, w)
-        if self.tta and tile[0] != tile[1] and not (self.backend.fixed_shape or self.card.tile):
+        if self.tta and tile[0] != tile[1] and not self.fixed_tile:
             tile = (min(tile),) * 2  # a square window turns a quarter without resizing the engine
         try:
             return self._run_tiles(rgb, out, tile, progress)
@@ -135,7 +140,7 @@ class Enhancer:
 
     def _smaller_tile(self, tile: tuple[int, int]) -> tuple[int, int] | None:
         """Half the tile each way (keeping a core inside the margins), or None for a fixed-shape model."""
-        if self.backend.fixed_shape or self.card.tile:
+        if self.fixed_tile:
             return None
         a = self.card.align
         floor = 2 * self.card.margin + round_up(MIN_CORE, a)
