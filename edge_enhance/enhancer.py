@@ -114,8 +114,9 @@ class Enhancer:
     def enhance_rgb(self, rgb: np.ndarray, *, out: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
         """H x W x 3 uint8 / uint16 -> (H*s) x (W*s) x 3 of the same dtype, tile by tile.
 
-        Any H and W: for a card with ``align`` > 1 the windows run past the image's bottom and right
-        edges into its reflection up to a multiple of ``align``, and only H*s x W*s is kept."""
+        Any H and W: for a card with ``align`` > 1 (or a fixed shape larger than the image) the
+        windows run past the image's bottom and right edges into its reflection up to a multiple of
+        ``align`` (or that shape), and only H*s x W*s is kept."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
         if rgb.dtype not in (np.uint8, np.uint16):
@@ -126,7 +127,7 @@ class Enhancer:
             out = np.empty((h * s, w * s, 3), rgb.dtype)
         tile = self.tile_for(h, w)
         if self.tta and tile[0] != tile[1] and not self.fixed_tile:
-            tile = (min(tile),) * 2  # a square window turns a quarter without resizing the engine
+            tile = self._square_tile(tile, h, w)  # a square window turns a quarter without resizing the engine
         try:
             return self._run_tiles(rgb, out, tile, progress)
         except MemoryError:
@@ -137,6 +138,20 @@ class Enhancer:
             log.warning("%s: out of memory on a %dx%d tile; retrying once with %dx%d tiles",
                         self.path, tile[0], tile[1], smaller[0], smaller[1])
             return self._run_tiles(rgb, out, smaller, progress)
+
+    def _square_tile(self, tile: tuple[int, int], h: int, w: int) -> tuple[int, int]:
+        """A square tile for --tta: the smaller side, unless that leaves no core to step along the
+        longer side (a strip thinner than the margins). Where the square overhangs a side it runs
+        at least a margin past it, so the model never sees the edge of the reflection it pads with."""
+        m, a = self.card.margin, self.card.align
+        side = min(tile)
+        extents = sorted((round_up(h, a), round_up(w, a)))
+        if side < extents[1] and side - 2 * m < 1:
+            side = 2 * m + round_up(MIN_CORE, a)
+        for n in extents:
+            if n < side < n + m:
+                side = round_up(n + m, a)
+        return side, side
 
     def _smaller_tile(self, tile: tuple[int, int]) -> tuple[int, int] | None:
         """Half the tile each way (keeping a core inside the margins), or None for a fixed-shape model."""
@@ -162,7 +177,8 @@ class Enhancer:
         strength = self.strength
         for i, t in enumerate(tiles):
             (y, x, ch, cw), (wy, wx) = t
-            win = extract(rgb, wy - m, wx - m, *tile)
+            win = extract(rgb, wy, wx, *tile)
+            oy, ox = y - wy, x - wx  # the core's offset in the window
             xin = win.astype(np.float32) * k_in + np.float32(lo)
             acc = None
             for p in passes:
@@ -174,9 +190,9 @@ class Enhancer:
                     acc += yout
             if len(passes) > 1:
                 acc *= np.float32(1 / len(passes))
-            res = acc[m * s:(m + ch) * s, m * s:(m + cw) * s]
+            res = acc[oy * s:(oy + ch) * s, ox * s:(ox + cw) * s]
             if strength != 1.0:
-                base = xin[m:m + ch, m:m + cw]
+                base = xin[oy:oy + ch, ox:ox + cw]
                 if card.base != "identity":
                     base = base.repeat(s, 0).repeat(s, 1)
                 res = base + np.float32(strength) * (res - base)

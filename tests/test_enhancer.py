@@ -146,16 +146,17 @@ def half_res(tmp_path_factory):
     return p
 
 
-def _reference_half_res(path, img, margin):
-    """The whole-image result by hand: reflect-pad by the margin and up to even sides, run, crop."""
+def _reference_half_res(path, img):
+    """The whole-image result by hand: the model on the image itself (its own zero padding at the
+    edges), reflect-padded at the bottom / right only up to even sides, then cropped back."""
     import onnxruntime as ort
 
     h, w, _ = img.shape
-    x = np.pad(img, ((margin, margin + h % 2), (margin, margin + w % 2), (0, 0)), mode="reflect")
+    x = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="reflect")
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     xin = x.astype(np.float32) * np.float32(1 / 255)  # as the Enhancer scales
     y = s.run(None, {"input": xin.transpose(2, 0, 1)[None]})[0][0].transpose(1, 2, 0)
-    return np.clip(np.rint(y[margin:margin + h, margin:margin + w] * np.float32(255)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(y[:h, :w] * np.float32(255)), 0, 255).astype(np.uint8)
 
 
 def test_half_res_model_tiled_equals_whole_on_odd_sizes(half_res):
@@ -163,11 +164,11 @@ def test_half_res_model_tiled_equals_whole_on_odd_sizes(half_res):
     whole_enh = Enhancer(half_res, tiling=TilingConfig(tile=(10**4, 10**4)))
     whole = whole_enh.enhance(img)
     assert whole_enh.card.align == 2 and whole_enh.card.margin == 8
-    assert whole_enh.last_run.tile == (498, 338) and whole_enh.last_run.tiles == 1
-    assert np.array_equal(whole, _reference_half_res(half_res, img, 8))
+    assert whole_enh.last_run.tile == (482, 322) and whole_enh.last_run.tiles == 1
+    assert np.array_equal(whole, _reference_half_res(half_res, img))
     enh = Enhancer(half_res, tiling=TilingConfig(tile=(101, 101)))
     tiled = enh.enhance(img)
-    assert enh.last_run.tile == (102, 102) and enh.last_run.tiles == 6 * 4  # cores of 86
+    assert enh.last_run.tile == (102, 102) and enh.last_run.tiles == 6 * 4  # cores of 94 at the edges, 86 inside
     assert tiled.shape == img.shape and np.array_equal(tiled, whole)
     auto = Enhancer(half_res, tiling=TilingConfig(memory_mb=0.5))
     assert np.array_equal(auto.enhance(img), whole)
@@ -228,7 +229,20 @@ def test_tta_tiled_equals_tta_whole_image(models, h, w, th, tw, scale, seed):
     m = whole.card.margin
     tiled = Enhancer(models[scale], tiling=TilingConfig(tile=(2 * m + 1 + th, 2 * m + 1 + tw)), tta=True)
     assert np.array_equal(tiled.enhance(img), whole.enhance(img))
-    assert tiled.last_run.tile == (min(tiled.tile_for(h, w)),) * 2  # squared, never larger than the plain tile
+    th, tw = tiled.last_run.tile
+    assert th == tw and (th <= min(tiled.tile_for(h, w)) or th > 2 * m)  # squared; grown only to leave a core
+
+
+def test_tta_on_a_strip_thinner_than_the_margins(models):
+    img = np.random.default_rng(8).integers(0, 256, (3, 70, 3), dtype=np.uint8)
+    enh = Enhancer(models[2], tta=True)
+    got = enh.enhance(img)
+    m = enh.card.margin
+    side = enh.last_run.tile[0]
+    assert enh.last_run.tile == (side, side) and side >= 3 + m and side > 2 * m and enh.last_run.tiles > 1
+    assert got.shape == (6, 140, 3)
+    other = Enhancer(models[2], tiling=TilingConfig(tile=(3, 40)), tta=True)
+    assert np.array_equal(other.enhance(img), got)
 
 
 def test_tta_on_a_non_square_fixed_shape_uses_the_4_shape_keeping_turns(models):
@@ -237,7 +251,8 @@ def test_tta_on_a_non_square_fixed_shape_uses_the_4_shape_keeping_turns(models):
     base = Enhancer(models[2])
     m = base.card.margin
     card = dataclasses.replace(base.card, tile=(2 * m + 4, 2 * m + 6))
-    img = np.random.default_rng(6).integers(0, 256, (9, 10, 3), dtype=np.uint8)
+    # larger than the fixed shape, so every window lies inside the image as in the plain whole-image runs
+    img = np.random.default_rng(6).integers(0, 256, (2 * m + 15, 2 * m + 17, 3), dtype=np.uint8)
     enh = Enhancer(models[2], card=card, tta=True)
     got = enh.enhance(img).astype(np.float64)
     assert enh.last_run.passes == 4 and enh.last_run.tile == card.tile
@@ -251,7 +266,7 @@ def test_tta_stays_exact_on_an_align_2_model(tmp_path):
     p = tmp_path / "h.onnx"
     half_res_denoise(p)
     rng = np.random.default_rng(0)
-    for h, w, tile in [(13, 9, (22, 26)), (30, 17, (20, 20)), (5, 28, (26, 18))]:
+    for h, w, tile in [(40, 9, (22, 26)), (30, 17, (20, 20)), (5, 28, (26, 18))]:
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         whole = Enhancer(p, tiling=TilingConfig(tile=(10**4, 10**4)), tta=True).enhance(img)
         tiled = Enhancer(p, tiling=TilingConfig(tile=tile), tta=True)

@@ -49,7 +49,7 @@ class BoxBackend:
     def run(self, x):
         k, s = self.k, self.s
         p = k // 2
-        xp = np.pad(x[0], ((p, p), (p, p), (0, 0)), mode="edge")  # only ever read in a cropped margin
+        xp = np.pad(x[0], ((p, p), (p, p), (0, 0)), mode="edge")  # its own padding, as a conv's zeros
         h, w = x.shape[1:3]
         acc = np.zeros((h, w, 3), np.float32)
         for dy in range(k):

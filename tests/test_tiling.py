@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_enhance.errors import ConfigError
-from edge_enhance.tiling import choose_tile, extract, overhead, parse_tile, plan_tiles, reflect_index
+from edge_enhance.tiling import choose_tile, extract, overhead, parse_tile, plan_tiles, reflect_index, round_up
 
 
 @pytest.mark.parametrize("n,pad", [(1, 3), (2, 5), (5, 2), (5, 12), (7, 30)])
@@ -14,14 +14,35 @@ def test_reflect_index_matches_numpy_pad(n, pad):
     assert np.array_equal(a[reflect_index(np.arange(-pad, n + pad), n)], expected)
 
 
+def _check_plan(h, w, tile, m, a=1):
+    """Cores cover every pixel once; each window lies in the image (padded up to a multiple of a), or
+    starts at 0 where the tile is larger, and gives its core `m` pixels of context on every side that
+    is not an image edge."""
+    cover = np.zeros((h, w), int)
+    for (y, x, ch, cw), (wy, wx) in plan_tiles(h, w, tile, m, a):
+        for n, t, c, length, win in ((h, tile[0], y, ch, wy), (w, tile[1], x, cw, wx)):
+            padded = round_up(n, a)
+            assert win % a == 0 and c % a == 0 and length >= 1
+            assert win == 0 if t >= padded else 0 <= win and win + t <= padded
+            assert c == 0 or c - win >= m
+            assert c + length == n or win + t - (c + length) >= m
+        cover[y:y + ch, x:x + cw] += 1
+    assert (cover == 1).all()
+
+
 @given(h=st.integers(1, 90), w=st.integers(1, 90), th=st.integers(9, 40), tw=st.integers(9, 40), m=st.integers(0, 4))
 @settings(max_examples=200, deadline=None)
 def test_tiles_cover_every_pixel_once(h, w, th, tw, m):
-    cover = np.zeros((h, w), int)
-    for (y, x, ch, cw), (wy, wx) in plan_tiles(h, w, (th, tw), m):
-        assert (wy, wx) == (y, x) and 1 <= ch <= th - 2 * m and 1 <= cw <= tw - 2 * m
-        cover[y:y + ch, x:x + cw] += 1
-    assert (cover == 1).all()
+    _check_plan(h, w, (th, tw), m)
+
+
+def test_edge_tiles_lie_against_the_edge_and_keep_margins_inside():
+    # 10 rows, tile 8, margin 2: the first core runs to row 6 (no margin above the image's top edge),
+    # the last window is shifted up to end on the image's bottom edge.
+    assert [(t.core, t.window) for t in plan_tiles(10, 20, (8, 20), 2)] == [((0, 0, 6, 20), (0, 0)),
+                                                                          ((6, 0, 4, 20), (2, 0))]
+    # a fixed tile larger than the image: one window from the origin, padded past the bottom / right
+    assert [(t.core, t.window) for t in plan_tiles(5, 3, (8, 8), 2)] == [((0, 0, 5, 3), (0, 0))]
 
 
 def test_extract_inside_is_a_view_and_outside_is_reflected():
@@ -33,16 +54,16 @@ def test_extract_inside_is_a_view_and_outside_is_reflected():
 
 
 def test_choose_tile_rules():
-    # fixed model shape wins; a request at least as large as the image means one tile
+    # fixed model shape wins; a request at least as large as the image means one tile, the image itself
     assert choose_tile(100, 80, 4, 100.0, 256, requested=(64, 64), fixed=(32, 32)) == (32, 32)
-    assert choose_tile(100, 80, 4, 100.0, 256, requested=(100, 80)) == (108, 88)
+    assert choose_tile(100, 80, 4, 100.0, 256, requested=(100, 80)) == (100, 80)
     assert choose_tile(100, 80, 4, 100.0, 256, requested=(50, 60)) == (50, 60)
     # auto: 1 MB budget at 1024 B/pixel -> 32x32
     assert choose_tile(1000, 1000, 4, 1024.0, 1.0) == (32, 32)
-    # a strip spends the budget along its length: 1 MB at 1024 B/px = 1024 px = 9 x 113
-    assert choose_tile(1, 100_000, 4, 1024.0, 1.0) == (9, 113)
-    # balanced: 720 x 1280 at a 559 budget and margin 9 -> 2 x 3 tiles of 378 x 445, not of 559 x 559
-    assert choose_tile(720, 1280, 9, 1.0, 559 * 559 / 2**20) == (378, 445)
+    # a strip spends the budget along its length: 1 MB at 1024 B/px = 1 x 1024, balanced to 98 tiles of 1019
+    assert choose_tile(1, 100_000, 4, 1024.0, 1.0) == (1, 1019)
+    # balanced: 720 x 1280 at a 559 budget and margin 9 -> 2 x 3 tiles of 369 x 439, not of 559 x 559
+    assert choose_tile(720, 1280, 9, 1.0, 559 * 559 / 2**20) == (369, 439)
     # never smaller than the margins plus a useful core
     assert choose_tile(1000, 1000, 10, 1e9, 1.0) == (28, 28)
 
@@ -63,8 +84,10 @@ def test_margin_must_leave_a_core():
         plan_tiles(10, 10, (8, 8), 4)
 
 
-def test_overhead_of_one_whole_tile_is_padding_only():
-    assert overhead(100, 100, (108, 108), 4) == pytest.approx(1.1664)
+def test_overhead_counts_only_margins_and_padding():
+    assert overhead(100, 100, (100, 100), 4) == 1.0  # one tile, the image itself
+    assert overhead(99, 99, (100, 100), 4, align=2) == pytest.approx(100 * 100 / 99**2)
+    assert overhead(10, 20, (8, 20), 2) == pytest.approx(2 * 8 / 10)
 
 
 # -- align > 1: every window starts on a multiple of align from the image origin --------------------------------
@@ -73,12 +96,7 @@ def test_overhead_of_one_whole_tile_is_padding_only():
 @settings(max_examples=100, deadline=None)
 def test_aligned_tiles_start_on_multiples_and_cover_once(h, w, th, tw, m, a):
     m *= a
-    tile = (2 * m + a * (1 + th), 2 * m + a * (1 + tw))
-    cover = np.zeros((h, w), int)
-    for (y, x, ch, cw), (wy, wx) in plan_tiles(h, w, tile, m, a):
-        assert (wy - m) % a == 0 and (wx - m) % a == 0
-        cover[y:y + ch, x:x + cw] += 1
-    assert (cover == 1).all()
+    _check_plan(h, w, (2 * m + a * (1 + th), 2 * m + a * (1 + tw)), m, a)
 
 
 @pytest.mark.parametrize("tile,margin", [((101, 100), 16), ((100, 100), 15)])
@@ -88,8 +106,8 @@ def test_plan_tiles_refuses_unaligned_tile_or_margin(tile, margin):
 
 
 def test_choose_tile_rules_with_align():
-    # the whole image is padded up to the next multiple: 481 x 321 -> 482 x 322, plus the margins
-    assert choose_tile(481, 321, 16, 100.0, 256, requested=(481, 321), align=2) == (514, 354)
+    # the whole image is padded up to the next multiple: 481 x 321 -> 482 x 322
+    assert choose_tile(481, 321, 16, 100.0, 256, requested=(481, 321), align=2) == (482, 322)
     # a requested odd side is rounded up to a multiple of align
     assert choose_tile(481, 321, 16, 100.0, 256, requested=(101, 101), align=2) == (102, 102)
     assert choose_tile(481, 321, 16, 100.0, 256, requested=(101, 99), align=4) == (104, 100)
@@ -105,10 +123,14 @@ def test_choose_tile_rules_with_align():
 def test_auto_tile_is_aligned_and_balanced(h, w, m, a, budget_kb):
     m *= a
     th, tw = choose_tile(h, w, m, 64.0, budget_kb / 1024, align=a)
-    assert th % a == 0 and tw % a == 0 and th > 2 * m and tw > 2 * m
+    assert th % a == 0 and tw % a == 0
     for n, t in ((h, th), (w, tw)):
-        core = t - 2 * m
-        count = -(-n // core)
-        # balanced: one alignment step less of core would need another tile
-        assert core == a or -(-n // (core - a)) > count
-    plan_tiles(h, w, (th, tw), m, a)
+        padded = round_up(n, a)
+        if t >= padded:  # one tile along this side: the image, padded only to a multiple of a
+            assert t == padded
+            continue
+        assert t > 2 * m
+        count = len(plan_tiles(n, a, (t, a), m, a))
+        # balanced: one alignment step smaller would need another tile (or leave no core)
+        assert t - a - 2 * m < 1 or len(plan_tiles(n, a, (t - a, a), m, a)) > count
+    _check_plan(h, w, (th, tw), m, a)
