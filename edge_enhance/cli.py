@@ -10,6 +10,7 @@ import dataclasses
 import glob
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -75,6 +76,21 @@ class Job:
 
 _positive_int = number(int, lo=1)
 _strength = number(float, 0, 1.5)
+
+
+def strict_json(obj, **kw) -> str:
+    """JSON that strict parsers (jq, browsers) accept: NaN and infinite floats (no SSIM asked, an
+    identical image's PSNR) become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False, **kw)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -286,7 +302,7 @@ def _named(job: Job) -> str:
 def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
     counts = {k: sum(j.status == k for j in jobs) for k in ("ok", "failed", "skipped", "interrupted", "pending")}
     if args.json:
-        print(json.dumps({
+        print(strict_json({
             "ok": counts["ok"], "failed": counts["failed"], "skipped": counts["skipped"],
             "not_done": counts["pending"] + counts["interrupted"], "seconds": round(seconds, 3),
             "interrupted": interrupted,

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 import time
 
-from .cli import add_model_arguments, build_enhancer
+from .cli import add_model_arguments, build_enhancer, strict_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def main(args) -> int:
     setting = {"sr": f"x{enh.scale}", "enhance": f"x{enh.scale}", "denoise": f"sigma {args.sigma:g}",
                "dejpeg": f"quality {args.quality}"}[task]
     if args.json:
-        print(json.dumps({"model": str(enh.path), "engine": enh.backend.name, "dataset": args.dataset, "task": task,
+        print(strict_json({"model": str(enh.path), "engine": enh.backend.name, "dataset": args.dataset, "task": task,
                           "setting": setting, "tta": enh.tta, "psnr": res.psnr, "ssim": res.ssim,
                           "baseline_psnr": res.baseline_psnr,
                           "seconds": round(seconds, 2), "images": res.rows}, indent=1))
@@ -47,7 +47,11 @@ def main(args) -> int:
     print(f"{enh.path.name} ({enh.backend.name}{', tta' if enh.tta else ''}) on {args.dataset}, {task} {setting}")
     print(f"{'image':<24} {'PSNR':>8} {'SSIM':>7} {'input':>8}")
     for r in res.rows:
-        print(f"{r['name']:<24} {r['psnr']:8.3f} {r['ssim']:7.4f} {r['baseline_psnr']:8.3f}")
-    print(f"{'mean':<24} {res.psnr:8.3f} {res.ssim:7.4f} {res.baseline_psnr:8.3f}   ({seconds:.1f} s)")
+        print(f"{r['name']:<24} {r['psnr']:8.3f} {_ssim(r['ssim'])} {r['baseline_psnr']:8.3f}")
+    print(f"{'mean':<24} {res.psnr:8.3f} {_ssim(res.ssim)} {res.baseline_psnr:8.3f}   ({seconds:.1f} s)")
     sys.stdout.flush()
     return 0
+
+
+def _ssim(v: float) -> str:
+    return f"{v:7.4f}" if math.isfinite(v) else f"{'-':>7}"  # not measured (--no-ssim)

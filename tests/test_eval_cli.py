@@ -60,3 +60,28 @@ def test_eval_tta_is_reported_and_changes_the_score(tmp_path, dataset, capsys):
     assert runs[0]["psnr"] != runs[1]["psnr"]
     assert main(["eval", str(m), "--dataset", str(dataset), "--no-ssim", "--tta"]) == 0
     assert "(onnxruntime, tta)" in capsys.readouterr().out
+
+
+def _strict(text):
+    """json.loads that refuses NaN / Infinity, as jq and browsers do."""
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_without_ssim_writes_strict_json_and_a_dash(tmp_path, dataset, capsys):
+    m = tmp_path / "m.onnx"
+    residual_sr(m)
+    assert main(["eval", str(m), "--dataset", str(dataset), "--json", "--no-ssim"]) == 0
+    got = _strict(capsys.readouterr().out)
+    assert got["ssim"] is None and all(r["ssim"] is None for r in got["images"]) and got["psnr"] > 0
+    assert main(["eval", str(m), "--dataset", str(dataset), "--no-ssim"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and out.splitlines()[-1].split()[2] == "-"
+
+
+def test_strict_json_turns_non_finite_floats_into_null():
+    from edge_enhance.cli import strict_json
+
+    got = _strict(strict_json({"a": float("inf"), "b": [np.float64("nan"), 1.5], "c": (2, "x")}))
+    assert got == {"a": None, "b": [None, 1.5], "c": [2, "x"]}
