@@ -39,6 +39,23 @@ def test_tiled_equals_whole_image_bit_for_bit(models, h, w, th, tw, scale, seed)
     assert np.array_equal(tiled, whole)
 
 
+@given(th=st.integers(0, 12), tw=st.integers(0, 12), dh=st.integers(0, 30), dw=st.integers(0, 30),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None)
+def test_fixed_shape_tiles_equal_the_whole_image_run(models, th, tw, dh, dw, seed):
+    """A model frozen to a tile smaller than the image: its windows lie inside the image (the last ones
+    shifted back against the edge), so the result is the dynamic model's on the whole image, bit for bit."""
+    import dataclasses
+
+    whole_enh = Enhancer(models[2], tiling=TilingConfig(tile=(10**4, 10**4)))
+    m = whole_enh.card.margin
+    tile = (2 * m + 1 + th, 2 * m + 1 + tw)
+    img = np.random.default_rng(seed).integers(0, 256, (tile[0] + dh, tile[1] + dw, 3), dtype=np.uint8)
+    fixed = Enhancer(models[2], card=dataclasses.replace(whole_enh.card, tile=tile))
+    assert np.array_equal(fixed.enhance(img), whole_enh.enhance(img))
+    assert fixed.last_run.tile == tile
+
+
 def test_tiling_is_really_used_and_auto_tile_fits_budget(models):
     img = np.zeros((300, 200, 3), np.uint8)
     enh = Enhancer(models[2], tiling=TilingConfig(memory_mb=0.5))
