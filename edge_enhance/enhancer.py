@@ -141,8 +141,8 @@ class Enhancer:
 
     def _square_tile(self, tile: tuple[int, int], h: int, w: int) -> tuple[int, int]:
         """A square tile for --tta: the smaller side, unless that leaves no core to step along the
-        longer side (a strip thinner than the margins). Where the square overhangs a side it runs
-        at least a margin past it, so the model never sees the edge of the reflection it pads with."""
+        longer side (a strip thinner than the margins). A square grown past a side overhangs it by
+        at least a margin, so the cores do not depend on how far: tiled and whole-image TTA agree."""
         m, a = self.card.margin, self.card.align
         side = min(tile)
         extents = sorted((round_up(h, a), round_up(w, a)))

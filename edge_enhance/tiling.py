@@ -2,8 +2,8 @@
 and the margin is cropped, so the stitched result equals the whole-image result bit for bit.
 
 The whole-image result is the model run on the image itself: at the image's edges the network's
-own zero padding applies, as it did on the training crops (reflect-padding the edges instead costs
-0.04-0.07 dB on Set5 / Set14). So a window never leaves the image: an edge tile is shifted inward to
+own zero padding applies, as it did on the training crops (reflect-padding the edges instead cost
+sr-x2 0.04 / 0.07 dB on Set5 / Set14). So a window never leaves the image: an edge tile is shifted to
 lie against the edge and keeps the margin only on its inner sides. Every tile has the same input
 shape, so fixed-shape and NPU models work and the interpreter is resized once; only an image
 smaller than a fixed model shape is reflect-padded at its bottom / right up to that shape.
