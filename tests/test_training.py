@@ -333,6 +333,36 @@ def test_train_grows_a_checkpoint_and_the_card_says_so(tmp_path, data_root):
     assert not (tmp_path / "c").exists()
 
 
+def test_train_grows_an_exported_onnx_and_fine_tunes_it_with_l2_only(tmp_path, data_root):
+    import onnxruntime as ort
+
+    r = Recipe("t-grow", "sr", 2, channels=4, convs=2, patch=8, batch=2, eval_every=100)
+    images = _images(2, (60, 64))
+    small, st = train(r, ckpt_dir=tmp_path / "a", data_root=data_root, steps=3, images=images)
+    export_model(r, small, st, tmp_path / "src", data_root=data_root, evaluate_sets=False)
+    src = tmp_path / "src" / "t-grow.onnx"
+    deep = dataclasses.replace(r, convs=4)
+    # No L1 steps, no L2 steps: the grown net computes exactly what the file does.
+    model, state = train(deep, ckpt_dir=tmp_path / "b", data_root=data_root, steps=0, l2_steps=0, images=images,
+                         init_from=src)
+    assert state["step"] == 0 and state["init"]["convs"] == 2 and state["init"]["steps"] == 3
+    assert state["init"]["recipe"] == "python -m training.train t-grow --out DIR"
+    x = np.random.default_rng(0).random((1, 3, 10, 12), np.float32)
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), want, atol=1e-5)
+    # An L2-only fine-tune of the same depth: the L1 phase is skipped.
+    _, state = train(r, ckpt_dir=tmp_path / "c", data_root=data_root, steps=0, l2_steps=2, images=images, init_from=src)
+    assert (state["step"], state["l2_step"], state["init"]["convs"]) == (0, 2, 2)
+    with pytest.raises(ConfigError, match=r"t-grow\.onnx: cannot grow it into 4 convs x 6 channels"):
+        train(dataclasses.replace(deep, channels=6), ckpt_dir=tmp_path / "d", data_root=data_root, steps=1,
+              images=images, init_from=src)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match=r"junk\.onnx: not a readable ONNX model"):
+        train(deep, ckpt_dir=tmp_path / "d", data_root=data_root, steps=1, images=images, init_from=junk)
+
+
 def test_train_cli_takes_a_learning_rate_and_a_source_to_grow(tmp_path, capsys):
     from training.train import command, main
 
@@ -341,3 +371,5 @@ def test_train_cli_takes_a_learning_rate_and_a_source_to_grow(tmp_path, capsys):
     assert e.value.code == 2 and "lr and minutes must be positive" in capsys.readouterr().err
     assert command("denoise", minutes=19, steps=9, overrides={"convs": 11, "lr": 0.0003}, init_from="ck/last.pt") == \
         "python -m training.train denoise --out DIR --convs 11 --lr 0.0003 --init-from ck/last.pt --steps 9"
+    assert command("enhance-x2", minutes=230, steps=0, l2_steps=500, init_from="m.onnx") == \
+        "python -m training.train enhance-x2 --out DIR --init-from m.onnx --steps 0 --l2-steps 500"

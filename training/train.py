@@ -108,8 +108,9 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     state (``l2_step``, ``l2_elapsed``) so it resumes and extends the same way.
 
     ``init_from``: a fresh run (no checkpoint under ``ckpt_dir`` yet) starts from that trained
-    checkpoint of a shallower net of the same width, grown without changing what it computes
-    (:meth:`ResidualNet.load_deepened`); the state records it under ``init``."""
+    checkpoint, or exported ``.onnx`` (a bundled model), of a net of the same width and as many or
+    fewer convs, grown without changing what it computes (:meth:`ResidualNet.load_deepened`); the
+    state records it under ``init``."""
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget_s = 60.0 * (minutes if minutes is not None else r.minutes)
@@ -140,8 +141,10 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
                       "recipe": r.name, **state}, path)
 
-    def progress():
-        return min(1.0, state["step"] / steps) if steps else min(1.0, state["elapsed"] / budget_s)
+    def progress():  # a zero budget (--steps 0 / --minutes 0) skips the phase: an L2-only fine-tune
+        if steps is not None:
+            return min(1.0, state["step"] / steps) if steps > 0 else 1.0
+        return min(1.0, state["elapsed"] / budget_s) if budget_s > 0 else 1.0
 
     l2_budget_s = 60.0 * l2_minutes
 
@@ -260,7 +263,7 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
     cmd = f"python -m training.train {name} --out DIR"
     cmd += "".join(f" --{k} {v}" for k, v in (overrides or {}).items())
     cmd += f" --init-from {init_from}" if init_from else ""
-    cmd += f" --steps {steps}" if steps else f" --minutes {minutes:g}"
+    cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
     if l2_steps or l2_minutes:
         cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
     return cmd
@@ -269,6 +272,8 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
 def _grow(model: ResidualNet, src: Path, r: Recipe, device) -> dict:
     if not src.is_file():
         raise ConfigError(f"{src}: no such checkpoint to grow from")
+    if src.suffix == ".onnx":
+        return _grow_from_onnx(model, src, r)
     try:
         ck = torch.load(src, map_location=device, weights_only=False)
     except Exception as e:  # torch.load raises pickle, zip and OS errors alike on a file that is not one
@@ -285,6 +290,27 @@ def _grow(model: ResidualNet, src: Path, r: Recipe, device) -> dict:
             "steps": ck.get("step", 0) + ck.get("l2_step", 0),
             "train_minutes": round((ck.get("elapsed", 0.0) + ck.get("l2_elapsed", 0.0)) / 60, 1),
             "devices": ck.get("devices", [])}
+
+
+def _grow_from_onnx(model: ResidualNet, src: Path, r: Recipe) -> dict:
+    """_grow from an exported model: its collapsed convs go into the training blocks (qat's loader,
+    which checks the file computes what the recipe's net does), then the net is deepened."""
+    import onnx
+
+    from .qat import load_source  # imported here: qat imports this module
+
+    try:
+        n = sum(node.op_type == "Conv" for node in onnx.load(str(src)).graph.node)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise ConfigError(f"{src}: not a readable ONNX model ({type(e).__name__})") from None
+    try:
+        net, st = load_source(dataclasses.replace(r, convs=n), src)
+        model.load_deepened(net.state_dict())
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {str(e).splitlines()[0]}") from None
+    card = st.get("card", {})
+    return {"checkpoint": str(src), "recipe": card.get("recipe"), "convs": n, "steps": st["step"],
+            "train_minutes": round(st["elapsed"] / 60, 1), "devices": [card["device"]] if card.get("device") else []}
 
 
 def _device_name(device: torch.device) -> str:
@@ -333,8 +359,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, help="steps between Set5 logs (default: the recipe's; raise it on a GPU)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
     ap.add_argument("--init-from", type=Path, metavar="CKPT",
-                    help="start a fresh run from this trained last.pt of a shallower net of the same width: "
-                         "its convs are kept and the new ones start as identities (the output is unchanged)")
+                    help="start a fresh run from this trained last.pt or exported .onnx (a bundled model) of a net "
+                         "of the same width and as many or fewer convs: its convs are kept and any new ones start "
+                         "as identities (the output is unchanged). With --steps 0 and --l2-steps N: an L2 fine-tune")
     for k, (kind, what) in OVERRIDES.items():
         ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
     a = ap.parse_args(argv)
@@ -360,7 +387,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
-    cmd = command(r.name, minutes=a.minutes or r.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
+    cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
                   overrides=overrides, init_from=(state["init"] or {}).get("checkpoint"))
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
