@@ -247,7 +247,8 @@ def test_tta_tiled_equals_tta_whole_image(models, h, w, th, tw, scale, seed):
     tiled = Enhancer(models[scale], tiling=TilingConfig(tile=(2 * m + 1 + th, 2 * m + 1 + tw)), tta=True)
     assert np.array_equal(tiled.enhance(img), whole.enhance(img))
     th, tw = tiled.last_run.tile
-    assert th == tw and (th <= min(tiled.tile_for(h, w)) or th > 2 * m)  # squared; grown only to leave a core
+    side = min(tiled.tile_for(h, w))  # squared to the plain tile's smaller side, grown only to leave a core
+    assert th == tw and (th == side if side > 2 * m or side >= max(h, w) else th > 2 * m + 1)
 
 
 def test_tta_on_a_strip_thinner_than_the_margins(models):
