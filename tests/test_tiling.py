@@ -60,7 +60,7 @@ def test_choose_tile_rules():
     assert choose_tile(100, 80, 4, 100.0, 256, requested=(50, 60)) == (50, 60)
     # auto: 1 MB budget at 1024 B/pixel -> 32x32
     assert choose_tile(1000, 1000, 4, 1024.0, 1.0) == (32, 32)
-    # a strip spends the budget along its length: 1 MB at 1024 B/px = 1 x 1024, balanced to 98 tiles of 1019
+    # a strip spends the budget along its length: 1 MB at 1024 B/px = 1 x 1024, balanced to 99 tiles of 1019
     assert choose_tile(1, 100_000, 4, 1024.0, 1.0) == (1, 1019)
     # balanced: 720 x 1280 at a 559 budget and margin 9 -> 2 x 3 tiles of 369 x 439, not of 559 x 559
     assert choose_tile(720, 1280, 9, 1.0, 559 * 559 / 2**20) == (369, 439)
