@@ -217,6 +217,11 @@ def test_report_table_lists_exported_models(tmp_path, data_root):
     export_model(r, m, {"step": 3, "elapsed": 60.0, "history": []}, tmp_path, data_root=data_root, evaluate_sets=False)
     rows = table(tmp_path).splitlines()
     assert len(rows) == 3 and rows[2].startswith("| t-sr |") and f"| {m.deploy_params()} |" in rows[2]
+    assert rows[2].endswith("| 3 | 1.0 |")
+    grown = {"step": 0, "elapsed": 0.0, "l2_step": 5, "l2_elapsed": 30.0,
+             "init": {"checkpoint": "t-sr.onnx", "steps": 3, "train_minutes": 1.0}}
+    export_model(r, m, grown, tmp_path, data_root=data_root, evaluate_sets=False)
+    assert table(tmp_path).splitlines()[2].endswith("| 3 + 5 | 1.0 + 0.5 |")  # the source's, then its own
 
 
 def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):

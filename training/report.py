@@ -18,8 +18,12 @@ def table(folder: Path) -> str:
         peer = e.get("input_psnr", {}).get("Kodak24/degraded sr-x2")
         if peer is not None:
             psnr += f"; sr-x2 on same input {peer:.2f}"
+        steps, minutes = e.get("steps"), e.get("train_minutes")
+        src = e.get("grown_from")
+        if src:  # the source's training, then this run's (a deeper net or a fine-tune of it)
+            steps, minutes = f"{src.get('steps')} + {steps}", f"{src.get('train_minutes')} + {minutes}"
         lines.append(f"| {c.name} | {psnr} | {c.params} | {c.macs_per_pixel} | {c.receptive_field} | "
-                     f"{e.get('steps')} | {e.get('train_minutes')} |")
+                     f"{steps} | {minutes} |")
     return "\n".join(lines)
 
 
