@@ -387,8 +387,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
-    cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                  overrides=overrides, init_from=(state["init"] or {}).get("checkpoint"))
+    cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
+                  l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
+                  init_from=(state["init"] or {}).get("checkpoint"))
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
