@@ -15,7 +15,7 @@ from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
 from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
 from .models import DEFAULT_MODEL, resolve
-from .tiling import MIN_CORE, TilingConfig, choose_tile, extract, plan_tiles, round_up
+from .tiling import TilingConfig, choose_tile, extract, min_tile_side, plan_tiles, round_up
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Enhancer:
         side = min(tile)
         extents = sorted((round_up(h, a), round_up(w, a)))
         if side < extents[1] and side - 2 * m < 1:
-            side = 2 * m + round_up(MIN_CORE, a)
+            side = min_tile_side(m, a)
         for n in extents:
             if n < side < n + m:
                 side = round_up(n + m, a)
@@ -158,7 +158,7 @@ class Enhancer:
         if self.fixed_tile:
             return None
         a = self.card.align
-        floor = 2 * self.card.margin + round_up(MIN_CORE, a)
+        floor = min_tile_side(self.card.margin, a)
         smaller = (max(floor, tile[0] // 2 // a * a), max(floor, tile[1] // 2 // a * a))
         return smaller if smaller != tile else None
 

@@ -71,6 +71,11 @@ def round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
+def min_tile_side(margin: int, align: int = 1) -> int:
+    """The smallest useful tile side: the margins on both sides and a core of MIN_CORE (aligned)."""
+    return 2 * margin + round_up(MIN_CORE, align)
+
+
 def check_aligned(sizes, align: int, what: str) -> None:
     """ConfigError naming ``what`` unless every (h, w) in ``sizes`` is a multiple of ``align``."""
     bad = [f"{h}x{w}" for h, w in sizes if h % align or w % align]
@@ -125,7 +130,7 @@ def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: 
             return full
         return min(round_up(requested[0], a), full[0]), min(round_up(requested[1], a), full[1])
     budget_px = memory_mb * 2**20 / max(bytes_per_pixel, 1.0)
-    floor = 2 * margin + round_up(MIN_CORE, a)
+    floor = min_tile_side(margin, a)
     side = max(floor, _round_down(min(int(math.sqrt(budget_px)), MAX_AUTO_TILE), a))
     th, tw = min(side, full[0]), min(side, full[1])
     # A thin strip leaves budget unused in one direction: spend it along the other.
