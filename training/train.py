@@ -43,7 +43,8 @@ VERSION = "1"
 # still applies, the card records them, and a variant wants its own --ckpt (another shape is refused).
 OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs": (int, "depth (3x3 convs)"),
              "patch": (int, "side of an input training patch"), "batch": (int, "patches per step"),
-             "lr": (float, "peak learning rate of the L1 phase (the L2 phase runs at a tenth)")}
+             "lr": (float, "peak learning rate of the L1 phase (the L2 phase runs at a tenth)"),
+             "down": (int, "2: the body runs at half resolution (scale-1 models; recipe down)")}
 
 
 def build_model(r: Recipe) -> ResidualNet:
