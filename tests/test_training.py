@@ -359,6 +359,12 @@ def test_train_grows_an_exported_onnx_and_fine_tunes_it_with_l2_only(tmp_path, d
     # An L2-only fine-tune of the same depth: the L1 phase is skipped.
     _, state = train(r, ckpt_dir=tmp_path / "c", data_root=data_root, steps=0, l2_steps=2, images=images, init_from=src)
     assert (state["step"], state["l2_step"], state["init"]["convs"]) == (0, 2, 2)
+    # Grown again from that fine-tune's export: the lineage adds up (3 steps, then 2) and stays nested.
+    tuned, state = train(r, ckpt_dir=tmp_path / "c", data_root=data_root, steps=0, l2_steps=2, images=images)
+    export_model(r, tuned, state, tmp_path / "tuned", data_root=data_root, evaluate_sets=False)
+    _, state = train(deep, ckpt_dir=tmp_path / "e", data_root=data_root, steps=0, l2_steps=0, images=images,
+                     init_from=tmp_path / "tuned" / "t-grow.onnx")
+    assert state["init"]["steps"] == 5 and state["init"]["grown_from"]["steps"] == 3
     with pytest.raises(ConfigError, match=r"t-grow\.onnx: cannot grow it into 4 convs x 6 channels"):
         train(dataclasses.replace(deep, channels=6), ckpt_dir=tmp_path / "d", data_root=data_root, steps=1,
               images=images, init_from=src)

@@ -310,8 +310,13 @@ def _grow_from_onnx(model: ResidualNet, src: Path, r: Recipe) -> dict:
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {str(e).splitlines()[0]}") from None
     card = st.get("card", {})
-    return {"checkpoint": str(src), "recipe": card.get("recipe"), "convs": n, "steps": st["step"],
-            "train_minutes": round(st["elapsed"] / 60, 1), "devices": [card["device"]] if card.get("device") else []}
+    # A source that was itself grown or fine-tuned: its own source's training counts too (kept nested).
+    prior = card.get("grown_from") or {}
+    devices = list(dict.fromkeys(prior.get("devices", []) + ([card["device"]] if card.get("device") else [])))
+    return {"checkpoint": str(src), "recipe": card.get("recipe"), "convs": n,
+            "steps": st["step"] + int(prior.get("steps", 0)),
+            "train_minutes": round(st["elapsed"] / 60 + float(prior.get("train_minutes", 0.0)), 1),
+            "devices": devices, **({"grown_from": prior} if prior else {})}
 
 
 def _device_name(device: torch.device) -> str:
