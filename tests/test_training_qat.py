@@ -1,4 +1,5 @@
 """Quantisation-aware fine-tuning: fake quantisation is the quantiser's int8 arithmetic; the CLI."""
+import dataclasses
 import numpy as np
 import pytest
 
@@ -224,3 +225,18 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     src = ex.read_card(shipped).extra
     assert card.extra["psnr_fp32"] == src.get("psnr") and set(rep["int8"]) == {"tiny"}
     assert (card.extra["device"], card.extra["recipe"]) == (src["device"], src["recipe"])  # how it was trained
+
+
+def test_cli_takes_a_net_grown_past_its_recipe(tmp_path, tiny):
+    r = RECIPES["t-qat"]
+    deep = dataclasses.replace(r, convs=r.convs + 1)
+    net, state = train(deep, ckpt_dir=tmp_path / "ck-deep", data_root=tiny["root"], steps=1, images=_images())
+    export_model(deep, net, state, tmp_path / "deep", data_root=tiny["root"], evaluate_sets=False)
+    src = tmp_path / "deep" / "t-qat.onnx"
+    argv = ["t-qat", "--from", str(src), "--steps", "1", "--out", str(tmp_path / "out"), "--data", str(tiny["root"]),
+            "--no-eval"]
+    with pytest.raises(ConfigError, match=r"t-qat\.onnx: conv weights .* are not recipe t-qat's"):
+        qat.main(argv)
+    assert qat.main(argv + ["--convs", str(deep.convs)]) == 0
+    q = ex.read_card(tmp_path / "out" / "t-qat.onnx").extra["qat"]
+    assert q["command"].startswith(f"python -m training.qat t-qat --convs {deep.convs} --from")

@@ -20,6 +20,7 @@ inside a range and are zero outside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -43,7 +44,7 @@ from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
-from .train import _device_name, build_model, export_model
+from .train import OVERRIDES, _device_name, build_model, export_model
 
 log = logging.getLogger("training")
 PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
@@ -296,10 +297,15 @@ def main(argv=None) -> int:
                     help="l1 (default) or l2, the loss PSNR measures (a recipe whose last phase was L2)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
+    shape = ("channels", "convs", "down")  # a network grown past its recipe (train --init-from) says so here
+    for k in shape:
+        kind, what = OVERRIDES[k]
+        ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
-    r = get(a.name)
+    overrides = {k: getattr(a, k) for k in shape if getattr(a, k) is not None}
+    r = dataclasses.replace(get(a.name), **overrides)
     if a.steps < 1:
         raise ConfigError(f"--steps {a.steps} must be at least 1")
     if a.method is not None and a.ranges != "calib":
@@ -322,7 +328,8 @@ def main(argv=None) -> int:
     data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
-    cmd = (f"python -m training.qat {r.name} --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
+    cmd = (f"python -m training.qat {r.name}" + "".join(f" --{k} {v}" for k, v in overrides.items())
+           + f" --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
            + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
            + f" --loss {a.loss}" + (f" --lr {lr:g}" if a.lr is not None else "") + " --out DIR")
     qat = {"command": cmd, "from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "act_eq": a.act_eq,
