@@ -1,5 +1,6 @@
 """Training recipes: tiny runs, re-parameterisation, ONNX export equal to torch, card round trip."""
 import dataclasses
+import os
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ from edge_enhance.errors import ConfigError  # noqa: E402
 from training import export as ex  # noqa: E402
 from training.data import PatchSampler, batches  # noqa: E402
 from training.model import ResidualNet, depth_to_space_dcr  # noqa: E402
-from training.recipes import RECIPES, Recipe  # noqa: E402
+from training.recipes import RECIPES, Recipe, Stage  # noqa: E402
 from training.train import build_model, export_model, train  # noqa: E402
 
 CONVERTER_OPS = {"Conv", "Relu", "Concat", "Add", "DepthToSpace", "Clip"}
@@ -100,11 +101,16 @@ def test_zero_residual_is_the_nearest_or_identity_base(scale):
 
 def test_every_recipe_fits_its_budget():
     for r in RECIPES.values():
-        m = build_model(r)
-        if r.max_params:
-            assert m.deploy_params() <= r.max_params, r.name
-        if r.max_macs:
-            assert m.macs_per_pixel() <= r.max_macs, r.name
+        for i in range(len(r.stages) + 1):  # every run of it: a later stage may grow the net
+            m = build_model(r.stage(i))
+            if r.max_params:
+                assert m.deploy_params() <= r.max_params, r.name
+            if r.max_macs:
+                assert m.macs_per_pixel() <= r.max_macs, r.name
+    assert RECIPES["denoise"].stage(2).convs == 12 and RECIPES["denoise"].stage(2).lr == RECIPES["denoise"].lr
+    for bad in (Stage(convs=1, steps=5), Stage(), Stage(steps=-1, l2_steps=3), Stage(lr=0.0, steps=2)):
+        with pytest.raises(ConfigError, match="stage 1 must keep or grow"):
+            Recipe("bad", "sr", 2, channels=4, convs=2, patch=16, stages=(bad,))
     with pytest.raises(ConfigError, match="exceed the budget"):
         build_model(Recipe("big", "sr", 2, channels=64, convs=8, patch=16, max_params=50_000))
     with pytest.raises(ConfigError, match="scale 1"):
@@ -249,6 +255,39 @@ def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
     factor = card.extra["train_seconds"] / 0.6 + 2
     assert queue.main(args + ["--factor", str(factor)]) == 0
     assert ex.read_card(out).extra["steps"] > card.extra["steps"]
+
+
+def test_queue_runs_a_recipes_stages_each_from_the_export_before(tmp_path, monkeypatch, caplog):
+    from training import queue
+
+    root = tmp_path / "data"
+    for sub in ("train/T91", "train/BSD200", "eval/Set5", "eval/Set14", "eval/BSD100"):
+        (root / sub).mkdir(parents=True)
+        Image.fromarray(_images(1, (36, 40), seed=len(sub))[0]).save(root / sub / "0.png")
+    r = Recipe("t-s", "sr", 2, channels=4, convs=2, patch=8, batch=2, minutes=0.005, eval_every=10_000,
+               stages=(Stage(convs=3, lr=5e-4, steps=2, l2_steps=1), Stage(l2_steps=2)))
+    monkeypatch.setattr(queue, "QUEUE", ("t-s",))
+    monkeypatch.setattr(queue, "get", lambda name: r)
+    args = ["--out", str(tmp_path / "out"), "--ckpt", str(tmp_path / "ck"), "--data", str(root)]
+    assert queue.main(args) == 0
+    first, grown, last = (tmp_path / "out" / "stages" / "t-s.0" / "t-s.onnx",
+                          tmp_path / "out" / "stages" / "t-s.1" / "t-s.onnx", tmp_path / "out" / "t-s.onnx")
+    c0, c1, c2 = (ex.read_card(p) for p in (first, grown, last))
+    assert (c1.extra["steps"], c1.extra["grown_from"]["convs"], c1.receptive_field) == (3, 2, 7)
+    assert c1.extra["recipe"].endswith(f"--convs 3 --lr 0.0005 --init-from {first} --steps 2 --l2-steps 1")
+    assert c2.extra["l2_finetune"] == {"steps": 2, "minutes": c2.extra["train_minutes"], "lr": r.lr / 10}
+    assert c2.extra["grown_from"]["steps"] == c0.extra["steps"] + 3  # the whole lineage, nested
+    assert c2.extra["grown_from"]["grown_from"]["checkpoint"] == str(first) and c2.extra["psnr"]
+    stamps = [p.stat().st_mtime_ns for p in (first, grown, last)]
+    assert queue.main(args) == 0  # every budget covered: nothing retrained or rewritten
+    assert [p.stat().st_mtime_ns for p in (first, grown, last)] == stamps
+    # A later stage whose source is newer than it is redone (from that source, not its old checkpoint).
+    os.utime(grown, ns=(stamps[2] + 10**9, stamps[2] + 10**9))
+    with caplog.at_level("INFO", logger="training"):
+        assert queue.main(args) == 0
+    assert "t-s.2/last.pt predates its source" in caplog.text and "t-s.1/t-s.onnx already exported" in caplog.text
+    assert first.stat().st_mtime_ns == stamps[0] and last.stat().st_mtime_ns > stamps[2]
+    assert ex.read_card(last).extra["steps"] == 2
 
 
 def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):

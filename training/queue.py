@@ -3,11 +3,12 @@
     nohup nice -n 10 python -m training.queue --out /var/tmp/edge-enhance/export \\
         > /var/tmp/edge-enhance/queue.log 2>&1 &
 
-Each model trains for its wall-clock budget (resuming from /var/tmp/edge-enhance/ckpt/<name>/),
-then is exported with its measured PSNR. Restarting the command resumes where it stopped; models
-whose export already covers the budget are skipped. ``--factor 2`` doubles every budget so a later
-session continues training toward the quality bars (the cosine schedule restarts warm from where
-the new budget puts it).
+Each model trains for its recipe's wall-clock budget (resuming from /var/tmp/edge-enhance/ckpt/<name>/),
+then, where the recipe has later stages (a deeper net grown from that export, an L2 fine-tune), each
+stage from the export before it for its step budget; the last export, with its measured PSNR, is
+``<out>/<name>.onnx``. Restarting the command resumes where it stopped; runs whose export already covers
+the budget are skipped. ``--factor 2`` doubles every budget so a later session continues training
+toward the quality bars (the cosine schedule restarts warm from where the new budget puts it).
 """
 from __future__ import annotations
 
@@ -43,28 +44,57 @@ def main(argv=None) -> int:
         if a.only and name not in a.only:
             continue
         r = get(name)
-        budget, l2_budget = r.minutes * a.factor, r.l2_minutes * a.factor
-        done = a.out / f"{name}.onnx"
-        if done.exists():
-            try:
-                extra = ex.read_card(done).extra
-                trained_s = float(extra.get("train_seconds", 60 * extra.get("train_minutes", 0)))
-            except Exception as e:  # an unreadable export is redone, not trusted
-                log.warning("%s: cannot read its card (%s); redoing it", done, e)
-                extra, trained_s = {}, -1.0
-            # train_minutes is rounded to 0.1 min in older cards: allow that much slack.
-            if trained_s >= 60 * (budget + l2_budget) - ("train_seconds" not in extra) * 6.0 - 0.5:
-                log.info("%s: already exported after %.1f min (budget %.1f); skipping", name, trained_s / 60,
-                         budget + l2_budget)
-                continue
-        log.info("%s: training for %.1f + %.1f (L2) min", name, budget, l2_budget)
-        model, state = train(r, ckpt_dir=a.ckpt / name, data_root=data_root, minutes=budget, images=images,
-                             l2_minutes=l2_budget)
-        card = export_model(r, model, state, a.out, data_root=data_root,
-                            command=command(name, minutes=budget, l2_minutes=l2_budget))
-        log.info("%s: exported %s  %s", name, done, card.extra["psnr"])
+        src = None  # the export the next stage starts from
+        for i in range(len(r.stages) + 1):
+            src = _run(r, i, src, a, data_root, images)
     log.info("queue finished")
     return 0
+
+
+def _run(r, i: int, src: Path | None, a, data_root: Path, images) -> Path:
+    """Train and export run ``i`` of recipe ``r`` (0: the recipe's own budgets in minutes; later stages
+    grow / fine-tune ``src`` for their step budgets); skipped when its export already covers the budget
+    and is newer than its source. The last run's export is ``<out>/<name>.onnx``, earlier ones go to
+    ``<out>/stages/<name>.<i>/``."""
+    ri, name = r.stage(i), r.name
+    last = i == len(r.stages)
+    done = (a.out if last else a.out / "stages" / f"{name}.{i}") / f"{name}.onnx"
+    ckpt = a.ckpt / (name if i == 0 else f"{name}.{i}")
+    if i == 0:
+        budget = {"minutes": r.minutes * a.factor, "l2_minutes": r.l2_minutes * a.factor}
+        need, what = 60 * (budget["minutes"] + budget["l2_minutes"]), "train_seconds"
+        overrides = {}
+    else:
+        st = r.stages[i - 1]
+        budget = {"steps": round(st.steps * a.factor), "l2_steps": round(st.l2_steps * a.factor)}
+        need, what = budget["steps"] + budget["l2_steps"], "steps"
+        overrides = {k: getattr(ri, k) for k in ("convs", "lr") if getattr(ri, k) != getattr(r, k)}
+    if done.exists() and (src is None or done.stat().st_mtime_ns >= src.stat().st_mtime_ns):
+        try:
+            extra = ex.read_card(done).extra
+            if i == 0:  # train_minutes is rounded to 0.1 min in older cards: allow that much slack
+                have = float(extra.get("train_seconds", 60 * extra.get("train_minutes", 0)))
+                need -= ("train_seconds" not in extra) * 6.0 + 0.5
+            else:
+                have = extra["steps"]
+        except Exception as e:  # an unreadable export is redone, not trusted
+            log.warning("%s: cannot read its card (%s); redoing it", done, e)
+            have = -1.0
+        if have >= need:
+            log.info("%s: %s already exported (%s %g, budget %g); skipping", name, done, what, have, need)
+            return done
+    stale = ckpt / "last.pt"
+    if src is not None and stale.exists() and stale.stat().st_mtime_ns < src.stat().st_mtime_ns:
+        log.info("%s: %s predates its source %s; starting that stage afresh", name, stale, src)
+        stale.unlink()
+    log.info("%s: run %d of %d, %s", name, i + 1, len(r.stages) + 1, budget)
+    model, state = train(ri, ckpt_dir=ckpt, data_root=data_root, images=images, init_from=src, **budget)
+    card = export_model(ri, model, state, done.parent, data_root=data_root,
+                        command=command(name, minutes=budget.get("minutes", 0.0), steps=budget.get("steps"),
+                                        l2_minutes=budget.get("l2_minutes", 0.0), l2_steps=budget.get("l2_steps"),
+                                        overrides=overrides, init_from=src))
+    log.info("%s: exported %s  %s", name, done, card.extra["psnr"])
+    return done
 
 
 if __name__ == "__main__":

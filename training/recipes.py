@@ -5,11 +5,24 @@ denoise / dejpeg / enhance-x2 <= 100k params. Checked when a model is built (see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edge_enhance.errors import ConfigError
 
 TASKS = ("sr", "denoise", "dejpeg", "enhance")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A later training run of a bundled model, started from the previous run's export
+    (``training.train --init-from``): grown to ``convs`` of the same width (None: the same depth),
+    ``steps`` L1 steps at ``lr`` (None: the recipe's), then ``l2_steps`` L2 steps at a tenth of it.
+    Step budgets, so the schedule is the same on any machine (these runs were made on an H100 or the
+    2-core CPU; the model card says which)."""
+    convs: int | None = None
+    lr: float | None = None
+    steps: int = 0
+    l2_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class Recipe:
     sigma_max: float = 50.0  # denoise: blind sigma U(0, sigma_max)
     quality_range: tuple[int, int] = (10, 90)  # dejpeg: quality U(lo, hi)
     eval_every: int = 250  # steps between Set5 logs
+    stages: tuple[Stage, ...] = ()  # later runs, each from the export before it (training.queue runs them)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -44,9 +58,22 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
         if not (self.lr > 0 and self.minutes > 0 and self.l2_minutes >= 0):
             raise ConfigError(f"recipe {self.name}: lr and minutes must be positive, l2_minutes not negative")
+        for i, st in enumerate(self.stages, 1):
+            shrinks = st.convs is not None and st.convs < self.stage(i - 1).convs
+            if shrinks or min(st.steps, st.l2_steps) < 0 or st.steps + st.l2_steps == 0 or \
+                    (st.lr is not None and not st.lr > 0):
+                raise ConfigError(f"recipe {self.name}: stage {i} must keep or grow the depth and train "
+                                  f"a positive number of steps at a positive rate")
         lo, hi = self.quality_range
         if not 1 <= lo <= hi <= 100:
             raise ConfigError(f"recipe {self.name}: JPEG quality range {self.quality_range} not in 1..100")
+
+    def stage(self, i: int) -> Recipe:
+        """The recipe of run ``i`` (0: the first, the recipe itself; i >= 1: ``stages[i - 1]``)."""
+        if i == 0:
+            return self
+        st = self.stages[i - 1]
+        return replace(self, convs=st.convs or self.stage(i - 1).convs, lr=st.lr or self.lr, stages=())
 
     @property
     def base(self) -> str:
@@ -63,25 +90,30 @@ def register(r: Recipe) -> Recipe:
     return r
 
 
-# Budgets are those of the bundled files. sr-x2, sr-x2-rt, sr-x3, sr-x4 and denoise were trained on one
-# H100 shared by six runs at once (~90-125 steps/s each: 19 + 2 minutes is 100k-140k + 10k-15k steps;
-# training/README.md gives the step counts, which `--steps` / `--l2-steps` reproduce on any machine).
-# dejpeg and enhance-x2 on the project's 2-core CPU (4-5 steps/s).
+# Budgets are those of the bundled files. sr-x2, sr-x2-rt, sr-x3, sr-x4 and the first denoise run were
+# trained on one H100 shared by six runs at once (~90-125 steps/s each: 19 + 2 minutes is 100k-140k +
+# 10k-15k steps; training/README.md gives the step counts, which `--steps` / `--l2-steps` reproduce on any
+# machine). dejpeg's and enhance-x2's first runs on the project's 2-core CPU (4-5 steps/s). Later stages
+# (step budgets) are the runs that made the bundled file from the one before: see training/README.md.
 # 8 convs x 28 channels: 46k params, receptive field 17.
 register(Recipe("sr-x2", "sr", 2, channels=28, convs=8, patch=40, minutes=19, l2_minutes=2, max_params=50_000))
 # 6 convs x 24 channels: 24k MACs per input pixel.
 register(Recipe("sr-x2-rt", "sr", 2, channels=24, convs=6, patch=40, minutes=19, l2_minutes=2, max_macs=25_000))
 register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=19, l2_minutes=2, max_params=50_000))
 register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=19, l2_minutes=2, max_params=50_000))
-# Full-resolution networks: compute per pixel = params, so they stay well under the 100k cap.
-register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=19, l2_minutes=2, max_params=100_000))
-# dejpeg / enhance-x2: the bundled files are the L1 runs' exports fine-tuned with L2 for 6,000 / 12,000
-# steps (19.3 / 39.5 min on the 2-core CPU).
-register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=213, l2_minutes=20,
-                max_params=100_000))
-register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=230, l2_minutes=40,
-                max_params=100_000))
-
+# Full-resolution networks: compute per pixel = params, so they stay under the 100k cap.
+# denoise: 8 x 32 (57k params, receptive field 17) on the H100, grown to 12 x 32 (94k, RF 25) there
+# (18 + 2 min beside four other runs), then an L2 fine-tune (5.5 min beside one other).
+register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=19, l2_minutes=2, max_params=100_000,
+                stages=(Stage(convs=12, lr=3e-4, steps=57994, l2_steps=6515), Stage(l2_steps=25279))))
+# dejpeg: the L1 run's export fine-tuned with L2 (19.3 min on the 2-core CPU).
+register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=213, max_params=100_000,
+                stages=(Stage(l2_steps=6000),)))
+# enhance-x2: 9 x 32 on the CPU (L1 230 min, then L2 12,000 steps in 39.5 min), grown to 12 x 32 (97k
+# params, RF 25) on the H100 (18 + 2 min beside four other runs), then L2 there (5.5 min beside one other).
+register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=230, max_params=100_000,
+                stages=(Stage(l2_steps=12000), Stage(convs=12, lr=3e-4, steps=77569, l2_steps=8858),
+                        Stage(l2_steps=35440))))
 
 def get(name: str) -> Recipe:
     try:
