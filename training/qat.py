@@ -44,7 +44,7 @@ from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
-from .train import OVERRIDES, _device_name, build_model, export_model
+from .train import _device_name, add_override_args, build_model, export_model, given_overrides
 
 log = logging.getLogger("training")
 PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
@@ -298,13 +298,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
     shape = ("channels", "convs", "down")  # a network grown past its recipe (train --init-from) says so here
-    for k in shape:
-        kind, what = OVERRIDES[k]
-        ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
+    add_override_args(ap, shape)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
-    overrides = {k: getattr(a, k) for k in shape if getattr(a, k) is not None}
+    overrides = given_overrides(a, shape)
     r = dataclasses.replace(get(a.name), **overrides)
     if a.steps < 1:
         raise ConfigError(f"--steps {a.steps} must be at least 1")

@@ -47,6 +47,18 @@ OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs"
              "down": (int, "2: the body runs at half resolution (scale-1 models; recipe down)")}
 
 
+def add_override_args(ap, keys=tuple(OVERRIDES)) -> None:
+    """--channels / --convs ... (``keys`` of ``OVERRIDES``) on a training CLI's parser."""
+    for k in keys:
+        kind, what = OVERRIDES[k]
+        ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
+
+
+def given_overrides(a, keys=tuple(OVERRIDES)) -> dict:
+    """The recipe fields a parsed command line overrides."""
+    return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+
+
 def build_model(r: Recipe) -> ResidualNet:
     m = ResidualNet(r.scale, r.channels, r.convs, down=r.down)
     if r.max_params is not None and m.deploy_params() > r.max_params:
@@ -368,8 +380,7 @@ def main(argv=None) -> int:
                     help="start a fresh run from this trained last.pt or exported .onnx (a bundled model) of a net "
                          "of the same width and as many or fewer convs: its convs are kept and any new ones start "
                          "as identities (the output is unchanged). With --steps 0 and --l2-steps N: an L2 fine-tune")
-    for k, (kind, what) in OVERRIDES.items():
-        ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
+    add_override_args(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
@@ -377,7 +388,7 @@ def main(argv=None) -> int:
         if a.eval_every < 1:
             ap.error("--eval-every must be positive")
         r = dataclasses.replace(r, eval_every=a.eval_every)
-    overrides = {k: getattr(a, k) for k in OVERRIDES if getattr(a, k) is not None}
+    overrides = given_overrides(a)
     if overrides:
         try:
             r = dataclasses.replace(r, **overrides)  # Recipe checks the ranges
