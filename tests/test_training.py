@@ -87,6 +87,42 @@ def test_half_resolution_net_collapses_and_its_receptive_field_is_measured():
         ResidualNet(2, 4, 3, down=2)
 
 
+@pytest.mark.parametrize("scale", [1, 2])
+def test_dilated_net_collapses_exports_and_its_receptive_field_is_measured(scale):
+    m = _perturbed(ResidualNet(scale, 5, 4, dilations=(1, 3, 2, 1)))
+    assert m.receptive_field == 2 * (1 + 3 + 2 + 1) + 1
+    x = torch.rand(1, 3, 31, 33, generator=torch.Generator().manual_seed(1)) * 0.2 + 0.4
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.forward_collapsed(x), atol=1e-5, rtol=0)
+        for q in m.parameters():  # positive weights: no ReLU cuts a path, so the reach is the whole field
+            q.abs_()
+        x2 = x.clone()
+        x2[0, :, 15, 16] += 0.3
+        rows = torch.nonzero((m.body(x2) - m.body(x)).abs().sum((0, 1, 3)) > 0).flatten()
+    assert int(rows.max()) - int(rows.min()) + 1 == m.receptive_field
+    m_onnx = ex.build_onnx(m)
+    assert [list(a.ints) for n in m_onnx.graph.node for a in n.attribute if a.name == "dilations"] == \
+        [[1, 1], [3, 3], [2, 2], [1, 1]]
+    assert ex.max_abs_error(m, m_onnx, size=(1, 3, 20, 22)) < 1e-5
+    for bad in ((1, 2, 1), (1, 0, 1, 1)):
+        with pytest.raises(ValueError, match="dilations"):
+            ResidualNet(scale, 5, 4, dilations=bad)
+    with pytest.raises(ConfigError, match=r"dilations \(1, 2\) must be 3 values"):
+        Recipe("bad", "denoise", 1, channels=4, convs=3, patch=16, dilations=(1, 2))
+
+
+def test_deepening_a_dilated_net_keeps_the_dilations_of_the_convs_kept():
+    small = _perturbed(ResidualNet(1, 6, 3, dilations=(2, 3, 1)))
+    big = ResidualNet(1, 6, 5, dilations=(2, 3, 4, 4, 1)).eval()
+    assert big.load_deepened(small.state_dict(), small.dilations) == 3
+    x = torch.rand(1, 3, 30, 28)
+    assert torch.allclose(big(x), small(x), atol=1e-6)
+    with pytest.raises(ValueError, match=r"dilations \(2, 3, 1\) do not match"):
+        ResidualNet(1, 6, 5).load_deepened(small.state_dict(), small.dilations)
+    with pytest.raises(ValueError, match="dilations"):
+        ResidualNet(1, 6, 5, dilations=(2, 3, 1, 1, 1)).load_deepened(small.state_dict())  # all 1 by default
+
+
 @pytest.mark.parametrize("scale", [1, 2, 3])
 def test_zero_residual_is_the_nearest_or_identity_base(scale):
     m = _perturbed(ResidualNet(scale, 4, 3))
@@ -311,6 +347,12 @@ def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["denoise", "--out", str(tmp_path), "--batch", "0"])
     assert e.value.code == 2 and "out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", "--out", str(tmp_path), "--dilations", "1,2,3"])
+    assert e.value.code == 2 and "dilations (1, 2, 3) must be 8 values" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", "--out", str(tmp_path), "--dilations", "1,x"])
+    assert e.value.code == 2 and "invalid dilation_list value: '1,x'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -320,6 +362,8 @@ def test_resuming_a_checkpoint_of_another_architecture_says_so(tmp_path, data_ro
     train(r, ckpt_dir=ck, data_root=data_root, steps=1, images=images)
     with pytest.raises(ConfigError, match=r"last\.pt: the checkpoint holds another architecture than 3 convs x 6"):
         train(dataclasses.replace(r, channels=6), ckpt_dir=ck, data_root=data_root, steps=2, images=images)
+    with pytest.raises(ConfigError, match=r"last\.pt: the checkpoint's convs have dilations \(1, 1, 1\), not \(1, 2, 1\)"):
+        train(dataclasses.replace(r, dilations=(1, 2, 1)), ckpt_dir=ck, data_root=data_root, steps=2, images=images)
 
 
 def test_card_command_records_architecture_overrides():
@@ -328,6 +372,8 @@ def test_card_command_records_architecture_overrides():
     assert command("denoise", minutes=19, l2_minutes=2) == "python -m training.train denoise --out DIR --minutes 19 --l2-minutes 2"
     assert command("denoise", minutes=19, steps=5000, overrides={"channels": 40, "batch": 64}) == \
         "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000"
+    assert command("denoise", minutes=19, overrides={"dilations": (1, 2, 1)}) == \
+        "python -m training.train denoise --out DIR --dilations 1,2,1 --minutes 19"
 
 
 @pytest.mark.parametrize("scale,down", [(2, 1), (1, 2)])

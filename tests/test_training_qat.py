@@ -54,11 +54,12 @@ def test_gradients_pass_straight_through_inside_the_range_only():
     assert x.grad.tolist() == [1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("scale, down", [(1, 1), (2, 1), (3, 1), (1, 2)])
-def test_fake_quant_forward_equals_int8_simulation(scale, down):
+@pytest.mark.parametrize("scale, down, dilations", [(1, 1, None), (2, 1, None), (3, 1, None), (1, 2, None),
+                                                     (1, 1, (2, 3, 1))])
+def test_fake_quant_forward_equals_int8_simulation(scale, down, dilations):
     r = _recipe(scale)
     torch.manual_seed(scale)
-    net = ResidualNet(scale, 4, 3, down=down)
+    net = ResidualNet(scale, 4, 3, down=down, dilations=dilations)
     q = qat.QATNet(net)
     qat.finetune(r, q, _images(), steps=3, lr=1e-3)  # EMA ranges from the batches
     assert not torch.isnan(q.lo).any()
@@ -240,3 +241,13 @@ def test_cli_takes_a_net_grown_past_its_recipe(tmp_path, tiny):
     assert qat.main(argv + ["--convs", str(deep.convs)]) == 0
     q = ex.read_card(tmp_path / "out" / "t-qat.onnx").extra["qat"]
     assert q["command"].startswith(f"python -m training.qat t-qat --convs {deep.convs} --from")
+    # A dilated net: the file's dilations are checked against the recipe's (they change the forward).
+    dil = dataclasses.replace(r, dilations=(1, 2, 1))
+    net, state = train(dil, ckpt_dir=tmp_path / "ck-dil", data_root=tiny["root"], steps=1, images=_images())
+    export_model(dil, net, state, tmp_path / "dil", data_root=tiny["root"], evaluate_sets=False)
+    argv = argv[:2] + [str(tmp_path / "dil" / "t-qat.onnx")] + argv[3:]
+    with pytest.raises(ConfigError, match="not a t-qat network as training.export writes it"):
+        qat.main(argv)
+    assert qat.main(argv + ["--dilations", "1,2,1"]) == 0
+    q = ex.read_card(tmp_path / "out" / "t-qat.onnx").extra["qat"]
+    assert q["command"].startswith("python -m training.qat t-qat --dilations 1,2,1 --from")

@@ -1,6 +1,6 @@
 """ONNX export built directly with onnx.helper from the collapsed weights (opset 17).
 
-Graph: Conv(3x3, pad 1) [+ Relu] per layer; for scale s > 1, Concat of s*s copies of the input,
+Graph: Conv(3x3, pad d, dilation d; d = 1 but in dilated nets) [+ Relu] per layer; for scale s > 1, Concat of s*s copies of the input,
 Add, DepthToSpace (mode DCR, matching model.depth_to_space_dcr), Clip(0, 1); for s = 1, Add + Clip.
 Half-resolution models (down = 2): the first Conv is 4x4 stride 2 pad 1 and the residual goes
 through DepthToSpace(2) before Add + Clip; H and W must be even.
@@ -30,14 +30,14 @@ def build_onnx(model: ResidualNet, card: ModelCard | None = None) -> onnx.ModelP
     inits, nodes = [], []
     h = "input"
     convs = model.collapsed()
-    for i, (w, b) in enumerate(convs):
+    for i, ((w, b), d) in enumerate(zip(convs, model.dilations)):
         wn, bn, out = f"conv{i}.weight", f"conv{i}.bias", f"conv{i}"
         inits.append(numpy_helper.from_array(w.detach().cpu().numpy().astype(np.float32), wn))
         inits.append(numpy_helper.from_array(b.detach().cpu().numpy().astype(np.float32), bn))
         k = int(w.shape[-1])
         st = 2 if k == 4 else 1
         nodes.append(helper.make_node("Conv", [h, wn, bn], [out], name=out, kernel_shape=[k, k],
-                                      pads=[1, 1, 1, 1], strides=[st, st], dilations=[1, 1], group=1))
+                                      pads=[d] * 4, strides=[st, st], dilations=[d, d], group=1))
         h = out
         if i < len(convs) - 1:
             nodes.append(helper.make_node("Relu", [h], [f"relu{i}"], name=f"relu{i}"))

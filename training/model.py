@@ -11,6 +11,9 @@ Half-resolution variant (``down=2``, scale 1 only, FFDNet-style): the first conv
 brings the residual back: a 4x larger receptive-field area for a quarter of the MACs per pixel.
 Inputs must then have even sides (the card's ``align`` = 2).
 
+Dilated variant (``dilations``, one per conv, IRCNN-style): conv i is a 3x3 with dilation d_i (pad
+d_i); the receptive field grows to 1 + 2 * sum(d_i) for the same parameters and MACs.
+
 Training blocks (RepConv): 3x3 + 1x1 (+ identity when cin == cout) branches, all linear, summed
 before the ReLU; :meth:`RepConv.collapse` folds them into one 3x3 conv for export.
 """
@@ -29,10 +32,10 @@ def depth_to_space_dcr(x: torch.Tensor, s: int) -> torch.Tensor:
 
 
 class RepConv(nn.Module):
-    def __init__(self, cin: int, cout: int, identity: bool = True):
+    def __init__(self, cin: int, cout: int, identity: bool = True, dilation: int = 1):
         super().__init__()
-        self.cin, self.cout = cin, cout
-        self.k3 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.cin, self.cout, self.dilation = cin, cout, dilation
+        self.k3 = nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation)
         self.k1 = nn.Conv2d(cin, cout, 1)
         self.identity = identity and cin == cout
 
@@ -59,6 +62,8 @@ class RepDown(nn.Module):
 
     The 2x2 window is the centre of the 4x4 one, so the pair collapses into one 4x4 conv."""
 
+    dilation = 1
+
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.k4 = nn.Conv2d(cin, cout, 4, stride=2, padding=1)
@@ -78,18 +83,22 @@ class RepDown(nn.Module):
 
 
 class ResidualNet(nn.Module):
-    """``convs`` RepConv layers of ``channels`` channels; ReLU between them, none after the last."""
+    """``convs`` RepConv layers of ``channels`` channels; ReLU between them, none after the last.
+    ``dilations``: one per conv (default all 1)."""
 
-    def __init__(self, scale: int, channels: int, convs: int, down: int = 1):
+    def __init__(self, scale: int, channels: int, convs: int, down: int = 1, dilations=None):
         super().__init__()
         if convs < 2:
             raise ValueError("ResidualNet needs at least 2 convs")
         if down not in (1, 2) or (down == 2 and scale != 1):
             raise ValueError("ResidualNet: down=2 is for scale-1 models only")
-        self.scale, self.down = scale, down
+        dil = tuple(dilations) if dilations else (1,) * convs
+        if len(dil) != convs or min(dil) < 1 or (down == 2 and max(dil) > 1):
+            raise ValueError(f"ResidualNet: dilations {dil} must be {convs} values >= 1 (all 1 with down=2)")
+        self.scale, self.down, self.dilations = scale, down, dil
         widths = [3] + [channels] * (convs - 1) + [3 * (scale * down) ** 2]
-        self.layers = nn.ModuleList(RepDown(a, b) if i == 0 and down == 2 else RepConv(a, b)
-                                    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])))
+        self.layers = nn.ModuleList(RepDown(a, b) if i == 0 and down == 2 else RepConv(a, b, dilation=d)
+                                    for i, (a, b, d) in enumerate(zip(widths[:-1], widths[1:], dil)))
         # Start as the plain base (nearest / identity): the residual begins near zero.
         with torch.no_grad():
             last = self.layers[-1]
@@ -122,8 +131,8 @@ class ResidualNet(nn.Module):
         """The deploy graph (one 3x3 conv per layer) in torch: what the ONNX export computes."""
         h = x
         convs = self.collapsed()
-        for i, (w, b) in enumerate(convs):
-            h = F.conv2d(h, w, b, stride=2, padding=1) if w.shape[-1] == 4 else F.conv2d(h, w, b, padding=1)
+        for i, ((w, b), d) in enumerate(zip(convs, self.dilations)):
+            h = F.conv2d(h, w, b, stride=2, padding=1) if w.shape[-1] == 4 else F.conv2d(h, w, b, padding=d, dilation=d)
             if i < len(convs) - 1:
                 h = F.relu(h)
         return self._head(x, h)
@@ -132,7 +141,7 @@ class ResidualNet(nn.Module):
     def receptive_field(self) -> int:
         if self.down == 2:  # output row y depends on input rows y-2n .. y+2n (n convs; see module doc)
             return 4 * len(self.layers) + 1
-        return 2 * len(self.layers) + 1
+        return 2 * sum(self.dilations) + 1
 
     @property
     def align(self) -> int:
@@ -140,16 +149,21 @@ class ResidualNet(nn.Module):
         return self.down
 
     @torch.no_grad()
-    def load_deepened(self, sd: dict) -> int:
+    def load_deepened(self, sd: dict, dilations=None) -> int:
         """Load the state dict of a trained net of the same width with fewer convs, so that this one
         computes exactly what it did: its convs but the last keep their places, the last stays last,
         and the convs in between start as identities (3x3 and 1x1 branches zero, identity branch on:
-        their input is post-ReLU, so ReLU(identity) passes it unchanged). Returns its number of convs.
-        Raises ValueError when the depths do not fit, RuntimeError (load_state_dict) when the widths do not."""
+        their input is post-ReLU, so ReLU(identity) passes it unchanged). ``dilations``: the trained
+        net's (default all 1); the convs kept must keep theirs. Returns its number of convs.
+        Raises ValueError when the depths or dilations do not fit, RuntimeError (load_state_dict) when
+        the widths do not."""
         idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("layers.")})
         n, new = len(idx), len(self.layers)
         if n < 2 or idx != list(range(n)) or n > new:
             raise ValueError(f"it holds {n} convs; this net has {new}")
+        old = tuple(dilations) if dilations else (1,) * n
+        if len(old) != n or old[:-1] != self.dilations[:n - 1] or old[-1] != self.dilations[-1]:
+            raise ValueError(f"its dilations {old} do not match this net's {self.dilations} at the convs kept")
         for i in range(n - 1, new - 1):
             layer = self.layers[i]
             if not (isinstance(layer, RepConv) and layer.identity):

@@ -44,7 +44,7 @@ from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
-from .train import _device_name, add_override_args, build_model, export_model, given_overrides
+from .train import _arg, _device_name, add_override_args, build_model, export_model, given_overrides
 
 log = logging.getLogger("training")
 PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
@@ -120,7 +120,8 @@ class QATNet(nn.Module):
         for i, layer in enumerate(self.net.layers):
             w, b = layer.fused()
             stride = 2 if w.shape[-1] == 4 else 1  # the half-resolution models' first conv
-            h = F.conv2d(h, fake_quant_weight(w), b, stride=stride, padding=1)
+            d = layer.dilation
+            h = F.conv2d(h, fake_quant_weight(w), b, stride=stride, padding=d, dilation=d)
             if i < last:
                 h = F.relu(h)
             self._observe(i, h)
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
                     help="l1 (default) or l2, the loss PSNR measures (a recipe whose last phase was L2)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
-    shape = ("channels", "convs", "down")  # a network grown past its recipe (train --init-from) says so here
+    shape = ("channels", "convs", "down", "dilations")  # a network grown past its recipe (train --init-from) says so here
     add_override_args(ap, shape)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
-    cmd = (f"python -m training.qat {r.name}" + "".join(f" --{k} {v}" for k, v in overrides.items())
+    cmd = (f"python -m training.qat {r.name}" + "".join(f" --{k} {_arg(v)}" for k, v in overrides.items())
            + f" --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
            + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
            + f" --loss {a.loss}" + (f" --lr {lr:g}" if a.lr is not None else "") + " --out DIR")

@@ -34,6 +34,7 @@ class Recipe:
     convs: int
     patch: int  # side of an input (LR) training patch
     down: int = 1  # 2: the body runs at half resolution (scale-1 models; see model.py)
+    dilations: tuple[int, ...] = ()  # one per conv (model.py's dilated variant); () is all 1
     batch: int = 16
     lr: float = 1e-3
     minutes: float = 30.0  # wall-clock budget (time-based cosine): the bundled file's L1 budget
@@ -54,6 +55,9 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: {self.task} needs scale >= 2")
         if self.down not in (1, 2) or (self.down == 2 and (self.scale != 1 or self.patch % 2)):
             raise ConfigError(f"recipe {self.name}: down=2 needs scale 1 and an even patch")
+        if self.dilations and (len(self.dilations) != self.convs or min(self.dilations) < 1 or self.down != 1):
+            raise ConfigError(f"recipe {self.name}: dilations {self.dilations} must be {self.convs} values >= 1 "
+                              f"(and the net at full resolution)")
         if self.channels < 1 or self.convs < 2 or self.patch < 8 or self.batch < 1:
             raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
         if not (self.lr > 0 and self.minutes > 0 and self.l2_minutes >= 0):

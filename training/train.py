@@ -39,12 +39,21 @@ log = logging.getLogger("training")
 DEFAULT_CKPT = Path("/var/tmp/edge-enhance/ckpt")
 CKPT_EVERY_S = 180.0
 VERSION = "1"
+
+
+def dilation_list(v: str) -> tuple[int, ...]:
+    """'1,2,3' -> (1, 2, 3), the --dilations option."""
+    return tuple(int(d) for d in v.split(","))
+
+
 # Recipe fields the train CLI can override (--channels 40 ...), for variants: the params / MACs budget
 # still applies, the card records them, and a variant wants its own --ckpt (another shape is refused).
 OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs": (int, "depth (3x3 convs)"),
              "patch": (int, "side of an input training patch"), "batch": (int, "patches per step"),
              "lr": (float, "peak learning rate of the L1 phase (the L2 phase runs at a tenth)"),
-             "down": (int, "2: the body runs at half resolution (scale-1 models; recipe down)")}
+             "down": (int, "2: the body runs at half resolution (scale-1 models; recipe down)"),
+             "dilations": (dilation_list,
+                           "dilation of each conv, comma-separated (1,2,3,4,...: a wider receptive field)")}
 
 
 def add_override_args(ap, keys=tuple(OVERRIDES)) -> None:
@@ -60,7 +69,7 @@ def given_overrides(a, keys=tuple(OVERRIDES)) -> dict:
 
 
 def build_model(r: Recipe) -> ResidualNet:
-    m = ResidualNet(r.scale, r.channels, r.convs, down=r.down)
+    m = ResidualNet(r.scale, r.channels, r.convs, down=r.down, dilations=r.dilations)
     if r.max_params is not None and m.deploy_params() > r.max_params:
         raise ConfigError(f"recipe {r.name}: {m.deploy_params()} params exceed the budget {r.max_params}")
     if r.max_macs is not None and m.macs_per_pixel() > r.max_macs:
@@ -143,6 +152,10 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
                               f"resume with the options it was trained with, or start it in another --ckpt") from None
         opt.load_state_dict(ck["opt"])
         sampler.rng.bit_generator.state = ck["rng"]
+        have = tuple(ck.get("dilations") or (1,) * len(model.dilations))  # older checkpoints: all 1
+        if have != model.dilations:
+            raise ConfigError(f"{path}: the checkpoint's convs have dilations {have}, not {model.dilations}; "
+                              f"resume with the options it was trained with, or start it in another --ckpt")
         state.update({k: ck[k] for k in state if k in ck})
         log.info("%s: resumed from %s at step %d (%.1f min)", r.name, path, state["step"], state["elapsed"] / 60)
     elif init_from is not None:
@@ -152,7 +165,7 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
 
     def save():
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
-                      "recipe": r.name, **state}, path)
+                      "recipe": r.name, "dilations": list(model.dilations), **state}, path)
 
     def progress():  # a zero budget (--steps 0 / --minutes 0) skips the phase: an L2-only fine-tune
         if steps is not None:
@@ -274,12 +287,16 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
     """The training command a card records: the recipe options overridden (``OVERRIDES``) and the
     budgets that were in force (steps over minutes)."""
     cmd = f"python -m training.train {name} --out DIR"
-    cmd += "".join(f" --{k} {v}" for k, v in (overrides or {}).items())
+    cmd += "".join(f" --{k} {_arg(v)}" for k, v in (overrides or {}).items())
     cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
     if l2_steps or l2_minutes:
         cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
     return cmd
+
+
+def _arg(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 def _grow(model: ResidualNet, src: Path, r: Recipe, device) -> dict:
@@ -294,7 +311,7 @@ def _grow(model: ResidualNet, src: Path, r: Recipe, device) -> dict:
     if not isinstance(ck, dict) or "model" not in ck:
         raise ConfigError(f"{src}: not a training checkpoint (no model state in it)")
     try:
-        n = model.load_deepened(ck["model"])
+        n = model.load_deepened(ck["model"], ck.get("dilations"))
     except ValueError as e:
         raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {e}") from None
     except RuntimeError:
@@ -313,12 +330,14 @@ def _grow_from_onnx(model: ResidualNet, src: Path, r: Recipe) -> dict:
     from .qat import load_source  # imported here: qat imports this module
 
     try:
-        n = sum(node.op_type == "Conv" for node in onnx.load(str(src)).graph.node)
+        convs = [node for node in onnx.load(str(src)).graph.node if node.op_type == "Conv"]
     except Exception as e:  # onnx raises DecodeError and friends
         raise ConfigError(f"{src}: not a readable ONNX model ({type(e).__name__})") from None
+    n = len(convs)
+    dil = tuple(next((list(a.ints)[0] for a in c.attribute if a.name == "dilations"), 1) for c in convs)
     try:
-        net, st = load_source(dataclasses.replace(r, convs=n), src)
-        model.load_deepened(net.state_dict())
+        net, st = load_source(dataclasses.replace(r, convs=n, dilations=dil if max(dil, default=1) > 1 else ()), src)
+        model.load_deepened(net.state_dict(), dil)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"{src}: cannot grow it into {_arch(r)}: {str(e).splitlines()[0]}") from None
     card = st.get("card", {})
@@ -338,7 +357,8 @@ def _device_name(device: torch.device) -> str:
 
 
 def _arch(r: Recipe) -> str:
-    return f"{r.convs} convs x {r.channels} channels" + (" at half resolution" if r.down == 2 else "")
+    return (f"{r.convs} convs x {r.channels} channels" + (" at half resolution" if r.down == 2 else "")
+            + (f" dilated {_arg(r.dilations)}" if r.dilations else ""))
 
 
 def _architecture_text(r: Recipe) -> str:
@@ -346,7 +366,8 @@ def _architecture_text(r: Recipe) -> str:
         return (f"conv4x4 stride 2 (4x4+2x2 branches collapsed) + {r.convs - 1} x conv3x3 at half resolution "
                 f"({r.channels} ch, RepConv 3x3+1x1+identity collapsed), ReLU, DepthToSpace DCR 2 of the "
                 f"residual, added to the input, Clip(0,1)")
-    return (f"{r.convs} x conv3x3 ({r.channels} ch, RepConv 3x3+1x1+identity collapsed), "
+    dil = f", dilations {_arg(r.dilations)}" if r.dilations else ""
+    return (f"{r.convs} x conv3x3 ({r.channels} ch{dil}, RepConv 3x3+1x1+identity collapsed), "
             f"ReLU, residual on {r.base} base, DepthToSpace DCR, Clip(0,1)")
 
 
