@@ -374,6 +374,20 @@ def test_card_command_records_architecture_overrides():
         "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000"
     assert command("denoise", minutes=19, overrides={"dilations": (1, 2, 1)}) == \
         "python -m training.train denoise --out DIR --dilations 1,2,1 --minutes 19"
+    assert command("denoise", minutes=19, steps=5000, seed=2) == \
+        "python -m training.train denoise --out DIR --seed 2 --steps 5000"
+
+
+def test_train_seed_sets_the_run_and_repeats_it(tmp_path, data_root):
+    r = Recipe("t-seed", "denoise", 1, channels=4, convs=3, patch=8, batch=2, eval_every=100)
+    images = _images(2, (60, 64))
+
+    def weights(seed, name):
+        model, _ = train(r, ckpt_dir=tmp_path / name, data_root=data_root, steps=2, images=images, seed=seed)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    a, b, c = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
 @pytest.mark.parametrize("scale,down", [(2, 1), (1, 2)])

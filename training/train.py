@@ -283,11 +283,13 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
 
 
 def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
-            l2_steps: int | None = None, overrides: dict | None = None, init_from: Path | None = None) -> str:
-    """The training command a card records: the recipe options overridden (``OVERRIDES``) and the
-    budgets that were in force (steps over minutes)."""
+            l2_steps: int | None = None, overrides: dict | None = None, init_from: Path | None = None,
+            seed: int = 0) -> str:
+    """The training command a card records: the recipe options overridden (``OVERRIDES``), a seed
+    other than 0 and the budgets that were in force (steps over minutes)."""
     cmd = f"python -m training.train {name} --out DIR"
     cmd += "".join(f" --{k} {_arg(v)}" for k, v in (overrides or {}).items())
+    cmd += f" --seed {seed}" if seed else ""
     cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
     if l2_steps or l2_minutes:
@@ -393,6 +395,8 @@ def main(argv=None) -> int:
     ap.add_argument("--l2-steps", type=int, help="step budget of the L2 fine-tune instead of --l2-minutes")
     ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the initial weights and the patch order (default 0; another one shows the run-to-run spread)")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes drawing the training batches (0: in the training process; a few on a GPU)")
     ap.add_argument("--eval-every", type=int, help="steps between Set5 logs (default: the recipe's; raise it on a GPU)")
@@ -421,13 +425,13 @@ def main(argv=None) -> int:
     try:
         model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
                              minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
-                             workers=a.workers, init_from=a.init_from)
+                             workers=a.workers, init_from=a.init_from, seed=a.seed)
     except ConfigError as e:
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
     cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
                   l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
-                  init_from=(state["init"] or {}).get("checkpoint"))
+                  init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
