@@ -1,7 +1,8 @@
 """ONNX export built directly with onnx.helper from the collapsed weights (opset 17).
 
-Graph: Conv(3x3, pad d, dilation d; d = 1 but in dilated nets) [+ Relu] per layer; for scale s > 1, Concat of s*s copies of the input,
-Add, DepthToSpace (mode DCR, matching model.depth_to_space_dcr), Clip(0, 1); for s = 1, Add + Clip.
+Graph: Conv(3x3, pad d, dilation d; d = 1 but in dilated nets) [+ Relu] per layer; for scale s > 1,
+Concat of s*s copies of the input, Add, DepthToSpace (mode DCR, matching model.depth_to_space_dcr),
+Clip(0, 1); for s = 1, Add + Clip.
 Half-resolution models (down = 2): the first Conv is 4x4 stride 2 pad 1 and the residual goes
 through DepthToSpace(2) before Add + Clip; H and W must be even.
 Input "input" [1, 3, H, W] float32 RGB in [0, 1]; output "output" [1, 3, H*s, W*s].

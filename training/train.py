@@ -43,7 +43,10 @@ VERSION = "1"
 
 def dilation_list(v: str) -> tuple[int, ...]:
     """'1,2,3' -> (1, 2, 3), the --dilations option."""
-    return tuple(int(d) for d in v.split(","))
+    try:
+        return tuple(int(d) for d in v.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{v}' is not a comma-separated list of integers (e.g. 1,2,1)") from None
 
 
 # Recipe fields the train CLI can override (--channels 40 ...), for variants: the params / MACs budget
