@@ -371,11 +371,13 @@ def test_card_command_records_architecture_overrides():
 
     assert command("denoise", minutes=19, l2_minutes=2) == "python -m training.train denoise --out DIR --minutes 19 --l2-minutes 2"
     assert command("denoise", minutes=19, steps=5000, overrides={"channels": 40, "batch": 64}) == \
-        "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000"
+        "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000 --l2-minutes 0"
     assert command("denoise", minutes=19, overrides={"dilations": (1, 2, 1)}) == \
-        "python -m training.train denoise --out DIR --dilations 1,2,1 --minutes 19"
+        "python -m training.train denoise --out DIR --dilations 1,2,1 --minutes 19 --l2-minutes 0"
     assert command("denoise", minutes=19, steps=5000, seed=2) == \
-        "python -m training.train denoise --out DIR --seed 2 --steps 5000"
+        "python -m training.train denoise --out DIR --seed 2 --steps 5000 --l2-minutes 0"
+    # a recipe without an L2 phase records none
+    assert command("dejpeg", minutes=5) == "python -m training.train dejpeg --out DIR --minutes 5"
 
 
 def test_train_seed_sets_the_run_and_repeats_it(tmp_path, data_root):
@@ -480,6 +482,6 @@ def test_train_cli_takes_a_learning_rate_and_a_source_to_grow(tmp_path, capsys):
         main(["denoise", "--out", str(tmp_path), "--lr", "0"])
     assert e.value.code == 2 and "lr and minutes must be positive" in capsys.readouterr().err
     assert command("denoise", minutes=19, steps=9, overrides={"convs": 11, "lr": 0.0003}, init_from="ck/last.pt") == \
-        "python -m training.train denoise --out DIR --convs 11 --lr 0.0003 --init-from ck/last.pt --steps 9"
+        "python -m training.train denoise --out DIR --convs 11 --lr 0.0003 --init-from ck/last.pt --steps 9 --l2-minutes 0"
     assert command("enhance-x2", minutes=230, steps=0, l2_steps=500, init_from="m.onnx") == \
         "python -m training.train enhance-x2 --out DIR --init-from m.onnx --steps 0 --l2-steps 500"

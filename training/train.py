@@ -289,14 +289,17 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
             l2_steps: int | None = None, overrides: dict | None = None, init_from: Path | None = None,
             seed: int = 0) -> str:
     """The training command a card records: the recipe options overridden (``OVERRIDES``), a seed
-    other than 0 and the budgets that were in force (steps over minutes)."""
+    other than 0 and the budgets that were in force (steps over minutes; an L2 budget of 0 too
+    where the recipe has one, so that the command repeats the run)."""
     cmd = f"python -m training.train {name} --out DIR"
     cmd += "".join(f" --{k} {_arg(v)}" for k, v in (overrides or {}).items())
     cmd += f" --seed {seed}" if seed else ""
     cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
-    if l2_steps or l2_minutes:
-        cmd += f" --l2-steps {l2_steps}" if l2_steps else f" --l2-minutes {l2_minutes:g}"
+    if l2_steps:
+        cmd += f" --l2-steps {l2_steps}"
+    elif l2_minutes or (name in RECIPES and get(name).l2_minutes):
+        cmd += f" --l2-minutes {l2_minutes:g}"
     return cmd
 
 
