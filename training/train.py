@@ -298,7 +298,7 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
     if l2_steps:
         cmd += f" --l2-steps {l2_steps}"
-    elif l2_minutes or (name in RECIPES and get(name).l2_minutes):
+    elif l2_minutes or getattr(RECIPES.get(name), "l2_minutes", 0):
         cmd += f" --l2-minutes {l2_minutes:g}"
     return cmd
 
