@@ -164,6 +164,18 @@ def test_sampler_shapes_and_range(task, scale):
     assert not torch.equal(x, y[:, :, ::scale, ::scale])  # the input is degraded
 
 
+def test_denoise_sampler_draws_sigma_up_to_the_recipes_sigma_max():
+    def patch_sigmas(sigma_max):
+        r = Recipe("t-s", "denoise", 1, channels=4, convs=2, patch=8, batch=64, sigma_max=sigma_max)
+        x, y = PatchSampler(r, _images(2, (60, 64)), seed=0).sample()
+        return ((x - y) * 255).flatten(1).std(dim=1)
+
+    assert float(patch_sigmas(1e-3).max()) == 0  # rounded to uint8: no noise at all
+    assert float(patch_sigmas(10).max()) < 12 < 30 < float(patch_sigmas(60).max())
+    with pytest.raises(ConfigError, match="sigma_max -1 must be positive"):
+        Recipe("bad", "denoise", 1, channels=4, convs=2, patch=16, sigma_max=-1)
+
+
 def test_worker_batches_are_reproducible_per_start_step_and_differ_between_workers():
     r = Recipe("t-w", "enhance", 2, channels=4, convs=2, patch=8, batch=2)
     sampler = PatchSampler(r, _images(2, (60, 64)), seed=3)
@@ -353,6 +365,12 @@ def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["denoise", "--out", str(tmp_path), "--dilations", "1,x"])
     assert e.value.code == 2 and "'1,x' is not a comma-separated list of integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", "--out", str(tmp_path), "--sigma-max", "0"])
+    assert e.value.code == 2 and "sigma_max 0.0 must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["sr-x2", "--out", str(tmp_path), "--sigma-max", "55"])
+    assert e.value.code == 2 and "--sigma-max is the noise range of the denoise task, not of sr-x2" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -374,6 +392,8 @@ def test_card_command_records_architecture_overrides():
         "python -m training.train denoise --out DIR --channels 40 --batch 64 --steps 5000 --l2-minutes 0"
     assert command("denoise", minutes=19, overrides={"dilations": (1, 2, 1)}) == \
         "python -m training.train denoise --out DIR --dilations 1,2,1 --minutes 19 --l2-minutes 0"
+    assert command("denoise", minutes=19, overrides={"sigma_max": 55.0}) == \
+        "python -m training.train denoise --out DIR --sigma-max 55.0 --minutes 19 --l2-minutes 0"
     assert command("denoise", minutes=19, steps=5000, seed=2) == \
         "python -m training.train denoise --out DIR --seed 2 --steps 5000 --l2-minutes 0"
     # a recipe without an L2 phase records none

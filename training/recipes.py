@@ -58,6 +58,8 @@ class Recipe:
         if self.dilations and (len(self.dilations) != self.convs or min(self.dilations) < 1 or self.down != 1):
             raise ConfigError(f"recipe {self.name}: dilations {self.dilations} must be {self.convs} values >= 1 "
                               f"(and the net at full resolution)")
+        if not self.sigma_max > 0:
+            raise ConfigError(f"recipe {self.name}: sigma_max {self.sigma_max} must be positive")
         if self.channels < 1 or self.convs < 2 or self.patch < 8 or self.batch < 1:
             raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
         if not (self.lr > 0 and self.minutes > 0 and self.l2_minutes >= 0):

@@ -56,14 +56,15 @@ OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs"
              "lr": (float, "peak learning rate of the L1 phase (the L2 phase runs at a tenth)"),
              "down": (int, "2: the body runs at half resolution (scale-1 models; recipe down)"),
              "dilations": (dilation_list,
-                           "dilation of each conv, comma-separated (1,2,3,4,...: a wider receptive field)")}
+                           "dilation of each conv, comma-separated (1,2,3,4,...: a wider receptive field)"),
+             "sigma_max": (float, "denoise: the training noise is sigma U(0, this)")}
 
 
 def add_override_args(ap, keys=tuple(OVERRIDES)) -> None:
     """--channels / --convs ... (``keys`` of ``OVERRIDES``) on a training CLI's parser."""
     for k in keys:
         kind, what = OVERRIDES[k]
-        ap.add_argument(f"--{k}", type=kind, help=f"{what} instead of the recipe's")
+        ap.add_argument(f"--{k.replace('_', '-')}", dest=k, type=kind, help=f"{what} instead of the recipe's")
 
 
 def given_overrides(a, keys=tuple(OVERRIDES)) -> dict:
@@ -292,7 +293,7 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
     other than 0 and the budgets that were in force (steps over minutes; an L2 budget of 0 too
     where the recipe has one, so that the command repeats the run)."""
     cmd = f"python -m training.train {name} --out DIR"
-    cmd += "".join(f" --{k} {_arg(v)}" for k, v in (overrides or {}).items())
+    cmd += "".join(f" --{k.replace('_', '-')} {_arg(v)}" for k, v in (overrides or {}).items())
     cmd += f" --seed {seed}" if seed else ""
     cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
@@ -420,6 +421,8 @@ def main(argv=None) -> int:
             ap.error("--eval-every must be positive")
         r = dataclasses.replace(r, eval_every=a.eval_every)
     overrides = given_overrides(a)
+    if "sigma_max" in overrides and r.task != "denoise":
+        ap.error(f"--sigma-max is the noise range of the denoise task, not of {r.name}")
     if overrides:
         try:
             r = dataclasses.replace(r, **overrides)  # Recipe checks the ranges
