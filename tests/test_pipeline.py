@@ -129,3 +129,20 @@ def test_every_mode_runs_the_bundled_models_from_the_cli(tmp_path, mode, scale, 
     assert main(argv) == 0
     with Image.open(dst) as im:
         assert im.size == (44 * factor, 30 * factor)
+
+
+def test_auto_mode_says_what_it_found_and_did(tmp_path, capsys):
+    from edge_enhance.cli import _auto_note, main
+
+    clean = smooth(64, 80)
+    noisy = np.clip(np.round(clean + np.random.default_rng(0).normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    assert main(["enhance", str(tmp_path / "noisy.png"), "-o", str(tmp_path / "a.png"), "--mode", "auto"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{tmp_path / 'noisy.png'} -> {tmp_path / 'a.png'} (auto: noise sigma 2")
+    assert "; denoise + sr-x2; back-projection " in line and line.endswith(" dB)")
+    assert main(["enhance", str(tmp_path / "noisy.png"), "-o", str(tmp_path / "u.png")]) == 0
+    assert "(auto" not in capsys.readouterr().out  # other modes: no analysis
+    fell_back = {"noise_sigma": 0.4, "jpeg_quality": 20, "blockiness": 2.0, "stages": ["dejpeg", "sr-x2"],
+                 "backprojection_db": 31.26, "strength": 0.5}
+    assert _auto_note(fell_back) == " (auto: noise sigma 0.4, JPEG quality 20; dejpeg + sr-x2; back-projection 31.3 dB at strength 0.5)"
