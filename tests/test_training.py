@@ -347,30 +347,21 @@ def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["sr-x2", "--channels", "64"], "exceed the budget 50000"),
+    (["denoise", "--convs", "1"], "out of range"),
+    (["denoise", "--batch", "0"], "out of range"),
+    (["denoise", "--dilations", "1,2,3"], "dilations (1, 2, 3) must be 8 values"),
+    (["denoise", "--dilations", "1,x"], "'1,x' is not a comma-separated list of integers"),
+    (["denoise", "--sigma-max", "0"], "sigma_max 0.0 must be positive"),
+    (["sr-x2", "--sigma-max", "55"], "--sigma-max is the noise range of the denoise task, not of sr-x2"),
+])
+def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys, argv, message):
     from training.train import main
 
     with pytest.raises(SystemExit) as e:
-        main(["sr-x2", "--out", str(tmp_path), "--channels", "64"])
-    assert e.value.code == 2 and "exceed the budget 50000" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["denoise", "--out", str(tmp_path), "--convs", "1"])
-    assert e.value.code == 2 and "out of range" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["denoise", "--out", str(tmp_path), "--batch", "0"])
-    assert e.value.code == 2 and "out of range" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["denoise", "--out", str(tmp_path), "--dilations", "1,2,3"])
-    assert e.value.code == 2 and "dilations (1, 2, 3) must be 8 values" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["denoise", "--out", str(tmp_path), "--dilations", "1,x"])
-    assert e.value.code == 2 and "'1,x' is not a comma-separated list of integers" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["denoise", "--out", str(tmp_path), "--sigma-max", "0"])
-    assert e.value.code == 2 and "sigma_max 0.0 must be positive" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["sr-x2", "--out", str(tmp_path), "--sigma-max", "55"])
-    assert e.value.code == 2 and "--sigma-max is the noise range of the denoise task, not of sr-x2" in capsys.readouterr().err
+        main(argv[:1] + ["--out", str(tmp_path)] + argv[1:])
+    assert e.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
