@@ -44,7 +44,7 @@ from . import export as ex
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
-from .train import _arg, _device_name, add_override_args, build_model, export_model, given_overrides
+from .train import _device_name, add_override_args, build_model, export_model, given_overrides, override_options
 
 log = logging.getLogger("training")
 PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
-    cmd = (f"python -m training.qat {r.name}" + "".join(f" --{k} {_arg(v)}" for k, v in overrides.items())
+    cmd = (f"python -m training.qat {r.name}" + override_options(overrides)
            + f" --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
            + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
            + f" --loss {a.loss}" + (f" --lr {lr:g}" if a.lr is not None else "") + " --out DIR")

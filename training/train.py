@@ -60,11 +60,21 @@ OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs"
              "sigma_max": (float, "denoise: the training noise is sigma U(0, this)")}
 
 
+def _flag(key: str) -> str:
+    """The command-line option of a recipe field: sigma_max -> --sigma-max."""
+    return "--" + key.replace("_", "-")
+
+
 def add_override_args(ap, keys=tuple(OVERRIDES)) -> None:
     """--channels / --convs ... (``keys`` of ``OVERRIDES``) on a training CLI's parser."""
     for k in keys:
         kind, what = OVERRIDES[k]
-        ap.add_argument(f"--{k.replace('_', '-')}", dest=k, type=kind, help=f"{what} instead of the recipe's")
+        ap.add_argument(_flag(k), dest=k, type=kind, help=f"{what} instead of the recipe's")
+
+
+def override_options(overrides: dict) -> str:
+    """' --convs 12 --sigma-max 55.0': the overridden recipe fields as a card's command gives them."""
+    return "".join(f" {_flag(k)} {_arg(v)}" for k, v in overrides.items())
 
 
 def given_overrides(a, keys=tuple(OVERRIDES)) -> dict:
@@ -293,7 +303,7 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
     other than 0 and the budgets that were in force (steps over minutes; an L2 budget of 0 too
     where the recipe has one, so that the command repeats the run)."""
     cmd = f"python -m training.train {name} --out DIR"
-    cmd += "".join(f" --{k.replace('_', '-')} {_arg(v)}" for k, v in (overrides or {}).items())
+    cmd += override_options(overrides or {})
     cmd += f" --seed {seed}" if seed else ""
     cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
