@@ -176,6 +176,23 @@ def test_denoise_sampler_draws_sigma_up_to_the_recipes_sigma_max():
         Recipe("bad", "denoise", 1, channels=4, convs=2, patch=16, sigma_max=-1)
 
 
+def test_y_loss_adds_the_luma_error_the_sr_metric_scores():
+    import torch.nn.functional as F
+
+    from edge_enhance.evaluation import rgb_to_y
+    from training.train import with_y_term
+
+    assert with_y_term(F.mse_loss, 0.0) is F.mse_loss
+    g = torch.Generator().manual_seed(0)
+    out, target = torch.rand(2, 3, 5, 6, generator=g), torch.rand(2, 3, 5, 6, generator=g)
+    y_err = (rgb_to_y(out.permute(0, 2, 3, 1).numpy() * 255) - rgb_to_y(target.permute(0, 2, 3, 1).numpy() * 255)) / 255
+    want = float(F.mse_loss(out, target)) + 2.0 * float(np.mean(y_err ** 2))
+    assert float(with_y_term(F.mse_loss, 2.0)(out, target)) == pytest.approx(want, rel=1e-5)
+    # an error of no luma (red up, green down in the ratio of their Y weights) adds nothing
+    chroma = out + torch.tensor([0.5041, -0.2568, 0.0]).view(1, 3, 1, 1) * 0.1
+    assert float(with_y_term(F.mse_loss, 2.0)(chroma, out)) == pytest.approx(float(F.mse_loss(chroma, out)), rel=1e-4)
+
+
 def test_worker_batches_are_reproducible_per_start_step_and_differ_between_workers():
     r = Recipe("t-w", "enhance", 2, channels=4, convs=2, patch=8, batch=2)
     sampler = PatchSampler(r, _images(2, (60, 64)), seed=3)
@@ -355,6 +372,7 @@ def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):
     (["denoise", "--dilations", "1,x"], "'1,x' is not a comma-separated list of integers"),
     (["denoise", "--sigma-max", "0"], "sigma_max 0.0 must be positive"),
     (["sr-x2", "--sigma-max", "55"], "--sigma-max is the noise range of the denoise task, not of sr-x2"),
+    (["enhance-x2", "--y-loss", "-1"], "y_loss -1.0 must not be negative"),
 ])
 def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys, argv, message):
     from training.train import main
@@ -385,6 +403,8 @@ def test_card_command_records_architecture_overrides():
         "python -m training.train denoise --out DIR --dilations 1,2,1 --minutes 19 --l2-minutes 0"
     assert command("denoise", minutes=19, overrides={"sigma_max": 55.0}) == \
         "python -m training.train denoise --out DIR --sigma-max 55.0 --minutes 19 --l2-minutes 0"
+    assert command("enhance-x2", minutes=19, overrides={"y_loss": 3.0}) == \
+        "python -m training.train enhance-x2 --out DIR --y-loss 3.0 --minutes 19"
     assert command("denoise", minutes=19, steps=5000, seed=2) == \
         "python -m training.train denoise --out DIR --seed 2 --steps 5000 --l2-minutes 0"
     # a recipe without an L2 phase records none

@@ -57,7 +57,9 @@ OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs"
              "down": (int, "2: the body runs at half resolution (scale-1 models; recipe down)"),
              "dilations": (dilation_list,
                            "dilation of each conv, comma-separated (1,2,3,4,...: a wider receptive field)"),
-             "sigma_max": (float, "denoise: the training noise is sigma U(0, this)")}
+             "sigma_max": (float, "denoise: the training noise is sigma U(0, this)"),
+             "y_loss": (float, "add this weight times the loss on luma Y, the channel sr / enhance are scored "
+                               "on, to the RGB loss (0: RGB only)")}
 
 
 def _flag(key: str) -> str:
@@ -80,6 +82,22 @@ def override_options(overrides: dict) -> str:
 def given_overrides(a, keys=tuple(OVERRIDES)) -> dict:
     """The recipe fields a parsed command line overrides."""
     return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+
+
+# BT.601 luma weights of edge_enhance.evaluation.rgb_to_y on the 0..1 scale (its offset cancels in a loss).
+_Y = (65.481 / 255, 128.553 / 255, 24.966 / 255)
+
+
+def with_y_term(loss_fn, weight: float):
+    """loss_fn on RGB (N, 3, H, W), plus ``weight`` times loss_fn on the luma Y of both."""
+    if not weight:
+        return loss_fn
+    w = torch.tensor(_Y).view(1, 3, 1, 1)
+
+    def loss(out, target):
+        k = w.to(out.device)
+        return loss_fn(out, target) + weight * loss_fn((out * k).sum(1), (target * k).sum(1))
+    return loss
 
 
 def build_model(r: Recipe) -> ResidualNet:
@@ -212,8 +230,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     loss_acc, n_acc = 0.0, 0
     # Phase 1: L1 at the recipe's rate; phase 2 (optional): L2 at a tenth of it. Step / time
     # counters of phase 2 are its own, so a larger budget for either resumes where it stands.
-    phases = ((progress, r.lr, F.l1_loss, "step", "elapsed"),
-              (l2_progress, r.lr / 10, F.mse_loss, "l2_step", "l2_elapsed"))
+    phases = ((progress, r.lr, with_y_term(F.l1_loss, r.y_loss), "step", "elapsed"),
+              (l2_progress, r.lr / 10, with_y_term(F.mse_loss, r.y_loss), "l2_step", "l2_elapsed"))
     for prog, lr_max, loss_fn, step_key, time_key in phases:
         while prog() < 1.0:
             t0 = time.monotonic()
