@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("sr", "denoise", "dejpeg", "enhance")
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
+Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr's luma row: Y = 16 + (Y_WEIGHTS . RGB) / 255
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -40,7 +41,8 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     np.float64(235.0)
     """
     x = np.asarray(rgb, dtype=np.float64)
-    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
+    r, g, b = Y_WEIGHTS
+    return 16.0 + (r * x[..., 0] + g * x[..., 1] + b * x[..., 2]) / 255.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:

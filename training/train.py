@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from edge_enhance.card import ModelCard
 from edge_enhance.errors import ConfigError
-from edge_enhance.evaluation import evaluate
+from edge_enhance.evaluation import Y_WEIGHTS, evaluate
 
 from . import export as ex
 from .data import PatchSampler, batches, default_data_root, load_train_images
@@ -84,15 +84,11 @@ def given_overrides(a, keys=tuple(OVERRIDES)) -> dict:
     return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
 
 
-# BT.601 luma weights of edge_enhance.evaluation.rgb_to_y on the 0..1 scale (its offset cancels in a loss).
-_Y = (65.481 / 255, 128.553 / 255, 24.966 / 255)
-
-
 def with_y_term(loss_fn, weight: float):
     """loss_fn on RGB (N, 3, H, W), plus ``weight`` times loss_fn on the luma Y of both."""
     if not weight:
         return loss_fn
-    w = torch.tensor(_Y).view(1, 3, 1, 1)
+    w = torch.tensor(Y_WEIGHTS).view(1, 3, 1, 1) / 255  # rgb_to_y's on 0..1 (its offset cancels)
 
     def loss(out, target):
         k = w.to(out.device)
