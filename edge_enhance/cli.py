@@ -12,18 +12,21 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__
 from .argtypes import number
 from .errors import ConfigError, EdgeEnhanceError
 
 log = logging.getLogger("edge_enhance")
 
 COMMANDS = ("enhance", "info", "models", "eval", "convert", "quantize", "prune", "preview", "bench")
+TOP_LEVEL_OPTION = re.compile(r"-h|--help|--version|--verbose|-v+")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
 
 NAMING_RULE = """\
@@ -416,8 +419,10 @@ def cmd_models(args) -> int:
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-enhance", description="On-device photo enhancement.",
-                                epilog="`edge-enhance photo.jpg` is short for `edge-enhance enhance photo.jpg`.")
+                                epilog="`edge-enhance [OPTIONS] photo.jpg` is short for "
+                                       "`edge-enhance enhance [OPTIONS] photo.jpg`.")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--version", action="version", version=f"edge-enhance {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     # -v also after the command (`edge-enhance bench -v`); SUPPRESS keeps a count given before it.
     verbose = argparse.ArgumentParser(add_help=False)
@@ -496,26 +501,34 @@ def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentPa
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The command is the first word that is not an option (the top-level options take no value).
-    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    # The command follows the top-level options (which take no value); anything else there, a file or an
+    # enhance option (`edge-enhance --mode auto photo.jpg`), means `enhance`.
+    at = next((i for i, a in enumerate(argv) if not TOP_LEVEL_OPTION.fullmatch(a)), None)
     if at is not None and argv[at] not in COMMANDS:
         argv.insert(at, "enhance")
     parser = build_parser(argv[at] if at is not None else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
+    logging.getLogger("PIL").setLevel(logging.INFO)  # -vv is our debug log, not Pillow's chunk-by-chunk one
 
     def _term(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        return rc
     except EdgeEnhanceError as e:
         print(f"edge-enhance: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:
         print("edge-enhance: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -35,6 +36,36 @@ def test_bare_file_argument_means_enhance_and_default_name(tmp_path, model):
     src = _img(tmp_path / "photo.jpg")
     assert main([str(src), "--model", model, "-q"]) == 0
     assert (tmp_path / "photo.m.jpg").exists()
+
+
+def test_shorthand_with_enhance_options_before_the_file(tmp_path, model, capsys):
+    """`edge-enhance --model M photo.jpg`: an enhance option first still means `enhance`."""
+    src = _img(tmp_path / "photo.jpg")
+    assert main(["--model", model, "-q", str(src)]) == 0
+    assert (tmp_path / "photo.m.jpg").exists()
+    assert main(["-v", "--strength", "0.5", "-o", str(tmp_path / "half.png"), "--model", model, str(src)]) == 0
+    assert Image.open(tmp_path / "half.png").size == (24, 18)
+
+
+def test_version(capsys):
+    from edge_enhance import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"edge-enhance {__version__}"
+
+
+def test_closed_stdout_pipe_ends_quietly():
+    """`edge-enhance models | head`: the reader has gone; exit 141 with no traceback."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "models"], stdout=w, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
 
 
 def test_batch_with_a_bad_file_goes_on_and_exits_1(tmp_path, model, capsys):
