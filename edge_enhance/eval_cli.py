@@ -7,12 +7,13 @@ import sys
 import time
 
 from .cli import add_model_arguments, build_enhancer, strict_json
+from .errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_arg", metavar="MODEL", help="bundled model name or model file")
     p.add_argument("--dataset", required=True, help="folder of reference images (e.g. ../shared/data/eval/Set5)")
-    p.add_argument("--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
+    p.add_argument("--task", "--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
                    help="protocol to apply (default: the model card's task)")
     p.add_argument("--sigma", type=float, default=25.0, help="denoise: noise level on the 0..255 scale (default 25)")
     p.add_argument("--quality", type=int, default=30, help="dejpeg: JPEG quality of the input (default 30)")
@@ -32,6 +33,9 @@ def main(args) -> int:
     args.model = args.model or args.model_arg
     enh = build_enhancer(args, tiling=TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory))
     task = args.eval_task or enh.card.task
+    if (task in ("sr", "enhance")) != (enh.scale > 1):
+        need = "an upscaling model" if task in ("sr", "enhance") else "a scale-1 model (same size out)"
+        raise ConfigError(f"{enh.path.name}: the {task} protocol needs {need}; this model's scale is {enh.scale}")
     t0 = time.perf_counter()
     res = evaluate(enh.enhance_rgb, args.dataset, task, scale=enh.scale, sigma=args.sigma,
                    quality=args.quality, with_ssim=not args.no_ssim)

@@ -85,3 +85,16 @@ def test_strict_json_turns_non_finite_floats_into_null():
 
     got = _strict(strict_json({"a": float("inf"), "b": [np.float64("nan"), 1.5], "c": (2, "x")}))
     assert got == {"a": None, "b": [None, 1.5], "c": [2, "x"]}
+
+
+def test_eval_task_option_and_a_task_the_model_cannot_do(tmp_path, dataset, capsys):
+    """`--task` as the issue spells it; a scale the protocol cannot score is refused before any image."""
+    sr, one = tmp_path / "m.onnx", tmp_path / "d.onnx"
+    residual_sr(sr)
+    residual_sr(one, scale=1)
+    assert main(["eval", str(sr), "--dataset", str(dataset), "--task", "enhance", "--json", "--no-ssim"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "enhance"
+    assert main(["eval", str(one), "--dataset", str(dataset), "--task", "sr"]) == 2
+    assert "d.onnx: the sr protocol needs an upscaling model; this model's scale is 1" in capsys.readouterr().err
+    assert main(["eval", str(sr), "--dataset", str(dataset), "--task", "denoise"]) == 2
+    assert "m.onnx: the denoise protocol needs a scale-1 model" in capsys.readouterr().err
