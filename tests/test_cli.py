@@ -212,6 +212,10 @@ def test_verbose_flag_before_or_after_the_command(capsys):
     assert args.command == "bench" and args.quick and args.verbose == 1
     assert main(["-v", "missing-photo.jpg"]) == 1  # the bare-file shorthand still applies after an option
     assert "missing-photo.jpg" in capsys.readouterr().err
+    import logging
+
+    assert main(["-vv", "models", "--json"]) == 0  # our debug log, not Pillow's chunk-by-chunk one
+    assert logging.getLogger("PIL").getEffectiveLevel() == logging.INFO
 
 
 def test_cardless_half_res_model_with_card_align(tmp_path):
