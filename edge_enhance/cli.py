@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .argtypes import number
-from .errors import ConfigError, EdgeEnhanceError
+from .errors import ConfigError, EdgeEnhanceError, OutputError
 
 log = logging.getLogger("edge_enhance")
 
@@ -214,10 +214,17 @@ def cmd_enhance(args) -> int:
     inputs = _expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise ConfigError("no input images found")
+    out = Path(args.output) if args.output and (len(inputs) > 1 or inputs[0][1] is not None) else None
+    if out and not out.is_dir() and (out.exists() or out.suffix.lower() in IMAGE_SUFFIXES):
+        what = "an existing file" if out.exists() else "an image file name"
+        raise ConfigError(f"-o {out}: a folder or several inputs need an output folder, and this is {what}")
     enhancer, name = _build_processor(args, tiling)
     jobs = plan_outputs(inputs, args.output, args.format, name)
-    if args.output and (len(jobs) > 1 or inputs[0][1] is not None):
-        Path(args.output).mkdir(parents=True, exist_ok=True)
+    if out:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     progress = Progress(len(jobs), enabled=not args.json and not args.quiet)
     stop = _StopRequest()
 

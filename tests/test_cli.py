@@ -47,6 +47,21 @@ def test_shorthand_with_enhance_options_before_the_file(tmp_path, model, capsys)
     assert Image.open(tmp_path / "half.png").size == (24, 18)
 
 
+def test_several_inputs_to_a_file_name_are_refused(tmp_path, model, capsys):
+    """A folder / several inputs with `-o x.png` is an error naming it, not a folder called x.png or a traceback."""
+    a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    (tmp_path / "taken.png").write_bytes(b"keep")
+    assert main([str(a), str(b), "-o", str(tmp_path / "new.png"), "--model", model]) == 2
+    assert "new.png: a folder or several inputs need an output folder, and this is an image file name" in \
+        capsys.readouterr().err and not (tmp_path / "new.png").exists()
+    assert main([str(tmp_path), "-o", str(tmp_path / "taken.png"), "--model", model]) == 2
+    assert "taken.png: a folder or several inputs need an output folder, and this is an existing file" in \
+        capsys.readouterr().err and (tmp_path / "taken.png").read_bytes() == b"keep"
+    (tmp_path / "file").write_bytes(b"")
+    assert main([str(a), str(b), "-o", str(tmp_path / "file" / "sub"), "--model", model]) == 1
+    assert "sub: cannot create the output folder" in capsys.readouterr().err
+
+
 def test_version(capsys):
     from edge_enhance import __version__
 
