@@ -43,6 +43,8 @@ def test_synthetic_is_deterministic_and_moves():
     ("synthetic:80x40@15", SyntheticSource, {"fps": 15.0, "width": 80}),
     ("cv:0", OpenCVSource, {"device": 0, "live": True}),
     ("cv:/dev/video2", OpenCVSource, {"device": "/dev/video2"}),
+    ("/dev/video2@15", OpenCVSource, {"device": "/dev/video2", "fps": 15.0, "name": "cv:/dev/video2"}),
+    ("1", OpenCVSource, {"device": 1}),
 ])
 def test_open_source_specs(spec, cls, attrs):
     src = open_source(spec)

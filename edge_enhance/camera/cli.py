@@ -26,7 +26,7 @@ DEFAULT_PREVIEW_MODEL = "sr-x2-rt"  # the real-time x2 model; --model overrides
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
     p("--source", default="auto", metavar="SPEC",
-      help="picamera2[:lores[:WxH]] | cv:N | file:clip.mp4 | folder:DIR | synthetic:640x360, "
+      help="picamera2[:lores[:WxH]] | cv:N (or N, /dev/videoN) | file:clip.mp4 | folder:DIR | synthetic:640x360, "
            "optionally @FPS (default: auto = picamera2 on a Pi, else cv:0)")
     p("--sink", action="append", metavar="SPEC",
       help="window | web[:HOST:PORT] | file:out.mp4 | null; repeatable (default: window when a display "

@@ -298,8 +298,8 @@ def default_source_spec() -> str:
 def open_source(spec: str) -> Source:
     """Build a source from its command-line spec (nothing is opened until ``start()``).
 
-    picamera2 | picamera2:lores | picamera2:lores:320x240 | cv:0 | file:clip.mp4 | folder:DIR |
-    synthetic:640x360, each optionally followed by @FPS (synthetic@0: unpaced).
+    picamera2 | picamera2:lores | picamera2:lores:320x240 | cv:0 (or 0, /dev/video0) | file:clip.mp4 |
+    folder:DIR | synthetic:640x360, each optionally followed by @FPS (synthetic@0: unpaced).
     """
     if spec == "auto":
         spec = default_source_spec()
@@ -319,6 +319,8 @@ def open_source(spec: str) -> Source:
                 raise ConfigError(f"source {spec!r}: expected picamera2:main|lores[:WIDTHxHEIGHT]")
             kw["size"] = (int(m[1]), int(m[2]))
         return PiCamera2Source(stream=stream or "main", fps=30.0 if fps is None else fps, **kw)
+    if body.isdigit() or body.startswith("/dev/video"):  # `--source 1`, `--source /dev/video2`: a webcam
+        kind, arg = "cv", body
     if kind == "cv":
         dev = arg or "0"
         return OpenCVSource(int(dev) if dev.isdigit() else dev, fps=fps)
