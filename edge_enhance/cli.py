@@ -214,6 +214,8 @@ def cmd_enhance(args) -> int:
     inputs = _expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise ConfigError("no input images found")
+    if args.format:
+        imageio.format_for(Path("out"), args.format)  # an unknown --format fails once, before the model loads
     out = Path(args.output) if args.output and (len(inputs) > 1 or inputs[0][1] is not None) else None
     if out and not out.is_dir() and (out.exists() or out.suffix.lower() in IMAGE_SUFFIXES):
         what = "an existing file" if out.exists() else "an image file name"

@@ -247,9 +247,10 @@ def _to_photo(im: Image.Image, path: Path) -> Photo:
 
 def format_for(path: Path, fmt: str | None = None) -> str:
     if fmt:
-        fmt = fmt.upper().replace("JPG", "JPEG").replace("TIF", "TIFF")
+        fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt.upper(), fmt.upper())
+        Image.init()  # Pillow registers its writers lazily: only the formats opened so far are in SAVE
         if fmt not in Image.SAVE:
-            raise ConfigError(f"unknown output format {fmt!r}")
+            raise ConfigError(f"unknown output format {fmt!r} (png, jpg, webp, tiff, bmp, ...)")
         return fmt
     ext = path.suffix.lower()
     known = Image.registered_extensions()

@@ -259,3 +259,9 @@ def test_enhance_tta_runs_the_8_turns_and_says_so(tmp_path, model, capsys):
         outs.append(np.asarray(Image.open(dst)))
     assert [r["passes"] for r in runs] == [1, 8]
     assert outs[0].shape == outs[1].shape == (18, 24, 3) and not np.array_equal(*outs)
+
+
+def test_unknown_format_fails_once_before_any_file(tmp_path, model, capsys):
+    a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    assert main([str(a), str(b), "--format", "heic", "-o", str(tmp_path / "o"), "--model", model]) == 2
+    assert "unknown output format 'HEIC'" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -1,5 +1,6 @@
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,16 @@ def test_jpeg_drops_alpha_with_warning(tmp_path, caplog):
     ph = imageio.Photo(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 128, np.uint8))
     out = imageio.save_image(ph, tmp_path / "o.jpg")
     assert Image.open(out).mode == "RGB" and "transparency dropped" in caplog.text
+
+
+def test_output_format_by_name_in_a_fresh_process():
+    """--format png / webp / tif work before Pillow has opened any such file (its writers register lazily)."""
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from edge_enhance.imageio import format_for; "
+            "print(*(format_for(Path('x'), f) for f in ('png', 'webp', 'tif', 'TIFF', 'jpg', 'bmp')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PNG", "WEBP", "TIFF", "TIFF", "JPEG", "BMP"]
+    with pytest.raises(ConfigError, match="unknown output format 'HEIC'"):
+        imageio.format_for(Path("x"), "heic")
