@@ -364,6 +364,36 @@ def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--l2-steps", "-1"), ("--minutes", "-2"),
+                                         ("--l2-minutes", "-0.5"), ("--workers", "-1")])
+def test_train_cli_rejects_a_negative_budget(tmp_path, capsys, flag, value):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sr-x2", "--out", str(tmp_path), "--ckpt", str(tmp_path / "ck"), flag, value])
+    assert e.value.code == 2 and f"{flag} must not be negative, got {float(value):g}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_tools_name_a_missing_data_folder_without_a_traceback(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from training.train import main
+
+    missing = tmp_path / "nodata"
+    assert main(["sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--data", str(missing),
+                 "--steps", "1"]) == 1
+    assert f"{missing / 'train' / 'T91'}: dataset folder does not exist" in capsys.readouterr().err
+    for tool in ("queue",):
+        argv = ["--only", "sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck")] \
+            if tool == "queue" else ["sr-x2"]
+        p = subprocess.run([sys.executable, "-m", f"training.{tool}", *argv, "--data", str(missing)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and "dataset folder does not exist" in p.stderr, (tool, p.stderr)
+        assert "Traceback" not in p.stderr
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sr-x2", "--channels", "64"], "exceed the budget 50000"),
     (["denoise", "--convs", "1"], "out of range"),

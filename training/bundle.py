@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.errors import ConfigError
+from edge_enhance.errors import ConfigError, EdgeEnhanceError, ImageInputError
 from edge_enhance.models import MODELS_DIR
 
 SR_SETS = ("Set5", "Set14", "BSD100")
@@ -53,25 +54,34 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
                               f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
         fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
         base = {k: shipped.extra[k] for k in BASE_FIELDS if k in shipped.extra}  # how the network was trained
+    for ds in sorted({ds for _, ds, _ in SETTINGS[card.task]}):  # before minutes of quantisation
+        if not (data / ds).is_dir():
+            raise ImageInputError(f"{data / ds}: dataset folder does not exist")
     res = quantize_model(g, calibration_set(task=card.task, scale=card.scale, align=card.align), method=method,
                          rounding=rounding)
-    write_tflite(res.graph, out)
-    psnr = {}
-    for label, ds, kw in SETTINGS[card.task]:
-        psnr[label] = round(evaluate(Enhancer(out).enhance_rgb, data / ds, card.task, scale=card.scale,
-                                     with_ssim=False, **kw).psnr, 3)
-    d = json.loads(res.graph.metadata[CARD_KEY])
-    extra = d.setdefault("extra", {})
-    extra.update(base)
-    extra["psnr_fp32"] = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
-    extra["psnr"] = psnr
-    extra["quantization"] = {"method": method, "rounding": rounding, "cle": res.report.cle,
-                             "act_eq": res.report.act_eq,
-                             "bias_correction": res.report.bias_correction,
-                             "precision": "int8 (per-channel weights, int8 activations)"}
-    ModelCard.from_dict(d)  # still a valid card
-    res.graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
-    write_tflite(res.graph, out)  # again, now carrying its own measured numbers
+    # Measured from a temporary file; the bundled one is replaced only when the new one is complete.
+    tmp = out.with_name(f".{out.stem}.partial.tflite")
+    try:
+        write_tflite(res.graph, tmp)
+        psnr = {}
+        for label, ds, kw in SETTINGS[card.task]:
+            psnr[label] = round(evaluate(Enhancer(tmp).enhance_rgb, data / ds, card.task, scale=card.scale,
+                                         with_ssim=False, **kw).psnr, 3)
+        d = json.loads(res.graph.metadata[CARD_KEY])
+        extra = d.setdefault("extra", {})
+        extra.update(base)
+        extra["psnr_fp32"] = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
+        extra["psnr"] = psnr
+        extra["quantization"] = {"method": method, "rounding": rounding, "cle": res.report.cle,
+                                 "act_eq": res.report.act_eq,
+                                 "bias_correction": res.report.bias_correction,
+                                 "precision": "int8 (per-channel weights, int8 activations)"}
+        ModelCard.from_dict(d)  # still a valid card
+        res.graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
+        write_tflite(res.graph, tmp)  # again, now carrying its own measured numbers
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"name": name, "file": out.name, "kb": round(out.stat().st_size / 1024, 1), "int8": psnr,
             "fp32": extra["psnr_fp32"], "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -98,6 +108,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ConfigError as e:
+    except EdgeEnhanceError as e:  # a bad option or model file (2), a missing or unreadable data folder (1)
         print(f"python -m training.bundle: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)

@@ -35,7 +35,7 @@ from torch import nn
 
 from conversion.onnx_import import from_onnx
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.errors import ConfigError
+from edge_enhance.errors import ConfigError, EdgeEnhanceError
 from quantization.calibration import METHODS, RangeStats, calibration_set
 from quantization.quantize import (activation_params, assign_activation_params, collect_stats,
                                    equalize_activations, quantize_all_weights, residual_params)
@@ -344,6 +344,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ConfigError as e:
+    except EdgeEnhanceError as e:  # a bad option or model file (2), a missing or unreadable data folder (1)
         print(f"python -m training.qat: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from edge_enhance.card import ModelCard
-from edge_enhance.errors import ConfigError
+from edge_enhance.errors import ConfigError, EdgeEnhanceError
 from edge_enhance.evaluation import Y_WEIGHTS, evaluate
 
 from . import export as ex
@@ -440,6 +440,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
+    for flag, v in (("--minutes", a.minutes), ("--steps", a.steps), ("--l2-minutes", a.l2_minutes),
+                    ("--l2-steps", a.l2_steps), ("--workers", a.workers)):
+        if v is not None and v < 0:
+            ap.error(f"{flag} must not be negative, got {v:g}")
     if a.eval_every is not None:
         if a.eval_every < 1:
             ap.error("--eval-every must be positive")
@@ -459,7 +463,7 @@ def main(argv=None) -> int:
         model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
                              minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
                              workers=a.workers, init_from=a.init_from, seed=a.seed)
-    except ConfigError as e:
+    except EdgeEnhanceError as e:  # a bad recipe combination, a missing or unreadable data folder
         print(f"python -m training.train: error: {e}", file=sys.stderr)
         return 1
     cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
