@@ -205,7 +205,9 @@ def _from_onnx(r: Recipe, net: ResidualNet, p: Path) -> tuple[ResidualNet, dict]
     shapes = [tuple(inits[n.input[1]].shape) if n.input[1] in inits else None for n in convs]
     want = [tuple(_branches(layer)[0].weight.shape) for layer in net.layers]
     if shapes != want or any(len(n.input) < 3 or n.input[2] not in inits for n in convs):
-        raise ConfigError(f"{p}: conv weights {shapes} are not recipe {r.name}'s {want} (with biases)")
+        hint = (f"; the file has {len(shapes)} convs: pass --convs {len(shapes)}"
+                if len(shapes) != len(want) and None not in shapes else "")
+        raise ConfigError(f"{p}: conv weights {shapes} are not recipe {r.name}'s {want} (with biases){hint}")
     _load_collapsed(net, [(inits[n.input[1]], inits[n.input[2]]) for n in convs])
     err = ex.max_abs_error(net, m)
     if err >= 1e-4:
