@@ -120,8 +120,11 @@ class Enhancer:
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
         if rgb.dtype not in (np.uint8, np.uint16):
-            raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}")
+            hint = " (from floats in 0..1: (img * 255).round().astype(np.uint8))" if rgb.dtype.kind == "f" else ""
+            raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}{hint}")
         h, w, _ = rgb.shape
+        if not (h and w):
+            raise ConfigError(f"empty image ({w}x{h} pixels)")
         s = self.card.scale
         if out is None:
             out = np.empty((h * s, w * s, 3), rgb.dtype)

@@ -83,6 +83,16 @@ def test_strength_zero_gives_the_base_and_one_the_model(models):
         enh.strength = 2.0
 
 
+def test_bad_arrays_get_one_clear_error(models):
+    enh = Enhancer(models[2])
+    with pytest.raises(ConfigError, match=r"empty image \(9x0 pixels\)"):
+        enh.enhance(np.zeros((0, 9, 3), np.uint8))
+    with pytest.raises(ConfigError, match=r"got float64 \(from floats in 0\.\.1: \(img \* 255\)"):
+        enh.enhance(np.zeros((4, 4, 3)))
+    with pytest.raises(ConfigError, match="expected uint8 or uint16 pixels, got int64$"):
+        enh.enhance(np.zeros((4, 4, 3), np.int64))
+
+
 def test_grey_and_rgba_arrays_keep_their_kind(models):
     enh = Enhancer(models[2])
     grey = np.full((6, 7), 128, np.uint8)
