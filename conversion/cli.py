@@ -118,6 +118,9 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
     if to == "coreml" and out.suffix != ".mlpackage":
         raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")
+    other = {".onnx": "onnx", ".tflite": "tflite", ".mlmodel": "coreml"}.get(out.suffix.lower(), to)
+    if other != to:  # a .tflite file called x.onnx would mislead every tool that goes by the name
+        raise ConfigError(f"{out}: a {out.suffix} name for --to {to} output (use {SUFFIX[to]})")
     if out.resolve() == src.resolve():
         raise ConfigError(f"{out}: output would overwrite the input model")
     if not out.parent.is_dir():

@@ -86,3 +86,18 @@ def test_card_travels_into_tflite_metadata(tmp_path):
     p = to_tflite(g, tmp_path / "m.tflite", tile=(16, 16))
     got = ModelCard.from_json(tflite_metadata(p)[CARD_KEY])
     assert got.layout == "nhwc" and got.tile == (16, 16) and got.scale == 2 and got.extra == card.extra
+
+
+@pytest.mark.parametrize("to, name, message", [
+    ("tflite", "m.onnx", "m.onnx: a .onnx name for --to tflite output (use .tflite)"),
+    ("onnx", "m.TFLITE", "m.TFLITE: a .TFLITE name for --to onnx output (use .onnx)"),
+    ("coreml", "m.mlmodel", "m.mlmodel: a Core ML mlprogram must be saved as .mlpackage"),
+])
+def test_convert_refuses_an_output_named_for_another_format(tmp_path, to, name, message):
+    from conversion.cli import convert
+
+    src = tmp_path / "src.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        convert(src, to, output=tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == ["src.onnx"]
