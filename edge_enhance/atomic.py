@@ -16,6 +16,12 @@ def _umask() -> int:
     return mask
 
 
+def default_mode(fd: int) -> None:
+    """Give a mkstemp file (0600) the mode a new file gets under the umask, so a photo or video written
+    through a temporary is as readable by other users as one written directly."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -58,7 +64,7 @@ def atomic_file(path, mode: str = "wb"):
     sweep_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".part")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        default_mode(fd)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -444,6 +444,13 @@ def test_enhance_video(tmp_path, temporal, monkeypatch):
     assert [c["done"] for c in calls] == list(range(1, 9)) and calls[-1]["total"] == 8
     assert calls[-1]["eta_s"] == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert out.stat().st_mode & 0o777 == _new_file_mode()  # not mkstemp's 0600
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @pytest.mark.parametrize("dst,words", [("out.xyz", "cannot write video container '.xyz'"),
@@ -490,6 +497,7 @@ def test_video_source_and_file_sink(tmp_path):
     n, shape = count_frames(out)
     assert 1 <= n <= 6 and shape == (48, 64, 3)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert out.stat().st_mode & 0o777 == _new_file_mode()
 
 
 def test_file_sink_rejects_unknown_container(tmp_path):

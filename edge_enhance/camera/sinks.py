@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import default_mode
 from .detect import import_cv2, platform_info
 from .errors import ConfigError, OutputError, SinkError
 from .frames import compose, draw_overlay
@@ -139,6 +140,7 @@ def open_video_writer(path: str, fps: float, width: int, height: int):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
     except OSError as e:
         raise OutputError(f"{path}: cannot write to {folder} ({e})") from None
+    default_mode(fd)  # the writer reopens the file, which keeps this mode
     os.close(fd)
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC[ext]), float(fps or 30.0), (width, height))
     if not writer.isOpened():

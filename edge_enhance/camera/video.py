@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..atomic import default_mode
 from .detect import import_cv2
 from .errors import ConfigError, OutputError, SourceError
 from .sinks import FOURCC, open_video_writer
@@ -98,6 +99,7 @@ def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, st
     if "Audio:" not in probe.stderr:
         return None, "none in source"
     fd, out = tempfile.mkstemp(prefix=".tmp-", suffix=dst_ext, dir=os.path.dirname(video_only))
+    default_mode(fd)
     os.close(fd)
     err = "?"
     # A plain copy first; containers that refuse the source's audio codec get AAC.
