@@ -72,10 +72,17 @@ def test_interpreter_is_resized_once_per_run(files, monkeypatch):
     assert len(calls) == 1 and enh.last_run.tiles > 1
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no second traceback from __del__
 def test_delegate_that_cannot_load(files, caplog):
+    import ctypes.util
+
     bad = EngineOptions(delegate="/nonexistent/libdelegate.so")
     with pytest.raises(BackendUnavailableError, match="--fallback cpu"):
         Enhancer(files["fp32"], options=bad)
+    libc = ctypes.util.find_library("c")  # a library, but no delegate
+    if libc:
+        with pytest.raises(BackendUnavailableError, match=r"not a TFLite external delegate .*--fallback cpu"):
+            Enhancer(files["fp32"], options=EngineOptions(delegate=libc))
     enh = Enhancer(files["fp32"], options=EngineOptions(delegate="/nonexistent/libdelegate.so", fallback_cpu=True))
     assert enh.enhance(np.zeros((4, 4, 3), np.uint8)).shape == (8, 8, 3)
     assert "running on the CPU" in caplog.text

@@ -18,6 +18,16 @@ log = logging.getLogger(__name__)
 MAX_FIXED_PIXELS = 4096 * 4096  # NPU / fixed-tile models are far smaller; a larger one is a damaged header
 
 
+def _check_delegate_library(path: str) -> None:
+    """Load the library ourselves first: LiteRT's Delegate, failing on a missing file or a library
+    without the external-delegate entry point, prints a second, confusing traceback from its __del__."""
+    import ctypes
+
+    lib = ctypes.CDLL(path)  # OSError names the file and the loader's reason
+    if not hasattr(lib, "tflite_plugin_create_delegate"):
+        raise ValueError("not a TFLite external delegate (no tflite_plugin_create_delegate)")
+
+
 @functools.lru_cache(maxsize=1)
 def interpreter_module():
     """(module with Interpreter and load_delegate, its name); cached, never run at import."""
@@ -108,6 +118,7 @@ class LiteRTBackend(Backend):
         delegates = []
         if options.delegate:
             try:
+                _check_delegate_library(options.delegate)
                 delegates.append(m.load_delegate(options.delegate, dict(options.delegate_options)))
             except (ValueError, OSError, RuntimeError) as e:
                 if not options.fallback_cpu:
