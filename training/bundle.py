@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.errors import ConfigError, EdgeEnhanceError, ImageInputError
+from edge_enhance.errors import ConfigError, ImageInputError
 from edge_enhance.models import MODELS_DIR
+
+from . import run_tool
 
 SR_SETS = ("Set5", "Set14", "BSD100")
 SETTINGS = {  # task -> [(label, dataset, evaluate() keyword)]
@@ -106,8 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgeEnhanceError as e:  # a bad option or model file (2), a missing or unreadable data folder (1)
-        print(f"python -m training.bundle: error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    run_tool("bundle", main)

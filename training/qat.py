@@ -35,12 +35,12 @@ from torch import nn
 
 from conversion.onnx_import import from_onnx
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.errors import ConfigError, EdgeEnhanceError
+from edge_enhance.errors import ConfigError
 from quantization.calibration import METHODS, RangeStats, calibration_set
 from quantization.quantize import (activation_params, assign_activation_params, collect_stats,
                                    equalize_activations, quantize_all_weights, residual_params)
 
-from . import export as ex
+from . import export as ex, run_tool
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
@@ -344,8 +344,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgeEnhanceError as e:  # a bad option or model file (2), a missing or unreadable data folder (1)
-        print(f"python -m training.qat: error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    run_tool("qat", main)

@@ -17,9 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_enhance.errors import EdgeEnhanceError
-
-from . import export as ex
+from . import export as ex, run_tool
 from .data import default_data_root, load_train_images
 from .recipes import get
 from .train import DEFAULT_CKPT, command, export_model, train
@@ -100,8 +98,4 @@ def _run(r, i: int, src: Path | None, a, data_root: Path, images) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgeEnhanceError as e:  # a missing or unreadable data folder, a bad recipe combination
-        print(f"python -m training.queue: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_tool("queue", main)
