@@ -47,7 +47,9 @@ W8A8_TOO_OLD = ("iOS15", "iOS16", "macOS12", "macOS13")  # no MIL quantize / deq
 
 def _ct():
     try:
-        import coremltools as ct
+        from edge_enhance.backends.coreml import import_coremltools
+
+        ct = import_coremltools()
         from coremltools.converters.mil import Builder as mb
     except ImportError:  # pragma: no cover - depends on the environment
         from .errors import EdgeEnhanceError

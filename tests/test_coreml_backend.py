@@ -52,3 +52,16 @@ def test_image_io_prediction_on_macos_matches_onnx(tmp_path):
     a = Enhancer(tmp_path / "i.mlpackage").enhance(img).astype(int)
     b = Enhancer(tmp_path / "m.onnx").enhance(img).astype(int)
     assert np.abs(a - b).max() <= 2
+
+
+def test_coremltools_import_warnings_stay_out_of_the_user_log():
+    """Off macOS coremltools logs 'Failed to load _MLModelProxy' (and more) as it imports; ours is quiet."""
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(format='%(levelname)s: %(message)s'); "
+            "from edge_enhance.backends.coreml import import_coremltools; import_coremltools(); "
+            "import coremltools.models.model; print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    assert "WARNING" not in p.stderr, p.stderr

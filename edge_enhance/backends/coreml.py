@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 from pathlib import Path
 
@@ -12,12 +13,26 @@ from ..errors import BackendUnavailableError, ModelFormatError
 from . import Backend, EngineOptions, register
 
 
+def import_coremltools():
+    """``import coremltools`` (ImportError if absent) without its import-time warnings, unless -vv: off
+    macOS it cannot load its native runtime and says so four to six times, and it warns about any torch
+    newer than it was tested with; neither matters to reading, writing or converting models."""
+    quiet = not logging.getLogger("edge_enhance").isEnabledFor(logging.DEBUG)
+    ct_log = logging.getLogger("coremltools")
+    level = ct_log.level
+    if quiet:
+        ct_log.setLevel(logging.ERROR)
+    try:
+        import coremltools
+    finally:
+        ct_log.setLevel(level)
+    return coremltools
+
+
 @functools.lru_cache(maxsize=1)
 def _ct():
     try:
-        import coremltools
-
-        return coremltools
+        return import_coremltools()
     except ImportError:
         raise BackendUnavailableError("coremltools is not installed: pip install 'edge-enhance[coreml]'") from None
 
