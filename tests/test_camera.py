@@ -572,3 +572,32 @@ def test_cli_sigterm_stops_cleanly(tmp_path):
     assert proc.returncode == 0, err
     final = json.loads(stats.read_text().splitlines()[-1])
     assert final["final"] and final["stop_reason"] == "stopped"
+
+
+def test_opencv_own_warnings_are_off_unless_debug_or_asked_for(monkeypatch):
+    """Our one error says what OpenCV's '[ WARN:0] ... can't open camera by index' lines say."""
+    import logging
+
+    from edge_enhance.camera.detect import import_cv2
+
+    lg = cv2.utils.logging
+    before = lg.getLogLevel()
+    try:
+        monkeypatch.delenv("OPENCV_LOG_LEVEL", raising=False)
+        lg.setLogLevel(lg.LOG_LEVEL_WARNING)
+        import_cv2()
+        assert lg.getLogLevel() == lg.LOG_LEVEL_ERROR
+        lg.setLogLevel(lg.LOG_LEVEL_WARNING)
+        ours = logging.getLogger("edge_enhance")
+        level = ours.level
+        ours.setLevel(logging.DEBUG)  # -vv
+        try:
+            import_cv2()
+        finally:
+            ours.setLevel(level)
+        assert lg.getLogLevel() == lg.LOG_LEVEL_WARNING
+        monkeypatch.setenv("OPENCV_LOG_LEVEL", "WARNING")  # the user's own choice stands
+        import_cv2()
+        assert lg.getLogLevel() == lg.LOG_LEVEL_WARNING
+    finally:
+        lg.setLogLevel(before)

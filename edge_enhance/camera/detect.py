@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import platform as _platform
 import sys
@@ -48,13 +49,23 @@ def has_picamera2() -> bool:
     return importlib.util.find_spec("picamera2") is not None
 
 
+def _quiet(cv2):
+    """OpenCV's own C++ warnings ("[ WARN:0@0.076] ... can't open camera by index") repeat what our one
+    error says; keep them for -vv, or when the user set OPENCV_LOG_LEVEL."""
+    lg = getattr(cv2.utils, "logging", None) if hasattr(cv2, "utils") else None
+    if lg is not None and "OPENCV_LOG_LEVEL" not in os.environ \
+            and not logging.getLogger("edge_enhance").isEnabledFor(logging.DEBUG):
+        lg.setLogLevel(lg.LOG_LEVEL_ERROR)
+    return cv2
+
+
 def import_cv2():
     """OpenCV, or one error naming the extra that provides it."""
     try:
         import cv2
     except ImportError as e:
         raise BackendUnavailableError(f"OpenCV is not installed ({e}); {CAMERA_EXTRA}") from None
-    return cv2
+    return _quiet(cv2)
 
 
 def import_picamera2():
@@ -76,4 +87,4 @@ def optional_cv2():
         import cv2
     except ImportError:
         return None
-    return cv2
+    return _quiet(cv2)
