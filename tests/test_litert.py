@@ -113,3 +113,19 @@ def test_half_res_model_estimate_counts_its_half_resolution_activations(tmp_path
     out = enh.enhance(img)
     assert out.shape == img.shape and enh.last_run.tiles > 1 and all(t % 2 == 0 for t in enh.last_run.tile)
     assert np.array_equal(out, Enhancer(path, tiling=TilingConfig(tile=(10**4, 10**4))).enhance(img))
+
+
+def test_quiet_run_prints_nothing_and_minus_vv_keeps_litert_notice(tmp_path, files):
+    """`edge-enhance photo.png -q` on a .tflite: not even LiteRT's 'Created ... XNNPACK delegate' line."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (12, 10), (90, 30, 200)).save(tmp_path / "p.png")
+    run = [sys.executable, "-m", "edge_enhance.cli", str(tmp_path / "p.png"), "-m", str(files["fp32"]), "-q"]
+    quiet = subprocess.run(run + ["-o", str(tmp_path / "q.png")], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run(run[:3] + ["-vv"] + run[3:] + ["-o", str(tmp_path / "v.png")], capture_output=True,
+                          text=True, timeout=120)
+    assert loud.returncode == 0 and "XNNPACK" in loud.stderr

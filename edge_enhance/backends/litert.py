@@ -1,9 +1,12 @@
 """LiteRT (TFLite) engine: ai-edge-litert, else tflite_runtime, else tensorflow.lite."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,31 @@ def _check_delegate_library(path: str) -> None:
     lib = ctypes.CDLL(path)  # OSError names the file and the loader's reason
     if not hasattr(lib, "tflite_plugin_create_delegate"):
         raise ValueError("not a TFLite external delegate (no tflite_plugin_create_delegate)")
+
+
+_notice_done = False
+
+
+@contextlib.contextmanager
+def _without_xnnpack_notice():
+    """LiteRT's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to stderr, once
+    per process, at the first allocation: a line `-q` and scripts should not get. That first allocation
+    runs with stderr on /dev/null (errors come back as exceptions, not on stderr); -vv keeps it."""
+    global _notice_done
+    if _notice_done or log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    _notice_done = True
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 @functools.lru_cache(maxsize=1)
@@ -152,7 +180,8 @@ class LiteRTBackend(Backend):
             if not self.fixed_shape:
                 side = round_up(16, self._align)
                 self.interp.resize_tensor_input(self._in["index"], [1, side, side, 3], strict=False)
-            self.interp.allocate_tensors()
+            with _without_xnnpack_notice():
+                self.interp.allocate_tensors()
         except (RuntimeError, ValueError) as e:
             raise _load_error(path, self.engine_name, e) from None
 
