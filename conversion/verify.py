@@ -133,7 +133,7 @@ def _tflite_runner(path):
     """The file as the runtime runs it: integer I/O quantised / dequantised by the LiteRT backend's helpers."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edge_enhance.backends.litert import dequantise_io, quantise_io
+    from edge_enhance.backends.litert import dequantise_io, quantise_io, without_xnnpack_notice
 
     it = Interpreter(model_path=str(path))
     d, o = it.get_input_details()[0], it.get_output_details()[0]
@@ -142,7 +142,8 @@ def _tflite_runner(path):
     def run(x_hwc):
         x = quantise_io(x_hwc[None], d)
         it.resize_tensor_input(d["index"], list(x.shape))
-        it.allocate_tensors()
+        with without_xnnpack_notice():
+            it.allocate_tensors()
         it.set_tensor(d["index"], x)
         it.invoke()
         return dequantise_io(it.get_tensor(o["index"]), o)[0]

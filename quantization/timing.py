@@ -18,7 +18,7 @@ def _interpreter(path, threads, size):
     from ai_edge_litert.interpreter import Interpreter
 
     from edge_enhance.backends import read_card
-    from edge_enhance.backends.litert import quantise_io
+    from edge_enhance.backends.litert import quantise_io, without_xnnpack_notice
     from edge_enhance.tiling import check_aligned
 
     card = read_card(path)
@@ -26,7 +26,8 @@ def _interpreter(path, threads, size):
     it = Interpreter(model_path=str(path), num_threads=threads)
     d = it.get_input_details()[0]
     it.resize_tensor_input(d["index"], [1, size[0], size[1], 3])
-    it.allocate_tensors()
+    with without_xnnpack_notice():
+        it.allocate_tensors()
     x = np.random.default_rng(0).uniform(0, 1, (1, size[0], size[1], 3)).astype(np.float32)
     it.set_tensor(d["index"], quantise_io(x, d))
     return it

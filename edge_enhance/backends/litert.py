@@ -35,7 +35,7 @@ _notice_done = False
 
 
 @contextlib.contextmanager
-def _without_xnnpack_notice():
+def without_xnnpack_notice():
     """LiteRT's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to stderr, once
     per process, at the first allocation: a line `-q` and scripts should not get. That first allocation
     runs with stderr on /dev/null (errors come back as exceptions, not on stderr); -vv keeps it."""
@@ -180,7 +180,7 @@ class LiteRTBackend(Backend):
             if not self.fixed_shape:
                 side = round_up(16, self._align)
                 self.interp.resize_tensor_input(self._in["index"], [1, side, side, 3], strict=False)
-            with _without_xnnpack_notice():
+            with without_xnnpack_notice():
                 self.interp.allocate_tensors()
         except (RuntimeError, ValueError) as e:
             raise _load_error(path, self.engine_name, e) from None
