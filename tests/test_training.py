@@ -293,6 +293,11 @@ def test_report_table_lists_exported_models(tmp_path, data_root):
              "init": {"checkpoint": "t-sr.onnx", "steps": 3, "train_minutes": 1.0}}
     export_model(r, m, grown, tmp_path, data_root=data_root, evaluate_sets=False)
     assert table(tmp_path).splitlines()[2].endswith("| 3 + 5 | 1.0 + 0.5 |")  # the source's, then its own
+    with pytest.raises(ConfigError, match="nothing: no such folder"):
+        table(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="ck: no exported .onnx models in it"):
+        (tmp_path / "ck").mkdir()
+        table(tmp_path / "ck")
 
 
 def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):

@@ -4,13 +4,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from edge_enhance.errors import ConfigError
+
+from . import run_tool
 from .export import read_card
 
 
 def table(folder: Path) -> str:
+    folder = Path(folder)
+    paths = sorted(folder.glob("*.onnx"))
+    if not paths:
+        raise ConfigError(f"{folder}: {'no exported .onnx models in it' if folder.is_dir() else 'no such folder'}")
     lines = ["| model | measured PSNR (dB) [input / baseline] | params | MACs/px | RF | steps | train min |",
              "|---|---|---|---|---|---|---|"]
-    for path in sorted(Path(folder).glob("*.onnx")):
+    for path in paths:
         c = read_card(path)
         e = c.extra
         psnr = ", ".join(f"{k} {v:.2f} [{e.get('input_psnr', {}).get(k, float('nan')):.2f}]"
@@ -27,5 +34,10 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main() -> int:
     print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp/edge-enhance/export")))
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool("report", main)
