@@ -6,7 +6,7 @@ import math
 import sys
 import time
 
-from .cli import add_model_arguments, build_enhancer, strict_json
+from .cli import Progress, add_model_arguments, build_enhancer, strict_json
 from .errors import ConfigError
 
 
@@ -37,8 +37,20 @@ def main(args) -> int:
         need = "an upscaling model" if task in ("sr", "enhance") else "a scale-1 model (same size out)"
         raise ConfigError(f"{enh.path.name}: the {task} protocol needs {need}; this model's scale is {enh.scale}")
     t0 = time.perf_counter()
-    res = evaluate(enh.enhance_rgb, args.dataset, task, scale=enh.scale, sigma=args.sigma,
-                   quality=args.quality, with_ssim=not args.no_ssim)
+    bar = None
+
+    def on_image(i: int, n: int, name: str) -> None:
+        nonlocal bar
+        bar = bar or Progress(n, enabled=not args.json)  # one line on a terminal's stderr, ETA included
+        bar.file(i, name)
+
+    try:
+        res = evaluate(lambda x: enh.enhance_rgb(x, progress=bar and bar.tiles), args.dataset, task,
+                       scale=enh.scale, sigma=args.sigma, quality=args.quality, with_ssim=not args.no_ssim,
+                       on_image=on_image)
+    finally:
+        if bar:
+            bar.clear()
     seconds = time.perf_counter() - t0
     setting = {"sr": f"x{enh.scale}", "enhance": f"x{enh.scale}", "denoise": f"sigma {args.sigma:g}",
                "dejpeg": f"quality {args.quality}"}[task]

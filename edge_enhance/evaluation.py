@@ -238,10 +238,12 @@ def score(task: str, ref: np.ndarray, out: np.ndarray, scale: int) -> tuple[floa
 
 
 def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, scale: int = 2,
-             sigma: float = 25.0, quality: int = 30, with_ssim: bool = True) -> EvalResult:
+             sigma: float = 25.0, quality: int = 30, with_ssim: bool = True,
+             on_image: Callable[[int, int, str], None] | None = None) -> EvalResult:
     """Run ``fn`` (RGB uint8 HxWx3 -> RGB uint8) over a folder of images and score it exactly.
 
-    ``scale`` is used by sr / enhance, ``sigma`` by denoise, ``quality`` by dejpeg.
+    ``scale`` is used by sr / enhance, ``sigma`` by denoise, ``quality`` by dejpeg. ``on_image(index,
+    count, name)`` is called as each image starts (a progress line).
     """
     if task not in TASKS:
         raise ConfigError(f"evaluate: task {task!r} is not one of {', '.join(TASKS)}")
@@ -254,7 +256,10 @@ def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, 
     result = EvalResult(task=task, dataset=str(dataset_dir))
     s = scale if task in ("sr", "enhance") else 1
     shave_px = scale if task in ("sr", "enhance") else 0
-    for i, path in enumerate(list_images(dataset_dir)):
+    paths = list_images(dataset_dir)
+    for i, path in enumerate(paths):
+        if on_image:
+            on_image(i, len(paths), path.name)
         ref, inp = make_input(task, load_rgb(path), i, scale=s, sigma=sigma, quality=quality)
         out = np.asarray(fn(inp))
         if out.shape != ref.shape:

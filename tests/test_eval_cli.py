@@ -98,3 +98,21 @@ def test_eval_task_option_and_a_task_the_model_cannot_do(tmp_path, dataset, caps
     assert "d.onnx: the sr protocol needs an upscaling model; this model's scale is 1" in capsys.readouterr().err
     assert main(["eval", str(sr), "--dataset", str(dataset), "--task", "denoise"]) == 2
     assert "m.onnx: the denoise protocol needs a scale-1 model" in capsys.readouterr().err
+
+
+def test_eval_shows_progress_on_a_terminal_and_the_callback_sees_every_image(tmp_path, dataset, capsys,
+                                                                              monkeypatch):
+    import sys
+
+    from edge_enhance.evaluation import evaluate
+
+    seen = []
+    evaluate(lambda x: x, dataset, "denoise", with_ssim=False, on_image=lambda i, n, name: seen.append((i, n, name)))
+    assert seen == [(0, 2, "a.png"), (1, 2, "b.png")]
+    m = tmp_path / "m.onnx"
+    residual_sr(m)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["eval", str(m), "--dataset", str(dataset), "--no-ssim"]) == 0
+    out, err = capsys.readouterr()
+    assert "[1/2] a.png" in err and "[2/2] b.png" in err and err.endswith("\r\033[K")  # cleared before the table
+    assert "mean" in out and "[1/2]" not in out
