@@ -129,6 +129,9 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "upscale":
+        if scale == 1:
+            raise ConfigError("--scale 1 with --mode upscale (the default) would run no model; for a same-size "
+                              "clean-up use --mode denoise, dejpeg or auto")
         return sr_chain(scale), None
     if mode in ("denoise", "dejpeg"):
         return [mode] + sr_chain(scale), None

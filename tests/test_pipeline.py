@@ -84,6 +84,8 @@ def test_scale_chains():
     assert plan_stages("photo", 4)[0] == ["enhance-x2", "sr-x2"]
     with pytest.raises(ConfigError, match="not x3"):
         plan_stages("photo", 3)
+    with pytest.raises(ConfigError, match="--scale 1 with --mode upscale .the default. would run no model"):
+        plan_stages("upscale", 1)
 
 
 class _Offset:
