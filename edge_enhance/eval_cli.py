@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from .evaluation import evaluate
+    from .evaluation import evaluate, list_images
     from .tiling import TilingConfig, parse_tile
 
     args.model = args.model or args.model_arg
@@ -37,20 +37,13 @@ def main(args) -> int:
         need = "an upscaling model" if task in ("sr", "enhance") else "a scale-1 model (same size out)"
         raise ConfigError(f"{enh.path.name}: the {task} protocol needs {need}; this model's scale is {enh.scale}")
     t0 = time.perf_counter()
-    bar = None
-
-    def on_image(i: int, n: int, name: str) -> None:
-        nonlocal bar
-        bar = bar or Progress(n, enabled=not args.json)  # one line on a terminal's stderr, ETA included
-        bar.file(i, name)
-
+    bar = Progress(len(list_images(args.dataset)), enabled=not args.json)  # one line on a terminal's stderr
     try:
-        res = evaluate(lambda x: enh.enhance_rgb(x, progress=bar and bar.tiles), args.dataset, task,
-                       scale=enh.scale, sigma=args.sigma, quality=args.quality, with_ssim=not args.no_ssim,
-                       on_image=on_image)
+        res = evaluate(lambda x: enh.enhance_rgb(x, progress=bar.tiles), args.dataset, task, scale=enh.scale,
+                       sigma=args.sigma, quality=args.quality, with_ssim=not args.no_ssim,
+                       on_image=lambda i, n, name: bar.file(i, name))
     finally:
-        if bar:
-            bar.clear()
+        bar.clear()
     seconds = time.perf_counter() - t0
     setting = {"sr": f"x{enh.scale}", "enhance": f"x{enh.scale}", "denoise": f"sigma {args.sigma:g}",
                "dejpeg": f"quality {args.quality}"}[task]
