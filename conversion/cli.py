@@ -223,7 +223,7 @@ def _quantized(graph, src: Path, calib):
     if CARD_KEY not in graph.metadata:
         raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none")
     card = ModelCard.from_json(graph.metadata[CARD_KEY])
-    cs = calibration_set(calib, task=card.task, scale=card.scale, align=card.align)
+    cs = calibration_set(calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour)
     res = quantize_model(graph, cs, sensitivity=False)
     log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
              res.report.quant_psnr)

@@ -617,12 +617,14 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     fitting = [f for f in files if _fits(f, sizes[0], card)]
+    channels = graph.tensors[graph.inputs[0]].shape[3]
     rep = compare("coreml", precision, src, tgt, card, fitting, crop=sizes[0], max_images=max_images, tol=tol,
-                  source=f"IR executor{' int8 simulation' if simulate_quant else ''} (numpy MIL evaluation as target)")
+                  source=f"IR executor{' int8 simulation' if simulate_quant else ''} (numpy MIL evaluation as target)",
+                  channels=channels)
     if io == "image":
         rep.precision += ", image I/O"
     for size in sizes[1:] if fitting else sizes:  # no image as large as the tile: the first one, fitted
-        name, x, _ = next(make_pairs(card, files, max_images=1))
+        name, x, _ = next(make_pairs(card, files, max_images=1, channels=channels))
         x = _fit(x, size)
         a, b = src(x), tgt(x)
         err = float(np.abs(a.astype(np.float64) - b).max())

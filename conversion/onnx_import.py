@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_enhance.card import CARD_KEY
+from edge_enhance.card import CARD_KEY, ModelCard
 
 from .errors import ModelFormatError, UnsupportedOpError
 from .ir import FUSABLE, Graph
@@ -618,7 +618,18 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     optimize(g)
     if CARD_KEY not in g.metadata:
         log.info("%s carries no %s metadata", src, CARD_KEY)
+    else:
+        _check_card_colour(g, src)
     return g
+
+
+def _check_card_colour(g: "Graph", src) -> None:
+    """A card's colour must match the input: "y" (a luma model) for one channel, "rgb" for three."""
+    colour = ModelCard.from_json(g.metadata[CARD_KEY], str(src)).colour
+    c = g.tensors[g.inputs[0]].shape[3]
+    if (c == 1) != (colour == "y"):
+        raise ModelFormatError(f"{src}: the card says colour {colour!r} but the input has {c} channel(s) "
+                               "(colour 'y' is for one-channel luma models, 'rgb' for three channels)")
 
 
 # --------------------------------------------------------------------------- ONNX-level passes

@@ -99,22 +99,40 @@ def _scale(card: ModelCard | None) -> int:
 
 
 def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float | None:
-    """out, ref: HWC float in [0, 1]; the evaluation protocol of ../shared/data/README.md on 8-bit pixels."""
+    """out, ref: HWC float in [0, 1]; the evaluation protocol of ../shared/data/README.md on 8-bit pixels
+    (for a luma model, HW1: the PSNR of its own Y, shaved as the protocol shaves)."""
     if card is None:
         return None
-    from edge_enhance.evaluation import score_psnr
+    from edge_enhance.evaluation import psnr as psnr255
+    from edge_enhance.evaluation import score_psnr, shave
 
     def u8(a):
         return np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
 
+    if out.shape[-1] == 1:
+        s = _scale(card)
+        return psnr255(shave(u8(ref)[..., 0], s), shave(u8(out)[..., 0], s))
     return score_psnr(card.task, u8(ref), u8(out), _scale(card))
 
 
-def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None):
+def input_channels(onnx_model) -> int:
+    """1 for a luma model (one input channel, NCHW), else 3."""
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    return 1 if len(dims) == 4 and dims[1].dim_value == 1 else 3
+
+
+def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None,
+               channels: int = 3):
     """(name, model_input HWC float, reference HWC float or None) per image: the task's degradation of
     the protocol (edge_enhance.evaluation.make_input, image i seeded by its index), ``crop`` an input HxW.
-    Inputs are cropped (bottom / right) to multiples of the card's ``align``, as the model needs."""
+    Inputs are cropped (bottom / right) to multiples of the card's ``align``, as the model needs.
+    ``channels`` 1: a luma model's, the Y (edge_enhance.ycbcr) of each, on 8-bit levels as a grayscale
+    image would give it (so Core ML image I/O sees the same input)."""
     from edge_enhance.evaluation import load_rgb, make_input
+    from edge_enhance.ycbcr import rgb_to_ycbcr
+
+    def f32(a):
+        return (np.rint(rgb_to_ycbcr(a, 255)[..., :1]) if channels == 1 else a.astype(np.float32)) / np.float32(255)
 
     s = _scale(card)
     for i, p in enumerate(files[:max_images]):
@@ -122,11 +140,11 @@ def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_
         if crop is not None:
             clean = clean[: crop[0] * s, : crop[1] * s]
         if card is None:
-            yield p.name, clean.astype(np.float32) / 255, None
+            yield p.name, f32(clean), None
             continue
         ref, x = make_input(card.task, clean, i, scale=s, sigma=float(card.extra.get("sigma", 25)))
         h, w = x.shape[0] // card.align * card.align, x.shape[1] // card.align * card.align
-        yield p.name, x[:h, :w].astype(np.float32) / 255, ref[: h * s, : w * s].astype(np.float32) / 255
+        yield p.name, f32(x[:h, :w]), f32(ref[: h * s, : w * s])
 
 
 def _tflite_runner(path):
@@ -168,10 +186,10 @@ def _card_of(onnx_model):
 
 
 def compare(name_target: str, precision: str, source_fn, target_fn, card, files, *, crop=None, max_images=None,
-            tol: float | None = None, source: str = "onnxruntime") -> VerifyReport:
+            tol: float | None = None, source: str = "onnxruntime", channels: int = 3) -> VerifyReport:
     """Run both callables (HWC float -> HWC float) over the images; raise if beyond ``tol``."""
     rep = VerifyReport(name_target, precision, source=source)
-    for name, x, ref in make_pairs(card, files, crop=crop, max_images=max_images):
+    for name, x, ref in make_pairs(card, files, crop=crop, max_images=max_images, channels=channels):
         a, b = source_fn(x), target_fn(x)
         if a.shape != b.shape:
             raise VerificationError(f"{name_target}: output shape {b.shape} differs from the source's {a.shape}")
@@ -207,7 +225,7 @@ def verify_tflite(onnx_model, tflite_path, *, precision: str = "fp32", dataset=N
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     return compare("tflite", precision, _ort_runner(model), target, card, files, crop=crop, max_images=max_images,
-                   tol=tol)
+                   tol=tol, channels=input_channels(model))
 
 
 def _fits(path, tile, card):
@@ -228,4 +246,5 @@ def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=Non
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), _card_of(model),
-                   list_images(dataset or default_dataset()), crop=crop, max_images=max_images, tol=tol)
+                   list_images(dataset or default_dataset()), crop=crop, max_images=max_images, tol=tol,
+                   channels=input_channels(model))

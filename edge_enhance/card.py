@@ -29,6 +29,7 @@ from .errors import ModelFormatError
 CARD_KEY = "edge_enhance.card"
 TASKS = ("sr", "denoise", "dejpeg", "enhance")
 LAYOUTS = ("nchw", "nhwc")
+COLOURS = ("rgb", "y")  # y: a luma model, one channel (edge_enhance.ycbcr)
 BASES = ("nearest", "identity", "bilinear")
 # Fields a user must give on the command line for a model that carries no card.
 REQUIRED_FIELDS = ("task", "scale", "receptive_field")
@@ -43,7 +44,7 @@ class ModelCard:
     receptive_field: int  # side, in input pixels, of the window one output pixel depends on
     layout: str = "nchw"  # of the model's own input/output tensors
     input_range: tuple[float, float] = (0.0, 1.0)
-    colour: str = "rgb"
+    colour: str = "rgb"  # or "y": the model sees full-range BT.601 luma only, chroma is upscaled bicubic
     base: str = "nearest"  # what the learned residual is added to (for --strength)
     tile: tuple[int, int] | None = None  # fixed input (h, w) the model was built for, if any
     align: int = 1  # input height and width must be multiples of align; tiles start on multiples of align
@@ -63,8 +64,8 @@ class ModelCard:
             raise ModelFormatError(f"model card: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.base not in BASES:
             raise ModelFormatError(f"model card: base {self.base!r} is not one of {', '.join(BASES)}")
-        if self.colour != "rgb":
-            raise ModelFormatError(f"model card: colour {self.colour!r} is not supported (only 'rgb')")
+        if self.colour not in COLOURS:
+            raise ModelFormatError(f"model card: colour {self.colour!r} is not one of {', '.join(COLOURS)}")
         lo, hi = self.input_range
         if not lo < hi:
             raise ModelFormatError(f"model card: input_range {self.input_range!r} is empty")

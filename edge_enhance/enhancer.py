@@ -1,6 +1,7 @@
 """The Enhancer: one model, loaded once, applied to arrays, Pillow images and files with exact tiling."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -10,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import imageio
+from . import imageio, ycbcr
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
 from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
@@ -75,6 +76,12 @@ class Enhancer:
         self.card = card or self.backend.card
         if self.card is None:
             raise missing_card_error(self.path)
+        colour = "y" if getattr(self.backend, "channels", 3) == 1 else "rgb"
+        if self.card.colour != colour:
+            if self.backend.card is not None:
+                raise ModelFormatError(f"{self.path}: the card says colour {self.card.colour!r} but the model's input has "
+                                       f"{1 if colour == 'y' else 3} channel(s)")
+            self.card = dataclasses.replace(self.card, colour=colour)  # a card from the caller: the model decides
         fixed, a = self.fixed_tile, self.card.align
         if fixed and (fixed[0] % a or fixed[1] % a):
             raise ModelFormatError(f"{self.path}: the model's fixed input {fixed[0]}x{fixed[1]} is not a multiple of "
@@ -131,8 +138,15 @@ class Enhancer:
         tile = self.tile_for(h, w)
         if self.tta and tile[0] != tile[1] and not self.fixed_tile:
             tile = self._square_tile(tile, h, w)  # a square window turns a quarter without resizing the engine
+        maxv = float(np.iinfo(rgb.dtype).max)
+        src, chroma = rgb, None
+        if self.card.colour == "y":  # a luma model: Y through the model, Cb / Cr upscaled bicubic
+            ycc = ycbcr.rgb_to_ycbcr(rgb, maxv)
+            src = np.ascontiguousarray(ycc[..., :1])
+            chroma = [ycbcr.upscale_plane(ycc[..., k], s, rgb.dtype) for k in (1, 2)]
+            del ycc
         try:
-            return self._run_tiles(rgb, out, tile, progress)
+            return self._run_tiles(src, out, tile, progress, maxv, chroma)
         except MemoryError:
             smaller = self._smaller_tile(tile)
             if smaller is None:
@@ -140,7 +154,7 @@ class Enhancer:
             # Every tile is re-run at the new size, so nothing from the failed attempt is kept.
             log.warning("%s: out of memory on a %dx%d tile; retrying once with %dx%d tiles",
                         self.path, tile[0], tile[1], smaller[0], smaller[1])
-            return self._run_tiles(rgb, out, smaller, progress)
+            return self._run_tiles(src, out, smaller, progress, maxv, chroma)
 
     def _square_tile(self, tile: tuple[int, int], h: int, w: int) -> tuple[int, int]:
         """A square tile for --tta: the smaller side, unless that leaves no core to step along the
@@ -165,11 +179,12 @@ class Enhancer:
         smaller = (max(floor, tile[0] // 2 // a * a), max(floor, tile[1] // 2 // a * a))
         return smaller if smaller != tile else None
 
-    def _run_tiles(self, rgb: np.ndarray, out: np.ndarray, tile: tuple[int, int],
-                   progress: Progress | None) -> np.ndarray:
-        h, w, _ = rgb.shape
+    def _run_tiles(self, src: np.ndarray, out: np.ndarray, tile: tuple[int, int], progress: Progress | None,
+                   maxv: float, chroma: list | None = None) -> np.ndarray:
+        """src: H x W x C pixels on 0..maxv (the RGB image, or for a luma model its float Y, with
+        ``chroma`` its Cb, Cr planes at the output size); out: the RGB output, filled core by core."""
+        h, w, _ = src.shape
         card, s, m = self.card, self.card.scale, self.card.margin
-        maxv = float(np.iinfo(rgb.dtype).max)
         lo, hi = card.input_range
         k_in, k_out = np.float32((hi - lo) / maxv), np.float32(maxv / (hi - lo))
         tiles = plan_tiles(h, w, tile, m, card.align)
@@ -180,7 +195,7 @@ class Enhancer:
         strength = self.strength
         for i, t in enumerate(tiles):
             (y, x, ch, cw), (wy, wx) = t
-            win = extract(rgb, wy, wx, *tile)
+            win = extract(src, wy, wx, *tile)
             oy, ox = y - wy, x - wx  # the core's offset in the window
             xin = win.astype(np.float32) * k_in + np.float32(lo)
             acc = None
@@ -199,7 +214,11 @@ class Enhancer:
                 if card.base != "identity":
                     base = base.repeat(s, 0).repeat(s, 1)
                 res = base + np.float32(strength) * (res - base)
-            out[y * s:(y + ch) * s, x * s:(x + cw) * s] = np.clip(np.rint((res - np.float32(lo)) * k_out), 0, maxv)
+            res = (res - np.float32(lo)) * k_out
+            core = np.s_[y * s:(y + ch) * s, x * s:(x + cw) * s]
+            if chroma is not None:
+                res = ycbcr.to_rgb(res[..., 0], chroma[0][core], chroma[1][core], maxv)
+            out[core] = np.clip(np.rint(res), 0, maxv)
             if progress:
                 progress(i + 1, len(tiles))
         return out
@@ -213,10 +232,11 @@ class Enhancer:
         except Exception as e:  # each engine raises its own types; the CLI reports one clear line
             raise EngineError(f"{self.path}: the engine failed on tile {i + 1} of {n} "
                               f"({type(e).__name__}: {e})") from e
-        if yout.shape != (1, tile[0] * s, tile[1] * s, 3):
+        c = xin.shape[3]
+        if yout.shape != (1, tile[0] * s, tile[1] * s, c):
             raise ModelFormatError(
                 f"{self.path}: output shape {tuple(yout.shape)} does not match the card "
-                f"(scale {s} of input {tile[0]}x{tile[1]} -> (1, {tile[0] * s}, {tile[1] * s}, 3))"
+                f"(scale {s} of input {tile[0]}x{tile[1]} -> (1, {tile[0] * s}, {tile[1] * s}, {c}))"
             )
         return yout
 

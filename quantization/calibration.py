@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge_enhance import evaluation
+from edge_enhance import evaluation, ycbcr
 from edge_enhance.evaluation import IMAGE_SUFFIXES, bicubic_resize, jpeg
 
 from .errors import CalibrationError, ConfigError, ImageInputError
@@ -115,12 +115,13 @@ def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) 
 
 
 def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: CalibConfig = CalibConfig(),
-                    align: int = 1) -> CalibSet:
+                    align: int = 1, colour: str = "rgb") -> CalibSet:
     """``config.count`` seeded crops from the images of ``folder`` (default: the shared train set).
 
     Every image is checked (readable, at least ``crop`` on each side) before any crop is made, so a
     bad file is reported even if the draw would not have picked it. ``align`` is the model card's:
-    model inputs (the crop, / scale for sr and enhance) must be multiples of it.
+    model inputs (the crop, / scale for sr and enhance) must be multiples of it. ``colour`` is the
+    card's: "y" (a luma model) gives the Y plane of inputs and targets (edge_enhance.ycbcr).
     """
     if task not in TASKS:
         raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
@@ -153,6 +154,8 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         x = int(rng.integers(0, im.shape[1] - config.crop + 1))
         clean = np.ascontiguousarray(im[y:y + config.crop, x:x + config.crop])
         inp = degrade(clean, task, scale, rng)
+        if colour == "y":
+            inp, clean = (ycbcr.rgb_to_ycbcr(a, 255)[..., :1] for a in (inp, clean))
         inputs.append((inp.astype(np.float32) / 255.0)[None])
         targets.append(clean)
     log.info("calibration: %d crops of %d px from %d image(s) in %s", len(inputs), config.crop, len(images), root)

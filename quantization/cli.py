@@ -76,7 +76,7 @@ def main(args) -> int:
     g, card = load_model(src)
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
-    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align,
+    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour,
                             config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()

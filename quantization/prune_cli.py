@@ -49,7 +49,7 @@ def main(args) -> int:
         raise ConfigError(f"{out}: would overwrite the source model")
     say = Progress(args.quiet)
     g, card = load_model(src)
-    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align,
+    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour,
                             config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
     res = prune_graph(g, calib, args.target_macs, criterion=args.criterion, reconstruct=not args.no_reconstruct,

@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     a.workdir.mkdir(parents=True, exist_ok=True)
     ds = default_train_dir().parent / "eval" / a.dataset
     g, card = load_model(a.model)
-    calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig(), align=card.align)
+    calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig(), align=card.align,
+                            colour=card.colour)
 
     def int8(src_graph, name):
         flag = {"auto": "auto", "on": True, "off": False}

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     rows = []
     for mp in a.models:
         g, card = load_model(mp)
-        calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig(), align=card.align)
+        calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig(), align=card.align,
+                                colour=card.colour)
         sets = [s for s in plan(card.task, card.scale) if not a.sets or s[0] in a.sets]
         fp32 = {label: psnr_of(mp, card, eval_root / d, kw, a.threads) for label, d, kw in sets}
         for m in a.methods:

@@ -7,9 +7,11 @@ import numpy as np
 
 
 def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, seed: int = 0,
-                card: dict | None = None, fixed: tuple[int, int] | None = None, name: str = "test-sr"):
-    """conv3x3+ReLU x layers -> conv3x3 to 3*s*s, + input repeated s*s times, DepthToSpace(DCR), Clip.
+                card: dict | None = None, fixed: tuple[int, int] | None = None, name: str = "test-sr",
+                colours: int = 3):
+    """conv3x3+ReLU x layers -> conv3x3 to C*s*s, + input repeated s*s times, DepthToSpace(DCR), Clip.
 
+    ``colours`` C: 3 (RGB), or 1 for a luma model (card colour "y").
     Receptive field: 2 * (layers + 1) + 1 input pixels. Returns the card dict written.
     """
     import onnx
@@ -18,9 +20,9 @@ def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, see
     rng = np.random.default_rng(seed)
     s2 = scale * scale
     nodes, inits = [], []
-    prev, cin = "x", 3
+    prev, cin = "x", colours
     for i in range(layers + 1):
-        cout = channels if i < layers else 3 * s2
+        cout = channels if i < layers else colours * s2
         w = (rng.standard_normal((cout, cin, 3, 3)) * (0.5 / np.sqrt(cin * 9))).astype(np.float32)
         b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -31,7 +33,7 @@ def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, see
             prev = f"r{i}"
         cin = cout
     if scale > 1:
-        # DCR order: output channel (dy*s + dx)*3 + c reads colour c, so the input repeated s*s times.
+        # DCR order: output channel (dy*s + dx)*C + c reads colour c, so the input repeated s*s times.
         nodes.append(helper.make_node("Concat", ["x"] * s2, ["xr"], axis=1))
         nodes.append(helper.make_node("Add", [prev, "xr"], ["sum"]))
         nodes.append(helper.make_node("DepthToSpace", ["sum"], ["d2s"], blocksize=scale, mode="DCR"))
@@ -43,14 +45,16 @@ def residual_sr(path, *, scale: int = 2, layers: int = 3, channels: int = 8, see
     nodes.append(helper.make_node("Clip", [prev, "lo", "hi"], ["y"]))
     h, w = fixed if fixed else ("h", "w")
     oh, ow = (h * scale, w * scale) if fixed else ("oh", "ow")
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, h, w])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, oh, ow])], inits)
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, colours, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, colours, oh, ow])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if card is None:
         card = {"name": name, "task": "sr" if scale > 1 else "denoise", "scale": scale,
                 "receptive_field": 2 * (layers + 1) + 1, "layout": "nchw",
                 "base": "nearest" if scale > 1 else "identity"}
+        if colours == 1:
+            card["colour"] = "y"
     if card:
         helper.set_model_props(model, {"edge_enhance.card": json.dumps(card)})
     onnx.checker.check_model(model)

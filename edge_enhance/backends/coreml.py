@@ -46,6 +46,15 @@ def _spec_card(path: Path):
     return (ModelCard.from_json(raw, str(path)) if raw else None), model
 
 
+def spec_channels(spec, layout: str = "nchw") -> int:
+    """Colour channels of a Core ML model's input: 1 for a grayscale image or a 1-channel tensor, else 3."""
+    t = spec.description.input[0].type
+    if t.WhichOneof("Type") == "imageType":
+        return 1 if t.imageType.colorSpace == t.imageType.GRAYSCALE else 3
+    shape = list(t.multiArrayType.shape)
+    return 1 if len(shape) == 4 and shape[1 if layout == "nchw" else 3] == 1 else 3
+
+
 @register
 class CoreMLBackend(Backend):
     name = "coreml"
@@ -75,6 +84,7 @@ class CoreMLBackend(Backend):
         # Image I/O models (convert --io image) take and give 8-bit pixels; their card's input_range is 0..255.
         self._image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         self.layout = self.card.layout if self.card else "nchw"
+        self.channels = spec_channels(spec, self.layout)
         self.fixed_shape = tuple(self.card.tile) if self.card and self.card.tile else None
 
     def prepare(self, h: int, w: int) -> None:
@@ -96,4 +106,4 @@ class CoreMLBackend(Backend):
 
     def activation_bytes_per_pixel(self) -> float:
         s = self.card.scale if self.card else 1
-        return 1.5 * 4 * (2 * 64 + 3 + 3 * s * s)
+        return 1.5 * 4 * (2 * 64 + self.channels * (1 + s * s))

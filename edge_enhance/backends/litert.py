@@ -168,8 +168,10 @@ class LiteRTBackend(Backend):
         if layout != "nhwc":
             raise ModelFormatError(f"{path}: TFLite models must be NHWC; the card says {layout}")
         shape, sig = self._in["shape"], self._in.get("shape_signature", self._in["shape"])
-        if len(shape) != 4 or shape[3] != 3:
-            raise ModelFormatError(f"{path}: input shape {list(shape)} is not (1, H, W, 3)")
+        if len(shape) != 4 or shape[3] not in (1, 3):
+            raise ModelFormatError(f"{path}: input shape {list(shape)} is not (1, H, W, 3), or (1, H, W, 1) for a "
+                                   "luma model")
+        self.channels = int(shape[3])
         self.fixed_shape = None if (sig[1] == -1 or sig[2] == -1) else (int(shape[1]), int(shape[2]))
         self._size: tuple[int, int] | None = None
         if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_FIXED_PIXELS:
@@ -179,7 +181,7 @@ class LiteRTBackend(Backend):
         try:  # the interpreter checks the graph only when allocating: do it at load, at a small size
             if not self.fixed_shape:
                 side = round_up(16, self._align)
-                self.interp.resize_tensor_input(self._in["index"], [1, side, side, 3], strict=False)
+                self.interp.resize_tensor_input(self._in["index"], [1, side, side, self.channels], strict=False)
             with without_xnnpack_notice():
                 self.interp.allocate_tensors()
         except (RuntimeError, ValueError) as e:
@@ -191,7 +193,7 @@ class LiteRTBackend(Backend):
         if self.fixed_shape and self.fixed_shape != (h, w):
             raise ModelFormatError(f"{self.path}: model input is fixed at {self.fixed_shape}, asked for {(h, w)}")
         if not self.fixed_shape:
-            self.interp.resize_tensor_input(self._in["index"], [1, h, w, 3], strict=False)
+            self.interp.resize_tensor_input(self._in["index"], [1, h, w, self.channels], strict=False)
         try:
             self.interp.allocate_tensors()
         except RuntimeError as e:
@@ -221,7 +223,7 @@ class LiteRTBackend(Backend):
         try:
             it = m.Interpreter(model_content=self.path.read_bytes(), **kw)
             if not self.fixed_shape:
-                it.resize_tensor_input(self._in["index"], [1, *probe, 3], strict=False)
+                it.resize_tensor_input(self._in["index"], [1, *probe, self.channels], strict=False)
             it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise _load_error(self.path, self.engine_name, e) from None

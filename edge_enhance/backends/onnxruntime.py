@@ -184,15 +184,16 @@ class OnnxRuntimeBackend(Backend):
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
         (self._in_name, shape, in_type), self._out_name = names[0][0], names[1][0]
-        self.layout = self.card.layout if self.card else ("nchw" if len(shape) == 4 and shape[1] == 3 else "nhwc")
         if len(shape) != 4:
             raise ModelFormatError(f"{path}: input shape {shape} is not 4-D")
+        self.layout = self.card.layout if self.card else ("nchw" if shape[1] in (1, 3) else "nhwc")
         channels, other = (shape[1], shape[3]) if self.layout == "nchw" else (shape[3], shape[1])
-        if (isinstance(channels, int) and channels != 3) or (not isinstance(channels, int) and other == 3):
+        if (isinstance(channels, int) and channels not in (1, 3)) or (not isinstance(channels, int) and other == 3):
             raise ModelFormatError(
                 f"{path}: the card says layout {self.layout} but the input tensor is {shape} "
-                f"(3 colour channels expected at axis {1 if self.layout == 'nchw' else 3})"
+                f"(3 colour channels, or 1 for a luma model, expected at axis {1 if self.layout == 'nchw' else 3})"
             )
+        self.channels = channels if isinstance(channels, int) else 3
         hw = shape[2:4] if self.layout == "nchw" else shape[1:3]
         self.fixed_shape = tuple(hw) if all(isinstance(d, int) for d in hw) else None
         if in_type != "tensor(float)":
@@ -213,4 +214,4 @@ class OnnxRuntimeBackend(Backend):
         # conv are live together) plus the model's I/O, as float32, and 1.5x for the arena's slack.
         width = int((self.card.extra.get("max_channels") if self.card else None) or 64)
         s = self.card.scale if self.card else 1
-        return 1.5 * 4 * (2 * width + 3 + 3 * s * s)
+        return 1.5 * 4 * (2 * width + self.channels * (1 + s * s))
