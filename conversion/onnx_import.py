@@ -20,7 +20,7 @@ from .errors import ModelFormatError, UnsupportedOpError
 from .ir import FUSABLE, Graph
 
 log = logging.getLogger(__name__)
-MIN_OPSET = 11
+MIN_OPSET = 9  # 9 and 10: older PyTorch exports, the ONNX model zoo's super-resolution-10
 
 
 @dataclass
@@ -546,7 +546,7 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     from onnx import numpy_helper
 
     model, src = _load(path_or_model)
-    _opset(model, src)
+    opset = _opset(model, src)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never mutate the caller's proto
     init_names = {i.name for i in model.graph.initializer}
     real_inputs = [i for i in model.graph.input if i.name not in init_names]
@@ -573,11 +573,14 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     nodes = []
     for k, nd in enumerate(gp.node):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
-        nodes.append(ONode(nd.op_type, nd.name or f"{nd.op_type}_{k}", list(nd.input), list(nd.output), attrs, nd.domain))
+        op = nd.op_type
+        if op == "Resize" and opset < 11 and nd.domain in ("", "ai.onnx"):
+            op = "Upsample"  # Resize-10 is Upsample-9 renamed: (X, scales), asymmetric, floor
+        nodes.append(ONode(op, nd.name or f"{nd.op_type}_{k}", list(nd.input), list(nd.output), attrs, nd.domain))
     outputs = [o.name for o in gp.output]
 
     nodes = _remove_identities(nodes, outputs)
-    nodes = _fold_constants(nodes, consts, shapes, outputs)
+    nodes = _fold_constants(nodes, consts, shapes, outputs, opset)
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
 
@@ -658,7 +661,7 @@ def _remove_identities(nodes, outputs):
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
-def _fold_constants(nodes, consts, shapes, outputs):
+def _fold_constants(nodes, consts, shapes, outputs, opset: int):
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
@@ -685,7 +688,10 @@ def _fold_constants(nodes, consts, shapes, outputs):
         if ins and all(i in consts for i in ins) and n.op not in _NONDETERMINISTIC and not (set(n.outputs) & set(outputs)):
             try:
                 node = helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain or None, **n.attrs)
-                res = ReferenceEvaluator(node).run(None, {i: consts[i] for i in ins})
+                # Wrapped in a function so the op runs at the model's opset (Unsqueeze's axes attribute < 13).
+                fn = helper.make_function("fold", "f", ins, n.outputs, [node],
+                                          opset_imports=[helper.make_opsetid("", opset)])
+                res = ReferenceEvaluator(fn).run(None, {i: consts[i] for i in ins}, attributes={})
             except Exception as e:  # leave it for the unsupported-op report
                 log.debug("cannot fold %s: %s", n.name, e)
                 keep.append(n)

@@ -26,8 +26,8 @@ def test_missing_file(tmp_path):
 
 
 def test_opset_too_old(tmp_path):
-    m = make_model([h.make_node("Relu", ["x"], ["y"])], {}, [1, 3, 4, 4], opset=9)
-    with pytest.raises(ModelFormatError, match="opset 9"):
+    m = make_model([h.make_node("Relu", ["x"], ["y"])], {}, [1, 3, 4, 4], opset=8)
+    with pytest.raises(ModelFormatError, match="opset 8 is outside the supported 9"):
         from_onnx(m)
 
 

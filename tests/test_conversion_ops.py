@@ -276,14 +276,48 @@ def test_dynamic_spatial_shape_runs_at_any_size(tmp_path):
         np.testing.assert_allclose(run_tflite(path, x.transpose(0, 2, 3, 1)), run_ort(m, x), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+@pytest.mark.parametrize("opset", [9, 10, 11, 13, 17, 21])
 def test_opsets(tmp_path, opset):
     rng = rng_for("opset", opset)
-    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-                    h.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip")],
-                   {"w": rand(rng, 4, 3, 3, 3), "b": rand(rng, 4), "lo": np.float32(0), "hi": np.float32(6)},
-                   [1, 3, 6, 6], opset=opset)
+    bounds = {"lo": np.float32(0), "hi": np.float32(6)} if opset >= 11 else {}
+    clip = (h.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip") if opset >= 11 else
+            h.make_node("Clip", ["c"], ["y"], min=0.0, max=6.0, name="clip"))  # attributes before opset 11
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"), clip],
+                   {"w": rand(rng, 4, 3, 3, 3), "b": rand(rng, 4), **bounds}, [1, 3, 6, 6], opset=opset)
     convert_and_compare(tmp_path, m, rand(rng, 1, 3, 6, 6, lo=-5, hi=5), expect=["CONV_2D"])
+
+
+@pytest.mark.parametrize("op,opset,mode", [("Upsample", 9, "nearest"), ("Upsample", 9, "linear"),
+                                           ("Resize", 10, "nearest"), ("Resize", 10, "linear")])
+def test_opset_9_and_10_upsampling(tmp_path, op, opset, mode):
+    """Upsample-9 and Resize-10: (X, scales), asymmetric coordinates, as ONNX Runtime runs them."""
+    rng = rng_for("old-resize", op, mode)
+    m = make_model([h.make_node(op, ["x", "sc"], ["y"], mode=mode, name="up")],
+                   {"sc": np.array([1, 1, 2, 3], np.float32)}, [1, 3, 5, 6], opset=opset)
+    expect = None if mode == "nearest" else ["RESIZE_BILINEAR"]
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 5, 6), expect=expect)
+
+
+@pytest.mark.parametrize("opset", [10, 11])
+def test_old_pytorch_pixel_shuffle_export_folds_to_depth_to_space(tmp_path, opset):
+    """A luma SR net as older PyTorch exported it (the ONNX model zoo's super-resolution-10 has this
+    shape at opset 10): a fixed 1-channel input, PixelShuffle as Reshape-Transpose-Reshape whose
+    shapes come from Shape / Gather / Unsqueeze(axes attribute) / Concat, folded at the model's opset."""
+    rng = rng_for("old-ps", opset)
+    r, hh, ww = 3, 4, 5
+    m = make_model([
+        h.make_node("Conv", ["x", "w", "b"], ["cv"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Shape", ["cv"], ["shp"], name="shape"),
+        h.make_node("Gather", ["shp", "i2"], ["hdim"], axis=0, name="gather_h"),
+        h.make_node("Unsqueeze", ["hdim"], ["hdim1"], axes=[0], name="unsqueeze_h"),
+        h.make_node("Concat", ["head", "hdim1", "wdims"], ["s1"], axis=0, name="shape_cat"),
+        h.make_node("Reshape", ["cv", "s1"], ["r1"], name="ps_reshape1"),
+        h.make_node("Transpose", ["r1"], ["t"], perm=[0, 1, 4, 2, 5, 3], name="ps_transpose"),
+        h.make_node("Reshape", ["t", "s2"], ["y"], name="ps_reshape2"),
+    ], {"w": rand(rng, r * r, 1, 3, 3), "b": rand(rng, r * r), "i2": np.array(2, np.int64),
+        "head": np.array([1, 1, r, r], np.int64), "wdims": np.array([ww], np.int64),
+        "s2": np.array([1, 1, hh * r, ww * r], np.int64)}, [1, 1, hh, ww], opset=opset)
+    convert_and_compare(tmp_path, m, rand(rng, 1, 1, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
 
 
 def test_constant_folding_of_initializer_subgraphs(tmp_path):
