@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, EdgeEnhanceError, VerificationError
+from .footprint import add_card_arguments, attach_card, card_options
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
@@ -104,8 +106,10 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
 def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
             d2s_as_transpose_conv: bool = False, calib=None, dataset=None, max_images: int | None = 5,
             crop: tuple | None = None, verify: bool = True, min_target: str | None = None,
-            enumerated_shapes: tuple = ()) -> ConvertResult:
-    """Import, convert into a temporary file beside ``output``, verify, then move it into place."""
+            enumerated_shapes: tuple = (), card: dict | None = None) -> ConvertResult:
+    """Import, convert into a temporary file beside ``output``, verify, then move it into place.
+
+    ``card``: for a model without one, ``footprint.attach_card`` keywords (task, scale, ...)."""
     from .onnx_import import from_onnx
 
     check_options(to, precision, io, enumerated_shapes, d2s_as_transpose_conv)
@@ -129,9 +133,12 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     import onnx
 
     graph = from_onnx(src)
+    source_model = onnx.load(str(src))
+    if card:
+        attach_card(graph, src, **card)
+        source_model.metadata_props.add(key=CARD_KEY, value=graph.metadata[CARD_KEY])  # for the task PSNR
     check_aligned(enumerated_shapes, graph.align, f"{src}: --enumerated-shapes")
     check_aligned([tile] if tile else [], graph.align, f"{src}: --tile")
-    source_model = onnx.load(str(src))
     weights = precision if precision in COREML_WEIGHTS else "fp"
     coreml_io = "image" if io == "image" else "tensor"
     if to == "coreml":  # reported before any calibration is spent
@@ -215,13 +222,14 @@ def coreml_notes(io: str, sizes: list, channels: int) -> list:
 
 def _quantized(graph, src: Path, calib):
     """Calibrate on ``calib`` (default: the shared training images) and quantise (int8 QDQ, W8A8)."""
-    from edge_enhance.card import CARD_KEY, ModelCard
+    from edge_enhance.card import ModelCard
 
     from quantization.calibration import calibration_set
     from quantization.quantize import quantize_model
 
     if CARD_KEY not in graph.metadata:
-        raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none")
+        raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none "
+                          "(pass --card-task sr|denoise|dejpeg|enhance)")
     card = ModelCard.from_json(graph.metadata[CARD_KEY])
     cs = calibration_set(calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour)
     res = quantize_model(graph, cs, sensitivity=False)
@@ -269,6 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
     parser.add_argument("--verify-images", type=int, default=5, help="how many images to verify on")
     parser.add_argument("-o", "--output", type=Path, help="output path")
+    add_card_arguments(parser)
 
 
 def _quantize_instead(args: argparse.Namespace) -> int:
@@ -289,6 +298,8 @@ def _quantize_instead(args: argparse.Namespace) -> int:
         argv += ["--tile", args.tile]
     if args.d2s_as_transpose_conv:
         argv += ["--d2s-as-transpose-conv"]
+    for k, v in (card_options(args) or {}).items():
+        argv += ["--card-" + k.replace("_", "-"), str(v)]
     return qcli.main(p.parse_args(argv))
 
 
@@ -301,7 +312,7 @@ def main(args: argparse.Namespace) -> int:
             return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, dataset=args.dataset,
-                      max_images=args.verify_images, enumerated_shapes=shapes)
+                      max_images=args.verify_images, enumerated_shapes=shapes, card=card_options(args))
     except ConfigError as e:
         print(f"edge-enhance convert: error: {e}", file=sys.stderr)
         return 2

@@ -215,17 +215,36 @@ def verify_tflite(onnx_model, tflite_path, *, precision: str = "fp32", dataset=N
     model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
     card = _card_of(model)
     target, fixed = _tflite_runner(tflite_path)
-    if fixed is not None:
-        crop = fixed
-    files = list_images(dataset or default_dataset())
-    if fixed is not None:  # every input must be exactly the tile: skip smaller images
-        files = [f for f in files if _fits(f, fixed, card)]
-        if not files:
-            raise ConfigError(f"no image in the dataset is at least the model's tile {fixed}")
+    files, crop, card = _for_shape(list_images(dataset or default_dataset()), fixed, card, crop)
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     return compare("tflite", precision, _ort_runner(model), target, card, files, crop=crop, max_images=max_images,
                    tol=tol, channels=input_channels(model))
+
+
+def _for_shape(files, fixed, card, crop):
+    """(files, crop, card) for a model whose input is fixed at ``fixed`` (h, w), else as given: every
+    input must be exactly the tile, so smaller images are skipped. A tile too large for the task's
+    protocol (an x3 model fixed at 224x224 needs 672-pixel originals) is verified on the images
+    themselves, without the task's degradation and its PSNR (card None)."""
+    if fixed is None:
+        return files, crop, card
+    fitting = [f for f in files if _fits(f, fixed, card)]
+    if not fitting and card is not None:
+        fitting, card = [f for f in files if _fits(f, fixed, None)], None
+        if fitting:
+            log.warning("no image is large enough for the model's %dx%d tile under its task's protocol; "
+                        "verifying on the images as they are (no task PSNR)", *fixed)
+    if not fitting:
+        raise ConfigError(f"no image in the dataset is at least the model's tile {fixed}")
+    return fitting, fixed, card
+
+
+def _onnx_fixed(onnx_model):
+    """(h, w) of an NCHW ONNX input with both sides fixed, else None."""
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    hw = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:4]] if len(dims) == 4 else [None]
+    return tuple(hw) if None not in hw else None
 
 
 def _fits(path, tile, card):
@@ -245,6 +264,7 @@ def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=Non
     model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
     if tol is None and precision == "fp32":
         tol = FP32_TOL
-    return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), _card_of(model),
-                   list_images(dataset or default_dataset()), crop=crop, max_images=max_images, tol=tol,
-                   channels=input_channels(model))
+    card = _card_of(model)
+    files, crop, card = _for_shape(list_images(dataset or default_dataset()), _onnx_fixed(model), card, crop)
+    return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), card, files, crop=crop,
+                   max_images=max_images, tol=tol, channels=input_channels(model))

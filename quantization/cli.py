@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 from edge_enhance.tiling import check_aligned
 
@@ -54,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write even when --max-drop is missed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    add_card_arguments(p)
 
 
 def _flag(v: str):
@@ -73,7 +75,7 @@ def main(args) -> int:
         raise ConfigError(f"--precision int16x8 models have float I/O (got --io {args.io})")
     tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
-    g, card = load_model(src)
+    g, card = load_model(src, card_options(args))
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
     calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour,
@@ -131,8 +133,8 @@ def _print(rep: dict, report) -> None:
         print(f"16x8 (int16 activations, int8 weights): {counts(a['int16'])}")
         print(f"int8: {counts(a['int8'])} (16x8 covers Conv, ConvTranspose, Add, Mul; LiteRT has no int16 "
               f"DEPTH_TO_SPACE or RELU_0_TO_1); {a['boundaries']} int8 <-> int16 boundaries (QUANTIZE + MAXIMUM)")
-    print(f"size: ONNX {human_size(s['onnx'])} -> {prec} TFLite {human_size(s['tflite'])}; "
-          f"MACs per input pixel {rep['macs_per_pixel']}")
+    print(f"size: ONNX {human_size(s['onnx'])} -> {prec} TFLite {human_size(s['tflite'])}"
+          + (f"; MACs per input pixel {rep['macs_per_pixel']}" if rep["macs_per_pixel"] else ""))
     if "eval" in rep:
         e = rep["eval"]
         print(f"{Path(e['dataset']).name}: fp32 {e['fp32_psnr']:.3f} dB, {prec} {e[prec + '_psnr']:.3f} dB, "

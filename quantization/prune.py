@@ -304,22 +304,25 @@ def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None):
     inits = {i.name: i for i in m.graph.initializer}
     convs = {n.name: n for n in g.nodes if n.op == "Conv"}
     done = set()
-    for node in m.graph.node:
-        if node.op_type != "Conv" or node.name not in convs:
+    for k, node in enumerate(m.graph.node):
+        conv = node.name or f"{node.op_type}_{k}"  # the importer's name for an unnamed node
+        if node.op_type != "Conv" or conv not in convs:
             continue
-        ir = convs[node.name]
+        ir = convs[conv]
         w = g.tensors[ir.inputs[1]].data.transpose(0, 3, 1, 2)
         b = g.tensors[ir.inputs[2]].data
         for name, arr in ((node.input[1], w), (node.input[2] if len(node.input) > 2 else None, b)):
             if name is None or name not in inits:
-                raise ConfigError(f"{src}: Conv {node.name} has no initializer {name!r} to replace")
+                raise ConfigError(f"{src}: Conv {conv} has no initializer {name!r} to replace")
             inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
-        done.add(node.name)
+        done.add(conv)
     missing = sorted(set(convs) - done)
     if missing:
         raise ConfigError(f"{src}: pruned convs {', '.join(missing)} not found by name in the ONNX graph")
     # Shapes inferred for intermediate values are now stale.
     del m.graph.value_info[:]
+    if CARD_KEY in g.metadata and not any(p.key == CARD_KEY for p in m.metadata_props):
+        m.metadata_props.add(key=CARD_KEY, value=g.metadata[CARD_KEY])  # a card from --card-*
     for p in m.metadata_props:
         if p.key == CARD_KEY:
             d = json.loads(p.value)

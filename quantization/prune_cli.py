@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 
 from .calibration import CalibConfig, calibration_set
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write even when --max-drop is missed")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
+    add_card_arguments(p)
 
 
 def main(args) -> int:
@@ -48,7 +50,7 @@ def main(args) -> int:
     if out.resolve() == src.resolve():
         raise ConfigError(f"{out}: would overwrite the source model")
     say = Progress(args.quiet)
-    g, card = load_model(src)
+    g, card = load_model(src, card_options(args))
     calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour,
                             config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")

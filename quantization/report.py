@@ -13,8 +13,10 @@ from .calibration import default_train_dir
 from .errors import ConfigError, ModelFormatError
 
 
-def load_model(path):
-    """(IR graph, card) of an ONNX model with an edge-enhance card."""
+def load_model(path, card: dict | None = None):
+    """(IR graph, card) of an ONNX model with an edge-enhance card, or without one and ``card``, the
+    --card-* options (``conversion.footprint.attach_card`` keywords: task, and scale etc. read off the graph)."""
+    from conversion.footprint import attach_card
     from conversion.onnx_import import from_onnx
 
     p = Path(path)
@@ -23,9 +25,12 @@ def load_model(path):
     if p.suffix.lower() != ".onnx":
         raise ConfigError(f"{p}: quantize / prune take an ONNX model (got {p.suffix or 'no suffix'})")
     g = from_onnx(p)
+    if card:
+        attach_card(g, p, **card)
     if CARD_KEY not in g.metadata:
         raise ModelFormatError(f"{p}: the model has no edge-enhance card ({CARD_KEY}); it is needed for the "
-                               "task and scale of calibration and evaluation")
+                               "task and scale of calibration and evaluation: pass --card-task "
+                               "sr|denoise|dejpeg|enhance (scale and receptive field are read off the graph)")
     return g, ModelCard.from_json(g.metadata[CARD_KEY], str(p))
 
 

@@ -1,0 +1,127 @@
+"""What a model card needs, read off the IR: receptive field, scale and align.
+
+Each activation tensor carries (lo, hi, j): its pixel q, centred at input coordinate
+c(q) = (q + 0.5) * j - 0.5, depends on input pixels in [c(q) + lo, c(q) + hi]; j is input pixels per
+pixel of the tensor (stride 2 doubles it, DepthToSpace r divides it by r). Resize is bounded
+conservatively (1.5 of its input pixels each way), everything else exactly. The tile margin is
+what the output pixels of a core of input pixels reach beyond it; the card's receptive field is
+2 * margin + 1, so ``ModelCard.margin`` gives the margin back.
+
+``convert`` / ``quantize`` / ``prune`` of a model without a card take ``--card-task`` (and
+optionally the rest) and write a card made from this into their output.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_enhance.card import CARD_KEY, TASKS, ModelCard
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_POINTWISE = ("Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid")
+_MERGE = ("Add", "Mul", "Concat", "Minimum", "Maximum")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    receptive_field: int
+    scale: int
+    align: int
+
+
+def footprint(g) -> Footprint:
+    reach = {g.inputs[0]: (0.0, 0.0, 1.0)}
+    align = 1.0
+    for n in g.nodes:
+        ins = [reach[t] for t in n.inputs if t in reach]
+        if not ins:
+            continue
+        lo, hi, j = ins[0]
+        a = n.attrs
+        if n.op == "Conv":
+            kh, kw = g.tensors[n.inputs[1]].shape[1:3]
+            (sh, sw), (dh, dw), (pt, pl, _, _) = a["strides"], a["dilations"], a["pads"]
+            lo, hi, j = _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl)
+            align = max(align, j)
+        elif n.op == "ConvTranspose":
+            kh, kw = g.tensors[n.inputs[1]].shape[1:3]
+            (s, _), (pt, _, _, _) = a["strides"], a["pads"]
+            k = max(kh, kw)
+            lo, hi = lo + j * (pt - k + 1) / s + 0.5 * j * (1 - 1 / s), hi + j * pt / s + 0.5 * j * (1 - 1 / s)
+            j /= s
+        elif n.op == "DepthToSpace":
+            r = a["block_size"]
+            lo, hi, j = lo - j * (r - 1) / (2 * r), hi + j * (r - 1) / (2 * r), j / r
+        elif n.op == "Resize":
+            sc = a["scales"] or (g.tensors[n.outputs[0]].shape[1] / g.tensors[n.inputs[0]].shape[1],)
+            lo, hi, j = lo - 1.5 * j, hi + 1.5 * j, j / sc[0]
+        elif n.op in _MERGE:
+            if any(abs(t[2] - j) > 1e-9 for t in ins):
+                raise ConfigError(f"{n.name}: {n.op} of tensors at different resolutions")
+            lo, hi = min(t[0] for t in ins), max(t[1] for t in ins)
+        elif n.op not in _POINTWISE:
+            raise ConfigError(f"{n.name}: no receptive-field rule for {n.op}")
+        reach[n.outputs[0]] = (lo, hi, j)
+    lo, hi, j = reach[g.outputs[0]]
+    if abs(1 / j - round(1 / j)) > 1e-6:
+        raise ConfigError(f"the output is 1/{j:g} of the input's size, not an integer scale")
+    margin = max(math.floor(0.5 - 0.5 * j - lo + 1e-9), math.floor(0.5 - 0.5 * j + hi + 1e-9), 0)
+    return Footprint(2 * margin + 1, int(round(1 / j)), int(round(align)))
+
+
+def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):
+    """Conv over both axes, kept as the wider of the two (the card has one receptive field)."""
+    out = []
+    for k, s, d, p in ((kh, sh, dh, pt), (kw, sw, dw, pl)):
+        out.append((lo - p * j - 0.5 * (s - 1) * j, hi + ((k - 1) * d - p) * j - 0.5 * (s - 1) * j))
+    if sh != sw:
+        raise ConfigError(f"strides {sh}x{sw} differ between the axes")
+    return min(o[0] for o in out), max(o[1] for o in out), j * sh
+
+
+
+def add_card_arguments(parser) -> None:
+    c = parser.add_argument_group("for a model without an embedded card (the output carries the card)")
+    c.add_argument("--card-task", choices=TASKS, help="what the model does (sets calibration and evaluation)")
+    c.add_argument("--card-scale", type=int, metavar="N", help="default: read off the graph")
+    c.add_argument("--card-receptive-field", type=int, metavar="N", help="default: read off the graph")
+    c.add_argument("--card-align", type=int, metavar="N", help="default: read off the graph")
+
+
+def card_options(args) -> dict | None:
+    """The --card-* values given, as keyword arguments of ``attach_card``; None when none was."""
+    kw = {k: getattr(args, "card_" + k, None) for k in ("task", "scale", "receptive_field", "align")}
+    return {k: v for k, v in kw.items() if v is not None} or None
+
+
+def attach_card(g, src, task: str | None = None, *, scale: int | None = None, receptive_field: int | None = None,
+                align: int | None = None) -> ModelCard:
+    """Make the card of a card-less graph (defaults read off the graph) and store it in its metadata."""
+    if CARD_KEY in g.metadata:
+        raise ConfigError(f"{src}: the model carries its own card; --card-* options are for models without one")
+    if task is None:
+        raise ConfigError(f"{src}: a model without a card needs --card-task ({', '.join(TASKS)}); scale, "
+                          "receptive field and align are read off the graph")
+    try:
+        fp = footprint(g)
+    except ConfigError as e:
+        if None in (scale, receptive_field, align):
+            raise ConfigError(f"{src}: cannot read the card off the graph ({e}); pass --card-scale, "
+                              "--card-receptive-field and --card-align") from None
+        fp = Footprint(receptive_field, scale, align)
+    if scale is not None and scale != fp.scale:
+        raise ConfigError(f"{src}: --card-scale {scale}, but the graph's output is {fp.scale}x its input")
+    if receptive_field is not None and receptive_field < fp.receptive_field:
+        log.warning("%s: --card-receptive-field %d is below the graph's %d; tiled results will show seams",
+                    src, receptive_field, fp.receptive_field)
+    s = scale or fp.scale
+    card = ModelCard(name=Path(str(src)).stem, task=task, scale=s, receptive_field=receptive_field or fp.receptive_field,
+                     align=align or fp.align, base="nearest" if s > 1 else "identity",
+                     colour="y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb")
+    g.metadata[CARD_KEY] = card.to_json()
+    return card
