@@ -173,6 +173,8 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
                 y = mb.relu(x=env[n.inputs[0]], name=nm)
             elif n.op == "Sigmoid":
                 y = mb.sigmoid(x=env[n.inputs[0]], name=nm)
+            elif n.op == "Tanh":
+                y = mb.tanh(x=env[n.inputs[0]], name=nm)
             elif n.op == "LeakyRelu":
                 y = mb.leaky_relu(x=env[n.inputs[0]], alpha=float(a["alpha"]), name=nm)
             elif n.op == "PRelu":
@@ -445,6 +447,8 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
             y = np.maximum(x, 0)
         elif t == "sigmoid":
             y = 1 / (1 + np.exp(-x.astype(np.float32)))
+        elif t == "tanh":
+            y = np.tanh(x.astype(np.float32))
         elif t == "leaky_relu":
             y = np.where(x >= 0, x, x * float(arg(op, "alpha")))
         elif t == "prelu":

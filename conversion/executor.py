@@ -135,6 +135,8 @@ def eval_node(node: Node, args: list) -> np.ndarray:
         return np.clip(args[0], lo, hi)
     if op == "Sigmoid":
         return 1.0 / (1.0 + np.exp(-np.asarray(args[0], np.float64)))
+    if op == "Tanh":
+        return np.tanh(np.asarray(args[0], np.float64))
     if op == "Minimum":
         return np.minimum(args[0], args[1])
     if op == "Maximum":

@@ -23,7 +23,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_POINTWISE = ("Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid")
+_POINTWISE = ("Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh")
 _MERGE = ("Add", "Mul", "Concat", "Minimum", "Maximum")
 
 

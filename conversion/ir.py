@@ -9,7 +9,7 @@ re-pack bytes:
                      ``output_padding``, ``activation``.
 * ``Add`` / ``Mul``  inputs ``[a, b]`` (numpy broadcasting, NHWC); attr ``activation``.
 * ``Concat``         attr ``axis`` (NHWC axis).
-* ``Relu``, ``Sigmoid``; ``PRelu`` inputs ``[x, slope]`` (slope broadcastable to NHWC, e.g. ``[C]``);
+* ``Relu``, ``Sigmoid``, ``Tanh``; ``PRelu`` inputs ``[x, slope]`` (slope broadcastable to NHWC, e.g. ``[C]``);
   ``LeakyRelu`` attr ``alpha``; ``Clip`` attrs ``min`` / ``max`` (float or None);
   ``Minimum`` / ``Maximum`` inputs ``[a, b]``.
 * ``DepthToSpace``   attr ``block_size``; TFLite / DCR order: output (y*r+dy, x*r+dx, c) reads
@@ -39,7 +39,7 @@ from .errors import ConfigError
 
 OPS = (
     "Conv", "ConvTranspose", "Add", "Mul", "Concat", "Relu", "PRelu", "LeakyRelu", "Clip",
-    "DepthToSpace", "Resize", "Sigmoid", "Minimum", "Maximum",
+    "DepthToSpace", "Resize", "Sigmoid", "Tanh", "Minimum", "Maximum",
 )
 ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
 FUSABLE = ("Conv", "Add", "Mul")

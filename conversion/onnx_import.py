@@ -301,6 +301,12 @@ class ReluL(Lowering):
         ctx.out(n, "Relu", [ctx.act(n.inputs[0])])
 
 
+@register("Tanh")
+class TanhL(Lowering):
+    def lower(self, n, ctx):
+        ctx.out(n, "Tanh", [ctx.act(n.inputs[0])])
+
+
 @register("Sigmoid")
 class SigmoidL(Lowering):
     def lower(self, n, ctx):
@@ -793,7 +799,7 @@ def _can_permute(g, t, perm):
         return False
     if p.op in ("Conv", "ConvTranspose") and p.attrs.get("group", 1) == 1:
         return True
-    if p.op in ("Relu", "LeakyRelu", "Clip", "Sigmoid"):
+    if p.op in ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"):
         return _can_permute(g, p.inputs[0], perm)
     if p.op == "Add":
         return all(_can_permute_operand(g, i, perm) for i in p.inputs)
@@ -824,7 +830,7 @@ def _apply_permute(g, t, perm):
                 p.inputs[i] = g.add_const(p.inputs[i], w.data)
                 w = g.tensors[p.inputs[i]]
             w.data = np.ascontiguousarray(w.data[perm])
-    elif p.op in ("Relu", "LeakyRelu", "Clip", "Sigmoid"):
+    elif p.op in ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"):
         _apply_permute(g, p.inputs[0], perm)
     elif p.op == "Add":
         for i in p.inputs:

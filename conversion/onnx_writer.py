@@ -127,7 +127,7 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
             act(out, a.get("activation", "none"), n.name)
         elif n.op == "Concat":
             nodes.append(h.make_node("Concat", list(n.inputs), [out], axis=[0, 2, 3, 1][a["axis"]], name=n.name))
-        elif n.op in ("Relu", "Sigmoid"):
+        elif n.op in ("Relu", "Sigmoid", "Tanh"):
             nodes.append(h.make_node(n.op, [n.inputs[0]], [out], name=n.name))
         elif n.op == "LeakyRelu":
             nodes.append(h.make_node("LeakyRelu", [n.inputs[0]], [out], alpha=float(a["alpha"]), name=n.name))

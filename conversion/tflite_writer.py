@@ -43,7 +43,7 @@ SAME, VALID = 0, 1
 # Ops every mainstream delegate (GPU, NNAPI, XNNPACK, most NPUs) takes in float and int8.
 DELEGATE_FRIENDLY = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "ADD", "MUL", "CONCATENATION", "DEPTH_TO_SPACE", "RELU",
-    "RELU6", "PRELU", "LEAKY_RELU", "LOGISTIC", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "QUANTIZE",
+    "RELU6", "PRELU", "LEAKY_RELU", "LOGISTIC", "TANH", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "QUANTIZE",
     "DEQUANTIZE", "MINIMUM", "MAXIMUM", "PAD",
 }
 
@@ -72,7 +72,7 @@ def _opts(kind: str, **fields):
 # Operator versions matching the kernels' feature use (int8 per-channel, bias inputs, fp16 dequant).
 _VERSIONS_INT8 = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 3, "ADD": 2, "MUL": 2,
                   "CONCATENATION": 2, "DEPTH_TO_SPACE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
-                  "LOGISTIC": 2, "LEAKY_RELU": 2, "RELU": 2, "RELU6": 2, "MINIMUM": 2, "MAXIMUM": 2,
+                  "LOGISTIC": 2, "TANH": 2, "LEAKY_RELU": 2, "RELU": 2, "RELU6": 2, "MINIMUM": 2, "MAXIMUM": 2,
                   "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "PRELU": 1, "RELU_0_TO_1": 1}
 
 
@@ -276,7 +276,7 @@ def affine_from_range(lo: float, hi: float, dtype: str = "int8") -> QuantParams:
 def apply_int8_constraints(g: Graph) -> None:
     """Make IR quant params obey TFLite's int8 kernels, in place (call after calibration).
 
-    LOGISTIC outputs are 1/256 with zero point -128; data-movement ops (DepthToSpace, Resize,
+    LOGISTIC outputs are 1/256 with zero point -128, TANH 1/128 with 0; data-movement ops (DepthToSpace, Resize,
     Concat of one repeated input) and Minimum/Maximum keep their input's params.
     """
     for n in g.nodes:
@@ -285,6 +285,8 @@ def apply_int8_constraints(g: Graph) -> None:
             continue
         if n.op == "Sigmoid":
             out.quant = QuantParams([1 / 256], [-128])
+        elif n.op == "Tanh":
+            out.quant = QuantParams([1 / 128], [0])
         elif n.op in ("DepthToSpace", "Resize") or (n.op == "Concat" and len(set(n.inputs)) == 1):
             src = g.tensors[n.inputs[0]].quant
             if src is not None:
@@ -510,6 +512,9 @@ class _Emitter:
 
     def op_Sigmoid(self, n):
         self.fb.op("LOGISTIC", [self.act(n.inputs[0])], [self.act(n.outputs[0])], version=self.v("LOGISTIC"))
+
+    def op_Tanh(self, n):
+        self.fb.op("TANH", [self.act(n.inputs[0])], [self.act(n.outputs[0])], version=self.v("TANH"))
 
     def op_LeakyRelu(self, n):
         self.fb.op("LEAKY_RELU", [self.act(n.inputs[0])], [self.act(n.outputs[0])],

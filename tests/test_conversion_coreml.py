@@ -37,7 +37,8 @@ def _ops_model(rng, shape=(1, 3, 8, 6)):
         h.make_node("Conv", ["n", "w2", "b2"], ["n2"], pads=[0, 0, 0, 0], name="proj"),
         h.make_node("Add", ["t", "n2"], ["s"], name="add"),
         h.make_node("Sigmoid", ["s"], ["sg"], name="sig"),
-        h.make_node("Resize", ["sg", "", "sc"], ["bl"], mode="linear", coordinate_transformation_mode="half_pixel",
+        h.make_node("Tanh", ["sg"], ["th"], name="tanh"),
+        h.make_node("Resize", ["th", "", "sc"], ["bl"], mode="linear", coordinate_transformation_mode="half_pixel",
                     name="bilinear"),
         h.make_node("Min", ["bl", "k"], ["y"], name="min"),
     ], {"w": rand(rng, c, 3, 3, 3), "b": rand(rng, c), "wd": rand(rng, c, 1, 5, 5), "bd": rand(rng, c),
@@ -53,7 +54,7 @@ def test_ops_numpy_mil_matches_onnxruntime(tmp_path, precision, atol):
     g = from_onnx(m)
     path = tmp_path / "ops.mlpackage"
     ops = to_coreml(g, path, precision=precision, tile=(8, 6))
-    for op in ("conv", "prelu", "leaky_relu", "conv_transpose", "upsample_nearest_neighbor", "sigmoid",
+    for op in ("conv", "prelu", "leaky_relu", "conv_transpose", "upsample_nearest_neighbor", "sigmoid", "tanh",
                "resize_bilinear", "minimum"):
         assert op in ops, ops
     x = rand(rng, 1, 3, 8, 6, lo=0, hi=1)

@@ -87,6 +87,29 @@ def test_int8_ops_coverage(tmp_path):
     assert np.abs(y - flt).max() < 0.05
 
 
+def test_int8_tanh_has_the_kernel_fixed_output_grid(tmp_path):
+    """ESPCN's activation: TFLite's int8 TANH needs output scale 1/128, zero point 0."""
+    rng = np.random.default_rng(6)
+    m = make_model([
+        h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[2, 2, 2, 2], name="conv"),
+        h.make_node("Tanh", ["c"], ["t"], name="tanh"),
+        h.make_node("Conv", ["t", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ], {"w": rand(rng, 6, 3, 5, 5), "b": rand(rng, 6), "w2": rand(rng, 3, 6, 3, 3, lo=-0.3, hi=0.3), "b2": rand(rng, 3)},
+        [1, 3, 9, 8])
+    g = minmax_calibrate(from_onnx(m), _images(rng, 3, 9, 8))
+    path = to_tflite(g, tmp_path / "tanh.tflite", precision="int8", io="float")
+    assert "TANH" in tflite_ops(path)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(path))
+    q = {d["name"]: d["quantization"] for d in it.get_tensor_details()}
+    assert q[g.nodes[1].outputs[0]] == (1 / 128, 0)
+    x = rng.uniform(0, 1, (1, 9, 8, 3)).astype(np.float32)
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    step = float(g.tensors[g.outputs[0]].quant.scale[0])  # TANH's table rounds apart from tanh by a step
+    assert np.abs(run_tflite(path, x) - sim).max() <= 1.01 * step
+
+
 def test_int8_without_params_is_a_clear_error(tmp_path):
     rng = np.random.default_rng(1)
     g = from_onnx(residual_sr_model(rng))

@@ -156,14 +156,15 @@ def test_concat_skip_path(tmp_path):
     convert_and_compare(tmp_path, m, rand(rng, 1, c, 9, 11), expect=["CONV_2D", "CONCATENATION"])
 
 
-@pytest.mark.parametrize("case", ["relu", "prelu_channel", "prelu_scalar", "leaky", "sigmoid", "clip01", "clip6",
+@pytest.mark.parametrize("case", ["relu", "prelu_channel", "prelu_scalar", "leaky", "sigmoid", "tanh", "clip01", "clip6",
                                   "clip_generic", "clip_min_only"])
 def test_activations(tmp_path, case):
     rng = rng_for("act", case)
     c = int(rng.integers(2, 9))
     inits, attrs, ins = {}, {}, ["x"]
-    op = {"relu": "Relu", "leaky": "LeakyRelu", "sigmoid": "Sigmoid"}.get(case.split("_")[0], None)
-    expect = {"relu": ["RELU"], "leaky": ["LEAKY_RELU"], "sigmoid": ["LOGISTIC"], "clip01": ["RELU_0_TO_1"],
+    op = {"relu": "Relu", "leaky": "LeakyRelu", "sigmoid": "Sigmoid", "tanh": "Tanh"}.get(case.split("_")[0], None)
+    expect = {"relu": ["RELU"], "leaky": ["LEAKY_RELU"], "sigmoid": ["LOGISTIC"], "tanh": ["TANH"],
+              "clip01": ["RELU_0_TO_1"],
               "clip6": ["RELU6"], "clip_generic": ["MAXIMUM", "MINIMUM"], "clip_min_only": ["MAXIMUM"]}
     if case.startswith("prelu"):
         op, ins = "PRelu", ["x", "slope"]
