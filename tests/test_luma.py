@@ -31,9 +31,9 @@ def _reference(model_path, rgb: np.ndarray, s: int) -> np.ndarray:
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     y = sess.run(None, {sess.get_inputs()[0].name: (ycc[None, None, :, :, 0] / 255).astype(np.float32)})[0][0, 0] * 255
     h, w = rgb.shape[:2]
-    cb, cr = (np.asarray(Image.fromarray(ycc[..., k].astype(np.float32), "F").resize((w * s, h * s), Image.BICUBIC))
-              for k in (1, 2))
-    cb, cr = np.rint(cb) - 128, np.rint(cr) - 128
+    # chroma rounded to 8 bits, then Pillow's 8-bit bicubic, as the PyTorch / Pillow ESPCN pipelines do
+    cb, cr = (np.asarray(Image.fromarray(np.clip(np.rint(ycc[..., k]), 0, 255).astype(np.uint8), "L")
+                         .resize((w * s, h * s), Image.BICUBIC), np.float64) - 128 for k in (1, 2))
     out = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
     return np.clip(np.rint(out), 0, 255)
 
