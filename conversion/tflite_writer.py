@@ -28,7 +28,7 @@ from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, ModelFormatError, UnsupportedOpError
-from .ir import Graph, QuantParams
+from .ir import Graph, Node, QuantParams, Tensor, infer_shape
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,47 @@ def apply_int8_constraints(g: Graph) -> None:
             src = g.tensors[n.inputs[0]].quant
             if src is not None:
                 out.quant = copy.deepcopy(src)
+
+
+def transpose_convs_as_subpixel(g: Graph) -> None:
+    """Rewrite, in place, each ConvTranspose with an unknown spatial size (TRANSPOSE_CONV takes its
+    output shape as a constant) whose output is exactly ``stride`` times its input (FSRCNN's last
+    layer) as a Conv to s*s*C_out channels + DEPTH_TO_SPACE. Exact: output row s*q + a is
+    sum_u x[q + u] * w[a + pad_top - s*u], the same taps for every q, so phase a is a plain conv
+    and DCR DepthToSpace interleaves the phases. Others are left to the writer's error."""
+    for n in list(g.nodes):
+        if n.op != "ConvTranspose" or all(d is not None for d in g.tensors[n.outputs[0]].shape[1:3]):
+            continue
+        w, b = g.tensors[n.inputs[1]].data, g.tensors[n.inputs[2]].data  # OHWI
+        co, kh, kw, ci = w.shape
+        (sh, sw), (pt, pl, pb, pr), (oph, opw) = n.attrs["strides"], n.attrs["pads"], n.attrs["output_padding"]
+        if sh != sw or kh + oph - pt - pb != sh or kw + opw - pl - pr != sw:
+            continue
+        s = sh
+        lo = [min(-((k - 1 - a - p) // s) for a in range(s)) for k, p in ((kh, pt), (kw, pl))]  # ceil((a+p-k+1)/s)
+        hi = [max((a + p) // s for a in range(s)) for p in (pt, pl)]
+        if lo[0] > 0 or lo[1] > 0 or hi[0] < 0 or hi[1] < 0:
+            continue
+        ky_n, kx_n = hi[0] - lo[0] + 1, hi[1] - lo[1] + 1
+        wc = np.zeros((s * s * co, ky_n, kx_n, ci), np.float32)
+        for a in range(s):
+            for bb in range(s):
+                o = (a * s + bb) * co
+                for uy in range(lo[0], hi[0] + 1):
+                    for ux in range(lo[1], hi[1] + 1):
+                        ky, kx = a + pt - s * uy, bb + pl - s * ux
+                        if 0 <= ky < kh and 0 <= kx < kw:
+                            wc[o:o + co, uy - lo[0], ux - lo[1]] = w[:, ky, kx]
+        conv = Node("Conv", g.unique(n.name + "_subpixel"), [n.inputs[0], g.add_const(n.name + "_subpixel_w", wc),
+                                                              g.add_const(n.name + "_subpixel_b", np.tile(b, s * s))],
+                    [], dict(strides=(1, 1), dilations=(1, 1), pads=(-lo[0], -lo[1], hi[0], hi[1]), group=1,
+                             activation=n.attrs["activation"]))
+        mid = g.unique(n.outputs[0] + "_phases")
+        conv.outputs = [mid]
+        g.tensors[mid] = Tensor(mid, infer_shape(g, conv), quant=copy.deepcopy(g.tensors[n.outputs[0]].quant))
+        d2s = Node("DepthToSpace", n.name, [mid], list(n.outputs), dict(block_size=s))
+        i = g.nodes.index(n)
+        g.nodes[i:i + 1] = [conv, d2s]
 
 
 # --------------------------------------------------------------------------- lowering
@@ -659,6 +700,7 @@ def to_tflite_bytes(graph: Graph, *, precision: str = "fp32", io: str = "float",
         check_aligned([tile], g.align, "tile")
         n_, _, _, c = g.tensors[g.inputs[0]].shape
         g.retype({g.inputs[0]: (1 if n_ is None else n_, int(tile[0]), int(tile[1]), c)})
+    transpose_convs_as_subpixel(g)
     _check(g, precision, io)
     if precision == "int8":
         apply_int8_constraints(g)

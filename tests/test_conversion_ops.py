@@ -131,6 +131,33 @@ def test_conv_transpose(tmp_path, k, s, pads, opad):
     convert_and_compare(tmp_path, m, rand(rng, 1, c, 5, 7), expect=["TRANSPOSE_CONV"], tile=(5, 7))
 
 
+@pytest.mark.parametrize("k,s,pads,opad", [(9, 2, [4, 4, 4, 4], [1, 1]), (4, 2, [1, 1, 1, 1], [0, 0]),
+                                           (2, 2, [0, 0, 0, 0], [0, 0]), (3, 2, [1, 1, 1, 1], [1, 1]),
+                                           (7, 3, [2, 2, 2, 2], [0, 0]), (8, 4, [2, 2, 2, 2], [0, 0]),
+                                           (5, 2, [1, 2, 2, 1], [0, 0])])
+def test_dynamic_conv_transpose_becomes_subpixel_conv(tmp_path, k, s, pads, opad):
+    """FSRCNN's last layer (9x9, stride 2, pads 4, output_padding 1) and kin, at any input size: an
+    output exactly s times the input is a Conv to s*s*C channels + DEPTH_TO_SPACE, exactly."""
+    rng = rng_for("convT-dyn", k, s, pads, opad)
+    c, o = int(rng.integers(2, 6)), int(rng.integers(1, 4))
+    m = make_model([h.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                pads=pads, output_padding=opad, name="up")],
+                   {"w": rand(rng, c, o, k, k), "b": rand(rng, o)}, [1, c, "H", "W"])
+    for hh, ww in [(5, 7), (9, 4)]:
+        convert_and_compare(tmp_path, m, rand(rng, 1, c, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
+
+
+def test_dynamic_conv_transpose_not_s_times_its_input_is_a_clear_error(tmp_path):
+    from conversion.errors import ConfigError
+
+    rng = rng_for("convT-dyn-odd")
+    m = make_model([h.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                pads=[1, 1, 1, 1], name="up")], {"w": rand(rng, 2, 2, 3, 3), "b": rand(rng, 2)},
+                   [1, 2, "H", "W"])
+    with pytest.raises(ConfigError, match="up: TRANSPOSE_CONV needs a fixed spatial size"):
+        to_tflite(from_onnx(m), tmp_path / "t.tflite")
+
+
 # --------------------------------------------------------------------------- elementwise
 @pytest.mark.parametrize("op,const_shape", [("Add", None), ("Mul", None), ("Add", "c11"), ("Mul", "scalar"),
                                             ("Sub", "c11"), ("Div", "scalar"), ("Max", "scalar"), ("Min", None)])
