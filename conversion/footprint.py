@@ -60,6 +60,9 @@ def footprint(g) -> Footprint:
         elif n.op == "Resize":
             sc = a["scales"] or (g.tensors[n.outputs[0]].shape[1] / g.tensors[n.inputs[0]].shape[1],)
             lo, hi, j = lo - 1.5 * j, hi + 1.5 * j, j / sc[0]
+        elif n.op == "Pad":  # pixel q of the padded tensor is pixel q - pad of its input
+            pt, pl, _, _ = a["pads"]
+            lo, hi = lo - max(pt, pl) * j, hi - min(pt, pl) * j
         elif n.op in _MERGE:
             if any(abs(t[2] - j) > 1e-9 for t in ins):
                 raise ConfigError(f"{n.name}: {n.op} of tensors at different resolutions")

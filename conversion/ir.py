@@ -14,6 +14,7 @@ re-pack bytes:
   ``Minimum`` / ``Maximum`` inputs ``[a, b]``.
 * ``DepthToSpace``   attr ``block_size``; TFLite / DCR order: output (y*r+dy, x*r+dx, c) reads
                      input channel (dy*r + dx)*C + c.
+* ``Pad``            attrs ``pads`` (top, left, bottom, right), ``mode`` (constant: zeros, | reflect).
 * ``Resize``         attrs ``mode`` (nearest|bilinear), ``scales`` (sh, sw) or None, ``size``
                      (oh, ow) or None, ``align_corners``, ``half_pixel_centers``: TFLite semantics.
 
@@ -39,7 +40,7 @@ from .errors import ConfigError
 
 OPS = (
     "Conv", "ConvTranspose", "Add", "Mul", "Concat", "Relu", "PRelu", "LeakyRelu", "Clip",
-    "DepthToSpace", "Resize", "Sigmoid", "Tanh", "Minimum", "Maximum",
+    "DepthToSpace", "Resize", "Sigmoid", "Tanh", "Minimum", "Maximum", "Pad",
 )
 ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
 FUSABLE = ("Conv", "Add", "Mul")
@@ -214,6 +215,7 @@ def _default_attrs(op: str, attrs: dict) -> dict:
         "LeakyRelu": dict(alpha=0.01),
         "Clip": dict(min=None, max=None),
         "Resize": dict(mode="nearest", scales=None, size=None, align_corners=False, half_pixel_centers=False),
+        "Pad": dict(pads=(0, 0, 0, 0), mode="constant"),
     }.get(op, {})
     out = {**base, **attrs}
     if "activation" in out and out["activation"] not in ACTIVATIONS:
@@ -268,6 +270,10 @@ def infer_shape(g: Graph, n: Node) -> tuple:
         if c % (r * r):
             raise ConfigError(f"{n.name}: DepthToSpace block {r} needs channels divisible by {r * r}, got {c}")
         return (nb, _mul(h, r), _mul(w, r), c // (r * r))
+    if n.op == "Pad":
+        nb, h, w, c = s[0]
+        pt, pl, pb, pr = a["pads"]
+        return (nb, None if h is None else h + pt + pb, None if w is None else w + pl + pr, c)
     if n.op == "Resize":
         nb, h, w, c = s[0]
         if a["size"] is not None:

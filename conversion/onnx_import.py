@@ -301,6 +301,49 @@ class ReluL(Lowering):
         ctx.out(n, "Relu", [ctx.act(n.inputs[0])])
 
 
+@register("Pad")
+class PadL(Lowering):
+    """Spatial Pad: constant 0 (folded into the Conv it feeds, see ``optimize``) or reflect
+    (TFLite MIRROR_PAD, Core ML / ONNX reflect). Pads come as an input (opset 11+) or attribute."""
+
+    def _pads(self, n, ctx):
+        if _opt(n, 1) is None:
+            return list(_attr(n, "pads", [])), None
+        if not ctx.is_const(n.inputs[1]):
+            return None, "pads are not constant"
+        return [int(v) for v in ctx.const(n.inputs[1])], None
+
+    def check(self, n, ctx):
+        mode = _attr(n, "mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("constant", "reflect"):
+            return f"mode {mode} is not supported (constant 0, reflect)"
+        p, why = self._pads(n, ctx)
+        if why:
+            return why
+        axes = _opt(n, 3)
+        if axes is not None and (not ctx.is_const(axes) or sorted(int(a) % 4 for a in ctx.const(axes)) != [2, 3]):
+            return "axes other than height and width are not supported"
+        if axes is None and (len(p) != 8 or any(p[i] for i in (0, 1, 4, 5))):
+            return f"pads {p} pad batch or channels"
+        if min(p) < 0:
+            return f"negative pads {p} (cropping) are not supported"
+        value = _opt(n, 2)
+        if mode == "constant" and value is not None and (not ctx.is_const(value) or float(ctx.const(value)) != 0):
+            return "constant padding with a value other than 0 is not supported"
+        if mode == "constant" and _attr(n, "value", 0.0) != 0:
+            return "constant padding with a value other than 0 is not supported"
+
+    def lower(self, n, ctx):
+        p, _ = self._pads(n, ctx)
+        axes = [int(a) % 4 for a in ctx.const(n.inputs[3])] if _opt(n, 3) is not None else [0, 1, 2, 3]
+        begin_end = {ax: (p[i], p[i + len(axes)]) for i, ax in enumerate(axes)}
+        (t, b), (l, r) = begin_end[2], begin_end[3]
+        mode = _attr(n, "mode", "constant")
+        ctx.out(n, "Pad", [ctx.act(n.inputs[0])], pads=(t, l, b, r),
+                mode=mode.decode() if isinstance(mode, bytes) else mode)
+
+
 @register("Tanh")
 class TanhL(Lowering):
     def lower(self, n, ctx):
@@ -768,10 +811,27 @@ def _fold_conv_bn(nodes, consts, outputs):
 
 # --------------------------------------------------------------------------- IR passes
 def optimize(g: Graph) -> None:
-    """Fold channel-permutation convs into producers, then fuse activations into Conv/Add/Mul."""
+    """Fold zero pads into the convs they feed, channel-permutation convs into producers, then fuse
+    activations into Conv/Add/Mul."""
+    _fold_zero_pads(g)
     _fold_permutations(g)
     _fuse_activations(g)
     g.prune()
+
+
+def _fold_zero_pads(g: Graph) -> None:
+    """A constant-0 Pad feeding only Convs is those convs' own padding (what ZeroPad2d + Conv export)."""
+    for n in list(g.nodes):
+        if n.op != "Pad" or n.attrs["mode"] != "constant" or n.outputs[0] in g.outputs:
+            continue
+        users = g.consumers(n.outputs[0])
+        if not users or any(u.op != "Conv" or u.inputs[0] != n.outputs[0] for u in users):
+            continue
+        for u in users:
+            u.attrs["pads"] = tuple(a + b for a, b in zip(u.attrs["pads"], n.attrs["pads"]))
+            u.inputs[0] = n.inputs[0]
+        g.nodes.remove(n)
+        del g.tensors[n.outputs[0]]
 
 
 def _fold_permutations(g: Graph) -> None:

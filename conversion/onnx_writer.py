@@ -127,6 +127,10 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
             act(out, a.get("activation", "none"), n.name)
         elif n.op == "Concat":
             nodes.append(h.make_node("Concat", list(n.inputs), [out], axis=[0, 2, 3, 1][a["axis"]], name=n.name))
+        elif n.op == "Pad":
+            pt, pl, pb, pr = a["pads"]
+            inits.append(nh.from_array(np.array([0, 0, pt, pl, 0, 0, pb, pr], np.int64), n.name + "_pads"))
+            nodes.append(h.make_node("Pad", [n.inputs[0], n.name + "_pads"], [out], mode=a["mode"], name=n.name))
         elif n.op in ("Relu", "Sigmoid", "Tanh"):
             nodes.append(h.make_node(n.op, [n.inputs[0]], [out], name=n.name))
         elif n.op == "LeakyRelu":

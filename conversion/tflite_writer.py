@@ -73,7 +73,7 @@ def _opts(kind: str, **fields):
 _VERSIONS_INT8 = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 3, "ADD": 2, "MUL": 2,
                   "CONCATENATION": 2, "DEPTH_TO_SPACE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
                   "LOGISTIC": 2, "TANH": 2, "LEAKY_RELU": 2, "RELU": 2, "RELU6": 2, "MINIMUM": 2, "MAXIMUM": 2,
-                  "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "PRELU": 1, "RELU_0_TO_1": 1}
+                  "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "MIRROR_PAD": 2, "PRELU": 1, "RELU_0_TO_1": 1}
 
 
 class _FB:
@@ -287,7 +287,7 @@ def apply_int8_constraints(g: Graph) -> None:
             out.quant = QuantParams([1 / 256], [-128])
         elif n.op == "Tanh":
             out.quant = QuantParams([1 / 128], [0])
-        elif n.op in ("DepthToSpace", "Resize") or (n.op == "Concat" and len(set(n.inputs)) == 1):
+        elif n.op in ("DepthToSpace", "Resize", "Pad") or (n.op == "Concat" and len(set(n.inputs)) == 1):
             src = g.tensors[n.inputs[0]].quant
             if src is not None:
                 out.quant = copy.deepcopy(src)
@@ -553,6 +553,16 @@ class _Emitter:
 
     def op_Sigmoid(self, n):
         self.fb.op("LOGISTIC", [self.act(n.inputs[0])], [self.act(n.outputs[0])], version=self.v("LOGISTIC"))
+
+    def op_Pad(self, n):
+        pt, pl, pb, pr = n.attrs["pads"]
+        pads = self.fb.tensor(n.name + "_pads", (4, 2), T_INT32, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
+        if n.attrs["mode"] == "reflect":
+            self.fb.op("MIRROR_PAD", [self.act(n.inputs[0]), pads], [self.act(n.outputs[0])],
+                       _opts("MirrorPadOptions", Mode=0), self.v("MIRROR_PAD"))  # REFLECT
+        else:
+            self.fb.op("PAD", [self.act(n.inputs[0]), pads], [self.act(n.outputs[0])], _opts("PadOptions"),
+                       self.v("PAD"))
 
     def op_Tanh(self, n):
         self.fb.op("TANH", [self.act(n.inputs[0])], [self.act(n.outputs[0])], version=self.v("TANH"))

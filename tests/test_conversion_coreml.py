@@ -62,6 +62,19 @@ def test_ops_numpy_mil_matches_onnxruntime(tmp_path, precision, atol):
     np.testing.assert_allclose(y.transpose(0, 2, 3, 1), run_ort(m, x), atol=atol, rtol=0)
 
 
+def test_reflect_pad_numpy_mil_matches_onnxruntime(tmp_path):
+    rng = np.random.default_rng(8)
+    m = make_model([h.make_node("Pad", ["x", "p"], ["xp"], mode="reflect", name="pad"),
+                    h.make_node("Conv", ["xp", "w", "b"], ["y"], name="conv")],
+                   {"p": np.array([0, 0, 2, 1, 0, 0, 1, 2], np.int64), "w": rand(rng, 3, 3, 3, 3), "b": rand(rng, 3)},
+                   [1, 3, 8, 6])
+    path = tmp_path / "pad.mlpackage"
+    assert "pad" in to_coreml(from_onnx(m), path, precision="fp32", tile=(8, 6))
+    x = rand(rng, 1, 3, 8, 6, lo=0, hi=1)
+    np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x).transpose(0, 2, 3, 1), run_ort(m, x),
+                               atol=1e-5, rtol=0)
+
+
 def test_card_and_deployment_target(tmp_path):
     card = ModelCard(name="c", task="sr", scale=2, receptive_field=7)
     g = from_onnx(residual_sr_model(np.random.default_rng(1), card=card))

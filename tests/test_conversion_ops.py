@@ -158,6 +158,43 @@ def test_dynamic_conv_transpose_not_s_times_its_input_is_a_clear_error(tmp_path)
         to_tflite(from_onnx(m), tmp_path / "t.tflite")
 
 
+@pytest.mark.parametrize("mode,opset,axes", [("reflect", 13, False), ("constant", 13, False), ("reflect", 18, True),
+                                             ("constant", 10, False)])
+def test_spatial_pad_reflect_is_mirror_pad_and_zero_pad_folds_into_the_conv(tmp_path, mode, opset, axes):
+    """nn.Conv2d(padding_mode="reflect") and ZeroPad2d + Conv as PyTorch exports them: Pad, then a
+    valid Conv; pads as an input (opset 11+, with axes at 18) or an attribute (opset 10)."""
+    rng = rng_for("pad", mode, opset, axes)
+    pads = np.array([1, 2, 2, 1] if axes else [0, 0, 1, 2, 0, 0, 2, 1], np.int64)
+    inits = {"w": rand(rng, 4, 3, 3, 3), "b": rand(rng, 4)}
+    if opset < 11:
+        pad = h.make_node("Pad", ["x"], ["xp"], mode=mode, pads=pads.tolist(), name="pad")
+    else:
+        ins = ["x", "p", "", "ax"] if axes else ["x", "p"]
+        inits.update({"p": pads, **({"ax": np.array([2, 3], np.int64)} if axes else {})})
+        pad = h.make_node("Pad", ins, ["xp"], mode=mode, name="pad")
+    m = make_model([pad, h.make_node("Conv", ["xp", "w", "b"], ["y"], name="conv")], inits, [1, 3, "H", "W"],
+                   opset=opset)
+    expect = ["MIRROR_PAD", "CONV_2D"] if mode == "reflect" else ["PAD", "CONV_2D"]  # asymmetric pads: explicit PAD
+    g = from_onnx(m)
+    assert [n.op for n in g.nodes] == (["Pad", "Conv"] if mode == "reflect" else ["Conv"])
+    for hh, ww in [(6, 7), (9, 5)]:
+        convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=expect)
+
+
+@pytest.mark.parametrize("attrs,inits,why", [({"mode": "edge"}, {}, "mode edge"),
+                                             ({}, {"v": np.float32(0.5)}, "value other than 0"),
+                                             ({}, {"p": np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64)}, "pad batch or channels")])
+def test_unsupported_pads_are_named(attrs, inits, why):
+    from conversion.errors import UnsupportedOpError
+
+    pads = {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    pads.update(inits)
+    ins = ["x", "p", "v"] if "v" in pads else ["x", "p"]
+    m = make_model([h.make_node("Pad", ins, ["y"], name="pad", **attrs)], pads, [1, 3, 5, 5])
+    with pytest.raises(UnsupportedOpError, match=f"pad \\(Pad: .*{why}"):
+        from_onnx(m)
+
+
 # --------------------------------------------------------------------------- elementwise
 @pytest.mark.parametrize("op,const_shape", [("Add", None), ("Mul", None), ("Add", "c11"), ("Mul", "scalar"),
                                             ("Sub", "c11"), ("Div", "scalar"), ("Max", "scalar"), ("Min", None)])

@@ -45,7 +45,7 @@ def _conv(rng, name, x, cin, cout, k=3, **attrs):
 
 def _net(kind, rng):
     """Small card-less nets whose reach the tests check by tiling: dilation, stride 2 + DepthToSpace,
-    ConvTranspose, bilinear Resize, a 5x5 first conv (ESPCN-like), a luma input."""
+    ConvTranspose, bilinear Resize, reflect padding, a 5x5 first conv (ESPCN-like), a luma input."""
     c = 1 if kind == "luma" else 3
     nodes, inits = [], {}
 
@@ -68,6 +68,12 @@ def _net(kind, rng):
         nodes.append(h.make_node("ConvTranspose", [t, "tw", "tb"], ["ct"], strides=[2, 2], pads=[1, 1, 1, 1],
                                  name="up"))
         t = "ct"
+    elif kind == "reflect":  # nn.Conv2d(padding_mode="reflect") twice
+        inits["p"] = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+        nodes.append(h.make_node("Pad", ["x", "p"], ["xp"], mode="reflect", name="pad1"))
+        t = add(_conv(rng, "c1", "xp", c, 6))
+        nodes.append(h.make_node("Pad", [t, "p"], ["tp"], mode="reflect", name="pad2"))
+        t = add(_conv(rng, "c2", "tp", 6, 3))
     elif kind == "resize":
         t = add(_conv(rng, "c1", "x", c, 3, pads=[1, 1, 1, 1]))
         inits["sc"] = np.array([1, 1, 2, 2], np.float32)
@@ -84,7 +90,7 @@ def _net(kind, rng):
 
 
 @pytest.mark.parametrize("kind,expect", [("dilated", (7, 1, 1)), ("stride2", (9, 1, 2)), ("transpose", (5, 2, 1)),
-                                         ("resize", (5, 2, 1)), ("luma", (7, 3, 1))])
+                                         ("resize", (5, 2, 1)), ("luma", (7, 3, 1)), ("reflect", (5, 1, 1))])
 def test_card_from_the_graph_makes_tiling_exact(tmp_path, kind, expect):
     m = _net(kind, np.random.default_rng(len(kind)))
     src = tmp_path / f"{kind}.onnx"
