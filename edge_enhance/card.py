@@ -122,6 +122,7 @@ class ModelCard:
 def missing_card_error(path) -> ModelFormatError:
     return ModelFormatError(
         f"{path}: the model has no edge-enhance card ({CARD_KEY} metadata); pass "
-        "--card-task sr|denoise|dejpeg|enhance --card-scale N --card-receptive-field N "
-        "(and --card-layout nchw|nhwc if not NCHW, --card-align N if input sides must be multiples of N)"
+        "--card-task sr|denoise|dejpeg|enhance (an .onnx model's scale, receptive field and align are read off its "
+        "graph when the convert extra is installed; otherwise add --card-scale N --card-receptive-field N, and "
+        "--card-layout nchw|nhwc if not NCHW, --card-align N if input sides must be multiples of N)"
     )

@@ -113,13 +113,60 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2
     g.add_argument("--delegate-option", action="append", type=_key_value, default=[], metavar="K=V")
     g.add_argument("--fallback", choices=("none", "cpu"), default="none", help="what to do if the delegate cannot load")
     g.add_argument("--providers", help="ONNX Runtime execution providers, comma-separated, in order")
-    c = p.add_argument_group("for models without an embedded card")
+    c = p.add_argument_group("for models without an embedded card (an .onnx model's scale, receptive field "
+                             "and align are read off its graph when the convert extra is installed)")
     c.add_argument("--card-task", choices=("sr", "denoise", "dejpeg", "enhance"))
     c.add_argument("--card-scale", type=_positive_int)
     c.add_argument("--card-receptive-field", type=_positive_int, metavar="N")
     c.add_argument("--card-layout", choices=("nchw", "nhwc"))
-    c.add_argument("--card-align", type=_positive_int, default=1, metavar="N",
-                   help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv)")
+    c.add_argument("--card-align", type=_positive_int, metavar="N",
+                   help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv; default 1)")
+
+
+def _graph_footprint(path: Path):
+    """Receptive field, scale and align of a card-less NCHW .onnx model from its graph, or None when
+    the convert extra is missing, the file is not ONNX or the converter cannot read the graph."""
+    from .backends import sniff_format
+
+    try:
+        from conversion.footprint import footprint
+        from conversion.onnx_import import from_onnx
+    except ImportError:
+        return None
+    if sniff_format(path) != "onnxruntime":
+        return None
+    try:
+        return footprint(from_onnx(path))
+    except EdgeEnhanceError as e:
+        log.info("%s: cannot read the card off the graph (%s)", path, e)
+        return None
+
+
+def _cli_card(args, model: str | None):
+    """The card given with --card-*, the rest read off an ONNX graph; None when no --card-* was given."""
+    from .card import ModelCard
+    from .models import resolve
+
+    given = {k: getattr(args, "card_" + k) for k in ("task", "scale", "receptive_field", "align")}
+    if all(v is None for v in given.values()) and not args.card_layout:
+        return None
+    if given["task"] is None:
+        raise ConfigError("a model without a card needs --card-task sr|denoise|dejpeg|enhance")
+    from .backends import read_card
+
+    path = resolve(model or args.model)
+    if None in given.values():  # the rest from the model's own card, else from its graph
+        own = read_card(path)
+        fp = own or (_graph_footprint(path) if args.card_layout != "nhwc" else None)
+        if fp is not None:
+            given = {"task": given["task"], "scale": given["scale"] or fp.scale, "align": given["align"] or fp.align,
+                     "receptive_field": given["receptive_field"] or fp.receptive_field}
+    if given["scale"] is None or given["receptive_field"] is None:
+        raise ConfigError(f"{path}: a model without a card needs --card-scale and --card-receptive-field too (read "
+                          "off the graph only for an .onnx model with the convert extra installed)")
+    return ModelCard(name=path.stem, task=given["task"], scale=given["scale"], receptive_field=given["receptive_field"],
+                     layout=args.card_layout or "nchw", base="nearest" if given["scale"] > 1 else "identity",
+                     align=given["align"] or 1)
 
 
 def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | None = None):
@@ -133,15 +180,8 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
         fallback_cpu=args.fallback == "cpu",
         providers=tuple(p for p in (args.providers or "").split(",") if p),
     )
-    card = None
-    if args.card_task or args.card_receptive_field:
-        if not (args.card_task and args.card_scale and args.card_receptive_field):
-            raise ConfigError("a model without a card needs --card-task, --card-scale and --card-receptive-field together")
-        card = ModelCard(name=Path(model or args.model).stem, task=args.card_task, scale=args.card_scale,
-                         receptive_field=args.card_receptive_field, layout=args.card_layout or "nchw",
-                         base="nearest" if args.card_scale > 1 else "identity", align=args.card_align)
     return Enhancer(model or args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
-                    strength=strength, card=card, tta=getattr(args, "tta", False))
+                    strength=strength, card=_cli_card(args, model), tta=getattr(args, "tta", False))
 
 
 # -- enhance --------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class Enhancer:
             raise missing_card_error(self.path)
         colour = "y" if getattr(self.backend, "channels", 3) == 1 else "rgb"
         if self.card.colour != colour:
-            if self.backend.card is not None:
+            if card is None:  # the model's own card contradicts it
                 raise ModelFormatError(f"{self.path}: the card says colour {self.card.colour!r} but the model's input has "
                                        f"{1 if colour == 'y' else 3} channel(s)")
             self.card = dataclasses.replace(self.card, colour=colour)  # a card from the caller: the model decides

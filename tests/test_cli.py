@@ -243,9 +243,31 @@ def test_cardless_half_res_model_with_card_align(tmp_path):
     assert main(["enhance", str(src), "-o", str(tmp_path / "out.png"), "--model", str(p), "--tile", "19",
                  *card, "--card-align", "2", "-q"]) == 0
     assert Image.open(tmp_path / "out.png").size == (13, 9)
-    # without it the model is fed odd sizes and fails, naming the file
-    assert main(["enhance", str(src), "-o", str(tmp_path / "bad.png"), "--model", str(p), *card, "-q"]) == 1
+    # a wrong one feeds the model odd sizes and fails, naming the file
+    assert main(["enhance", str(src), "-o", str(tmp_path / "bad.png"), "--model", str(p), *card, "--card-align", "1",
+                 "-q"]) == 1
     assert not (tmp_path / "bad.png").exists()
+    # --card-task alone: scale, receptive field and align (2) are read off the ONNX graph
+    assert main(["enhance", str(src), "-o", str(tmp_path / "auto.png"), "--model", str(p), "--tile", "19",
+                 "--card-task", "denoise", "-q"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "auto.png")), np.asarray(Image.open(tmp_path / "out.png")))
+
+
+def test_card_task_alone_needs_the_rest_where_no_graph_can_be_read(tmp_path, capsys):
+    pytest.importorskip("ai_edge_litert")
+    from conversion.onnx_import import from_onnx
+    from conversion.tflite_writer import to_tflite
+    from tests.onnx_models import residual_sr
+
+    residual_sr(tmp_path / "bare.onnx", scale=2, card={})
+    to_tflite(from_onnx(str(tmp_path / "bare.onnx")), tmp_path / "bare.tflite")
+    src = _img(tmp_path / "a.png", size=(12, 10))
+    assert main(["enhance", str(src), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "bare.tflite"),
+                 "--card-task", "sr", "-q"]) != 0
+    assert "needs --card-scale and --card-receptive-field" in capsys.readouterr().err
+    assert main(["enhance", str(src), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "bare.tflite"),
+                 "--card-task", "sr", "--card-scale", "2", "--card-receptive-field", "9", "-q"]) == 0
+    assert Image.open(tmp_path / "o.png").size == (24, 20)
 
 
 def test_enhance_tta_runs_the_8_turns_and_says_so(tmp_path, model, capsys):
