@@ -113,6 +113,10 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2
     g.add_argument("--delegate-option", action="append", type=_key_value, default=[], metavar="K=V")
     g.add_argument("--fallback", choices=("none", "cpu"), default="none", help="what to do if the delegate cannot load")
     g.add_argument("--providers", help="ONNX Runtime execution providers, comma-separated, in order")
+    add_card_arguments(p)
+
+
+def add_card_arguments(p) -> None:
     c = p.add_argument_group("for models without an embedded card (an .onnx model's scale, receptive field "
                              "and align are read off its graph when the convert extra is installed)")
     c.add_argument("--card-task", choices=("sr", "denoise", "dejpeg", "enhance"))
@@ -142,7 +146,7 @@ def _graph_footprint(path: Path):
         return None
 
 
-def _cli_card(args, model: str | None):
+def cli_card(args, model: str | None):
     """The card given with --card-*, the rest read off an ONNX graph; None when no --card-* was given."""
     from .card import ModelCard
     from .models import resolve
@@ -181,7 +185,7 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
         providers=tuple(p for p in (args.providers or "").split(",") if p),
     )
     return Enhancer(model or args.model, engine=args.engine, options=options, tiling=tiling or TilingConfig(),
-                    strength=strength, card=_cli_card(args, model), tta=getattr(args, "tta", False))
+                    strength=strength, card=cli_card(args, model), tta=getattr(args, "tta", False))
 
 
 # -- enhance --------------------------------------------------------------------------------------

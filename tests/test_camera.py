@@ -517,7 +517,7 @@ def parse(argv):
 def test_cli_preview_bounded_run(tmp_path, monkeypatch, capsys):
     from edge_enhance.camera import cli
     made = []
-    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads: made.append((model, threads)) or RepeatEnhancer())
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: made.append((model, threads)) or RepeatEnhancer())
     stats = tmp_path / "s.jsonl"
     rc = cli.main(parse(["--source", "synthetic:48x32@0", "--sink", "null", "--frames", "5",
                          "--stats-json", str(stats), "--threads", "2"]))
@@ -527,6 +527,17 @@ def test_cli_preview_bounded_run(tmp_path, monkeypatch, capsys):
     assert "5 frames" in capsys.readouterr().err
 
 
+def test_cli_preview_of_a_card_less_onnx_model_with_card_task(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from edge_enhance.camera import cli
+    from tests.onnx_models import residual_sr
+
+    residual_sr(tmp_path / "bare.onnx", scale=2, card={})
+    rc = cli.main(parse(["--source", "synthetic:48x32@0", "--sink", "null", "--frames", "2", "--model",
+                         str(tmp_path / "bare.onnx"), "--card-task", "sr"]))
+    assert rc == 0 and "2 frames" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--source", "nope", "--sink", "null"], "unknown source"),
     (["--source", "synthetic:48x32", "--sink", "tv"], "unknown sink"),
@@ -534,7 +545,7 @@ def test_cli_preview_bounded_run(tmp_path, monkeypatch, capsys):
 ])
 def test_cli_errors_are_one_line(argv, words, monkeypatch, capsys):
     from edge_enhance.camera import cli
-    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads: RepeatEnhancer())
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
     assert cli.main(parse(argv)) == 1
     err = capsys.readouterr().err
     assert err.startswith("edge-enhance preview: error:") and words in err
@@ -542,7 +553,7 @@ def test_cli_errors_are_one_line(argv, words, monkeypatch, capsys):
 
 def test_cli_source_lost_exits_nonzero(monkeypatch, capsys):
     from edge_enhance.camera import cli
-    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads: RepeatEnhancer())
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
     monkeypatch.setattr(cli, "open_source", lambda spec: FlakySource(4, recover=False))
     assert cli.main(parse(["--source", "x", "--sink", "null", "--reconnects", "0"])) == 1
     assert "source lost after 4 frames" in capsys.readouterr().err
@@ -555,7 +566,7 @@ def test_cli_sigterm_stops_cleanly(tmp_path):
         "import sys, argparse; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
         "from test_camera_doubles import RepeatEnhancer\n"
         "from edge_enhance.camera import cli\n"
-        "cli._make_enhancer = lambda m, t: RepeatEnhancer()\n"
+        "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
         "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
         "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@100', '--sink', 'null', '--stats-json', sys.argv[2]])))\n"
     )

@@ -46,12 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--reconnects", type=int, default=3, metavar="N", help="reconnect attempts for a lost camera (default 3)")
     p("--split", action="store_true", help="start in split-screen before/after")
     p("--no-overlay", action="store_true", help="no stats overlay in window / file sinks")
+    from edge_enhance.cli import add_card_arguments
+
+    add_card_arguments(parser)  # for --model (a --light-model needs its own card)
 
 
-def _make_enhancer(model: str, threads: int | None):
+def _make_enhancer(model: str, threads: int | None, card=None):
     from edge_enhance.enhancer import Enhancer  # lazy: loads an engine
 
-    return Enhancer(model, threads=threads)
+    return Enhancer(model, threads=threads, card=card)
 
 
 def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overlay: bool, on_web_ready=None):
@@ -102,7 +105,10 @@ def main(args: argparse.Namespace) -> int:
             specs.append(f"web:{args.web}")
         sinks = build_sinks(specs or ["auto"], token=args.token, fps=getattr(source, "fps", None),
                             overlay=not args.no_overlay, on_web_ready=_print_web)
-        enhancer = _make_enhancer(args.model or DEFAULT_PREVIEW_MODEL, args.threads)
+        from edge_enhance.cli import cli_card
+
+        model = args.model or DEFAULT_PREVIEW_MODEL
+        enhancer = _make_enhancer(model, args.threads, cli_card(args, model))
         light = _make_enhancer(args.light_model, args.threads) if args.light_model else None
         strength = args.strength if args.strength is not None else float(getattr(enhancer, "strength", 1.0))
         controls = Controls(strength=strength, split=args.split, overlay=not args.no_overlay)
