@@ -148,6 +148,7 @@ def _graph_footprint(path: Path):
 
 def cli_card(args, model: str | None):
     """The card given with --card-*, the rest read off an ONNX graph; None when no --card-* was given."""
+    from .backends import read_card
     from .card import ModelCard
     from .models import resolve
 
@@ -156,8 +157,6 @@ def cli_card(args, model: str | None):
         return None
     if given["task"] is None:
         raise ConfigError("a model without a card needs --card-task sr|denoise|dejpeg|enhance")
-    from .backends import read_card
-
     path = resolve(model or args.model)
     if None in given.values():  # the rest from the model's own card, else from its graph
         own = read_card(path)
