@@ -127,9 +127,12 @@ def add_card_arguments(p) -> None:
                    help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv; default 1)")
 
 
-def _graph_footprint(path: Path):
-    """Receptive field, scale and align of a card-less NCHW .onnx model from its graph, or None when
-    the convert extra is missing, the file is not ONNX or the converter cannot read the graph."""
+CARD_FIELDS = ("scale", "receptive_field", "align")
+
+
+def _graph_footprint(path: Path) -> dict | None:
+    """Scale, receptive field, align and colour of a card-less NCHW .onnx model read off its graph, or
+    None when the convert extra is missing, the file is not ONNX or the converter cannot read the graph."""
     from .backends import sniff_format
 
     try:
@@ -140,10 +143,12 @@ def _graph_footprint(path: Path):
     if sniff_format(path) != "onnxruntime":
         return None
     try:
-        return footprint(from_onnx(path))
+        g = from_onnx(path)
+        fp = footprint(g)
     except EdgeEnhanceError as e:
         log.info("%s: cannot read the card off the graph (%s)", path, e)
         return None
+    return {**{k: getattr(fp, k) for k in CARD_FIELDS}, "colour": "y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb"}
 
 
 def cli_card(args, model: str | None):
@@ -160,10 +165,10 @@ def cli_card(args, model: str | None):
     path = resolve(model or args.model)
     if None in given.values():  # the rest from the model's own card, else from its graph
         own = read_card(path)
-        fp = own or (_graph_footprint(path) if args.card_layout != "nhwc" else None)
-        if fp is not None:
-            given = {"task": given["task"], "scale": given["scale"] or fp.scale, "align": given["align"] or fp.align,
-                     "receptive_field": given["receptive_field"] or fp.receptive_field}
+        known = {k: getattr(own, k) for k in CARD_FIELDS} if own else \
+            (_graph_footprint(path) if args.card_layout != "nhwc" else None)
+        if known is not None:
+            given = {k: given[k] or known.get(k) for k in given}
     if given["scale"] is None or given["receptive_field"] is None:
         raise ConfigError(f"{path}: a model without a card needs --card-scale and --card-receptive-field too (read "
                           "off the graph only for an .onnx model with the convert extra installed)")
@@ -413,24 +418,31 @@ def _file_summary(path: Path) -> dict:
 
 def cmd_info(args) -> int:
     from .backends import read_card, sniff_format
-    from .card import missing_card_error
     from .models import resolve
 
     path = resolve(args.model)
     fmt = sniff_format(path)
     card = read_card(path)
-    if card is None:
-        raise missing_card_error(path)
-    info = {"format": fmt, **_file_summary(path), **card.to_dict()}
+    if card is None:  # what can be known without one, and how to give it one
+        graph = _graph_footprint(path)
+        hint = f"run it with --card-task TASK{'' if graph else ' --card-scale N --card-receptive-field N'}"
+        if fmt == "onnxruntime":
+            hint += f", or write a card in: edge-enhance convert {path.name} --to onnx --card-task TASK"
+        info = {"format": fmt, **_file_summary(path), "card": None,
+                **({"read off the graph": graph} if graph else {}), "hint": hint}
+    else:
+        info = {"format": fmt, **_file_summary(path), **card.to_dict()}
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     for k, v in info.items():
-        if k == "extra":
+        if k in ("extra", "read off the graph"):
+            if k != "extra":
+                print(f"{k:>18}:")
             for ek, ev in v.items():
                 print(f"  {ek:>16}: {json.dumps(ev) if isinstance(ev, (dict, list)) else ev}")
-        elif v is not None:
-            print(f"{k:>18}: {v}")
+        elif v is not None or k == "card":
+            print(f"{k:>18}: {'none (the file carries no edge-enhance card)' if v is None else v}")
     return 0
 
 

@@ -154,6 +154,19 @@ def test_info_prints_card_and_sha(model, capsys):
     assert info["format"] == "onnxruntime" and info["scale"] == 2 and len(info["sha256"]) == 64
 
 
+def test_info_of_a_card_less_model_says_what_the_graph_gives_and_how_to_add_a_card(tmp_path, capsys):
+    from tests.onnx_models import residual_sr
+
+    residual_sr(tmp_path / "bare.onnx", scale=3, layers=2, colours=1, card={})
+    assert main(["info", str(tmp_path / "bare.onnx"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["card"] is None
+    assert info["read off the graph"] == {"scale": 3, "receptive_field": 7, "align": 1, "colour": "y"}
+    assert "--card-task TASK, or write a card in: edge-enhance convert bare.onnx" in info["hint"]
+    assert main(["info", str(tmp_path / "bare.onnx")]) == 0
+    assert "card: none" in capsys.readouterr().out
+
+
 def test_unknown_model_file(tmp_path, capsys):
     bogus = tmp_path / "model.tflite"
     bogus.write_bytes(np.random.default_rng(0).bytes(300))
