@@ -58,8 +58,11 @@ def footprint(g) -> Footprint:
             r = a["block_size"]
             lo, hi, j = lo - j * (r - 1) / (2 * r), hi + j * (r - 1) / (2 * r), j / r
         elif n.op == "Resize":
-            sc = a["scales"] or (g.tensors[n.outputs[0]].shape[1] / g.tensors[n.inputs[0]].shape[1],)
-            lo, hi, j = lo - 1.5 * j, hi + 1.5 * j, j / sc[0]
+            ins, outs = g.tensors[n.inputs[0]].shape[1:3], g.tensors[n.outputs[0]].shape[1:3]
+            sh, sw = a["scales"] or (outs[0] / ins[0], outs[1] / ins[1])
+            if abs(sh - sw) > 1e-9:
+                raise ConfigError(f"{n.name}: Resize by {sh:g} x {sw:g} (the card has one scale)")
+            lo, hi, j = lo - 1.5 * j, hi + 1.5 * j, j / sh
         elif n.op == "Pad":  # pixel q of the padded tensor is pixel q - pad of its input
             pt, pl, _, _ = a["pads"]
             lo, hi = lo - max(pt, pl) * j, hi - min(pt, pl) * j

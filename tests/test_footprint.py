@@ -116,6 +116,16 @@ def test_the_receptive_field_is_tight_for_plain_convs(tmp_path):
     assert not np.array_equal(tiled, whole)
 
 
+def test_a_graph_without_one_scale_needs_the_card_given(tmp_path):
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", name="up")],
+                   {"sc": np.array([1, 1, 2, 3], np.float32)}, [1, 3, 5, 6])
+    g = from_onnx(m)
+    with pytest.raises(ConfigError, match="up: Resize by 2 x 3"):
+        footprint(g)
+    with pytest.raises(ConfigError, match="pass --card-scale, --card-receptive-field and --card-align"):
+        attach_card(g, "m.onnx", "sr")
+
+
 def test_attach_card_refuses_a_carded_model_a_missing_task_and_a_wrong_scale(tmp_path):
     residual_sr(tmp_path / "carded.onnx", scale=2)
     with pytest.raises(ConfigError, match="carries its own card"):
