@@ -92,11 +92,13 @@ def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):
 
 
 def add_card_arguments(parser) -> None:
+    from edge_enhance.argtypes import number
+
     c = parser.add_argument_group("for a model without an embedded card (the output carries the card)")
     c.add_argument("--card-task", choices=TASKS, help="what the model does (sets calibration and evaluation)")
-    c.add_argument("--card-scale", type=int, metavar="N", help="default: read off the graph")
-    c.add_argument("--card-receptive-field", type=int, metavar="N", help="default: read off the graph")
-    c.add_argument("--card-align", type=int, metavar="N", help="default: read off the graph")
+    c.add_argument("--card-scale", type=number(int, lo=1, hi=8), metavar="N", help="default: read off the graph")
+    c.add_argument("--card-receptive-field", type=number(int, lo=1), metavar="N", help="default: read off the graph")
+    c.add_argument("--card-align", type=number(int, lo=1, hi=64), metavar="N", help="default: read off the graph")
 
 
 def card_options(args) -> dict | None:
