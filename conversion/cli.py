@@ -224,14 +224,14 @@ def _quantized(graph, src: Path, calib):
     """Calibrate on ``calib`` (default: the shared training images) and quantise (int8 QDQ, W8A8)."""
     from edge_enhance.card import ModelCard
 
-    from quantization.calibration import calibration_set
+    from quantization.calibration import calibration_for
     from quantization.quantize import quantize_model
 
     if CARD_KEY not in graph.metadata:
         raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none "
                           "(pass --card-task sr|denoise|dejpeg|enhance)")
     card = ModelCard.from_json(graph.metadata[CARD_KEY])
-    cs = calibration_set(calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour)
+    cs = calibration_for(card, calib)
     res = quantize_model(graph, cs, sensitivity=False)
     log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
              res.report.quant_psnr)
@@ -299,7 +299,7 @@ def _quantize_instead(args: argparse.Namespace) -> int:
     if args.d2s_as_transpose_conv:
         argv += ["--d2s-as-transpose-conv"]
     for k, v in (card_options(args) or {}).items():
-        argv += ["--card-" + k.replace("_", "-"), str(v)]
+        argv += ["--card-" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
     return qcli.main(p.parse_args(argv))
 
 

@@ -92,23 +92,25 @@ def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):
 
 
 def add_card_arguments(parser) -> None:
-    from edge_enhance.argtypes import number
+    from edge_enhance.argtypes import number, value_range
 
     c = parser.add_argument_group("for a model without an embedded card (the output carries the card)")
     c.add_argument("--card-task", choices=TASKS, help="what the model does (sets calibration and evaluation)")
     c.add_argument("--card-scale", type=number(int, lo=1, hi=8), metavar="N", help="default: read off the graph")
     c.add_argument("--card-receptive-field", type=number(int, lo=1), metavar="N", help="default: read off the graph")
     c.add_argument("--card-align", type=number(int, lo=1, hi=64), metavar="N", help="default: read off the graph")
+    c.add_argument("--card-input-range", type=value_range, metavar="LO,HI",
+                   help="what the model's pixels span (default 0,1; e.g. 0,255 for EDSR-style models)")
 
 
 def card_options(args) -> dict | None:
     """The --card-* values given, as keyword arguments of ``attach_card``; None when none was."""
-    kw = {k: getattr(args, "card_" + k, None) for k in ("task", "scale", "receptive_field", "align")}
+    kw = {k: getattr(args, "card_" + k, None) for k in ("task", "scale", "receptive_field", "align", "input_range")}
     return {k: v for k, v in kw.items() if v is not None} or None
 
 
 def attach_card(g, src, task: str | None = None, *, scale: int | None = None, receptive_field: int | None = None,
-                align: int | None = None) -> ModelCard:
+                align: int | None = None, input_range: tuple = (0.0, 1.0)) -> ModelCard:
     """Make the card of a card-less graph (defaults read off the graph) and store it in its metadata."""
     if CARD_KEY in g.metadata:
         raise ConfigError(f"{src}: the model carries its own card; --card-* options are for models without one")
@@ -129,7 +131,7 @@ def attach_card(g, src, task: str | None = None, *, scale: int | None = None, re
                     src, receptive_field, fp.receptive_field)
     s = scale or fp.scale
     card = ModelCard(name=Path(str(src)).stem, task=task, scale=s, receptive_field=receptive_field or fp.receptive_field,
-                     align=align or fp.align, base="nearest" if s > 1 else "identity",
+                     align=align or fp.align, base="nearest" if s > 1 else "identity", input_range=tuple(input_range),
                      colour="y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb")
     g.metadata[CARD_KEY] = card.to_json()
     return card

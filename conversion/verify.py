@@ -187,10 +187,13 @@ def _card_of(onnx_model):
 
 def compare(name_target: str, precision: str, source_fn, target_fn, card, files, *, crop=None, max_images=None,
             tol: float | None = None, source: str = "onnxruntime", channels: int = 3) -> VerifyReport:
-    """Run both callables (HWC float -> HWC float) over the images; raise if beyond ``tol``."""
+    """Run both callables (HWC float -> HWC float) over the images; raise if beyond ``tol``. Inputs
+    go in on the card's input range; outputs, errors and ``tol`` are on [0, 1]."""
     rep = VerifyReport(name_target, precision, source=source)
+    lo, hi = card.input_range if card is not None else (0.0, 1.0)
     for name, x, ref in make_pairs(card, files, crop=crop, max_images=max_images, channels=channels):
-        a, b = source_fn(x), target_fn(x)
+        xm = x * np.float32(hi - lo) + np.float32(lo)
+        a, b = ((f(xm) - lo) / (hi - lo) for f in (source_fn, target_fn))
         if a.shape != b.shape:
             raise VerificationError(f"{name_target}: output shape {b.shape} differs from the source's {a.shape}")
         err = float(np.abs(a.astype(np.float64) - b).max())

@@ -4,6 +4,17 @@ from __future__ import annotations
 import argparse
 
 
+def value_range(text: str) -> tuple[float, float]:
+    """``LO,HI`` with LO < HI, e.g. ``0,255``: the values a model's input (and output) pixels span."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (e.g. 0,255)") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
+    return lo, hi
+
+
 def number(kind=float, lo=None, hi=None, unit: str = ""):
     """Parse ``kind`` (int or float) within [lo, hi] (either end may be open); ``unit`` for messages."""
     noun = "an integer" if kind is int else "a number"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .argtypes import number
+from .argtypes import number, value_range
 from .errors import ConfigError, EdgeEnhanceError, OutputError
 
 log = logging.getLogger("edge_enhance")
@@ -125,6 +125,8 @@ def add_card_arguments(p) -> None:
     c.add_argument("--card-layout", choices=("nchw", "nhwc"))
     c.add_argument("--card-align", type=_positive_int, metavar="N",
                    help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv; default 1)")
+    c.add_argument("--card-input-range", type=value_range, metavar="LO,HI",
+                   help="what the model's pixels span (default 0,1; e.g. 0,255 for EDSR-style models)")
 
 
 CARD_FIELDS = ("scale", "receptive_field", "align")
@@ -158,7 +160,7 @@ def cli_card(args, model: str | None):
     from .models import resolve
 
     given = {k: getattr(args, "card_" + k) for k in ("task", "scale", "receptive_field", "align")}
-    if all(v is None for v in given.values()) and not args.card_layout:
+    if all(v is None for v in given.values()) and not (args.card_layout or args.card_input_range):
         return None
     if given["task"] is None:
         raise ConfigError("a model without a card needs --card-task sr|denoise|dejpeg|enhance")
@@ -174,7 +176,7 @@ def cli_card(args, model: str | None):
                           "off the graph only for an .onnx model with the convert extra installed)")
     return ModelCard(name=path.stem, task=given["task"], scale=given["scale"], receptive_field=given["receptive_field"],
                      layout=args.card_layout or "nchw", base="nearest" if given["scale"] > 1 else "identity",
-                     align=given["align"] or 1)
+                     align=given["align"] or 1, input_range=args.card_input_range or (0.0, 1.0))
 
 
 def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | None = None):

@@ -52,11 +52,13 @@ class CalibConfig:
 
 @dataclass
 class CalibSet:
-    """Model inputs (NHWC float32 in [0, 1], batch 1) and their clean targets (HxWx3 uint8)."""
+    """Model inputs (NHWC float32 on the card's input range, [0, 1] by default, batch 1) and their
+    clean targets (HxWx3 uint8 pixels, or the Y plane for a luma model)."""
 
     inputs: list
     targets: list
     source: str
+    input_range: tuple = (0.0, 1.0)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -114,14 +116,21 @@ def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) 
     raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
 
 
+def calibration_for(card, folder=None, config: CalibConfig = CalibConfig()) -> CalibSet:
+    """The calibration set a model card asks for (task, scale, align, colour, input range)."""
+    return calibration_set(folder, task=card.task, scale=card.scale, config=config, align=card.align,
+                           colour=card.colour, input_range=card.input_range)
+
+
 def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: CalibConfig = CalibConfig(),
-                    align: int = 1, colour: str = "rgb") -> CalibSet:
+                    align: int = 1, colour: str = "rgb", input_range: tuple = (0.0, 1.0)) -> CalibSet:
     """``config.count`` seeded crops from the images of ``folder`` (default: the shared train set).
 
     Every image is checked (readable, at least ``crop`` on each side) before any crop is made, so a
     bad file is reported even if the draw would not have picked it. ``align`` is the model card's:
     model inputs (the crop, / scale for sr and enhance) must be multiples of it. ``colour`` is the
-    card's: "y" (a luma model) gives the Y plane of inputs and targets (edge_enhance.ycbcr).
+    card's: "y" (a luma model) gives the Y plane of inputs and targets (edge_enhance.ycbcr); pixels
+    0..255 are fed as ``input_range`` (lo, hi) spans them (the card's, e.g. (0, 255)).
     """
     if task not in TASKS:
         raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
@@ -156,10 +165,11 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         inp = degrade(clean, task, scale, rng)
         if colour == "y":
             inp, clean = (ycbcr.rgb_to_ycbcr(a, 255)[..., :1] for a in (inp, clean))
-        inputs.append((inp.astype(np.float32) / 255.0)[None])
+        lo, hi = input_range
+        inputs.append((inp.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo))[None])
         targets.append(clean)
     log.info("calibration: %d crops of %d px from %d image(s) in %s", len(inputs), config.crop, len(images), root)
-    return CalibSet(inputs, targets, str(root))
+    return CalibSet(inputs, targets, str(root), tuple(input_range))
 
 
 # --------------------------------------------------------------------------- statistics

@@ -17,7 +17,7 @@ from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 from edge_enhance.tiling import check_aligned
 
-from .calibration import METHODS, CalibConfig, calibration_set
+from .calibration import METHODS, CalibConfig, calibration_for
 from .errors import ConfigError
 from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
 
@@ -78,8 +78,7 @@ def main(args) -> int:
     g, card = load_model(src, card_options(args))
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
-    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour,
-                            config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
+    calib = calibration_for(card, args.calib, CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
     res = quantize_model(g, calib, method=args.method, io=args.io, cle=_flag(args.cle),

@@ -13,7 +13,7 @@ from pathlib import Path
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 
-from .calibration import CalibConfig, calibration_set
+from .calibration import CalibConfig, calibration_for
 from .errors import ConfigError
 from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
 
@@ -51,8 +51,7 @@ def main(args) -> int:
         raise ConfigError(f"{out}: would overwrite the source model")
     say = Progress(args.quiet)
     g, card = load_model(src, card_options(args))
-    calib = calibration_set(args.calib, task=card.task, scale=card.scale, align=card.align, colour=card.colour,
-                            config=CalibConfig(crop=args.calib_crop, count=args.calib_count))
+    calib = calibration_for(card, args.calib, CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
     res = prune_graph(g, calib, args.target_macs, criterion=args.criterion, reconstruct=not args.no_reconstruct,
                       multiple=args.multiple, progress=say)

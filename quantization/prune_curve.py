@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .calibration import CalibConfig, calibration_set, default_train_dir
+from .calibration import calibration_for, default_train_dir
 from .report import load_model
 from .table import psnr_of
 
@@ -40,8 +40,7 @@ def main(argv=None) -> int:
     a.workdir.mkdir(parents=True, exist_ok=True)
     ds = default_train_dir().parent / "eval" / a.dataset
     g, card = load_model(a.model)
-    calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig(), align=card.align,
-                            colour=card.colour)
+    calib = calibration_for(card)
 
     def int8(src_graph, name):
         flag = {"auto": "auto", "on": True, "off": False}

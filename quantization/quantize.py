@@ -106,9 +106,10 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return round(float(10 * np.log10(max(sig, 1e-30) / noise)), 2)
 
 
-def psnr_u8(target: np.ndarray, out_nhwc: np.ndarray) -> float:
-    """PSNR of a model output rounded to 8-bit pixels, as the evaluation does (RGB, no shave)."""
-    y = np.clip(np.rint(out_nhwc[0] * 255.0), 0, 255)
+def psnr_u8(target: np.ndarray, out_nhwc: np.ndarray, input_range: tuple = (0.0, 1.0)) -> float:
+    """PSNR of a model output (on ``input_range``) rounded to 8-bit pixels, as the evaluation does (no shave)."""
+    lo, hi = input_range
+    y = np.clip(np.rint((out_nhwc[0] - lo) * (255.0 / (hi - lo))), 0, 255)
     mse = float(np.mean((y - target.astype(np.float64)) ** 2))
     return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
@@ -522,7 +523,7 @@ def _simulate(g: Graph, calib: CalibSet, quant: bool) -> list:
 
 
 def mean_psnr(outs: list, calib: CalibSet) -> float:
-    return float(np.mean([psnr_u8(t, y) for t, y in zip(calib.targets, outs)]))
+    return float(np.mean([psnr_u8(t, y, calib.input_range) for t, y in zip(calib.targets, outs)]))
 
 
 def _only(g: Graph, keep_names: set) -> Graph:

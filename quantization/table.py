@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .calibration import METHODS, CalibConfig, calibration_set, default_train_dir
+from .calibration import METHODS, calibration_for, default_train_dir
 from .report import load_model
 
 
@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     rows = []
     for mp in a.models:
         g, card = load_model(mp)
-        calib = calibration_set(None, task=card.task, scale=card.scale, config=CalibConfig(), align=card.align,
-                                colour=card.colour)
+        calib = calibration_for(card)
         sets = [s for s in plan(card.task, card.scale) if not a.sets or s[0] in a.sets]
         fp32 = {label: psnr_of(mp, card, eval_root / d, kw, a.threads) for label, d, kw in sets}
         for m in a.methods:

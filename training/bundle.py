@@ -37,7 +37,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     it, whose int8 file ships beside the untouched fp32 one) and measure the int8 file."""
     from edge_enhance.enhancer import Enhancer
     from edge_enhance.evaluation import evaluate
-    from quantization.calibration import calibration_set
+    from quantization.calibration import calibration_for
     from quantization.quantize import quantize_model, write_tflite
     from quantization.report import load_model
 
@@ -58,7 +58,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     for ds in sorted({ds for _, ds, _ in SETTINGS[card.task]}):  # before minutes of quantisation
         if not (data / ds).is_dir():
             raise ImageInputError(f"{data / ds}: dataset folder does not exist")
-    res = quantize_model(g, calibration_set(task=card.task, scale=card.scale, align=card.align), method=method,
+    res = quantize_model(g, calibration_for(card), method=method,
                          rounding=rounding)
     # Measured from a temporary file; the bundled one is replaced only when the new one is complete.
     tmp = out.with_name(f".{out.stem}.partial.tflite")
