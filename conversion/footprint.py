@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, TASKS, ModelCard
+from edge_enhance.card import add_card_arguments as card_arguments
 
 from .errors import ConfigError
 
@@ -92,15 +93,7 @@ def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):
 
 
 def add_card_arguments(parser) -> None:
-    from edge_enhance.argtypes import number, value_range
-
-    c = parser.add_argument_group("for a model without an embedded card (the output carries the card)")
-    c.add_argument("--card-task", choices=TASKS, help="what the model does (sets calibration and evaluation)")
-    c.add_argument("--card-scale", type=number(int, lo=1, hi=8), metavar="N", help="default: read off the graph")
-    c.add_argument("--card-receptive-field", type=number(int, lo=1), metavar="N", help="default: read off the graph")
-    c.add_argument("--card-align", type=number(int, lo=1, hi=64), metavar="N", help="default: read off the graph")
-    c.add_argument("--card-input-range", type=value_range, metavar="LO,HI",
-                   help="what the model's pixels span (default 0,1; e.g. 0,255 for EDSR-style models)")
+    card_arguments(parser, "for a model without an embedded card (the output carries the card)", layout=False)
 
 
 def card_options(args) -> dict | None:

@@ -119,6 +119,24 @@ class ModelCard:
         return cls.from_dict(d, source)
 
 
+def add_card_arguments(parser, title: str, layout: bool = True) -> None:
+    """The --card-* options, one definition for every command that takes a model without a card."""
+    from .argtypes import number, value_range
+
+    c = parser.add_argument_group(title)
+    c.add_argument("--card-task", choices=TASKS, help="what the model does")
+    c.add_argument("--card-scale", type=number(int, lo=1, hi=8), metavar="N", help="default: read off an .onnx graph")
+    c.add_argument("--card-receptive-field", type=number(int, lo=1), metavar="N",
+                   help="default: read off an .onnx graph")
+    c.add_argument("--card-align", type=number(int, lo=1, hi=MAX_ALIGN), metavar="N",
+                   help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv); "
+                        "default: read off an .onnx graph, else 1")
+    c.add_argument("--card-input-range", type=value_range, metavar="LO,HI",
+                   help="what the model's pixels span (default 0,1; e.g. 0,255 for EDSR-style models)")
+    if layout:
+        c.add_argument("--card-layout", choices=LAYOUTS)
+
+
 def missing_card_error(path) -> ModelFormatError:
     return ModelFormatError(
         f"{path}: the model has no edge-enhance card ({CARD_KEY} metadata); pass "

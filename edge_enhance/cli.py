@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .argtypes import number, value_range
+from .argtypes import number
+from .card import add_card_arguments as card_arguments
 from .errors import ConfigError, EdgeEnhanceError, OutputError
 
 log = logging.getLogger("edge_enhance")
@@ -117,16 +118,8 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2
 
 
 def add_card_arguments(p) -> None:
-    c = p.add_argument_group("for models without an embedded card (an .onnx model's scale, receptive field "
-                             "and align are read off its graph when the convert extra is installed)")
-    c.add_argument("--card-task", choices=("sr", "denoise", "dejpeg", "enhance"))
-    c.add_argument("--card-scale", type=_positive_int)
-    c.add_argument("--card-receptive-field", type=_positive_int, metavar="N")
-    c.add_argument("--card-layout", choices=("nchw", "nhwc"))
-    c.add_argument("--card-align", type=_positive_int, metavar="N",
-                   help="input height and width must be multiples of N (e.g. 2 for a stride-2 first conv; default 1)")
-    c.add_argument("--card-input-range", type=value_range, metavar="LO,HI",
-                   help="what the model's pixels span (default 0,1; e.g. 0,255 for EDSR-style models)")
+    card_arguments(p, "for models without an embedded card (an .onnx model's scale, receptive field and align "
+                      "are read off its graph when the convert extra is installed)")
 
 
 CARD_FIELDS = ("scale", "receptive_field", "align")
