@@ -629,6 +629,7 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     outputs = [o.name for o in gp.output]
 
     nodes = _remove_identities(nodes, outputs)
+    nodes = _strip_layout_transposes(nodes, [vi.name for vi in real_inputs], outputs, shapes)
     nodes = _fold_constants(nodes, consts, shapes, outputs, opset)
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
@@ -705,6 +706,34 @@ def _remove_identities(nodes, outputs):
             continue
         keep.append(n)
     return keep
+
+
+def _strip_layout_transposes(nodes, inputs, outputs, shapes):
+    """NHWC in and out, as tf2onnx exports TensorFlow / Keras models: an input read only through
+    Transpose(0, 3, 1, 2) and outputs made by Transpose(0, 2, 3, 1) are the IR's own NHWC, so those
+    transposes go (and the input's recorded shape becomes the NCHW one the rest of the import reads)."""
+    for x in inputs:
+        users = [n for n in nodes if x in n.inputs]
+        if not users or any(n.op != "Transpose" or list(n.attrs.get("perm", [])) != [0, 3, 1, 2] for n in users):
+            continue
+        for t in users:
+            _rename_uses(nodes, t.outputs[0], x)
+            nodes = [n for n in nodes if n is not t]
+        if x in shapes:
+            d = shapes[x]
+            shapes[x] = (d[0], d[3], d[1], d[2])
+    for o in outputs:
+        p = next((n for n in nodes if o in n.outputs), None)
+        if p is None or p.op != "Transpose" or list(p.attrs.get("perm", [])) != [0, 2, 3, 1] or p.inputs[0] in inputs:
+            continue
+        src = p.inputs[0]
+        nodes = [n for n in nodes if n is not p]
+        for m in nodes:
+            m.outputs = [o if t == src else t for t in m.outputs]
+        _rename_uses(nodes, src, o)
+        if src in shapes:
+            shapes[o] = shapes[src]
+    return nodes
 
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}

@@ -115,10 +115,21 @@ def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float
     return score_psnr(card.task, u8(ref), u8(out), _scale(card))
 
 
+def _source_io(onnx_model) -> tuple[bool, int, tuple | None]:
+    """(NHWC?, colour channels, fixed (h, w) or None) of an ONNX model's image input: NCHW unless the
+    last axis holds 1 or 3 channels and the second does not (tf2onnx's NHWC exports)."""
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        return False, 3, None
+    nhwc = dims[3] in (1, 3) and dims[1] not in (1, 3)
+    c, hw = (dims[3], dims[1:3]) if nhwc else (dims[1], dims[2:4])
+    return nhwc, 1 if c == 1 else 3, tuple(hw) if None not in hw else None
+
+
 def input_channels(onnx_model) -> int:
-    """1 for a luma model (one input channel, NCHW), else 3."""
-    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
-    return 1 if len(dims) == 4 and dims[1].dim_value == 1 else 3
+    """1 for a luma model (one input channel), else 3."""
+    return _source_io(onnx_model)[1]
 
 
 def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None,
@@ -172,9 +183,13 @@ def _tflite_runner(path):
 def _ort_runner(onnx_model):
     import onnxruntime as ort
 
-    data = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else Path(onnx_model).read_bytes()
-    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    import onnx
+
+    model = onnx_model if hasattr(onnx_model, "SerializeToString") else onnx.load(str(onnx_model))
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
+    if _source_io(model)[0]:  # NHWC in and out
+        return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc[None])})[0][0]
     return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc.transpose(2, 0, 1)[None])})[0][0].transpose(1, 2, 0)
 
 
@@ -243,13 +258,6 @@ def _for_shape(files, fixed, card, crop):
     return fitting, fixed, card
 
 
-def _onnx_fixed(onnx_model):
-    """(h, w) of an NCHW ONNX input with both sides fixed, else None."""
-    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
-    hw = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:4]] if len(dims) == 4 else [None]
-    return tuple(hw) if None not in hw else None
-
-
 def _fits(path, tile, card):
     from PIL import Image
 
@@ -268,6 +276,6 @@ def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=Non
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     card = _card_of(model)
-    files, crop, card = _for_shape(list_images(dataset or default_dataset()), _onnx_fixed(model), card, crop)
+    files, crop, card = _for_shape(list_images(dataset or default_dataset()), _source_io(model)[2], card, crop)
     return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), card, files, crop=crop,
                    max_images=max_images, tol=tol, channels=input_channels(model))

@@ -205,3 +205,54 @@ def test_fixed_tile_too_large_for_the_protocol_is_verified_on_the_images(tmp_pat
     assert res.report.max_abs_err < 1e-4 and res.report.task_psnr_source is None
     assert "no task PSNR" in caplog.text
     assert Enhancer(res.output).card.receptive_field == 7
+
+
+def _nhwc_model():
+    """A TensorFlow / Keras SR net as tf2onnx exports it: NHWC in and out around an NCHW body."""
+    rng = np.random.default_rng(9)
+    nodes = [h.make_node("Transpose", ["input_1:0"], ["t0"], perm=[0, 3, 1, 2], name="in_t"),
+             h.make_node("Conv", ["t0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="c1"),
+             h.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="c2"),
+             h.make_node("DepthToSpace", ["c2"], ["d"], blocksize=2, mode="DCR", name="d2s"),
+             h.make_node("Transpose", ["d"], ["Identity:0"], perm=[0, 2, 3, 1], name="out_t")]
+    inits = {"w1": rand(rng, 8, 3, 3, 3, lo=-0.3, hi=0.3), "b1": rand(rng, 8, lo=0, hi=0.1),
+             "w2": rand(rng, 12, 8, 3, 3, lo=-0.3, hi=0.3), "b2": rand(rng, 12, lo=0, hi=0.1)}
+    return make_model(nodes, inits, ["unk", "h", "w", 3], out="Identity:0", inputs=("input_1:0",))
+
+
+def test_nhwc_io_model_from_tf2onnx_converts_without_transposes(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from tests.conversion_testkit import run_tflite
+
+    from conversion.tflite_writer import tflite_ops, to_tflite
+
+    m = _nhwc_model()
+    g = from_onnx(m)
+    assert [n.op for n in g.nodes] == ["Conv", "Conv", "DepthToSpace"] and g.tensors[g.inputs[0]].shape[3] == 3
+    path = to_tflite(g, tmp_path / "m.tflite")
+    assert tflite_ops(path) == ["CONV_2D", "CONV_2D", "DEPTH_TO_SPACE"]
+    x = rand(np.random.default_rng(1), 1, 9, 7, 3, lo=0, hi=1)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input_1:0": x})[0]
+    np.testing.assert_allclose(run_tflite(path, x), ref, atol=1e-5, rtol=0)
+    assert footprint(g).receptive_field == 5
+
+
+def test_nhwc_io_model_verifies_and_runs_as_its_conversion(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from conversion.cli import convert
+    from conversion.verify import default_dataset
+
+    if not default_dataset().is_dir():
+        pytest.skip("evaluation images not found")
+    src = tmp_path / "keras.onnx"
+    src.write_bytes(_nhwc_model().SerializeToString())
+    res = convert(src, "tflite", output=tmp_path / "keras.tflite", max_images=2, crop=(24, 24), card={"task": "sr"})
+    assert res.report.max_abs_err < 1e-4
+    img = np.random.default_rng(2).integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    card = ModelCard(name="keras", task="sr", scale=2, receptive_field=5)
+    a = Enhancer(src, card=card)  # ONNX Runtime reads NHWC from the input's shape
+    assert a.backend.layout == "nhwc"
+    assert np.abs(a.enhance(img).astype(int) - Enhancer(res.output).enhance(img)).max() <= 1
