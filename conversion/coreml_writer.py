@@ -193,7 +193,8 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
                 y = mb.depth_to_space(x=env[n.inputs[0]], block_size=a["block_size"], name=nm)
             elif n.op == "Pad":
                 pt, pl, pb, pr = a["pads"]
-                y = mb.pad(x=env[n.inputs[0]], pad=np.array([pt, pb, pl, pr], np.int32), mode=a["mode"], name=nm)
+                mode = {"edge": "replicate"}.get(a["mode"], a["mode"])
+                y = mb.pad(x=env[n.inputs[0]], pad=np.array([pt, pb, pl, pr], np.int32), mode=mode, name=nm)
             elif n.op == "Resize":
                 ih, iw = g.tensors[n.inputs[0]].shape[1:3]
                 oh, ow = g.tensors[out].shape[1:3]
@@ -463,9 +464,8 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
             y = np.clip(x, 0, 6)
         elif t == "pad":
             pt, pb, pl, pr = (int(v) for v in arg(op, "pad"))
-            mode = str(arg(op, "mode"))
-            y = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=mode, constant_values=0) if mode == "constant" \
-                else np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=mode)
+            mode = {"replicate": "edge"}.get(str(arg(op, "mode")), str(arg(op, "mode")))
+            y = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=mode)
         elif t == "depth_to_space":
             y = _nchw(executor.depth_to_space(_nhwc(x), int(arg(op, "block_size"))))
         elif t == "upsample_nearest_neighbor":

@@ -139,7 +139,7 @@ def eval_node(node: Node, args: list) -> np.ndarray:
         return np.tanh(np.asarray(args[0], np.float64))
     if op == "Pad":
         pt, pl, pb, pr = a["pads"]
-        return np.pad(args[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)), mode=a["mode"])
+        return np.pad(args[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)), mode=a["mode"])  # constant / reflect / edge
     if op == "Minimum":
         return np.minimum(args[0], args[1])
     if op == "Maximum":

@@ -14,7 +14,7 @@ re-pack bytes:
   ``Minimum`` / ``Maximum`` inputs ``[a, b]``.
 * ``DepthToSpace``   attr ``block_size``; TFLite / DCR order: output (y*r+dy, x*r+dx, c) reads
                      input channel (dy*r + dx)*C + c.
-* ``Pad``            attrs ``pads`` (top, left, bottom, right), ``mode`` (constant: zeros, | reflect).
+* ``Pad``            attrs ``pads`` (top, left, bottom, right), ``mode`` (constant: zeros | reflect | edge).
 * ``Resize``         attrs ``mode`` (nearest|bilinear), ``scales`` (sh, sw) or None, ``size``
                      (oh, ow) or None, ``align_corners``, ``half_pixel_centers``: TFLite semantics.
 
@@ -282,3 +282,42 @@ def infer_shape(g: Graph, n: Node) -> tuple:
         f = lambda d, k: None if d is None else int(np.floor(d * k + 1e-9))
         return (nb, f(h, sh), f(w, sw), c)
     return tuple(s[0])  # elementwise activations
+
+
+def _cubic(t: float, a: float) -> float:
+    """The cubic convolution kernel (Keys) that ONNX Resize uses, coefficient a (-0.75, as PyTorch)."""
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
+
+def upsample_taps(s: int, cubic: bool, half_pixel: bool, a: float = -0.75) -> tuple[np.ndarray, int]:
+    """(k, r): output phase p (0..s-1) of an integer-s bilinear / bicubic upsampling reads input
+    pixels q-r..q+r of its own q with weights k[p] (half-pixel or asymmetric coordinates, edge clamped)."""
+    r = 2 if cubic else 1
+    k = np.zeros((s, 2 * r + 1))
+    for p in range(s):
+        f = (p + 0.5) / s - 0.5 if half_pixel else p / s
+        base = int(np.floor(f))
+        t = f - base
+        taps = ([(base - 1, _cubic(1 + t, a)), (base, _cubic(t, a)), (base + 1, _cubic(1 - t, a)),
+                 (base + 2, _cubic(2 - t, a))] if cubic else [(base, 1 - t), (base + 1, t)])
+        for off, wv in taps:
+            k[p, off + r] += wv
+    return k, r
+
+
+def subpixel_phases(g: Graph, x: str, s: int, k: np.ndarray, r: int, name: str) -> str:
+    """Append Pad(edge, r) + a (2r+1)^2 Conv from C to s*s*C channels holding every output phase
+    ((py*s + px)*C + c, DCR): a DepthToSpace(s) of the result is the upsampled image. Returns the conv's output."""
+    c = g.tensors[x].shape[3]
+    w = np.zeros((s * s * c, 2 * r + 1, 2 * r + 1, c), np.float32)
+    for py in range(s):
+        for px in range(s):
+            for ch in range(c):
+                w[(py * s + px) * c + ch, :, :, ch] = np.outer(k[py], k[px])
+    padded = g.add_node("Pad", [x], name=g.unique(name + "_edge"), pads=(r, r, r, r), mode="edge")
+    return g.add_node("Conv", [padded, g.add_const(name + "_phases_w", w),
+                               g.add_const(name + "_phases_b", np.zeros(s * s * c, np.float32))],
+                      name=g.unique(name + "_phases"))

@@ -17,7 +17,7 @@ import numpy as np
 from edge_enhance.card import CARD_KEY, ModelCard
 
 from .errors import ModelFormatError, UnsupportedOpError
-from .ir import FUSABLE, Graph
+from .ir import FUSABLE, Graph, subpixel_phases, upsample_taps
 
 log = logging.getLogger(__name__)
 MIN_OPSET = 9  # 9 and 10: older PyTorch exports, the ONNX model zoo's super-resolution-10
@@ -303,8 +303,9 @@ class ReluL(Lowering):
 
 @register("Pad")
 class PadL(Lowering):
-    """Spatial Pad: constant 0 (folded into the Conv it feeds, see ``optimize``) or reflect
-    (TFLite MIRROR_PAD, Core ML / ONNX reflect). Pads come as an input (opset 11+) or attribute."""
+    """Spatial Pad: constant 0 (folded into the Conv it feeds, see ``optimize``), reflect (TFLite
+    MIRROR_PAD) or edge (replicate: TFLite SYMMETRIC MIRROR_PADs of 1, one per pixel of padding).
+    Pads come as an input (opset 11+) or an attribute."""
 
     def _pads(self, n, ctx):
         if _opt(n, 1) is None:
@@ -316,8 +317,8 @@ class PadL(Lowering):
     def check(self, n, ctx):
         mode = _attr(n, "mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode not in ("constant", "reflect"):
-            return f"mode {mode} is not supported (constant 0, reflect)"
+        if mode not in ("constant", "reflect", "edge"):
+            return f"mode {mode} is not supported (constant 0, reflect, edge)"
         p, why = self._pads(n, ctx)
         if why:
             return why
@@ -500,11 +501,18 @@ class ResizeL(Lowering):
             return "antialias is not supported"
         if _attr(n, "axes") is not None and list(_attr(n, "axes")) not in ([2, 3], [-2, -1]):
             return f"axes {_attr(n, 'axes')} are not supported"
-        if mode not in ("nearest", "linear"):
-            return f"mode {mode} is not supported (nearest, linear)"
+        if mode not in ("nearest", "linear", "cubic"):
+            return f"mode {mode} is not supported (nearest, linear, cubic)"
         scales, why = self._scales(n, ctx)
         if why:
             return why
+        if mode == "cubic":
+            s = scales[0]
+            if scales[0] != scales[1] or s != int(s) or s < 2:
+                return f"cubic resize by {scales} (an integer scale >= 2, the same both ways, is supported)"
+            if ctm not in ("half_pixel", "pytorch_half_pixel", "asymmetric") or _attr(n, "exclude_outside", 0):
+                return f"cubic resize with coordinate_transformation_mode {ctm} / exclude_outside is not supported"
+            return None
         if mode == "linear" and ctm not in ("asymmetric", "align_corners", "half_pixel", "pytorch_half_pixel"):
             return f"linear resize with coordinate_transformation_mode {ctm} is not supported"
         if mode == "nearest" and self._nearest_flags(ctx, n, scales, ctm, nmode) is None:
@@ -528,12 +536,21 @@ class ResizeL(Lowering):
     def lower(self, n, ctx):
         mode, ctm, nmode, _, _ = self._params(n, ctx)
         scales, _ = self._scales(n, ctx)
+        if mode == "cubic":
+            return self._lower_cubic(n, ctx, int(scales[0]), ctm, float(_attr(n, "cubic_coeff_a", -0.75)))
         if mode == "nearest":
             ac, hp = self._nearest_flags(ctx, n, scales, ctm, nmode)
         else:
             ac, hp = ctm == "align_corners", ctm in ("half_pixel", "pytorch_half_pixel")
         ctx.out(n, "Resize", [ctx.act(n.inputs[0])], mode="nearest" if mode == "nearest" else "bilinear",
                 scales=scales, align_corners=ac, half_pixel_centers=hp)
+
+
+    def _lower_cubic(self, n, ctx, s, ctm, a):
+        """Bicubic upsampling by an integer s, exactly: each output phase reads input pixels q-2..q+2
+        of its own q with fixed weights (``ir.upsample_taps``): edge Pad + Conv + DepthToSpace."""
+        k, r = upsample_taps(s, True, ctm != "asymmetric", a)
+        ctx.out(n, "DepthToSpace", [subpixel_phases(ctx.g, ctx.act(n.inputs[0]), s, k, r, n.name)], block_size=s)
 
 
 @register("Upsample")

@@ -28,7 +28,7 @@ from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, ModelFormatError, UnsupportedOpError
-from .ir import Graph, Node, QuantParams, Tensor, infer_shape
+from .ir import Graph, Node, QuantParams, Tensor, infer_shape, subpixel_phases, upsample_taps
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,29 @@ def transpose_convs_as_subpixel(g: Graph) -> None:
         g.nodes[i:i + 1] = [conv, d2s]
 
 
+def bilinear_resizes_as_subpixel(g: Graph) -> None:
+    """Rewrite, in place, each bilinear Resize by one integer s >= 2 with an unknown spatial size
+    (RESIZE_BILINEAR takes its output size as a constant) as edge Pad + Conv + DEPTH_TO_SPACE: each
+    output phase mixes the same two input pixels per axis with fixed weights (``ir.upsample_taps``),
+    the edge pad clamping at the border as the resize does. Exact; align_corners is left alone."""
+    for n in list(g.nodes):
+        a = n.attrs
+        sc = a.get("scales") if n.op == "Resize" else None
+        if (not sc or a["mode"] != "bilinear" or a["align_corners"] or sc[0] != sc[1] or sc[0] != int(sc[0])
+                or sc[0] < 2 or all(d is not None for d in g.tensors[n.outputs[0]].shape[1:3])):
+            continue
+        s, i = int(sc[0]), g.nodes.index(n)
+        g.nodes.remove(n)
+        start = len(g.nodes)
+        k, r = upsample_taps(s, False, bool(a["half_pixel_centers"]))
+        mid = subpixel_phases(g, n.inputs[0], s, k, r, n.name)
+        new = g.nodes[start:]
+        del g.nodes[start:]
+        g.tensors[new[0].outputs[0]].quant = copy.deepcopy(g.tensors[n.inputs[0]].quant)  # the edge pad
+        g.tensors[mid].quant = copy.deepcopy(g.tensors[n.outputs[0]].quant)
+        g.nodes[i:i] = new + [Node("DepthToSpace", n.name, [mid], list(n.outputs), dict(block_size=s))]
+
+
 # --------------------------------------------------------------------------- lowering
 def _pad_mode(in_hw, k, s, d, pads, align=1):
     """SAME / VALID when the IR's explicit pads equal TFLite's rule, else None (emit a PAD).
@@ -556,6 +579,9 @@ class _Emitter:
 
     def op_Pad(self, n):
         pt, pl, pb, pr = n.attrs["pads"]
+        if n.attrs["mode"] == "edge":
+            self._edge_pad(n, (pt, pl, pb, pr))
+            return
         pads = self.fb.tensor(n.name + "_pads", (4, 2), T_INT32, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
         if n.attrs["mode"] == "reflect":
             self.fb.op("MIRROR_PAD", [self.act(n.inputs[0]), pads], [self.act(n.outputs[0])],
@@ -563,6 +589,28 @@ class _Emitter:
         else:
             self.fb.op("PAD", [self.act(n.inputs[0]), pads], [self.act(n.outputs[0])], _opts("PadOptions"),
                        self.v("PAD"))
+
+    def _edge_pad(self, n, pads):
+        """Replicate padding, which TFLite lacks: SYMMETRIC mirror padding by 1 repeats the edge pixel,
+        so k of them in a row pad k copies of it."""
+        x, left = self.act(n.inputs[0]), list(pads)
+        step = 0
+        while any(left):
+            now = [min(v, 1) for v in left]
+            left = [v - d for v, d in zip(left, now)]
+            pt, pl, pb, pr = now
+            pads = self.fb.tensor(f"{n.name}_pads{step}", (4, 2), T_INT32, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
+            if any(left):
+                shape = self.shape(n.inputs[0])
+                done = [p - v for p, v in zip(n.attrs["pads"], left)]
+                shape = (shape[0], None if shape[1] is None else shape[1] + done[0] + done[2],
+                         None if shape[2] is None else shape[2] + done[1] + done[3], shape[3])
+                out = self.fb.tensor(f"{n.outputs[0]}_edge{step}", shape, self.fb.tensors[x]["type"],
+                                     quant=self.fb.tensors[x]["quant"])
+            else:
+                out = self.act(n.outputs[0])
+            self.fb.op("MIRROR_PAD", [x, pads], [out], _opts("MirrorPadOptions", Mode=1), self.v("MIRROR_PAD"))
+            x, step = out, step + 1
 
     def op_Tanh(self, n):
         self.fb.op("TANH", [self.act(n.inputs[0])], [self.act(n.outputs[0])], version=self.v("TANH"))
@@ -711,6 +759,7 @@ def to_tflite_bytes(graph: Graph, *, precision: str = "fp32", io: str = "float",
         n_, _, _, c = g.tensors[g.inputs[0]].shape
         g.retype({g.inputs[0]: (1 if n_ is None else n_, int(tile[0]), int(tile[1]), c)})
     transpose_convs_as_subpixel(g)
+    bilinear_resizes_as_subpixel(g)
     _check(g, precision, io)
     if precision == "int8":
         apply_int8_constraints(g)

@@ -62,9 +62,10 @@ def test_ops_numpy_mil_matches_onnxruntime(tmp_path, precision, atol):
     np.testing.assert_allclose(y.transpose(0, 2, 3, 1), run_ort(m, x), atol=atol, rtol=0)
 
 
-def test_reflect_pad_numpy_mil_matches_onnxruntime(tmp_path):
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_pad_numpy_mil_matches_onnxruntime(tmp_path, mode):
     rng = np.random.default_rng(8)
-    m = make_model([h.make_node("Pad", ["x", "p"], ["xp"], mode="reflect", name="pad"),
+    m = make_model([h.make_node("Pad", ["x", "p"], ["xp"], mode=mode, name="pad"),
                     h.make_node("Conv", ["xp", "w", "b"], ["y"], name="conv")],
                    {"p": np.array([0, 0, 2, 1, 0, 0, 1, 2], np.int64), "w": rand(rng, 3, 3, 3, 3), "b": rand(rng, 3)},
                    [1, 3, 8, 6])

@@ -38,14 +38,14 @@ def test_every_unsupported_op_listed_once(tmp_path):
         h.make_node("Softmax", ["c"], ["s"], axis=1, name="my_softmax"),
         h.make_node("LRN", ["s"], ["l"], size=3, name="my_lrn"),
         h.make_node("Resize", ["l", "", "sc"], ["y"], mode="cubic", name="my_cubic"),
-    ], {"w": rand(rng, 3, 3, 3, 3), "sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, 8, 8])
+    ], {"w": rand(rng, 3, 3, 3, 3), "sc": np.array([1, 1, 1.5, 1.5], np.float32)}, [1, 3, 8, 8])
     p = tmp_path / "m.onnx"
     p.write_bytes(m.SerializeToString())
     with pytest.raises(UnsupportedOpError) as e:
         from_onnx(p)
     msg = str(e.value)
     assert "m.onnx" in msg and "3 unsupported" in msg
-    for name in ("my_softmax (Softmax)", "my_lrn (LRN)", "my_cubic (Resize: mode cubic"):
+    for name in ("my_softmax (Softmax)", "my_lrn (LRN)", "my_cubic (Resize: cubic resize by (1.5, 1.5)"):
         assert name in msg
 
 
@@ -56,8 +56,9 @@ def test_non_image_input_rejected():
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    """A dynamic bilinear resize cannot be written without a tile: error, and no file at all."""
-    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", name="up")],
+    """A dynamic align-corners bilinear resize cannot be written without a tile: error, and no file at all."""
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear",
+                                coordinate_transformation_mode="align_corners", name="up")],
                    {"sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, "H", "W"])
     g = from_onnx(m)
     out = tmp_path / "m.tflite"

@@ -181,7 +181,48 @@ def test_spatial_pad_reflect_is_mirror_pad_and_zero_pad_folds_into_the_conv(tmp_
         convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=expect)
 
 
-@pytest.mark.parametrize("attrs,inits,why", [({"mode": "edge"}, {}, "mode edge"),
+@pytest.mark.parametrize("pads", [[0, 0, 2, 1, 0, 0, 1, 3], [0, 0, 1, 1, 0, 0, 1, 1]])
+def test_edge_pad_is_repeated_symmetric_mirror_pads(tmp_path, pads):
+    """nn.Conv2d(padding_mode="replicate"): TFLite has no replicate pad; k SYMMETRIC pads of 1 are one."""
+    rng = rng_for("edge-pad", *pads)
+    m = make_model([h.make_node("Pad", ["x", "p"], ["xp"], mode="edge", name="pad"),
+                    h.make_node("Conv", ["xp", "w", "b"], ["y"], name="conv")],
+                   {"p": np.array(pads, np.int64), "w": rand(rng, 4, 3, 3, 3), "b": rand(rng, 4)}, [1, 3, "H", "W"])
+    k = max(pads)
+    for hh, ww in [(6, 7), (3, 4)]:
+        convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=["MIRROR_PAD"] * k + ["CONV_2D"])
+
+
+@pytest.mark.parametrize("mode,ctm,s,a", [("cubic", "half_pixel", 2, -0.75), ("cubic", "pytorch_half_pixel", 3, -0.75),
+                                          ("cubic", "asymmetric", 2, -0.5), ("cubic", "half_pixel", 4, -0.5),
+                                          ("linear", "half_pixel", 2, None), ("linear", "asymmetric", 3, None),
+                                          ("linear", "pytorch_half_pixel", 4, None)])
+def test_integer_upsampling_at_any_size_is_edge_pad_conv_depth_to_space(tmp_path, mode, ctm, s, a):
+    """F.interpolate(mode="bicubic" / "bilinear") as a residual's base: exact to the border (ONNX
+    clamps there, the edge pad does too), and with no fixed tile (RESIZE_BILINEAR needs one)."""
+    rng = rng_for("upsample", mode, ctm, s, a)
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm, **({"cubic_coeff_a": a} if a is not None else {})}
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], name="up", **attrs)],
+                   {"sc": np.array([1, 1, s, s], np.float32)}, [1, 3, "H", "W"], opset=13)
+    pads = 2 if mode == "cubic" else 1
+    for hh, ww in [(5, 7), (9, 4)]:
+        convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww, lo=0, hi=1),
+                            expect=["MIRROR_PAD"] * pads + ["CONV_2D", "DEPTH_TO_SPACE"])
+
+
+@pytest.mark.parametrize("attrs,sc,why", [({"coordinate_transformation_mode": "align_corners"}, [1, 1, 2, 2], "align_corners"),
+                                          ({}, [1, 1, 1.5, 1.5], "integer scale"),
+                                          ({"exclude_outside": 1}, [1, 1, 2, 2], "exclude_outside")])
+def test_unsupported_cubic_resizes_are_named(attrs, sc, why):
+    from conversion.errors import UnsupportedOpError
+
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], name="up", mode="cubic", **attrs)],
+                   {"sc": np.array(sc, np.float32)}, [1, 3, 6, 6])
+    with pytest.raises(UnsupportedOpError, match=f"up \\(Resize: .*{why}"):
+        from_onnx(m)
+
+
+@pytest.mark.parametrize("attrs,inits,why", [({"mode": "wrap"}, {}, "mode wrap"),
                                              ({}, {"v": np.float32(0.5)}, "value other than 0"),
                                              ({}, {"p": np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64)}, "pad batch or channels")])
 def test_unsupported_pads_are_named(attrs, inits, why):

@@ -74,6 +74,13 @@ def _net(kind, rng):
         t = add(_conv(rng, "c1", "xp", c, 6))
         nodes.append(h.make_node("Pad", [t, "p"], ["tp"], mode="reflect", name="pad2"))
         t = add(_conv(rng, "c2", "tp", 6, 3))
+    elif kind == "bicubic":  # a residual over F.interpolate(x, 2, "bicubic")
+        inits["sc"] = np.array([1, 1, 2, 2], np.float32)
+        nodes.append(h.make_node("Resize", ["x", "", "sc"], ["up"], mode="cubic", name="bicubic"))
+        t = add(_conv(rng, "c1", "x", c, 12, pads=[1, 1, 1, 1]))
+        nodes.append(h.make_node("DepthToSpace", [t], ["d"], blocksize=2, mode="DCR", name="d2s"))
+        nodes.append(h.make_node("Add", ["d", "up"], ["sum"], name="add"))
+        t = "sum"
     elif kind == "resize":
         t = add(_conv(rng, "c1", "x", c, 3, pads=[1, 1, 1, 1]))
         inits["sc"] = np.array([1, 1, 2, 2], np.float32)
@@ -90,7 +97,7 @@ def _net(kind, rng):
 
 
 @pytest.mark.parametrize("kind,expect", [("dilated", (7, 1, 1)), ("stride2", (9, 1, 2)), ("transpose", (5, 2, 1)),
-                                         ("resize", (5, 2, 1)), ("luma", (7, 3, 1)), ("reflect", (5, 1, 1))])
+                                         ("resize", (5, 2, 1)), ("luma", (7, 3, 1)), ("reflect", (5, 1, 1)), ("bicubic", (5, 2, 1))])
 def test_card_from_the_graph_makes_tiling_exact(tmp_path, kind, expect):
     m = _net(kind, np.random.default_rng(len(kind)))
     src = tmp_path / f"{kind}.onnx"
