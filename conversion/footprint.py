@@ -51,10 +51,11 @@ def footprint(g) -> Footprint:
             align = max(align, j)
         elif n.op == "ConvTranspose":
             kh, kw = g.tensors[n.inputs[1]].shape[1:3]
-            (s, _), (pt, _, _, _) = a["strides"], a["pads"]
-            k = max(kh, kw)
-            lo, hi = lo + j * (pt - k + 1) / s + 0.5 * j * (1 - 1 / s), hi + j * pt / s + 0.5 * j * (1 - 1 / s)
-            j /= s
+            (s, sw), (pt, pl, _, _) = a["strides"], a["pads"]
+            if s != sw:
+                raise ConfigError(f"{n.name}: strides {s}x{sw} differ between the axes")
+            k, shift = max(kh, kw), 0.5 * j * (1 - 1 / s)  # the wider axis, as for Conv
+            lo, hi, j = lo + j * (min(pt, pl) - k + 1) / s + shift, hi + j * max(pt, pl) / s + shift, j / s
         elif n.op == "DepthToSpace":
             r = a["block_size"]
             lo, hi, j = lo - j * (r - 1) / (2 * r), hi + j * (r - 1) / (2 * r), j / r
