@@ -1,4 +1,4 @@
-"""What a model card needs, read off the IR: receptive field, scale and align.
+"""What a model card needs, read off the IR: receptive field, scale, align and colour (luma or RGB input).
 
 Each activation tensor carries (lo, hi, j): its pixel q, centred at input coordinate
 c(q) = (q + 0.5) * j - 0.5, depends on input pixels in [c(q) + lo, c(q) + hi]; j is input pixels per
@@ -33,6 +33,11 @@ class Footprint:
     receptive_field: int
     scale: int
     align: int
+    colour: str = "rgb"  # "y" for a one-channel (luma) input
+
+
+def _colour(g) -> str:
+    return "y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb"
 
 
 def footprint(g) -> Footprint:
@@ -79,7 +84,7 @@ def footprint(g) -> Footprint:
     if abs(1 / j - round(1 / j)) > 1e-6:
         raise ConfigError(f"the output is 1/{j:g} of the input's size, not an integer scale")
     margin = max(math.floor(0.5 - 0.5 * j - lo + 1e-9), math.floor(0.5 - 0.5 * j + hi + 1e-9), 0)
-    return Footprint(2 * margin + 1, int(round(1 / j)), int(round(align)))
+    return Footprint(2 * margin + 1, int(round(1 / j)), int(round(align)), _colour(g))
 
 
 def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):
@@ -117,7 +122,7 @@ def attach_card(g, src, task: str | None = None, *, scale: int | None = None, re
         if None in (scale, receptive_field, align):
             raise ConfigError(f"{src}: cannot read the card off the graph ({e}); pass --card-scale, "
                               "--card-receptive-field and --card-align") from None
-        fp = Footprint(receptive_field, scale, align)
+        fp = Footprint(receptive_field, scale, align, _colour(g))
     if scale is not None and scale != fp.scale:
         raise ConfigError(f"{src}: --card-scale {scale}, but the graph's output is {fp.scale}x its input")
     if receptive_field is not None and receptive_field < fp.receptive_field:
@@ -126,6 +131,6 @@ def attach_card(g, src, task: str | None = None, *, scale: int | None = None, re
     s = scale or fp.scale
     card = ModelCard(name=Path(str(src)).stem, task=task, scale=s, receptive_field=receptive_field or fp.receptive_field,
                      align=align or fp.align, base="nearest" if s > 1 else "identity", input_range=tuple(input_range),
-                     colour="y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb")
+                     colour=fp.colour)
     g.metadata[CARD_KEY] = card.to_json()
     return card

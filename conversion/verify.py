@@ -127,11 +127,6 @@ def _source_io(onnx_model) -> tuple[bool, int, tuple | None]:
     return nhwc, 1 if c == 1 else 3, tuple(hw) if None not in hw else None
 
 
-def input_channels(onnx_model) -> int:
-    """1 for a luma model (one input channel), else 3."""
-    return _source_io(onnx_model)[1]
-
-
 def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_images: int | None = None,
                channels: int = 3):
     """(name, model_input HWC float, reference HWC float or None) per image: the task's degradation of
@@ -237,7 +232,7 @@ def verify_tflite(onnx_model, tflite_path, *, precision: str = "fp32", dataset=N
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     return compare("tflite", precision, _ort_runner(model), target, card, files, crop=crop, max_images=max_images,
-                   tol=tol, channels=input_channels(model))
+                   tol=tol, channels=_source_io(model)[1])
 
 
 def _for_shape(files, fixed, card, crop):
@@ -275,7 +270,7 @@ def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=Non
     model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
     if tol is None and precision == "fp32":
         tol = FP32_TOL
-    card = _card_of(model)
-    files, crop, card = _for_shape(list_images(dataset or default_dataset()), _source_io(model)[2], card, crop)
+    _, channels, fixed = _source_io(model)
+    files, crop, card = _for_shape(list_images(dataset or default_dataset()), fixed, _card_of(model), crop)
     return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), card, files, crop=crop,
-                   max_images=max_images, tol=tol, channels=input_channels(model))
+                   max_images=max_images, tol=tol, channels=channels)

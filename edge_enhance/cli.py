@@ -138,12 +138,11 @@ def _graph_footprint(path: Path) -> dict | None:
     if sniff_format(path) != "onnxruntime":
         return None
     try:
-        g = from_onnx(path)
-        fp = footprint(g)
+        fp = footprint(from_onnx(path))
     except EdgeEnhanceError as e:
         log.info("%s: cannot read the card off the graph (%s)", path, e)
         return None
-    return {**{k: getattr(fp, k) for k in CARD_FIELDS}, "colour": "y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb"}
+    return {k: getattr(fp, k) for k in (*CARD_FIELDS, "colour")}
 
 
 def cli_card(args, model: str | None):
