@@ -204,7 +204,10 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path 
             if not matches:
                 raise ConfigError(f"{item}: no files match")
             found += [(Path(m), None) for m in matches if Path(m).is_file()]
-    return found
+    unique: dict[Path, tuple[Path, Path | None]] = {}
+    for f, root in found:  # the same file given twice (a file and its folder, overlapping globs) runs once
+        unique.setdefault(f.resolve(), (f, root))
+    return list(unique.values())
 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
@@ -212,6 +215,13 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
     ext_for = (lambda p: "." + fmt.lower().replace("jpeg", "jpg")) if fmt else (lambda p: p.suffix)
     jobs: list[Job] = []
     single = len(inputs) == 1 and inputs[0][1] is None
+    if out is None:  # outputs go beside the inputs: a run over a folder must not take in its own earlier outputs
+        stems = {(src.parent, src.stem) for src, _ in inputs}
+        tag = "." + model_name
+        own = [src for src, _ in inputs if src.stem.endswith(tag) and (src.parent, src.stem[:-len(tag)]) in stems]
+        for src in own:
+            log.info("%s: left out, an output of this command from an earlier run", src)
+        inputs = [(src, root) for src, root in inputs if src not in own]
     for src, root in inputs:
         if out is None:
             dst = src.with_name(f"{src.stem}.{model_name}{ext_for(src)}")
@@ -249,6 +259,8 @@ def _build_processor(args, tiling):
 
 
 def cmd_enhance(args) -> int:
+    from PIL import Image
+
     from . import imageio
     from .tiling import TilingConfig, parse_tile
 
@@ -257,7 +269,12 @@ def cmd_enhance(args) -> int:
     if not inputs:
         raise ConfigError("no input images found")
     if args.format:
-        imageio.format_for(Path("out"), args.format)  # an unknown --format fails once, before the model loads
+        wanted = imageio.format_for(Path("out"), args.format)  # an unknown --format fails once, before the model loads
+        named = Path(args.output) if args.output and len(inputs) == 1 and inputs[0][1] is None else None
+        if named and named.suffix.lower() in Image.registered_extensions() and not named.is_dir() \
+                and imageio.format_for(named) != wanted:
+            raise ConfigError(f"-o {named}: the name says {imageio.format_for(named)}, --format says {wanted}; "
+                              "give one or make them agree")
     out = Path(args.output) if args.output and (len(inputs) > 1 or inputs[0][1] is not None) else None
     if out and not out.is_dir() and (out.exists() or out.suffix.lower() in IMAGE_SUFFIXES):
         what = "an existing file" if out.exists() else "an image file name"
@@ -290,7 +307,11 @@ def cmd_enhance(args) -> int:
         progress.file(i, job.src.name)
         t0 = time.monotonic()
         try:
-            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                job.dst.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputError(f"{job.src}: cannot create the output folder {job.dst.parent} "
+                                  f"({e.strerror or e})") from None
             if job.src.suffix.lower() in imageio.VIDEO_SUFFIXES:
                 from .camera.video import enhance_video
 
@@ -559,6 +580,9 @@ def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentPa
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name the console's code page cannot show must not stop a batch
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     # The command follows the top-level options (which take no value); anything else there, a file or an
     # enhance option (`edge-enhance --mode auto photo.jpg`), means `enhance`.
     at = next((i for i, a in enumerate(argv) if not TOP_LEVEL_OPTION.fullmatch(a)), None)

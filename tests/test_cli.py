@@ -300,3 +300,57 @@ def test_unknown_format_fails_once_before_any_file(tmp_path, model, capsys):
     a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
     assert main([str(a), str(b), "--format", "heic", "-o", str(tmp_path / "o"), "--model", model]) == 2
     assert "unknown output format 'HEIC'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_rerun_over_a_folder_leaves_its_own_outputs_out(tmp_path, model, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    _img(d / "a.png"), _img(d / "b.jpg")
+    assert main(["enhance", str(d), "--model", model, "-q"]) == 0
+    assert sorted(p.name for p in d.iterdir()) == ["a.m.png", "a.png", "b.jpg", "b.m.jpg"]
+    assert main(["enhance", str(d), "--model", model, "--skip-existing", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["ok"], s["skipped"]) == (0, 2) and len(list(d.iterdir())) == 4  # no a.m.m.png
+    (d / "c.m.png").write_bytes((d / "a.png").read_bytes())  # a file that only looks like an output is kept
+    assert main(["enhance", str(d), "--model", model, "--skip-existing", "-q"]) == 0
+    assert (d / "c.m.m.png").exists()
+
+
+def test_the_same_file_twice_runs_once(tmp_path, model, capsys):
+    src = _img(tmp_path / "a.png")
+    assert main(["enhance", str(src), str(tmp_path / "." / "a.png"), str(tmp_path), "--model", model, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] == 1
+
+
+def test_an_output_folder_that_cannot_be_made_fails_that_file_and_the_batch_goes_on(tmp_path, model, capsys):
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    _img(tree / "a" / "b" / "x.png"), _img(tree / "z.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("a file where a folder should go")
+    assert main(["enhance", str(tree), "-r", "-o", str(out), "--model", model]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "cannot create the output folder" in err and "Traceback" not in err
+    assert (out / "z.png").exists()
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main(["enhance", str(_img(tmp_path / "y.png")), "-o", str(blocker / "y.png"), "--model", model]) == 1
+    assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_format_contradicting_the_output_name_is_refused(tmp_path, model, capsys):
+    src = _img(tmp_path / "a.png")
+    assert main(["enhance", str(src), "-o", str(tmp_path / "y.png"), "--format", "jpg", "--model", model]) == 2
+    assert "--format says JPEG" in capsys.readouterr().err and not (tmp_path / "y.png").exists()
+
+
+def test_a_name_the_console_cannot_encode_does_not_stop_the_batch(tmp_path, model):
+    d = tmp_path / "in"
+    d.mkdir()
+    _img(d / "写真.png"), _img(d / "z.png")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    r = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "enhance", str(d), "-o", str(tmp_path / "o"),
+                        "--model", model], capture_output=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "写真.png").exists() and (tmp_path / "o" / "z.png").exists()
