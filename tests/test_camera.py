@@ -612,3 +612,38 @@ def test_opencv_own_warnings_are_off_unless_debug_or_asked_for(monkeypatch):
         assert lg.getLogLevel() == lg.LOG_LEVEL_WARNING
     finally:
         lg.setLogLevel(before)
+
+
+def test_cli_file_sink_records_at_the_source_rate_and_never_over_the_source(tmp_path, monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
+    clip, rec = tmp_path / "clip.avi", tmp_path / "rec.avi"
+    write_clip(clip, n=4, fps=10)
+    before = clip.read_bytes()
+    assert cli.main(parse(["--source", f"file:{clip}", "--sink", f"file:{clip}"])) == 1
+    assert "would overwrite the source" in capsys.readouterr().err and clip.read_bytes() == before
+    assert cli.main(parse(["--source", f"file:{clip}@0", "--sink", f"file:{rec}"])) == 0
+    capsys.readouterr()
+    cap = cv2.VideoCapture(str(rec))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    assert fps == pytest.approx(10.0)  # the clip's own rate (not the 30 fps fallback); @0 only unpaces reading
+    # A sink folder that does not exist is said before anything starts, once.
+    assert cli.main(parse(["--source", f"file:{clip}", "--sink", f"file:{tmp_path}/no/r.avi"])) == 1
+    err = capsys.readouterr().err
+    assert err.count("does not exist") == 1 and err.startswith("edge-enhance preview: error:")
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--source", "synthetic:48x32@-5", "--sink", "null"], "frame rate"),
+    (["--source", "synthetic:48x32@nan", "--sink", "null"], "frame rate"),
+])
+def test_cli_negative_frame_rate_is_refused(argv, words, capsys):
+    from edge_enhance.camera import cli
+    assert cli.main(parse(argv)) == 1 and words in capsys.readouterr().err
+
+
+def test_cli_strength_outside_its_range_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--strength", "5"])
+    assert "1.5" in capsys.readouterr().err

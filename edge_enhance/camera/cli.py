@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_PREVIEW_MODEL})")
     p("--light-model", metavar="NAME|PATH", help="lighter model adaptive mode may switch to (same scale)")
     p("--threads", type=int, metavar="N", help="engine threads")
-    p("--strength", type=float, metavar="S", help="initial enhancement strength 0..1.5")
+    from edge_enhance.cli import _strength
+
+    p("--strength", type=_strength, metavar="S", help="initial enhancement strength 0..1.5")
     p("--frames", type=int, metavar="N", help="stop after N processed frames")
     p("--seconds", type=float, metavar="S", help="stop after S seconds")
     p("--target-fps", type=float, metavar="F", help="adaptive: lower the processed size / model to hold F fps")
@@ -73,10 +76,19 @@ def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overl
             host, port = parse_hostport(arg or "127.0.0.1:8080")
             sinks.append(WebViewfinder(host, port, token=token, on_ready=on_web_ready))
         elif kind == "file" and arg:
-            sinks.append(VideoFileSink(arg, fps=fps or 30.0, overlay=overlay))
+            sinks.append(VideoFileSink(arg, fps=fps, overlay=overlay))
         else:
             raise ConfigError(f"unknown sink {spec!r}: use window, web:HOST:PORT, file:out.mp4 or null")
     return sinks
+
+
+def _refuse_overwriting(source, sinks) -> None:
+    """A file sink must not write over the video it is playing (``enhance`` refuses the same)."""
+    src = getattr(source, "device", None) if getattr(source, "live", True) is False else None
+    for sink in sinks:
+        path = getattr(sink, "path", None)
+        if src and path and os.path.exists(path) and os.path.samefile(src, path):
+            raise ConfigError(f"{path}: the file sink would overwrite the source video; choose another name")
 
 
 def _print_web(*, url: str, token_generated: bool):
@@ -103,8 +115,12 @@ def main(args: argparse.Namespace) -> int:
         specs = list(args.sink or [])
         if args.web:
             specs.append(f"web:{args.web}")
-        sinks = build_sinks(specs or ["auto"], token=args.token, fps=getattr(source, "fps", None),
+        # A file sink records at the rate frames come in, known once the source has started (an unpaced
+        # video file, @0: at the clip's own rate).
+        sinks = build_sinks(specs or ["auto"], token=args.token,
+                            fps=lambda: getattr(source, "fps", None) or getattr(source, "native_fps", None),
                             overlay=not args.no_overlay, on_web_ready=_print_web)
+        _refuse_overwriting(source, sinks)
         from edge_enhance.cli import cli_card
 
         model = args.model or DEFAULT_PREVIEW_MODEL

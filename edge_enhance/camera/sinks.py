@@ -155,9 +155,14 @@ class VideoFileSink(Sink):
 
     name = "file"
 
-    def __init__(self, path: str, *, fps: float = 30.0, overlay: bool = False):
+    def __init__(self, path: str, *, fps=30.0, overlay: bool = False):
+        """``fps``: a number, or a callable read when the first frame arrives (a file source knows its
+        rate only once started)."""
         if os.path.splitext(path)[1].lower() not in FOURCC:
             raise ConfigError(f"{path}: video sink needs one of {', '.join(sorted(FOURCC))}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):  # said before the camera and the model start, not at the first frame
+            raise ConfigError(f"{path}: folder {folder} does not exist")
         self.path, self.fps, self.overlay = path, fps, overlay
         self._writer = self._tmp = self._size = None
         self.frames = 0
@@ -166,7 +171,8 @@ class VideoFileSink(Sink):
         frame = result.picture(overlay=self.overlay)
         h, w = frame.shape[:2]
         if self._writer is None:
-            self._writer, self._tmp = open_video_writer(self.path, self.fps, w, h)
+            fps = self.fps() if callable(self.fps) else self.fps
+            self._writer, self._tmp = open_video_writer(self.path, fps or 30.0, w, h)
             self._size = (w, h)
         cv2 = import_cv2()
         if (w, h) != self._size:  # folder sources may change size; a video stream cannot

@@ -169,6 +169,7 @@ class VideoFileSource(OpenCVSource):
             raise SourceError(f"{self.device}: cannot decode video (unknown container or codec)")
         native = cap.get(cv2.CAP_PROP_FPS) or 30.0
         self.fps = native if self._want_fps is None else self._want_fps
+        self.native_fps = native
         self._pacer = _Pacer(self.fps)
         self._cap = cap
 
@@ -284,9 +285,12 @@ def _split_fps(spec: str) -> tuple[str, float | None]:
     if "@" in spec:
         body, _, f = spec.rpartition("@")
         try:
-            return body, float(f)
+            fps = float(f)
         except ValueError:
-            raise ConfigError(f"source {spec!r}: frame rate after '@' must be a number") from None
+            fps = -1.0
+        if not fps >= 0 or fps == float("inf"):
+            raise ConfigError(f"source {spec!r}: frame rate after '@' must be a number >= 0 (0: unpaced)")
+        return body, fps
     return spec, None
 
 
