@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,8 +69,15 @@ class Enhancer:
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, engine: str | None = None, threads: int | None = None,
-                 tiling: TilingConfig = TilingConfig(), strength: float = 1.0,
+                 tiling: TilingConfig | None = None, tile: int | tuple[int, int] | None = None,
+                 memory_mb: float | None = None, strength: float = 1.0,
                  options: EngineOptions | None = None, card: ModelCard | None = None, tta: bool = False):
+        """``tile`` (N or (h, w) input pixels) and ``memory_mb`` (the auto tile's budget) are shorthands
+        for ``tiling=TilingConfig(tile, memory_mb)``."""
+        if tiling is None:
+            tiling = TilingConfig(tile, 256.0 if memory_mb is None else memory_mb)
+        elif tile is not None or memory_mb is not None:
+            raise ConfigError("give tiling=TilingConfig(...) or tile / memory_mb, not both")
         self.path = resolve(model)
         options = options or EngineOptions(threads=threads)
         self.backend = open_backend(self.path, options, engine)
@@ -93,6 +101,9 @@ class Enhancer:
         self.tta = bool(tta)
         self.last_run: RunInfo | None = None
         self._bpp: float | None = None
+        # One engine, resized per tile shape: calls from several threads take turns (a LiteRT interpreter
+        # cannot be resized while another thread reads its tensors). One Enhancer per thread runs in parallel.
+        self._lock = threading.Lock()
 
     @property
     def strength(self) -> float:
@@ -146,7 +157,8 @@ class Enhancer:
             chroma = [ycbcr.upscale_plane(ycc[..., k], s, rgb.dtype) for k in (1, 2)]
             del ycc
         try:
-            return self._run_tiles(src, out, tile, progress, maxv, chroma)
+            with self._lock:
+                return self._run_tiles(src, out, tile, progress, maxv, chroma)
         except MemoryError:
             smaller = self._smaller_tile(tile)
             if smaller is None:
@@ -154,7 +166,8 @@ class Enhancer:
             # Every tile is re-run at the new size, so nothing from the failed attempt is kept.
             log.warning("%s: out of memory on a %dx%d tile; retrying once with %dx%d tiles",
                         self.path, tile[0], tile[1], smaller[0], smaller[1])
-            return self._run_tiles(src, out, smaller, progress, maxv, chroma)
+            with self._lock:
+                return self._run_tiles(src, out, smaller, progress, maxv, chroma)
 
     def _square_tile(self, tile: tuple[int, int], h: int, w: int) -> tuple[int, int]:
         """A square tile for --tta: the smaller side, unless that leaves no core to step along the
@@ -269,16 +282,23 @@ class Enhancer:
         return imageio.Photo(res, new_alpha, photo.grey, photo.icc, photo.exif, photo.dpi, photo.format)
 
     def enhance(self, image):
-        """numpy H x W x 3 (or H x W grey) or a Pillow image in, the same kind out."""
-        from PIL import Image
+        """numpy H x W x 3 (or H x W / H x W x 1 grey, H x W x 4 with alpha) or a Pillow image in, the
+        same kind out. A Pillow image's EXIF orientation is applied first, as for files: the result is
+        upright and carries no orientation tag."""
+        from PIL import Image, ImageOps
 
         if isinstance(image, Image.Image):
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception as e:  # malformed EXIF: the pixels are still good (as load_image does)
+                log.warning("<image>: ignoring unreadable EXIF (%s)", e)
             photo = imageio._to_photo(image, Path("<image>"))
             return imageio.photo_to_pil(self.enhance_photo(photo)) if photo.rgb.dtype == np.uint8 else \
                 self._pil16(self.enhance_photo(photo))
         a = np.asarray(image)
-        if a.ndim == 2:
-            return imageio.to_grey(self.enhance_rgb(np.repeat(a[..., None], 3, axis=2)))
+        if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
+            g = imageio.to_grey(self.enhance_rgb(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2)))
+            return g if a.ndim == 2 else g[..., None]
         if a.ndim == 3 and a.shape[2] == 4:
             p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()))
             return np.dstack([p.rgb, p.alpha])
@@ -288,7 +308,7 @@ class Enhancer:
     def _pil16(photo: imageio.Photo):
         from PIL import Image
 
-        return Image.fromarray(imageio.to_grey(photo.rgb), "I;16")
+        return Image.fromarray(imageio.to_grey(photo.rgb).astype("<u2"))  # uint16 grey: mode I;16
 
     def enhance_file(self, src, dst, **kw) -> Path:
         return enhance_file(self, src, dst, **kw)

@@ -46,10 +46,15 @@ class TilingConfig:
     memory_mb: float = 256.0
 
     def __post_init__(self):
-        if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
-            raise ConfigError(f"tile must be a positive size, got {self.tile!r}")
-        if not self.memory_mb > 0:
-            raise ConfigError(f"memory budget must be positive, got {self.memory_mb!r} MB")
+        tile = self.tile
+        if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
+            tile = (int(tile), int(tile))
+        if tile is not None and (not isinstance(tile, (tuple, list)) or len(tile) != 2
+                                 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in tile)):
+            raise ConfigError(f"tile must be a positive size N or (height, width), got {self.tile!r}")
+        object.__setattr__(self, "tile", None if tile is None else (int(tile[0]), int(tile[1])))
+        if not (self.memory_mb > 0 and math.isfinite(self.memory_mb)):
+            raise ConfigError(f"memory budget must be a positive number of MB, got {self.memory_mb!r}")
 
 
 def parse_tile(text: str) -> tuple[int, int] | None:

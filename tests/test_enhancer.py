@@ -300,3 +300,57 @@ def test_tta_stays_exact_on_an_align_2_model(tmp_path):
         tiled = Enhancer(p, tiling=TilingConfig(tile=tile), tta=True)
         assert np.array_equal(tiled.enhance(img), whole)
         assert tiled.last_run.tiles > 1 and tiled.last_run.passes == 8
+
+
+def test_one_enhancer_shared_by_threads_gives_each_its_own_result():
+    """A LiteRT interpreter is resized per tile shape: callers on several threads must take turns."""
+    pytest.importorskip("ai_edge_litert")
+    from concurrent.futures import ThreadPoolExecutor
+
+    enh = Enhancer("sr-x2", threads=1)  # the bundled int8 .tflite
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (10 + 7 * i, 23 - 2 * i, 3), dtype=np.uint8) for i in range(8)]
+    expected = [enh.enhance(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(enh.enhance, images * 3))
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected * 3))
+
+
+def test_api_conveniences_tile_memory_and_one_channel_arrays(models):
+    whole = Enhancer(models[2])
+    a = np.random.default_rng(3).integers(0, 256, (21, 17, 3), dtype=np.uint8)
+    assert np.array_equal(Enhancer(models[2], tile=12).enhance(a), whole.enhance(a))
+    assert np.array_equal(Enhancer(models[2], tile=(12, 9), memory_mb=1).enhance(a), whole.enhance(a))
+    assert TilingConfig(tile=8).tile == (8, 8)
+    for bad in ({"tile": 0}, {"tile": (4,)}, {"memory_mb": float("inf")}, {"memory_mb": 0}):
+        with pytest.raises(ConfigError):
+            Enhancer(models[2], **bad)
+    with pytest.raises(ConfigError, match="not both"):
+        Enhancer(models[2], tiling=TilingConfig(), tile=8)
+    g = a[..., :1]
+    out = whole.enhance(g)
+    assert out.shape == (42, 34, 1) and np.array_equal(out[..., 0], whole.enhance(g[..., 0]))
+
+
+def test_pil_16bit_grey_and_exif_orientation(models):
+    from PIL import Image
+
+    enh = Enhancer(models[2])
+    g16 = Image.fromarray((np.arange(35, dtype=np.uint16) * 1800).reshape(5, 7))
+    out = enh.enhance(g16)
+    assert out.mode == "I;16" and out.size == (14, 10)
+    im = Image.new("RGB", (8, 4), (10, 200, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotated: displayed 4 wide, 8 high
+    tagged = Image.open(_roundtrip_jpeg(im, exif))
+    out = enh.enhance(tagged)
+    assert out.size == (8, 16)  # upright, as enhance_file gives
+
+
+def _roundtrip_jpeg(im, exif):
+    import io
+
+    b = io.BytesIO()
+    im.save(b, "JPEG", exif=exif.tobytes())
+    b.seek(0)
+    return b
