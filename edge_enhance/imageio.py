@@ -102,6 +102,34 @@ def _read_png16(path: Path) -> np.ndarray | None:
         raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
 
 
+def _tiff16_samples(im: Image.Image) -> int | None:
+    """Samples per pixel (2 grey + alpha, 3 RGB, 4 RGBA) of a 16-bit TIFF that Pillow decodes to 8 bits, else None."""
+    tags = getattr(im, "tag_v2", {})
+    bits, samples = tags.get(258), tags.get(277, 1)
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return samples if samples in (2, 3, 4) and set(bits) == {16} and im.mode in ("RGB", "RGBA", "LA") else None
+
+
+def _read_tiff16(path: Path) -> np.ndarray | None:
+    try:
+        import tifffile  # Pillow decodes 16-bit RGB(A) TIFF to 8 bits
+    except ImportError:
+        log.warning("%s: 16-bit TIFF decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
+        return None
+    try:
+        with tifffile.TiffFile(path) as t:
+            page = t.pages[0]
+            a = page.asarray()
+            if page.axes.startswith("S"):  # planar (one plane per sample)
+                a = np.moveaxis(a, 0, -1)
+    except Exception as e:  # tifffile raises many types on damaged files; Pillow got past the header
+        raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+    if a.dtype != np.uint16 or a.ndim != 3:
+        log.warning("%s: unexpected 16-bit TIFF layout %s %s; decoded as 8-bit", path, a.dtype, a.shape)
+        return None
+    return np.ascontiguousarray(a)
+
+
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     path = Path(path)
     try:
@@ -149,6 +177,9 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
         icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
         dpi = im.info.get("dpi")
+        if fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
+            dpi = None  # Pillow reports (1, 1) for a TIFF without a resolution: do not make one up
+        tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
         try:
             # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
             with warnings.catch_warnings(record=True) as more:
@@ -167,9 +198,10 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
                 del exif[tag]
         photo = _to_photo(oriented, path)
     ctype = _png16_colour_type(path) if fmt == "PNG" and photo.rgb.dtype == np.uint8 else None
-    if ctype is not None:
-        photo.grey = ctype == 4  # Pillow hands 16-bit grey+alpha over as 8-bit RGBA
-        data = _read_png16(path)
+    if ctype is not None or (tiff16 and photo.rgb.dtype == np.uint8):
+        # Pillow hands 16-bit colour (and grey + alpha) over as 8 bits: read the samples again
+        photo.grey = ctype == 4 or tiff16 == 2
+        data = _read_png16(path) if ctype is not None else _read_tiff16(path)
         if data is not None:
             data = _apply_orientation(data, exif_orientation(path))
             if data.shape[2] == 2:
@@ -279,6 +311,12 @@ def photo_to_pil(photo: Photo) -> Image.Image:
     return Image.fromarray(rgb, "RGB")
 
 
+def _has_tifffile() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tifffile") is not None
+
+
 def _write_png16(photo: Photo, f) -> None:
     import png
 
@@ -287,6 +325,27 @@ def _write_png16(photo: Photo, f) -> None:
         a = np.dstack([a, photo.alpha])
     h, w, planes = a.shape
     png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16).write(f, a.reshape(h, w * planes))
+
+
+_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, model, software, date, artist, copyright
+
+
+def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None) -> None:
+    import tifffile
+
+    a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
+    if photo.alpha is not None:
+        a = np.dstack([a, photo.alpha])
+    tags = [(t, "s", 0, str(exif[t]), True) for t in _TIFF_TEXT_TAGS
+            if exif is not None and isinstance(exif.get(t), str)]
+    if exif is not None and any(exif.get_ifd(i) for i in (_EXIF_IFD, 0x8825)):
+        log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
+                    "EXIF / GPS sub-IFDs", dst)
+    # tifffile takes the name of an open file from `f.name`: an fd here, so it is given the destination's.
+    tifffile.imwrite(tifffile.FileHandle(f, mode="wb", name=dst.name), a, photometric="minisblack" if photo.grey else "rgb",
+                     extrasamples=["unassalpha"] if photo.alpha is not None else None,
+                     iccprofile=icc, resolution=tuple(dpi) if dpi else None, resolutionunit="INCH" if dpi else None,
+                     software=False, metadata=None, extratags=tags)
 
 
 def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
@@ -302,6 +361,11 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["icc_profile"] = photo.icc
         if photo.exif is not None and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
             exif = photo.exif
+            # EXIF's own resolution tags (a TIFF's are its file's) must say what the output's dpi says.
+            for tag in (282, 283, 296):
+                exif.pop(tag, None)
+            if photo.dpi:
+                exif[282], exif[283], exif[296] = (*(float(d) * dpi_scale for d in photo.dpi), 2)
             try:
                 sub = exif.get_ifd(_EXIF_IFD)
                 if sub:
@@ -327,8 +391,13 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     photo_to_pil(photo).save(f, format=fmt, **kw)
             elif keep16 and photo.grey and photo.alpha is None:
                 Image.fromarray(to_grey(photo.rgb)).save(f, format=fmt, **kw)
+            elif keep16 and fmt == "TIFF" and _has_tifffile():
+                _write_tiff16(photo, f, dst, icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
+                              exif=None if strip_metadata else photo.exif)
             else:
-                if photo.rgb.dtype == np.uint16:
+                if keep16:
+                    log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour TIFF", dst)
+                elif photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
                 photo_to_pil(photo).save(f, format=fmt, **kw)
     except OSError as e:

@@ -40,8 +40,15 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float64) * scale) @ np.array([0.299, 0.587, 0.114])
 
 
-def estimate_noise_sigma(rgb: np.ndarray) -> float:
-    """Per-channel Gaussian noise sigma on the 0..255 scale (median over channels).
+def _opaque(alpha: np.ndarray | None, shape) -> np.ndarray:
+    """Where the estimators may look: fully opaque pixels (the colour under transparent ones is hidden
+    and often junk: noise, black, a stale layer)."""
+    return np.ones(shape[:2], bool) if alpha is None else alpha == np.iinfo(alpha.dtype).max
+
+
+def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
+    """Per-channel Gaussian noise sigma on the 0..255 scale (median over channels); with ``alpha``,
+    from the fully opaque 8x8 blocks only (0.0 when there are none).
 
     >>> flat = np.full((64, 64, 3), 128, np.uint8)
     >>> estimate_noise_sigma(flat)
@@ -51,16 +58,22 @@ def estimate_noise_sigma(rgb: np.ndarray) -> float:
     if h < 10 or w < 10:
         return 0.0
     scale = 255.0 / np.iinfo(rgb.dtype).max
+    m = _opaque(alpha, rgb.shape)
+    m = m[:-2, :-2] & m[:-2, 1:-1] & m[:-2, 2:] & m[1:-1, :-2] & m[1:-1, 1:-1] & m[1:-1, 2:] & m[2:, :-2] \
+        & m[2:, 1:-1] & m[2:, 2:]  # every pixel under the 3x3 Laplacian opaque
+    bh, bw = m.shape[0] // 8, m.shape[1] // 8
+    keep = m[:bh * 8, :bw * 8].reshape(bh, 8, bw, 8).all(axis=(1, 3))
+    if not keep.any():
+        return 0.0
     sigmas = []
     for c in range(rgb.shape[2]):
         y = rgb[..., c].astype(np.float64) * scale
         conv = (y[:-2, :-2] - 2 * y[:-2, 1:-1] + y[:-2, 2:] - 2 * y[1:-1, :-2] + 4 * y[1:-1, 1:-1]
                 - 2 * y[1:-1, 2:] + y[2:, :-2] - 2 * y[2:, 1:-1] + y[2:, 2:])
         a = np.abs(conv)
-        bh, bw = a.shape[0] // 8, a.shape[1] // 8
         blocks = a[:bh * 8, :bw * 8].reshape(bh, 8, bw, 8).mean(axis=(1, 3))
         # The median block ignores textured regions as long as they are under half the image.
-        sigmas.append(math.sqrt(math.pi / 2) * float(np.median(blocks)) / 6.0)
+        sigmas.append(math.sqrt(math.pi / 2) * float(np.median(blocks[keep])) / 6.0)
     return float(np.median(sigmas))
 
 
@@ -80,21 +93,23 @@ def jpeg_quality_from_tables(path) -> int | None:
     return int(min(100, max(1, round(q))))
 
 
-def blockiness(rgb: np.ndarray) -> float:
-    """~1 for natural images, > 1 where 8x8 JPEG block borders show."""
-    y = _luma(rgb)
-    dx = np.abs(np.diff(y, axis=1))
-    dy = np.abs(np.diff(y, axis=0))
-    border_x, border_y = dx[:, 7::8], dy[7::8, :]
-    if border_x.size == 0 or border_y.size == 0:
+def blockiness(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
+    """~1 for natural images, > 1 where 8x8 JPEG block borders show; with ``alpha``, from steps between
+    fully opaque pixels only."""
+    y, m = _luma(rgb), _opaque(alpha, rgb.shape)
+    mx, my = m[:, 1:] & m[:, :-1], m[1:] & m[:-1]
+    dx = np.abs(np.diff(y, axis=1)) * mx
+    dy = np.abs(np.diff(y, axis=0)) * my
+    bx, by = dx[:, 7::8].sum() + dy[7::8, :].sum(), mx[:, 7::8].sum() + my[7::8, :].sum()
+    ix, iy = dx.sum() + dy.sum() - bx, mx.sum() + my.sum() - by
+    if by == 0 or iy == 0:
         return 1.0
-    inside = (dx.sum() - border_x.sum() + dy.sum() - border_y.sum()) / (dx.size - border_x.size + dy.size - border_y.size)
-    border = (border_x.sum() + border_y.sum()) / (border_x.size + border_y.size)
-    return float(border / max(inside, 1e-6))
+    return float((bx / by) / max(ix / iy, 1e-6))
 
 
-def backprojection_psnr(inp: np.ndarray, out: np.ndarray) -> float:
-    """PSNR (luma, 0..255) between the input and the output bicubic-downscaled to the input's size."""
+def backprojection_psnr(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None = None) -> float:
+    """PSNR (luma, 0..255) between the input and the output bicubic-downscaled to the input's size;
+    with the input's ``alpha``, each pixel weighted by its opacity (hidden colour is not judged)."""
     if inp.shape == out.shape:
         small = out
     else:
@@ -103,7 +118,12 @@ def backprojection_psnr(inp: np.ndarray, out: np.ndarray) -> float:
             out = (out >> 8).astype(np.uint8)
             inp = (inp >> 8).astype(np.uint8)
         small = np.asarray(Image.fromarray(out).resize((w, h), Image.BICUBIC))
-    mse = np.mean((_luma(inp) - _luma(small)) ** 2)
+    err = (_luma(inp) - _luma(small)) ** 2
+    if alpha is None:
+        mse = np.mean(err)
+    else:
+        wgt = alpha.astype(np.float64)
+        mse = float((err * wgt).sum() / wgt.sum()) if wgt.sum() else 0.0
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
@@ -139,8 +159,8 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
         if scale not in (2, 4):
             raise ConfigError(f"--mode photo upscales x2 (enhance-x2), or x4 with sr-x2 after it; not x{scale}")
         return ["enhance-x2"] + (["sr-x2"] if scale == 4 else []), None
-    an = Analysis(estimate_noise_sigma(photo.rgb), jpeg_quality_from_tables(src) if src else None,
-                  blockiness(photo.rgb))
+    an = Analysis(estimate_noise_sigma(photo.rgb, photo.alpha), jpeg_quality_from_tables(src) if src else None,
+                  blockiness(photo.rgb, photo.alpha))
     stages = []
     if (an.jpeg_quality is not None and an.jpeg_quality < JPEG_QUALITY_THRESHOLD) or \
             (an.jpeg_quality is None and an.blockiness > BLOCKINESS_THRESHOLD):
@@ -191,14 +211,14 @@ class Pipeline:
         base = self._run(stages[:first_sr], photo, self.strength, None, None) if first_sr else photo
         result = self._run(stages[first_sr:], base, self.strength, out, progress)
         if an is not None and self.check and first_sr < len(stages):
-            an.backprojection_db = backprojection_psnr(base.rgb, result.rgb)
+            an.backprojection_db = backprojection_psnr(base.rgb, result.rgb, base.alpha)
             an.strength = self.strength
             if an.backprojection_db < BACKPROJECTION_MIN_DB:
                 gentler = self.strength / 2
-                log.warning("back-projection %.1f dB < %.0f dB; retrying the upscale at strength %.2f",
-                            an.backprojection_db, BACKPROJECTION_MIN_DB, gentler)
+                log.warning("%s: back-projection %.1f dB < %.0f dB; retrying the upscale at strength %.2f",
+                            src or "<image>", an.backprojection_db, BACKPROJECTION_MIN_DB, gentler)
                 result = self._run(stages[first_sr:], base, gentler, out, progress)
-                an.backprojection_db, an.strength = backprojection_psnr(base.rgb, result.rgb), gentler
+                an.backprojection_db, an.strength = backprojection_psnr(base.rgb, result.rgb, base.alpha), gentler
                 if an.backprojection_db < BACKPROJECTION_MIN_DB:
                     raise EdgeEnhanceError(
                         f"quality check failed: the upscale disagrees with its input "

@@ -169,3 +169,32 @@ def test_output_format_by_name_in_a_fresh_process():
     assert out.split() == ["PNG", "WEBP", "TIFF", "TIFF", "JPEG", "BMP"]
     with pytest.raises(ConfigError, match="unknown output format 'HEIC'"):
         imageio.format_for(Path("x"), "heic")
+
+
+@pytest.mark.parametrize("planar,alpha", [(False, False), (True, True), (False, True)])
+def test_16bit_colour_tiff_roundtrip_with_its_metadata(tmp_path, planar, alpha):
+    """Pillow decodes 16-bit RGB(A) TIFF (a scanner's 48-bit output) to 8 bits; tifffile keeps all 16."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    a = np.random.default_rng(1).integers(0, 65536, (6, 7, 4 if alpha else 3), dtype=np.uint16)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    p = tmp_path / "scan.tif"
+    tifffile.imwrite(p, np.moveaxis(a, 2, 0) if planar else a, photometric="rgb", metadata=None,
+                     planarconfig="separate" if planar else "contig", extrasamples=["unassalpha"] if alpha else None,
+                     resolution=(600, 600), resolutionunit="INCH", iccprofile=icc, extratags=[(271, "s", 0, "Epson", True)])
+    ph = imageio.load_image(p)
+    assert ph.rgb.dtype == np.uint16 and np.array_equal(ph.rgb, a[..., :3]) and not ph.grey
+    assert (ph.alpha is None) != alpha and (not alpha or np.array_equal(ph.alpha, a[..., 3]))
+    out = imageio.save_image(ph, tmp_path / "o.tif", dpi_scale=2)
+    back = imageio.load_image(out)
+    assert np.array_equal(back.rgb, a[..., :3]) and (not alpha or np.array_equal(back.alpha, a[..., 3]))
+    assert back.icc == icc and round(back.dpi[0]) == 1200 and back.exif.get(271) == "Epson"
+
+
+def test_tiff_without_a_resolution_gets_none_made_up(tmp_path):
+    p = tmp_path / "g.tif"
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(p, np.zeros((4, 5), np.uint8), metadata=None)  # no XResolution / YResolution tags
+    ph = imageio.load_image(p)
+    assert ph.dpi is None
+    with Image.open(imageio.save_image(ph, tmp_path / "o.tif", dpi_scale=2)) as o:
+        assert 282 not in o.tag_v2

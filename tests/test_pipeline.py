@@ -148,3 +148,25 @@ def test_auto_mode_says_what_it_found_and_did(tmp_path, capsys):
     fell_back = {"noise_sigma": 0.4, "jpeg_quality": 20, "blockiness": 2.0, "stages": ["dejpeg", "sr-x2"],
                  "backprojection_db": 31.26, "strength": 0.5}
     assert _auto_note(fell_back) == " (auto: noise sigma 0.4, JPEG quality 20; dejpeg + sr-x2; back-projection 31.3 dB at strength 0.5)"
+
+
+@pytest.mark.parametrize("hidden", ["noise", "black"])
+def test_auto_ignores_the_colour_under_transparent_pixels(hidden):
+    """A clean cutout PNG: whatever lies under alpha 0 (noise, black) is neither noise nor JPEG damage."""
+    clean = smooth(96, 128).astype(np.uint8)
+    y, x = np.mgrid[0:96, 0:128]
+    alpha = np.where((x - 64) ** 2 + (y - 48) ** 2 < 1600, 255, 0).astype(np.uint8)
+    under = np.random.default_rng(0).integers(0, 256, clean.shape) if hidden == "noise" else np.zeros_like(clean)
+    rgb = np.where(alpha[..., None] > 0, clean, under).astype(np.uint8)
+    assert estimate_noise_sigma(rgb) > 20 or blockiness(rgb) > 1.25  # what the whole image suggests
+    stages, an = plan_stages("auto", 2, imageio.Photo(rgb, alpha))
+    assert stages == ["sr-x2"] and an.noise_sigma < 1.5 and abs(an.blockiness - 1) < 0.1
+    up = np.asarray(Image.fromarray(clean).resize((256, 192), Image.BICUBIC))
+    shown = np.where(np.repeat(np.repeat(alpha, 2, 0), 2, 1)[..., None] > 0, up, 255).astype(np.uint8)
+    assert backprojection_psnr(rgb, shown) < 20 and backprojection_psnr(rgb, shown, alpha) > 30
+
+
+def test_estimators_of_a_fully_transparent_image_say_nothing():
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    alpha = np.zeros((40, 40), np.uint8)
+    assert estimate_noise_sigma(rgb, alpha) == 0.0 and blockiness(rgb, alpha) == 1.0
