@@ -451,6 +451,16 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
             y = np.maximum(x, 0)
         elif t == "sigmoid":
             y = 1 / (1 + np.exp(-x.astype(np.float32)))
+        elif t == "silu":  # coremltools fuses x * sigmoid(x)
+            xf = x.astype(np.float32)
+            y = xf / (1 + np.exp(-xf))
+        elif t == "batch_norm":  # coremltools turns a per-channel x * a + b that no conv absorbs into one
+            c = (1, -1, 1, 1)
+            inv = 1 / np.sqrt(arg(op, "variance").astype(np.float32) + float(arg(op, "epsilon", 1e-5)))
+            gamma, beta = arg(op, "gamma"), arg(op, "beta")
+            y = (x.astype(np.float32) - arg(op, "mean").astype(np.float32).reshape(c)) * inv.reshape(c)
+            y = y * (1 if gamma is None else gamma.astype(np.float32).reshape(c)) + (
+                0 if beta is None else beta.astype(np.float32).reshape(c))
         elif t == "tanh":
             y = np.tanh(x.astype(np.float32))
         elif t == "leaky_relu":

@@ -226,7 +226,19 @@ class _ByConstant(_Binary):
 
 @register("Sub")
 class SubL(_ByConstant):
+    """``a - c`` is Add of -c; ``a - b`` of two activations (DnCNN's ``x - net(x)``, a gate's ``1 - g``) is
+    Add of b times -1, which :func:`_fold_scales` takes into the conv producing b where there is one."""
     ir_op, symbol, transform = "Add", "-", np.negative
+
+    def check(self, n, ctx):
+        return _Binary.check(self, n, ctx)
+
+    def lower(self, n, ctx):
+        if ctx.is_const(n.inputs[1]):
+            return super().lower(n, ctx)
+        neg = ctx.g.add_node("Mul", [ctx.act(n.inputs[1]), ctx.g.add_const(n.name + "_neg", np.array([-1.0], np.float32))],
+                             name=n.name + "_neg")
+        ctx.out(n, "Add", [self.operand(ctx, n, 0), neg])
 
 
 @register("Div")
@@ -616,6 +628,12 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never mutate the caller's proto
     init_names = {i.name for i in model.graph.initializer}
     real_inputs = [i for i in model.graph.input if i.name not in init_names]
+    if len(real_inputs) != 1 or len(model.graph.output) != 1:
+        # What the runtime runs (one image in, one out); refused here, not after a file is written.
+        raise ModelFormatError(
+            f"{src}: {len(real_inputs)} input(s) ({', '.join(i.name for i in real_inputs)}) and "
+            f"{len(model.graph.output)} output(s) ({', '.join(o.name for o in model.graph.output)}); edge-enhance runs "
+            "models of one image input and one image output: export the image output alone")
     if input_shape is not None:
         for vi in real_inputs:
             for d, v in zip(vi.type.tensor_type.shape.dim, input_shape):
@@ -860,6 +878,7 @@ def optimize(g: Graph) -> None:
     """Fold zero pads into the convs they feed, channel-permutation convs into producers, then fuse
     activations into Conv/Add/Mul."""
     _fold_zero_pads(g)
+    _fold_scales(g)
     _fold_permutations(g)
     _fuse_activations(g)
     g.prune()
@@ -878,6 +897,32 @@ def _fold_zero_pads(g: Graph) -> None:
             u.inputs[0] = n.inputs[0]
         g.nodes.remove(n)
         del g.tensors[n.outputs[0]]
+
+
+def _fold_scales(g: Graph) -> None:
+    """A Mul by a constant (scalar or per channel) right after a Conv / ConvTranspose with no activation,
+    its only use, is that conv with scaled weights and bias: EDSR's residual scaling, the -1 of a Sub."""
+    for n in list(g.nodes):
+        if n.op != "Mul" or n.attrs.get("activation", "none") != "none":
+            continue
+        kept = [i for i in n.inputs if g.tensors[i].is_const]
+        if len(kept) != 1:
+            continue
+        x = n.inputs[1 - n.inputs.index(kept[0])]
+        p, k = g.producer(x), g.tensors[kept[0]].data
+        if p is None or p.op not in ("Conv", "ConvTranspose") or p.attrs.get("activation") != "none" \
+                or not _sole_use(g, x) or p.attrs.get("permutation"):
+            continue
+        c = g.tensors[p.inputs[1]].data.shape[0]
+        if not (k.size == 1 or (k.shape[-1] == c and k.size == c)):
+            continue
+        k = k.reshape(-1).astype(np.float32)
+        for i, shape in ((1, (-1, 1, 1, 1)), (2, (-1,))):
+            w = g.tensors[p.inputs[i]].data
+            p.inputs[i] = g.add_const(p.inputs[i], (w * k.reshape(shape)).astype(np.float32))  # a copy: weights may be shared
+        g.nodes.remove(n)
+        del g.tensors[x]
+        p.outputs = [n.outputs[0]]
 
 
 def _fold_permutations(g: Graph) -> None:

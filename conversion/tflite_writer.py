@@ -420,14 +420,18 @@ class _Emitter:
             return f
         return self.fb.tensor(name, arr.shape, T_FLOAT32, arr)
 
-    def const_operand(self, name, arr, like: str | None = None):
-        """Constant operand of an elementwise op; int8 uses ``like``'s params or its own range."""
+    def const_operand(self, name, arr, like: str | None = None, want: str = "int8"):
+        """Constant operand of an elementwise op; int8 uses ``like``'s params or its own range; ``want``
+        "int16": the op runs 16x8."""
         arr = np.asarray(arr, np.float32)
         if not self.int8:
             return self.float_const(name, arr)
         q = self.g.tensors[name].quant if name in self.g.tensors else None
         if q is None:
             q = copy.deepcopy(self.qparams(like)) if like else affine_from_range(arr.min(), arr.max())
+        if want == "int16" and q.dtype != "int16":  # a 16x8 ADD / MUL takes both operands in int16 (zero point 0)
+            m = max(float(np.abs(arr).max()), 1e-8)
+            q = QuantParams([m / 32767], [0], 0, "int16")
         return self.fb.tensor(name, arr.shape, _QTYPE[q.dtype], q.quantize(arr), q)
 
     def weight(self, name, arr, axis):
@@ -555,7 +559,9 @@ class _Emitter:
         ins = []
         for i in n.inputs:
             t = self.g.tensors[i]
-            ins.append(self.const_operand(i, t.data) if t.is_const else self.act(i))
+            oq = self.g.tensors[n.outputs[0]].quant
+            want = oq.dtype if oq is not None else "int8"
+            ins.append(self.const_operand(i, t.data, want=want) if t.is_const else self.act(i))
         opts = _opts(opt_kind, FusedActivationFunction=_ACT[n.attrs["activation"]])
         self.fb.op(op, ins, [self.act(n.outputs[0])], opts, self.v(op))
 

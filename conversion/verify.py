@@ -161,7 +161,8 @@ def _tflite_runner(path):
 
     it = Interpreter(model_path=str(path))
     d, o = it.get_input_details()[0], it.get_output_details()[0]
-    fixed = None if -1 in list(d.get("shape_signature", [])) else tuple(int(v) for v in d["shape"][1:3])
+    sig = list(d.get("shape_signature", d["shape"]))  # a dynamic batch alone (-1 first) leaves H, W fixed
+    fixed = None if -1 in sig[1:3] else tuple(int(v) for v in d["shape"][1:3])
 
     def run(x_hwc):
         x = quantise_io(x_hwc[None], d)

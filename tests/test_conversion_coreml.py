@@ -511,3 +511,26 @@ def test_w8a8_image_io_refusals_come_before_calibration(tmp_path):
         convert(src, "coreml", precision="w8a8", io="image", tile=(24, 24), calib=tmp_path / "nowhere",
                 min_target="iOS16")  # not "calibration folder does not exist"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.onnx"]
+
+
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-5), ("fp16", 5e-3)])
+def test_fused_silu_and_batch_norm_evaluate(tmp_path, precision, atol):
+    """coremltools fuses x * sigmoid(x) into silu and a per-channel x * s + m that no conv absorbs (a
+    de-normalisation after the pixel shuffle) into batch_norm; the numpy check evaluates both."""
+    rng = np.random.default_rng(9)
+    m = make_model([
+        h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Sigmoid", ["c"], ["s"], name="sig"), h.make_node("Mul", ["c", "s"], ["a"], name="silu"),
+        h.make_node("Conv", ["a", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        h.make_node("DepthToSpace", ["c2"], ["d"], blocksize=2, mode="CRD", name="d2s"),
+        h.make_node("Mul", ["d", "std"], ["ds"], name="std"), h.make_node("Add", ["ds", "mean"], ["y"], name="mean"),
+    ], {"w": rand(rng, 8, 3, 3, 3), "b": rand(rng, 8), "w2": rand(rng, 12, 8, 3, 3), "b2": rand(rng, 12),
+        "std": rand(rng, 3, 1, 1, lo=0.2, hi=0.3), "mean": rand(rng, 3, 1, 1, lo=0.4, hi=0.5)}, [1, 3, 8, 6])
+    path = tmp_path / "fused.mlpackage"
+    to_coreml(from_onnx(m), path, precision=precision, tile=(8, 6))
+    prog_ops = {op.op_type for op in _LAST_PROGRAM[str(path)].functions["main"].operations}
+    assert {"silu", "batch_norm"} <= prog_ops, prog_ops
+    x = rand(rng, 1, 3, 8, 6, lo=0, hi=1)
+    # rtol: the fused batch_norm is mean 0, variance 1, epsilon 1e-5, so Core ML itself scales by 1 / sqrt(1 + 1e-5)
+    np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x).transpose(0, 2, 3, 1), run_ort(m, x),
+                               atol=atol, rtol=1e-5)

@@ -278,3 +278,41 @@ def test_half_res_net_refuses_unaligned_sizes_before_any_work(tmp_path, half_res
     assert _cli([str(src), "--to", "tflite", "--precision", "int8", "--tile", "40x41"]) == 2
     assert "half.onnx: --tile 40x41" in capsys.readouterr().err
     assert set(tmp_path.iterdir()) == before
+
+
+def test_cli_int16x8_with_constant_operands_runs_in_litert(tmp_path, small_and_calib, capsys):
+    """(x - mean) / std before the body, a scale after it: 16x8 ADD / MUL take their constants in int16
+    (LiteRT refused the file: 'input1->type != input2->type (INT16 != INT8)')."""
+    from edge_enhance.card import CARD_KEY
+    from tests.conversion_testkit import h, make_model, rand
+
+    _, calib = small_and_calib
+    rng = np.random.default_rng(5)
+    card = ModelCard(name="norm", task="denoise", scale=1, receptive_field=3)
+    m = make_model([h.make_node("Sub", ["x", "mean"], ["a"], name="sub"), h.make_node("Div", ["a", "std"], ["n"], name="div"),
+                    h.make_node("Conv", ["n", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Relu", ["c"], ["c2"], name="relu"),
+                    h.make_node("Mul", ["c2", "k"], ["r"], name="mul"), h.make_node("Add", ["x", "r"], ["y"], name="add")],
+                   {"mean": np.array([0.4, 0.45, 0.5], np.float32).reshape(3, 1, 1),
+                    "std": np.array([0.2, 0.25, 0.3], np.float32).reshape(3, 1, 1), "w": rand(rng, 3, 3, 3, 3, lo=-0.2, hi=0.2),
+                    "b": rand(rng, 3, lo=-0.05, hi=0.05), "k": np.float32(0.3)},
+                   [1, 3, "H", "W"], metadata={CARD_KEY: card.to_json()})
+    src = tmp_path / "norm.onnx"
+    src.write_bytes(m.SerializeToString())
+    out = tmp_path / "n16.tflite"
+    rc = _cli([str(src), "--to", "tflite", "--precision", "int16x8", "--calib", str(calib), "--dataset", str(calib),
+               "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    for name, o, ins in _op_dtypes(out):
+        if name in ("ADD", "MUL"):
+            assert o == np.int16 and all(d == np.int16 for d in ins), (name, ins)
+
+
+@needs_set5
+def test_a_dynamic_batch_alone_leaves_a_fixed_tile_that_verification_keeps(tmp_path):
+    """A tutorial export: fixed 1x3x48x40 with only the batch dynamic. Verification runs the fixed tile."""
+    card = ModelCard(name="fixed", task="sr", scale=2, receptive_field=7)
+    m = residual_sr_model(np.random.default_rng(7), scale=2, card=card, in_shape=("N", 3, 48, 40))
+    src = tmp_path / "dynbatch.onnx"
+    src.write_bytes(m.SerializeToString())
+    assert _cli([str(src), "--to", "tflite", "-o", str(tmp_path / "d.tflite")]) == 0

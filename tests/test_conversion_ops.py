@@ -444,3 +444,47 @@ def test_constant_folding_of_initializer_subgraphs(tmp_path):
         "i2": np.array([2], np.int64), "i3": np.array([3], np.int64), "head": np.array([1, c, r, r], np.int64),
         "s2": np.array([1, c, hh * r, ww * r], np.int64)}, [1, 3, hh, ww])
     convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
+
+
+@pytest.mark.parametrize("case", ["x_minus_conv", "const_minus_act", "act_minus_act"])
+def test_sub_of_activations(tmp_path, case):
+    """DnCNN's ``x - net(x)`` and a gate's ``1 - g``: Add of -1 times the subtrahend; after a conv the -1
+    goes into its weights (no MUL left)."""
+    rng = rng_for("sub", case)
+    c = 4
+    conv = h.make_node("Conv", ["x", "w", "b"], ["r"], pads=[1, 1, 1, 1], name="conv")
+    inits = {"w": rand(rng, c, c, 3, 3), "b": rand(rng, c)}
+    if case == "x_minus_conv":
+        nodes, expect = [conv, h.make_node("Sub", ["x", "r"], ["y"], name="sub")], ["CONV_2D", "ADD"]
+    elif case == "const_minus_act":
+        inits = {"one": np.float32(1.0)}
+        nodes = [h.make_node("Sigmoid", ["x"], ["g"], name="sig"), h.make_node("Sub", ["one", "g"], ["y"], name="sub")]
+        expect = ["LOGISTIC", "MUL", "ADD"]
+    else:
+        nodes = [h.make_node("Sigmoid", ["x"], ["g"], name="sig"), h.make_node("Sub", ["g", "x"], ["y"], name="sub")]
+        expect = ["LOGISTIC", "MUL", "ADD"]
+    convert_and_compare(tmp_path, make_model(nodes, inits, [1, c, 7, 6]), rand(rng, 1, c, 7, 6), expect=expect)
+
+
+@pytest.mark.parametrize("k", ["scalar", "per_channel"])
+def test_mul_by_a_constant_after_a_conv_folds_into_its_weights(tmp_path, k):
+    """EDSR's residual scaling (``conv(x) * 0.1``) costs no op; a weight shared with another conv is copied."""
+    rng = rng_for("fold", k)
+    c = 5
+    kk = np.float32(0.1) if k == "scalar" else rand(rng, c, 1, 1, lo=0.5, hi=2)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["r"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Conv", ["x", "w", "b"], ["r2"], pads=[1, 1, 1, 1], name="conv2"),
+                    h.make_node("Mul", ["r", "k"], ["s"], name="scale"),
+                    h.make_node("Add", ["s", "r2"], ["y"], name="add")],
+                   {"w": rand(rng, c, c, 3, 3), "b": rand(rng, c), "k": kk}, [1, c, 6, 7])
+    convert_and_compare(tmp_path, m, rand(rng, 1, c, 6, 7), expect=["CONV_2D", "CONV_2D", "ADD"])
+
+
+def test_models_of_several_inputs_or_outputs_are_refused_at_import():
+    from conversion.errors import ModelFormatError
+
+    m = make_model([h.make_node("Relu", ["x"], ["y"], name="r"), h.make_node("Sigmoid", ["x"], ["z"], name="s")],
+                   {}, [1, 3, 4, 4])
+    m.graph.output.append(h.make_tensor_value_info("z", 1, [1, 3, 4, 4]))
+    with pytest.raises(ModelFormatError, match=r"2 output\(s\) \(y, z\).*one image output"):
+        from_onnx(m)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def _box_enhancer(k, s, tile, strength=1.0, a=1):
     rf = k if a == 1 else 2 * (a * (k // 2) + a - 1) + 1
     enh.card = ModelCard(name="box", task="sr" if s > 1 else "denoise", scale=s, receptive_field=rf,
                          base="nearest" if s > 1 else "identity", align=a)
-    enh.tiling, enh.last_run, enh._bpp = TilingConfig(tile=tile), None, None
+    enh.tiling, enh.last_run, enh._bpp, enh._lock = TilingConfig(tile=tile), None, None, threading.Lock()
     enh.strength, enh.tta = strength, False
     return enh
 
