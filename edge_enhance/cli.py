@@ -125,24 +125,23 @@ def add_card_arguments(p) -> None:
 CARD_FIELDS = ("scale", "receptive_field", "align")
 
 
-def _graph_footprint(path: Path) -> dict | None:
+def _graph_footprint(path: Path) -> tuple[dict | None, str | None]:
     """Scale, receptive field, align and colour of a card-less NCHW .onnx model read off its graph, or
-    None when the convert extra is missing, the file is not ONNX or the converter cannot read the graph."""
+    (None, why not): the convert extra is missing, the file is not ONNX or the converter cannot read the graph."""
     from .backends import sniff_format
 
     try:
         from conversion.footprint import footprint
         from conversion.onnx_import import from_onnx
     except ImportError:
-        return None
+        return None, "the convert extra is not installed: pip install 'edge-enhance[convert]'"
     if sniff_format(path) != "onnxruntime":
-        return None
+        return None, "only an .onnx model's graph is read"
     try:
         fp = footprint(from_onnx(path))
     except EdgeEnhanceError as e:
-        log.info("%s: cannot read the card off the graph (%s)", path, e)
-        return None
-    return {k: getattr(fp, k) for k in (*CARD_FIELDS, "colour")}
+        return None, str(e).removeprefix(f"{path}: ")
+    return {k: getattr(fp, k) for k in (*CARD_FIELDS, "colour")}, None
 
 
 def cli_card(args, model: str | None):
@@ -157,15 +156,16 @@ def cli_card(args, model: str | None):
     if given["task"] is None:
         raise ConfigError("a model without a card needs --card-task sr|denoise|dejpeg|enhance")
     path = resolve(model or args.model)
+    why = "--card-layout nhwc: only NCHW graphs are read"
     if None in given.values():  # the rest from the model's own card, else from its graph
         own = read_card(path)
-        known = {k: getattr(own, k) for k in CARD_FIELDS} if own else \
-            (_graph_footprint(path) if args.card_layout != "nhwc" else None)
+        known, why = ({k: getattr(own, k) for k in CARD_FIELDS}, None) if own else \
+            (_graph_footprint(path) if args.card_layout != "nhwc" else (None, why))
         if known is not None:
             given = {k: given[k] or known.get(k) for k in given}
     if given["scale"] is None or given["receptive_field"] is None:
-        raise ConfigError(f"{path}: a model without a card needs --card-scale and --card-receptive-field too (read "
-                          "off the graph only for an .onnx model with the convert extra installed)")
+        raise ConfigError(f"{path}: a model without a card needs --card-scale and --card-receptive-field too; they "
+                          f"could not be read off its graph ({why})")
     return ModelCard(name=path.stem, task=given["task"], scale=given["scale"], receptive_field=given["receptive_field"],
                      layout=args.card_layout or "nchw", base="nearest" if given["scale"] > 1 else "identity",
                      align=given["align"] or 1, input_range=args.card_input_range or (0.0, 1.0))
@@ -439,12 +439,12 @@ def cmd_info(args) -> int:
     fmt = sniff_format(path)
     card = read_card(path)
     if card is None:  # what can be known without one, and how to give it one
-        graph = _graph_footprint(path)
+        graph, why = _graph_footprint(path)
         hint = f"run it with --card-task TASK{'' if graph else ' --card-scale N --card-receptive-field N'}"
-        if fmt == "onnxruntime":
+        if fmt == "onnxruntime" and graph:
             hint += f", or write a card in: edge-enhance convert {path.name} --to onnx --card-task TASK"
         info = {"format": fmt, **_file_summary(path), "card": None,
-                **({"read off the graph": graph} if graph else {}), "hint": hint}
+                **({"read off the graph": graph} if graph else {"graph not read": why}), "hint": hint}
     else:
         info = {"format": fmt, **_file_summary(path), **card.to_dict()}
     if args.json:

@@ -277,7 +277,8 @@ def test_card_task_alone_needs_the_rest_where_no_graph_can_be_read(tmp_path, cap
     src = _img(tmp_path / "a.png", size=(12, 10))
     assert main(["enhance", str(src), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "bare.tflite"),
                  "--card-task", "sr", "-q"]) != 0
-    assert "needs --card-scale and --card-receptive-field" in capsys.readouterr().err
+    assert "needs --card-scale and --card-receptive-field too; they could not be read off its graph (only an .onnx" \
+        in capsys.readouterr().err
     assert main(["enhance", str(src), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "bare.tflite"),
                  "--card-task", "sr", "--card-scale", "2", "--card-receptive-field", "9", "-q"]) == 0
     assert Image.open(tmp_path / "o.png").size == (24, 20)
@@ -354,3 +355,17 @@ def test_a_name_the_console_cannot_encode_does_not_stop_the_batch(tmp_path, mode
                         "--model", model], capture_output=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "写真.png").exists() and (tmp_path / "o" / "z.png").exists()
+
+
+def test_a_graph_the_converter_cannot_read_is_named_with_its_reason(tmp_path, capsys):
+    from tests.conversion_testkit import h, make_model
+
+    m = make_model([h.make_node("Slice", ["x", "s", "e", "a"], ["y"], name="split")],
+                   {"s": np.array([0], np.int64), "e": np.array([2], np.int64), "a": np.array([1], np.int64)},
+                   [1, 3, "H", "W"])
+    (tmp_path / "slice.onnx").write_bytes(m.SerializeToString())
+    assert main(["info", str(tmp_path / "slice.onnx"), "--json"]) == 0
+    assert "split (Slice)" in json.loads(capsys.readouterr().out)["graph not read"]
+    src = _img(tmp_path / "a.png")
+    assert main(["enhance", str(src), "--model", str(tmp_path / "slice.onnx"), "--card-task", "sr"]) == 2
+    assert "could not be read off its graph (1 unsupported node(s): split (Slice)" in capsys.readouterr().err
