@@ -109,7 +109,8 @@ def main(args: argparse.Namespace) -> int:
     ours, n = our_subjects(args.models, out / "models")
     notes += n
     if not ours:
-        notes.append(NotRun("our models", "none given or bundled; peers only"))
+        notes.append(NotRun("our models", "none of those given could be loaded (above)" if args.models
+                            else "none given or bundled; peers only"))
     tasks = {s.task for s in ours} | {"sr"}
     scales = sorted({s.scale for s in ours if s.task == "sr"} | {2})
     if args.quick:
@@ -157,6 +158,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"{b['status']:>7}  {b['bar']}: {b['figure'] or b['reason']}")
     for k, p in paths.items():
         print(f"bench: {k}: {p}", file=sys.stderr)
+    for x in notes:
+        print(f"bench: not run: {x.what}: {x.reason}", file=sys.stderr)
+    if not any(res[k] for k in ("quality", "speed", "memory", "tiling")):
+        print("bench: error: nothing was measured (the reasons are above)", file=sys.stderr)
+        return 1
     return 0
 
 

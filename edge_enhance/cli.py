@@ -490,7 +490,7 @@ def cmd_models(args) -> int:
         if "error" in r:
             print(f"{r['name']:<12} {r['file']:<24} ERROR {r['error']}")
             continue
-        psnr = ", ".join(f"{k} {v:.2f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in r["psnr"].items())
+        psnr = ", ".join(f"{k} {v:.3f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in r["psnr"].items())
         print(f"{r['name']:<12} {r['file']:<24} {r['task']:<8} {r['scale']:>5} {r['kb']:>7} {r['params'] or '':>7}  {psnr}")
     return 0
 

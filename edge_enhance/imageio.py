@@ -159,16 +159,16 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     with im:
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageInputError(
-                f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP "
-                "(raise it with --max-pixels)"
-            )
+            raise ImageInputError(f"{path}: {w}x{h} = {_pixels(w * h)} exceeds the limit of {_pixels(max_pixels)} "
+                                  "(raise it with --max-pixels)")
         try:
             frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
         except _DECODE_ERRORS as e:
             raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
         if frames > 1:
-            raise ImageInputError(f"{path}: animated image ({frames} frames); extract a frame first")
+            what = f"multi-page TIFF ({frames} pages); extract a page first" if im.format == "TIFF" else \
+                f"animated image ({frames} frames); extract a frame first"
+            raise ImageInputError(f"{path}: {what}")
         fmt = im.format
         try:
             im.load()
@@ -211,6 +211,10 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n:,} pixels"
 
 
 def exif_orientation(path: Path) -> int:
@@ -381,6 +385,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if fmt in _NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
         photo = Photo(photo.rgb, None, photo.grey)
+    elif fmt == "GIF" and photo.alpha is not None and np.any((photo.alpha > 0) & (photo.alpha < photo.maxval)):
+        log.warning("%s: GIF keeps only fully transparent pixels; partly transparent ones become opaque", dst)
     try:
         with atomic_file(dst) as f:
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):

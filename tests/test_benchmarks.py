@@ -403,3 +403,14 @@ def test_onnx_precision_by_ops(tmp_path, model_dir):
                      [h.make_tensor("s", 1, [], [0.1])])
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), tmp_path / "q.onnx")
     assert onnx_precision(tmp_path / "q.onnx") == "int8"
+
+
+def test_a_run_that_measures_nothing_exits_1_and_says_why(tmp_path, capsys):
+    bad = tmp_path / "trunc.tflite"
+    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(40))
+    args = _parser().parse_args(["--quick", "--models", str(bad), "--out", str(tmp_path / "out"), "--only", "speed",
+                                 "--no-peers"])
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"not run: {bad}" in err and "none of those given could be loaded" in err
+    assert "nothing was measured" in err

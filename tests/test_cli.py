@@ -369,3 +369,10 @@ def test_a_graph_the_converter_cannot_read_is_named_with_its_reason(tmp_path, ca
     src = _img(tmp_path / "a.png")
     assert main(["enhance", str(src), "--model", str(tmp_path / "slice.onnx"), "--card-task", "sr"]) == 2
     assert "could not be read off its graph (1 unsupported node(s): split (Slice)" in capsys.readouterr().err
+
+
+def test_an_engine_that_cannot_run_the_file_says_which_can(tmp_path, model, capsys):
+    src = _img(tmp_path / "a.png")
+    assert main(["enhance", str(src), "--model", model, "--engine", "coreml"]) == 2
+    assert "--engine coreml cannot run it: the file is ONNX, which the onnxruntime engine runs" \
+        in capsys.readouterr().err

@@ -98,11 +98,16 @@ def sniff_format(path: Path) -> str:
 
 def open_backend(path, options: EngineOptions = EngineOptions(), engine: str | None = None) -> Backend:
     path = Path(path)
-    name = engine or sniff_format(path)
-    _import_all()
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown engine {name!r}; known: {', '.join(BACKENDS)}")
+    name = sniff_format(path)
+    if engine is not None and engine != name:
+        if engine not in BACKENDS:
+            raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(BACKENDS)}")
+        raise ConfigError(f"{path}: --engine {engine} cannot run it: the file is {_FORMATS[name]}, which "
+                          f"the {name} engine runs")
     return BACKENDS[name](path, options)
+
+
+_FORMATS = {"litert": "TFLite", "onnxruntime": "ONNX", "coreml": "Core ML"}
 
 
 def read_card(path) -> ModelCard | None:
