@@ -37,6 +37,14 @@ class ONode:
 LOWERINGS: dict = {}
 
 
+_GLOBAL = ("makes every output pixel depend on the whole image (channel attention), so no tile can be computed "
+           "exactly and int8 ranges vary with the image size; not supported")
+# Why some ops that small SR / denoise nets use are refused (an op missing here is simply not implemented).
+_WHY_NOT = {"GlobalAveragePool": _GLOBAL, "GlobalMaxPool": _GLOBAL, "ReduceMean": "reductions are not supported; over "
+            "H, W one " + _GLOBAL, "Erf": "GELU (its Erf) has no TFLite int8 kernel; ReLU, PReLU, LeakyReLU, SiLU and "
+            "HardSwish convert", "Split": "channel splits are not supported yet", "Slice": "slices are not supported yet"}
+
+
 def register(op_type: str):
     def deco(cls):
         if op_type in LOWERINGS:
@@ -369,6 +377,30 @@ class SigmoidL(Lowering):
         ctx.out(n, "Sigmoid", [ctx.act(n.inputs[0])])
 
 
+@register("HardSigmoid")
+class HardSigmoidL(Lowering):
+    """clip(alpha * x + beta, 0, 1) (MobileNetV3-style gates)."""
+
+    def lower(self, n, ctx):
+        g, nm = ctx.g, n.name
+        k = g.add_const(nm + "_alpha", np.array([_attr(n, "alpha", 0.2)], np.float32))
+        b = g.add_const(nm + "_beta", np.array([_attr(n, "beta", 0.5)], np.float32))
+        t = g.add_node("Add", [g.add_node("Mul", [ctx.act(n.inputs[0]), k], name=nm + "_mul"), b], name=nm + "_add")
+        ctx.out(n, "Clip", [t], min=0.0, max=1.0)
+
+
+@register("HardSwish")
+class HardSwishL(Lowering):
+    """x * relu6(x + 3) / 6; the relu6 fuses into the Add."""
+
+    def lower(self, n, ctx):
+        g, nm, x = ctx.g, n.name, ctx.act(n.inputs[0])
+        t = g.add_node("Add", [x, g.add_const(nm + "_3", np.array([3.0], np.float32))], name=nm + "_add")
+        r = g.add_node("Clip", [t], name=nm + "_relu6", min=0.0, max=6.0)
+        m = g.add_node("Mul", [r, g.add_const(nm + "_6", np.array([1 / 6], np.float32))], name=nm + "_div")
+        ctx.out(n, "Mul", [x, m])
+
+
 @register("LeakyRelu")
 class LeakyReluL(Lowering):
     def lower(self, n, ctx):
@@ -676,7 +708,8 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
             continue
         low = LOWERINGS.get(n.op)
         if low is None:
-            unsupported.append(f"{n.name} ({n.op})")
+            why = _WHY_NOT.get(n.op)
+            unsupported.append(f"{n.name} ({n.op}: {why})" if why else f"{n.name} ({n.op})")
             continue
         why = low.check(n, Ctx(consts, shapes, Graph()))
         if why:

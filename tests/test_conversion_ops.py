@@ -488,3 +488,21 @@ def test_models_of_several_inputs_or_outputs_are_refused_at_import():
     m.graph.output.append(h.make_tensor_value_info("z", 1, [1, 3, 4, 4]))
     with pytest.raises(ModelFormatError, match=r"2 output\(s\) \(y, z\).*one image output"):
         from_onnx(m)
+
+
+@pytest.mark.parametrize("op,attrs,expect", [
+    ("HardSwish", {}, ["ADD", "MUL", "MUL"]),
+    ("HardSigmoid", {"alpha": 0.25, "beta": 0.4}, ["MUL", "ADD", "RELU_0_TO_1"]),
+])
+def test_hard_swish_and_hard_sigmoid(tmp_path, op, attrs, expect):
+    rng = rng_for("hard", op)
+    m = make_model([h.make_node(op, ["x"], ["y"], name="act", **attrs)], {}, [1, 4, 6, 5], opset=14)
+    convert_and_compare(tmp_path, m, rand(rng, 1, 4, 6, 5, lo=-5, hi=5), expect=expect)
+
+
+@pytest.mark.parametrize("op,words", [("GlobalAveragePool", "whole image"), ("Erf", "GELU")])
+def test_refused_ops_say_why(op, words):
+    from conversion.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError, match=f"gp \\({op}: .*{words}"):
+        from_onnx(make_model([h.make_node(op, ["x"], ["y"], name="gp")], {}, [1, 3, 4, 4]))
