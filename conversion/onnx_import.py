@@ -17,7 +17,7 @@ import numpy as np
 from edge_enhance.card import CARD_KEY, ModelCard
 
 from .errors import ModelFormatError, UnsupportedOpError
-from .ir import FUSABLE, Graph, subpixel_phases, upsample_taps
+from .ir import FUSABLE, Graph, Node, Tensor, subpixel_phases, upsample_taps
 
 log = logging.getLogger(__name__)
 MIN_OPSET = 9  # 9 and 10: older PyTorch exports, the ONNX model zoo's super-resolution-10
@@ -42,7 +42,7 @@ _GLOBAL = ("makes every output pixel depend on the whole image (channel attentio
 # Why some ops that small SR / denoise nets use are refused (an op missing here is simply not implemented).
 _WHY_NOT = {"GlobalAveragePool": _GLOBAL, "GlobalMaxPool": _GLOBAL, "ReduceMean": "reductions are not supported; over "
             "H, W one " + _GLOBAL, "Erf": "GELU (its Erf) has no TFLite int8 kernel; ReLU, PReLU, LeakyReLU, SiLU and "
-            "HardSwish convert", "Split": "channel splits are not supported yet", "Slice": "slices are not supported yet"}
+            "HardSwish convert"}
 
 
 def register(op_type: str):
@@ -293,6 +293,90 @@ class ConcatL(Lowering):
     def lower(self, n, ctx):
         axis = [0, 3, 1, 2][int(_attr(n, "axis")) % 4]
         ctx.out(n, "Concat", [ctx.act(i) for i in n.inputs], axis=axis)
+
+
+def _channel_count(n, ctx):
+    shape = ctx.shapes.get(n.inputs[0])
+    return shape[1] if shape and len(shape) == 4 and shape[1] is not None else None
+
+
+def _slice_bounds(n, ctx):
+    """(start, end) channels of a step-1 channel Slice (opset 1-9 attributes, 10+ inputs), or a reason."""
+    def part(i, key):
+        if key in n.attrs:
+            return [int(v) for v in n.attrs[key]]
+        if not _opt(n, i):
+            return None
+        if not ctx.is_const(n.inputs[i]):
+            return f"{key} are not constant"
+        return [int(v) for v in np.ravel(ctx.const(n.inputs[i]))]
+
+    starts, ends, axes, steps = part(1, "starts"), part(2, "ends"), part(3, "axes"), part(4, "steps")
+    for v in (starts, ends, axes, steps):
+        if isinstance(v, str):
+            return v
+    axes = axes or list(range(len(starts)))
+    if [a % 4 for a in axes] != [1] or (steps and steps != [1]):
+        return "only step-1 slices of the channel axis are supported (a spatial slice breaks exact tiling)"
+    c = _channel_count(n, ctx)
+    if c is None:
+        return "channel count unknown"
+    return range(c)[starts[0]:ends[0]]
+
+
+def _select_channels(ctx, x, idx, name):
+    """x[..., idx] as a 1x1 conv of 0 / 1 weights; :func:`_fold_selections` moves it into the layers that made x."""
+    c = int(ctx.g.tensors[x].shape[3])
+    w = np.zeros((len(idx), 1, 1, c), np.float32)
+    w[np.arange(len(idx)), 0, 0, list(idx)] = 1.0
+    return ctx.g.add_node("Conv", [x, ctx.g.add_const(name + "_w", w),
+                                   ctx.g.add_const(name + "_b", np.zeros(len(idx), np.float32))],
+                          name=name, selection=True)
+
+
+@register("Slice")
+class SliceL(Lowering):
+    """x[:, a:b] (IMDN-style channel split)."""
+
+    def check(self, n, ctx):
+        r = _slice_bounds(n, ctx)
+        if isinstance(r, str):
+            return r
+        if len(r) == 0:
+            return "empty slice"
+
+    def lower(self, n, ctx):
+        idx = _slice_bounds(n, ctx)
+        ctx.names[n.outputs[0]] = _select_channels(ctx, ctx.act(n.inputs[0]), idx, n.name)
+
+
+@register("Split")
+class SplitL(Lowering):
+    """torch.split / chunk on the channel axis: one channel selection per output."""
+
+    def sizes(self, n, ctx):
+        c = _channel_count(n, ctx)
+        if c is None:
+            return "channel count unknown"
+        if int(_attr(n, "axis", 0)) % 4 != 1:
+            return "only channel splits are supported (a spatial split breaks exact tiling)"
+        if "split" in n.attrs:
+            return [int(v) for v in n.attrs["split"]]
+        if _opt(n, 1):
+            return [int(v) for v in ctx.const(n.inputs[1])] if ctx.is_const(n.inputs[1]) else "split sizes are not constant"
+        k = len(n.outputs)
+        return [-(-c // k)] * (k - 1) + [c - -(-c // k) * (k - 1)]
+
+    def check(self, n, ctx):
+        r = self.sizes(n, ctx)
+        return r if isinstance(r, str) else None
+
+    def lower(self, n, ctx):
+        x, start = ctx.act(n.inputs[0]), 0
+        for k, (size, out) in enumerate(zip(self.sizes(n, ctx), n.outputs)):
+            if out:
+                ctx.names[out] = _select_channels(ctx, x, range(start, start + size), f"{n.name}_{k}")
+            start += size
 
 
 @register("Tile")
@@ -811,8 +895,13 @@ def _fold_constants(nodes, consts, shapes, outputs, opset: int):
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    keep = []
+    keep, partial = [], {}  # partial: Shape outputs with dynamic dims (H, W), whose static ones (C) may be gathered
     for n in nodes:
+        if n.op == "Gather" and n.inputs[0] in partial and n.inputs[1] in consts and n.attrs.get("axis", 0) == 0:
+            picked = np.asarray(partial[n.inputs[0]], dtype=object)[consts[n.inputs[1]]]
+            if all(v is not None for v in np.ravel(picked)):  # x.shape[1] of an N x C x H x W input: C is known
+                consts[n.outputs[0]] = np.asarray(picked, np.int64)
+                continue
         if n.op == "Constant" and n.domain in ("", "ai.onnx"):
             (k, v), = n.attrs.items()
             if k == "value":
@@ -830,6 +919,8 @@ def _fold_constants(nodes, consts, shapes, outputs, opset: int):
                 s = np.array(d, np.int64)[n.attrs.get("start", 0): n.attrs.get("end", len(d))]
                 consts[n.outputs[0]] = s
                 continue
+            if d is not None:
+                partial[n.outputs[0]] = list(d)[n.attrs.get("start", 0): n.attrs.get("end", len(d))]
         ins = [i for i in n.inputs if i]
         if ins and all(i in consts for i in ins) and n.op not in _NONDETERMINISTIC and not (set(n.outputs) & set(outputs)):
             try:
@@ -846,7 +937,8 @@ def _fold_constants(nodes, consts, shapes, outputs, opset: int):
                 consts[o] = np.asarray(v)
             continue
         keep.append(n)
-    return keep
+    used = {i for n in keep for i in n.inputs} | set(outputs)
+    return [n for n in keep if n.op != "Shape" or n.outputs[0] in used]  # a Shape whose dims were all folded away
 
 
 def _single_consumer(nodes, name, outputs):
@@ -911,6 +1003,7 @@ def optimize(g: Graph) -> None:
     """Fold zero pads into the convs they feed, channel-permutation convs into producers, then fuse
     activations into Conv/Add/Mul."""
     _fold_zero_pads(g)
+    _fold_selections(g)
     _fold_scales(g)
     _fold_permutations(g)
     _fuse_activations(g)
@@ -930,6 +1023,63 @@ def _fold_zero_pads(g: Graph) -> None:
             u.inputs[0] = n.inputs[0]
         g.nodes.remove(n)
         del g.tensors[n.outputs[0]]
+
+
+_PER_CHANNEL = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "PRelu", "Add", "Mul")
+
+
+def _fold_selections(g: Graph) -> None:
+    """A channel selection (a Slice / Split lowered as a 0 / 1 1x1 conv) is computed instead by copies of the
+    layers that made its input, cut to the selected channels: a conv keeps those output rows, per-channel
+    ops follow. Where the chain leads elsewhere (an input, a Concat, ...), the 1x1 conv stays: exact, not free."""
+    for sel in [n for n in g.nodes if n.attrs.get("selection")]:
+        idx = np.argmax(g.tensors[sel.inputs[1]].data[:, 0, 0, :], axis=1)
+        made: list = []
+        t = _selected(g, sel.inputs[0], idx, sel.name, made)
+        if t is None:
+            for n in made:  # nothing of a half-built copy stays
+                del g.tensors[n.outputs[0]]
+            del sel.attrs["selection"]
+            continue
+        at = g.nodes.index(sel)
+        g.nodes[at:at + 1] = made
+        made[-1].outputs, old = list(sel.outputs), made[-1].outputs[0]
+        g.tensors[sel.outputs[0]] = g.tensors.pop(old)
+        g.tensors[sel.outputs[0]].name = sel.outputs[0]
+
+
+def _selected(g: Graph, t: str, idx: np.ndarray, name: str, made: list) -> str | None:
+    """A tensor equal to ``t[..., idx]`` from new nodes appended to ``made``, or None."""
+    tt = g.tensors[t]
+    if tt.is_const:
+        return t if tt.data.shape[-1:] in ((), (1,)) else g.add_const(name + "_k", np.ascontiguousarray(tt.data[..., idx]))
+    p = g.producer(t)
+    if p is None:
+        return None
+
+    def node(op, inputs, **attrs):
+        made.append(Node(op, g.unique(f"{name}_{p.name}"), inputs, [g.unique(f"{name}_{p.name}_out")],
+                         {**p.attrs, **attrs}))
+        out = made[-1].outputs[0]
+        g.tensors[out] = Tensor(out, (*g.tensors[t].shape[:3], len(idx)), "float32")
+        return out
+
+    if p.op in ("Conv", "ConvTranspose") and p.attrs.get("group", 1) == 1 and not p.attrs.get("permutation") \
+            and not p.attrs.get("selection"):
+        w, b = (g.tensors[i].data for i in p.inputs[1:3])
+        return node(p.op, [p.inputs[0], g.add_const(p.inputs[1], np.ascontiguousarray(w[idx])),
+                           g.add_const(p.inputs[2], np.ascontiguousarray(b[idx]))])
+    if p.op in _PER_CHANNEL:
+        ins = []
+        for i in p.inputs:
+            ti = g.tensors[i]
+            broadcast = not ti.is_const and ti.shape[3] == 1 != tt.shape[3]  # one channel for all: kept whole
+            s = i if broadcast else _selected(g, i, idx, name, made)
+            if s is None:
+                return None
+            ins.append(s)
+        return node(p.op, ins)
+    return None
 
 
 def _fold_scales(g: Graph) -> None:

@@ -506,3 +506,53 @@ def test_refused_ops_say_why(op, words):
 
     with pytest.raises(UnsupportedOpError, match=f"gp \\({op}: .*{words}"):
         from_onnx(make_model([h.make_node(op, ["x"], ["y"], name="gp")], {}, [1, 3, 4, 4]))
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("split_gate", ["CONV_2D", "CONV_2D", "MUL"]),  # NAFNet's SimpleGate: the conv is cut in two, no 1x1 left
+    ("slice_through_prelu", ["CONV_2D", "PRELU"]),  # IMDN: conv, activation, then x[:, :d]
+    ("slice_of_the_input", ["CONV_2D", "CONV_2D"]),  # nothing to fold into: an exact 0 / 1 1x1 conv stays
+    ("slice_via_shape", ["CONV_2D", "CONV_2D", "ADD"]),  # torch.chunk with dynamic H, W: Shape -> Gather of C
+])
+def test_channel_split_and_slice(tmp_path, case, expect):
+    rng = rng_for("split", case)
+    c, hh, ww = 6, 7, 5
+    conv = h.make_node("Conv", ["x", "w", "b"], ["f"], pads=[1, 1, 1, 1], name="conv")
+    inits = {"w": rand(rng, 2 * c, c, 3, 3), "b": rand(rng, 2 * c)}
+    if case == "split_gate":
+        inits["sp"] = np.array([c, c], np.int64)
+        nodes = [conv, h.make_node("Split", ["f", "sp"], ["a", "b2"], axis=1, name="split"),
+                 h.make_node("Mul", ["a", "b2"], ["y"], name="gate")]
+    elif case == "slice_through_prelu":
+        inits.update(slope=rand(rng, 2 * c, 1, 1, lo=0, hi=0.3), s=np.array([2], np.int64), e=np.array([5], np.int64),
+                     ax=np.array([1], np.int64))
+        nodes = [conv, h.make_node("PRelu", ["f", "slope"], ["p"], name="prelu"),
+                 h.make_node("Slice", ["p", "s", "e", "ax"], ["y"], name="slice")]
+    elif case == "slice_of_the_input":
+        inits.update(s=np.array([1], np.int64), e=np.array([4], np.int64), ax=np.array([1], np.int64),
+                     w=rand(rng, 4, 3, 3, 3))
+        inits["b"] = rand(rng, 4)
+        nodes = [h.make_node("Slice", ["x", "s", "e", "ax"], ["xs"], name="slice"),
+                 h.make_node("Conv", ["xs", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    else:
+        inits.update(i1=np.array(1, np.int64), two=np.array(2, np.int64), z=np.array([0], np.int64),
+                     ax=np.array([1], np.int64), big=np.array([1 << 30], np.int64), u=np.array([0], np.int64))
+        nodes = [conv, h.make_node("Shape", ["f"], ["sh"], name="shape"),
+                 h.make_node("Gather", ["sh", "i1"], ["ch"], axis=0, name="gather"),
+                 h.make_node("Div", ["ch", "two"], ["half"], name="div"),
+                 h.make_node("Unsqueeze", ["half", "u"], ["half1"], name="unsq"),
+                 h.make_node("Slice", ["f", "z", "half1", "ax"], ["lo"], name="lo"),
+                 h.make_node("Slice", ["f", "half1", "big", "ax"], ["hi"], name="hi"),
+                 h.make_node("Add", ["lo", "hi"], ["y"], name="add")]
+    m = make_model(nodes, inits, [1, c if case != "slice_of_the_input" else 6, "H", "W"])
+    convert_and_compare(tmp_path, m, rand(rng, 1, c, hh, ww), expect=expect)
+
+
+def test_spatial_slices_are_refused_with_the_reason():
+    from conversion.errors import UnsupportedOpError
+
+    m = make_model([h.make_node("Slice", ["x", "s", "e", "ax"], ["y"], name="crop")],
+                   {"s": np.array([1], np.int64), "e": np.array([3], np.int64), "ax": np.array([2], np.int64)},
+                   [1, 3, 6, 6])
+    with pytest.raises(UnsupportedOpError, match="crop \\(Slice: only step-1 slices of the channel axis"):
+        from_onnx(m)
