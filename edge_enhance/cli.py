@@ -211,10 +211,12 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path 
 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
-                 model_name: str) -> list[Job]:
+                 model_name: str, single: bool | None = None) -> list[Job]:
+    """``single``: one input file was named, so -o names the output file (default: one file found)."""
     ext_for = (lambda p: "." + fmt.lower().replace("jpeg", "jpg")) if fmt else (lambda p: p.suffix)
     jobs: list[Job] = []
-    single = len(inputs) == 1 and inputs[0][1] is None
+    if single is None:
+        single = len(inputs) == 1 and inputs[0][1] is None
     if out is None:  # outputs go beside the inputs: a run over a folder must not take in its own earlier outputs
         stems = {(src.parent, src.stem) for src, _ in inputs}
         tag = "." + model_name
@@ -268,19 +270,20 @@ def cmd_enhance(args) -> int:
     inputs = _expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise ConfigError("no input images found")
+    single = len(args.inputs) == 1 and len(inputs) == 1 and inputs[0][1] is None  # -o names a file
     if args.format:
         wanted = imageio.format_for(Path("out"), args.format)  # an unknown --format fails once, before the model loads
-        named = Path(args.output) if args.output and len(inputs) == 1 and inputs[0][1] is None else None
+        named = Path(args.output) if args.output and single else None
         if named and named.suffix.lower() in Image.registered_extensions() and not named.is_dir() \
                 and imageio.format_for(named) != wanted:
             raise ConfigError(f"-o {named}: the name says {imageio.format_for(named)}, --format says {wanted}; "
                               "give one or make them agree")
-    out = Path(args.output) if args.output and (len(inputs) > 1 or inputs[0][1] is not None) else None
+    out = Path(args.output) if args.output and not single else None
     if out and not out.is_dir() and (out.exists() or out.suffix.lower() in IMAGE_SUFFIXES):
         what = "an existing file" if out.exists() else "an image file name"
         raise ConfigError(f"-o {out}: a folder or several inputs need an output folder, and this is {what}")
     enhancer, name = _build_processor(args, tiling)
-    jobs = plan_outputs(inputs, args.output, args.format, name)
+    jobs = plan_outputs(inputs, args.output, args.format, name, single)
     if out:
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -321,6 +321,9 @@ def test_the_same_file_twice_runs_once(tmp_path, model, capsys):
     src = _img(tmp_path / "a.png")
     assert main(["enhance", str(src), str(tmp_path / "." / "a.png"), str(tmp_path), "--model", model, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] == 1
+    # Two names given: -o is still a folder, though they are one file.
+    assert main(["enhance", str(src), str(src), "-o", str(tmp_path / "dup"), "--model", model, "-q"]) == 0
+    assert (tmp_path / "dup" / "a.png").exists()
 
 
 def test_an_output_folder_that_cannot_be_made_fails_that_file_and_the_batch_goes_on(tmp_path, model, capsys):
