@@ -340,7 +340,8 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
     a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
     if photo.alpha is not None:
         a = np.dstack([a, photo.alpha])
-    tags = [(t, "s", 0, str(exif[t]), True) for t in _TIFF_TEXT_TAGS
+    # bytes as the file had them (Pillow decodes TIFF / EXIF text as latin-1): tifffile takes only ASCII str
+    tags = [(t, "s", 0, exif[t].encode("latin-1", "replace"), True) for t in _TIFF_TEXT_TAGS
             if exif is not None and isinstance(exif.get(t), str)]
     if exif is not None and any(exif.get_ifd(i) for i in (_EXIF_IFD, 0x8825)):
         log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
@@ -398,8 +399,11 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             elif keep16 and photo.grey and photo.alpha is None:
                 Image.fromarray(to_grey(photo.rgb)).save(f, format=fmt, **kw)
             elif keep16 and fmt == "TIFF" and _has_tifffile():
-                _write_tiff16(photo, f, dst, icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
-                              exif=None if strip_metadata else photo.exif)
+                try:
+                    _write_tiff16(photo, f, dst, icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
+                                  exif=None if strip_metadata else photo.exif)
+                except (ValueError, TypeError) as e:
+                    raise OutputError(f"{dst}: cannot write 16-bit TIFF ({e})") from None
             else:
                 if keep16:
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour TIFF", dst)

@@ -191,7 +191,7 @@ def test_16bit_colour_tiff_roundtrip_with_its_metadata(tmp_path, planar, alpha):
     p = tmp_path / "scan.tif"
     tifffile.imwrite(p, np.moveaxis(a, 2, 0) if planar else a, photometric="rgb", metadata=None,
                      planarconfig="separate" if planar else "contig", extrasamples=["unassalpha"] if alpha else None,
-                     resolution=(600, 600), resolutionunit="INCH", iccprofile=icc, extratags=[(271, "s", 0, "Epson", True)])
+                     resolution=(600, 600), resolutionunit="INCH", iccprofile=icc, extratags=[(271, "s", 0, "Epson", True), (315, "s", 0, "Zoë".encode(), True)])
     ph = imageio.load_image(p)
     assert ph.rgb.dtype == np.uint16 and np.array_equal(ph.rgb, a[..., :3]) and not ph.grey
     assert (ph.alpha is None) != alpha and (not alpha or np.array_equal(ph.alpha, a[..., 3]))
@@ -199,6 +199,7 @@ def test_16bit_colour_tiff_roundtrip_with_its_metadata(tmp_path, planar, alpha):
     back = imageio.load_image(out)
     assert np.array_equal(back.rgb, a[..., :3]) and (not alpha or np.array_equal(back.alpha, a[..., 3]))
     assert back.icc == icc and round(back.dpi[0]) == 1200 and back.exif.get(271) == "Epson"
+    assert back.exif.get(315) == ph.exif.get(315)  # a non-ASCII artist (tifffile takes only ASCII str) comes back
 
 
 def test_tiff_without_a_resolution_gets_none_made_up(tmp_path):
