@@ -187,16 +187,20 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
 
 
 # -- enhance --------------------------------------------------------------------------------------
-def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path | None]]:
-    """[(file, root folder it was found under or None)], in a stable order."""
+def _expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
+    """[(file, root folder it was found under or None)] in a stable order, and the videos found in folders:
+    a folder gives its photos (videos take minutes each; named one by one, they run)."""
+    from .imageio import VIDEO_SUFFIXES
+
     found: list[tuple[Path, Path | None]] = []
+    videos: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.name.startswith("."))
-            found += [(f, p) for f in files]
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and not f.name.startswith("."))
+            found += [(f, p) for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            videos += [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
         elif p.exists() or not glob.has_magic(item):
             found.append((p, None))  # a missing file is reported as that file's failure
         else:
@@ -207,13 +211,21 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path, Path 
     unique: dict[Path, tuple[Path, Path | None]] = {}
     for f, root in found:  # the same file given twice (a file and its folder, overlapping globs) runs once
         unique.setdefault(f.resolve(), (f, root))
-    return list(unique.values())
+    return list(unique.values()), videos
 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
                  model_name: str, single: bool | None = None) -> list[Job]:
     """``single``: one input file was named, so -o names the output file (default: one file found)."""
-    ext_for = (lambda p: "." + fmt.lower().replace("jpeg", "jpg")) if fmt else (lambda p: p.suffix)
+    from .imageio import VIDEO_SUFFIXES
+
+    def ext_for(p: Path) -> str:
+        if p.suffix.lower() in VIDEO_SUFFIXES:  # a container OpenCV cannot write (.webm) becomes .mkv
+            from .camera.sinks import FOURCC
+
+            return p.suffix if p.suffix.lower() in FOURCC else ".mkv"
+        return "." + fmt.lower().replace("jpeg", "jpg") if fmt else p.suffix
+
     jobs: list[Job] = []
     if single is None:
         single = len(inputs) == 1 and inputs[0][1] is None
@@ -267,9 +279,12 @@ def cmd_enhance(args) -> int:
     from .tiling import TilingConfig, parse_tile
 
     tiling = TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory)
-    inputs = _expand_inputs(args.inputs, args.recursive)
+    inputs, videos = _expand_inputs(args.inputs, args.recursive)
+    if videos:
+        names = ", ".join(str(v) for v in videos[:3]) + (f" and {len(videos) - 3} more" if len(videos) > 3 else "")
+        log.warning("%d video(s) in the folder(s) left out (name a video to enhance it): %s", len(videos), names)
     if not inputs:
-        raise ConfigError("no input images found")
+        raise ConfigError("no input images found" + (" (only videos: name them to enhance them)" if videos else ""))
     single = len(args.inputs) == 1 and len(inputs) == 1 and inputs[0][1] is None  # -o names a file
     if args.format:
         wanted = imageio.format_for(Path("out"), args.format)  # an unknown --format fails once, before the model loads
@@ -318,15 +333,17 @@ def cmd_enhance(args) -> int:
             if job.src.suffix.lower() in imageio.VIDEO_SUFFIXES:
                 from .camera.video import enhance_video
 
-                enhance_video(job.src, job.dst, enhancer, temporal=args.temporal,
-                              progress=lambda *, done, total, fps, eta_s: on_tile(done, total or done + 1))
+                r = enhance_video(job.src, job.dst, enhancer, temporal=args.temporal, overwrite=args.overwrite,
+                                  progress=lambda *, done, total, fps, eta_s: on_tile(done, total or done + 1))
+                job.extra = {"frames": r.frames, "fps": round(r.fps, 3), "size": list(r.size), "audio": r.audio,
+                             "warnings": list(r.warnings)}
             else:
                 enhancer.enhance_file(job.src, job.dst, fmt=args.format, quality=args.quality,
                                       strip_metadata=args.strip_metadata, dpi_mode=args.dpi,
                                       max_pixels=args.max_pixels, overwrite=args.overwrite,
                                       progress=on_tile)
             job.status = "ok"
-            if enhancer.last_run:
+            if enhancer.last_run and "frames" not in job.extra:
                 job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles,
                              "passes": enhancer.last_run.passes}
             analysis = getattr(enhancer, "last_analysis", None)
@@ -537,7 +554,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a batch)")
     e.add_argument("--overwrite", action="store_true", help="allow writing over an input file")
     e.add_argument("--max-pixels", type=_positive_int, default=200_000_000, help="refuse larger inputs (default 200 MP)")
-    e.add_argument("--temporal", type=float, default=0.0, help="video only: residual smoothing 0..1")
+    e.add_argument("--temporal", type=number(float, 0, 1), default=0.0, help="video only: residual smoothing 0..1")
     e.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_enhance)

@@ -647,3 +647,54 @@ def test_cli_strength_outside_its_range_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse(["--strength", "5"])
     assert "1.5" in capsys.readouterr().err
+
+
+def test_enhance_video_says_what_the_output_lacks(tmp_path, monkeypatch, caplog):
+    """A truncated file decodes only its first part; without ffmpeg no audio is copied; a codec that keeps
+    even sizes only drops a row / column: each is said (logged and in the result), none is silent."""
+    from edge_enhance.camera import video
+    monkeypatch.setattr(video.shutil, "which", lambda name: None)
+    write_clip(tmp_path / "clip.avi", n=12)
+    data = (tmp_path / "clip.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) * 7 // 10])
+    r = video.enhance_video(tmp_path / "cut.avi", tmp_path / "o.avi", RepeatEnhancer())
+    assert 0 < r.frames < 12 and f"only {r.frames} of the 12 frames" in r.warnings[0]
+    assert "ffmpeg is not on PATH" in r.warnings[1] and "only" in caplog.text
+    whole = video.enhance_video(tmp_path / "clip.avi", tmp_path / "w.avi", RepeatEnhancer())
+    assert whole.frames == 12 and len(whole.warnings) == 1  # the audio note only
+    assert "keeps even sizes" in video._check_output("x", "o.avi", str(tmp_path / "w.avi"), 12, 12, (65, 49))[0]
+
+
+def test_enhance_video_over_its_input_with_overwrite(tmp_path):
+    from edge_enhance.camera.video import enhance_video
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, n=3)
+    r = enhance_video(clip, clip, RepeatEnhancer(), overwrite=True, copy_audio=False)
+    assert r.frames == 3 and count_frames(clip) == (3, (48, 64, 3))
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+
+def test_enhance_cli_videos_in_folders_webm_and_json(tmp_path, monkeypatch, capsys, caplog):
+    pytest.importorskip("onnxruntime")
+    from edge_enhance.cli import main
+    from tests.onnx_models import residual_sr
+
+    residual_sr(tmp_path / "m.onnx", scale=2)
+    d = tmp_path / "mix"
+    d.mkdir()
+    write_clip(d / "c.avi", n=3)
+    Image.new("RGB", (10, 8)).save(d / "p.png")
+    assert main(["enhance", str(d), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m.onnx"), "-q"]) == 0
+    assert "1 video(s) in the folder(s) left out" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["p.png"]
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    write_clip(vids / "c.avi", n=2)
+    assert main(["enhance", str(vids), "--model", str(tmp_path / "m.onnx")]) == 2
+    assert "only videos: name them" in capsys.readouterr().err
+    (tmp_path / "w.webm").write_bytes((vids / "c.avi").read_bytes())  # the name is what matters here
+    assert main(["enhance", str(tmp_path / "w.webm"), "--model", str(tmp_path / "m.onnx"), "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["files"][0]
+    assert f["output"].endswith("w.m.mkv") and f["frames"] == 2 and f["size"] == [64, 48] and "audio" in f
+    with pytest.raises(SystemExit):
+        main(["enhance", str(vids / "c.avi"), "--temporal", "1.5", "--model", str(tmp_path / "m.onnx")])

@@ -44,6 +44,7 @@ class VideoResult:
     seconds: float
     size: tuple[int, int]  # output (width, height)
     audio: str  # "copied", "none in source", "skipped: ..." (why it was not copied)
+    warnings: tuple[str, ...] = ()  # what the output lacks that the user should know (also logged)
 
 
 def _base(frame: np.ndarray, scale: int, kind: str) -> np.ndarray:
@@ -91,8 +92,7 @@ class TemporalSmoother:
 def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, str]:
     """Mux the source's audio into the new video with ffmpeg; returns (new temp file or None, note)."""
     ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        log.info("ffmpeg not on PATH: the output has no audio (install ffmpeg to copy it)")
+    if ffmpeg is None:  # without it the source's audio cannot even be looked for: the caller warns
         return None, "skipped: ffmpeg not on PATH"
     # `ffmpeg -i FILE` with no output lists the streams on stderr (and exits 1 by design).
     probe = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-i", src], capture_output=True, text=True)
@@ -116,14 +116,15 @@ def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, st
 
 
 def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progress=None,
-                  copy_audio: bool = True) -> VideoResult:
-    """Enhance every frame of ``src`` into ``dst`` (written atomically). Progress callbacks take
-    keyword arguments: ``progress(done=int, total=int|None, fps=float, eta_s=float|None)``.
+                  copy_audio: bool = True, overwrite: bool = False) -> VideoResult:
+    """Enhance every frame of ``src`` into ``dst`` (written atomically: ``dst`` may be ``src`` with
+    ``overwrite``). Progress callbacks take keyword arguments:
+    ``progress(done=int, total=int|None, fps=float, eta_s=float|None)``.
     """
     cv2 = import_cv2()
     src, dst = str(src), str(dst)
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise OutputError(f"{dst}: output would overwrite the input")
+    if os.path.abspath(src) == os.path.abspath(dst) and not overwrite:
+        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
     ext = os.path.splitext(dst)[1].lower()
     if ext not in FOURCC:
         raise OutputError(f"{dst}: cannot write video container {ext or '(none)'!r}; "
@@ -169,11 +170,18 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
         writer = None
         if os.path.getsize(tmp) == 0:
             raise OutputError(f"{dst}: the {ext} writer produced an empty file")
+        warnings = _check_output(src, dst, tmp, done, total, size)
         audio = "not requested"
         if copy_audio:
             muxed, audio = _copy_audio(tmp, src, ext)
             if muxed is not None:
                 os.replace(muxed, tmp)
+            elif "PATH" in audio:
+                warnings.append("any audio the source has is not copied: ffmpeg is not on PATH (install it to copy audio)")
+            elif audio.startswith("skipped"):
+                warnings.append(f"no audio in the output ({audio})")
+        for w in warnings:
+            log.warning("%s: %s", src, w)
         os.replace(tmp, dst)
         tmp = None
     except OSError as e:
@@ -185,4 +193,23 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     secs = time.perf_counter() - t0
-    return VideoResult(path=dst, frames=done, fps=fps, seconds=round(secs, 3), size=size, audio=audio)
+    return VideoResult(path=dst, frames=done, fps=fps, seconds=round(secs, 3), size=size, audio=audio,
+                       warnings=tuple(warnings))
+
+
+def _check_output(src: str, dst: str, tmp: str, done: int, total: int | None, size: tuple[int, int]) -> list[str]:
+    """What the written file lacks: frames the source's header promised (a truncated file decodes only
+    its first part), pixels the codec dropped (some store only even sizes)."""
+    cv2 = import_cv2()
+    notes = []
+    # Container frame counts are estimates for some formats: a frame or two short is not a damaged file.
+    if total and total - done > max(1, total // 50):
+        notes.append(f"only {done} of the {total} frames its header announces could be decoded "
+                     "(a truncated or damaged file?); the output has those")
+    cap = cv2.VideoCapture(tmp)
+    got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    if all(got) and got != size:
+        notes.append(f"the {os.path.splitext(dst)[1]} codec stored {got[0]}x{got[1]} of the {size[0]}x{size[1]} "
+                     "frames (it keeps even sizes only)")
+    return notes
