@@ -52,12 +52,22 @@ def run(source_spec: str, enhancer, seconds: float, target_fps: float | None) ->
     return s
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (e.g. 640x360)") from None
+    if min(w, h) < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides must be at least 8 pixels")
+    return w, h
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="sr-x2-rt")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--size", default="640x360", help="synthetic / camera frame size WxH")
+    ap.add_argument("--size", type=_size, default="640x360", help="synthetic / camera frame size WxH")
     ap.add_argument("--target-fps", type=float, help="also exercise adaptive mode")
     ap.add_argument("--no-camera", action="store_true", help="skip the camera run")
     ap.add_argument("--json", metavar="FILE", help="write all figures as JSON")
@@ -73,7 +83,7 @@ def main(argv=None) -> int:
     except EdgeEnhanceError as e:
         print(f"check_pi: cannot load model {args.model}: {e}", file=sys.stderr)
         return 1
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    w, h = args.size
     card = getattr(enhancer, "card", None)
     macs = getattr(card, "macs_per_pixel", None)
     report = {"device": device, "model": args.model, "threads": args.threads, "macs_per_pixel": macs, "runs": {}}

@@ -21,7 +21,8 @@ if [[ "${VERSION_CODENAME:-}" == "bullseye" || "${VERSION_CODENAME:-}" == "buste
   exit 1
 fi
 if [[ "$(uname -m)" != "aarch64" ]]; then
-  echo "error: a 64-bit OS is required (uname -m is $(uname -m)); the LiteRT wheels are aarch64 only" >&2
+  echo "error: this script sets up a Raspberry Pi on 64-bit Raspberry Pi OS (uname -m aarch64), not $(uname -m);" \
+       "elsewhere: pip install 'edge-enhance[litert,camera]'" >&2
   exit 1
 fi
 

@@ -297,3 +297,33 @@ def test_port_in_use_is_a_clear_error():
         s.listen()
         with pytest.raises(SinkError, match=f"cannot listen on 127.0.0.1:{s.getsockname()[1]}"):
             Preview(SyntheticSource(32, 32), RepeatEnhancer(), [WebViewfinder("127.0.0.1", s.getsockname()[1])]).run()
+
+
+@pytest.mark.parametrize("token", ["pa ss#wd&x=1;y", "tok\u00e9n-123"])
+def test_a_token_that_a_url_or_cookie_would_mangle_is_refused(token):
+    with pytest.raises(ConfigError, match="only letters, digits"):
+        WebViewfinder("0.0.0.0", 0, token=token)
+
+
+def test_preview_takes_the_token_from_the_environment(monkeypatch):
+    """So a service keeps it out of argv, which `ps` shows to every user (demo_raspberry's unit does)."""
+    import argparse
+
+    from edge_enhance.camera import cli
+    from tests.test_camera_doubles import RepeatEnhancer
+
+    seen = {}
+
+    def fake_sinks(specs, *, token, **kw):
+        seen["token"] = token
+        raise ConfigError("stop here")
+
+    monkeypatch.setenv("EDGE_ENHANCE_TOKEN", "from-the-env-123")
+    monkeypatch.setattr(cli, "build_sinks", fake_sinks)
+    monkeypatch.setattr(cli, "_make_enhancer", lambda *a, **k: RepeatEnhancer())
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0"])) == 1
+    assert seen["token"] == "from-the-env-123"
+    cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--token", "given-on-cli-1"]))
+    assert seen["token"] == "given-on-cli-1"

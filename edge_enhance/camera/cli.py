@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="window | web[:HOST:PORT] | file:out.mp4 | null; repeatable (default: window when a display "
            "is present, else web:127.0.0.1:8080)")
     p("--web", metavar="HOST:PORT", help="shorthand for --sink web:HOST:PORT")
-    p("--token", help="access token for the web viewfinder (required off loopback; generated if absent)")
+    p("--token", help="access token for the web viewfinder (required off loopback; default: the EDGE_ENHANCE_TOKEN "
+                      "environment variable, which other users cannot read in `ps` as they can an argument; else "
+                      "generated)")
     p("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_PREVIEW_MODEL})")
     p("--light-model", metavar="NAME|PATH", help="lighter model adaptive mode may switch to (same scale)")
     p("--threads", type=int, metavar="N", help="engine threads")
@@ -117,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
             specs.append(f"web:{args.web}")
         # A file sink records at the rate frames come in, known once the source has started (an unpaced
         # video file, @0: at the clip's own rate).
-        sinks = build_sinks(specs or ["auto"], token=args.token,
+        sinks = build_sinks(specs or ["auto"], token=args.token or os.environ.get("EDGE_ENHANCE_TOKEN") or None,
                             fps=lambda: getattr(source, "fps", None) or getattr(source, "native_fps", None),
                             overlay=not args.no_overlay, on_web_ready=_print_web)
         _refuse_overwriting(source, sinks)

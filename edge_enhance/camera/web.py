@@ -19,6 +19,7 @@ import json
 import logging
 import mimetypes
 import os
+import re
 import secrets
 import socket
 import threading
@@ -168,6 +169,9 @@ class WebViewfinder(Sink):
                  quality: int = 80, max_clients: int = 8, snapshot_timeout: float = 15.0, on_ready=None):
         if token is not None and len(token) < 8:
             raise ConfigError("--token must be at least 8 characters")
+        if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
+            # it travels in a URL and a cookie: other characters would need escaping and get cut by browsers
+            raise ConfigError("--token may use only letters, digits and . _ ~ - (as secrets.token_urlsafe gives)")
         if not 10 <= quality <= 100:
             raise ConfigError(f"JPEG quality {quality} must be in 10..100")
         self.host, self.port, self.quality = host, port, quality
