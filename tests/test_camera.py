@@ -229,6 +229,8 @@ def test_controls_actions_and_clamping():
         c.apply("explode")
     with pytest.raises(ConfigError):
         c.set_strength(float("nan"))
+    with pytest.raises(ConfigError):
+        c.set_strength(True)  # {"value": true} from the web API is not a strength
 
 
 def test_enhancement_off_shows_plain_upscale_and_skips_engine():

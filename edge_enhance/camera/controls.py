@@ -31,7 +31,7 @@ class Controls:
 
     @staticmethod
     def _clamp(s: float) -> float:
-        if not isinstance(s, (int, float)) or s != s:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s:  # JSON true is not 1.0
             raise ConfigError(f"strength {s!r} must be a number in {STRENGTH_MIN}..{STRENGTH_MAX}")
         return round(min(max(float(s), STRENGTH_MIN), STRENGTH_MAX), 3)
 
