@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_enhance.argtypes import number
+
 from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
@@ -35,6 +37,17 @@ COREML_ONLY = ("w8a8",) + COREML_WEIGHTS[1:]
 W8A8_AGREEMENT_TOL = 6 / 255
 SUFFIX = {"tflite": ".tflite", "coreml": ".mlpackage", "onnx": ".onnx"}
 QUANTIZED = ("int8", "int16x8")  # TFLite precisions made by the calibrated quantiser (quantization.cli)
+
+
+def check_output(out: Path, src: Path) -> None:
+    """Before any work: the output must not be the input, nor a folder (other than an earlier .mlpackage,
+    which is replaced whole), and its folder must exist."""
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: output would overwrite the input model")
+    if out.is_dir() and not (out.suffix == ".mlpackage" and (out / "Manifest.json").is_file()):
+        raise ConfigError(f"{out}: is a folder; give the output a file name")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: output folder {out.parent} does not exist")
 
 
 def parse_tile(text: str) -> tuple:
@@ -106,13 +119,15 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
 def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
             d2s_as_transpose_conv: bool = False, calib=None, dataset=None, max_images: int | None = 5,
             crop: tuple | None = None, verify: bool = True, min_target: str | None = None,
-            enumerated_shapes: tuple = (), card: dict | None = None) -> ConvertResult:
+            enumerated_shapes: tuple = (), card: dict | None = None, calib_crop: int = 96) -> ConvertResult:
     """Import, convert into a temporary file beside ``output``, verify, then move it into place.
 
     ``card``: for a model without one, ``footprint.attach_card`` keywords (task, scale, ...)."""
     from .onnx_import import from_onnx
 
     check_options(to, precision, io, enumerated_shapes, d2s_as_transpose_conv)
+    if to == "onnx" and tile is not None:
+        raise ConfigError("--tile fixes the input of TFLite and Core ML output; --to onnx keeps the source's input shape")
     if to == "tflite" and precision in QUANTIZED:
         raise ConfigError(f"--precision {precision} TFLite is calibrated quantisation: use `edge-enhance convert "
                           f"--to tflite --precision {precision} --calib DIR` or quantization.quantize_model")
@@ -125,10 +140,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     other = {".onnx": "onnx", ".tflite": "tflite", ".mlmodel": "coreml"}.get(out.suffix.lower(), to)
     if other != to:  # a .tflite file called x.onnx would mislead every tool that goes by the name
         raise ConfigError(f"{out}: a {out.suffix} name for --to {to} output (use {SUFFIX[to]})")
-    if out.resolve() == src.resolve():
-        raise ConfigError(f"{out}: output would overwrite the input model")
-    if not out.parent.is_dir():
-        raise ConfigError(f"{out}: output folder {out.parent} does not exist")
+    check_output(out, src)
     t0 = time.perf_counter()
     import onnx
 
@@ -149,8 +161,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         check_coreml(graph, weights=weights, min_target=min_target, io=coreml_io, w8a8=precision == "w8a8")
         tile = _tile_of(graph, tile)
     if to == "onnx" and precision == "int8":
-        graph = _quantized(graph, src, calib)
-    qgraph = _quantized(graph, src, calib) if precision == "w8a8" else None
+        graph = _quantized(graph, src, calib, calib_crop)
+    qgraph = _quantized(graph, src, calib, calib_crop) if precision == "w8a8" else None
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
@@ -196,9 +208,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                     agreement = verify_coreml(qgraph, tmp, precision=precision, simulate_quant=True,
                                               tol=W8A8_AGREEMENT_TOL, **kw)
         seconds = time.perf_counter() - t0
-        if out.exists():
-            if out.is_dir():
-                shutil.rmtree(out)
+        if out.is_dir():  # an earlier .mlpackage (check_output refused any other folder)
+            shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -220,18 +231,18 @@ def coreml_notes(io: str, sizes: list, channels: int) -> list:
     return lines
 
 
-def _quantized(graph, src: Path, calib):
+def _quantized(graph, src: Path, calib, crop: int = 96):
     """Calibrate on ``calib`` (default: the shared training images) and quantise (int8 QDQ, W8A8)."""
     from edge_enhance.card import ModelCard
 
-    from quantization.calibration import calibration_for
+    from quantization.calibration import CalibConfig, calibration_for
     from quantization.quantize import quantize_model
 
     if CARD_KEY not in graph.metadata:
         raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none "
                           "(pass --card-task sr|denoise|dejpeg|enhance)")
     card = ModelCard.from_json(graph.metadata[CARD_KEY])
-    cs = calibration_for(card, calib)
+    cs = calibration_for(card, calib, CalibConfig(crop=crop))
     res = quantize_model(graph, cs, sensitivity=False)
     log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
              res.report.quant_psnr)
@@ -274,8 +285,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(RGB / grayscale pixels in and out, iOS16+; iOS17+ with w8a8), any Core ML --precision")
     parser.add_argument("--d2s-as-transpose-conv", action="store_true",
                         help="express DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
+    parser.add_argument("--calib-crop", type=number(int, 8), default=96,
+                        help="side of a calibration crop (default 96; smaller for a folder of small images)")
     parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
-    parser.add_argument("--verify-images", type=int, default=5, help="how many images to verify on")
+    parser.add_argument("--verify-images", type=number(int, 1), default=5, help="how many images to verify on")
     parser.add_argument("-o", "--output", type=Path, help="output path")
     add_card_arguments(parser)
 
@@ -290,6 +303,7 @@ def _quantize_instead(args: argparse.Namespace) -> int:
     argv = [str(args.model), "--io", args.io, "--precision", args.precision]
     if args.calib:
         argv += ["--calib", str(args.calib)]
+    argv += ["--calib-crop", str(args.calib_crop)]
     if args.output:
         argv += ["-o", str(args.output)]
     if args.dataset:
@@ -311,7 +325,8 @@ def main(args: argparse.Namespace) -> int:
         if args.to == "tflite" and args.precision in QUANTIZED:
             return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
-                      d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, dataset=args.dataset,
+                      d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, calib_crop=args.calib_crop,
+                      dataset=args.dataset,
                       max_images=args.verify_images, enumerated_shapes=shapes, card=card_options(args))
     except ConfigError as e:
         print(f"edge-enhance convert: error: {e}", file=sys.stderr)

@@ -360,6 +360,8 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     tmp = Path(tempfile.mkdtemp(prefix=".mlpackage-", dir=path.parent))
     try:
         model.save(str(tmp / path.name))
+        if path.is_dir() and not (path / "Manifest.json").is_file():
+            raise ConfigError(f"{path}: is a folder, not a Core ML package; give the output another name")
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp / path.name, path)

@@ -6,6 +6,7 @@ import math
 import sys
 import time
 
+from .argtypes import number
 from .cli import Progress, add_model_arguments, build_enhancer, strict_json
 from .errors import ConfigError
 
@@ -15,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="folder of reference images (e.g. ../shared/data/eval/Set5)")
     p.add_argument("--task", "--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
                    help="protocol to apply (default: the model card's task)")
-    p.add_argument("--sigma", type=float, default=25.0, help="denoise: noise level on the 0..255 scale (default 25)")
+    p.add_argument("--sigma", type=number(float, 0, 255), default=25.0, help="denoise: noise level on the 0..255 scale (default 25)")
     p.add_argument("--quality", type=int, default=30, help="dejpeg: JPEG quality of the input (default 30)")
     p.add_argument("--tile", default="auto")
     p.add_argument("--memory", type=float, default=256.0)

@@ -179,7 +179,8 @@ def load_rgb(path: Path) -> np.ndarray:
 def list_images(dataset_dir) -> list[Path]:
     d = Path(dataset_dir)
     if not d.is_dir():
-        raise ImageInputError(f"{d}: dataset folder does not exist")
+        raise ImageInputError(f"{d}: is not a folder (a dataset is a folder of images)" if d.exists()
+                              else f"{d}: dataset folder does not exist")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ImageInputError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
@@ -257,10 +258,15 @@ def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, 
     s = scale if task in ("sr", "enhance") else 1
     shave_px = scale if task in ("sr", "enhance") else 0
     paths = list_images(dataset_dir)
+    need = 2 * shave_px + (11 if with_ssim else 1)  # the shaved reference must hold an SSIM window (or a pixel)
     for i, path in enumerate(paths):
         if on_image:
             on_image(i, len(paths), path.name)
         ref, inp = make_input(task, load_rgb(path), i, scale=s, sigma=sigma, quality=quality)
+        if min(ref.shape[:2]) < need or min(inp.shape[:2]) < 1:
+            log.warning("%s: %dx%d is too small for the %s protocol (at least %dx%d); left out",
+                        path, ref.shape[1], ref.shape[0], task, need, need)
+            continue
         out = np.asarray(fn(inp))
         if out.shape != ref.shape:
             raise ConfigError(f"{path.name}: model output {out.shape} does not match the reference {ref.shape}")
@@ -276,6 +282,8 @@ def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, 
             "baseline_psnr": score_psnr(task, ref, base, shave_px),
         })
         log.debug("%s: %.3f dB", path.name, p)
+    if not result.rows:
+        raise ImageInputError(f"{dataset_dir}: no image is large enough for the {task} protocol (at least {need}x{need})")
     return result
 
 

@@ -75,10 +75,14 @@ def default_train_dir() -> Path:
     raise CalibrationError("no shared/data/train above the repository: set EDGE_ENHANCE_DATA or pass --calib DIR")
 
 
+MIN_CALIB_IMAGES = 4  # fewer is allowed, with a warning: every crop then comes from a handful of pictures
+
+
 def list_calibration_files(folder) -> list[Path]:
     d = Path(folder)
     if not d.is_dir():
-        raise CalibrationError(f"{d}: calibration folder does not exist")
+        raise CalibrationError(f"{d}: is not a folder (calibration takes a folder of images)" if d.exists()
+                               else f"{d}: calibration folder does not exist")
     files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CalibrationError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in the calibration folder")
@@ -142,6 +146,9 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
                           f"multiple of the model's align {align} (choose a crop that is a multiple of {s * align})")
     root = Path(folder) if folder is not None else default_train_dir()
     files = list_calibration_files(root)
+    if len(files) < MIN_CALIB_IMAGES:
+        log.warning("%s: calibrating from %d image(s): int8 ranges will fit only what they show; a dozen or more "
+                    "varied photos calibrate better", root, len(files))
     rng = np.random.default_rng(config.seed)
     if folder is None:
         # Our own set: images smaller than the crop are passed over (T91 has some), and a fixed,

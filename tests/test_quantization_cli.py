@@ -104,13 +104,39 @@ def test_prune_writes_a_smaller_onnx_with_an_updated_card(setup, capsys, tmp_pat
     (["quantize", "{model}", "--calib", "{empty}"], 2, "no images"),
     (["quantize", "{model}", "-o", "{tmp}/x.onnx"], 2, ".tflite"),
     (["prune", "{model}", "--target-macs", "0.7", "-o", "{model}"], 2, "overwrite"),
+    (["quantize", "{model}", "-o", "{tmp}/adir.tflite"], 2, "adir.tflite: is a folder"),
+    (["prune", "{model}", "--target-macs", "0.7", "-o", "{tmp}/adir.onnx"], 2, "adir.onnx: is a folder"),
+    (["convert", "{model}", "--to", "tflite", "-o", "{tmp}/adir.tflite"], 2, "adir.tflite: is a folder"),
+    (["convert", "{model}", "--to", "onnx", "-o", "{tmp}/adir.onnx"], 2, "adir.onnx: is a folder"),
+    (["convert", "{model}", "--to", "onnx", "--tile", "32x32"], 2, "--to onnx keeps the source's input shape"),
+    (["quantize", "{model}", "--calib", "{model}"], 2, "is not a folder"),
+    (["eval", "{model}", "--dataset", "{model}"], 1, "is not a folder"),
 ])
 def test_bad_input_exit_codes(setup, capsys, tmp_path, argv, code, msg):
     model, calib, ev = setup
     (tmp_path / "empty").mkdir()
+    for d in ("adir.tflite", "adir.onnx"):  # an existing folder where the output would go: never deleted
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "keep.txt").write_text("mine")
     fill = dict(missing=str(tmp_path / "nope.onnx"), model=str(model), empty=str(tmp_path / "empty"), tmp=str(tmp_path))
     rc, cap = _run([a.format(**fill) for a in argv], capsys)
-    assert rc == code and msg in cap.err
+    assert rc == code and msg in cap.err, cap.err
+    assert all((tmp_path / d / "keep.txt").read_text() == "mine" for d in ("adir.tflite", "adir.onnx"))
+
+
+def test_nan_drops_miss_the_bar_and_too_small_images_are_left_out(setup, capsys, tmp_path):
+    """4x4 images leave nothing after the SR shave: they are named and left out, and a set of only those is
+    refused (it gave NaN PSNR, and a NaN drop passed --max-drop)."""
+    model, calib, ev = setup
+    tiny = _photos(tmp_path / "tiny", 2, (4, 4), 2)
+    rc, cap = _run(["prune", str(model), "--target-macs", "0.6", "--multiple", "1", "--calib", str(calib),
+                    "--calib-count", "3", "--calib-crop", "16", "--eval", str(tiny), "--max-drop", "0.1",
+                    "-o", str(tmp_path / "p.onnx")], capsys)
+    assert rc != 0 and "no image is large enough" in cap.err and not (tmp_path / "p.onnx").exists()
+    mixed = _photos(tmp_path / "mixed", 1, (4, 4), 3)
+    Image.open(ev / "im0.png").save(mixed / "big.png")
+    rc, cap = _run(["eval", str(model), "--dataset", str(mixed), "--json"], capsys)
+    assert rc == 0 and [r["name"] for r in json.loads(cap.out)["images"]] == ["big.png"]
 
 
 def test_bad_target_macs_is_a_usage_error(setup, capsys):
@@ -144,3 +170,23 @@ def test_bundled_sr_x2_rt_int16x8_loses_less_than_int8_in_litert(tmp_path, capsy
     kinds = {(name, out) for name, out, _ in _op_dtypes(out)}
     assert ("CONV_2D", np.int16) in kinds and ("DEPTH_TO_SPACE", np.int8) in kinds
     assert ("CONV_2D", np.int8) not in kinds
+
+
+@pytest.mark.parametrize("argv", [["convert", "{model}", "--to", "tflite", "--verify-images", "0"],
+                                  ["convert", "{model}", "--to", "tflite", "--verify-images", "-1"],
+                                  ["eval", "{model}", "--task", "denoise", "--sigma", "nan"],
+                                  ["eval", "{model}", "--task", "denoise", "--sigma", "inf"]])
+def test_out_of_range_numbers_are_usage_errors(setup, argv):
+    model, _, _ = setup
+    with pytest.raises(SystemExit) as e:
+        cli.main([a.format(model=model) for a in argv])
+    assert e.value.code == 2
+
+
+def test_convert_int8_takes_a_calibration_crop_and_warns_about_few_images(setup, capsys, tmp_path, caplog):
+    model, calib, ev = setup  # calib: two 40x36 photos, under the default 96 crop
+    out = tmp_path / "c.tflite"
+    rc, cap = _run(["convert", str(model), "--to", "tflite", "--precision", "int8", "--calib", str(calib),
+                    "--calib-crop", "16", "--dataset", str(ev), "-o", str(out)], capsys)
+    assert rc == 0 and out.exists(), cap.err
+    assert "calibrating from 2 image(s)" in caplog.text
