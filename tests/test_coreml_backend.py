@@ -65,3 +65,35 @@ def test_coremltools_import_warnings_stay_out_of_the_user_log():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
     assert "WARNING" not in p.stderr, p.stderr
+
+
+def test_a_ctrl_c_during_the_coremltools_import_is_not_lost(monkeypatch):
+    """coremltools' import swallows a KeyboardInterrupt raised inside it (seen: `convert --to coreml` ran on
+    and wrote its file after Ctrl-C); the signal is held over the import and raised after it."""
+    import importlib.abc
+    import importlib.util
+    import os
+    import signal
+    import sys
+
+    from edge_enhance.backends import coreml
+
+    class Swallowing(importlib.abc.Loader):
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, mid-import
+            except KeyboardInterrupt:
+                pass  # what a bare `except:` inside a dependency does
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            return importlib.util.spec_from_loader(name, Swallowing()) if name == "coremltools" else None
+
+    monkeypatch.delitem(sys.modules, "coremltools")
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    with pytest.raises(KeyboardInterrupt):
+        coreml.import_coremltools()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

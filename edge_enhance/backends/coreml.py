@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import logging
 import platform
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,18 @@ def import_coremltools():
     level = ct_log.level
     if quiet:
         ct_log.setLevel(logging.ERROR)
+    # Its import (a second or more) swallows a Ctrl-C that lands inside it: hold the signal, raise it after.
+    held, old = [], None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, lambda *_: held.append(1))
     try:
         import coremltools
     finally:
         ct_log.setLevel(level)
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    if held:
+        raise KeyboardInterrupt
     return coremltools
 
 
