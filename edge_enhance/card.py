@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from .errors import ModelFormatError
@@ -34,6 +35,8 @@ BASES = ("nearest", "identity", "bilinear")
 # Fields a user must give on the command line for a model that carries no card.
 REQUIRED_FIELDS = ("task", "scale", "receptive_field")
 MAX_ALIGN = 64
+MAX_RECEPTIVE_FIELD = 4097  # a small enhancement network sees tens of pixels; more is a corrupt or hostile card
+MAX_TILE_PIXELS = 4096 * 4096  # a fixed model input (card tile, frozen engine shape): NPU tiles are far smaller
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,14 @@ class ModelCard:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
+        _int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # JSON true is not 1
         if self.task not in TASKS:
             raise ModelFormatError(f"model card: task {self.task!r} is not one of {', '.join(TASKS)}")
-        if not (isinstance(self.scale, int) and 1 <= self.scale <= 8):
+        if not (_int(self.scale) and 1 <= self.scale <= 8):
             raise ModelFormatError(f"model card: scale {self.scale!r} must be an integer 1..8")
-        if not (isinstance(self.receptive_field, int) and self.receptive_field >= 1):
-            raise ModelFormatError(f"model card: receptive_field {self.receptive_field!r} must be a positive integer")
+        if not (_int(self.receptive_field) and 1 <= self.receptive_field <= MAX_RECEPTIVE_FIELD):
+            raise ModelFormatError(f"model card: receptive_field {self.receptive_field!r} must be an integer "
+                                   f"1..{MAX_RECEPTIVE_FIELD}")
         if self.layout not in LAYOUTS:
             raise ModelFormatError(f"model card: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.base not in BASES:
@@ -67,11 +72,14 @@ class ModelCard:
         if self.colour not in COLOURS:
             raise ModelFormatError(f"model card: colour {self.colour!r} is not one of {', '.join(COLOURS)}")
         lo, hi = self.input_range
-        if not lo < hi:
-            raise ModelFormatError(f"model card: input_range {self.input_range!r} is empty")
-        if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
+        if not (lo < hi and math.isfinite(lo) and math.isfinite(hi)):
+            raise ModelFormatError(f"model card: input_range {self.input_range!r} must be finite, low < high")
+        if self.tile is not None and (len(self.tile) != 2 or not all(_int(v) and v >= 1 for v in self.tile)):
             raise ModelFormatError(f"model card: tile {self.tile!r} must be [height, width]")
-        if not (isinstance(self.align, int) and 1 <= self.align <= MAX_ALIGN):
+        if self.tile is not None and self.tile[0] * self.tile[1] > MAX_TILE_PIXELS:
+            raise ModelFormatError(f"model card: tile {self.tile[0]}x{self.tile[1]} is implausibly large "
+                                   f"(over {MAX_TILE_PIXELS // 2**20} MP)")
+        if not (_int(self.align) and 1 <= self.align <= MAX_ALIGN):
             raise ModelFormatError(f"model card: align {self.align!r} must be an integer 1..{MAX_ALIGN}")
 
     @property
@@ -96,14 +104,18 @@ class ModelCard:
         if missing:
             raise ModelFormatError(f"{source}: model card lacks {', '.join(missing)}")
         kw = {k: v for k, v in d.items() if k in known}
-        kw["extra"] = {**d.get("extra", {}), **{k: v for k, v in d.items() if k not in known}}
-        if "input_range" in kw:
-            kw["input_range"] = tuple(float(v) for v in kw["input_range"])
-        if kw.get("tile"):
-            kw["tile"] = tuple(int(v) for v in kw["tile"])
         try:
+            kw["extra"] = {**d.get("extra", {}), **{k: v for k, v in d.items() if k not in known}}
+            if "input_range" in kw:
+                lo, hi = (float(v) for v in kw["input_range"])
+                kw["input_range"] = (lo, hi)
+            if kw.get("tile"):
+                kw["tile"] = tuple(kw["tile"])
+            for k in ("params", "macs_per_pixel"):
+                if kw.get(k) is not None and not (isinstance(kw[k], int) and not isinstance(kw[k], bool)):
+                    raise TypeError(f"{k} {kw[k]!r} is not an integer")
             return cls(**kw)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # a field of the wrong shape: a list where a number goes, ...
             raise ModelFormatError(f"{source}: malformed model card: {e}") from None
         except ModelFormatError as e:  # __post_init__ knows the field, not the file
             raise ModelFormatError(f"{source}: {e}") from None
@@ -112,7 +124,7 @@ class ModelCard:
     def from_json(cls, text: str | bytes, source: str = "model") -> "ModelCard":
         try:
             d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise ModelFormatError(f"{source}: model card is not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ModelFormatError(f"{source}: model card is not a JSON object")

@@ -439,15 +439,14 @@ def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
 def _file_summary(path: Path) -> dict:
     import hashlib
 
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file())
-        size = sum(f.stat().st_size for f in files)
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f.read_bytes())
-    else:
-        size = path.stat().st_size
-        h = hashlib.sha256(path.read_bytes())
+    # A package's own files only (a symlink may point anywhere), read in chunks (a file may be huge).
+    files = sorted(f for f in path.rglob("*") if f.is_file() and not f.is_symlink()) if path.is_dir() else [path]
+    h, size = hashlib.sha256(), 0
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
     return {"file": str(path), "bytes": size, "sha256": h.hexdigest()}
 
 

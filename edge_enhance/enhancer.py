@@ -251,6 +251,8 @@ class Enhancer:
                 f"{self.path}: output shape {tuple(yout.shape)} does not match the card "
                 f"(scale {s} of input {tile[0]}x{tile[1]} -> (1, {tile[0] * s}, {tile[1] * s}, {c}))"
             )
+        if not np.isfinite(yout).all():  # NaN / inf would be cast to arbitrary pixels and reported as a success
+            raise EngineError(f"{self.path}: the model output non-finite values (NaN / inf) on tile {i + 1} of {n}")
         return yout
 
     # -- convenience ------------------------------------------------------------------------------

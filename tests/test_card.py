@@ -25,3 +25,13 @@ def test_margin_is_the_radius_rounded_up_to_align(rf, align, margin):
 def test_bad_align_is_refused_naming_the_file(align):
     with pytest.raises(ModelFormatError, match=r"^m\.onnx: model card: align .* must be an integer 1\.\.64"):
         ModelCard.from_json(json.dumps({**CARD, "align": align}), "m.onnx")
+
+
+def test_a_deeply_nested_card_is_a_format_error_not_a_recursion_error():
+    import pytest
+
+    from edge_enhance.card import ModelCard
+    from edge_enhance.errors import ModelFormatError
+
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        ModelCard.from_json("[" * 100_000, "deep.onnx")

@@ -379,3 +379,20 @@ def test_an_engine_that_cannot_run_the_file_says_which_can(tmp_path, model, caps
     assert main(["enhance", str(src), "--model", model, "--engine", "coreml"]) == 2
     assert "--engine coreml cannot run it: the file is ONNX, which the onnxruntime engine runs" \
         in capsys.readouterr().err
+
+
+def test_a_file_or_folder_named_like_a_bundled_model_does_not_replace_it(tmp_path, monkeypatch, model, caplog):
+    pytest.importorskip("ai_edge_litert")
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sr-x2").mkdir()  # left by an earlier `-o sr-x2/`
+    shutil.copy(model, tmp_path / "denoise")  # an x2 test net under a bundled name
+    src = _img(tmp_path / "a.png", size=(12, 9))
+    assert main(["enhance", "a.png", "-o", "o.png", "-q"]) == 0
+    assert Image.open("o.png").size == (24, 18)
+    assert main(["enhance", "a.png", "--mode", "denoise", "-o", "d.png", "-q"]) == 0
+    assert Image.open("d.png").size == (12, 9)  # the bundled denoiser, not the local x2 file
+    assert "the bundled model is used, not the file of that name here (write ./denoise" in caplog.text
+    assert main(["enhance", str(src), "--model", "./denoise", "-o", "l.png", "-q"]) == 0
+    assert Image.open("l.png").size == (24, 18)  # ./ names the local file

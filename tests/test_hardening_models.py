@@ -178,9 +178,21 @@ def test_external_data_in_a_subgraph_is_found():
 @pytest.mark.parametrize("change,cause", [
     ({"scale": 3}, r"output shape \(1, \d+, \d+, 3\) does not match the card \(scale 3"),
     ({"layout": "nhwc"}, r"the card says layout nhwc but the input tensor is \[1, 3, 'h', 'w'\]"),
-    ({"receptive_field": 0}, r"receptive_field 0 must be a positive integer"),
+    ({"receptive_field": 0}, r"receptive_field 0 must be an integer 1\.\.4097"),
+    ({"receptive_field": 1_000_000_000}, r"receptive_field 1000000000 must be an integer"),
     ({"task": "colourise"}, r"task 'colourise' is not one of"),
     ({"align": 0}, r"align 0 must be an integer 1\.\.64"),
+    # Malformed fields: one line naming the file (they were TypeError / ValueError tracebacks).
+    ({"extra": [1]}, r"malformed model card"),
+    ({"input_range": 5}, r"malformed model card"),
+    ({"input_range": [0, 1, 2]}, r"malformed model card"),
+    ({"input_range": [0, 1e309]}, r"input_range \(0\.0, inf\) must be finite"),
+    ({"tile": 7}, r"malformed model card"),
+    ({"tile": [16.9, 16.9]}, r"tile \(16\.9, 16\.9\) must be \[height, width\]"),
+    ({"tile": [100000, 100000]}, r"tile 100000x100000 is implausibly large"),
+    ({"scale": True}, r"scale True must be an integer 1\.\.8"),
+    ({"params": "lots"}, r"malformed model card: params 'lots' is not an integer"),
+    ({"max_channels": "lots"}, r"extra\.max_channels 'lots' is not a channel count"),
 ])
 def test_card_that_does_not_match_the_tensors(tmp_path, files, capsys, change, cause):
     card = {"name": "liar", "task": "sr", "scale": 2, "receptive_field": 9, "layout": "nchw", "base": "nearest"}
@@ -230,3 +242,39 @@ def test_card_json_damage_is_a_model_format_error(tmp_path):
                                                                     "receptive_field": 9})):
         with pytest.raises(ModelFormatError, match="model card|card"):
             ModelCard.from_json(text, "m.onnx")
+
+
+def test_a_model_that_outputs_nan_or_inf_fails_instead_of_writing_junk(tmp_path, files, capsys):
+    from edge_enhance.card import CARD_KEY, ModelCard
+    from tests.conversion_testkit import h, make_model
+
+    card = ModelCard(name="div0", task="denoise", scale=1, receptive_field=1)
+    m = make_model([h.make_node("Div", ["x", "z"], ["y"], name="div")], {"z": np.float32(0.0)}, [1, 3, "H", "W"],
+                   metadata={CARD_KEY: card.to_json()})
+    p = tmp_path / "div0.onnx"
+    p.write_bytes(m.SerializeToString())
+    _expect_failure(tmp_path, files, p, r"non-finite values \(NaN / inf\) on tile 1 of 1", capsys)
+
+
+def test_a_huge_fixed_onnx_input_is_refused_at_load(tmp_path, files, capsys):
+    p = tmp_path / "huge.onnx"
+    residual_sr(p, fixed=(6000, 6000))
+    _expect_failure(tmp_path, files, p, r"fixed input of 6000x6000 pixels is implausibly large", capsys)
+
+
+def test_info_reads_no_fifo_and_follows_no_symlink_out_of_a_package(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe.mlmodel"
+    os.mkfifo(fifo)  # reading it would block forever
+    assert main(["info", str(fifo)]) == 1
+    assert "not a model this runtime knows" in capsys.readouterr().err
+    pkg = tmp_path / "m.mlpackage"
+    (pkg / "Data").mkdir(parents=True)
+    (pkg / "Manifest.json").write_text("{}")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not part of the model")
+    (pkg / "Data" / "notes.txt").symlink_to(outside)
+    from edge_enhance.cli import _file_summary
+
+    assert _file_summary(pkg)["bytes"] == 2  # the Manifest's "{}" alone

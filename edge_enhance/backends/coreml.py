@@ -74,7 +74,7 @@ class CoreMLBackend(Backend):
     def sniff(path: Path, head: bytes) -> bool:
         if path.is_dir():
             return (path / "Manifest.json").is_file()
-        return path.suffix == ".mlmodel"
+        return path.suffix == ".mlmodel" and path.is_file()  # not a FIFO or a device that would be read forever
 
     @staticmethod
     def read_card(path: Path) -> ModelCard | None:

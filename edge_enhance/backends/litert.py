@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..card import CARD_KEY, ModelCard
+from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard
 from ..errors import BackendUnavailableError, ModelFormatError
 from ..tiling import round_up
 from . import Backend, EngineOptions, register
 from .tflite_meta import read_metadata, verify_graph
 
 log = logging.getLogger(__name__)
-MAX_FIXED_PIXELS = 4096 * 4096  # NPU / fixed-tile models are far smaller; a larger one is a damaged header
 
 
 def _check_delegate_library(path: str) -> None:
@@ -174,9 +173,9 @@ class LiteRTBackend(Backend):
         self.channels = int(shape[3])
         self.fixed_shape = None if (sig[1] == -1 or sig[2] == -1) else (int(shape[1]), int(shape[2]))
         self._size: tuple[int, int] | None = None
-        if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_FIXED_PIXELS:
+        if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_TILE_PIXELS:
             raise ModelFormatError(f"{path}: fixed input of {self.fixed_shape[0]}x{self.fixed_shape[1]} pixels is "
-                                   f"implausibly large (limit {MAX_FIXED_PIXELS} pixels)")
+                                   f"implausibly large (limit {MAX_TILE_PIXELS} pixels)")
         self._align = self.card.align if self.card else 1
         try:  # the interpreter checks the graph only when allocating: do it at load, at a small size
             if not self.fixed_shape:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..card import CARD_KEY, ModelCard
+from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard
 from ..errors import BackendUnavailableError, ModelFormatError
 from . import Backend, EngineOptions, register
 
@@ -158,7 +158,7 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         self.path = Path(path)
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # its own errors come back as exceptions, said once by us
         if options.threads:
             so.intra_op_num_threads = options.threads
             so.inter_op_num_threads = 1
@@ -196,6 +196,9 @@ class OnnxRuntimeBackend(Backend):
         self.channels = channels if isinstance(channels, int) else 3
         hw = shape[2:4] if self.layout == "nchw" else shape[1:3]
         self.fixed_shape = tuple(hw) if all(isinstance(d, int) for d in hw) else None
+        if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_TILE_PIXELS:
+            raise ModelFormatError(f"{path}: fixed input of {hw[0]}x{hw[1]} pixels is implausibly large "
+                                   f"(limit {MAX_TILE_PIXELS} pixels)")
         if in_type != "tensor(float)":
             raise ModelFormatError(f"{path}: input type {in_type} is not float32")
 
@@ -212,6 +215,8 @@ class OnnxRuntimeBackend(Backend):
     def activation_bytes_per_pixel(self) -> float:
         # ORT does not expose intermediate shapes; count the widest layer twice (input and output of a
         # conv are live together) plus the model's I/O, as float32, and 1.5x for the arena's slack.
-        width = int((self.card.extra.get("max_channels") if self.card else None) or 64)
+        width = (self.card.extra.get("max_channels") if self.card else None) or 64
+        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 65536:
+            raise ModelFormatError(f"{self.path}: model card extra.max_channels {width!r} is not a channel count")
         s = self.card.scale if self.card else 1
         return 1.5 * 4 * (2 * width + self.channels * (1 + s * s))

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 from ..errors import ModelFormatError
 
+log = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "sr-x2"
 _SUFFIXES = (".int8.tflite", ".tflite", ".onnx")  # int8 TFLite first: it is the fast path on a Pi
@@ -38,11 +40,16 @@ def bundled() -> dict[str, list[Path]]:
 
 
 def resolve(model: str | Path) -> Path:
-    """A path that exists, or a bundled model's best file for the engines installed."""
+    """A bundled model's best file for the engines installed, for a bare bundled name ('sr-x2'), even
+    where the current folder holds a file or folder of that name (``./sr-x2`` names that one: a stray
+    folder left by ``-o sr-x2/`` broke every default run, a stray file replaced a --mode stage);
+    else a path that exists."""
     p = Path(model)
-    if p.exists():
+    files = bundled().get(str(model)) if isinstance(model, str) and p.name == model else None
+    if files and p.is_file():
+        log.warning("%s: the bundled model is used, not the file of that name here (write ./%s for it)", model, model)
+    if p.exists() and not files:
         return p
-    files = bundled().get(str(model))
     if not files:
         names = ", ".join(sorted(bundled())) or "none"
         raise ModelFormatError(f"{model}: no such model file and no bundled model of that name (bundled: {names})")
