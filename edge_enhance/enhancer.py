@@ -104,6 +104,7 @@ class Enhancer:
         # One engine, resized per tile shape: calls from several threads take turns (a LiteRT interpreter
         # cannot be resized while another thread reads its tensors). One Enhancer per thread runs in parallel.
         self._lock = threading.Lock()
+        self._said_8bit = False
 
     @property
     def strength(self) -> float:
@@ -143,6 +144,10 @@ class Enhancer:
         h, w, _ = rgb.shape
         if not (h and w):
             raise ConfigError(f"empty image ({w}x{h} pixels)")
+        if rgb.dtype == np.uint16 and getattr(self.backend, "integer", False) and not self._said_8bit:
+            self._said_8bit = True
+            log.warning("%s: a quantised model sees and returns 8-bit steps, so a 16-bit image keeps 8-bit precision "
+                        "(a float model, such as the bundled .onnx beside it, keeps 16)", self.path)
         s = self.card.scale
         if out is None:
             out = np.empty((h * s, w * s, 3), rgb.dtype)
@@ -274,6 +279,8 @@ class Enhancer:
             a = alpha.astype(np.float32)[..., None] / maxv
             rgb = np.rint(rgb.astype(np.float32) * a).astype(rgb.dtype)
         res = self.enhance_rgb(rgb, out=out, progress=progress)
+        if not photo.grey and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+            res[...] = imageio.to_grey(res)[..., None]  # a grey picture stored as RGB comes out grey, not tinted
         new_alpha = None
         if alpha is not None:
             new_alpha = self._upscale_alpha(alpha)

@@ -382,6 +382,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["dpi"] = tuple(float(d) * dpi_scale for d in photo.dpi)
     if fmt in ("JPEG", "WEBP"):
         kw["quality"] = quality
+    if fmt == "JPEG":  # full-resolution chroma: 4:2:0 undid much of what dejpeg restored (measured: below its input)
+        kw["subsampling"] = 0
     keep16 = photo.rgb.dtype == np.uint16 and fmt in _SIXTEEN_BIT
     if fmt in _NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)

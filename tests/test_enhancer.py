@@ -354,3 +354,26 @@ def _roundtrip_jpeg(im, exif):
     im.save(b, "JPEG", exif=exif.tobytes())
     b.seek(0)
     return b
+
+
+def test_a_grey_picture_stored_as_rgb_comes_out_grey(models):
+    from edge_enhance import imageio
+
+    g = np.random.default_rng(5).integers(0, 256, (13, 11), dtype=np.uint8)
+    photo = imageio.Photo(np.repeat(g[..., None], 3, axis=2))
+    out = Enhancer(models[2]).enhance_photo(photo).rgb
+    assert out.shape == (26, 22, 3) and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    tinted = np.random.default_rng(6).integers(0, 256, (13, 11, 3), dtype=np.uint8)
+    assert not (Enhancer(models[2]).enhance_photo(imageio.Photo(tinted)).rgb[..., 0]
+                == Enhancer(models[2]).enhance_photo(imageio.Photo(tinted)).rgb[..., 1]).all()
+
+
+def test_16_bit_input_through_a_quantised_model_is_said_once(caplog):
+    pytest.importorskip("ai_edge_litert")
+    enh = Enhancer("sr-x2", threads=1)  # the bundled int8 .tflite
+    a = np.random.default_rng(0).integers(0, 65536, (9, 10, 3), dtype=np.uint16)
+    enh.enhance(a), enh.enhance(a)
+    assert caplog.text.count("keeps 8-bit precision") == 1
+    caplog.clear()
+    enh.enhance((a >> 8).astype(np.uint8))
+    assert "8-bit precision" not in caplog.text

@@ -210,3 +210,10 @@ def test_tiff_without_a_resolution_gets_none_made_up(tmp_path):
     assert ph.dpi is None
     with Image.open(imageio.save_image(ph, tmp_path / "o.tif", dpi_scale=2)) as o:
         assert 282 not in o.tag_v2
+
+
+def test_jpeg_output_keeps_full_resolution_chroma(tmp_path):
+    from PIL import JpegImagePlugin
+
+    out = imageio.save_image(imageio.Photo(np.zeros((16, 16, 3), np.uint8)), tmp_path / "o.jpg")
+    assert JpegImagePlugin.get_sampling(Image.open(out)) == 0  # 4:4:4

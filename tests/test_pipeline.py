@@ -52,6 +52,8 @@ def test_blockiness_rises_as_quality_falls():
 
     b10, b50, b95, clean = blockiness(jpeg(10)), blockiness(jpeg(50)), blockiness(jpeg(95)), blockiness(img)
     assert b10 > b50 > b95 and b10 > 1.25 and abs(clean - 1) < 0.1
+    # A JPEG cropped by a few pixels (its grid no longer at 0, 0) and saved losslessly is still seen.
+    assert blockiness(jpeg(10)[5:, 3:]) > 1.25
 
 
 def test_backprojection_of_a_faithful_upscale_is_high():
@@ -170,3 +172,21 @@ def test_estimators_of_a_fully_transparent_image_say_nothing():
     rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype(np.uint8)
     alpha = np.zeros((40, 40), np.uint8)
     assert estimate_noise_sigma(rgb, alpha) == 0.0 and blockiness(rgb, alpha) == 1.0
+
+
+def test_an_aliased_input_is_judged_against_what_bicubic_reaches_on_it():
+    """A 1-px checkerboard: no upscale agrees with it at 30 dB (bicubic itself scores far below), so a result
+    at least as faithful as bicubic is kept, not refused; one far worse than bicubic still is."""
+    from edge_enhance.errors import EdgeEnhanceError
+    from edge_enhance.pipeline import Pipeline, bicubic_backprojection
+
+    board = (np.indices((40, 40)).sum(0) % 2 * 255).astype(np.uint8)
+    photo = imageio.Photo(np.repeat(board[..., None], 3, axis=2))
+    floor = bicubic_backprojection(photo.rgb, (80, 80, 3))
+    assert floor < 20
+    pipe = Pipeline("auto", 2, make_enhancer=lambda name: _Offset(0, scale=2 if name.startswith("sr-") else 1))
+    out = pipe.enhance_photo(photo)  # nearest x2: as faithful as bicubic here, or more
+    assert out.rgb.shape == (80, 80, 3) and pipe.last_analysis.backprojection_db >= floor
+    flat = imageio.Photo(np.full((40, 40, 3), 100, np.uint8))
+    with pytest.raises(EdgeEnhanceError, match="the bar or bicubic's own"):
+        Pipeline("auto", 2, make_enhancer=lambda name: _Offset(40)).enhance_photo(flat)

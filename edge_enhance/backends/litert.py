@@ -163,6 +163,8 @@ class LiteRTBackend(Backend):
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
         self._in, self._out = ins[0], outs[0]
+        # Integer activations: the model sees its input on a 1/255 grid, whatever the image's bit depth.
+        self.integer = any(d["dtype"] in (np.int8, np.uint8, np.int16) for d in self.interp.get_tensor_details())
         layout = self.card.layout if self.card else "nhwc"
         if layout != "nhwc":
             raise ModelFormatError(f"{path}: TFLite models must be NHWC; the card says {layout}")
