@@ -346,6 +346,8 @@ def cmd_enhance(args) -> int:
             if enhancer.last_run and "frames" not in job.extra:
                 job.extra = {"tile": list(enhancer.last_run.tile), "tiles": enhancer.last_run.tiles,
                              "passes": enhancer.last_run.passes}
+            job.extra.update(stages=list(getattr(enhancer, "last_stages", None) or [name]), strength=args.strength,
+                             tta=args.tta)
             analysis = getattr(enhancer, "last_analysis", None)
             if analysis:
                 job.extra.update(dataclasses.asdict(analysis))
@@ -391,9 +393,11 @@ class _StopRequest:
 
 def _auto_note(extra: dict) -> str:
     """What --mode auto found and did, for the file's line: ' (auto: noise sigma 24.6, blockiness
-    0.97; denoise + sr-x2; back-projection 57.9 dB)'; '' for the other modes."""
-    if "stages" not in extra:
-        return ""
+    0.97; denoise + sr-x2; back-projection 57.9 dB)'; for another mode its chain when it has more than one
+    model (' (sr-x4 + sr-x2)'), else ''."""
+    if "noise_sigma" not in extra:  # not auto: name the chain where it is more than the output's name says
+        stages = extra.get("stages") or []
+        return f" ({' + '.join(stages)})" if len(stages) > 1 else ""
     q = extra["jpeg_quality"]
     found = f"noise sigma {extra['noise_sigma']:.1f}, " + (f"JPEG quality {q}" if q is not None else
                                                           f"blockiness {extra['blockiness']:.2f}")

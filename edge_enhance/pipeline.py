@@ -200,6 +200,7 @@ class Pipeline:
         self._make = make_enhancer
         self._loaded: dict[str, object] = {}
         self.last_analysis: Analysis | None = None
+        self.last_stages: list[str] = []  # the models the last file went through, in order
         if mode != "auto":
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing
@@ -218,7 +219,9 @@ class Pipeline:
             for n in missing:
                 log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
             stages = an.stages = [n for n in stages if n not in missing]
-        self.last_analysis = an
+        self.last_analysis, self.last_stages = an, stages
+        if an is not None:
+            an.strength = self.strength
         if not stages:
             return photo
         # The check compares the upscale with what it upscaled: cleanup departs from a noisy input on purpose.

@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -190,3 +191,21 @@ def test_an_aliased_input_is_judged_against_what_bicubic_reaches_on_it():
     flat = imageio.Photo(np.full((40, 40, 3), 100, np.uint8))
     with pytest.raises(EdgeEnhanceError, match="the bar or bicubic's own"):
         Pipeline("auto", 2, make_enhancer=lambda name: _Offset(40)).enhance_photo(flat)
+
+
+def test_each_file_says_which_models_ran(tmp_path, capsys):
+    """--scale 8 (x4 then x2), and any mode, name the chain on the file's line and in --json."""
+    pytest.importorskip("ai_edge_litert")
+    from edge_enhance.cli import main
+
+    src = tmp_path / "a.png"
+    Image.fromarray(smooth(12, 10).astype(np.uint8)).save(src)
+    assert main(["enhance", str(src), "--scale", "8", "-o", str(tmp_path / "o.png")]) == 0
+    assert "(sr-x4 + sr-x2)" in capsys.readouterr().out
+    assert main(["enhance", str(src), "--mode", "denoise", "--strength", "0.5", "-o", str(tmp_path / "d.png"),
+                 "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["files"][0]
+    assert (f["stages"], f["strength"], f["tta"]) == (["denoise"], 0.5, False)
+    assert main(["enhance", str(src), "--mode", "auto", "--scale", "1", "--strength", "0.25", "-o",
+                 str(tmp_path / "x.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"][0]["strength"] == 0.25
