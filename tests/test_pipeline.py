@@ -75,6 +75,13 @@ def test_auto_plan_picks_cleanup_then_upscale(tmp_path):
     assert stages == ["dejpeg", "sr-x4"] and an.jpeg_quality == 20
     stages, _ = plan_stages("auto", 2, imageio.Photo(clean.astype(np.uint8)))
     assert stages == ["sr-x2"]
+    # A noisy photo saved as a good JPEG (a phone's): dejpeg, which removes JPEG-correlated noise, not denoise.
+    p90 = tmp_path / "n.jpg"
+    Image.fromarray(noisy).save(p90, quality=90)
+    stages, an = plan_stages("auto", 1, imageio.load_image(p90), p90)
+    assert stages == ["dejpeg"] and an.jpeg_quality == 90 and an.noise_sigma > 6
+    Image.fromarray(clean.astype(np.uint8)).save(p90, quality=90)  # a clean one: left alone
+    assert plan_stages("auto", 1, imageio.load_image(p90), p90)[0] == []
 
 
 def test_scale_chains():
