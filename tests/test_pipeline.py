@@ -82,6 +82,8 @@ def test_auto_plan_picks_cleanup_then_upscale(tmp_path):
     assert stages == ["dejpeg"] and an.jpeg_quality == 90 and an.noise_sigma > 6
     Image.fromarray(clean.astype(np.uint8)).save(p90, quality=90)  # a clean one: left alone
     assert plan_stages("auto", 1, imageio.load_image(p90), p90)[0] == []
+    Image.fromarray(noisy).save(p90, quality=95)  # above dejpeg's training range (10..90): denoise, as before
+    assert plan_stages("auto", 1, imageio.load_image(p90), p90)[0] == ["denoise"]
 
 
 def test_scale_chains():
