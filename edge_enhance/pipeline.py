@@ -59,13 +59,15 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
     if h < 10 or w < 10:
         return 0.0
     scale = 255.0 / np.iinfo(rgb.dtype).max
-    m = _opaque(alpha, rgb.shape)
-    m = m[:-2, :-2] & m[:-2, 1:-1] & m[:-2, 2:] & m[1:-1, :-2] & m[1:-1, 1:-1] & m[1:-1, 2:] & m[2:, :-2] \
-        & m[2:, 1:-1] & m[2:, 2:]  # every pixel under the 3x3 Laplacian opaque
-    bh, bw = m.shape[0] // 8, m.shape[1] // 8
-    keep = m[:bh * 8, :bw * 8].reshape(bh, 8, bw, 8).all(axis=(1, 3))
-    if not keep.any():
-        return 0.0
+    bh, bw = (h - 2) // 8, (w - 2) // 8
+    keep = np.ones((bh, bw), bool)
+    if alpha is not None:  # blocks whose every pixel under the 3x3 Laplacian is opaque
+        m = _opaque(alpha, rgb.shape)
+        m = m[:-2, :-2] & m[:-2, 1:-1] & m[:-2, 2:] & m[1:-1, :-2] & m[1:-1, 1:-1] & m[1:-1, 2:] & m[2:, :-2] \
+            & m[2:, 1:-1] & m[2:, 2:]
+        keep = m[:bh * 8, :bw * 8].reshape(bh, 8, bw, 8).all(axis=(1, 3))
+        if not keep.any():
+            return 0.0
     sigmas = []
     for c in range(rgb.shape[2]):
         y = rgb[..., c].astype(np.float64) * scale
@@ -99,8 +101,9 @@ def blockiness(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
     fully opaque pixels only."""
     y, m = _luma(rgb), _opaque(alpha, rgb.shape)
     mx, my = m[:, 1:] & m[:, :-1], m[1:] & m[:-1]
-    dx = np.abs(np.diff(y, axis=1)) * mx
-    dy = np.abs(np.diff(y, axis=0)) * my
+    dx, dy = np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0))
+    if alpha is not None:
+        dx, dy = dx * mx, dy * my
     # The grid need not start at pixel 0 (a JPEG cropped, then saved losslessly): per axis, the phase of the
     # 8 whose steps are largest on average is taken as the block border.
     border_sum = border_n = 0.0
