@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import OutputError
+
 
 @functools.lru_cache(maxsize=1)
 def _umask() -> int:
@@ -80,3 +82,9 @@ def write_bytes(path, data: bytes) -> Path:
     with atomic_file(path) as f:
         f.write(data)
     return Path(path)
+
+
+def refuse_overwriting_input(src, dst, overwrite: bool = False) -> None:
+    """An output that is its input (by any name: a link, ./, ..) is written only with ``overwrite``."""
+    if not overwrite and Path(dst).exists() and Path(dst).resolve() == Path(src).resolve():
+        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")

@@ -173,7 +173,6 @@ def cli_card(args, model: str | None):
 
 def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | None = None):
     from .backends import EngineOptions
-    from .card import ModelCard
     from .enhancer import Enhancer
     from .tiling import TilingConfig
 
@@ -215,8 +214,8 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path,
 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
-                 model_name: str, single: bool | None = None) -> list[Job]:
-    """``single``: one input file was named, so -o names the output file (default: one file found)."""
+                 model_name: str, single: bool) -> list[Job]:
+    """``single``: one input file was named, so -o names the output file."""
     from .imageio import VIDEO_SUFFIXES
 
     def ext_for(p: Path) -> str:
@@ -227,8 +226,6 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
         return "." + fmt.lower().replace("jpeg", "jpg") if fmt else p.suffix
 
     jobs: list[Job] = []
-    if single is None:
-        single = len(inputs) == 1 and inputs[0][1] is None
     if out is None:  # outputs go beside the inputs: a run over a folder must not take in its own earlier outputs
         stems = {(src.parent, src.stem) for src, _ in inputs}
         tag = "." + model_name

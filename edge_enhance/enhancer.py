@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from . import imageio, ycbcr
+from .atomic import refuse_overwriting_input
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
 from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
@@ -328,8 +329,7 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
                  overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Load, enhance (an Enhancer or a Pipeline), save atomically. Checks the output is writable first."""
     src, dst = Path(src), Path(dst)
-    if dst.exists() and dst.resolve() == src.resolve() and not overwrite:
-        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
+    refuse_overwriting_input(src, dst, overwrite)
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
     if not os.access(dst.parent, os.W_OK):

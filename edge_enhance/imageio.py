@@ -6,6 +6,7 @@ are carried to the output; alpha, grey and 16-bit survive; writes are atomic.
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import logging
 import struct
@@ -88,11 +89,18 @@ def _png16_colour_type(path: Path) -> int | None:
     return head[25] if ok else None
 
 
-def _read_png16(path: Path) -> np.ndarray | None:
+def _io16(module: str, path: Path, kind: str):
+    """The io16 extra's reader for what Pillow decodes to 8 bits (pypng, tifffile), or None with a warning."""
     try:
-        import png  # pypng: Pillow decodes 16-bit RGB(A) PNG to 8 bits
+        return importlib.import_module(module)
     except ImportError:
-        log.warning("%s: 16-bit PNG decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
+        log.warning("%s: 16-bit %s decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path, kind)
+        return None
+
+
+def _read_png16(path: Path) -> np.ndarray | None:
+    png = _io16("png", path, "PNG")  # pypng
+    if png is None:
         return None
     try:
         w, h, rows, info = png.Reader(filename=str(path)).asDirect()
@@ -111,10 +119,8 @@ def _tiff16_samples(im: Image.Image) -> int | None:
 
 
 def _read_tiff16(path: Path) -> np.ndarray | None:
-    try:
-        import tifffile  # Pillow decodes 16-bit RGB(A) TIFF to 8 bits
-    except ImportError:
-        log.warning("%s: 16-bit TIFF decoded as 8-bit; pip install 'edge-enhance[io16]' to keep 16 bits", path)
+    tifffile = _io16("tifffile", path, "TIFF")
+    if tifffile is None:
         return None
     try:
         with tifffile.TiffFile(path) as t:

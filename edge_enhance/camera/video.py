@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..atomic import default_mode
+from ..atomic import default_mode, refuse_overwriting_input
 from .detect import import_cv2
 from .errors import ConfigError, OutputError, SourceError
 from .sinks import FOURCC, open_video_writer
@@ -123,8 +123,7 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
     """
     cv2 = import_cv2()
     src, dst = str(src), str(dst)
-    if os.path.abspath(src) == os.path.abspath(dst) and not overwrite:
-        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
+    refuse_overwriting_input(src, dst, overwrite)
     ext = os.path.splitext(dst)[1].lower()
     if ext not in FOURCC:
         raise OutputError(f"{dst}: cannot write video container {ext or '(none)'!r}; "
