@@ -10,11 +10,11 @@ ort = pytest.importorskip("onnxruntime", reason="export checks need onnxruntime"
 from PIL import Image  # noqa: E402
 
 from edge_enhance.card import CARD_KEY, ModelCard  # noqa: E402
-from edge_enhance.errors import ConfigError  # noqa: E402
+from edge_enhance.errors import ConfigError, ImageInputError  # noqa: E402
 from training import export as ex  # noqa: E402
 from training.data import PatchSampler, batches  # noqa: E402
 from training.model import ResidualNet, depth_to_space_dcr  # noqa: E402
-from training.recipes import RECIPES, Recipe, Stage  # noqa: E402
+from training.recipes import RECIPES, Recipe, Stage, get  # noqa: E402
 from training.train import build_model, export_model, train  # noqa: E402
 
 CONVERTER_OPS = {"Conv", "Relu", "Concat", "Add", "DepthToSpace", "Clip"}
@@ -280,7 +280,7 @@ def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path, data_root, m
     assert not (tmp_path / "t-sr.onnx").exists()
 
 
-def test_report_table_lists_exported_models(tmp_path, data_root):
+def test_report_table_lists_exported_models(tmp_path, data_root, capsys):
     from training.report import table
 
     r = Recipe("t-sr", "sr", 2, channels=4, convs=2, patch=8)
@@ -298,6 +298,26 @@ def test_report_table_lists_exported_models(tmp_path, data_root):
     with pytest.raises(ConfigError, match="ck: no exported .onnx models in it"):
         (tmp_path / "ck").mkdir()
         table(tmp_path / "ck")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")  # a broken file is named and left out, the rest listed
+    import onnx
+    bare = onnx.load(str(tmp_path / "t-sr.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    rows = table(tmp_path).splitlines()
+    err = capsys.readouterr().err
+    assert len(rows) == 3 and "junk.onnx: unreadable (DecodeError); left out" in err
+    assert "bare.onnx: no model card in it; left out" in err
+
+
+@pytest.mark.parametrize("argv, message", [(["--only", "sr-x9"], "invalid choice: 'sr-x9'"),
+                                           (["--factor", "0"], "--factor must be a positive number, got 0"),
+                                           (["--factor", "nan"], "--factor must be a positive number, got nan")])
+def test_queue_refuses_unknown_names_and_budgets_that_train_nothing(tmp_path, capsys, argv, message):
+    from training.queue import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_queue_trains_exports_then_skips_on_restart(tmp_path, monkeypatch):
@@ -370,13 +390,14 @@ def test_train_cli_rejects_a_non_positive_eval_interval(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--l2-steps", "-1"), ("--minutes", "-2"),
-                                         ("--l2-minutes", "-0.5"), ("--workers", "-1")])
+                                         ("--l2-minutes", "-0.5"), ("--workers", "-1"), ("--minutes", "nan"),
+                                         ("--l2-minutes", "inf"), ("--seed", "-1")])
 def test_train_cli_rejects_a_negative_budget(tmp_path, capsys, flag, value):
     from training.train import main
 
     with pytest.raises(SystemExit) as e:
         main(["sr-x2", "--out", str(tmp_path), "--ckpt", str(tmp_path / "ck"), flag, value])
-    assert e.value.code == 2 and f"{flag} must not be negative, got {float(value):g}" in capsys.readouterr().err
+    assert e.value.code == 2 and f"{flag} must be a finite number >= 0, got {float(value):g}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -387,9 +408,19 @@ def test_training_tools_name_a_missing_data_folder_without_a_traceback(tmp_path,
     from training.train import main
 
     missing = tmp_path / "nodata"
-    assert main(["sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--data", str(missing),
-                 "--steps", "1"]) == 1
-    assert f"{missing / 'train' / 'T91'}: dataset folder does not exist" in capsys.readouterr().err
+    with pytest.raises(ImageInputError, match=f"{missing}: data folder does not exist"):
+        main(["sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--data", str(missing),
+              "--steps", "1"])
+    (missing / "eval" / "Set5").mkdir(parents=True)  # no train/ in it
+    with pytest.raises(ImageInputError, match=f"{missing / 'train' / 'T91'}: dataset folder does not exist"):
+        main(["sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--data", str(missing),
+              "--steps", "1", "--no-eval"])
+    with pytest.raises(ImageInputError, match=r"eval: BSD100, Set14 missing, needed for the Set5 log and the final measurement"):
+        main(["sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--data", str(missing),
+              "--steps", "1"])  # found before any training, not after it
+    p = subprocess.run([sys.executable, "-m", "training.train", "sr-x2", "--out", str(tmp_path / "o"),
+                        "--data", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "nowhere: data folder does not exist" in p.stderr and "Traceback" not in p.stderr
     p = subprocess.run([sys.executable, "-m", "training.queue", "--only", "sr-x2", "--out", str(tmp_path / "o"),
                         "--ckpt", str(tmp_path / "ck"), "--data", str(missing)],
                        capture_output=True, text=True, timeout=120)
@@ -416,14 +447,75 @@ def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys, argv, 
     assert not any(tmp_path.iterdir())
 
 
-def test_resuming_a_checkpoint_of_another_architecture_says_so(tmp_path, data_root):
+def test_resuming_a_checkpoint_as_another_run_is_refused_naming_the_option(tmp_path, data_root):
+    import torch
+
     r = Recipe("t-arch", "sr", 2, channels=4, convs=3, patch=8, batch=2, eval_every=100)
     ck, images = tmp_path / "ck", _images(2, (60, 64))
-    train(r, ckpt_dir=ck, data_root=data_root, steps=1, images=images)
-    with pytest.raises(ConfigError, match=r"last\.pt: the checkpoint holds another architecture than 3 convs x 6"):
-        train(dataclasses.replace(r, channels=6), ckpt_dir=ck, data_root=data_root, steps=2, images=images)
-    with pytest.raises(ConfigError, match=r"last\.pt: the checkpoint's convs have dilations \(1, 1, 1\), not \(1, 2, 1\)"):
-        train(dataclasses.replace(r, dilations=(1, 2, 1)), ckpt_dir=ck, data_root=data_root, steps=2, images=images)
+    train(r, ckpt_dir=ck, data_root=data_root, steps=3, images=images)
+    for changed, kw, message in [
+            (dataclasses.replace(r, channels=6), {}, r"last\.pt: this checkpoint was trained with --channels 4 \(now 6\)"),
+            (dataclasses.replace(r, dilations=(1, 2, 1)), {}, r"--dilations none \(now 1,2,1\)"),
+            (dataclasses.replace(r, patch=10, batch=3), {}, r"--patch 8 \(now 10\), --batch 2 \(now 3\)"),
+            (dataclasses.replace(r, name="t-other"), {}, r"recipe t-arch \(now t-other\)"),
+            (r, {"seed": 7}, r"--seed 0 \(now 7\)"),
+            (r, {"init_from": tmp_path / "x.onnx"}, r"--init-from none \(now .*x\.onnx\)"),
+            (r, {"steps": 2}, r"at 3 of those steps already, past --steps 2")]:
+        with pytest.raises(ConfigError, match=message):
+            train(changed, ckpt_dir=ck, data_root=data_root, images=images, **{"steps": 4, **kw})
+    _, state = train(dataclasses.replace(r, lr=1e-3), ckpt_dir=ck, data_root=data_root, steps=4, images=images)
+    assert state["step"] == 4  # the same run with a larger budget resumes
+    old = torch.load(ck / "last.pt", weights_only=False)
+    del old["run"]  # a checkpoint from before runs were recorded: the recipe name is still checked
+    torch.save(old, ck / "last.pt")
+    with pytest.raises(ConfigError, match=r"recipe t-arch \(now t-other\)"):
+        train(dataclasses.replace(r, name="t-other"), ckpt_dir=ck, data_root=data_root, steps=5, images=images)
+
+
+def test_stage_runs_get_their_own_default_checkpoints(tmp_path):
+    from training.train import DEFAULT_CKPT, default_ckpt_dir
+
+    r = get("denoise")
+    assert default_ckpt_dir(r) == DEFAULT_CKPT / "denoise"  # the plain recipe: the documented folder
+    grown = dataclasses.replace(r, convs=12, lr=3e-4)
+    dirs = {default_ckpt_dir(r, 1), default_ckpt_dir(grown, 0, tmp_path / "D/denoise.onnx"),
+            default_ckpt_dir(dataclasses.replace(r, convs=12), 0, tmp_path / "D2/denoise.onnx"), DEFAULT_CKPT / "denoise"}
+    assert len(dirs) == 4 and all(d.name.startswith("denoise-") for d in dirs - {DEFAULT_CKPT / "denoise"})
+    assert default_ckpt_dir(grown, 0, tmp_path / "D/denoise.onnx") == default_ckpt_dir(grown, 0, tmp_path / "D/denoise.onnx")
+
+
+def test_ctrl_c_saves_the_checkpoint_and_the_run_resumes_from_it(tmp_path, data_root, monkeypatch):
+    from training import train as tr
+
+    r = Recipe("t-int", "sr", 2, channels=4, convs=3, patch=8, batch=2, eval_every=100)
+    ck, images = tmp_path / "ck", _images(2, (60, 64))
+    real, calls = tr.with_y_term, []
+
+    def interrupting(loss_fn, w):  # the 4th training step is interrupted, as Ctrl-C would
+        inner = real(loss_fn, w)
+
+        def loss(out, target):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return inner(out, target)
+        return loss
+    monkeypatch.setattr(tr, "with_y_term", interrupting)
+    with pytest.raises(tr.Interrupted, match=r"interrupted at step 3; checkpoint saved to .*ck/last\.pt"):
+        train(r, ckpt_dir=ck, data_root=data_root, steps=10, images=images)
+    _, state = train(r, ckpt_dir=ck, data_root=data_root, steps=5, images=images)
+    assert state["step"] == 5 and len(calls) == 6  # resumed at step 3: two more steps, none redone
+
+
+def test_zero_budgets_without_a_source_are_refused_and_l2_steps_0_means_none(tmp_path, data_root):
+    r = Recipe("t-zero", "sr", 2, channels=4, convs=3, patch=8, batch=2, eval_every=100, l2_minutes=2)
+    images = _images(2, (60, 64))
+    with pytest.raises(ConfigError, match="nothing to train"):
+        train(r, ckpt_dir=tmp_path / "a", data_root=data_root, steps=0, l2_steps=0, images=images)
+    _, state = train(r, ckpt_dir=tmp_path / "b", data_root=data_root, steps=2, l2_steps=0, l2_minutes=2, images=images)
+    assert state["step"] == 2 and state["l2_step"] == 0  # --l2-steps 0 wins over the L2 minutes
+    from training.train import command
+    assert command("sr-x2", minutes=19, steps=2, l2_minutes=2, l2_steps=0).endswith("--steps 2 --l2-steps 0")
 
 
 def test_card_command_records_architecture_overrides():
@@ -549,3 +641,23 @@ def test_train_cli_takes_a_learning_rate_and_a_source_to_grow(tmp_path, capsys):
         "python -m training.train denoise --out DIR --convs 11 --lr 0.0003 --init-from ck/last.pt --steps 9 --l2-minutes 0"
     assert command("enhance-x2", minutes=230, steps=0, l2_steps=500, init_from="m.onnx") == \
         "python -m training.train enhance-x2 --out DIR --init-from m.onnx --steps 0 --l2-steps 500"
+
+
+def test_train_cli_checks_its_output_and_data_before_training_and_the_card_names_the_data(tmp_path, data_root, capsys):
+    from training.train import main
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["sr-x2", "--out", str(tmp_path / "afile"), "--steps", "1", "--data", str(data_root)])
+    assert e.value.code == 2 and f"--out {tmp_path / 'afile'}: is a file" in capsys.readouterr().err
+    for s in ("T91", "BSD200"):
+        (data_root / "train" / s).mkdir(parents=True)
+        Image.fromarray(_images(1, (40, 44))[0]).save(data_root / "train" / s / "a.png")
+    with pytest.raises(ConfigError, match=r"data/train: no training image is at least 200 pixels .*patch 100 x scale 2"):
+        main(["sr-x2", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck"), "--data", str(data_root),
+              "--patch", "100", "--steps", "1", "--no-eval"])
+    assert main(["sr-x2-rt", "--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "ck2"), "--data", str(data_root),
+                 "--patch", "16", "--batch", "2", "--steps", "2", "--l2-steps", "0", "--no-eval"]) == 0
+    card = ex.read_card(tmp_path / "o" / "sr-x2-rt.onnx")
+    assert f"({data_root}/train)" in card.extra["data"] and f"--data {data_root}" in card.extra["recipe"]
+    assert card.extra["steps"] == 2 and "l2_finetune" not in card.extra

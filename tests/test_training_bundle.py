@@ -49,3 +49,20 @@ def test_bundle_with_a_missing_dataset_leaves_the_shipped_file(tmp_path, models)
         bundle("sr-x2-rt", tmp_path / "eval")
     assert (models / "sr-x2-rt.int8.tflite").read_bytes() == b"the shipped file"
     assert sorted(p.name for p in models.iterdir()) == ["sr-x2-rt.int8.tflite", "sr-x2-rt.onnx"]
+
+
+def test_bundle_cli_checks_every_name_first_and_writes_elsewhere_with_out(tmp_path, models, capsys):
+    from training.bundle import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sr-x2-rt", "sr-x9", "--data", str(tmp_path / "eval")])
+    assert e.value.code == 2 and "no bundled sr-x9.onnx (bundled: sr-x2-rt)" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    for ds in ("Set5", "Set14", "BSD100"):
+        (tmp_path / "eval" / ds).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (32, 36, 3), dtype=np.uint8)).save(tmp_path / "eval" / ds / "a.png")
+    (tmp_path / "cmp").mkdir()
+    assert main(["sr-x2-rt", "--data", str(tmp_path / "eval"), "--out", str(tmp_path / "cmp"), "--method", "minmax",
+                 "--rounding", "nearest"]) == 0
+    assert read_card(tmp_path / "cmp" / "sr-x2-rt.int8.tflite").extra["quantization"]["method"] == "minmax"
+    assert (models / "sr-x2-rt.int8.tflite").read_bytes() == b"the shipped file"

@@ -14,6 +14,9 @@ def run_tool(name: str, main) -> None:
 
     try:
         sys.exit(main())
+    except KeyboardInterrupt:  # before training started (a run in training saves its checkpoint first)
+        print(f"python -m training.{name}: interrupted", file=sys.stderr)
+        sys.exit(130)
     except EdgeEnhanceError as e:
         print(f"python -m training.{name}: error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

@@ -32,9 +32,10 @@ SETTINGS = {  # task -> [(label, dataset, evaluate() keyword)]
 
 
 def bundle(name: str, data: Path, method: str = "percentile", weights: Path | None = None,
-           rounding: str = "gptq") -> dict:
+           rounding: str = "gptq", out_dir: Path | None = None) -> dict:
     """Quantise ``edge_enhance/models/<name>.onnx`` (or ``weights``: a ``training.qat`` fine-tune of
-    it, whose int8 file ships beside the untouched fp32 one) and measure the int8 file."""
+    it, whose int8 file ships beside the untouched fp32 one) and measure the int8 file, written as
+    ``out_dir/<name>.int8.tflite`` (default: the bundled one, replaced)."""
     from edge_enhance.enhancer import Enhancer
     from edge_enhance.evaluation import evaluate
     from quantization.calibration import calibration_for
@@ -42,7 +43,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     from quantization.report import load_model
 
     src = MODELS_DIR / f"{name}.onnx"
-    out = MODELS_DIR / f"{name}.int8.tflite"
+    out = Path(out_dir or MODELS_DIR) / f"{name}.int8.tflite"
     t0 = time.perf_counter()
     g, card = load_model(weights or src)
     fp32, base = None, {}
@@ -90,7 +91,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.bundle",
                                 description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", help="bundled models (edge_enhance/models/NAME.onnx)")
     p.add_argument("--method", default="percentile", choices=("percentile", "minmax", "mse"),
                    help="activation ranges (default percentile; the one a model's card names is what it was bundled with)")
     p.add_argument("--weights", type=Path, help="quantise this training.qat output of the model instead of "
@@ -98,11 +99,20 @@ def main(argv=None) -> int:
     p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
                    help="weight rounding (default gptq; nearest for a QAT fine-tune, whose weights fit that grid)")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "eval")
+    p.add_argument("--out", type=Path, default=MODELS_DIR,
+                   help="folder for NAME.int8.tflite (default edge_enhance/models: the bundled file is replaced; "
+                        "give another to compare a method without touching it)")
     args = p.parse_args(argv)
     if args.weights is not None and len(args.names) != 1:
         p.error("--weights goes with one model name")
+    unknown = [n for n in args.names if not (MODELS_DIR / f"{n}.onnx").is_file()]
+    if unknown:  # all names checked before the first bundled file is replaced
+        known = sorted(q.name[:-5] for q in MODELS_DIR.glob("*.onnx"))
+        p.error(f"no bundled {', '.join(unknown)}.onnx (bundled: {', '.join(known)})")
+    if not args.out.is_dir():
+        p.error(f"--out {args.out}: not a folder")
     for name in args.names:
-        print(json.dumps(bundle(name, args.data, args.method, args.weights, args.rounding)), flush=True)
+        print(json.dumps(bundle(name, args.data, args.method, args.weights, args.rounding, args.out)), flush=True)
     return 0
 
 

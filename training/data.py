@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_enhance.errors import ConfigError
 from edge_enhance.evaluation import Degradation, degrade, jpeg, list_images, load_rgb, mod_crop, sr_pair
 
 from .recipes import Recipe
@@ -29,7 +30,7 @@ def default_data_root() -> Path:
     for d in Path(__file__).resolve().parents[1].parents:
         if (d / "shared" / "data" / "train").is_dir():
             return d / "shared" / "data"
-    raise FileNotFoundError("no shared/data above the repository; set EDGE_ENHANCE_DATA or pass --data")
+    raise ConfigError("no shared/data above the repository; set EDGE_ENHANCE_DATA or pass --data")
 
 
 def load_train_images(root: Path | None = None, sets=TRAIN_SETS) -> list[np.ndarray]:
@@ -61,7 +62,8 @@ class PatchSampler:
         need = p * s + (16 * s if recipe.task == "enhance" else 0)
         self.images = [im for im in images if min(im.shape[:2]) >= need]
         if not self.images:
-            raise ValueError(f"no training image is at least {need} pixels on its short side")
+            raise ConfigError(f"no training image is at least {need} pixels on its short side "
+                              f"(patch {p} x scale {s}{' + the degradation margin' if recipe.task == 'enhance' else ''})")
         self.pairs = [sr_pair(im, s) for im in self.images] if recipe.task == "sr" else None
 
     def sample(self, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

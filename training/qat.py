@@ -44,7 +44,8 @@ from . import export as ex, run_tool
 from .data import PatchSampler, default_data_root, load_train_images
 from .model import RepDown, ResidualNet, depth_to_space_dcr
 from .recipes import RECIPES, Recipe, get
-from .train import _device_name, add_override_args, build_model, export_model, given_overrides, override_options
+from .train import (_device_name, add_override_args, build_model, check_eval_sets, export_model, given_overrides,
+                    override_options)
 
 log = logging.getLogger("training")
 PIXEL = activation_params(0.0, 1.0)  # the 8-bit pixel grid: 1/255, zero point -128
@@ -260,7 +261,7 @@ def finetune(r: Recipe, qnet: QATNet, images, *, steps: int, lr: float, seed: in
     torch.manual_seed(seed)
     try:
         sampler = PatchSampler(r, images, seed=seed)
-    except ValueError as e:  # no image large enough
+    except ConfigError as e:  # no image large enough
         raise ConfigError(f"QAT data: {e}") from None
     opt = torch.optim.Adam(qnet.net.parameters(), lr=lr)
     qnet.train()
@@ -317,6 +318,10 @@ def main(argv=None) -> int:
     lr = a.lr if a.lr is not None else r.lr / 10
     if not lr > 0:
         raise ConfigError(f"--lr {lr} must be positive")
+    if a.out.exists() and not a.out.is_dir():
+        raise ConfigError(f"--out {a.out}: is a file; give a folder for {r.name}.onnx")
+    data_root = a.data or default_data_root()
+    check_eval_sets(r, data_root, final=not a.no_eval, log_set5=False)
     net, state = load_source(r, a.source)
     calib = None
     if a.ranges == "calib" or a.act_eq:
@@ -326,7 +331,6 @@ def main(argv=None) -> int:
     qnet = QATNet(net)
     if a.ranges == "calib":
         qnet.set_ranges(calibrated_ranges(net, calib, method))
-    data_root = a.data or default_data_root()
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
     cmd = (f"python -m training.qat {r.name}" + override_options(overrides)

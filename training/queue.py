@@ -35,8 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT)
     ap.add_argument("--data", type=Path)
     ap.add_argument("--factor", type=float, default=1.0, help="multiply every budget (continue training later)")
-    ap.add_argument("--only", nargs="*", help="names to run (default: all, in queue order)")
+    ap.add_argument("--only", nargs="*", choices=QUEUE, metavar="NAME",
+                    help=f"names to run (default: all, in queue order: {', '.join(QUEUE)})")
     a = ap.parse_args(argv)
+    if not 0 < a.factor < float("inf"):
+        ap.error(f"--factor must be a positive number, got {a.factor:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     data_root = a.data or default_data_root()
     images = load_train_images(data_root)

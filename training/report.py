@@ -1,6 +1,7 @@
 """Markdown table of exported models from their embedded cards: ``python -m training.report DIR``."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +19,12 @@ def table(folder: Path) -> str:
     lines = ["| model | measured PSNR (dB) [input / baseline] | params | MACs/px | RF | steps | train min |",
              "|---|---|---|---|---|---|---|"]
     for path in paths:
-        c = read_card(path)
+        try:
+            c = read_card(path)
+        except Exception as e:  # not ONNX (DecodeError), no card (KeyError), a malformed one (ModelFormatError)
+            why = "no model card in it" if isinstance(e, KeyError) else f"unreadable ({type(e).__name__})"
+            print(f"python -m training.report: {path}: {why}; left out", file=sys.stderr)
+            continue
         e = c.extra
         psnr = ", ".join(f"{k} {v:.2f} [{e.get('input_psnr', {}).get(k, float('nan')):.2f}]"
                          for k, v in e.get("psnr", {}).items())
@@ -34,8 +40,11 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp/edge-enhance/export")))
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split(":")[0])
+    ap.add_argument("folder", nargs="?", type=Path, default=Path("/var/tmp/edge-enhance/export"),
+                    help="folder of exported .onnx models (default /var/tmp/edge-enhance/export, training.queue's)")
+    print(table(ap.parse_args(argv).folder))
     return 0
 
 

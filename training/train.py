@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -27,10 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from edge_enhance.card import ModelCard
-from edge_enhance.errors import ConfigError, EdgeEnhanceError
+from edge_enhance.errors import ConfigError, EdgeEnhanceError, ImageInputError
 from edge_enhance.evaluation import Y_WEIGHTS, evaluate
 
 from . import export as ex
+from . import run_tool
 from .data import PatchSampler, batches, default_data_root, load_train_images
 from .model import ResidualNet
 from .recipes import RECIPES, Recipe, get
@@ -96,6 +100,56 @@ def with_y_term(loss_fn, weight: float):
     return loss
 
 
+class Interrupted(EdgeEnhanceError):
+    """Ctrl-C / SIGTERM during training: the checkpoint was saved first."""
+
+
+# Recipe fields that are budgets or bookkeeping: a resumed run may change them (a larger budget continues).
+_BUDGET_FIELDS = ("minutes", "l2_minutes", "eval_every", "stages", "max_params", "max_macs")
+
+
+def run_signature(r: Recipe, seed: int = 0, init_from: Path | None = None) -> dict:
+    """What a checkpoint was trained as, budgets aside: resuming it with anything else is refused."""
+    sig = {k: v for k, v in dataclasses.asdict(r).items() if k not in _BUDGET_FIELDS}
+    sig.update(seed=seed, init_from=str(Path(init_from).resolve()) if init_from else None)
+    return json.loads(json.dumps(sig))  # tuples as lists, as torch.load gives them back
+
+
+def default_ckpt_dir(r: Recipe, seed: int = 0, init_from: Path | None = None) -> Path:
+    """/var/tmp/edge-enhance/ckpt/<name> for the recipe as it stands; a variant, another seed or a
+    run grown from a file gets <name>-<hash of what differs>, so the README's stage commands, each
+    from the export before it, do not resume one another's checkpoints."""
+    plain = run_signature(get(r.name)) if r.name in RECIPES else None
+    sig = run_signature(r, seed, init_from)
+    if sig == plain:
+        return DEFAULT_CKPT / r.name
+    return DEFAULT_CKPT / f"{r.name}-{hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _check_resume(path: Path, ck: dict, sig: dict, steps: int | None, l2_steps: int | None) -> None:
+    have = ck.get("run") or {"name": ck.get("recipe")}  # older checkpoints record the recipe name only
+    # Without --init-from, a grown run resumes as it is (the source mattered at its start only).
+    diff = [k for k in have if k in sig and have[k] != sig[k] and not (k == "init_from" and sig[k] is None)]
+    if diff:
+        what = ", ".join(f"{_flag(k) if k != 'name' else 'recipe'} {_shown(have[k])} (now {_shown(sig[k])})"
+                         for k in diff)
+        raise ConfigError(f"{path}: this checkpoint was trained with {what}; resume it with the options it "
+                          f"was trained with, or give this run another --ckpt")
+    for flag, budget, done in (("--steps", steps, ck.get("step", 0)), ("--l2-steps", l2_steps, ck.get("l2_step", 0))):
+        if budget is not None and budget < done:
+            raise ConfigError(f"{path}: the checkpoint is at {done} of those steps already, past {flag} {budget}; "
+                              f"give a budget of at least {done}, or another --ckpt")
+
+
+def _zero(steps, minutes) -> bool:
+    """A phase's budget is nothing: its step budget, where given, else its minutes, is 0."""
+    return steps == 0 if steps is not None else not minutes
+
+
+def _shown(v) -> str:
+    return "none" if v is None or v == [] else _arg(tuple(v)) if isinstance(v, list) else str(v)
+
+
 def build_model(r: Recipe) -> ResidualNet:
     m = ResidualNet(r.scale, r.channels, r.convs, down=r.down, dilations=r.dilations)
     if r.max_params is not None and m.deploy_params() > r.max_params:
@@ -121,6 +175,21 @@ def quick_eval_args(r: Recipe) -> dict:
     if r.task == "dejpeg":
         return {"quality": 30}
     return {"scale": r.scale}
+
+
+def check_eval_sets(r: Recipe, data_root: Path, final: bool = True, log_set5: bool = True) -> None:
+    """Before any training: the Set5 of the log (``log_set5``) and, with ``final``, the sets the export
+    is measured on must be there, not found missing after ``eval_every`` steps or the whole run."""
+    if not Path(data_root).is_dir():
+        raise ImageInputError(f"{data_root}: data folder does not exist (--data names the folder holding "
+                              f"train/ and eval/)")
+    sets = ({"Set5"} if log_set5 else set()) | ({d for _, d, _ in full_eval_plan(r)} if final else set())
+    missing = sorted(d for d in sets if not (Path(data_root) / "eval" / d).is_dir())
+    if missing:
+        raise ImageInputError(f"{Path(data_root) / 'eval'}: {', '.join(missing)} missing, needed for "
+                              f"{' and '.join(w for w, on in (('the Set5 log', log_set5), ('the final measurement', final)) if on)} "
+                              f"(--data names the folder holding train/ and eval/"
+                              f"{'; --no-eval skips the final measurement' if final else ''})")
 
 
 def full_eval_plan(r: Recipe) -> list[tuple[str, str, dict]]:
@@ -160,19 +229,33 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     ``init_from``: a fresh run (no checkpoint under ``ckpt_dir`` yet) starts from that trained
     checkpoint, or exported ``.onnx`` (a bundled model), of a net of the same width and as many or
     fewer convs, grown without changing what it computes (:meth:`ResidualNet.load_deepened`); the
-    state records it under ``init``."""
+    state records it under ``init``.
+
+    A checkpoint records the run's recipe, seed and source (:func:`run_signature`); resuming it as
+    another run, or with a step budget below the steps it has done, raises ConfigError. Ctrl-C saves
+    the checkpoint, then raises :class:`Interrupted`."""
+    for what, v in (("minutes", minutes), ("steps", steps), ("l2_minutes", l2_minutes), ("l2_steps", l2_steps)):
+        if v is not None and not 0 <= v < math.inf:
+            raise ConfigError(f"{r.name}: the {what} budget must be a finite number >= 0, got {v}")
+    if seed < 0:
+        raise ConfigError(f"{r.name}: the seed must not be negative, got {seed}")
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget_s = 60.0 * (minutes if minutes is not None else r.minutes)
     torch.manual_seed(seed)
     model = build_model(r).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
-    sampler = PatchSampler(r, images if images is not None else load_train_images(data_root), seed=seed)
+    try:
+        sampler = PatchSampler(r, images if images is not None else load_train_images(data_root), seed=seed)
+    except ConfigError as e:
+        raise ConfigError(f"{Path(data_root) / 'train'}: {e}") from None
+    sig = run_signature(r, seed, init_from)
     state = {"step": 0, "elapsed": 0.0, "history": [], "l2_step": 0, "l2_elapsed": 0.0, "devices": [],
              "init": None}
     path = Path(ckpt_dir) / "last.pt"
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
+        _check_resume(path, ck, sig, steps, l2_steps)
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError:
@@ -190,10 +273,14 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
         state["init"] = _grow(model, Path(init_from), r, device)
         log.info("%s: grown from %s (%d convs, %d steps)", r.name, init_from, state["init"]["convs"],
                  state["init"]["steps"])
+    elif _zero(steps, minutes if minutes is not None else r.minutes) and _zero(l2_steps, l2_minutes):
+        raise ConfigError(f"{r.name}: nothing to train (zero budgets, no checkpoint in {ckpt_dir}, no --init-from): "
+                          f"the export would be untrained weights")
+    log.info("%s: checkpoint %s", r.name, path)
 
     def save():
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
-                      "recipe": r.name, "dilations": list(model.dilations), **state}, path)
+                      "recipe": r.name, "dilations": list(model.dilations), "run": sig, **state}, path)
 
     def progress():  # a zero budget (--steps 0 / --minutes 0) skips the phase: an L2-only fine-tune
         if steps is not None:
@@ -203,8 +290,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     l2_budget_s = 60.0 * l2_minutes
 
     def l2_progress():
-        if l2_steps:
-            return min(1.0, state["l2_step"] / l2_steps)
+        if l2_steps is not None:  # --l2-steps 0: no L2 phase (not the --l2-minutes default)
+            return min(1.0, state["l2_step"] / l2_steps) if l2_steps > 0 else 1.0
         return min(1.0, state["l2_elapsed"] / l2_budget_s) if l2_budget_s > 0 else 1.0
 
     def quick_eval():
@@ -222,12 +309,24 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
         state["devices"] = [d for d in state["devices"] if d != here] + [here]
     stream = batches(sampler, workers, state["step"] + state["l2_step"], pin=device.type == "cuda")
     model.train()
-    last_ck = t_log = time.monotonic()
-    loss_acc, n_acc = 0.0, 0
     # Phase 1: L1 at the recipe's rate; phase 2 (optional): L2 at a tenth of it. Step / time
     # counters of phase 2 are its own, so a larger budget for either resumes where it stands.
     phases = ((progress, r.lr, with_y_term(F.l1_loss, r.y_loss), "step", "elapsed"),
               (l2_progress, r.lr / 10, with_y_term(F.mse_loss, r.y_loss), "l2_step", "l2_elapsed"))
+    try:
+        _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save)
+    except KeyboardInterrupt:
+        save()
+        raise Interrupted(f"{r.name}: interrupted at step {state['step'] + state['l2_step']}; checkpoint saved "
+                          f"to {path}: the same command resumes it") from None
+    save()
+    model.eval()
+    return model.cpu(), state
+
+
+def _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save) -> None:
+    last_ck = t_log = time.monotonic()
+    loss_acc, n_acc = 0.0, 0
     for prog, lr_max, loss_fn, step_key, time_key in phases:
         while prog() < 1.0:
             t0 = time.monotonic()
@@ -254,9 +353,6 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
             if now - last_ck > CKPT_EVERY_S:
                 save()
                 last_ck = now
-    save()
-    model.eval()
-    return model.cpu(), state
 
 
 def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_root: Path,
@@ -290,7 +386,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
         extra={
             "recipe": command or f"python -m training.train {r.name} --out DIR",
             "architecture": _architecture_text(r),
-            "data": "T91 + BSD200 (../shared/data/train), random patches, flips/rot90",
+            "data": f"T91 + BSD200 ({_data_shown(data_root)}/train), random patches, flips/rot90",
             "degradation": _degradation_text(r),
             "steps": state["step"] + state.get("l2_step", 0), "batch": r.batch, "patch": r.patch,
             "train_minutes": round((state["elapsed"] + state.get("l2_elapsed", 0.0)) / 60, 1),
@@ -312,20 +408,32 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
 
 def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
             l2_steps: int | None = None, overrides: dict | None = None, init_from: Path | None = None,
-            seed: int = 0) -> str:
+            seed: int = 0, data: Path | None = None) -> str:
     """The training command a card records: the recipe options overridden (``OVERRIDES``), a seed
     other than 0 and the budgets that were in force (steps over minutes; an L2 budget of 0 too
     where the recipe has one, so that the command repeats the run)."""
     cmd = f"python -m training.train {name} --out DIR"
     cmd += override_options(overrides or {})
     cmd += f" --seed {seed}" if seed else ""
+    cmd += f" --data {data}" if data is not None and _data_shown(data) != "../shared/data" else ""
     cmd += f" --init-from {init_from}" if init_from else ""
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
-    if l2_steps:
+    if l2_steps is not None and (l2_steps or getattr(RECIPES.get(name), "l2_minutes", 0)):
         cmd += f" --l2-steps {l2_steps}"
     elif l2_minutes or getattr(RECIPES.get(name), "l2_minutes", 0):
         cmd += f" --l2-minutes {l2_minutes:g}"
     return cmd
+
+
+def _data_shown(data_root: Path) -> str:
+    """../shared/data for the shared data beside the repository (a bundled card names no machine's
+    paths), else the folder as given."""
+    try:
+        if Path(data_root).resolve() == default_data_root().resolve():
+            return "../shared/data"
+    except ConfigError:
+        pass
+    return str(data_root)
 
 
 def _arg(v) -> str:
@@ -424,7 +532,8 @@ def main(argv=None) -> int:
                     help="then fine-tune with the L2 loss at lr/10 for this long (resumable, like --minutes; "
                          "default: the recipe's)")
     ap.add_argument("--l2-steps", type=int, help="step budget of the L2 fine-tune instead of --l2-minutes")
-    ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>)")
+    ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>, or "
+                                              "<name>-<hash> for a variant, another seed or an --init-from run)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the initial weights and the patch order (default 0; another one shows the run-to-run spread)")
@@ -441,9 +550,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     r = get(a.name)
     for flag, v in (("--minutes", a.minutes), ("--steps", a.steps), ("--l2-minutes", a.l2_minutes),
-                    ("--l2-steps", a.l2_steps), ("--workers", a.workers)):
-        if v is not None and v < 0:
-            ap.error(f"{flag} must not be negative, got {v:g}")
+                    ("--l2-steps", a.l2_steps), ("--workers", a.workers), ("--seed", a.seed)):
+        if v is not None and not 0 <= v < math.inf:
+            ap.error(f"{flag} must be a finite number >= 0, got {v:g}")
+    if a.out.exists() and not a.out.is_dir():
+        ap.error(f"--out {a.out}: is a file; give a folder for {a.name}.onnx")
     if a.eval_every is not None:
         if a.eval_every < 1:
             ap.error("--eval-every must be positive")
@@ -458,21 +569,23 @@ def main(argv=None) -> int:
         except ConfigError as e:
             ap.error(str(e))
     data_root = a.data or default_data_root()
+    check_eval_sets(r, data_root, final=not a.no_eval)
     l2_minutes = r.l2_minutes if a.l2_minutes is None else a.l2_minutes
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves the checkpoint as Ctrl-C does
     try:
-        model, state = train(r, ckpt_dir=a.ckpt or DEFAULT_CKPT / r.name, data_root=data_root,
+        model, state = train(r, ckpt_dir=a.ckpt or default_ckpt_dir(r, a.seed, a.init_from), data_root=data_root,
                              minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
                              workers=a.workers, init_from=a.init_from, seed=a.seed)
-    except EdgeEnhanceError as e:  # a bad recipe combination, a missing or unreadable data folder
-        print(f"python -m training.train: error: {e}", file=sys.stderr)
-        return 1
+    except Interrupted as e:
+        print(f"python -m training.train: {e}", file=sys.stderr)
+        return 130
     cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
                   l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
-                  init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed)
+                  init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed, data=a.data)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool("train", main)
