@@ -32,13 +32,14 @@ $(VENV)/.browser:
 test: $(VENV)/.dev $(VENV)/.browser
 	$(BIN)/python -m pytest tests
 
-$(VENV)/.bench: $(VENV)/.dev
-	$(PIP) install -e '.[bench]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import cv2, matplotlib"
+# The engines, the converter (fp32 TFLite of each ONNX model) and the peers: no torch, no test tools.
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[litert,onnx,convert,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import edge_enhance, ai_edge_litert, onnxruntime, onnx, cv2, matplotlib"
 	touch $@
 
 bench: $(VENV)/.bench
 	$(BIN)/edge-enhance bench --out bench-out
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out bench-out build dist *.egg-info

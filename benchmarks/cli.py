@@ -16,6 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from edge_enhance.evaluation import shared_data
+
 from .errors import BenchmarkError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,9 @@ def _sections(text: str) -> list[str]:
 
 
 def _shared(sub: str) -> Path | None:
-    """../shared/<sub> from the project root, else from the nearest ancestor that has one."""
-    for base in ROOT.parents:
+    """../shared/<sub> from the project root, else from the nearest ancestor of it or of the working
+    folder that has one (an installed package run inside a checkout's tree)."""
+    for base in (*ROOT.parents, Path.cwd().resolve(), *Path.cwd().resolve().parents):
         p = base / "shared" / sub
         if p.is_dir():
             return p
@@ -93,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchmarkError(f"{out}: cannot create the output folder ({e.strerror})") from None
-    data = args.data or _shared("data")
+    data = args.data or shared_data()
     peers_dir = args.peers or _shared("peer_models/opencv_dnn_superres")
     argv = sys.argv[1:]
     if argv[:1] == ["bench"]:  # called as `edge-enhance bench ...`
@@ -162,6 +165,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"bench: not run: {x.what}: {x.reason}", file=sys.stderr)
     if not any(res[k] for k in ("quality", "speed", "memory", "tiling")):
         print("bench: error: nothing was measured (the reasons are above)", file=sys.stderr)
+        return 1
+    if not ours:
+        print("bench: error: no model of ours ran, so nothing was compared (the reasons are above)", file=sys.stderr)
         return 1
     return 0
 

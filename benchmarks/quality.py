@@ -34,7 +34,11 @@ def run_quality(subjects: list[Subject], data_dir: Path | None, quick: bool) -> 
             folder = None if data_dir is None else next(
                 (f for f in (Path(data_dir) / "eval" / name, Path(data_dir) / name) if f.is_dir()),
                 Path(data_dir) / "eval" / name)
-            if folder is None or not folder.is_dir():
+            if folder is None:
+                notes.append(NotRun(f"{sub.label} on {name}", "no --data given and no shared/data found "
+                                                             "(set EDGE_ENHANCE_DATA or give --data DIR)"))
+                continue
+            if not folder.is_dir():
                 notes.append(NotRun(f"{sub.label} on {name}", f"dataset folder {folder} not found (--data)"))
                 continue
             fn = sub.make(None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.evaluation import list_images  # noqa: F401  (coreml_writer imports it from here)
+from edge_enhance.evaluation import list_images, shared_data  # noqa: F401  (coreml_writer imports list_images here)
 
 from .errors import ConfigError, VerificationError
 
@@ -27,16 +27,17 @@ FP32_TOL = 1e-4
 
 
 def default_dataset() -> Path:
-    """``../shared/data/eval/Set5`` beside the repository (CI has ../shared there too).
+    """The check images when no --dataset is given: ``eval/Set5`` of the shared data
+    (:func:`edge_enhance.evaluation.shared_data`), else the package's bundled sample photo (an installed
+    package away from the data), said once in the log."""
+    found = shared_data("eval/Set5")
+    if found is not None:
+        return found
+    from edge_enhance.demo import SAMPLE
 
-    Worktrees nest one level deeper, so the nearest ancestor holding ``shared/data`` wins.
-    """
-    root = Path(__file__).resolve().parents[1]
-    for base in root.parents:
-        cand = base / "shared" / "data" / "eval" / "Set5"
-        if cand.is_dir():
-            return cand
-    return root.parent / "shared" / "data" / "eval" / "Set5"
+    log.warning("no shared/data/eval/Set5 found (set EDGE_ENHANCE_DATA or give --dataset DIR): checking on the "
+                "bundled sample photo %s only", SAMPLE.name)
+    return SAMPLE.parent
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,21 @@ def _graph_footprint(path: Path) -> tuple[dict | None, str | None]:
         fp = footprint(from_onnx(path))
     except EdgeEnhanceError as e:
         return None, str(e).removeprefix(f"{path}: ")
+    except ModuleNotFoundError as e:  # conversion/ ships with the runtime; onnx (imported lazily) may not
+        return None, _missing_extra(e) or f"{e.name} is not installed"
     return {k: getattr(fp, k) for k in (*CARD_FIELDS, "colour")}, None
+
+
+# Optional packages imported lazily by a command -> the extra that installs them (pyproject.toml).
+EXTRA_OF = {"onnx": "convert", "flatbuffers": "convert", "tflite": "convert", "coremltools": "coreml",
+            "onnxruntime": "onnx", "ai_edge_litert": "litert", "cv2": "camera", "matplotlib": "bench",
+            "bm3d": "bench", "png": "io16", "tifffile": "io16", "torch": "train"}
+
+
+def _missing_extra(e: ModuleNotFoundError) -> str | None:
+    """'onnx is not installed: pip install 'edge-enhance[convert]'' for a package an extra provides."""
+    extra = EXTRA_OF.get((e.name or "").split(".")[0])
+    return f"{e.name} is not installed: pip install 'edge-enhance[{extra}]'" if extra else None
 
 
 def cli_card(args, model: str | None):
@@ -627,6 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-enhance: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # a command's optional package (convert, coreml, bench...) is missing
+        if _missing_extra(e) is None:
+            raise
+        print(f"edge-enhance: error: {_missing_extra(e)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -30,8 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     from .enhancer import Enhancer
     from .imageio import save_image, load_image, photo_to_pil
 
-    out_dir = Path(argv[0] if argv else "out/demo")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m edge_enhance.demo",
+                                 description="Enhance the bundled sample photo with the default bundled model.")
+    ap.add_argument("out_dir", nargs="?", type=Path, default=Path("out/demo"),
+                    help="folder for the enhanced photo and a side-by-side (default out/demo)")
+    out_dir = ap.parse_args(argv).out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"demo: error: {out_dir}: cannot make the output folder ({e.strerror})", file=sys.stderr)
+        return 1
     try:
         enh = Enhancer()
         t0 = time.perf_counter()

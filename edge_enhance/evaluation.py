@@ -34,6 +34,23 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr's luma row: Y = 16 + (Y_WEIGHTS . RGB) / 255
 
 
+def shared_data(part: str = "") -> Path | None:
+    """The project's data folder (train/ and eval/), or ``part`` of it: ``$EDGE_ENHANCE_DATA``, else the
+    nearest ``shared/data`` above the code (``../shared/data`` beside a checkout; worktrees sit one
+    level deeper), else above the working folder (an installed package run from a checkout's tree).
+    None when there is none; ``part`` (e.g. ``eval/Set5``) must then exist too."""
+    import os
+
+    env = os.environ.get("EDGE_ENHANCE_DATA")
+    if env:
+        return Path(env) / part
+    for start in (Path(__file__).resolve().parents[1], Path.cwd().resolve()):
+        for d in (start, *start.parents):
+            if (d / "shared" / "data" / part).is_dir():
+                return d / "shared" / "data" / part
+    return None
+
+
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma on the 16..235 scale, float64, as MATLAB's rgb2ycbcr (SR papers).
 

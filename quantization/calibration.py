@@ -17,7 +17,6 @@ Observers are pure functions of a histogram ``(counts, edges)``:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,12 +65,11 @@ class CalibSet:
 
 def default_train_dir() -> Path:
     """``$EDGE_ENHANCE_DATA/train``, else the nearest ``shared/data/train`` above the repository."""
-    env = os.environ.get("EDGE_ENHANCE_DATA")
-    if env:
-        return Path(env) / "train"
-    for d in Path(__file__).resolve().parents[1].parents:
-        if (d / "shared" / "data" / "train").is_dir():
-            return d / "shared" / "data" / "train"
+    from edge_enhance.evaluation import shared_data
+
+    found = shared_data("train")
+    if found is not None:
+        return found
     raise CalibrationError("no shared/data/train above the repository: set EDGE_ENHANCE_DATA or pass --calib DIR")
 
 

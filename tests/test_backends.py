@@ -120,3 +120,16 @@ def test_onnx_model_with_random_payload(tmp_path):
 
     with pytest.raises(ModelFormatError, match="ONNX Runtime cannot load"):
         open_backend(p)
+
+
+@pytest.mark.parametrize("np_version, tr_version, clash", [("2.4.6", "2.14.0", True), ("1.26.4", "2.14.0", False),
+                                                          ("2.0.0", "2.11.0", True), ("2.1.0", "2.20.0", False),
+                                                          ("2.1.0", "(version unknown)", False)])
+def test_tflite_runtime_under_numpy_2_is_refused_with_the_fix(np_version, tr_version, clash):
+    from edge_enhance.backends.litert import numpy_clash
+
+    why = numpy_clash(np_version, tr_version)
+    assert (why is not None) == clash
+    if clash:
+        assert f"tflite-runtime {tr_version} is built for numpy 1 and cannot run with numpy {np_version}" in why
+        assert "pip install 'edge-enhance[tflite-runtime]'" in why

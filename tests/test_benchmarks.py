@@ -414,3 +414,13 @@ def test_a_run_that_measures_nothing_exits_1_and_says_why(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"not run: {bad}" in err and "none of those given could be loaded" in err
     assert "nothing was measured" in err
+
+
+def test_peers_alone_exit_1_and_no_data_is_said_as_such(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "trunc.tflite"
+    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(40))
+    args = _parser().parse_args(["--quick", "--models", str(bad), "--out", str(tmp_path / "out"), "--only", "speed"])
+    assert cli.main(args) == 1  # the peers were timed, but nothing of ours was there to compare with them
+    assert "no model of ours ran, so nothing was compared" in capsys.readouterr().err
+    rows, notes = quality.run_quality([bicubic_subject(2)], None, quick=True)
+    assert rows == [] and "no --data given and no shared/data found (set EDGE_ENHANCE_DATA" in notes[0].reason

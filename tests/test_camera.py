@@ -190,6 +190,19 @@ def test_sink_failure_stops_the_loop_with_its_name():
         Preview(SyntheticSource(32, 32, fps=200), RepeatEnhancer(), [Broken()], config=PreviewConfig(frames=500)).run()
 
 
+def test_a_sink_failing_on_the_last_frame_fails_the_run_too():
+    import time
+
+    class SlowBroken(NullSink):
+        name = "slow"
+
+        def show(self, result):
+            time.sleep(0.2)  # still showing when the loop has counted its one frame and returned
+            raise OSError("disk full")
+    with pytest.raises(EdgeEnhanceError, match="sink slow failed: disk full"):
+        Preview(SyntheticSource(32, 32, fps=0), RepeatEnhancer(), [SlowBroken()], config=PreviewConfig(frames=1)).run()
+
+
 def test_wrong_enhancer_output_is_reported():
     class Bad(RepeatEnhancer):
         def enhance(self, frame):

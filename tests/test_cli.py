@@ -167,6 +167,18 @@ def test_info_of_a_card_less_model_says_what_the_graph_gives_and_how_to_add_a_ca
     assert "card: none" in capsys.readouterr().out
 
 
+def test_a_missing_optional_package_names_its_extra_not_a_traceback(tmp_path, capsys, monkeypatch):
+    residual_sr(tmp_path / "bare.onnx", layers=2, card={})
+    residual_sr(tmp_path / "m.onnx", layers=2)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on an install without the convert extra
+    assert main(["info", str(tmp_path / "bare.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["graph not read"] == (
+        "onnx is not installed: pip install 'edge-enhance[convert]'")
+    assert main(["convert", str(tmp_path / "m.onnx"), "--to", "tflite", "-o", str(tmp_path / "m.tflite")]) == 1
+    assert capsys.readouterr().err.strip() == "edge-enhance: error: onnx is not installed: pip install 'edge-enhance[convert]'"
+    assert not (tmp_path / "m.tflite").exists()
+
+
 def test_unknown_model_file(tmp_path, capsys):
     bogus = tmp_path / "model.tflite"
     bogus.write_bytes(np.random.default_rng(0).bytes(300))
@@ -396,3 +408,17 @@ def test_a_file_or_folder_named_like_a_bundled_model_does_not_replace_it(tmp_pat
     assert "the bundled model is used, not the file of that name here (write ./denoise" in caplog.text
     assert main(["enhance", str(src), "--model", "./denoise", "-o", "l.png", "-q"]) == 0
     assert Image.open("l.png").size == (24, 18)  # ./ names the local file
+
+
+def test_python_m_edge_enhance_is_the_command_and_the_demo_takes_help(tmp_path, capsys, monkeypatch):
+    from edge_enhance import demo
+
+    p = subprocess.run([sys.executable, "-m", "edge_enhance", "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("edge-enhance ")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0 and "out_dir" in capsys.readouterr().out and not any(tmp_path.iterdir())
+    (tmp_path / "f").write_text("x")
+    assert demo.main([str(tmp_path / "f" / "sub")]) == 1
+    assert "cannot make the output folder" in capsys.readouterr().err

@@ -148,3 +148,20 @@ def test_set5_x2_bicubic_baseline_is_33_67():
                       shared_data() / "eval" / "Set5", "sr", scale=2, with_ssim=False)
     assert len(res.rows) == 5
     assert res.psnr == pytest.approx(33.67, abs=0.01)
+
+
+def test_shared_data_is_found_from_the_environment_the_code_or_the_working_folder(tmp_path, monkeypatch):
+    from edge_enhance import evaluation
+    from conversion import verify
+
+    monkeypatch.setenv("EDGE_ENHANCE_DATA", str(tmp_path / "d"))
+    assert evaluation.shared_data("eval/Set5") == tmp_path / "d" / "eval" / "Set5"
+    monkeypatch.delenv("EDGE_ENHANCE_DATA")
+    monkeypatch.setattr(evaluation, "__file__", str(tmp_path / "site" / "edge_enhance" / "evaluation.py"))
+    (tmp_path / "work" / "shared" / "data" / "eval" / "Set5").mkdir(parents=True)
+    (tmp_path / "work" / "photos").mkdir()
+    monkeypatch.chdir(tmp_path / "work" / "photos")  # an installed package, run inside a checkout's tree
+    assert evaluation.shared_data("eval/Set5") == tmp_path / "work" / "shared" / "data" / "eval" / "Set5"
+    assert evaluation.shared_data("train") is None
+    monkeypatch.chdir(tmp_path)
+    assert verify.default_dataset().name == "samples"  # nowhere: the bundled sample photo, said in the log

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
 from edge_enhance.errors import ConfigError, ImageInputError
+from edge_enhance.evaluation import shared_data
 from edge_enhance.models import MODELS_DIR
 
 from . import run_tool
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
                                                 "its .onnx (one name only); the .onnx stays as it is")
     p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
                    help="weight rounding (default gptq; nearest for a QAT fine-tune, whose weights fit that grid)")
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "eval")
+    p.add_argument("--data", type=Path, help="the shared data folder, as training.train's --data (default "
+                                             "../shared/data), or its eval/ folder")
     p.add_argument("--out", type=Path, default=MODELS_DIR,
                    help="folder for NAME.int8.tflite (default edge_enhance/models: the bundled file is replaced; "
                         "give another to compare a method without touching it)")
@@ -111,8 +113,12 @@ def main(argv=None) -> int:
         p.error(f"no bundled {', '.join(unknown)}.onnx (bundled: {', '.join(known)})")
     if not args.out.is_dir():
         p.error(f"--out {args.out}: not a folder")
+    data = args.data or shared_data()
+    if data is None:
+        p.error("no shared/data found: give --data DIR or set EDGE_ENHANCE_DATA")
+    data = data / "eval" if (data / "eval").is_dir() else data
     for name in args.names:
-        print(json.dumps(bundle(name, args.data, args.method, args.weights, args.rounding, args.out)), flush=True)
+        print(json.dumps(bundle(name, data, args.method, args.weights, args.rounding, args.out)), flush=True)
     return 0
 
 

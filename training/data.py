@@ -7,14 +7,13 @@ artefacts; flips and 90-degree rotations are applied to the (input, target) pair
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edge_enhance.errors import ConfigError
-from edge_enhance.evaluation import Degradation, degrade, jpeg, list_images, load_rgb, mod_crop, sr_pair
+from edge_enhance.evaluation import Degradation, degrade, jpeg, list_images, load_rgb, mod_crop, shared_data, sr_pair
 
 from .recipes import Recipe
 
@@ -24,12 +23,9 @@ TRAIN_SETS = ("T91", "BSD200")
 def default_data_root() -> Path:
     """$EDGE_ENHANCE_DATA, else the nearest ``shared/data`` beside the repository root or above it
     (``../shared/data`` from /work/main; worktrees sit one level deeper)."""
-    env = os.environ.get("EDGE_ENHANCE_DATA")
-    if env:
-        return Path(env)
-    for d in Path(__file__).resolve().parents[1].parents:
-        if (d / "shared" / "data" / "train").is_dir():
-            return d / "shared" / "data"
+    found = shared_data("train")
+    if found is not None:
+        return found.parent
     raise ConfigError("no shared/data above the repository; set EDGE_ENHANCE_DATA or pass --data")
 
 

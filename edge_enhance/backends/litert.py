@@ -65,6 +65,14 @@ def interpreter_module():
     except ImportError:
         pass
     try:
+        import importlib.util
+
+        if importlib.util.find_spec("tflite_runtime") is not None:  # checked first: the import itself misfires
+            import numpy
+
+            clash = numpy_clash(numpy.__version__, _engine_version("tflite-runtime"))
+            if clash:
+                raise BackendUnavailableError(clash)
         import tflite_runtime.interpreter as m  # Raspberry Pi OS with numpy < 2
 
         return m, "tflite-runtime"
@@ -79,6 +87,21 @@ def interpreter_module():
             "no TFLite engine installed: pip install 'edge-enhance[litert]' (ai-edge-litert), "
             "or tflite-runtime on a Raspberry Pi"
         ) from None
+
+
+def numpy_clash(numpy_version: str, tflite_runtime_version: str) -> str | None:
+    """Why tflite-runtime cannot run beside this numpy, or None: every tflite-runtime release (the last,
+    2.14, included) is built against numpy 1, and under numpy 2 it fails inside its first call."""
+    try:
+        np_major = int(numpy_version.split(".")[0])
+        tr = tuple(int(v) for v in tflite_runtime_version.split(".")[:2])
+    except ValueError:
+        return None  # a version we cannot read: let the engine try
+    if np_major >= 2 and tr <= (2, 14):
+        return (f"tflite-runtime {tflite_runtime_version} is built for numpy 1 and cannot run with numpy "
+                f"{numpy_version}: pip install 'edge-enhance[tflite-runtime]' (numpy<2), or use ai-edge-litert: "
+                f"pip install 'edge-enhance[litert]'")
+    return None
 
 
 def _engine_version(engine: str) -> str:

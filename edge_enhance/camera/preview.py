@@ -266,8 +266,14 @@ class Preview:
             raise
         finally:
             self._teardown(capture)
+            # A sink that failed on the last frames (shown after the loop's last check) fails the run too.
+            late = next((r for r in self._runners if r.error is not None), None)
+            if late is not None and not reason.startswith("error") and reason != "interrupted":
+                reason = f"error: sink {late.sink.name} failed: {late.error}"
             self.summary = self.stats.summary(stop_reason=reason, **self._extra())
             self._emit(self.summary)
+        if late is not None and reason.startswith("error: sink"):
+            raise SinkError(f"sink {late.sink.name} failed: {late.error}") from late.error
         return self.summary
 
     def _loop(self) -> str:

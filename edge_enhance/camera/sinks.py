@@ -167,6 +167,9 @@ class VideoFileSink(Sink):
         self._writer = self._tmp = self._size = None
         self.frames = 0
 
+    def start(self):
+        import_cv2()  # before the camera and the model: no OpenCV is said now, not at the first frame
+
     def show(self, result: Result):
         frame = result.picture(overlay=self.overlay)
         h, w = frame.shape[:2]
