@@ -559,7 +559,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--strength", type=_strength, default=1.0, help="0 = input, 1 = model, up to 1.5")
     e.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the model over the 8 rotations / mirror images "
-                        "(about 10x slower, a little more PSNR)")
+                        "(8-9x the time, a little more PSNR)")
     e.add_argument("--format", help="output format (png, jpg, webp, tiff); default: the input's")
     e.add_argument("--quality", type=int, default=92, help="JPEG / WebP quality (default 92)")
     e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")
@@ -567,7 +567,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     e.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a batch)")
     e.add_argument("--overwrite", action="store_true", help="allow writing over an input file")
-    e.add_argument("--max-pixels", type=_positive_int, default=200_000_000, help="refuse larger inputs (default 200 MP)")
+    e.add_argument("--max-pixels", type=_positive_int, default=200_000_000, help="refuse inputs of more pixels than this (default 200000000, 200 MP)")
     e.add_argument("--temporal", type=number(float, 0, 1), default=0.0, help="video only: residual smoothing 0..1")
     e.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     e.add_argument("-q", "--quiet", action="store_true")

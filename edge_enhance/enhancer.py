@@ -79,7 +79,7 @@ class Enhancer:
             tiling = TilingConfig(tile, 256.0 if memory_mb is None else memory_mb)
         elif tile is not None or memory_mb is not None:
             raise ConfigError("give tiling=TilingConfig(...) or tile / memory_mb, not both")
-        self.path = resolve(model)
+        self.path = resolve(model, engine)
         options = options or EngineOptions(threads=threads)
         self.backend = open_backend(self.path, options, engine)
         self.card = card or self.backend.card

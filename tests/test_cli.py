@@ -410,6 +410,24 @@ def test_a_file_or_folder_named_like_a_bundled_model_does_not_replace_it(tmp_pat
     assert Image.open("l.png").size == (24, 18)  # ./ names the local file
 
 
+def test_the_bundled_fp32_file_is_reachable_by_engine_or_by_its_file_name(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ai_edge_litert")
+    from edge_enhance.enhancer import Enhancer
+    from edge_enhance.models import MODELS_DIR, resolve
+
+    monkeypatch.chdir(tmp_path)
+    assert Enhancer("sr-x2", engine="onnxruntime").path == MODELS_DIR / "sr-x2.onnx"
+    assert Enhancer("sr-x2", engine="litert").path == MODELS_DIR / "sr-x2.int8.tflite"
+    assert resolve("sr-x2.onnx") == MODELS_DIR / "sr-x2.onnx"
+    src = np.array(Image.open(_img(tmp_path / "a.png", size=(12, 9))).convert("RGB"))
+    assert main(["enhance", "a.png", "--model", "sr-x2.onnx", "-o", "o.png", "-q"]) == 0
+    out = np.array(Image.open("o.png"))
+    assert np.array_equal(out, Enhancer(MODELS_DIR / "sr-x2.onnx").enhance(src))
+    assert not np.array_equal(out, Enhancer(MODELS_DIR / "sr-x2.int8.tflite").enhance(src))
+    (tmp_path / "sr-x2.onnx").write_bytes(b"mine")  # a file of that name here is the one meant
+    assert str(resolve("sr-x2.onnx")) == "sr-x2.onnx"
+
+
 def test_python_m_edge_enhance_is_the_command_and_the_demo_takes_help(tmp_path, capsys, monkeypatch):
     from edge_enhance import demo
 

@@ -63,6 +63,43 @@ def test_quantize_writes_an_int8_model_and_reports(setup, capsys, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
+def test_the_quantised_files_card_carries_its_own_measured_psnr(setup, capsys, tmp_path):
+    from edge_enhance.backends import read_card
+
+    model, calib, ev = setup
+    out = tmp_path / "q.tflite"
+    rc, cap = _run(["quantize", str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16",
+                    "--eval", str(ev), "--rounding", "nearest", "-o", str(out), "--json", "-q"], capsys)
+    rep = json.loads(cap.out)
+    card = read_card(out)
+    assert card.extra["psnr"] == {"eval": round(rep["eval"]["int8_psnr"], 3)}
+    assert card.extra["quantization"]["precision"] == "int8" and card.extra["quantization"]["rounding"] == "nearest"
+
+
+def test_a_measured_drop_over_the_bar_tightens_the_simulated_one_and_quantises_again(setup, capsys, tmp_path,
+                                                                                      monkeypatch):
+    from quantization import cli as qcli, quantize as qz
+    from quantization.report import Quality
+
+    model, calib, ev = setup
+    seen = []
+    real = qz.quantize_model
+
+    def spy(*a, **kw):
+        seen.append(kw["max_drop"])
+        return real(*a, **kw)
+
+    def fake_measure(path, card, ds):  # the source at 30 dB; the first quantised file 0.4 dB under it, then 0.01
+        return Quality(30.0 if str(path).endswith(".onnx") else 30.0 - (0.4 if len(seen) == 1 else 0.01), 0.0)
+    monkeypatch.setattr(qz, "quantize_model", spy)
+    monkeypatch.setattr(qcli, "measure", fake_measure)
+    out = tmp_path / "q.tflite"
+    rc, cap = _run(["quantize", str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16",
+                    "--eval", str(ev), "--max-drop", "0.2", "--rounding", "nearest", "-o", str(out), "-q"], capsys)
+    assert len(seen) == 2 and seen[0] == 0.2 and 0 <= seen[1] < 0.2, seen
+    assert rc == 0 and out.exists() and "drop 0.010 dB" in cap.out
+
+
 @pytest.mark.parametrize("command,extra", [
     ("quantize", ["--cle", "off", "--act-eq", "off", "--bias-correction", "off", "--rounding", "nearest"]),
     ("prune", ["--target-macs", "0.3", "--multiple", "1"]),

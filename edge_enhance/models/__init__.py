@@ -39,22 +39,35 @@ def bundled() -> dict[str, list[Path]]:
     return out
 
 
-def resolve(model: str | Path) -> Path:
-    """A bundled model's best file for the engines installed, for a bare bundled name ('sr-x2'), even
-    where the current folder holds a file or folder of that name (``./sr-x2`` names that one: a stray
-    folder left by ``-o sr-x2/`` broke every default run, a stray file replaced a --mode stage);
-    else a path that exists."""
+ENGINE_OF_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime"}
+
+
+def resolve(model: str | Path, engine: str | None = None) -> Path:
+    """A bundled model's best file for the engines installed (or for ``engine``, the file that engine
+    runs), for a bare bundled name ('sr-x2'), even where the current folder holds a file or folder of
+    that name (``./sr-x2`` names that one: a stray folder left by ``-o sr-x2/`` broke every default
+    run, a stray file replaced a --mode stage); a bundled file by its name ('sr-x2.onnx') where no such
+    file is here; else a path that exists."""
     p = Path(model)
-    files = bundled().get(str(model)) if isinstance(model, str) and p.name == model else None
+    bare = isinstance(model, str) and p.name == model
+    files = bundled().get(str(model)) if bare else None
     if files and p.is_file():
         log.warning("%s: the bundled model is used, not the file of that name here (write ./%s for it)", model, model)
     if p.exists() and not files:
         return p
+    if not files and bare and (MODELS_DIR / model).is_file() and any(model.endswith(s) for s in _SUFFIXES):
+        return MODELS_DIR / model  # sr-x2.onnx: the bundled fp32 file
     if not files:
         names = ", ".join(sorted(bundled())) or "none"
         raise ModelFormatError(f"{model}: no such model file and no bundled model of that name (bundled: {names})")
+    if engine in ENGINE_OF_SUFFIX.values():
+        for f in files:
+            if ENGINE_OF_SUFFIX[f.suffix] == engine:
+                return f
+        raise ModelFormatError(f"{model}: no bundled file of it runs on --engine {engine} "
+                               f"(bundled: {', '.join(f.name for f in files)})")
     engines = available_engines()
     for f in files:
-        if ("litert" if f.suffix == ".tflite" else "onnxruntime") in engines:
+        if ENGINE_OF_SUFFIX[f.suffix] in engines:
             return f
     return files[0]  # opening it will name the extra to install
