@@ -203,3 +203,6 @@ def run(argv: list[str] | None = None) -> int:
     except EdgeEnhanceError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:  # as `edge-enhance bench`: the sections done are in results.partial.json
+        print("bench: interrupted", file=sys.stderr)
+        return 130

@@ -72,7 +72,10 @@ def run_memory(subs: list[Subject], quick: bool, slow: bool) -> tuple[list[dict]
     plan = [(sub, mp) for mp in mps for sub in (subs if mp == mps[0] else subs[:1])]
     for sub, mp in plan:
         for budget in BUDGETS_MB:
-            cmd = [sys.executable, "-m", "benchmarks.memory", sub.path, str(mp), str(budget)]
+            # The child runs in the project root: a relative model path (--models x.onnx, --out bench-out) is
+            # made absolute first, a bundled name stays as it is.
+            path = str(Path(sub.path).resolve()) if Path(sub.path).exists() else sub.path
+            cmd = [sys.executable, "-m", "benchmarks.memory", path, str(mp), str(budget)]
             log.info("memory %s %s MP at %d MB", sub.label, mp, budget)
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
             if p.returncode != 0:

@@ -232,6 +232,12 @@ def opencv_subjects(peer_dir: Path | None, scales: list[int]) -> tuple[list[Subj
             if not pb.is_file():
                 notes.append(NotRun(f"OpenCV {label} x{scale}", f"{pb} not found"))
                 continue
+            try:  # read once here: a truncated or empty .pb is one peer left out, not the run lost
+                cv2.dnn_superres.DnnSuperResImpl_create().readModel(str(pb))
+            except cv2.error as e:
+                why = (str(e).strip().splitlines() or ["OpenCV error"])[-1]
+                notes.append(NotRun(f"OpenCV {label} x{scale}", f"{pb}: unreadable ({why})"))
+                continue
 
             def make(threads, pb=pb, algo=algo, scale=scale):
                 sr = cv2.dnn_superres.DnnSuperResImpl_create()

@@ -177,13 +177,18 @@ class Enhancer:
 
     def _square_tile(self, tile: tuple[int, int], h: int, w: int) -> tuple[int, int]:
         """A square tile for --tta: the smaller side, unless that leaves no core to step along the
-        longer side (a strip thinner than the margins). A square grown past a side overhangs it by
-        at least a margin, so the cores do not depend on how far: tiled and whole-image TTA agree."""
+        longer side (a strip thinner than the margins). A square that would grow past the image's short
+        side is flush with it when that side holds a core, as the whole-image run's is (an overhang is
+        reflect-padded where the whole-image tile meets the model's zero padding); past a strip thinner
+        than the margins it overhangs by at least a margin, so the cores do not depend on how far:
+        tiled and whole-image TTA agree."""
         m, a = self.card.margin, self.card.align
         side = min(tile)
         extents = sorted((round_up(h, a), round_up(w, a)))
         if side < extents[1] and side - 2 * m < 1:
             side = min_tile_side(m, a)
+        if side > extents[0] >= 2 * m + 1:
+            return extents[0], extents[0]
         for n in extents:
             if n < side < n + m:
                 side = round_up(n + m, a)
@@ -337,7 +342,8 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
     # Load first (cheap next to enhancing): an unreadable input, e.g. HEIC without its plugin, must be
     # reported as such, not as the output format its extension implies.
     photo = imageio.load_image(src, max_pixels)
-    imageio.format_for(dst, fmt)  # fail on a bad extension before spending time on the model
+    imageio.format_for(dst, fmt)  # fail on a bad extension, or an output the format cannot hold, before the model
+    imageio.check_output_size(dst, fmt, photo.rgb.shape[1] * processor.scale, photo.rgb.shape[0] * processor.scale)
     out = _output_buffer(photo, dst, processor.scale)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0

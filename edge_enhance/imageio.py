@@ -9,6 +9,7 @@ import functools
 import importlib
 import io
 import logging
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -158,8 +159,10 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
             im = Image.open(path)
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
-    except Image.DecompressionBombError as e:
-        raise ImageInputError(f"{path}: refused as a decompression bomb ({e})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own check, at twice the limit: said as ours is
+        n = re.search(r"Image size \((\d+) pixels\)", str(e))
+        raise ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
+                              f"{_pixels(max_pixels)} (raise it with --max-pixels)") from None
     except _DECODE_ERRORS as e:
         raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
     with im:
@@ -340,6 +343,16 @@ def _write_png16(photo: Photo, f) -> None:
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, model, software, date, artist, copyright
 
 
+def _shaped(description: str) -> bool:
+    """tifffile's own ImageDescription ('{"shape": [h, w, 3]}'): the input's size, wrong for the output."""
+    import json
+
+    try:
+        return isinstance(d := json.loads(description), dict) and "shape" in d
+    except ValueError:
+        return False
+
+
 def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None) -> None:
     import tifffile
 
@@ -348,7 +361,7 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
         a = np.dstack([a, photo.alpha])
     # bytes as the file had them (Pillow decodes TIFF / EXIF text as latin-1): tifffile takes only ASCII str
     tags = [(t, "s", 0, exif[t].encode("latin-1", "replace"), True) for t in _TIFF_TEXT_TAGS
-            if exif is not None and isinstance(exif.get(t), str)]
+            if exif is not None and isinstance(exif.get(t), str) and not (t == 270 and _shaped(exif[t]))]
     if exif is not None and any(exif.get_ifd(i) for i in (_EXIF_IFD, 0x8825)):
         log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
                     "EXIF / GPS sub-IFDs", dst)
@@ -357,6 +370,18 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
                      extrasamples=["unassalpha"] if photo.alpha is not None else None,
                      iccprofile=icc, resolution=tuple(dpi) if dpi else None, resolutionunit="INCH" if dpi else None,
                      software=False, metadata=None, extratags=tags)
+
+
+MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "GIF": 65535}  # the encoders' own limits, pixels a side
+
+
+def check_output_size(dst, fmt: str | None, width: int, height: int) -> None:
+    """Before any inference: an output the format cannot hold is refused, naming a format that can."""
+    f = format_for(Path(dst), fmt)
+    limit = MAX_SIDE.get(f)
+    if limit is not None and max(width, height) > limit:
+        raise OutputError(f"{dst}: a {width}x{height} output exceeds {f}'s limit of {limit} pixels a side; "
+                          f"write PNG or TIFF (--format png)")
 
 
 def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
@@ -418,6 +443,6 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 elif photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
                 photo_to_pil(photo).save(f, format=fmt, **kw)
-    except OSError as e:
-        raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: an encoder's refusal (Pillow's WebP size limit, ...)
+        raise OutputError(f"{dst}: cannot write ({getattr(e, 'strerror', None) or e})") from None
     return dst

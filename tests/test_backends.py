@@ -133,3 +133,12 @@ def test_tflite_runtime_under_numpy_2_is_refused_with_the_fix(np_version, tr_ver
     if clash:
         assert f"tflite-runtime {tr_version} is built for numpy 1 and cannot run with numpy {np_version}" in why
         assert "pip install 'edge-enhance[tflite-runtime]'" in why
+
+
+def test_engine_threads_are_bounded():
+    from edge_enhance.backends import MAX_THREADS, EngineOptions
+    from edge_enhance.errors import ConfigError
+
+    assert EngineOptions(threads=MAX_THREADS).threads == MAX_THREADS
+    with pytest.raises(ConfigError, match=f"threads must be an integer from 1 to {MAX_THREADS}, got 100000"):
+        EngineOptions(threads=100_000)

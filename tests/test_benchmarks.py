@@ -424,3 +424,36 @@ def test_peers_alone_exit_1_and_no_data_is_said_as_such(tmp_path, capsys, monkey
     assert "no model of ours ran, so nothing was compared" in capsys.readouterr().err
     rows, notes = quality.run_quality([bicubic_subject(2)], None, quick=True)
     assert rows == [] and "no --data given and no shared/data found (set EDGE_ENHANCE_DATA" in notes[0].reason
+
+
+def test_an_unreadable_peer_file_is_left_out_with_its_reason(tmp_path):
+    pytest.importorskip("cv2")
+    from benchmarks.subjects import opencv_subjects
+
+    (tmp_path / "ESPCN_x2.pb").write_bytes(b"")
+    (tmp_path / "FSRCNN_x2.pb").write_bytes(b"\x0a\x05trunc")
+    subs, notes = opencv_subjects(tmp_path, [2])
+    assert subs == []
+    why = {n.what: n.reason for n in notes}
+    assert "ESPCN_x2.pb: unreadable" in why["OpenCV ESPCN x2"] and "FSRCNN_x2.pb: unreadable" in why["OpenCV FSRCNN x2"]
+    assert why["OpenCV FSRCNN-small x2"].endswith("not found")
+
+
+def test_the_memory_child_gets_an_absolute_model_path(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    sub = Subject("m", "m", True, "onnxruntime", "fp32", "sr", 2, None, True, lambda t: None, path="m.onnx")
+    seen = []
+    monkeypatch.setattr(memory.subprocess, "run",
+                        lambda cmd, **kw: seen.append(cmd) or subprocess.CompletedProcess(cmd, 1, "", "stop"))
+    memory.run_memory([sub], quick=True, slow=False)
+    assert seen and all(cmd[3] == str(tmp_path / "m.onnx") for cmd in seen)
+
+
+def test_python_m_benchmarks_ctrl_c_is_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "main", interrupted)
+    assert cli.run(["--quick"]) == 130 and capsys.readouterr().err == "bench: interrupted\n"

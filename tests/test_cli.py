@@ -440,3 +440,24 @@ def test_python_m_edge_enhance_is_the_command_and_the_demo_takes_help(tmp_path, 
     (tmp_path / "f").write_text("x")
     assert demo.main([str(tmp_path / "f" / "sub")]) == 1
     assert "cannot make the output folder" in capsys.readouterr().err
+
+
+def test_an_output_too_large_for_its_format_fails_that_file_before_the_model_and_the_batch_goes_on(tmp_path, model,
+                                                                                                  capsys):
+    (tmp_path / "in").mkdir()
+    _img(tmp_path / "in" / "a.png", size=(8200, 4))  # x2: 16400 wide, over WebP's 16383
+    _img(tmp_path / "in" / "b.png")
+    assert main(["enhance", str(tmp_path / "in"), "--model", model, "--format", "webp", "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "a.webp: a 16400x8 output exceeds WEBP's limit of 16383 pixels a side; write PNG or TIFF" in err
+    assert "Traceback" not in err and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["b.webp"]
+
+
+def test_an_encoder_refusal_is_an_output_error(tmp_path):
+    from edge_enhance.errors import OutputError
+    from edge_enhance.imageio import Photo, save_image
+
+    photo = Photo(np.zeros((4, 17000, 3), np.uint8), None, False)  # past the size check: straight to the encoder
+    with pytest.raises(OutputError, match=r"x\.webp: cannot write \(.*WebP"):
+        save_image(photo, tmp_path / "x.webp")
+    assert list(tmp_path.iterdir()) == []

@@ -261,6 +261,16 @@ def test_tta_tiled_equals_tta_whole_image(models, h, w, th, tw, scale, seed):
     assert th == tw and (th == side if side > 2 * m or side >= max(h, w) else th > 2 * m + 1)
 
 
+@pytest.mark.parametrize("extra, tile", [(0, (1, 5)), (3, (4, 40)), (7, (1000, 3))])
+def test_tta_with_a_tile_under_the_margins_on_a_side_that_holds_a_core_stays_exact(models, extra, tile):
+    whole = Enhancer(models[1], tta=True)
+    m = whole.card.margin
+    img = np.random.default_rng(extra).integers(0, 256, (2 * m + 1 + extra, 9 * m, 3), dtype=np.uint8)
+    tiled = Enhancer(models[1], tiling=TilingConfig(tile=tile), tta=True)
+    assert np.array_equal(tiled.enhance(img), whole.enhance(img))  # a grown square was reflect-padded past the edge
+    assert tiled.last_run.tile == (img.shape[0], img.shape[0])  # flush with the short side, as the whole run
+
+
 def test_tta_on_a_strip_thinner_than_the_margins(models):
     img = np.random.default_rng(8).integers(0, 256, (3, 70, 3), dtype=np.uint8)
     enh = Enhancer(models[2], tta=True)

@@ -217,3 +217,16 @@ def test_jpeg_output_keeps_full_resolution_chroma(tmp_path):
 
     out = imageio.save_image(imageio.Photo(np.zeros((16, 16, 3), np.uint8)), tmp_path / "o.jpg")
     assert JpegImagePlugin.get_sampling(Image.open(out)) == 0  # 4:4:4
+
+
+def test_tifffiles_shape_description_is_not_carried_to_an_output_of_another_size(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a = np.random.default_rng(2).integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", a, photometric="rgb")  # metadata default: '{"shape": [5, 6, 3]}'
+    ph = imageio.load_image(tmp_path / "t.tif")
+    assert '"shape"' in ph.exif.get(270)
+    big = imageio.Photo(np.repeat(np.repeat(ph.rgb, 2, 0), 2, 1), None, False, exif=ph.exif)
+    out = imageio.save_image(big, tmp_path / "o.tif")
+    with tifffile.TiffFile(out) as t:
+        assert t.pages[0].shape == (10, 12, 3) and t.series[0].shape == (10, 12, 3)
+        assert 270 not in t.pages[0].tags

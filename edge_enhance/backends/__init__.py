@@ -6,6 +6,7 @@ one hides its own layout (NCHW ONNX), dtype (int8 / uint8 TFLite I/O) and resizi
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +28,9 @@ def register(cls):
     return cls
 
 
+MAX_THREADS = 1024  # an engine's threads are OS threads: 100,000 of them took 16 GB or crashed the process
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     threads: int | None = None
@@ -36,8 +40,9 @@ class EngineOptions:
     providers: tuple[str, ...] = ()  # ONNX Runtime execution providers, in order
 
     def __post_init__(self):
-        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
-            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.threads is not None and not (isinstance(self.threads, int) and 1 <= self.threads <= MAX_THREADS):
+            raise ConfigError(f"threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r} "
+                              f"(this machine has {os.cpu_count()} CPUs)")
 
 
 class Backend:
