@@ -16,14 +16,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from edge_enhance.evaluation import shared_data
+from edge_enhance.evaluation import shared_data, shared_folder
 
 from .errors import BenchmarkError, ConfigError
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("quality", "speed", "memory", "tiling")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sections(text: str) -> list[str]:
@@ -32,16 +31,6 @@ def _sections(text: str) -> list[str]:
     if bad or not parts:
         raise argparse.ArgumentTypeError(f"--only takes a comma list of {', '.join(SECTIONS)}; got {text!r}")
     return parts
-
-
-def _shared(sub: str) -> Path | None:
-    """../shared/<sub> from the project root, else from the nearest ancestor of it or of the working
-    folder that has one (an installed package run inside a checkout's tree)."""
-    for base in (*ROOT.parents, Path.cwd().resolve(), *Path.cwd().resolve().parents):
-        p = base / "shared" / sub
-        if p.is_dir():
-            return p
-    return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         raise BenchmarkError(f"{out}: cannot create the output folder ({e.strerror})") from None
     data = args.data or shared_data()
-    peers_dir = args.peers or _shared("peer_models/opencv_dnn_superres")
+    peers_dir = args.peers or shared_folder("peer_models/opencv_dnn_superres")
     argv = sys.argv[1:]
     if argv[:1] == ["bench"]:  # called as `edge-enhance bench ...`
         argv = argv[1:]

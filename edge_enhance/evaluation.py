@@ -34,21 +34,26 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr's luma row: Y = 16 + (Y_WEIGHTS . RGB) / 255
 
 
+def shared_folder(sub: str) -> Path | None:
+    """``shared/<sub>`` in the nearest folder holding one, above the code (``../shared`` beside a
+    checkout; worktrees sit one level deeper), else above the working folder (an installed package run
+    inside a checkout's tree); None when there is none."""
+    for start in (Path(__file__).resolve().parents[1], Path.cwd().resolve()):
+        for d in (start, *start.parents):
+            if (d / "shared" / sub).is_dir():
+                return d / "shared" / sub
+    return None
+
+
 def shared_data(part: str = "") -> Path | None:
-    """The project's data folder (train/ and eval/), or ``part`` of it: ``$EDGE_ENHANCE_DATA``, else the
-    nearest ``shared/data`` above the code (``../shared/data`` beside a checkout; worktrees sit one
-    level deeper), else above the working folder (an installed package run from a checkout's tree).
-    None when there is none; ``part`` (e.g. ``eval/Set5``) must then exist too."""
+    """The project's data folder (train/ and eval/), or ``part`` of it (e.g. ``eval/Set5``):
+    ``$EDGE_ENHANCE_DATA``, else :func:`shared_folder` ``data/part``."""
     import os
 
     env = os.environ.get("EDGE_ENHANCE_DATA")
     if env:
         return Path(env) / part
-    for start in (Path(__file__).resolve().parents[1], Path.cwd().resolve()):
-        for d in (start, *start.parents):
-            if (d / "shared" / "data" / part).is_dir():
-                return d / "shared" / "data" / part
-    return None
+    return shared_folder(f"data/{part}".rstrip("/"))
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:

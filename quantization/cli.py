@@ -152,13 +152,16 @@ def main(args) -> int:
 MAX_RETRIES = 3
 
 
-def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None = None) -> None:
+def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None = None,
+               base: dict | None = None) -> None:
     """Put a quantised model's own measured ``psnr`` (None: not measured) into its card, with the float
-    model's figures (``fp32``, else the card's own) as ``psnr_fp32`` and how it was quantised."""
+    model's figures (``fp32``, else the card's own) as ``psnr_fp32`` and how it was quantised; ``base``:
+    other card fields to set first (training.bundle: how the shipped float network was trained)."""
     from edge_enhance.card import CARD_KEY, ModelCard
 
     d = json.loads(graph.metadata[CARD_KEY])
     extra = d.setdefault("extra", {})
+    extra.update(base or {})
     src = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
     if src is not None:
         extra["psnr_fp32"] = src

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.card import CARD_KEY
 from edge_enhance.errors import ConfigError, ImageInputError
 from edge_enhance.evaluation import shared_data
 from edge_enhance.models import MODELS_DIR
@@ -40,6 +40,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     from edge_enhance.enhancer import Enhancer
     from edge_enhance.evaluation import evaluate
     from quantization.calibration import calibration_for
+    from quantization.cli import stamp_card
     from quantization.quantize import quantize_model, write_tflite
     from quantization.report import load_model
 
@@ -70,23 +71,17 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
         for label, ds, kw in SETTINGS[card.task]:
             psnr[label] = round(evaluate(Enhancer(tmp).enhance_rgb, data / ds, card.task, scale=card.scale,
                                          with_ssim=False, **kw).psnr, 3)
-        d = json.loads(res.graph.metadata[CARD_KEY])
-        extra = d.setdefault("extra", {})
-        extra.update(base)
-        extra["psnr_fp32"] = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
-        extra["psnr"] = psnr
-        extra["quantization"] = {"method": method, "rounding": rounding, "cle": res.report.cle,
-                                 "act_eq": res.report.act_eq,
-                                 "bias_correction": res.report.bias_correction,
-                                 "precision": "int8 (per-channel weights, int8 activations)"}
-        ModelCard.from_dict(d)  # still a valid card
-        res.graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
+        stamp_card(res.graph, psnr, {"method": method, "rounding": rounding, "cle": res.report.cle,
+                                     "act_eq": res.report.act_eq, "bias_correction": res.report.bias_correction,
+                                     "precision": "int8 (per-channel weights, int8 activations)"},
+                   fp32=fp32, base=base)
         write_tflite(res.graph, tmp)  # again, now carrying its own measured numbers
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return {"name": name, "file": out.name, "kb": round(out.stat().st_size / 1024, 1), "int8": psnr,
-            "fp32": extra["psnr_fp32"], "seconds": round(time.perf_counter() - t0, 1)}
+            "fp32": json.loads(res.graph.metadata[CARD_KEY])["extra"].get("psnr_fp32"),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv=None) -> int:
