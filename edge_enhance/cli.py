@@ -642,9 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         print("edge-enhance: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as e:  # a command's optional package (convert, coreml, bench...) is missing
-        if _missing_extra(e) is None:
+        why = _missing_extra(e)
+        if why is None:
             raise
-        print(f"edge-enhance: error: {_missing_extra(e)}", file=sys.stderr)
+        print(f"edge-enhance: error: {why}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.

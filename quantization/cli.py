@@ -19,11 +19,12 @@ from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
+from .report import (Progress, default_eval_dir, human_size, load_model, measure, publish, stamp_card,
+                     temp_beside)
 
 
 PRECISIONS = ("int8", "int16x8")
-
+MAX_RETRIES = 3  # quantisations again after a measured --max-drop miss (each with a tighter simulated bar)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
@@ -84,7 +85,7 @@ def main(args) -> int:
     say(f"calibration: {len(calib)} crops from {calib.source}")
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
     ds = None if args.no_eval else Path(args.eval) if args.eval else default_eval_dir(card.task)
-    sim_bar, before = args.max_drop, None
+    sim_bar, before, drop = args.max_drop, None, None
     tmp = temp_beside(out)
     try:
         # --max-drop moves layers to 16x8 until the drop simulated on the calibration set fits; where the
@@ -128,9 +129,7 @@ def main(args) -> int:
         split = precision_split(res.graph)
         if args.precision == "int16x8" or split["int16"]:  # --max-drop may have moved int8 layers to 16x8
             rep["activations"] = split
-        drop = None
         if ds is not None:
-            drop = before.psnr - after.psnr
             rep["eval"] = {"dataset": str(ds), "fp32_psnr": before.psnr, f"{args.precision}_psnr": after.psnr,
                            "drop_db": drop}
         missed = args.max_drop is not None and drop is not None and not drop <= args.max_drop  # NaN misses
@@ -147,30 +146,6 @@ def main(args) -> int:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-MAX_RETRIES = 3
-
-
-def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None = None,
-               base: dict | None = None) -> None:
-    """Put a quantised model's own measured ``psnr`` (None: not measured) into its card, with the float
-    model's figures (``fp32``, else the card's own) as ``psnr_fp32`` and how it was quantised; ``base``:
-    other card fields to set first (training.bundle: how the shipped float network was trained)."""
-    from edge_enhance.card import CARD_KEY, ModelCard
-
-    d = json.loads(graph.metadata[CARD_KEY])
-    extra = d.setdefault("extra", {})
-    extra.update(base or {})
-    src = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
-    if src is not None:
-        extra["psnr_fp32"] = src
-    extra.pop("psnr", None)
-    if psnr is not None:
-        extra["psnr"] = psnr
-    extra["quantization"] = quantization
-    ModelCard.from_dict(d)  # still a valid card
-    graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
 
 
 def _print(rep: dict, report) -> None:

@@ -1,6 +1,7 @@
 """Shared pieces of the quantize / prune commands: model loading, quick-set evaluation, sizes."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -93,3 +94,22 @@ def publish(tmp: Path, out: Path, quiet: bool) -> int:
     if not quiet:
         print(f"wrote {out} ({human_size(out.stat().st_size)})")
     return 0
+
+
+def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None = None,
+               base: dict | None = None) -> None:
+    """Put a quantised model's own measured ``psnr`` (None: not measured) into its card, with the float
+    model's figures (``fp32``, else the card's own) as ``psnr_fp32`` and how it was quantised; ``base``:
+    other card fields to set first (training.bundle: how the shipped float network was trained)."""
+    d = json.loads(graph.metadata[CARD_KEY])
+    extra = d.setdefault("extra", {})
+    extra.update(base or {})
+    src = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
+    if src is not None:
+        extra["psnr_fp32"] = src
+    extra.pop("psnr", None)
+    if psnr is not None:
+        extra["psnr"] = psnr
+    extra["quantization"] = quantization
+    ModelCard.from_dict(d)  # still a valid card
+    graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)

@@ -40,9 +40,8 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     from edge_enhance.enhancer import Enhancer
     from edge_enhance.evaluation import evaluate
     from quantization.calibration import calibration_for
-    from quantization.cli import stamp_card
     from quantization.quantize import quantize_model, write_tflite
-    from quantization.report import load_model
+    from quantization.report import load_model, stamp_card
 
     src = MODELS_DIR / f"{name}.onnx"
     out = Path(out_dir or MODELS_DIR) / f"{name}.int8.tflite"
