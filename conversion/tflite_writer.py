@@ -830,3 +830,23 @@ def tflite_metadata(path_or_bytes) -> dict:
         buf = m.Buffers(md.Buffer())
         out[md.Name().decode()] = buf.DataAsNumpy().tobytes() if buf.DataLength() else b""
     return out
+
+
+def replace_metadata(data: bytes, name: str, value: bytes) -> bytes:
+    """``data`` (a .tflite file) with metadata entry ``name`` set to ``value`` in place, the rest of the
+    file byte for byte as it was: ``value`` is padded with spaces to the old entry's length (a JSON
+    card reads the same), and one longer than that is refused (the file would have to be rebuilt)."""
+    import tflite
+
+    m = tflite.Model.GetRootAsModel(data, 0)
+    for i in range(m.MetadataLength()):
+        md = m.Metadata(i)
+        if md.Name().decode() != name:
+            continue
+        buf = m.Buffers(md.Buffer())
+        n = buf.DataLength()
+        if len(value) > n:
+            raise ConfigError(f"metadata {name}: the new value is {len(value)} bytes, the file has room for {n}")
+        start = buf._tab.Vector(buf._tab.Offset(4))  # where the data starts (as Buffer.Data reads it)
+        return bytes(data[:start]) + value.ljust(n, b" ") + bytes(data[start + n:])
+    raise ConfigError(f"no metadata entry {name!r} in the file")

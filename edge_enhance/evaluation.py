@@ -252,6 +252,34 @@ def make_input(task: str, clean: np.ndarray, index: int, *, scale: int = 2, sigm
     raise ConfigError(f"evaluate: task {task!r} is not one of {', '.join(TASKS)}")
 
 
+def setting_label(task: str, dataset: str, *, sigma: float = 25.0, quality: int = 30) -> str:
+    """How a card names one measurement: ``Set5``, ``CBSD68/sigma25``, ``Kodak24/q30``,
+    ``Kodak24/degraded``; the same label in every card, fp32 or int8, whichever tool measured it."""
+    if task == "denoise":
+        return f"{dataset}/sigma{sigma:g}"
+    if task == "dejpeg":
+        return f"{dataset}/q{quality}"
+    if task == "enhance":
+        return f"{dataset}/degraded"
+    return dataset
+
+
+def bar_plan(task: str) -> list[tuple[str, str, dict]]:
+    """(label, eval set, ``evaluate`` keywords besides scale) of the settings a model's card reports:
+    the ones the bars are stated on (SR: Set5 / Set14 / BSD100; denoise: CBSD68 sigma 15 / 25 / 50
+    and Kodak24 sigma 25, the comparison with CBM3D, 31.456 dB on this protocol with bm3d 4.0.3; dejpeg: Kodak24 q20 / 30 / 40; enhance: the
+    degraded Kodak24)."""
+    if task == "denoise":
+        kws = [("CBSD68", {"sigma": float(s)}) for s in (15, 25, 50)] + [("Kodak24", {"sigma": 25.0})]
+    elif task == "dejpeg":
+        kws = [("Kodak24", {"quality": q}) for q in (20, 30, 40)]
+    elif task == "enhance":
+        kws = [("Kodak24", {})]
+    else:
+        kws = [(d, {}) for d in ("Set5", "Set14", "BSD100")]
+    return [(setting_label(task, d, **kw), d, kw) for d, kw in kws]
+
+
 def score(task: str, ref: np.ndarray, out: np.ndarray, scale: int) -> tuple[float, float]:
     """(PSNR, SSIM) of an output against its reference, per the task's protocol."""
     if task in ("sr", "enhance"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
+from edge_enhance.evaluation import setting_label
 from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
@@ -111,11 +112,14 @@ def main(args) -> int:
             sim_bar = tighter
             say(f"measured drop {drop:.3f} dB > --max-drop {args.max_drop}: simulated {sim:.3f} dB, so again "
                 f"with a simulated bar of {sim_bar:.3f} dB")
-        # The file's card carries its own figures: the source's move to psnr_fp32.
-        stamp_card(res.graph, {ds.name: round(after.psnr, 3)} if ds is not None else None,
+        # The file's card carries its own figures: the source's (with this run's fp32 one) move to psnr_fp32.
+        label = setting_label(card.task, ds.name) if ds is not None else None
+        fp32 = {**(card.extra.get("psnr") or {}), label: round(before.psnr, 3)} if ds is not None else None
+        stamp_card(res.graph, {label: round(after.psnr, 3)} if ds is not None else None,
                    {"precision": args.precision, "method": args.method, "rounding": args.rounding,
                     "cle": res.report.cle, "act_eq": res.report.act_eq, "bias_correction": res.report.bias_correction,
-                    "activations_16x8": sorted(r.name for r in res.report.layers if r.precision == "16x8")})
+                    "activations_16x8": sorted(r.name for r in res.report.layers if r.precision == "16x8")},
+                   fp32=fp32)
         write_tflite(res.graph, tmp, tile=tile, d2s_as_transpose_conv=args.d2s_as_transpose_conv)
         rep = {"model": str(src), "output": str(out), "precision": args.precision, "method": args.method,
                "rounding": args.rounding, "cle": res.report.cle, "act_eq": res.report.act_eq,

@@ -18,18 +18,9 @@ import time
 from pathlib import Path
 
 from .calibration import METHODS, calibration_for, default_train_dir
+from edge_enhance.evaluation import bar_plan
+
 from .report import load_model
-
-
-def plan(task: str, scale: int) -> list[tuple[str, str, dict]]:
-    if task == "sr":
-        return [(d, d, {}) for d in ("Set5", "Set14", "BSD100")]
-    if task == "denoise":
-        return [(f"CBSD68/s{s}", "CBSD68", {"sigma": float(s)}) for s in (15, 25, 50)] + [
-            ("Kodak24/s25", "Kodak24", {"sigma": 25.0})]
-    if task == "dejpeg":
-        return [(f"Kodak24/q{q}", "Kodak24", {"quality": q}) for q in (20, 30, 40)]
-    return [("Kodak24", "Kodak24", {})]
 
 
 def psnr_of(path, card, ds: Path, kw: dict, threads: int) -> float:
@@ -63,7 +54,7 @@ def main(argv=None) -> int:
     for mp in a.models:
         g, card = load_model(mp)
         calib = calibration_for(card)
-        sets = [s for s in plan(card.task, card.scale) if not a.sets or s[0] in a.sets]
+        sets = [s for s in bar_plan(card.task) if not a.sets or s[0] in a.sets]
         fp32 = {label: psnr_of(mp, card, eval_root / d, kw, a.threads) for label, d, kw in sets}
         for m in a.methods:
             t = time.perf_counter()

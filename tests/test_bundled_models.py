@@ -77,3 +77,16 @@ def _reflect_edges(enh, rgb):
     m, s = enh.card.margin, enh.scale
     out = enh.enhance_rgb(np.pad(rgb, ((m, m), (m, m), (0, 0)), mode="reflect"))
     return np.ascontiguousarray(out[m * s:-m * s, m * s:-m * s])
+
+
+@pytest.mark.parametrize("name", sorted(bundled()))
+def test_fp32_and_int8_cards_name_the_same_settings(name):
+    """`models --json` users compare a model's files by label: every card names the bar settings alike."""
+    from edge_enhance.evaluation import bar_plan
+
+    for path in bundled()[name]:
+        card = read_card(path)
+        want = {label for label, _, _ in bar_plan(card.task)}
+        assert set(card.extra["psnr"]) == want, path.name
+        if "psnr_fp32" in card.extra:
+            assert set(card.extra["psnr_fp32"]) == want, path.name

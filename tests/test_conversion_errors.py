@@ -1,6 +1,8 @@
 """Bad input gives one clear error naming the file / nodes; nothing partial is written."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,20 @@ def test_convert_refuses_an_output_named_for_another_format(tmp_path, to, name, 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         convert(src, to, output=tmp_path / name)
     assert [p.name for p in tmp_path.iterdir()] == ["src.onnx"]
+
+
+def test_replace_metadata_changes_only_the_card(tmp_path):
+    from conversion.tflite_writer import replace_metadata
+
+    card = ModelCard(name="t-x2", task="sr", scale=2, receptive_field=7, extra={"psnr": {"Set5 long label": 1.0}})
+    data = to_tflite(from_onnx(residual_sr_model(np.random.default_rng(0), card=card)), tmp_path / "m.tflite").read_bytes()
+    card = json.loads(tflite_metadata(data)[CARD_KEY])
+    card["extra"] = {"psnr": {"Set5": 1.5}}
+    new = replace_metadata(data, CARD_KEY, json.dumps(card, separators=(",", ":")).encode())
+    assert len(new) == len(data) and json.loads(tflite_metadata(new)[CARD_KEY]) == card
+    old_at = data.index(tflite_metadata(data)[CARD_KEY])
+    assert new[:old_at] == data[:old_at]  # the graph and weights untouched
+    with pytest.raises(ConfigError, match="has room for"):
+        replace_metadata(data, CARD_KEY, b"x" * (len(tflite_metadata(data)[CARD_KEY]) + 1))
+    with pytest.raises(ConfigError, match="no metadata entry 'nope'"):
+        replace_metadata(data, "nope", b"{}")

@@ -73,6 +73,7 @@ def test_the_quantised_files_card_carries_its_own_measured_psnr(setup, capsys, t
     rep = json.loads(cap.out)
     card = read_card(out)
     assert card.extra["psnr"] == {"eval": round(rep["eval"]["int8_psnr"], 3)}
+    assert card.extra["psnr_fp32"]["eval"] == round(rep["eval"]["fp32_psnr"], 3)  # the same setting, compared
     assert card.extra["quantization"]["precision"] == "int8" and card.extra["quantization"]["rounding"] == "nearest"
 
 

@@ -203,7 +203,7 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     for i, im in enumerate(_images(2, (24, 20), seed=5)):
         Image.fromarray(im).save(data / "tiny" / f"{i}.png")
     monkeypatch.setattr(bd, "MODELS_DIR", models)
-    monkeypatch.setitem(bd.SETTINGS, "sr", [("tiny", "tiny", {})])
+    monkeypatch.setattr(bd, "bar_plan", lambda task: [("tiny", "tiny", {})])
     with pytest.raises(ConfigError, match="t-qat.onnx: not a training.qat fine-tune of t-qat.onnx"):
         bd.bundle("t-qat", data, weights=shipped, rounding="nearest")
     assert not (models / "t-qat.int8.tflite").exists()

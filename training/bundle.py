@@ -16,21 +16,10 @@ from pathlib import Path
 
 from edge_enhance.card import CARD_KEY
 from edge_enhance.errors import ConfigError, ImageInputError
-from edge_enhance.evaluation import shared_data
+from edge_enhance.evaluation import bar_plan, shared_data
 from edge_enhance.models import MODELS_DIR
 
 from . import run_tool
-
-SR_SETS = ("Set5", "Set14", "BSD100")
-SETTINGS = {  # task -> [(label, dataset, evaluate() keyword)]
-    "sr": [(s, s, {}) for s in SR_SETS],
-    # Kodak24 at sigma 25: the comparison with CBM3D (31.456 dB on this protocol, bm3d 4.0.3).
-    "denoise": [(f"CBSD68 s{s}", "CBSD68", {"sigma": s}) for s in (15, 25, 50)]
-    + [("Kodak24 s25", "Kodak24", {"sigma": 25})],
-    "dejpeg": [(f"Kodak24 q{q}", "Kodak24", {"quality": q}) for q in (20, 30, 40)],
-    "enhance": [("Kodak24", "Kodak24", {})],
-}
-
 
 def bundle(name: str, data: Path, method: str = "percentile", weights: Path | None = None,
            rounding: str = "gptq", out_dir: Path | None = None) -> dict:
@@ -57,7 +46,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
                               f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
         fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
         base = {k: shipped.extra[k] for k in BASE_FIELDS if k in shipped.extra}  # how the network was trained
-    for ds in sorted({ds for _, ds, _ in SETTINGS[card.task]}):  # before minutes of quantisation
+    for ds in sorted({ds for _, ds, _ in bar_plan(card.task)}):  # before minutes of quantisation
         if not (data / ds).is_dir():
             raise ImageInputError(f"{data / ds}: dataset folder does not exist")
     res = quantize_model(g, calibration_for(card), method=method,
@@ -67,7 +56,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     try:
         write_tflite(res.graph, tmp)
         psnr = {}
-        for label, ds, kw in SETTINGS[card.task]:
+        for label, ds, kw in bar_plan(card.task):
             psnr[label] = round(evaluate(Enhancer(tmp).enhance_rgb, data / ds, card.task, scale=card.scale,
                                          with_ssim=False, **kw).psnr, 3)
         stamp_card(res.graph, psnr, {"method": method, "rounding": rounding, "cle": res.report.cle,

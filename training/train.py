@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from edge_enhance.card import ModelCard
 from edge_enhance.errors import ConfigError, EdgeEnhanceError, ImageInputError
-from edge_enhance.evaluation import Y_WEIGHTS, evaluate
+from edge_enhance.evaluation import Y_WEIGHTS, bar_plan, evaluate
 
 from . import export as ex
 from . import run_tool
@@ -194,14 +194,7 @@ def check_eval_sets(r: Recipe, data_root: Path, final: bool = True, log_set5: bo
 
 def full_eval_plan(r: Recipe) -> list[tuple[str, str, dict]]:
     """(label, eval set, protocol args) for the card: the sets the issue's bars are stated on."""
-    if r.task == "sr":
-        return [(d, d, {"scale": r.scale}) for d in ("Set5", "Set14", "BSD100")]
-    if r.task == "denoise":
-        return [(f"CBSD68/sigma{s}", "CBSD68", {"sigma": float(s)}) for s in (15, 25, 50)] + [
-            ("Kodak24/sigma25", "Kodak24", {"sigma": 25.0})]
-    if r.task == "dejpeg":
-        return [(f"Kodak24/q{q}", "Kodak24", {"quality": q}) for q in (20, 30, 40)]
-    return [("Kodak24/degraded", "Kodak24", {"scale": r.scale})]
+    return [(label, d, {**kw, "scale": r.scale}) for label, d, kw in bar_plan(r.task)]
 
 
 def _save_atomic(obj, path: Path) -> None:
