@@ -279,21 +279,23 @@ class Enhancer:
     def enhance_photo(self, photo: imageio.Photo, *, src=None, out: np.ndarray | None = None,
                       progress: Progress | None = None) -> imageio.Photo:
         rgb, alpha = photo.rgb, photo.alpha
+        maxv = float(photo.maxval)
         if alpha is not None:
             # Premultiplied colour keeps the model from smearing hidden colours into visible edges.
-            maxv = float(photo.maxval)
-            a = alpha.astype(np.float32)[..., None] / maxv
-            rgb = np.rint(rgb.astype(np.float32) * a).astype(rgb.dtype)
+            rgb = np.empty_like(photo.rgb)
+            for b in imageio.row_bands(rgb):  # in bands: no float copy of the whole picture
+                rgb[b] = np.rint(photo.rgb[b].astype(np.float32) * (alpha[b].astype(np.float32)[..., None] / maxv))
+        grey_looking = not photo.grey and _grey_looking(rgb)
         res = self.enhance_rgb(rgb, out=out, progress=progress)
-        if not photo.grey and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-            res[...] = imageio.to_grey(res)[..., None]  # a grey picture stored as RGB comes out grey, not tinted
-        new_alpha = None
-        if alpha is not None:
-            new_alpha = self._upscale_alpha(alpha)
-            a = new_alpha.astype(np.float32)[..., None] / maxv
-            with np.errstate(divide="ignore", invalid="ignore"):
-                un = np.where(a > 0, res.astype(np.float32) / a, 0.0)
-            res[...] = np.clip(np.rint(un), 0, maxv)
+        new_alpha = self._upscale_alpha(alpha) if alpha is not None else None
+        for b in imageio.row_bands(res) if grey_looking or alpha is not None else ():
+            if grey_looking:  # a grey picture stored as RGB comes out grey, not tinted
+                res[b] = imageio.to_grey(res[b])[..., None]
+            if alpha is not None:
+                a = new_alpha[b].astype(np.float32)[..., None] / maxv
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    un = np.where(a > 0, res[b].astype(np.float32) / a, 0.0)
+                res[b] = np.clip(np.rint(un), 0, maxv)
         return imageio.Photo(res, new_alpha, photo.grey, photo.icc, photo.exif, photo.dpi, photo.format)
 
     def enhance(self, image):
@@ -327,6 +329,12 @@ class Enhancer:
 
     def enhance_file(self, src, dst, **kw) -> Path:
         return enhance_file(self, src, dst, **kw)
+
+
+def _grey_looking(rgb: np.ndarray) -> bool:
+    """Whether the three channels are equal everywhere (a grey picture stored as RGB), band by band."""
+    return all(np.array_equal(rgb[b][..., 0], rgb[b][..., 1]) and np.array_equal(rgb[b][..., 1], rgb[b][..., 2])
+               for b in imageio.row_bands(rgb))
 
 
 def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,

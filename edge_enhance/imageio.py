@@ -304,10 +304,24 @@ def format_for(path: Path, fmt: str | None = None) -> str:
     return known[ext]
 
 
+BAND_BYTES = 16 << 20  # float32 working memory of a whole-image pass, done in bands of rows
+
+
+def row_bands(rgb: np.ndarray):
+    """Row slices of ``rgb`` whose float32 copy takes about BAND_BYTES: whole-image arithmetic done band by
+    band needs that much beside the image, not several float copies of a 50 MP result."""
+    h = rgb.shape[0]
+    step = max(1, BAND_BYTES // max(1, rgb[:1].size * 4))
+    return [np.s_[y:min(y + step, h)] for y in range(0, h, step)]
+
+
 def to_grey(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma, as Pillow's convert('L'), kept in the input's dtype."""
-    y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.clip(np.rint(y), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
+    w, maxv = np.array([0.299, 0.587, 0.114], np.float32), np.iinfo(rgb.dtype).max
+    out = np.empty(rgb.shape[:-1], rgb.dtype)
+    for b in row_bands(rgb):
+        out[b] = np.clip(np.rint(rgb[b].astype(np.float32) @ w), 0, maxv)
+    return out
 
 
 def photo_to_pil(photo: Photo) -> Image.Image:

@@ -387,3 +387,28 @@ def test_16_bit_input_through_a_quantised_model_is_said_once(caplog):
     caplog.clear()
     enh.enhance((a >> 8).astype(np.uint8))
     assert "8-bit precision" not in caplog.text
+
+
+def test_grey_looking_and_transparent_photos_need_no_float_copy_of_the_result(models, monkeypatch):
+    """The grey collapse and the un-premultiply run in bands of rows: a 12 MP photo's x2 result must not
+    take several float32 copies of itself (it took 1 GB for a grey-looking and 2.2 GB for an RGBA one)."""
+    import tracemalloc
+
+    from edge_enhance import imageio
+
+    monkeypatch.setattr(imageio, "BAND_BYTES", 1 << 16)  # bands this test's small photo has many of
+    enh = Enhancer(models[2], tiling=TilingConfig(tile=(64, 64)))
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, (300, 400), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (300, 400), dtype=np.uint8)
+    for photo in (imageio.Photo(rgb), imageio.Photo(np.repeat(g[..., None], 3, axis=2)), imageio.Photo(rgb, alpha)):
+        tracemalloc.start()
+        try:
+            res = enh.enhance_photo(photo)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2.5 * res.rgb.nbytes, (photo.alpha is not None, peak / res.rgb.nbytes)
+    monkeypatch.setattr(imageio, "BAND_BYTES", 1 << 30)  # one band: the same pixels
+    assert np.array_equal(enh.enhance_photo(photo).rgb, res.rgb)
