@@ -160,6 +160,12 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         min_target = min_target or ("iOS17" if precision == "w8a8" else "iOS16")
         check_coreml(graph, weights=weights, min_target=min_target, io=coreml_io, w8a8=precision == "w8a8")
         tile = _tile_of(graph, tile)
+    if precision != "fp32" and CARD_KEY in graph.metadata:
+        # The card's PSNR figures were measured on the float network: they move to psnr_fp32, as in a
+        # quantize output's card, and the file says how it was made (convert's own check is its report).
+        from quantization.report import stamp_card
+
+        stamp_card(graph, None, {"precision": precision, "format": to, "by": "edge-enhance convert"})
     if to == "onnx" and precision == "int8":
         graph = _quantized(graph, src, calib, calib_crop)
     qgraph = _quantized(graph, src, calib, calib_crop) if precision == "w8a8" else None

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import numpy_helper as nh
 
-from tests.conversion_testkit import (calib_dir, carded_sr_model, convert_main, h, make_model, nearest_rounding,
+from tests.conversion_testkit import (calib_dir, convert_main, h, make_model, nearest_rounding,
                                      quantised_graph, rand, residual_sr_model)
 
 from conversion import executor
@@ -89,14 +89,21 @@ def test_unquantised_graph_is_refused(tmp_path):
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
 def test_cli_onnx_int8(tmp_path, capsys, monkeypatch):
+    from edge_enhance.card import ModelCard
+
     nearest_rounding(monkeypatch)
-    src = carded_sr_model(tmp_path)
+    src = tmp_path / "sr.onnx"  # a card with the float network's measured PSNR, as the bundled models have
+    card = ModelCard(name="q", task="sr", scale=2, receptive_field=7, extra={"psnr": {"Set5": 30.5}})
+    src.write_bytes(residual_sr_model(np.random.default_rng(2), feat=8, card=card).SerializeToString())
     assert convert_main([str(src), "--to", "onnx", "--precision", "int8", "--calib", str(calib_dir(tmp_path)),
                          "--verify-images", "1"]) == 0
     out = tmp_path / "sr_int8.onnx"
     m = onnx.load(str(out))
     assert "QuantizeLinear" in {n.op_type for n in m.graph.node}
-    assert CARD_KEY in {p.key for p in m.metadata_props}
+    got = ModelCard.from_json(next(p.value for p in m.metadata_props if p.key == CARD_KEY))
+    # The int8 file does not claim the float network's figure as its own.
+    assert "psnr" not in got.extra and got.extra["psnr_fp32"] == {"Set5": 30.5}
+    assert got.extra["quantization"]["precision"] == "int8"
     assert "psnr" in capsys.readouterr().out.lower()
 
 
