@@ -151,12 +151,19 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     problem = _sniff_problem(path, head)
     if problem:
         raise ImageInputError(f"{path}: {problem}")
+    # Pillow is given a stream, not the path: by path it memory-maps an uncompressed TIFF strip, and
+    # Pillow 13 maps an Orientation 5-8 file (L, P, I;16, RGBA, CMYK) into its turned size: scrambled rows.
+    with open(path, "rb") as fh:
+        return _decode(fh, path, max_pixels)
+
+
+def _decode(fh, path: Path, max_pixels: int) -> Photo:
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     try:
         # Pillow warns on stderr about damaged metadata (EXIF read for the DPI); recorded, logged once below.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            im = Image.open(path)
+            im = Image.open(fh)
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice the limit: said as ours is

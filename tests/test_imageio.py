@@ -67,6 +67,27 @@ def test_exif_orientation_applied_and_reset(tmp_path):
         assert o.getexif().get(0x0112) == 1 and o.size == (3, 6)
 
 
+@pytest.mark.parametrize("mode", ["L", "P", "I;16", "RGBA", "CMYK", "RGB"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_tiff_orientation_every_mode(tmp_path, mode, orientation):
+    """An uncompressed TIFF with Orientation 5-8 in a mode Pillow can memory-map (L, P, I;16, RGBA,
+    CMYK) came out scrambled through Pillow 13's by-path load: upright pixels are what is read."""
+    rng = np.random.default_rng(orientation)
+    up = Image.fromarray(rng.integers(0, 256, (5, 8, 3), dtype=np.uint8))
+    R = Image.Transpose
+    turn, undo = {3: (R.ROTATE_180, R.ROTATE_180), 6: (R.ROTATE_90, R.ROTATE_270), 8: (R.ROTATE_270, R.ROTATE_90)}[orientation]
+    stored = up.transpose(turn)
+    stored = stored.convert("I;16") if mode == "I;16" else stored.convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    p = _save(tmp_path, "o.tif", stored, exif=exif)
+    want = imageio._to_photo(stored.transpose(undo), p)
+    ph = imageio.load_image(p)
+    assert ph.rgb.shape == want.rgb.shape == (5, 8, 3)
+    np.testing.assert_array_equal(ph.rgb, want.rgb)
+    assert ph.exif is None or ph.exif.get(0x0112) in (None, 1)
+
+
 def test_icc_and_dpi_carried_or_stripped(tmp_path):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     p = _save(tmp_path, "m.png", Image.new("RGB", (4, 4)), icc_profile=icc, dpi=(300, 300))
