@@ -12,6 +12,7 @@ import logging
 import re
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,14 +352,42 @@ def _has_tifffile() -> bool:
     return importlib.util.find_spec("tifffile") is not None
 
 
-def _write_png16(photo: Photo, f) -> None:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+class _AfterHeader:
+    """A file wrapper that writes ``extra`` right after a PNG's signature and IHDR chunk (33 bytes)."""
+
+    def __init__(self, f, extra: bytes):
+        self.f, self.extra, self.n = f, extra, 0
+
+    def write(self, b):
+        if self.extra and self.n + len(b) >= 33:
+            cut = 33 - self.n
+            b, self.extra = b[:cut] + self.extra + b[cut:], b""
+        self.n += len(b)
+        self.f.write(b)
+
+
+def _write_png16(photo: Photo, f, icc: bytes | None = None, dpi=None, exif: bytes | None = None) -> None:
+    """16-bit colour (or grey + alpha) PNG through pypng, with the ICC profile, DPI and EXIF chunks Pillow
+    would have written (iCCP, pHYs, eXIf, ahead of the pixels)."""
     import png
 
     a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
     if photo.alpha is not None:
         a = np.dstack([a, photo.alpha])
     h, w, planes = a.shape
-    png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16).write(f, a.reshape(h, w * planes))
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
+    if dpi:
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", *(int(d / 0.0254 + 0.5) for d in dpi[:2]), 1))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16).write(
+        _AfterHeader(f, extra), a.reshape(h, w * planes))
 
 
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, model, software, date, artist, copyright
@@ -446,7 +475,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
         with atomic_file(dst) as f:
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
-                    _write_png16(photo, f)
+                    _write_png16(photo, f, kw.get("icc_profile"), kw.get("dpi"), kw.get("exif"))
                 except ImportError:
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
                     photo_to_pil(photo).save(f, format=fmt, **kw)

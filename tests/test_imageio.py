@@ -67,6 +67,24 @@ def test_exif_orientation_applied_and_reset(tmp_path):
         assert o.getexif().get(0x0112) == 1 and o.size == (3, 6)
 
 
+@pytest.mark.parametrize("alpha", [False, True])
+def test_16bit_colour_png_keeps_icc_dpi_and_exif(tmp_path, alpha):
+    """pypng writes the 16-bit colour pixels; the ICC profile, DPI and EXIF go with them as with 8 bits."""
+    pytest.importorskip("png", reason="pypng (edge-enhance[io16]) not installed")
+    rng = np.random.default_rng(1)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Epson"
+    a = rng.integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    ph = imageio.Photo(a, rng.integers(0, 65536, (4, 5), dtype=np.uint16) if alpha else None, False, icc, exif,
+                       (300, 300), "PNG")
+    out = imageio.load_image(imageio.save_image(ph, tmp_path / "o.png", dpi_scale=2))
+    assert np.array_equal(out.rgb, a) and (out.alpha is not None) == alpha
+    assert out.icc == icc and out.exif.get(0x010F) == "Epson" and out.dpi == pytest.approx((600, 600), abs=0.01)
+    stripped = imageio.load_image(imageio.save_image(ph, tmp_path / "s.png", strip_metadata=True))
+    assert stripped.icc is None and stripped.dpi is None and not stripped.exif.get(0x010F)
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "I;16", "RGBA", "CMYK", "RGB"])
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_tiff_orientation_every_mode(tmp_path, mode, orientation):
