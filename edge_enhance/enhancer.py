@@ -279,12 +279,11 @@ class Enhancer:
     def enhance_photo(self, photo: imageio.Photo, *, src=None, out: np.ndarray | None = None,
                       progress: Progress | None = None) -> imageio.Photo:
         rgb, alpha = photo.rgb, photo.alpha
-        maxv = float(photo.maxval)
         if alpha is not None:
-            # Premultiplied colour keeps the model from smearing hidden colours into visible edges.
-            rgb = np.empty_like(photo.rgb)
-            for b in imageio.row_bands(rgb):  # in bands: no float copy of the whole picture
-                rgb[b] = np.rint(photo.rgb[b].astype(np.float32) * (alpha[b].astype(np.float32)[..., None] / maxv))
+            # The colour under fully transparent pixels is arbitrary (often black or white): within the
+            # model's reach of what shows it becomes the colour at the visible edge, so nothing hidden
+            # rings into the edge (premultiplying did: dark or light outlines of up to 126 levels).
+            rgb = bleed_hidden_colour(rgb, alpha, self.card.margin + 2)  # + bicubic alpha's reach
         grey_looking = not photo.grey and _grey_looking(rgb)
         res = self.enhance_rgb(rgb, out=out, progress=progress)
         new_alpha = self._upscale_alpha(alpha) if alpha is not None else None
@@ -292,10 +291,7 @@ class Enhancer:
             if grey_looking:  # a grey picture stored as RGB comes out grey, not tinted
                 res[b] = imageio.to_grey(res[b])[..., None]
             if alpha is not None:
-                a = new_alpha[b].astype(np.float32)[..., None] / maxv
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    un = np.where(a > 0, res[b].astype(np.float32) / a, 0.0)
-                res[b] = np.clip(np.rint(un), 0, maxv)
+                res[b][new_alpha[b] == 0] = 0  # hidden colour: none, as the un-premultiplied result had
         return imageio.Photo(res, new_alpha, photo.grey, photo.icc, photo.exif, photo.dpi, photo.format)
 
     def enhance(self, image):
@@ -329,6 +325,35 @@ class Enhancer:
 
     def enhance_file(self, src, dst, **kw) -> Path:
         return enhance_file(self, src, dst, **kw)
+
+
+def bleed_hidden_colour(rgb: np.ndarray, alpha: np.ndarray, reach: int) -> np.ndarray:
+    """``rgb`` with its fully transparent pixels up to ``reach`` pixels from a visible one given the mean
+    colour of their already-filled 8-neighbours, ring by ring outwards (texture artists' edge padding):
+    a network then sees the visible colour continue across the edge. The input is not modified."""
+    known = alpha > 0
+    if known.all() or not known.any():
+        return rgb
+    out = rgb.copy()
+    h, w = known.shape
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]  # rings are squares, as a receptive field
+    for _ in range(reach):
+        near = np.zeros_like(known)
+        for dy, dx in steps:
+            near[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
+                known[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        ys, xs = np.nonzero(near & ~known)
+        if not len(ys):
+            break
+        acc, cnt = np.zeros((len(ys), rgb.shape[2]), np.float32), np.zeros(len(ys), np.float32)
+        for dy, dx in steps:
+            y2, x2 = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
+            ok = known[y2, x2] & (y2 == ys + dy) & (x2 == xs + dx)
+            acc[ok] += out[y2[ok], x2[ok]]
+            cnt[ok] += 1
+        out[ys, xs] = np.rint(acc / cnt[:, None])
+        known[ys, xs] = True
+    return out
 
 
 def _grey_looking(rgb: np.ndarray) -> bool:

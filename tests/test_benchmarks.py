@@ -13,7 +13,7 @@ from benchmarks import bars, cli, memory, quality, report, speed, stats, tiling
 from benchmarks.errors import ConfigError
 from benchmarks.subjects import Subject, bicubic_subject
 
-from tests.conftest import needs
+from tests.conftest import SHARED, needs
 
 
 # -- arithmetic ------------------------------------------------------------------------------------
@@ -457,3 +457,13 @@ def test_python_m_benchmarks_ctrl_c_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "main", interrupted)
     assert cli.run(["--quick"]) == 130 and capsys.readouterr().err == "bench: interrupted\n"
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "eval" / "Set5").is_dir(), reason="../shared/data is not beside the repository")
+def test_alpha_edges_benchmark_ranks_the_edge_fill_above_premultiplying(capsys, monkeypatch):
+    from benchmarks import alpha_edges
+
+    monkeypatch.setenv("EDGE_ENHANCE_DATA", str(SHARED / "data"))
+    assert alpha_edges.main(["--set", "Set5", "--images", "1"]) == 0
+    got = {line.split("  ")[1].strip(): float(line.split()[-2]) for line in capsys.readouterr().out.splitlines()[1:]}
+    assert got["runtime (edge fill)"] > got["premultiplied"] and got["opaque"] >= got["runtime (edge fill)"] - 0.1

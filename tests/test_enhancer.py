@@ -412,3 +412,37 @@ def test_grey_looking_and_transparent_photos_need_no_float_copy_of_the_result(mo
         assert peak < 2.5 * res.rgb.nbytes, (photo.alpha is not None, peak / res.rgb.nbytes)
     monkeypatch.setattr(imageio, "BAND_BYTES", 1 << 30)  # one band: the same pixels
     assert np.array_equal(enh.enhance_photo(photo).rgb, res.rgb)
+
+
+@pytest.mark.parametrize("hidden", [0, 255])
+def test_transparent_edges_get_no_outline_from_the_hidden_colour(models, hidden):
+    """A flat card on a transparent background: what shows is the model on the card's colour alone, as if
+    the colour went on under the transparent part (premultiplying made dark / light outlines)."""
+    from edge_enhance import imageio
+
+    rgb = np.full((24, 30, 3), hidden, np.uint8)
+    rgb[6:18, 8:22] = (128, 90, 200)
+    alpha = np.zeros((24, 30), np.uint8)
+    alpha[6:18, 8:22] = 255
+    alpha[6:18, 8] = 100  # an antialiased column
+    before = rgb.copy()
+    enh = Enhancer(models[2])
+    out = enh.enhance_photo(imageio.Photo(rgb, alpha))
+    flat = enh.enhance_rgb(np.broadcast_to(np.array((128, 90, 200), np.uint8), rgb.shape).copy())
+    shows = out.alpha > 0
+    assert shows.any() and not shows.all()
+    np.testing.assert_array_equal(out.rgb[shows], flat[shows])
+    assert not out.rgb[~shows].any() and np.array_equal(rgb, before)
+
+
+def test_bleed_hidden_colour_fills_ring_by_ring_up_to_its_reach():
+    from edge_enhance.enhancer import bleed_hidden_colour
+
+    rgb = np.zeros((1, 8, 3), np.uint8)
+    rgb[0, 0] = (10, 20, 30)
+    alpha = np.zeros((1, 8), np.uint8)
+    alpha[0, 0] = 1
+    out = bleed_hidden_colour(rgb, alpha, 3)
+    assert out[0, :4].tolist() == [[10, 20, 30]] * 4 and not out[0, 4:].any() and not rgb[0, 1:].any()
+    opaque = np.full((1, 8), 255, np.uint8)
+    assert bleed_hidden_colour(rgb, opaque, 3) is rgb  # nothing hidden: no copy
