@@ -200,18 +200,37 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
 
 
 # -- enhance --------------------------------------------------------------------------------------
-def _expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
-    """[(file, root folder it was found under or None)] in a stable order, and the videos found in folders:
-    a folder gives its photos (videos take minutes each; named one by one, they run)."""
+def _folder_files(root: Path, recursive: bool, skip: Path | None) -> list[Path]:
+    """A folder's files, with -r its subfolders' too (symlinked ones followed, each real folder once),
+    hidden names and the output folder ``skip`` (when it lies inside) left out."""
+    files, seen = [], set()
+    for d, dirs, names in os.walk(root, followlinks=True):
+        real = Path(os.path.realpath(d))
+        if real in seen or (skip is not None and real == skip and d != str(root)):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [x for x in dirs if not x.startswith(".")] if recursive else []
+        files += [Path(d) / n for n in names if not n.startswith(".") and (Path(d) / n).is_file()]
+    return sorted(files)
+
+
+def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
+                   ) -> tuple[list[tuple[Path, Path | None]], list[Path], list[str]]:
+    """[(file, root folder it was found under or None)] in a stable order, the videos found in folders (a
+    folder gives its photos: videos take minutes each; named one by one, they run) and the patterns that
+    matched nothing. ``out``: the output folder, whose files are never inputs (a resumed run into a
+    folder inside the input tree would enhance its own outputs again)."""
     from .imageio import VIDEO_SUFFIXES
 
     found: list[tuple[Path, Path | None]] = []
     videos: list[Path] = []
+    unmatched: list[str] = []
+    skip = Path(os.path.realpath(out)) if out is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and not f.name.startswith("."))
+            files = _folder_files(p, recursive, skip)
             found += [(f, p) for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
             videos += [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
         elif p.exists() or not glob.has_magic(item):
@@ -219,12 +238,12 @@ def _expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path,
         else:
             matches = sorted(glob.glob(item, recursive=recursive))
             if not matches:
-                raise ConfigError(f"{item}: no files match")
+                unmatched.append(item)  # as a missing file: that item's failure, the batch goes on
             found += [(Path(m), None) for m in matches if Path(m).is_file()]
     unique: dict[Path, tuple[Path, Path | None]] = {}
     for f, root in found:  # the same file given twice (a file and its folder, overlapping globs) runs once
         unique.setdefault(f.resolve(), (f, root))
-    return list(unique.values()), videos
+    return list(unique.values()), videos, unmatched
 
 
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
@@ -290,12 +309,14 @@ def cmd_enhance(args) -> int:
     from .tiling import TilingConfig, parse_tile
 
     tiling = TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory)
-    inputs, videos = _expand_inputs(args.inputs, args.recursive)
+    inputs, videos, unmatched = _expand_inputs(args.inputs, args.recursive,
+                                               Path(args.output) if args.output else None)
     if videos:
         names = ", ".join(str(v) for v in videos[:3]) + (f" and {len(videos) - 3} more" if len(videos) > 3 else "")
         log.warning("%d video(s) in the folder(s) left out (name a video to enhance it): %s", len(videos), names)
     if not inputs:
-        raise ConfigError("no input images found" + (" (only videos: name them to enhance them)" if videos else ""))
+        raise ConfigError(f"{unmatched[0]}: no files match" if unmatched and len(unmatched) == len(args.inputs) else
+                          "no input images found" + (" (only videos: name them to enhance them)" if videos else ""))
     single = len(args.inputs) == 1 and len(inputs) == 1 and inputs[0][1] is None  # -o names a file
     if args.format:
         wanted = imageio.format_for(Path("out"), args.format)  # an unknown --format fails once, before the model loads
@@ -309,7 +330,8 @@ def cmd_enhance(args) -> int:
         what = "an existing file" if out.exists() else "an image file name"
         raise ConfigError(f"-o {out}: a folder or several inputs need an output folder, and this is {what}")
     enhancer, name = _build_processor(args, tiling)
-    jobs = plan_outputs(inputs, args.output, args.format, name, single)
+    jobs = [Job(Path(u), Path(u), "failed", f"{u}: no files match") for u in unmatched]
+    jobs += plan_outputs(inputs, args.output, args.format, name, single)
     if out:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -637,7 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     except EdgeEnhanceError as e:
         print(f"edge-enhance: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        rc = 2 if isinstance(e, ConfigError) else 1
+        if getattr(args, "json", False):  # a script reading stdout gets an answer, not an empty stream
+            print(strict_json({"error": str(e), "exit": rc}, indent=1))
+        return rc
     except KeyboardInterrupt:
         print("edge-enhance: interrupted", file=sys.stderr)
         return 130

@@ -168,3 +168,31 @@ def test_sweep_stale_removes_only_dead_writers_temporaries(tmp_path):
         f.write(b"ok")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a[1].png", f".a[1].png.{os.getppid()}-x2.part", f".b.png.{dead}-x3.part"])
+
+
+def test_a_resumed_run_into_a_folder_inside_its_input_tree_leaves_its_outputs_alone(tmp_path, model, capsys):
+    d = _folder(tmp_path / "photos", 2)
+    out = d / "enhanced"
+    assert main(["enhance", str(d), "-r", "-o", str(out), "--model", str(model), "-q"]) == 0
+    assert main(["enhance", str(d), "-r", "-o", str(out), "--model", str(model), "--skip-existing", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["ok"], s["skipped"]) == (0, 2) and not (out / "enhanced").exists()
+
+
+def test_a_pattern_that_matches_nothing_fails_alone(tmp_path, model, capsys):
+    d = _folder(tmp_path / "in", 1)
+    rc = main(["enhance", str(d / "*.png"), str(d / "*.JPG"), "-o", str(tmp_path / "out"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and kit.files_under(tmp_path / "out") == ["00.png"]
+    assert f"failed: {d / '*.JPG'}: no files match" in err
+    assert main(["enhance", str(d / "*.JPG"), "--model", str(model), "--json"]) == 2  # nothing at all to do
+    assert json.loads(capsys.readouterr().out) == {"error": f"{d / '*.JPG'}: no files match", "exit": 2}
+
+
+def test_recursive_runs_follow_symlinked_folders_once(tmp_path, model, capsys):
+    elsewhere = _folder(tmp_path / "elsewhere", 1)
+    d = _folder(tmp_path / "in", 1)
+    os.symlink(elsewhere, d / "linked")
+    os.symlink(d, elsewhere / "back")  # a loop: each real folder is walked once
+    assert main(["enhance", str(d), "-r", "-o", str(tmp_path / "out"), "--model", str(model), "-q"]) == 0
+    assert kit.files_under(tmp_path / "out") == ["00.png", "linked/00.png"]
