@@ -292,7 +292,7 @@ class Enhancer:
                 res[b] = imageio.to_grey(res[b])[..., None]
             if alpha is not None:
                 res[b][new_alpha[b] == 0] = 0  # hidden colour: none, as the un-premultiplied result had
-        return imageio.Photo(res, new_alpha, photo.grey, photo.icc, photo.exif, photo.dpi, photo.format)
+        return dataclasses.replace(photo, rgb=res, alpha=new_alpha)
 
     def enhance(self, image):
         """numpy H x W x 3 (or H x W / H x W x 1 grey, H x W x 4 with alpha) or a Pillow image in, the
@@ -375,7 +375,13 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
     # Load first (cheap next to enhancing): an unreadable input, e.g. HEIC without its plugin, must be
     # reported as such, not as the output format its extension implies.
     photo = imageio.load_image(src, max_pixels)
-    imageio.format_for(dst, fmt)  # fail on a bad extension, or an output the format cannot hold, before the model
+    try:  # fail on a bad extension, or an output the format cannot hold, before the model
+        imageio.format_for(dst, fmt)
+    except ConfigError as e:
+        if fmt is None and photo.format:  # a JPEG named .heic: say what it is and how to keep it
+            ext = photo.format.lower().replace("jpeg", "jpg")
+            raise ConfigError(f"{e} (the input is a {photo.format} file: add --format {ext})") from None
+        raise
     imageio.check_output_size(dst, fmt, photo.rgb.shape[1] * processor.scale, photo.rgb.shape[0] * processor.scale)
     out = _output_buffer(photo, dst, processor.scale)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)

@@ -209,8 +209,14 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
         except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
             log.warning("%s: ignoring unreadable EXIF (%s)", path, e)
             exif, oriented = None, im.copy()
+        if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and (exif is None or 282 not in exif):
+            dpi = None  # Pillow reports 72 for a JPEG whose JFIF gives only an aspect ratio: do not make one up
         if exif is not None:
             exif[_ORIENTATION] = 1
+            if isinstance(exif.get(270), str) and _shaped(exif[270]):  # tifffile's '{"shape": [h, w]}'
+                del exif[270]
+            if exif.get(305) == "tifffile.py":  # the software that wrote the input, not the output
+                del exif[305]
             for tag in _TIFF_STRUCTURE.intersection(exif):  # they describe the source file's layout, not the photo
                 del exif[tag]
         photo = _to_photo(oriented, path)
@@ -225,9 +231,22 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
                 data = np.dstack([data[..., :1]] * 3 + [data[..., 1:]])
             photo.rgb, photo.alpha = data[..., :3], (data[..., 3] if data.shape[2] == 4 else None)
     photo.icc, photo.exif, photo.dpi, photo.format = icc, exif, dpi, fmt
+    if fmt == "WEBP" and _webp_lossless(fh):
+        photo.extra["lossless"] = True  # written back lossless
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo
+
+
+def _webp_lossless(fh) -> bool:
+    """Whether a WebP file's picture is VP8L (lossless), from its RIFF chunks."""
+    fh.seek(12)
+    while len(head := fh.read(8)) == 8:
+        kind, size = head[:4], struct.unpack("<I", head[4:])[0]
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        fh.seek(size + (size & 1), 1)
+    return False
 
 
 def _pixels(n: int) -> str:
@@ -394,7 +413,8 @@ _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, mo
 
 
 def _shaped(description: str) -> bool:
-    """tifffile's own ImageDescription ('{"shape": [h, w, 3]}'): the input's size, wrong for the output."""
+    """tifffile's own ImageDescription ('{"shape": [h, w, 3]}'): the input's size, wrong for any output
+    (a TIFF reader checks it against the pixels; a JPEG's EXIF shows it as the caption)."""
     import json
 
     try:
@@ -411,7 +431,7 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
         a = np.dstack([a, photo.alpha])
     # bytes as the file had them (Pillow decodes TIFF / EXIF text as latin-1): tifffile takes only ASCII str
     tags = [(t, "s", 0, exif[t].encode("latin-1", "replace"), True) for t in _TIFF_TEXT_TAGS
-            if exif is not None and isinstance(exif.get(t), str) and not (t == 270 and _shaped(exif[t]))]
+            if exif is not None and isinstance(exif.get(t), str)]
     if exif is not None and any(exif.get_ifd(i) for i in (_EXIF_IFD, 0x8825)):
         log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
                     "EXIF / GPS sub-IFDs", dst)
@@ -463,6 +483,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["dpi"] = tuple(float(d) * dpi_scale for d in photo.dpi)
     if fmt in ("JPEG", "WEBP"):
         kw["quality"] = quality
+    if fmt == "WEBP" and photo.extra.get("lossless"):
+        kw["lossless"] = True  # as the input was: an archive's lossless WebP does not come back lossy
     if fmt == "JPEG":  # full-resolution chroma: 4:2:0 undid much of what dejpeg restored (measured: below its input)
         kw["subsampling"] = 0
     keep16 = photo.rgb.dtype == np.uint16 and fmt in _SIXTEEN_BIT

@@ -196,3 +196,13 @@ def test_recursive_runs_follow_symlinked_folders_once(tmp_path, model, capsys):
     os.symlink(d, elsewhere / "back")  # a loop: each real folder is walked once
     assert main(["enhance", str(d), "-r", "-o", str(tmp_path / "out"), "--model", str(model), "-q"]) == 0
     assert kit.files_under(tmp_path / "out") == ["00.png", "linked/00.png"]
+
+
+def test_a_jpeg_named_heic_says_what_it_is_and_how_to_write_it(tmp_path, model, capsys):
+    d = _folder(tmp_path / "in", 1)
+    fake = d / "fake.heic"
+    Image.open(d / "00.png").convert("RGB").save(fake, format="JPEG")
+    assert main(["enhance", str(fake), "--model", str(model)]) == 1
+    assert "cannot tell the output format from '.heic' (the input is a JPEG file: add --format jpg)" in capsys.readouterr().err
+    assert main(["enhance", str(fake), "--model", str(model), "--format", "jpg", "-q"]) == 0
+    assert Image.open(d / f"fake.{model.stem}.jpg").format == "JPEG"

@@ -258,14 +258,44 @@ def test_jpeg_output_keeps_full_resolution_chroma(tmp_path):
     assert JpegImagePlugin.get_sampling(Image.open(out)) == 0  # 4:4:4
 
 
-def test_tifffiles_shape_description_is_not_carried_to_an_output_of_another_size(tmp_path):
+@pytest.mark.parametrize("bits", [8, 16])
+def test_tifffiles_shape_description_is_not_carried_to_any_output(tmp_path, bits):
     tifffile = pytest.importorskip("tifffile")
-    a = np.random.default_rng(2).integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    a = np.random.default_rng(2).integers(0, 2 ** bits, (5, 6, 3), dtype=np.uint8 if bits == 8 else np.uint16)
     tifffile.imwrite(tmp_path / "t.tif", a, photometric="rgb")  # metadata default: '{"shape": [5, 6, 3]}'
     ph = imageio.load_image(tmp_path / "t.tif")
-    assert '"shape"' in ph.exif.get(270)
+    assert ph.exif.get(270) is None and ph.exif.get(305) is None  # nor "Software: tifffile.py"
     big = imageio.Photo(np.repeat(np.repeat(ph.rgb, 2, 0), 2, 1), None, False, exif=ph.exif)
     out = imageio.save_image(big, tmp_path / "o.tif")
     with tifffile.TiffFile(out) as t:
         assert t.pages[0].shape == (10, 12, 3) and t.series[0].shape == (10, 12, 3)
         assert 270 not in t.pages[0].tags
+    with Image.open(imageio.save_image(big, tmp_path / "o.jpg")) as j:  # no caption in a viewer either
+        assert 270 not in j.getexif()
+
+
+def test_a_jpeg_without_a_resolution_gets_none_made_up(tmp_path):
+    """Pillow reports 72 dpi for a JPEG whose JFIF gives only an aspect ratio and whose EXIF has no
+    resolution; written back at keep-print-size that became a real 144 dpi."""
+    exif = Image.Exif()
+    exif[0x010F] = "Cam"
+    p = _save(tmp_path, "a.jpg", Image.new("RGB", (8, 8)), exif=exif)
+    assert Image.open(p).info.get("dpi") == (72, 72)
+    ph = imageio.load_image(p)
+    assert ph.dpi is None
+    with Image.open(imageio.save_image(ph, tmp_path / "o.jpg", dpi_scale=2)) as o:
+        assert o.info.get("jfif_unit") == 0 and 282 not in o.getexif()
+    assert imageio.load_image(_save(tmp_path, "d.jpg", Image.new("RGB", (8, 8)), dpi=(300, 300))).dpi == (300, 300)
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_webp_comes_back_as_lossless_or_lossy_as_it_was(tmp_path, lossless):
+    a = np.random.default_rng(3).integers(0, 256, (8, 10, 4), dtype=np.uint8)
+    p = _save(tmp_path, "a.webp", Image.fromarray(a), lossless=lossless)
+    ph = imageio.load_image(p)
+    assert ph.extra.get("lossless", False) == lossless
+    out = imageio.save_image(ph, tmp_path / "o.webp").read_bytes()
+    assert (b"VP8L" in out[12:40]) == lossless
+    if lossless:
+        got, shows = np.asarray(Image.open(tmp_path / "o.webp")), a[..., 3] > 0  # colour under alpha 0 is free
+        np.testing.assert_array_equal(got[shows], a[shows])

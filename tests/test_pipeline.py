@@ -57,6 +57,18 @@ def test_blockiness_rises_as_quality_falls():
     assert blockiness(jpeg(10)[5:, 3:]) > 1.25
 
 
+def test_flat_graphics_with_edges_on_the_8_grid_are_not_read_as_jpeg():
+    """A logo / chart PNG whose shapes start at multiples of 8 read as blockiness in the millions (its
+    inside steps are 0) and auto mode ran the JPEG-artefact model on it."""
+    a = np.full((64, 96, 3), 255, np.uint8)
+    a[:16, :16], a[:16, -16:], a[-16:, :16] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    assert blockiness(a) == 1.0
+    ramp = np.broadcast_to(np.linspace(0, 255, 96, dtype=np.float32)[None, :, None], (64, 96, 3))
+    b = io.BytesIO()
+    Image.fromarray(np.rint(ramp).astype(np.uint8)).save(b, "JPEG", quality=10)
+    assert blockiness(np.asarray(Image.open(b))) > 1.25  # a smooth picture once a JPEG still is
+
+
 def test_backprojection_of_a_faithful_upscale_is_high():
     img = smooth(64, 64).astype(np.uint8)
     up = np.asarray(Image.fromarray(img).resize((128, 128), Image.BICUBIC))
