@@ -205,7 +205,7 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
 class Pipeline:
     """Enhancers chained by mode. Models load once, on first use, and are reused across files."""
 
-    last_run = None
+    last_run = None  # the last stage's RunInfo
 
     def __init__(self, mode: str = "upscale", scale: int = 2, *, make_enhancer, strength: float = 1.0,
                  check: bool = True):
@@ -278,4 +278,5 @@ class Pipeline:
             enh.strength = strength
             last = i == len(stages) - 1
             photo = enh.enhance_photo(photo, out=out if last else None, progress=progress if last else None)
+            self.last_run = enh.last_run  # the last stage's tiling, as --json reports it
         return photo

@@ -20,6 +20,7 @@ its bottom / right up to the next multiple (the whole-image run alike), and crop
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -27,6 +28,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+_SAID: set = set()  # (requested tile, margin) already warned about
 
 MIN_CORE = 8
 MAX_AUTO_TILE = 1024
@@ -133,7 +137,14 @@ def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: 
     if requested:
         if requested[0] >= h and requested[1] >= w:  # "a tile at least as large as the image": no tiling
             return full
-        return min(round_up(requested[0], a), full[0]), min(round_up(requested[1], a), full[1])
+        tile = tuple(min(round_up(r, a), f) for r, f in zip(requested, full))
+        # A side with no room for a core inside the margins is grown to the smallest that has one (said once).
+        grown = tuple(min(min_tile_side(margin, a), f) if t < f and t - 2 * margin < 1 else t for t, f in zip(tile, full))
+        if grown != tile and (requested, margin) not in _SAID:
+            _SAID.add((requested, margin))
+            log.warning("tile %dx%d leaves no room inside the model's margins of %d pixels: running %dx%d",
+                        *requested, margin, *grown)
+        return grown
     budget_px = memory_mb * 2**20 / max(bytes_per_pixel, 1.0)
     floor = min_tile_side(margin, a)
     side = max(floor, _round_down(min(int(math.sqrt(budget_px)), MAX_AUTO_TILE), a))

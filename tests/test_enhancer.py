@@ -446,3 +446,15 @@ def test_bleed_hidden_colour_fills_ring_by_ring_up_to_its_reach():
     assert out[0, :4].tolist() == [[10, 20, 30]] * 4 and not out[0, 4:].any() and not rgb[0, 1:].any()
     opaque = np.full((1, 8), 255, np.uint8)
     assert bleed_hidden_colour(rgb, opaque, 3) is rgb  # nothing hidden: no copy
+
+
+def test_a_tile_too_small_for_the_margins_is_grown_once_with_a_warning(models, caplog):
+    """--tile under twice the model's margin failed every file of a batch; it runs at the smallest tile
+    that holds a core, exact as ever, and says so once."""
+    img = np.random.default_rng(4).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    enh = Enhancer(models[2], tiling=TilingConfig(tile=(2, 3)))
+    m = enh.card.margin
+    got, again = enh.enhance(img), enh.enhance(img)
+    assert enh.last_run.tile == (min(30, 2 * m + 8), 2 * m + 8) and enh.last_run.tiles > 1
+    assert np.array_equal(got, Enhancer(models[2]).enhance(img)) and np.array_equal(got, again)
+    assert caplog.text.count("leaves no room inside the model's margins") == 1

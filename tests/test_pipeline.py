@@ -230,3 +230,14 @@ def test_each_file_says_which_models_ran(tmp_path, capsys):
     assert main(["enhance", str(src), "--mode", "auto", "--scale", "1", "--strength", "0.25", "-o",
                  str(tmp_path / "x.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"][0]["strength"] == 0.25
+
+
+def test_json_of_a_mode_run_reports_its_tiling(tmp_path, capsys):
+    import json
+
+    from edge_enhance.cli import main
+
+    Image.fromarray(smooth(40, 50).astype(np.uint8)).save(tmp_path / "a.png")
+    assert main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--mode", "photo", "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["files"][0]
+    assert f["stages"] == ["enhance-x2"] and f["tiles"] == 1 and f["tile"] and f["passes"] == 1
