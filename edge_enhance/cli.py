@@ -200,6 +200,10 @@ def build_enhancer(args, *, tiling=None, strength: float = 1.0, model: str | Non
 
 
 # -- enhance --------------------------------------------------------------------------------------
+# The name tags of bundled models' and modes' outputs (STEM.sr-x2.jpg, STEM.auto-x2.png, STEM.denoise.png).
+OUTPUT_TAG = re.compile(r"(sr|enhance|auto|photo|upscale|denoise|dejpeg)(-x\d+)?(-rt)?")
+
+
 def _folder_files(root: Path, recursive: bool, skip: Path | None) -> list[Path]:
     """A folder's files, with -r its subfolders' too (symlinked ones followed, each real folder once),
     hidden names and the output folder ``skip`` (when it lies inside) left out."""
@@ -261,10 +265,12 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
     jobs: list[Job] = []
     if out is None:  # outputs go beside the inputs: a run over a folder must not take in its own earlier outputs
         stems = {(src.parent, src.stem) for src, _ in inputs}
-        tag = "." + model_name
-        own = [src for src, _ in inputs if src.stem.endswith(tag) and (src.parent, src.stem[:-len(tag)]) in stems]
-        for src in own:
-            log.info("%s: left out, an output of this command from an earlier run", src)
+        own = []
+        for src, root in inputs:  # STEM.TAG.EXT beside STEM.EXT: this model's, or in a folder any bundled one's
+            stem, _, tag = src.stem.rpartition(".")
+            if stem and (src.parent, stem) in stems and (tag == model_name or root is not None and OUTPUT_TAG.fullmatch(tag)):
+                own.append(src)
+                log.info("%s: left out, an output of an earlier run (%s)", src, tag)
         inputs = [(src, root) for src, root in inputs if src not in own]
     for src, root in inputs:
         if out is None:

@@ -329,6 +329,20 @@ def test_rerun_over_a_folder_leaves_its_own_outputs_out(tmp_path, model, capsys)
     assert (d / "c.m.m.png").exists()
 
 
+def test_a_folder_run_leaves_out_another_bundled_models_outputs(tmp_path, model, capsys):
+    """After `--model sr-x2` (or --mode denoise) on a folder, a run with another model does not take
+    photo.sr-x2.png for a photo of its own; named on the command line, it runs."""
+    d = tmp_path / "in"
+    d.mkdir()
+    _img(d / "a.png")
+    for tag in ("sr-x2", "denoise", "auto-x2", "sr-x2-rt"):
+        (d / f"a.{tag}.png").write_bytes((d / "a.png").read_bytes())
+    assert main(["enhance", str(d), "--model", model, "--json"]) == 0
+    assert [f["input"] for f in json.loads(capsys.readouterr().out)["files"]] == [str(d / "a.png")]
+    assert main(["enhance", str(d / "a.sr-x2.png"), "--model", model, "-q"]) == 0
+    assert (d / "a.sr-x2.m.png").exists()
+
+
 def test_the_same_file_twice_runs_once(tmp_path, model, capsys):
     src = _img(tmp_path / "a.png")
     assert main(["enhance", str(src), str(tmp_path / "." / "a.png"), str(tmp_path), "--model", model, "--json"]) == 0
