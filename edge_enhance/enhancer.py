@@ -238,11 +238,12 @@ class Enhancer:
                 if card.base != "identity":
                     base = base.repeat(s, 0).repeat(s, 1)
                 res = base + np.float32(strength) * (res - base)
-            res = (res - np.float32(lo)) * k_out
+            res = res - np.float32(lo)  # one float copy of the core, worked on in place (an x4 tile's is large)
+            res *= k_out
             core = np.s_[y * s:(y + ch) * s, x * s:(x + cw) * s]
             if chroma is not None:
                 res = ycbcr.to_rgb(res[..., 0], chroma[0][core], chroma[1][core], maxv)
-            out[core] = np.clip(np.rint(res), 0, maxv)
+            out[core] = np.clip(np.rint(res, out=res), 0, maxv, out=res)
             if progress:
                 progress(i + 1, len(tiles))
         return out

@@ -458,3 +458,23 @@ def test_a_tile_too_small_for_the_margins_is_grown_once_with_a_warning(models, c
     assert enh.last_run.tile == (min(30, 2 * m + 8), 2 * m + 8) and enh.last_run.tiles > 1
     assert np.array_equal(got, Enhancer(models[2]).enhance(img)) and np.array_equal(got, again)
     assert caplog.text.count("leaves no room inside the model's margins") == 1
+
+
+def test_a_tiles_output_takes_one_float_copy_beside_the_engines(tmp_path):
+    """Scaling, rounding and clipping a tile's output worked on fresh float arrays: three of them, for an
+    x4 model most of its memory (sr-x4.onnx ran over --memory); now one, worked on in place."""
+    import tracemalloc
+
+    from tests.onnx_models import residual_sr
+
+    residual_sr(tmp_path / "m4.onnx", scale=4, layers=2, channels=6, seed=4)
+    enh = Enhancer(tmp_path / "m4.onnx", tile=10**4)
+    img = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    want = enh.enhance(img)
+    tracemalloc.start()
+    try:
+        got = enh.enhance(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, want) and peak < 2 * got.size * 4, peak / (got.size * 4)
