@@ -389,11 +389,20 @@ def test_16_bit_input_through_a_quantised_model_is_said_once(caplog):
     assert "8-bit precision" not in caplog.text
 
 
+def _traced(fn, *args):
+    """fn(*args) and the peak of the memory Python and numpy allocated meanwhile (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        return fn(*args), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_grey_looking_and_transparent_photos_need_no_float_copy_of_the_result(models, monkeypatch):
     """The grey collapse and the un-premultiply run in bands of rows: a 12 MP photo's x2 result must not
     take several float32 copies of itself (it took 1 GB for a grey-looking and 2.2 GB for an RGBA one)."""
-    import tracemalloc
-
     from edge_enhance import imageio
 
     monkeypatch.setattr(imageio, "BAND_BYTES", 1 << 16)  # bands this test's small photo has many of
@@ -403,12 +412,7 @@ def test_grey_looking_and_transparent_photos_need_no_float_copy_of_the_result(mo
     rgb = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     alpha = rng.integers(0, 256, (300, 400), dtype=np.uint8)
     for photo in (imageio.Photo(rgb), imageio.Photo(np.repeat(g[..., None], 3, axis=2)), imageio.Photo(rgb, alpha)):
-        tracemalloc.start()
-        try:
-            res = enh.enhance_photo(photo)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        res, peak = _traced(enh.enhance_photo, photo)
         assert peak < 2.5 * res.rgb.nbytes, (photo.alpha is not None, peak / res.rgb.nbytes)
     monkeypatch.setattr(imageio, "BAND_BYTES", 1 << 30)  # one band: the same pixels
     assert np.array_equal(enh.enhance_photo(photo).rgb, res.rgb)
@@ -463,18 +467,11 @@ def test_a_tile_too_small_for_the_margins_is_grown_once_with_a_warning(models, c
 def test_a_tiles_output_takes_one_float_copy_beside_the_engines(tmp_path):
     """Scaling, rounding and clipping a tile's output worked on fresh float arrays: three of them, for an
     x4 model most of its memory (sr-x4.onnx ran over --memory); now one, worked on in place."""
-    import tracemalloc
-
     from tests.onnx_models import residual_sr
 
     residual_sr(tmp_path / "m4.onnx", scale=4, layers=2, channels=6, seed=4)
     enh = Enhancer(tmp_path / "m4.onnx", tile=10**4)
     img = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     want = enh.enhance(img)
-    tracemalloc.start()
-    try:
-        got = enh.enhance(img)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    got, peak = _traced(enh.enhance, img)
     assert np.array_equal(got, want) and peak < 2 * got.size * 4, peak / (got.size * 4)
