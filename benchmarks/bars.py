@@ -10,6 +10,16 @@ import math
 import os
 
 BAR_SIZE = (640, 360)  # input frame the speed bars are judged at (the real-time bar names it)
+SET_SIZES = {"Set5": 5, "Set14": 14, "BSD100": 100, "CBSD68": 68, "Kodak24": 24, "McMaster": 18}
+
+
+def _partial(*rows) -> str:
+    """A caveat for a quality bar judged on fewer images than its set has (a --data folder with a subset)."""
+    r = rows[0]
+    n, full = {x.get("images") for x in rows}, SET_SIZES.get(r["dataset"])
+    if full is None or None in n or n == {full}:
+        return ""
+    return f"; on {' / '.join(str(k) for k in sorted(n))} of {r['dataset']}'s {full} images: not the bar's set"
 
 
 def judge(value: float | None, threshold: float) -> str:
@@ -60,7 +70,7 @@ def judge_bars(speed: list[dict], quality: list[dict], all_threads: int | None =
     peer = find_quality(quality, model="FSRCNN x2", engine="opencv", precision="fp32", dataset="Set14")
     if ours and peer:
         v = ours["psnr"] - peer["psnr"]
-        out.append(_bar(text, v, 1.5, f"{v:+.2f} dB ({ours['psnr']:.2f} vs {peer['psnr']:.2f} dB)"))
+        out.append(_bar(text, v, 1.5, f"{v:+.2f} dB ({ours['psnr']:.2f} vs {peer['psnr']:.2f} dB{_partial(ours, peer)})"))
     else:
         out.append(_bar(text, None, 1.5, "", "no sr-x2 int8 TFLite Set14 row" if not ours else "no OpenCV FSRCNN x2 Set14 row"))
 
@@ -94,5 +104,5 @@ def judge_bars(speed: list[dict], quality: list[dict], all_threads: int | None =
             if r["ours"] and r["model"] == "denoise" and r["dataset"] == "Kodak24":
                 v = r["psnr"] - peer["psnr"]
                 out.append(_bar(f"denoise {r['engine']} {r['precision']} > CBM3D on Kodak24 (sigma 25)", v, 1e-9,
-                                f"{v:+.2f} dB ({r['psnr']:.2f} vs {peer['psnr']:.2f} dB)"))
+                                f"{v:+.2f} dB ({r['psnr']:.2f} vs {peer['psnr']:.2f} dB{_partial(r, peer)})"))
     return out

@@ -143,6 +143,14 @@ def test_judge_bars_sr_x2(ours_mp, peer_mp, ours_db, peer_db, want_speed, want_q
     assert f"{ours_mp / peer_mp:.2f}x" in got[0]["figure"]
 
 
+def test_a_quality_bar_on_part_of_its_set_says_so():
+    q = [{**_qrow("sr-x2", "litert", "int8", 32.8), "images": 3}, {**_qrow("FSRCNN x2", "opencv", "fp32", 31.0), "images": 3}]
+    got = bars.judge_bars([], q, all_threads=2)[1]
+    assert got["status"] == "PASS" and got["figure"].endswith("; on 3 of Set14's 14 images: not the bar's set)")
+    full = [{**r, "images": 14} for r in q]
+    assert "not the bar's set" not in bars.judge_bars([], full, all_threads=2)[1]["figure"]
+
+
 def test_judge_bars_missing_inputs_are_not_run_with_reason():
     got = bars.judge_bars([_srow("FSRCNN x2", "opencv", "fp32", 2, 1.0, ours=False)], [], all_threads=2)
     assert [b["status"] for b in got] == ["not run"] * 4
