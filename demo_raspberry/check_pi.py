@@ -62,6 +62,18 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def gmac_note(s: dict, macs, pixels: int) -> str:
+    """', effective N GMAC/s' from the mean engine time, set in ``s``; not where adaptive mode changed the
+    frame size mid-run (the mean then mixes sizes: it read up to 1.8x high)."""
+    if not (macs and s["engine_ms_mean"]):
+        return ""
+    if (s.get("adaptive") or {}).get("changes"):
+        return ", GMAC/s not measured (adaptive mode changed the frame size; run without --target-fps)"
+    gmacs = macs * pixels / (s["engine_ms_mean"] / 1000) / 1e9
+    s["effective_gmac_per_s"] = round(gmacs, 2)
+    return f", effective {gmacs:.1f} GMAC/s"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="sr-x2-rt")
@@ -103,10 +115,7 @@ def main(argv=None) -> int:
                 f"({s['input_fps']:.1f} in, {s['dropped']} dropped), latency p50 {lat['p50']} ms "
                 f"p95 {lat['p95']} ms, engine {s['engine_ms_mean']} ms, "
                 f"RSS growth {s['rss_mb']['growth_after_warmup']} MB")
-        if macs and s["engine_ms_mean"]:
-            gmacs = macs * w * h / (s["engine_ms_mean"] / 1000) / 1e9
-            s["effective_gmac_per_s"] = round(gmacs, 2)
-            line += f", effective {gmacs:.1f} GMAC/s"
+        line += gmac_note(s, macs, w * h)
         if s.get("adaptive"):
             line += f", adaptive scale {s['adaptive']['scale']}"
         print(line)

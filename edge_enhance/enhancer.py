@@ -296,9 +296,9 @@ class Enhancer:
         return dataclasses.replace(photo, rgb=res, alpha=new_alpha)
 
     def enhance(self, image):
-        """numpy H x W x 3 (or H x W / H x W x 1 grey, H x W x 4 with alpha) or a Pillow image in, the
-        same kind out. A Pillow image's EXIF orientation is applied first, as for files: the result is
-        upright and carries no orientation tag."""
+        """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
+        H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
+        applied first, as for files: the result is upright and carries no orientation tag."""
         from PIL import Image, ImageOps
 
         if isinstance(image, Image.Image):

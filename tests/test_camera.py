@@ -127,7 +127,7 @@ def test_bounded_run_with_null_sink_enhances_each_frame():
 
 @pytest.mark.parametrize("k", [3, 5])
 def test_latest_frame_wins_drops_stale_frames(k):
-    src = SyntheticSource(64, 48, fps=0)
+    src = SyntheticSource(64, 48, fps=2000)  # a camera far faster than inference (an unpaced one is held)
     enh = GatedEnhancer(src, k)
     rec = RecordingSink()
     s = Preview(src, enh, [rec], config=PreviewConfig(frames=8)).run()
@@ -506,13 +506,85 @@ def test_video_source_and_file_sink(tmp_path):
     clip, out = tmp_path / "clip.avi", tmp_path / "rec.avi"
     write_clip(clip, n=6)
     src = open_source(f"file:{clip}@0")
-    sink = VideoFileSink(str(out), fps=10)
+    sink = VideoFileSink(str(out), fps=10, timed=False)
     s = Preview(src, RepeatEnhancer(), [sink]).run()
-    assert s["stop_reason"] == "end of source" and s["captured"] == 6
+    # Unpaced, every frame is processed and recorded once (it read the file as fast as it could, dropping).
+    assert s["stop_reason"] == "end of source" and (s["captured"], s["processed"], s["dropped"]) == (6, 6, 0)
     n, shape = count_frames(out)
-    assert 1 <= n <= 6 and shape == (48, 64, 3)
+    assert n == 6 and shape == (48, 64, 3) and sink.every_frame
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
     assert out.stat().st_mode & 0o777 == _new_file_mode()
+
+
+def test_a_timed_recording_repeats_frames_where_the_loop_dropped_some(tmp_path):
+    """A camera at 10 fps whose frames 2..4 were dropped: the file still holds 0.5 s of video."""
+    from edge_enhance.camera.sinks import Result
+
+    out = tmp_path / "rec.avi"
+    sink = VideoFileSink(str(out), fps=10)
+    f = np.zeros((16, 24, 3), np.uint8)
+    for i, t in enumerate((100.0, 100.1, 100.41, 100.42)):  # the last one is early: its slot is taken
+        sink.show(Result(seq=i, before=f, after=f + 10 * i, t_capture=t, t_done=t, overlay=False))
+    sink.stop()
+    assert sink.frames == 5 and count_frames(out)[0] == 5 and not sink.every_frame
+
+
+def test_an_unpaced_source_is_processed_frame_by_frame():
+    class Sleepy(RepeatEnhancer):  # slower than an unpaced source reads: it spun and dropped all but a few
+        def enhance(self, frame):
+            import time
+
+            time.sleep(0.005)
+            return super().enhance(frame)
+
+    src = SyntheticSource(32, 24, fps=0, frames=12)
+    s = Preview(src, Sleepy(), [NullSink()]).run()
+    assert (s["captured"], s["processed"], s["dropped"]) == (12, 12, 0)
+
+
+def test_the_summary_rates_leave_out_the_teardown():
+    t = [10.0]
+    st = Stats(clock=lambda: t[0])
+    for _ in range(4):
+        st.on_capture(dropped=False)
+        st.on_processed(latency_s=0.01, engine_ms=5.0, busy_ms=5.0)
+    t[0] = 12.0  # the loop ends ...
+    end = t[0]
+    t[0] = 13.0  # ... and a web server takes a second to stop
+    s = st.summary(until=end)
+    assert s["seconds"] == 2.0 and s["output_fps"] == 2.0
+
+
+def test_a_video_name_with_an_at_sign_is_a_path(tmp_path):
+    clip = tmp_path / "take@2x.avi"
+    write_clip(clip, n=2)
+    assert open_source(f"file:{clip}").device == str(clip)
+    assert open_source(f"file:{clip}@5")._want_fps == 5.0
+    with pytest.raises(ConfigError, match="frame rate"):
+        open_source("synthetic:64x32@2x")
+
+
+def test_the_folder_source_reads_photos_as_enhance_does(tmp_path):
+    e = Image.Exif()
+    e[0x0112] = 6
+    Image.new("RGB", (20, 10), (200, 0, 0)).save(tmp_path / "a.jpg", exif=e)
+    Image.fromarray((np.arange(12 * 8, dtype=np.uint16).reshape(8, 12) * 600)).save(tmp_path / "b.png")
+    src = FolderSource(str(tmp_path), fps=0)
+    src.start()
+    a, b = src.read(), src.read()
+    assert a.shape == (20, 10, 3)  # turned upright
+    assert b.dtype == np.uint8 and b[..., 0].max() == (95 * 600) >> 8 and b[0, 1, 0] == 600 >> 8  # scaled, not clipped
+
+
+def test_the_default_sink_is_the_browser_where_opencv_cannot_open_a_window(monkeypatch):
+    from edge_enhance.camera import cli as ccli
+    from edge_enhance.camera.detect import PlatformInfo
+    from edge_enhance.camera.web import WebViewfinder
+
+    monkeypatch.setattr(ccli, "platform_info", lambda: PlatformInfo("Linux", "x86_64", None, True))
+    monkeypatch.setattr(ccli, "has_gui", lambda: False)
+    (sink,) = ccli.build_sinks(["auto"], token=None, fps=None, overlay=False)
+    assert isinstance(sink, WebViewfinder)
 
 
 def test_file_sink_rejects_unknown_container(tmp_path):
@@ -598,6 +670,38 @@ def test_cli_sigterm_stops_cleanly(tmp_path):
     assert proc.returncode == 0, err
     final = json.loads(stats.read_text().splitlines()[-1])
     assert final["final"] and final["stop_reason"] == "stopped"
+
+
+def test_cli_a_second_ctrl_c_while_stopping_keeps_the_recording(tmp_path):
+    # The first SIGINT set the default disposition: a second one during teardown killed the process,
+    # leaving a hidden unplayable temp file and no recording.
+    stats, out = tmp_path / "s.jsonl", tmp_path / "rec.avi"
+    code = (
+        "import sys, time, argparse; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "from test_camera_doubles import RepeatEnhancer\n"
+        "from edge_enhance.camera import cli, sinks\n"
+        "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
+        "stop = sinks.VideoFileSink.stop\n"
+        "sinks.VideoFileSink.stop = lambda self: (time.sleep(1.0), stop(self))\n"  # a long teardown
+        "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
+        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@50', '--sink', 'file:' + sys.argv[3], "
+        "'--stats-json', sys.argv[2]])))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats), str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+        deadline = time.monotonic() + 60
+        while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(2)
+        time.sleep(0.3)
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "finishing the recording" in err and count_frames(out)[0] > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
 
 def test_opencv_own_warnings_are_off_unless_debug_or_asked_for(monkeypatch):
@@ -713,3 +817,15 @@ def test_enhance_cli_videos_in_folders_webm_and_json(tmp_path, monkeypatch, caps
     assert f["output"].endswith("w.m.mkv") and f["frames"] == 2 and f["size"] == [64, 48] and "audio" in f
     with pytest.raises(SystemExit):
         main(["enhance", str(vids / "c.avi"), "--temporal", "1.5", "--model", str(tmp_path / "m.onnx")])
+
+
+def test_check_pi_gives_no_gmac_figure_for_a_run_whose_frame_size_changed():
+    sys.path.insert(0, os.path.join(ROOT, "demo_raspberry"))
+    try:
+        from check_pi import gmac_note
+    finally:
+        sys.path.pop(0)
+    steady = {"engine_ms_mean": 10.0, "adaptive": None}
+    assert gmac_note(steady, 1000, 640 * 360) == ", effective 23.0 GMAC/s" and steady["effective_gmac_per_s"] == 23.04
+    moved = {"engine_ms_mean": 10.0, "adaptive": {"changes": 2, "scale": 0.75}}
+    assert "not measured" in gmac_note(moved, 1000, 640 * 360) and "effective_gmac_per_s" not in moved

@@ -272,7 +272,8 @@ def test_client_slot_keeps_only_the_latest():
 
 
 @pytest.mark.parametrize("text,want", [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("0.0.0.0", ("0.0.0.0", 8080)),
-                                       (":9000", ("127.0.0.1", 9000)), ("[::1]:81", ("::1", 81))])
+                                       (":9000", ("127.0.0.1", 9000)), ("[::1]:81", ("::1", 81)),
+                                       ("18450", ("127.0.0.1", 18450))])
 def test_parse_hostport(text, want):
     assert parse_hostport(text) == want
 

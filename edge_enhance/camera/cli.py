@@ -12,7 +12,7 @@ import sys
 import threading
 
 from .controls import Controls
-from .detect import platform_info
+from .detect import has_gui, platform_info
 from .errors import ConfigError, EdgeEnhanceError
 from .preview import Preview, PreviewConfig
 from .sinks import NullSink, VideoFileSink, WindowSink
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="picamera2[:lores[:WxH]] | cv:N (or N, /dev/videoN) | file:clip.mp4 | folder:DIR | synthetic:640x360, "
            "optionally @FPS (default: auto = picamera2 on a Pi, else cv:0)")
     p("--sink", action="append", metavar="SPEC",
-      help="window | web[:HOST:PORT] | file:out.mp4 | null; repeatable (default: window when a display "
-           "is present, else web:127.0.0.1:8080)")
+      help="window | web[:HOST:PORT] | file:out.mp4 | null; repeatable (default: window when a display and an "
+           "OpenCV with GUI support are present, else web:127.0.0.1:8080)")
     p("--web", metavar="HOST:PORT", help="shorthand for --sink web:HOST:PORT")
     p("--token", help="access token for the web viewfinder (required off loopback; default: the EDGE_ENHANCE_TOKEN "
                       "environment variable, which other users cannot read in `ps` as they can an argument; else "
@@ -62,14 +62,15 @@ def _make_enhancer(model: str, threads: int | None, card=None):
     return Enhancer(model, threads=threads, card=card)
 
 
-def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overlay: bool, on_web_ready=None):
+def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overlay: bool, on_web_ready=None,
+                timed=True):
     from .web import WebViewfinder, parse_hostport  # http.server only when asked for
 
     sinks = []
     for spec in specs:
         kind, _, arg = spec.partition(":")
-        if spec == "auto":
-            kind, arg = ("window", "") if platform_info().has_display else ("web", "127.0.0.1:8080")
+        if spec == "auto":  # a window where there is a display and an OpenCV with GUI support, else the browser
+            kind, arg = ("window", "") if platform_info().has_display and has_gui() else ("web", "127.0.0.1:8080")
         if kind == "window" and not arg:
             sinks.append(WindowSink())
         elif kind == "null" and not arg:
@@ -78,7 +79,7 @@ def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overl
             host, port = parse_hostport(arg or "127.0.0.1:8080")
             sinks.append(WebViewfinder(host, port, token=token, on_ready=on_web_ready))
         elif kind == "file" and arg:
-            sinks.append(VideoFileSink(arg, fps=fps, overlay=overlay))
+            sinks.append(VideoFileSink(arg, fps=fps, overlay=overlay, timed=timed))
         else:
             raise ConfigError(f"unknown sink {spec!r}: use window, web:HOST:PORT, file:out.mp4 or null")
     return sinks
@@ -117,11 +118,12 @@ def main(args: argparse.Namespace) -> int:
         specs = list(args.sink or [])
         if args.web:
             specs.append(f"web:{args.web}")
-        # A file sink records at the rate frames come in, known once the source has started (an unpaced
-        # video file, @0: at the clip's own rate).
+        # A file sink records at the source's rate, known once it has started (an unpaced video file, @0:
+        # at the clip's own rate, every frame once); a camera's or paced source's frames at their capture time.
         sinks = build_sinks(specs or ["auto"], token=args.token or os.environ.get("EDGE_ENHANCE_TOKEN") or None,
                             fps=lambda: getattr(source, "fps", None) or getattr(source, "native_fps", None),
-                            overlay=not args.no_overlay, on_web_ready=_print_web)
+                            overlay=not args.no_overlay, on_web_ready=_print_web,
+                            timed=lambda: source.live or (source.fps or 0) > 0)
         _refuse_overwriting(source, sinks)
         from edge_enhance.cli import cli_card
 
@@ -137,9 +139,17 @@ def main(args: argparse.Namespace) -> int:
         preview = Preview(source, enhancer, sinks, config=config, controls=controls, on_stats=callbacks,
                           light_enhancer=light)
 
+        signals = []
+
         def _stop(signum, frame):
-            # First signal stops cleanly (camera released, summary written); a second one kills.
-            signal.signal(signum, signal.SIG_DFL)
+            # The first signal stops cleanly (camera released, recording finished, summary written); an
+            # impatient second one is told to wait, as it would lose the recording; a third one kills.
+            signals.append(signum)
+            if len(signals) == 2:
+                print("edge-enhance preview: stopping (finishing the recording); again to abort", file=sys.stderr)
+            elif len(signals) > 2:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             preview.stop()
 
         if threading.current_thread() is threading.main_thread():

@@ -79,6 +79,16 @@ def import_picamera2():
     return Picamera2
 
 
+def has_gui() -> bool:
+    """Whether the installed OpenCV can open a window (the camera extra's headless build cannot)."""
+    cv2 = optional_cv2()
+    if cv2 is None:
+        return False
+    gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+                if line.strip().startswith("GUI:")), "")
+    return gui.upper() not in ("", "NONE")
+
+
 def optional_cv2():
     """OpenCV if present, else None: used where Pillow is an adequate (slower) fallback."""
     if "cv2" in sys.modules:

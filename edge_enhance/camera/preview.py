@@ -75,11 +75,15 @@ class LatestSlot:
         self._cond = threading.Condition()
         self._item = None
 
-    def put(self, item) -> bool:
+    def put(self, item, until_taken: threading.Event | None = None) -> bool:
+        """``until_taken``: first wait for the last frame to be taken (or this event to be set) instead of
+        replacing it: an unpaced file is processed frame by frame, not read as fast as the disk allows."""
         with self._cond:
+            while until_taken is not None and self._item is not None and not until_taken.is_set():
+                self._cond.wait(0.05)
             dropped = self._item is not None
             self._item = item
-            self._cond.notify()
+            self._cond.notify_all()
         return dropped
 
     def get(self, timeout: float):
@@ -87,6 +91,7 @@ class LatestSlot:
             if self._item is None:
                 self._cond.wait(timeout)
             item, self._item = self._item, None
+            self._cond.notify_all()  # a producer waiting for the slot to empty
         return item
 
     def wake(self):
@@ -206,12 +211,13 @@ class Preview:
         self._failures = 0
         self._alive_t = 0.0
         self._latest: Captured | None = None
-        self._sizes = (None, None, None)
+        self._sizes = (None, None, None, None)
         self._runners: list[SinkRunner] = []
         self._pending_snaps: list = []
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._ran = False
+        self._loop_end: float | None = None
 
     # --- public control -------------------------------------------------------------------------
     def start(self) -> "Preview":
@@ -258,6 +264,7 @@ class Preview:
             self._alive_t = time.perf_counter()
             capture.start()
             reason = self._loop()
+            self._loop_end = time.perf_counter()
         except KeyboardInterrupt:
             reason = "interrupted"
             raise
@@ -270,7 +277,7 @@ class Preview:
             late = next((r for r in self._runners if r.error is not None), None)
             if late is not None and not reason.startswith("error") and reason != "interrupted":
                 reason = f"error: sink {late.sink.name} failed: {late.error}"
-            self.summary = self.stats.summary(stop_reason=reason, **self._extra())
+            self.summary = self.stats.summary(stop_reason=reason, until=self._loop_end, **self._extra())
             self._emit(self.summary)
         if late is not None and reason.startswith("error: sink"):
             raise SinkError(f"sink {late.sink.name} failed: {late.error}") from late.error
@@ -335,10 +342,10 @@ class Preview:
             engine_ms = float(e) if isinstance(e, (int, float)) else (t1 - t0) * 1000
             if (pw, ph) != (w, h):
                 out = resize(out, w * s, h * s)
-            self._sizes = ((w, h), (pw, ph), (w * s, h * s))
+            self._sizes = ((w, h), (pw, ph), (w * s, h * s), scale)
         else:
             out = upscale(frame, s)
-            self._sizes = ((w, h), None, (w * s, h * s))
+            self._sizes = ((w, h), None, (w * s, h * s), None)
         t_done = time.perf_counter()
         self.stats.on_processed(latency_s=t_done - item.t, engine_ms=engine_ms,
                                 busy_ms=(t_done - t_start) * 1000 if st.enhance else None)
@@ -350,7 +357,7 @@ class Preview:
 
     def _extra(self) -> dict:
         st = self.controls.state
-        size_in, size_proc, size_out = self._sizes
+        size_in, size_proc, size_out, proc_scale = self._sizes
         return {
             "source": self.source.name,
             "model": model_name(self.enhancer),
@@ -359,6 +366,8 @@ class Preview:
             "enhance": st.enhance, "split": st.split, "strength": st.strength,
             "input_size": list(size_in) if size_in else None,
             "processed_size": list(size_proc) if size_proc else None,
+            # the input fraction that frame was processed at (adaptive's "scale" is the next frame's)
+            "processed_scale": proc_scale,
             "output_size": list(size_out) if size_out else None,
             "adaptive": self.adaptive.describe() if self.adaptive else None,
             "sink_dropped": {r.sink.name: r.dropped for r in self._runners},
@@ -384,6 +393,9 @@ class Preview:
     # --- capture thread ---------------------------------------------------------------------------
     def _capture(self):
         src, seq = self.source, 0
+        # A file, folder or synthetic source read unpaced (@0) hands over every frame, waiting for the
+        # loop to take each (dropping them, it spun as fast as the disk allowed and took the CPU inference needed).
+        hold = None if src.live or (src.fps or 0) > 0 else self._stop
         try:
             while not self._stop.is_set():
                 try:
@@ -401,7 +413,7 @@ class Preview:
                 self._failures = 0
                 seq += 1
                 self._alive_t = t = time.perf_counter()
-                self.stats.on_capture(dropped=self._slot.put(Captured(seq, t, frame)))
+                self.stats.on_capture(dropped=self._slot.put(Captured(seq, t, frame), hold))
         except BaseException as e:
             self._capture_error = e
         finally:

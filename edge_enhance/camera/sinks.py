@@ -155,17 +155,24 @@ class VideoFileSink(Sink):
 
     name = "file"
 
-    def __init__(self, path: str, *, fps=30.0, overlay: bool = False):
+    def __init__(self, path: str, *, fps=30.0, overlay: bool = False, timed=True):
         """``fps``: a number, or a callable read when the first frame arrives (a file source knows its
-        rate only once started)."""
+        rate only once started). ``timed`` (or a callable, read then): frames go into the file at their
+        capture time, a frame repeated where the loop dropped some, so the video plays in real time; untimed
+        (an unpaced file, every frame processed), each frame once."""
         if os.path.splitext(path)[1].lower() not in FOURCC:
             raise ConfigError(f"{path}: video sink needs one of {', '.join(sorted(FOURCC))}")
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):  # said before the camera and the model start, not at the first frame
             raise ConfigError(f"{path}: folder {folder} does not exist")
-        self.path, self.fps, self.overlay = path, fps, overlay
-        self._writer = self._tmp = self._size = None
-        self.frames = 0
+        self.path, self.fps, self.overlay, self.timed = path, fps, overlay, timed
+        self._writer = self._tmp = self._size = self._t0 = None
+        self.frames = 0  # frames written, repeats included
+
+    @property
+    def every_frame(self) -> bool:
+        """Untimed, every processed frame is written once: the loop waits for this sink, it drops none."""
+        return not (self.timed() if callable(self.timed) else self.timed)
 
     def start(self):
         import_cv2()  # before the camera and the model: no OpenCV is said now, not at the first frame
@@ -174,14 +181,21 @@ class VideoFileSink(Sink):
         frame = result.picture(overlay=self.overlay)
         h, w = frame.shape[:2]
         if self._writer is None:
-            fps = self.fps() if callable(self.fps) else self.fps
-            self._writer, self._tmp = open_video_writer(self.path, fps or 30.0, w, h)
-            self._size = (w, h)
+            self.fps = (self.fps() if callable(self.fps) else self.fps) or 30.0
+            self.timed = self.timed() if callable(self.timed) else self.timed
+            self._writer, self._tmp = open_video_writer(self.path, self.fps, w, h)
+            self._size, self._t0 = (w, h), result.t_capture
+        # Timed: this frame fills the slots up to its capture time (none if that slot is already written).
+        n = round((result.t_capture - self._t0) * self.fps) + 1 - self.frames if self.timed else 1
+        if n < 1:
+            return
         cv2 = import_cv2()
         if (w, h) != self._size:  # folder sources may change size; a video stream cannot
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        self.frames += 1
+        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        for _ in range(n):
+            self._writer.write(bgr)
+        self.frames += n
 
     def stop(self):
         if self._writer is not None:
@@ -208,10 +222,14 @@ class SinkRunner:
 
     def put(self, result: Result):
         with self._cond:
+            # A sink that keeps every frame (an untimed recording) is waited for, not replaced.
+            while self._item is not None and getattr(self.sink, "every_frame", False) \
+                    and self.error is None and self._thread.is_alive():
+                self._cond.wait(0.05)
             if self._item is not None:
                 self.dropped += 1
             self._item = result
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _run(self):
         while True:
@@ -221,6 +239,7 @@ class SinkRunner:
                 if self._item is None:  # closed and drained
                     return
                 item, self._item = self._item, None
+                self._cond.notify_all()  # a put waiting for the slot
             try:
                 self.sink.show(item)
             except BaseException as e:  # reported by the loop, which then stops

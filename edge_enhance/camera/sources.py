@@ -15,7 +15,6 @@ import re
 import time
 
 import numpy as np
-from PIL import Image
 
 from .errors import ConfigError, SourceError
 from .detect import has_picamera2, import_cv2, import_picamera2, platform_info
@@ -202,13 +201,15 @@ class FolderSource(Source):
             return None
         path = self.files[self._i]
         self._i += 1
-        try:
-            with Image.open(path) as im:
-                frame = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise SourceError(f"{path}: cannot read image ({e})") from None
+        from ..errors import EdgeEnhanceError
+        from ..imageio import load_image
+
+        try:  # as `enhance` reads photos: EXIF orientation applied, 16 bits scaled (not clipped) to 8
+            rgb = load_image(path).rgb
+        except EdgeEnhanceError as e:
+            raise SourceError(f"cannot read image: {e}") from None
         self._pacer.wait()
-        return frame
+        return (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
 
 
 class PiCamera2Source(Source):
@@ -287,6 +288,8 @@ def _split_fps(spec: str) -> tuple[str, float | None]:
         try:
             fps = float(f)
         except ValueError:
+            if spec.startswith(("file:", "folder:")):  # an @ of the name itself: file:take@2x.mp4
+                return spec, None
             fps = -1.0
         if not fps >= 0 or fps == float("inf"):
             raise ConfigError(f"source {spec!r}: frame rate after '@' must be a number >= 0 (0: unpaced)")

@@ -122,9 +122,10 @@ class Stats:
         self.last = d
         return d
 
-    def summary(self, **extra) -> dict:
+    def summary(self, *, until: float | None = None, **extra) -> dict:
+        """``until``: when the loop ended (the rates leave out the camera's and sinks' teardown)."""
         with self._lock:
-            secs = max(self.clock() - self.t0, 1e-9)
+            secs = max((self.clock() if until is None else until) - self.t0, 1e-9)
             d = {
                 "final": True,
                 "seconds": _r(secs, 3),

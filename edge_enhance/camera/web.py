@@ -52,9 +52,11 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_hostport(text: str, default_port: int = 8080) -> tuple[str, int]:
-    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); '[::1]:9000', ':8080' (loopback) and '0.0.0.0' too."""
+    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); '[::1]:9000', ':8080' and '8080' (loopback), '0.0.0.0' too."""
     host, port = text, default_port
-    if text.startswith("["):
+    if text.isdigit():  # a bare port, as `--web 8081` is meant
+        host, port = "", text
+    elif text.startswith("["):
         host, _, rest = text[1:].partition("]")
         if rest.startswith(":"):
             port = rest[1:]
