@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_enhance.argtypes import number
 
+from edge_enhance.atomic import unwritable
 from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
@@ -48,6 +49,9 @@ def check_output(out: Path, src: Path) -> None:
         raise ConfigError(f"{out}: is a folder; give the output a file name")
     if not out.parent.is_dir():
         raise ConfigError(f"{out}: output folder {out.parent} does not exist")
+    why = unwritable(out.parent)
+    if why:  # said now, not after minutes of calibration
+        raise ConfigError(f"{out}: output folder {out.parent} is not writable ({why})")
 
 
 def parse_tile(text: str) -> tuple:
@@ -137,8 +141,11 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
     if to == "coreml" and out.suffix != ".mlpackage":
         raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")
-    other = {".onnx": "onnx", ".tflite": "tflite", ".mlmodel": "coreml"}.get(out.suffix.lower(), to)
-    if other != to:  # a .tflite file called x.onnx would mislead every tool that goes by the name
+    from edge_enhance.cli import IMAGE_SUFFIXES
+
+    other = {".onnx": "onnx", ".tflite": "tflite", ".mlmodel": "coreml",
+             **{e: "an image" for e in IMAGE_SUFFIXES}}.get(out.suffix.lower(), to)
+    if other != to:  # a .tflite file called x.onnx (or x.png) would mislead every tool that goes by the name
         raise ConfigError(f"{out}: a {out.suffix} name for --to {to} output (use {SUFFIX[to]})")
     check_output(out, src)
     t0 = time.perf_counter()
@@ -151,6 +158,15 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         source_model.metadata_props.add(key=CARD_KEY, value=graph.metadata[CARD_KEY])  # for the task PSNR
     check_aligned(enumerated_shapes, graph.align, f"{src}: --enumerated-shapes")
     check_aligned([tile] if tile else [], graph.align, f"{src}: --tile")
+    if CARD_KEY in graph.metadata:  # a fixed input the runtime cannot tile with (it has no room for a core)
+        from edge_enhance.card import ModelCard
+        from edge_enhance.tiling import min_tile_side
+
+        m = ModelCard.from_json(graph.metadata[CARD_KEY]).margin
+        small = [f"{h}x{w}" for h, w in ([tile] if tile else []) + list(enumerated_shapes) if min(h, w) <= 2 * m]
+        if small:
+            raise ConfigError(f"{src}: input {', '.join(small)} leaves no room inside the model's receptive-field "
+                              f"margins of {m} pixels: at least {min_tile_side(m, graph.align)} a side")
     weights = precision if precision in COREML_WEIGHTS else "fp"
     coreml_io = "image" if io == "image" else "tensor"
     if to == "coreml":  # reported before any calibration is spent
@@ -195,12 +211,13 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                 report = verify_onnx(source_model, tmp, precision=precision, dataset=dataset,
                                      max_images=max_images, crop=crop)
         else:
-            from .coreml_writer import spec_io, to_coreml
+            from .coreml_writer import input_range, spec_io, spec_names, to_coreml
 
             names = to_coreml(qgraph or graph, tmp, precision=precision if precision in ("fp32", "fp16") else "fp16",
                               tile=tile, min_target=min_target, enumerated_shapes=enumerated_shapes,
                               weights=weights, io=coreml_io, w8a8=qgraph is not None)
-            notes = coreml_notes(*spec_io(tmp), graph.tensors[graph.inputs[0]].shape[3])
+            notes = coreml_notes(*spec_io(tmp), graph.tensors[graph.inputs[0]].shape[3], spec_names(tmp),
+                                 input_range(graph))
             if qgraph is not None or weights != "fp":
                 from .coreml_writer import _LAST_PROGRAM, weight_bytes
 
@@ -226,11 +243,14 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                          weight_bytes=wbytes)
 
 
-def coreml_notes(io: str, sizes: list, channels: int) -> list:
-    """Summary lines for a written Core ML model, from its spec: I/O types and input sizes."""
+def coreml_notes(io: str, sizes: list, channels: int, names: tuple = ("", ""), span: tuple = (0.0, 1.0)) -> list:
+    """Summary lines for a written Core ML model, from its spec: I/O names and types, input sizes.
+    ``span``: the network's input range (its card's), what tensors carry and image pixels are mapped to."""
     colour = "RGB" if channels == 3 else "grayscale"
-    lines = [f"Core ML I/O: image in ({colour} pixels 0..255, scaled by 1/255 inside), image out ({colour} 0..255)"
-             if io == "image" else "Core ML I/O: float32 tensors (NCHW, values 0..1)"]
+    lo, hi = (f"{v:g}" for v in span)
+    named = f" '{names[0]}' in, '{names[1]}' out" if all(names) else ""
+    lines = [f"Core ML I/O{named}: image in ({colour} pixels 0..255, mapped to {lo}..{hi} inside), image out "
+             f"({colour} 0..255)" if io == "image" else f"Core ML I/O{named}: float32 tensors (NCHW, values {lo}..{hi})"]
     shapes = ", ".join(f"{h}x{w}" + (" (default)" if k == 0 and len(sizes) > 1 else "")
                        for k, (h, w) in enumerate(sizes))
     lines.append(f"input sizes: {shapes}" + (" (enumerated)" if len(sizes) > 1 else " (fixed)"))

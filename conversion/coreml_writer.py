@@ -2,9 +2,9 @@
 
 Core ML's Neural Engine wants fixed shapes, so the program is built for one tile (H, W), or with
 EnumeratedShapes for a few more (the tile is the default). Tensors are NCHW as MIL expects; weights
-are laid back out from the IR's OHWI. I/O is a float tensor in [0, 1] (``io="tensor"``) or an
-image (``io="image"``: RGB / grayscale pixels in, scaled by 1/255 on the way in, and an image out
-of the network's output times 255, clipped to [0, 255]). The card goes to ``user_defined_metadata``.
+are laid back out from the IR's OHWI. I/O is a float tensor on the card's input range, [0, 1] by
+default (``io="tensor"``), or an image (``io="image"``: RGB / grayscale pixels in, mapped onto that
+range on the way in, and an image out of the network's output mapped back, clipped to [0, 255]). The card goes to ``user_defined_metadata``.
 Weights may be compressed after conversion (int8, k-means palettes, magnitude-pruned sparse), or
 the program may carry a calibrated int8 graph's activation quantisation (W8A8: MIL quantize /
 dequantize, iOS17+); either combines with enumerated shapes and image I/O.
@@ -71,12 +71,21 @@ def _tile_of(g: Graph, tile):
     return h, w
 
 
+def input_range(graph: Graph) -> tuple[float, float]:
+    """The network's input range from its card ((0, 1) without one): image I/O maps pixels 0..255 onto it."""
+    from edge_enhance.card import ModelCard
+
+    card = graph.metadata.get(CARD_KEY)
+    return tuple(ModelCard.from_json(card).input_range) if card else (0.0, 1.0)
+
+
 def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bool = False, io: str = "tensor",
                   w8a8: bool = False):
     """The MIL program (NCHW, float32) computing ``graph`` for input size ``tile``.
 
     ``flexible`` leaves H and W symbolic (for EnumeratedShapes): no op may then bake in the tile's
-    output size. ``io="image"`` appends ``clip(y * 255, 0, 255)`` so the output is image pixels.
+    output size. ``io="image"`` appends ``clip((y - lo) * 255 / (hi - lo), 0, 255)`` (the card's input
+    range lo..hi) so the output is image pixels.
     ``w8a8``: ``graph`` is quantised (quantization.quantize); every activation it quantises (the
     input, every node output) goes through MIL ``quantize`` -> ``dequantize`` with its scale and
     zero point, and conv weights are its int8 per-output-channel values behind a
@@ -220,8 +229,10 @@ def build_program(graph: Graph, tile, *, min_target: str = "iOS16", flexible: bo
             else:
                 raise UnsupportedOpError(f"Core ML writer: no lowering for IR op {n.op} ({n.name})")
             env[out] = qdq(act(y, a.get("activation", "none"), base) if fused else y, out, last)
-        if io == "image":
-            return mb.clip(x=mb.mul(x=env[final], y=np.float32(255.0)), alpha=0.0, beta=255.0, name=final)
+        if io == "image":  # the network's output range (its card's input range) back to pixels 0..255
+            lo, hi = input_range(graph)
+            y = mb.sub(x=env[final], y=np.float32(lo)) if lo else env[final]
+            return mb.clip(x=mb.mul(x=y, y=np.float32(255.0 / (hi - lo))), alpha=0.0, beta=255.0, name=final)
         return env[final]
 
     return prog
@@ -311,8 +322,8 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     ``weights`` other than ``fp`` compresses conv weights (int8 per-channel, an n-bit palette or
     a magnitude-pruned bitmask), which Core ML expands at load time; activations stay ``precision``.
     ``enumerated_shapes`` are extra (h, w) input sizes besides ``tile`` (the default).
-    ``io="image"``: an RGB (3 channels) or grayscale (1) image in, pixels 0..255 scaled by 1/255 so
-    the network sees [0, 1] as with tensors, and an image of the same layout out. ``w8a8`` takes a
+    ``io="image"``: an RGB (3 channels) or grayscale (1) image in, pixels 0..255 mapped onto the card's
+    input range so the network sees what it does with tensors, and an image of the same layout out. ``w8a8`` takes a
     quantised graph (quantization.quantize) and writes its int8 weights and activation quantisation
     (see :func:`build_program`); MIL ``quantize`` / ``dequantize`` need iOS17 / macOS14. Shapes,
     I/O and precision are independent: every combination is allowed (w8a8 excludes ``weights``).
@@ -331,7 +342,9 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     shape = ct.EnumeratedShapes(shapes=shape, default=shape[0]) if len(sizes) > 1 else shape[0]
     if io == "image":
         layout = ct.colorlayout.RGB if c == 3 else ct.colorlayout.GRAYSCALE
-        inp = ct.ImageType(name=name, shape=shape, scale=1 / 255.0, color_layout=layout)
+        lo, hi = input_range(graph)  # pixels 0..255 onto the network's input range
+        inp = ct.ImageType(name=name, shape=shape, scale=(hi - lo) / 255.0, bias=[lo] * c if c == 3 else lo,
+                           color_layout=layout)
         # convert(outputs=...) is ignored for a MIL program: the output type goes on the function.
         prog.functions["main"].set_output_types([ct.ImageType(color_layout=layout)])
     else:
@@ -593,6 +606,13 @@ def spec_io(path) -> tuple:
                                   if tuple(int(d) for d in s.shape[2:]) != default]
 
 
+def spec_names(path) -> tuple[str, str]:
+    """(input, output) feature names of a saved model: what an app's code reads and writes."""
+    ct, _ = _ct()
+    d = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
+    return d.input[0].name, d.output[0].name
+
+
 def _fit(x: np.ndarray, size) -> np.ndarray:
     """HWC image cropped / mirror-padded to ``size`` (to exercise an enumerated shape no image has)."""
     x = x[: size[0], : size[1]]
@@ -621,7 +641,8 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
     """IR executor vs numpy evaluation of the converted MIL program, on real images cropped to the
     default tile; each further enumerated shape is checked on the first image, fitted to it.
 
-    Image I/O programs are fed pixels 0..255 and their output is divided by 255 before comparing.
+    Image I/O programs are fed pixels 0..255 and their output is mapped back to the network's range
+    before comparing with the reference clipped to that range (the picture clips it).
     ``simulate_quant``: ``graph`` is quantised and the source is its simulated int8 inference
     (for W8A8: does the program compute what the quantiser planned?), at every shape too.
     """
@@ -633,10 +654,15 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
     if prog is None:
         raise ConfigError(f"{path}: no converted program in this session to evaluate (convert it here first)")
     io, sizes = spec_io(path)
-    k = np.float32(255.0 if io == "image" else 1.0)
     card = ModelCard.from_json(graph.metadata[CARD_KEY]) if CARD_KEY in graph.metadata else None
+    lo, hi = input_range(graph)
     src = lambda x: executor.run(graph, {graph.inputs[0]: x[None]}, simulate_quant=simulate_quant)[graph.outputs[0]][0]
-    tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(np.rint(x[None] * k) if io == "image" else x[None])))[0] / k
+    tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(x[None])))[0]
+    if io == "image":  # pixels in, pixels out: the reference is clipped to what a picture can show
+        k = np.float32(255.0 / (hi - lo))
+        run_src = src
+        src = lambda x: np.clip(run_src(x), lo, hi)
+        tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(np.rint((x[None] - lo) * k))))[0] / k + np.float32(lo)
     files = list_images(dataset or default_dataset())
     if tol is None and precision == "fp32":
         tol = FP32_TOL

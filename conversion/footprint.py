@@ -65,6 +65,9 @@ def footprint(g) -> Footprint:
             r = a["block_size"]
             lo, hi, j = lo - j * (r - 1) / (2 * r), hi + j * (r - 1) / (2 * r), j / r
         elif n.op == "Resize":
+            if a["align_corners"]:  # sample k of n lands at k (n_in - 1) / (n_out - 1): it moves with the size
+                raise ConfigError(f"{n.name}: a Resize with align_corners samples by the whole image's size, so no "
+                                  "tile matches the whole image: re-export with align_corners=False (PyTorch's default)")
             ins, outs = g.tensors[n.inputs[0]].shape[1:3], g.tensors[n.outputs[0]].shape[1:3]
             sh, sw = a["scales"] or (outs[0] / ins[0], outs[1] / ins[1])
             if abs(sh - sw) > 1e-9:

@@ -805,9 +805,15 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     g.metadata = {p.key: p.value for p in model.metadata_props}
     ctx = Ctx(consts, shapes, g)
     for vi in real_inputs:
-        d = shapes.get(vi.name)
-        if d is None or len(d) != 4 or vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ModelFormatError(f"{src}: input {vi.name!r} must be a float32 NCHW image tensor, got shape {d}")
+        d, kind = shapes.get(vi.name), vi.type.tensor_type.elem_type
+        if kind != onnx.TensorProto.FLOAT:
+            raise ModelFormatError(f"{src}: input {vi.name!r} is {onnx.TensorProto.DataType.Name(kind).lower()}, not "
+                                   "float32 (export the float model: a .half() one is converted with --precision fp16)")
+        if d is None or len(d) != 4:
+            raise ModelFormatError(f"{src}: input {vi.name!r} must be an NCHW image tensor, got shape {d}")
+        if isinstance(d[0], int) and d[0] != 1:
+            raise ModelFormatError(f"{src}: input {vi.name!r} has a fixed batch of {d[0]}; photos go one at a time: "
+                                   "export with a batch of 1 (torch.onnx.export with a 1 x C x H x W example)")
         ctx.names[vi.name] = g.add_input(_clean(vi.name), (d[0], d[2], d[3], d[1]))
     try:
         for n in nodes:

@@ -24,6 +24,16 @@ def default_mode(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~_umask())
 
 
+def unwritable(folder) -> str | None:
+    """Why no file can be created in ``folder`` (tried: permission bits say nothing to root, nor of an
+    immutable or read-only-mounted folder), or None."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".edge-enhance-probe-"):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

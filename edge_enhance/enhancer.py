@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import imageio, ycbcr
-from .atomic import refuse_overwriting_input
+from .atomic import refuse_overwriting_input, unwritable
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
 from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
@@ -371,8 +370,9 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
     refuse_overwriting_input(src, dst, overwrite)
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
-    if not os.access(dst.parent, os.W_OK):
-        raise OutputError(f"{dst}: output folder {dst.parent} is not writable")
+    why = unwritable(dst.parent)
+    if why:
+        raise OutputError(f"{dst}: output folder {dst.parent} is not writable ({why})")
     # Load first (cheap next to enhancing): an unreadable input, e.g. HEIC without its plugin, must be
     # reported as such, not as the output format its extension implies.
     photo = imageio.load_image(src, max_pixels)

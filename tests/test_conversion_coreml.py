@@ -289,7 +289,7 @@ def test_image_io_spec_and_verification(tmp_path, sr_onnx, capsys, precision, to
     assert [(s.height, s.width) for s in i.imageType.enumeratedSizes.sizes] == [(32, 32), (40, 48)]
     card = ModelCard.from_json(ct.models.MLModel(str(out), skip_model_load=True).user_defined_metadata[CARD_KEY])
     assert card.input_range == (0.0, 255.0) and card.extra["io"] == "image"
-    assert "image I/O" in text and "Core ML I/O: image in (RGB pixels 0..255" in text
+    assert "image I/O" in text and "image in (RGB pixels 0..255, mapped to 0..1 inside)" in text
     rows = [line.split() for line in text.splitlines() if line.startswith(("baby", "bird", "all"))]
     errs = [float(r[2] if r[1].startswith("@") else r[1]) for r in rows]  # the max|err| column
     assert len(rows) == 4 and max(errs) <= tol
@@ -310,6 +310,38 @@ def test_image_io_program_sees_0_to_1_and_returns_pixels(tmp_path):
     want = run_ort(m, px / 255).transpose(0, 3, 1, 2) * 255
     assert want.min() < 0 or want.max() > 255  # the clip is exercised
     np.testing.assert_allclose(y, np.clip(want, 0, 255), atol=1e-3)
+
+
+@pytest.mark.parametrize("span", [(0.0, 255.0), (-1.0, 1.0)])
+def test_image_io_maps_pixels_onto_the_cards_input_range(tmp_path, span):
+    """A model on 0..255 (EDSR-style) or -1..1: image I/O fed it pixels / 255 and read its output x 255."""
+    lo, hi = span
+    rng = np.random.default_rng(5)
+    card = ModelCard(name="r", task="denoise", scale=1, receptive_field=3, input_range=span, colour="y")
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+                   {"w": rand(rng, 1, 1, 3, 3) * 0.5, "b": np.array([0.05 * (hi - lo)], np.float32)}, [1, 1, "H", "W"],
+                   metadata={CARD_KEY: card.to_json()})
+    path = tmp_path / "r.mlpackage"
+    to_coreml(from_onnx(m), path, precision="fp32", tile=(6, 5), io="image")
+    px = rng.integers(0, 256, (1, 1, 6, 5)).astype(np.float32)
+    y = evaluate_mil(_LAST_PROGRAM[str(path)], px)
+    want = (run_ort(m, lo + px * (hi - lo) / 255).transpose(0, 3, 1, 2) - lo) * 255 / (hi - lo)
+    np.testing.assert_allclose(y, np.clip(want, 0, 255), atol=1e-3)
+
+
+@pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
+def test_image_io_fp32_verifies_a_model_whose_output_overshoots(tmp_path, capsys):
+    """Most PyTorch SR nets end without a clamp: the picture clips, and so does the reference it is checked on."""
+    rng = np.random.default_rng(6)
+    card = ModelCard(name="o", task="denoise", scale=1, receptive_field=3)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+                   {"w": rand(rng, 3, 3, 3, 3) * 0.3, "b": np.full(3, 0.2, np.float32)}, [1, 3, "H", "W"],
+                   metadata={CARD_KEY: card.to_json()})
+    src = tmp_path / "o.onnx"
+    src.write_bytes(m.SerializeToString())
+    assert convert_main([src, "--to", "coreml", "--io", "image", "--precision", "fp32", "--tile", "32x32",
+                         "--verify-images", "1", "-o", tmp_path / "o.mlpackage"]) == 0
+    assert "Core ML I/O 'x' in" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kw,msg", [({"min_target": "iOS15"}, "iOS16"), ({"io": "pixels"}, "io")])
@@ -496,7 +528,7 @@ def test_cli_quantised_precisions_with_enumerated_shapes_and_image_io(tmp_path, 
     out = capsys.readouterr().out
     tables = 2 if precision == "w8a8" else 1  # w8a8: also the agreement with the int8 simulation
     assert out.count("image I/O") == tables and out.count("@32x28") == tables
-    assert "input sizes: 24x24 (default), 32x28 (enumerated)" in out and "Core ML I/O: image in" in out
+    assert "input sizes: 24x24 (default), 32x28 (enumerated)" in out and ": image in (RGB pixels 0..255" in out
     assert "conv weights:" in out
     card = json.loads(ct.models.MLModel(str(tmp_path / "sr.mlpackage"), skip_model_load=True)
                       .user_defined_metadata[CARD_KEY])

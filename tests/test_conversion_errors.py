@@ -121,3 +121,34 @@ def test_replace_metadata_changes_only_the_card(tmp_path):
         replace_metadata(data, CARD_KEY, b"x" * (len(tflite_metadata(data)[CARD_KEY]) + 1))
     with pytest.raises(ConfigError, match="no metadata entry 'nope'"):
         replace_metadata(data, "nope", b"{}")
+
+
+def test_an_image_name_for_a_model_output_is_refused(tmp_path):
+    from conversion.cli import convert
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    with pytest.raises(ConfigError, match=r"out.png: a .png name for --to tflite output \(use .tflite\)"):
+        convert(src, "tflite", output=tmp_path / "out.png", card={"task": "sr"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_fixed_input_too_small_for_the_margins_is_refused_at_convert(tmp_path):
+    from conversion.cli import convert
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    with pytest.raises(ConfigError, match=r"input 4x40 leaves no room inside the model's receptive-field margins"):
+        convert(src, "tflite", tile=(4, 40), card={"task": "sr"}, verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_fixed_batch_or_a_half_precision_input_is_named_as_such():
+    relu = [h.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(ModelFormatError, match="input 'x' has a fixed batch of 4; photos go one at a time"):
+        from_onnx(make_model(relu, {}, [4, 3, 8, 8]))
+    half = make_model(relu, {}, [1, 3, 8, 8])
+    half.graph.input[0].type.tensor_type.elem_type = 10  # FLOAT16
+    with pytest.raises(ModelFormatError, match="input 'x' is float16, not float32"):
+        from_onnx(half)
+    assert from_onnx(make_model(relu, {}, ["N", 3, "H", "W"])).inputs  # a dynamic batch is fine

@@ -133,6 +133,16 @@ def test_a_graph_without_one_scale_needs_the_card_given(tmp_path):
         attach_card(g, "m.onnx", "sr")
 
 
+def test_an_align_corners_resize_is_refused_as_untileable(tmp_path):
+    """Its samples sit at k (n_in - 1) / (n_out - 1): a 64-pixel tile and the whole photo sample differently
+    (a probe measured 45 levels between them), though the card said receptive field 3."""
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", name="up",
+                                coordinate_transformation_mode="align_corners")],
+                   {"sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, "H", "W"])
+    with pytest.raises(ConfigError, match="up: a Resize with align_corners samples by the whole image's size"):
+        attach_card(from_onnx(m), "m.onnx", "sr")
+
+
 def test_attach_card_refuses_a_carded_model_a_missing_task_and_a_wrong_scale(tmp_path):
     residual_sr(tmp_path / "carded.onnx", scale=2)
     with pytest.raises(ConfigError, match="carries its own card"):

@@ -228,3 +228,15 @@ def test_convert_int8_takes_a_calibration_crop_and_warns_about_few_images(setup,
                     "--calib-crop", "16", "--dataset", str(ev), "-o", str(out)], capsys)
     assert rc == 0 and out.exists(), cap.err
     assert "calibrating from 2 image(s)" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["quantize", "prune", "convert"])
+def test_an_unwritable_output_folder_is_said_before_any_work(setup, capsys, command):
+    """/proc/self: a folder no one, root included, can create a file in (permission bits do not stop root;
+    an immutable or read-only-mounted folder does)."""
+    model, calib, ev = setup
+    extra = {"quantize": ["--calib", str(calib)], "prune": ["--target-macs", "0.7"], "convert": ["--to", "tflite"]}
+    out = "/proc/self/x." + ("onnx" if command == "prune" else "tflite")
+    rc, cap = _run([command, str(model), *extra[command], "-o", out], capsys)
+    assert rc == 2 and f"{out}: output folder /proc/self is not writable" in cap.err
+    assert "Traceback" not in cap.err and "calibration" not in cap.err
