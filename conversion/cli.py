@@ -138,6 +138,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     if enumerated_shapes and tile is None:
         tile = enumerated_shapes[0]  # the first size is the default one
     src = Path(model)
+    if src.suffix.lower() in (".tflite", ".mlpackage", ".mlmodel", ".pb", ".pt", ".pth"):
+        raise ConfigError(f"{src}: convert takes an ONNX model (got {src.suffix}); export it to ONNX first")
     out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
     if to == "coreml" and out.suffix != ".mlpackage":
         raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")

@@ -193,7 +193,8 @@ def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, crit
     g0 = copy.deepcopy(graph)
     pairs = conv_pairs(g0)
     if not pairs:
-        raise ConfigError(f"{graph.name}: no Conv -> ReLU -> Conv chain to prune")
+        raise ConfigError("no Conv -> ReLU -> Conv chain to prune (channels are pruned between two dense convs "
+                          "with a ReLU or nothing between them; PReLU, LeakyReLU and others are not pruned)")
     macs0 = conv_macs(g0)
     total0 = float(sum(macs0.values()))
     widths = {a.name: g0.tensors[a.inputs[1]].data.shape[0] for a, _ in pairs}

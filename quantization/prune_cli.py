@@ -54,8 +54,11 @@ def main(args) -> int:
     g, card = load_model(src, card_options(args))
     calib = calibration_for(card, args.calib, CalibConfig(crop=args.calib_crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
-    res = prune_graph(g, calib, args.target_macs, criterion=args.criterion, reconstruct=not args.no_reconstruct,
-                      multiple=args.multiple, progress=say)
+    try:
+        res = prune_graph(g, calib, args.target_macs, criterion=args.criterion, reconstruct=not args.no_reconstruct,
+                          multiple=args.multiple, progress=say)
+    except ConfigError as e:
+        raise ConfigError(f"{src}: {e}") from None
     tmp = temp_beside(out)
     try:
         write_pruned_onnx(src, res.graph, tmp, card_extra={"pruned": {

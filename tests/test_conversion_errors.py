@@ -152,3 +152,12 @@ def test_a_fixed_batch_or_a_half_precision_input_is_named_as_such():
     with pytest.raises(ModelFormatError, match="input 'x' is float16, not float32"):
         from_onnx(half)
     assert from_onnx(make_model(relu, {}, ["N", 3, "H", "W"])).inputs  # a dynamic batch is fine
+
+
+def test_convert_names_a_model_that_is_not_onnx(tmp_path):
+    from conversion.cli import convert
+
+    src = tmp_path / "m.tflite"
+    src.write_bytes(b"TFL3")
+    with pytest.raises(ConfigError, match=r"m.tflite: convert takes an ONNX model \(got .tflite\)"):
+        convert(src, "tflite", output=tmp_path / "o.tflite")

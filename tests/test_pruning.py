@@ -137,3 +137,23 @@ def test_magnitude_sparsity_report_and_sparsify(model):
         if nd.op == "Conv":
             w = s.tensors[nd.inputs[1]].data
             assert np.mean(w == 0) >= 0.5
+
+
+def test_a_net_with_nothing_to_prune_is_named_with_the_reason(tmp_path, capsys):
+    """A PReLU between the convs: the message named the ONNX graph ('main_graph'), not the file, nor why."""
+    import onnx
+    from onnx import helper as oh, numpy_helper as nh
+
+    from edge_enhance.cli import main
+
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.normal(0, 0.1, (8, 3, 3, 3)), "w2": rng.normal(0, 0.1, (3, 8, 3, 3)), "a": np.full((8, 1, 1), 0.2)}
+    g = oh.make_graph([oh.make_node("Conv", ["x", "w1"], ["c"], pads=[1] * 4), oh.make_node("PRelu", ["c", "a"], ["p"]),
+                       oh.make_node("Conv", ["p", "w2"], ["y"], pads=[1] * 4)], "main_graph",
+                      [oh.make_tensor_value_info("x", 1, [1, 3, "H", "W"])], [oh.make_tensor_value_info("y", 1, [1, 3, "H", "W"])],
+                      [nh.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    src = tmp_path / "p.onnx"
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)]), str(src))
+    assert main(["prune", str(src), "--target-macs", "0.7", "--card-task", "denoise", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}: no Conv -> ReLU -> Conv chain to prune" in err and "PReLU" in err
