@@ -393,8 +393,6 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
 
 def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None:
     """A memory-mapped output beside dst when the result would not fit comfortably in RAM."""
-    if photo.alpha is not None:
-        return None  # the alpha path rewrites the colour buffer anyway
     h, w, _ = photo.rgb.shape
     nbytes = h * s * w * s * 3 * photo.rgb.itemsize
     ram = _available_ram()

@@ -138,13 +138,14 @@ def test_fixed_shape_model_runs_with_its_tile(tmp_path):
     assert enh.last_run.tile == (24, 24)
 
 
-def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("channels", [3, 4])
+def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, monkeypatch, channels):
     from PIL import Image
 
     from edge_enhance import enhancer as enh_mod
 
     src = tmp_path / "in.png"
-    img = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    img = np.random.default_rng(4).integers(0, 256, (30, 40, channels), dtype=np.uint8)  # RGBA too: in place now
     Image.fromarray(img).save(src)
     used = []
     real = enh_mod._output_buffer

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from ..errors import EdgeEnhanceError
+from ..imageio import load_image
 from .errors import ConfigError, SourceError
 from .detect import has_picamera2, import_cv2, import_picamera2, platform_info
 
@@ -201,9 +203,6 @@ class FolderSource(Source):
             return None
         path = self.files[self._i]
         self._i += 1
-        from ..errors import EdgeEnhanceError
-        from ..imageio import load_image
-
         try:  # as `enhance` reads photos: EXIF orientation applied, 16 bits scaled (not clipped) to 8
             rgb = load_image(path).rgb
         except EdgeEnhanceError as e:
