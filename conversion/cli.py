@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_enhance.argtypes import number
-
 from edge_enhance.atomic import unwritable
 from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned

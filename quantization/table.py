@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from .calibration import METHODS, calibration_for, default_train_dir
 from edge_enhance.evaluation import bar_plan
 
+from .calibration import METHODS, calibration_for, default_train_dir
 from .report import load_model
 
 
