@@ -142,7 +142,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
     if to == "coreml" and out.suffix != ".mlpackage":
         raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")
-    from edge_enhance.cli import IMAGE_SUFFIXES
+    from edge_enhance.imageio import IMAGE_SUFFIXES
 
     other = {".onnx": "onnx", ".tflite": "tflite", ".mlmodel": "coreml",
              **{e: "an image" for e in IMAGE_SUFFIXES}}.get(out.suffix.lower(), to)

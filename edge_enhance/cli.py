@@ -28,7 +28,6 @@ log = logging.getLogger("edge_enhance")
 
 COMMANDS = ("enhance", "info", "models", "eval", "convert", "quantize", "prune", "preview", "bench")
 TOP_LEVEL_OPTION = re.compile(r"-h|--help|--version|--verbose|-v+")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
 
 NAMING_RULE = """\
 Output names: with one input file, -o names the output file (or an existing folder to write into).
@@ -225,7 +224,7 @@ def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
     folder gives its photos: videos take minutes each; named one by one, they run) and the patterns that
     matched nothing. ``out``: the output folder, whose files are never inputs (a resumed run into a
     folder inside the input tree would enhance its own outputs again)."""
-    from .imageio import VIDEO_SUFFIXES
+    from .imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
     found: list[tuple[Path, Path | None]] = []
     videos: list[Path] = []
@@ -332,7 +331,7 @@ def cmd_enhance(args) -> int:
             raise ConfigError(f"-o {named}: the name says {imageio.format_for(named)}, --format says {wanted}; "
                               "give one or make them agree")
     out = Path(args.output) if args.output and not single else None
-    if out and not out.is_dir() and (out.exists() or out.suffix.lower() in IMAGE_SUFFIXES):
+    if out and not out.is_dir() and (out.exists() or out.suffix.lower() in imageio.IMAGE_SUFFIXES):
         what = "an existing file" if out.exists() else "an image file name"
         raise ConfigError(f"-o {out}: a folder or several inputs need an output folder, and this is {what}")
     enhancer, name = _build_processor(args, tiling)

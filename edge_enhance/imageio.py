@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 200_000_000  # input pixels; a 200 MP photo is plausible, a bomb is not
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
 _ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
 _NO_ALPHA = {"JPEG", "BMP", "PPM"}
 # What Pillow's decoders raise on damaged files besides OSError (found by fuzzing: TIFF 'Missing

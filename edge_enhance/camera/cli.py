@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
         sinks = build_sinks(specs or ["auto"], token=args.token or os.environ.get("EDGE_ENHANCE_TOKEN") or None,
                             fps=lambda: getattr(source, "fps", None) or getattr(source, "native_fps", None),
                             overlay=not args.no_overlay, on_web_ready=_print_web,
-                            timed=lambda: source.live or (source.fps or 0) > 0)
+                            timed=lambda: source.paced)
         _refuse_overwriting(source, sinks)
         from edge_enhance.cli import cli_card
 

@@ -395,7 +395,7 @@ class Preview:
         src, seq = self.source, 0
         # A file, folder or synthetic source read unpaced (@0) hands over every frame, waiting for the
         # loop to take each (dropping them, it spun as fast as the disk allowed and took the CPU inference needed).
-        hold = None if src.live or (src.fps or 0) > 0 else self._stop
+        hold = None if src.paced else self._stop
         try:
             while not self._stop.is_set():
                 try:

@@ -51,6 +51,12 @@ class Source:
     live = False
     fps: float | None = None
 
+    @property
+    def paced(self) -> bool:
+        """Frames come at a rate (a camera's, or @FPS): else (a file, folder or synthetic source at @0) as
+        fast as read, which the loop takes one by one and a recording writes once each."""
+        return self.live or (self.fps or 0) > 0
+
     def start(self):
         pass
 
