@@ -60,12 +60,25 @@ class RunInfo:
     passes: int = 1  # model runs per tile: 8 (or 4 on a non-square fixed-shape model) with tta
 
 
+class _Closed:
+    """Stands in for a closed Enhancer's engine: any use names the model and says what happened."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __getattr__(self, name):
+        raise ConfigError(f"{self.path}: this Enhancer was closed; make a new one to run the model again")
+
+
 class Enhancer:
     """Apply a model to photos.
 
-    >>> enh = Enhancer("sr-x2")                       # doctest: +SKIP
-    >>> enh.enhance(np.zeros((10, 12, 3), np.uint8)).shape  # doctest: +SKIP
+    >>> with Enhancer("sr-x2") as enh:                      # doctest: +SKIP
+    ...     enh.enhance(np.zeros((10, 12, 3), np.uint8)).shape
     (20, 24, 3)
+
+    ``close()`` (or leaving the ``with`` block) frees the engine and its memory at once; otherwise
+    that happens when the Enhancer is garbage-collected.
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, engine: str | None = None, threads: int | None = None,
@@ -105,6 +118,17 @@ class Enhancer:
         # cannot be resized while another thread reads its tensors). One Enhancer per thread runs in parallel.
         self._lock = threading.Lock()
         self._said_8bit = False
+
+    def close(self) -> None:
+        """Free the engine now. Later calls raise ConfigError; closing twice is harmless."""
+        with self._lock:  # a run in another thread finishes first
+            self.backend = _Closed(self.path)
+
+    def __enter__(self) -> "Enhancer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def strength(self) -> float:

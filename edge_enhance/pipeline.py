@@ -220,6 +220,18 @@ class Pipeline:
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing
 
+    def close(self) -> None:
+        """Free every loaded model's engine now; a later file loads them again."""
+        for enh in self._loaded.values():
+            getattr(enh, "close", lambda: None)()
+        self._loaded.clear()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def stage(self, name: str):
         if name not in self._loaded:
             self._loaded[name] = self._make(name)

@@ -476,3 +476,33 @@ def test_a_tiles_output_takes_one_float_copy_beside_the_engines(tmp_path):
     want = enh.enhance(img)
     got, peak = _traced(enh.enhance, img)
     assert np.array_equal(got, want) and peak < 2 * got.size * 4, peak / (got.size * 4)
+
+
+def test_close_frees_the_engine_and_later_use_says_so(models):
+    import gc
+    import weakref
+
+    with Enhancer(models[2]) as enh:
+        assert enh.enhance(np.zeros((6, 7, 3), np.uint8)).shape == (12, 14, 3)
+        engine = weakref.ref(enh.backend)
+    gc.collect()
+    assert engine() is None  # nothing holds the engine (and its memory) any more
+    with pytest.raises(ConfigError, match=r"m2\.onnx: this Enhancer was closed"):
+        enh.enhance(np.zeros((6, 7, 3), np.uint8))
+    enh.close()  # twice is harmless
+
+
+def test_pipeline_close_frees_every_stage(models):
+    from edge_enhance.pipeline import Pipeline
+
+    made = []
+
+    def make(name):
+        made.append(Enhancer(models[2]))
+        return made[-1]
+
+    with Pipeline("upscale", 2, make_enhancer=make) as pipe:
+        assert len(pipe._loaded) == 1
+    with pytest.raises(ConfigError, match="closed"):
+        made[0].enhance(np.zeros((4, 4, 3), np.uint8))
+    assert pipe._loaded == {}
