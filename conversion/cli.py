@@ -20,7 +20,7 @@ from edge_enhance.atomic import unwritable
 from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
-from .errors import ConfigError, EdgeEnhanceError, VerificationError
+from .errors import ConfigError, EdgeEnhanceError, UnsupportedOpError, VerificationError
 from .footprint import add_card_arguments, attach_card, card_options
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,13 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     t0 = time.perf_counter()
     import onnx
 
-    graph = from_onnx(src)
+    try:
+        graph = from_onnx(src)
+    except UnsupportedOpError as e:  # sizes computed from the input's shape: a fixed input folds them
+        if not (getattr(e, "shape_computed", False) and tile and to != "onnx" and len(enumerated_shapes) <= 1):
+            raise
+        graph = from_onnx(src, input_hw=tile)
+        log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
     source_model = onnx.load(str(src))
     if card:
         attach_card(graph, src, **card)

@@ -726,8 +726,9 @@ def _dims(vi):
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
 
 
-def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
-    """Import an ONNX model. ``input_shape`` (N, C, H, W) fixes symbolic input dims first.
+def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
+    """Import an ONNX model. ``input_hw`` (H, W) fixes the input's spatial size (and a symbolic batch
+    to 1) first, so sizes the graph computes from its input's shape fold into constants.
 
     >>> import onnx, onnx.helper as h
     >>> m = h.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g",
@@ -746,15 +747,19 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     real_inputs = [i for i in model.graph.input if i.name not in init_names]
     if len(real_inputs) != 1 or len(model.graph.output) != 1:
         # What the runtime runs (one image in, one out); refused here, not after a file is written.
+        fix = []
+        if len(real_inputs) > 1:
+            fix.append("export with the image as the only input (a noise level, strength or mask input "
+                       "becomes a constant or a buffer of the module)")
+        if len(model.graph.output) > 1:
+            fix.append("export the image output alone")
         raise ModelFormatError(
             f"{src}: {len(real_inputs)} input(s) ({', '.join(i.name for i in real_inputs)}) and "
             f"{len(model.graph.output)} output(s) ({', '.join(o.name for o in model.graph.output)}); edge-enhance runs "
-            "models of one image input and one image output: export the image output alone")
-    if input_shape is not None:
+            f"models of one image input and one image output: {'; '.join(fix) or 'export one image in and out'}")
+    if input_hw is not None:
         for vi in real_inputs:
-            for d, v in zip(vi.type.tensor_type.shape.dim, input_shape):
-                d.Clear()
-                d.dim_value = int(v)
+            _fix_spatial(vi.type.tensor_type.shape.dim, input_hw)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -785,21 +790,32 @@ def from_onnx(path_or_model, *, input_shape: tuple | None = None) -> "Graph":
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
 
-    unsupported = []
-    for n in nodes:
+    unsupported = {}  # node index -> what is wrong
+    for k, n in enumerate(nodes):
         if n.domain not in ("", "ai.onnx"):
-            unsupported.append(f"{n.name} ({n.domain}::{n.op})")
+            unsupported[k] = f"{n.name} ({n.domain}::{n.op})"
             continue
         low = LOWERINGS.get(n.op)
         if low is None:
             why = _WHY_NOT.get(n.op)
-            unsupported.append(f"{n.name} ({n.op}: {why})" if why else f"{n.name} ({n.op})")
+            unsupported[k] = f"{n.name} ({n.op}: {why})" if why else f"{n.name} ({n.op})"
             continue
         why = low.check(n, Ctx(consts, shapes, Graph()))
         if why:
-            unsupported.append(f"{n.name} ({n.op}: {why})")
+            unsupported[k] = f"{n.name} ({n.op}: {why})"
     if unsupported:
-        raise UnsupportedOpError(f"{src}: {len(unsupported)} unsupported node(s): " + "; ".join(unsupported))
+        computed = _shape_computations(nodes, shapes)
+        sized = [nodes[k].name for k in unsupported if k in computed]
+        rest = [v for k, v in unsupported.items() if k not in computed]
+        msg = f"{src}: {len(unsupported)} unsupported node(s)" + (": " + "; ".join(rest) if rest else "")
+        if sized:  # one cause, not a dozen unrelated-looking nodes
+            msg += (f"; and {len(sized)} that" if rest else " that") + (
+                f" compute sizes from the input's shape at run time ({', '.join(sized)}), as F.interpolate(size=...) "
+                "or a reshape by x.shape exports: use scale_factor= / constant shapes, or fix the input size "
+                "(convert --tile HxW) so they fold into constants")
+        err = UnsupportedOpError(msg)
+        err.shape_computed = bool(sized)
+        raise err
 
     g = Graph(name=gp.name or "graph")
     g.metadata = {p.key: p.value for p in model.metadata_props}
@@ -945,6 +961,28 @@ def _fold_constants(nodes, consts, shapes, outputs, opset: int):
         keep.append(n)
     used = {i for n in keep for i in n.inputs} | set(outputs)
     return [n for n in keep if n.op != "Shape" or n.outputs[0] in used]  # a Shape whose dims were all folded away
+
+
+def _fix_spatial(dims, hw) -> None:
+    """Set H and W of a 4-D input's dims (NCHW, or NHWC when only the last axis looks like channels)."""
+    if len(dims) != 4:
+        return
+    static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    axes = (1, 2) if static[3] in (1, 3) and static[1] not in (1, 3) else (2, 3)
+    for a, v in [(0, 1)] * (static[0] is None) + list(zip(axes, hw)):
+        dims[a].Clear()
+        dims[a].dim_value = int(v)
+
+
+def _shape_computations(nodes, shapes) -> set:
+    """Indices of the nodes that compute sizes from a tensor's shape at run time (Shape and what its
+    outputs feed, up to and including the node that applies the size to an image)."""
+    derived, found = set(), set()
+    for k, n in enumerate(nodes):
+        if n.op == "Shape" or derived & set(n.inputs):
+            found.add(k)
+            derived |= {o for o in n.outputs if n.op == "Shape" or len(shapes.get(o, ())) <= 1}
+    return found
 
 
 def _single_consumer(nodes, name, outputs):

@@ -161,3 +161,54 @@ def test_convert_names_a_model_that_is_not_onnx(tmp_path):
     src.write_bytes(b"TFL3")
     with pytest.raises(ConfigError, match=r"m.tflite: convert takes an ONNX model \(got .tflite\)"):
         convert(src, "tflite", output=tmp_path / "o.tflite")
+
+
+def test_a_second_input_and_a_second_output_get_their_own_advice():
+    two_in = make_model([h.make_node("Add", ["x", "sigma"], ["y"])], {}, [1, 3, "h", "w"], inputs=("x", "sigma"))
+    with pytest.raises(ModelFormatError, match=r"2 input\(s\) \(x, sigma\).*image as the only input") as e:
+        from_onnx(two_in)
+    assert "output alone" not in str(e.value)
+    two_out = make_model([h.make_node("Relu", ["x"], ["y"]), h.make_node("Neg", ["x"], ["z"])], {}, [1, 3, "h", "w"])
+    two_out.graph.output.append(h.make_tensor_value_info("z", 1, [None] * 4))
+    with pytest.raises(ModelFormatError, match="export the image output alone") as e:
+        from_onnx(two_out)
+    assert "only input" not in str(e.value)
+
+
+def _resize_to_twice_the_input_shape():
+    """What F.interpolate(x, size=(2 * h, 2 * w)) exports: the size is computed from Shape(x)."""
+    return make_model([
+        h.make_node("Shape", ["x"], ["s"], name="shape"),
+        h.make_node("Slice", ["s", "b", "e"], ["hw"], name="take_hw"),
+        h.make_node("Mul", ["hw", "two"], ["hw2"], name="double"),
+        h.make_node("Concat", ["nc", "hw2"], ["size"], axis=0, name="join"),
+        h.make_node("Resize", ["x", "", "", "size"], ["r"], mode="nearest", name="resize"),
+        h.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+    ], {"b": np.array([2]), "e": np.array([4]), "two": np.array([2]), "nc": np.array([1, 3]),
+        "w": rand(np.random.default_rng(0), 3, 3, 3, 3)}, [1, 3, "h", "w"])
+
+
+def test_sizes_computed_from_the_input_shape_are_named_as_one_cause(tmp_path):
+    m = _resize_to_twice_the_input_shape()
+    with pytest.raises(UnsupportedOpError) as e:
+        from_onnx(m)
+    msg = str(e.value)
+    assert "compute sizes from the input's shape" in msg and "F.interpolate(size=...)" in msg and "--tile" in msg
+    assert "spatial slice" not in msg and "rank-1 Concat" not in msg
+    named = msg.split("at run time (", 1)[1].split(")", 1)[0].split(", ")
+    assert named == ["shape", "take_hw", "join", "resize"]  # the conv is fine, the Mul converts
+
+
+def test_a_fixed_tile_folds_sizes_computed_from_the_input_shape(tmp_path):
+    from conversion.cli import convert
+    from tests.conversion_testkit import run_ort, run_tflite
+
+    m = _resize_to_twice_the_input_shape()
+    src = tmp_path / "interp.onnx"
+    src.write_bytes(m.SerializeToString())
+    res = convert(src, "tflite", output=tmp_path / "interp.tflite", tile=(12, 10), verify=False)
+    x = rand(np.random.default_rng(1), 1, 3, 12, 10, lo=0.0)
+    assert np.allclose(run_tflite(res.output, x.transpose(0, 2, 3, 1)), run_ort(m, x), atol=1e-5)
+    with pytest.raises(UnsupportedOpError, match="compute sizes"):  # without a fixed size: the advice
+        convert(src, "tflite", output=tmp_path / "dyn.tflite", verify=False)
+    assert not (tmp_path / "dyn.tflite").exists()
