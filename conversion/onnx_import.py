@@ -787,6 +787,7 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
     nodes = _remove_identities(nodes, outputs)
     nodes = _strip_layout_transposes(nodes, [vi.name for vi in real_inputs], outputs, shapes)
     nodes = _fold_constants(nodes, consts, shapes, outputs, opset)
+    nodes = _match_unsqueezed_pixel_shuffle(nodes, consts, outputs)  # first: its middle looks like the other
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
 
@@ -1015,6 +1016,42 @@ def _match_pixel_shuffle(nodes, consts, outputs):
         for m in (r1, tr, r2):
             out.remove(m)
         out.insert(i, d2s)
+    return out
+
+
+def _axes(n, consts):
+    """A Squeeze / Unsqueeze's axes: the attribute (opset < 13) or the constant second input."""
+    if "axes" in n.attrs:
+        return [int(a) for a in n.attrs["axes"]]
+    return [int(a) for a in consts[n.inputs[1]]] if _opt(n, 1) and n.inputs[1] in consts else None
+
+
+def _match_unsqueezed_pixel_shuffle(nodes, consts, outputs):
+    """PyTorch's pixel_shuffle at opset 9 / 10 with a dynamic H, W -> DepthToSpace (CRD):
+    Unsqueeze(2, 3) -> Reshape(0, -1, r, r, 0, 0) -> Transpose(0, 1, 4, 2, 5, 3)
+    -> Reshape(0, 0, -1, 1, 0, 0) -> Reshape(0, 0, 0, 0, -1, 1) -> Squeeze(3, 5)."""
+    out = list(nodes)
+    for u in list(nodes):
+        if u.op != "Unsqueeze" or u not in out or _axes(u, consts) != [2, 3]:
+            continue
+        chain, n = [u], u
+        for op in ("Reshape", "Transpose", "Reshape", "Reshape", "Squeeze"):
+            n = _single_consumer(out, n.outputs[0], outputs)
+            if n is None or n.op != op or (op == "Reshape" and n.inputs[1] not in consts):
+                break
+            chain.append(n)
+        if len(chain) != 6:
+            continue
+        _, r1, tr, r2, r3, sq = chain
+        shapes = [[int(v) for v in consts[r.inputs[1]]] for r in (r1, r2, r3)]
+        r = shapes[0][2] if len(shapes[0]) == 6 else 0
+        if (r < 1 or shapes != [[0, -1, r, r, 0, 0], [0, 0, -1, 1, 0, 0], [0, 0, 0, 0, -1, 1]]
+                or list(tr.attrs.get("perm", [])) != [0, 1, 4, 2, 5, 3] or _axes(sq, consts) != [3, 5]):
+            continue
+        i = out.index(u)
+        for m in chain:
+            out.remove(m)
+        out.insert(i, ONode("DepthToSpace", sq.name, [u.inputs[0]], list(sq.outputs), {"blocksize": r, "mode": "CRD"}))
     return out
 
 

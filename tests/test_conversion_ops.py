@@ -426,6 +426,26 @@ def test_old_pytorch_pixel_shuffle_export_folds_to_depth_to_space(tmp_path, opse
     convert_and_compare(tmp_path, m, rand(rng, 1, 1, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
 
 
+@pytest.mark.parametrize("opset,r", [(9, 2), (10, 3)])
+def test_pytorch_pixel_shuffle_at_opset_9_10_with_a_dynamic_size_becomes_depth_to_space(tmp_path, opset, r):
+    """torch.onnx.export(nn.PixelShuffle(r), opset_version=9 or 10, dynamic H / W) writes it through a
+    6-D detour whose shapes need no Shape(): Unsqueeze(2, 3) -> Reshape(0, -1, r, r, 0, 0) -> Transpose
+    -> Reshape(0, 0, -1, 1, 0, 0) -> Reshape(0, 0, 0, 0, -1, 1) -> Squeeze(3, 5)."""
+    rng = rng_for("ps6", opset, r)
+    m = make_model([
+        h.make_node("Conv", ["x", "w", "b"], ["cv"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Unsqueeze", ["cv"], ["u"], axes=[2, 3], name="unsqueeze"),
+        h.make_node("Reshape", ["u", "s1"], ["r1"], name="reshape1"),
+        h.make_node("Transpose", ["r1"], ["t"], perm=[0, 1, 4, 2, 5, 3], name="transpose"),
+        h.make_node("Reshape", ["t", "s2"], ["r2"], name="reshape2"),
+        h.make_node("Reshape", ["r2", "s3"], ["r3"], name="reshape3"),
+        h.make_node("Squeeze", ["r3"], ["y"], axes=[3, 5], name="squeeze"),
+    ], {"w": rand(rng, 3 * r * r, 3, 3, 3), "b": rand(rng, 3 * r * r), "s1": np.array([0, -1, r, r, 0, 0]),
+        "s2": np.array([0, 0, -1, 1, 0, 0]), "s3": np.array([0, 0, 0, 0, -1, 1])}, [1, 3, "h", "w"], opset=opset)
+    for hh, ww in [(5, 7), (4, 9)]:  # one dynamic-size file, run at two sizes
+        convert_and_compare(tmp_path, m, rand(rng, 1, 3, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
+
+
 def test_constant_folding_of_initializer_subgraphs(tmp_path):
     """Weights computed from initializers (weight-norm style) and shapes from Shape() on a static input."""
     rng = rng_for("fold")
