@@ -21,7 +21,7 @@ from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, EdgeEnhanceError, UnsupportedOpError, VerificationError
-from .footprint import add_card_arguments, attach_card, card_options
+from .footprint import add_card_arguments, attach_card, card_options, check_card
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
@@ -163,6 +163,8 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     if card:
         attach_card(graph, src, **card)
         source_model.metadata_props.add(key=CARD_KEY, value=graph.metadata[CARD_KEY])  # for the task PSNR
+    else:
+        check_card(graph, src)
     check_aligned(enumerated_shapes, graph.align, f"{src}: --enumerated-shapes")
     check_aligned([tile] if tile else [], graph.align, f"{src}: --tile")
     if CARD_KEY in graph.metadata:  # a fixed input the runtime cannot tile with (it has no room for a core)

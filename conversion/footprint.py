@@ -65,9 +65,7 @@ def footprint(g) -> Footprint:
             r = a["block_size"]
             lo, hi, j = lo - j * (r - 1) / (2 * r), hi + j * (r - 1) / (2 * r), j / r
         elif n.op == "Resize":
-            if a["align_corners"]:  # sample k of n lands at k (n_in - 1) / (n_out - 1): it moves with the size
-                raise ConfigError(f"{n.name}: a Resize with align_corners samples by the whole image's size, so no "
-                                  "tile matches the whole image: re-export with align_corners=False (PyTorch's default)")
+            _check_tileable(n)
             ins, outs = g.tensors[n.inputs[0]].shape[1:3], g.tensors[n.outputs[0]].shape[1:3]
             sh, sw = a["scales"] or (outs[0] / ins[0], outs[1] / ins[1])
             if abs(sh - sw) > 1e-9:
@@ -88,6 +86,39 @@ def footprint(g) -> Footprint:
         raise ConfigError(f"the output is 1/{j:g} of the input's size, not an integer scale")
     margin = max(math.floor(0.5 - 0.5 * j - lo + 1e-9), math.floor(0.5 - 0.5 * j + hi + 1e-9), 0)
     return Footprint(2 * margin + 1, int(round(1 / j)), int(round(align)), _colour(g))
+
+
+def _check_tileable(n) -> None:
+    if n.op == "Resize" and n.attrs["align_corners"]:  # sample k of n lands at k (n_in - 1) / (n_out - 1)
+        raise ConfigError(f"{n.name}: a Resize with align_corners samples by the whole image's size, so no "
+                          "tile matches the whole image: re-export with align_corners=False (PyTorch's default)")
+
+
+def check_card(g, src) -> None:
+    """A model's own card against its graph: refuse a graph no tile can match (the runtime tiles by the
+    card); a scale the graph contradicts; warn when the card's receptive field is below the graph's."""
+    if CARD_KEY not in g.metadata:
+        return
+    card = ModelCard.from_json(g.metadata[CARD_KEY], str(src))
+    try:
+        for n in g.nodes:
+            _check_tileable(n)
+    except ConfigError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    try:
+        fp = footprint(g)
+    except ConfigError as e:  # a graph the footprint cannot follow: the card is all there is
+        log.debug("%s: the card's receptive field is not checked: %s", src, e)
+        return
+    if fp.scale != card.scale:
+        raise ConfigError(f"{src}: the card says scale {card.scale}, but the graph's output is {fp.scale}x its input")
+    if card.receptive_field < fp.receptive_field:
+        log.warning("%s: the card's receptive field %d is below the graph's %d%s: tiled results may show seams; "
+                    "fix the card (its receptive_field) or the graph", src, card.receptive_field, fp.receptive_field,
+                    " (a bound: the graph resizes)" if any(n.op == "Resize" for n in g.nodes) else "")
+    if card.align % fp.align:
+        log.warning("%s: the card's align %d is not a multiple of the graph's %d (its strides): tiles placed off that "
+                    "grid will not match the whole image", src, card.align, fp.align)
 
 
 def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):

@@ -17,7 +17,7 @@ from .errors import ConfigError, ModelFormatError
 def load_model(path, card: dict | None = None):
     """(IR graph, card) of an ONNX model with an edge-enhance card, or without one and ``card``, the
     --card-* options (``conversion.footprint.attach_card`` keywords: task, and scale etc. read off the graph)."""
-    from conversion.footprint import attach_card
+    from conversion.footprint import attach_card, check_card
     from conversion.onnx_import import from_onnx
 
     p = Path(path)
@@ -28,6 +28,8 @@ def load_model(path, card: dict | None = None):
     g = from_onnx(p)
     if card:
         attach_card(g, p, **card)
+    else:
+        check_card(g, p)
     if CARD_KEY not in g.metadata:
         raise ModelFormatError(f"{p}: the model has no edge-enhance card ({CARD_KEY}); it is needed for the "
                                "task and scale of calibration and evaluation: pass --card-task "

@@ -12,7 +12,7 @@ from tests.conversion_testkit import h, make_model, rand
 from tests.onnx_models import half_res_denoise, residual_sr
 
 from conversion.errors import ConfigError
-from conversion.footprint import attach_card, footprint
+from conversion.footprint import attach_card, check_card, footprint
 from conversion.onnx_import import from_onnx
 from edge_enhance import Enhancer
 from edge_enhance.card import CARD_KEY, ModelCard
@@ -141,6 +141,39 @@ def test_an_align_corners_resize_is_refused_as_untileable(tmp_path):
                    {"sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, "H", "W"])
     with pytest.raises(ConfigError, match="up: a Resize with align_corners samples by the whole image's size"):
         attach_card(from_onnx(m), "m.onnx", "sr")
+
+
+def test_a_model_carrying_its_own_card_is_checked_against_its_graph(tmp_path, caplog):
+    """convert / quantize / prune trust a card for its task, but not for what the graph contradicts."""
+    from conversion.cli import convert
+
+    card = {"name": "m", "task": "sr", "scale": 2, "receptive_field": 9, "base": "nearest"}
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["r"], mode="linear", name="up",
+                                coordinate_transformation_mode="align_corners"),
+                    h.make_node("Relu", ["r"], ["y"])],
+                   {"sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, "H", "W"], metadata={CARD_KEY: json.dumps(card)})
+    (tmp_path / "ac.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ConfigError, match=r"ac\.onnx: up: a Resize with align_corners"):
+        convert(tmp_path / "ac.onnx", "tflite", output=tmp_path / "ac.tflite", verify=False)
+    assert not (tmp_path / "ac.tflite").exists()
+    from quantization.report import load_model  # quantize and prune load through it
+
+    with pytest.raises(ConfigError, match="align_corners"):
+        load_model(tmp_path / "ac.onnx")
+
+    residual_sr(tmp_path / "liar.onnx", scale=2, layers=3, card={**card, "scale": 3})
+    with pytest.raises(ConfigError, match=r"liar\.onnx: the card says scale 3, but the graph's output is 2x"):
+        check_card(from_onnx(str(tmp_path / "liar.onnx")), tmp_path / "liar.onnx")
+
+    residual_sr(tmp_path / "narrow.onnx", scale=2, layers=3, card={**card, "receptive_field": 5})
+    with caplog.at_level("WARNING"):
+        convert(tmp_path / "narrow.onnx", "tflite", output=tmp_path / "narrow.tflite", verify=False)
+    assert "receptive field 5 is below the graph's 9" in caplog.text and "(a bound" not in caplog.text
+    assert (tmp_path / "narrow.tflite").exists()  # a warning: the file is still the graph it was given
+    caplog.clear()
+    residual_sr(tmp_path / "fair.onnx", scale=2, layers=3)
+    check_card(from_onnx(str(tmp_path / "fair.onnx")), "fair.onnx")
+    assert caplog.text == ""
 
 
 def test_attach_card_refuses_a_carded_model_a_missing_task_and_a_wrong_scale(tmp_path):
