@@ -34,7 +34,7 @@ Output names: with one input file, -o names the output file (or an existing fold
 Otherwise -o is a folder (created if needed) and inputs keep their names there, folders mirrored
 (a/b/x.jpg -> OUT/b/x.jpg for input folder a). Without -o, the output goes beside the input as
 STEM.MODEL.EXT (photo.jpg -> photo.sr-x2.jpg). --format changes only the extension (photo.png), never
-appends one (no photo.jpg.png). An input is never overwritten unless --overwrite is given."""
+appends one (no photo.jpg.png); a JPEG named .heic comes out as .jpg. An input is never overwritten unless --overwrite is given."""
 
 
 class Progress:
@@ -252,14 +252,18 @@ def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
                  model_name: str, single: bool) -> list[Job]:
     """``single``: one input file was named, so -o names the output file."""
-    from .imageio import VIDEO_SUFFIXES
+    from .imageio import VIDEO_SUFFIXES, content_suffix
 
     def ext_for(p: Path) -> str:
         if p.suffix.lower() in VIDEO_SUFFIXES:  # a container OpenCV cannot write (.webm) becomes .mkv
             from .camera.sinks import FOURCC
 
             return p.suffix if p.suffix.lower() in FOURCC else ".mkv"
-        return "." + fmt.lower().replace("jpeg", "jpg") if fmt else p.suffix
+        if fmt:
+            return "." + fmt.lower().replace("jpeg", "jpg")
+        if p.suffix.lower() in (".heic", ".heif"):  # often a JPEG under that name; Pillow writes no HEIC
+            return content_suffix(p) or p.suffix
+        return p.suffix
 
     jobs: list[Job] = []
     if out is None:  # outputs go beside the inputs: a run over a folder must not take in its own earlier outputs

@@ -318,6 +318,20 @@ def _to_photo(im: Image.Image, path: Path) -> Photo:
     return Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy() if mode == "RGBA" else None)
 
 
+def content_suffix(path: Path) -> str | None:
+    """The suffix of what a file really holds when its name says otherwise (a JPEG saved as .heic by a
+    phone or a sharing app: Pillow cannot write HEIC, so its derived output name says .jpg)."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+    except Exception:  # unreadable: the load reports it, with the cause
+        return None
+    exts = [e for e, f in Image.registered_extensions().items() if f == fmt]
+    if not fmt or path.suffix.lower() in exts:
+        return None
+    return {"JPEG": ".jpg", "TIFF": ".tif"}.get(fmt, exts[0] if exts else None)
+
+
 def format_for(path: Path, fmt: str | None = None) -> str:
     if fmt:
         fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt.upper(), fmt.upper())

@@ -198,11 +198,14 @@ def test_recursive_runs_follow_symlinked_folders_once(tmp_path, model, capsys):
     assert kit.files_under(tmp_path / "out") == ["00.png", "linked/00.png"]
 
 
-def test_a_jpeg_named_heic_says_what_it_is_and_how_to_write_it(tmp_path, model, capsys):
+def test_a_jpeg_named_heic_comes_out_as_jpg_or_says_how_to(tmp_path, model, capsys):
     d = _folder(tmp_path / "in", 1)
     fake = d / "fake.heic"
     Image.open(d / "00.png").convert("RGB").save(fake, format="JPEG")
-    assert main(["enhance", str(fake), "--model", str(model)]) == 1
-    assert "cannot tell the output format from '.heic' (the input is a JPEG file: add --format jpg)" in capsys.readouterr().err
-    assert main(["enhance", str(fake), "--model", str(model), "--format", "jpg", "-q"]) == 0
+    assert main(["enhance", str(d), "--model", str(model), "-o", str(tmp_path / "o"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["00.png", "fake.jpg"]  # derived names take
+    assert main(["enhance", str(fake), "--model", str(model), "-q"]) == 0  # what the file holds
     assert Image.open(d / f"fake.{model.stem}.jpg").format == "JPEG"
+    capsys.readouterr()
+    assert main(["enhance", str(fake), "--model", str(model), "-o", str(d / "named.heic")]) == 1  # a name given
+    assert "cannot tell the output format from '.heic' (the input is a JPEG file: add --format jpg)" in capsys.readouterr().err
