@@ -481,9 +481,15 @@ def test_enhance_video_unwritable(tmp_path, dst, words):
 def test_enhance_video_undecodable_input(tmp_path):
     from edge_enhance.camera.video import enhance_video
     bad = tmp_path / "bad.mp4"
-    bad.write_bytes(b"\x00" * 100)
+    bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 100)
     with pytest.raises(SourceError, match="bad.mp4"):
         enhance_video(bad, tmp_path / "o.mp4", RepeatEnhancer())
+    # FFmpeg reads its log level once a process: the CLI in a fresh one says our one error, without
+    # FFmpeg's "[mov,mp4,... @ 0x55d...] moov atom not found" before it.
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    r = subprocess.run([sys.executable, "-m", "edge_enhance", str(bad), "-o", str(tmp_path / "o.mp4")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "cannot decode video" in r.stderr and "moov" not in r.stderr, r.stderr
 
 
 def test_temporal_smoothing_still_vs_moving():

@@ -50,11 +50,14 @@ def has_picamera2() -> bool:
 
 
 def _quiet(cv2):
-    """OpenCV's own C++ warnings ("[ WARN:0@0.076] ... can't open camera by index") repeat what our one
-    error says; keep them for -vv, or when the user set OPENCV_LOG_LEVEL."""
+    """OpenCV's own C++ warnings ("[ WARN:0@0.076] ... can't open camera by index") and its FFmpeg's
+    ("[mov,mp4,... @ 0x55d...] moov atom not found") repeat what our one error says; keep them for -vv,
+    or when the user set OPENCV_LOG_LEVEL / OPENCV_FFMPEG_LOGLEVEL."""
+    if logging.getLogger("edge_enhance").isEnabledFor(logging.DEBUG):
+        return cv2
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when a capture opens
     lg = getattr(cv2.utils, "logging", None) if hasattr(cv2, "utils") else None
-    if lg is not None and "OPENCV_LOG_LEVEL" not in os.environ \
-            and not logging.getLogger("edge_enhance").isEnabledFor(logging.DEBUG):
+    if lg is not None and "OPENCV_LOG_LEVEL" not in os.environ:
         lg.setLogLevel(lg.LOG_LEVEL_ERROR)
     return cv2
 
