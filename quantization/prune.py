@@ -291,8 +291,11 @@ def sparsify(g: Graph, level: float) -> Graph:
 
 
 # --------------------------------------------------------------------------- back to ONNX
-def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None):
-    """Copy the source ONNX with the pruned convs' weights (OHWI -> OIHW) put back, atomically."""
+def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None, psnr: dict | None = None):
+    """Copy the source ONNX with the pruned convs' weights (OHWI -> OIHW) put back, atomically.
+
+    The source card's PSNR figures were the unpruned network's: they move to ``extra.pruned.psnr_before``
+    and the card's ``psnr`` holds only ``psnr``, the pruned model's own measurements (if any)."""
     import json
 
     import onnx
@@ -329,7 +332,13 @@ def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None):
             d = json.loads(p.value)
             d["params"] = params_count(g)
             d["macs_per_pixel"] = int(round(total_macs(g)))
-            d.setdefault("extra", {}).update(card_extra or {})
+            extra = d.setdefault("extra", {})
+            extra.update(card_extra or {})
+            before = extra.pop("psnr", d.pop("psnr", None))
+            if before:
+                extra["pruned"] = {**extra.get("pruned", {}), "psnr_before": before}
+            if psnr:
+                extra["psnr"] = psnr
             p.value = json.dumps(d, sort_keys=True)
     onnx.checker.check_model(m)
     return write_atomic(path, m.SerializeToString())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
+from edge_enhance.evaluation import setting_label
 
 from .calibration import CalibConfig, calibration_for
 from .errors import ConfigError
@@ -61,13 +62,16 @@ def main(args) -> int:
         raise ConfigError(f"{src}: {e}") from None
     tmp = temp_beside(out)
     try:
-        write_pruned_onnx(src, res.graph, tmp, card_extra={"pruned": {
-            "target_macs": args.target_macs, "criterion": args.criterion, "from": src.name,
-            "widths": {k: list(v) for k, v in res.report.widths.items()}}})
+        pruned = {"pruned": {"target_macs": args.target_macs, "criterion": args.criterion, "from": src.name,
+                             "widths": {k: list(v) for k, v in res.report.widths.items()}}}
+        write_pruned_onnx(src, res.graph, tmp, card_extra=pruned)
         ds = Path(args.eval) if args.eval else default_eval_dir(card.task)
         say(f"evaluating original and pruned on {ds}")
         before, after = measure(src, card, ds), measure(tmp, card, ds)
         drop = before.psnr - after.psnr
+        if after.psnr == after.psnr:  # the card carries the pruned model's own figure (not NaN)
+            write_pruned_onnx(src, res.graph, tmp, card_extra=pruned,
+                              psnr={setting_label(card.task, ds.name): round(after.psnr, 3)})
         r = res.report
         rep = {"model": str(src), "output": str(out), "target_macs": args.target_macs,
                "macs_per_pixel": {"before": r.macs_before, "after": r.macs_after},

@@ -33,7 +33,7 @@ def _photos(d, n, size, seed):
 def setup(tmp_path):
     import onnx
 
-    card = ModelCard(name="t-sr", task="sr", scale=2, receptive_field=7)
+    card = ModelCard(name="t-sr", task="sr", scale=2, receptive_field=7, extra={"psnr": {"Set5": 37.5, "Set14": 33.0}})
     m = residual_sr_model(np.random.default_rng(3), scale=2, feat=8, card=card)
     path = tmp_path / "m.onnx"
     onnx.save(m, str(path))
@@ -135,6 +135,9 @@ def test_prune_writes_a_smaller_onnx_with_an_updated_card(setup, capsys, tmp_pat
     card = json.loads({p.key: p.value for p in m.metadata_props}["edge_enhance.card"])
     assert card["params"] == rep["params"]["after"] < rep["params"]["before"]
     assert card["extra"]["pruned"]["target_macs"] == 0.6
+    # The figures are the pruned model's own (the eval set's), the source's kept as psnr_before.
+    assert card["extra"]["psnr"] == {"eval": round(rep["eval"]["psnr_after"], 3)}
+    assert card["extra"]["pruned"]["psnr_before"] == {"Set5": 37.5, "Set14": 33.0}
 
 
 @pytest.mark.parametrize("argv,code,msg", [
