@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
     runs = args.runs or (5 if args.quick else 7)
     sizes = speed.parse_sizes(args.sizes) if args.sizes else None
     out = Path(args.out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -100,6 +102,12 @@ def main(args: argparse.Namespace) -> int:
 
     ours, n = our_subjects(args.models, out / "models")
     notes += n
+    if args.models and not ours:  # a typo: said now, not after minutes of peer runs
+        for x in n:
+            print(f"bench: not run: {x.what}: {x.reason}", file=sys.stderr)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise BenchmarkError("none of the --models given could be loaded (above); nothing was run")
     if not ours:
         notes.append(NotRun("our models", "none of those given could be loaded (above)" if args.models
                             else "none given or bundled; peers only"))

@@ -103,10 +103,12 @@ def _key_value(text: str) -> tuple[str, str]:
     return k, v
 
 
-def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2") -> None:
+def add_model_arguments(p: argparse.ArgumentParser, default: str | None = "sr-x2", *, option: bool = True) -> None:
+    """``option``: a --model option (eval names its MODEL positionally instead)."""
     g = p.add_argument_group("model and engine")
-    g.add_argument("--model", "-m", default=default,
-                   help="bundled model name or a .tflite / .onnx / .mlpackage path (default: %s)" % (default or "by --mode"))
+    if option:
+        g.add_argument("--model", "-m", default=default, help="bundled model name or a .tflite / .onnx / .mlpackage "
+                                                             "path (default: %s)" % (default or "by --mode"))
     g.add_argument("--engine", choices=("litert", "onnxruntime", "coreml"), help="force an engine (default: from the file)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for the engine")
     g.add_argument("--delegate", help="TFLite external delegate library (Edge TPU, VX NPU, Arm NN)")
@@ -341,6 +343,8 @@ def cmd_enhance(args) -> int:
     enhancer, name = _build_processor(args, tiling)
     jobs = [Job(Path(u), Path(u), "failed", f"{u}: no files match") for u in unmatched]
     jobs += plan_outputs(inputs, args.output, args.format, name, single)
+    if args.temporal and not any(j.src.suffix.lower() in imageio.VIDEO_SUFFIXES for j in jobs):
+        log.warning("--temporal smooths video frames over time; the inputs are stills, so it does nothing")
     if out:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -591,8 +595,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the model over the 8 rotations / mirror images "
                         "(8-9x the time, a little more PSNR)")
-    e.add_argument("--format", help="output format (png, jpg, webp, tiff); default: the input's")
-    e.add_argument("--quality", type=int, default=92, help="JPEG / WebP quality (default 92)")
+    e.add_argument("--format", help="output format (png, jpg, webp, tiff, ...); default: the output name's extension, "
+                                    "or the input's when the name is derived")
+    e.add_argument("--quality", type=number(int, 1, 100), default=92, help="JPEG / WebP quality 1..100 (default 92)")
     e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")
     e.add_argument("--strip-metadata", action="store_true", help="drop EXIF, ICC profile and DPI")
     e.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import time
@@ -10,30 +11,36 @@ from .argtypes import number
 from .cli import Progress, add_model_arguments, build_enhancer, strict_json
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_arg", metavar="MODEL", help="bundled model name or model file")
     p.add_argument("--dataset", required=True, help="folder of reference images (e.g. ../shared/data/eval/Set5)")
     p.add_argument("--task", "--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
                    help="protocol to apply (default: the model card's task)")
-    p.add_argument("--sigma", type=number(float, 0, 255), default=25.0, help="denoise: noise level on the 0..255 scale (default 25)")
-    p.add_argument("--quality", type=int, default=30, help="dejpeg: JPEG quality of the input (default 30)")
+    p.add_argument("--sigma", type=number(float, 0, 255), help="denoise: noise level on the 0..255 scale (default 25)")
+    p.add_argument("--quality", type=number(int, 1, 100), help="dejpeg: JPEG quality of the input (default 30)")
     p.add_argument("--tile", default="auto")
     p.add_argument("--memory", type=float, default=256.0)
     p.add_argument("--tta", action="store_true",
-                   help="self-ensemble over the 8 rotations / mirror images (about 10x slower)")
+                   help="self-ensemble over the 8 rotations / mirror images (8-9x the time)")
     p.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
     p.add_argument("--json", action="store_true")
-    add_model_arguments(p, default=None)
+    add_model_arguments(p, option=False)
 
 
 def main(args) -> int:
     from .evaluation import evaluate, list_images
     from .tiling import TilingConfig, parse_tile
 
-    args.model = args.model or args.model_arg
+    args.model = args.model_arg
     enh = build_enhancer(args, tiling=TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory))
     task = args.eval_task or enh.card.task
+    for name, value, used_by in (("sigma", args.sigma, "denoise"), ("quality", args.quality, "dejpeg")):
+        if value is not None and task != used_by:
+            log.warning("--%s applies to the %s protocol; the %s protocol does not use it", name, used_by, task)
+    sigma, quality = 25.0 if args.sigma is None else args.sigma, 30 if args.quality is None else args.quality
     if (task in ("sr", "enhance")) != (enh.scale > 1):
         need = "an upscaling model" if task in ("sr", "enhance") else "a scale-1 model (same size out)"
         raise ConfigError(f"{enh.path.name}: the {task} protocol needs {need}; this model's scale is {enh.scale}")
@@ -41,13 +48,13 @@ def main(args) -> int:
     bar = Progress(len(list_images(args.dataset)), enabled=not args.json)  # one line on a terminal's stderr
     try:
         res = evaluate(lambda x: enh.enhance_rgb(x, progress=bar.tiles), args.dataset, task, scale=enh.scale,
-                       sigma=args.sigma, quality=args.quality, with_ssim=not args.no_ssim,
+                       sigma=sigma, quality=quality, with_ssim=not args.no_ssim,
                        on_image=lambda i, n, name: bar.file(i, name))
     finally:
         bar.clear()
     seconds = time.perf_counter() - t0
-    setting = {"sr": f"x{enh.scale}", "enhance": f"x{enh.scale}", "denoise": f"sigma {args.sigma:g}",
-               "dejpeg": f"quality {args.quality}"}[task]
+    setting = {"sr": f"x{enh.scale}", "enhance": f"x{enh.scale}", "denoise": f"sigma {sigma:g}",
+               "dejpeg": f"quality {quality}"}[task]
     if args.json:
         print(strict_json({"model": str(enh.path), "engine": enh.backend.name, "dataset": args.dataset, "task": task,
                           "setting": setting, "tta": enh.tta, "psnr": res.psnr, "ssim": res.ssim,

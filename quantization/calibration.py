@@ -159,7 +159,8 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         im = _load(p)
         if min(im.shape[:2]) < config.crop:
             raise ImageInputError(f"{p}: {im.shape[1]}x{im.shape[0]} is smaller than the "
-                                  f"{config.crop}x{config.crop} calibration crop")
+                                  f"{config.crop}x{config.crop} calibration crop (a smaller --calib-crop, a "
+                                  "multiple of the model's scale, fits a folder of small images)")
         images.append(im)
     inputs, targets = [], []
     for k in range(config.count):

@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
     p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
     p.add_argument("--no-eval", action="store_true", help="skip the before / after evaluation")
-    p.add_argument("-o", "--output", help="output .tflite (default MODEL.int8.tflite beside the model)")
+    p.add_argument("-o", "--output", help="output .tflite (default MODEL.PRECISION.tflite beside the model: "
+                                              "MODEL.int8.tflite, MODEL.int16x8.tflite)")
     p.add_argument("--force", action="store_true", help="write even when --max-drop is missed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

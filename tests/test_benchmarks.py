@@ -475,3 +475,15 @@ def test_alpha_edges_benchmark_ranks_the_edge_fill_above_premultiplying(capsys, 
     assert alpha_edges.main(["--set", "Set5", "--images", "1"]) == 0
     got = {line.split("  ")[1].strip(): float(line.split()[-2]) for line in capsys.readouterr().out.splitlines()[1:]}
     assert got["runtime (edge fill)"] > got["premultiplied"] and got["opaque"] >= got["runtime (edge fill)"] - 0.1
+
+
+def test_a_mistyped_model_stops_bench_before_any_peer_runs(tmp_path, capsys, monkeypatch):
+    from benchmarks import quality
+    from edge_enhance.cli import main
+
+    monkeypatch.setattr(quality, "run_quality", lambda *a, **k: pytest.fail("peers ran before the typo was said"))
+    out = tmp_path / "b"
+    assert main(["bench", "--quick", "--only", "quality", "--models", "nosuch", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "nosuch: no such file, folder or bundled model" in err and "nothing was run" in err
+    assert not out.exists()  # the folder it would have made is not left behind

@@ -116,3 +116,32 @@ def test_eval_shows_progress_on_a_terminal_and_the_callback_sees_every_image(tmp
     out, err = capsys.readouterr()
     assert "[1/2] a.png" in err and "[2/2] b.png" in err and err.endswith("\r\033[K")  # cleared before the table
     assert "mean" in out and "[1/2]" not in out
+
+
+def test_options_of_another_protocol_are_said_to_do_nothing_and_bad_qualities_refused(tmp_path, dataset, capsys,
+                                                                                     caplog):
+    m = tmp_path / "m.onnx"
+    residual_sr(m, scale=2)
+    assert main(["eval", str(m), "--dataset", str(dataset), "--sigma", "10", "--no-ssim"]) == 0
+    assert "--sigma applies to the denoise protocol; the sr protocol does not use it" in caplog.text
+    for q in ("0", "101"):
+        with pytest.raises(SystemExit):
+            main(["eval", str(m), "--dataset", str(dataset), "--task", "dejpeg", "--quality", q])
+        assert "must be in 1..100" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one way to name the model: MODEL
+        main(["eval", str(m), "--model", "sr-x3", "--dataset", str(dataset)])
+    assert "--model" in capsys.readouterr().err
+
+
+def test_enhance_refuses_a_quality_outside_1_to_100_and_says_temporal_is_for_video(tmp_path, capsys, caplog):
+    m = tmp_path / "m.onnx"
+    residual_sr(m, scale=2)
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    for q in ("-5", "150"):
+        with pytest.raises(SystemExit):
+            main(["enhance", str(src), "--model", str(m), "-o", str(tmp_path / "o.jpg"), "--quality", q])
+        assert "must be in 1..100" in capsys.readouterr().err
+    assert not (tmp_path / "o.jpg").exists()
+    assert main(["enhance", str(src), "--model", str(m), "-o", str(tmp_path / "o.png"), "--temporal", "0.5"]) == 0
+    assert "--temporal smooths video frames" in caplog.text
