@@ -41,7 +41,7 @@ _GLOBAL = ("makes every output pixel depend on the whole image (channel attentio
            "exactly and int8 ranges vary with the image size; not supported")
 # Why some ops that small SR / denoise nets use are refused (an op missing here is simply not implemented).
 _WHY_NOT = {"GlobalAveragePool": _GLOBAL, "GlobalMaxPool": _GLOBAL, "ReduceMean": "reductions are not supported; over "
-            "H, W one " + _GLOBAL, "Erf": "GELU (its Erf) has no TFLite int8 kernel; ReLU, PReLU, LeakyReLU, SiLU and "
+            "H, W one " + _GLOBAL, "Erf": "GELU (its Erf) is not converted yet; ReLU, PReLU, LeakyReLU, SiLU and "
             "HardSwish convert"}
 
 
