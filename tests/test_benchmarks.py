@@ -413,21 +413,24 @@ def test_onnx_precision_by_ops(tmp_path, model_dir):
     assert onnx_precision(tmp_path / "q.onnx") == "int8"
 
 
-def test_a_run_that_measures_nothing_exits_1_and_says_why(tmp_path, capsys):
+@pytest.mark.parametrize("peers", [[], ["--no-peers"]])
+def test_models_none_of_which_load_stop_the_run_before_anything_is_measured(tmp_path, capsys, monkeypatch, peers):
+    from benchmarks.errors import BenchmarkError
+
+    monkeypatch.setattr(speed, "run_speed", lambda *a, **k: pytest.fail("timed runs before the bad model was said"))
     bad = tmp_path / "trunc.tflite"
     bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(40))
     args = _parser().parse_args(["--quick", "--models", str(bad), "--out", str(tmp_path / "out"), "--only", "speed",
-                                 "--no-peers"])
-    assert cli.main(args) == 1
-    err = capsys.readouterr().err
-    assert f"not run: {bad}" in err and "none of those given could be loaded" in err
-    assert "nothing was measured" in err
+                                 *peers])
+    with pytest.raises(BenchmarkError, match="none of the --models given could be loaded"):
+        cli.main(args)
+    assert f"not run: {bad}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_peers_alone_exit_1_and_no_data_is_said_as_such(tmp_path, capsys, monkeypatch):
-    bad = tmp_path / "trunc.tflite"
-    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(40))
-    args = _parser().parse_args(["--quick", "--models", str(bad), "--out", str(tmp_path / "out"), "--only", "speed"])
+    monkeypatch.setattr("benchmarks.subjects.our_subjects", lambda items, cache: ([], []))  # none bundled
+    args = _parser().parse_args(["--quick", "--out", str(tmp_path / "out"), "--only", "speed"])
     assert cli.main(args) == 1  # the peers were timed, but nothing of ours was there to compare with them
     assert "no model of ours ran, so nothing was compared" in capsys.readouterr().err
     rows, notes = quality.run_quality([bicubic_subject(2)], None, quick=True)
