@@ -292,53 +292,37 @@ def sparsify(g: Graph, level: float) -> Graph:
 
 # --------------------------------------------------------------------------- back to ONNX
 def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None, psnr: dict | None = None):
-    """Copy the source ONNX with the pruned convs' weights (OHWI -> OIHW) put back, atomically.
+    """Write the pruned IR as ONNX (``conversion.onnx_writer``: NCHW, opset 17), atomically.
 
-    The source card's PSNR figures were the unpruned network's: they move to ``extra.pruned.psnr_before``
-    and the card's ``psnr`` holds only ``psnr``, the pruned model's own measurements (if any)."""
+    The IR itself is written, not its weights copied back into the source graph: the importer folded
+    BatchNorm, CRD pixel-shuffle orders, constant scales and zero pads into the convs, so a copy-back
+    would apply those twice. ``src`` names the source in messages. The source card's PSNR figures
+    were the unpruned network's: they move to ``extra.pruned.psnr_before``, and the card's ``psnr``
+    holds only ``psnr``, the pruned model's own measurements (if any)."""
     import json
 
     import onnx
-    from onnx import numpy_helper
 
+    from conversion.onnx_writer import to_onnx_model
     from conversion.tflite_writer import write_atomic
     from edge_enhance.card import CARD_KEY
 
-    m = onnx.load(str(src)) if not isinstance(src, onnx.ModelProto) else copy.deepcopy(src)
-    inits = {i.name: i for i in m.graph.initializer}
-    convs = {n.name: n for n in g.nodes if n.op == "Conv"}
-    done = set()
-    for k, node in enumerate(m.graph.node):
-        conv = node.name or f"{node.op_type}_{k}"  # the importer's name for an unnamed node
-        if node.op_type != "Conv" or conv not in convs:
-            continue
-        ir = convs[conv]
-        w = g.tensors[ir.inputs[1]].data.transpose(0, 3, 1, 2)
-        b = g.tensors[ir.inputs[2]].data
-        for name, arr in ((node.input[1], w), (node.input[2] if len(node.input) > 2 else None, b)):
-            if name is None or name not in inits:
-                raise ConfigError(f"{src}: Conv {conv} has no initializer {name!r} to replace")
-            inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
-        done.add(conv)
-    missing = sorted(set(convs) - done)
-    if missing:
-        raise ConfigError(f"{src}: pruned convs {', '.join(missing)} not found by name in the ONNX graph")
-    # Shapes inferred for intermediate values are now stale.
-    del m.graph.value_info[:]
-    if CARD_KEY in g.metadata and not any(p.key == CARD_KEY for p in m.metadata_props):
-        m.metadata_props.add(key=CARD_KEY, value=g.metadata[CARD_KEY])  # a card from --card-*
-    for p in m.metadata_props:
-        if p.key == CARD_KEY:
-            d = json.loads(p.value)
-            d["params"] = params_count(g)
-            d["macs_per_pixel"] = int(round(total_macs(g)))
-            extra = d.setdefault("extra", {})
-            extra.update(card_extra or {})
-            before = extra.pop("psnr", d.pop("psnr", None))
-            if before:
-                extra["pruned"] = {**extra.get("pruned", {}), "psnr_before": before}
-            if psnr:
-                extra["psnr"] = psnr
-            p.value = json.dumps(d, sort_keys=True)
-    onnx.checker.check_model(m)
+    g = copy.deepcopy(g)
+    if CARD_KEY in g.metadata:
+        d = json.loads(g.metadata[CARD_KEY])
+        d["params"] = params_count(g)
+        d["macs_per_pixel"] = int(round(total_macs(g)))
+        extra = d.setdefault("extra", {})
+        extra.update(card_extra or {})
+        before = extra.pop("psnr", d.pop("psnr", None))
+        if before:
+            extra["pruned"] = {**extra.get("pruned", {}), "psnr_before": before}
+        if psnr:
+            extra["psnr"] = psnr
+        g.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)
+    try:
+        m = to_onnx_model(g)
+        onnx.checker.check_model(m)
+    except (ConfigError, onnx.checker.ValidationError) as e:
+        raise ConfigError(f"{src}: the pruned model cannot be written as ONNX ({e})") from None
     return write_atomic(path, m.SerializeToString())

@@ -157,3 +157,33 @@ def test_a_net_with_nothing_to_prune_is_named_with_the_reason(tmp_path, capsys):
     assert main(["prune", str(src), "--target-macs", "0.7", "--card-task", "denoise", "-q"]) == 2
     err = capsys.readouterr().err
     assert f"{src}: no Conv -> ReLU -> Conv chain to prune" in err and "PReLU" in err
+
+
+def test_what_the_importer_folded_is_written_once(tmp_path):
+    """A bias-free conv, a BatchNorm and a CRD PixelShuffle (PyTorch's) are folded into the IR's convs
+    on import; the pruned file must compute the pruned IR, not apply the BN or the CRD order twice."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from tests.conversion_testkit import h, make_model, rand
+
+    rng = np.random.default_rng(5)
+    m = make_model([
+        h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="c1"),
+        h.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"], name="bn"),
+        h.make_node("Relu", ["bn"], ["r"], name="relu"),
+        h.make_node("Conv", ["r", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="c2"),
+        h.make_node("DepthToSpace", ["c2"], ["y"], blocksize=2, mode="CRD", name="ps"),
+    ], {"w1": rand(rng, 16, 3, 3, 3), "g": rng.uniform(0.5, 2, 16).astype(np.float32),
+        "be": rand(rng, 16), "mu": rand(rng, 16), "var": rng.uniform(0.5, 2, 16).astype(np.float32),
+        "w2": rand(rng, 12, 16, 3, 3), "b2": rand(rng, 12)}, [1, 3, "h", "w"])
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    x = rng.uniform(0, 1, (1, 3, 8, 6)).astype(np.float32)
+    for target in (1.0, 0.6):
+        p = pr.prune_graph(from_onnx(src), _calib(), target, multiple=1, reconstruct=False, evaluate=False).graph
+        out = pr.write_pruned_onnx(src, p, tmp_path / f"p{target}.onnx")
+        y = run_ort(onnx.load(str(out)), x)
+        np.testing.assert_allclose(y, _out(p, x.transpose(0, 2, 3, 1)), atol=1e-4)
+        if target == 1.0:  # nothing removed: the source's own output
+            np.testing.assert_allclose(y, run_ort(m, x), atol=1e-4)
