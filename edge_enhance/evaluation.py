@@ -190,10 +190,19 @@ def degrade(hr_rgb: np.ndarray, s: int, rng: np.random.Generator, params: Degrad
     return jpeg(x, p.quality)
 
 
+def rgb8(im: Image.Image) -> np.ndarray:
+    """H x W x 3 uint8 of a Pillow image. A 16-bit grey one (mode I;16 / I) is scaled, 65535 -> 255:
+    Pillow's convert("RGB") clips it to 255, turning a 16-bit grey image white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        y = np.clip(np.round(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(y[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
 def load_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return rgb8(im)
     except (OSError, ValueError) as e:
         raise ImageInputError(f"{path}: cannot read image ({e})") from None
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from edge_enhance import evaluation, ycbcr
-from edge_enhance.evaluation import IMAGE_SUFFIXES, bicubic_resize, jpeg
+from edge_enhance.evaluation import IMAGE_SUFFIXES, bicubic_resize, jpeg, rgb8
 
 from .errors import CalibrationError, ConfigError, ImageInputError
 
@@ -90,7 +90,7 @@ def list_calibration_files(folder) -> list[Path]:
 def _load(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return rgb8(im)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageInputError(f"{path}: cannot read calibration image ({e})") from None
 

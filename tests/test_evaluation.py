@@ -165,3 +165,19 @@ def test_shared_data_is_found_from_the_environment_the_code_or_the_working_folde
     assert evaluation.shared_data("train") is None
     monkeypatch.chdir(tmp_path)
     assert verify.default_dataset().name == "samples"  # nowhere: the bundled sample photo, said in the log
+
+
+def test_a_16_bit_grey_image_is_read_as_its_8_bit_self_not_white(tmp_path):
+    """Pillow's convert("RGB") clips mode I;16 to 255; eval and calibration read these through rgb8."""
+    from PIL import Image
+
+    from edge_enhance.evaluation import load_rgb
+    from quantization.calibration import _load
+
+    y8 = np.random.default_rng(0).integers(0, 256, (9, 11)).astype(np.uint8)
+    Image.fromarray(y8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    for read in (load_rgb, _load):
+        got = read(tmp_path / "g16.png")
+        assert got.dtype == np.uint8 and got.shape == (9, 11, 3)
+        assert np.array_equal(got, np.repeat(y8[..., None], 3, axis=2))
