@@ -34,7 +34,8 @@ Output names: with one input file, -o names the output file (or an existing fold
 Otherwise -o is a folder (created if needed) and inputs keep their names there, folders mirrored
 (a/b/x.jpg -> OUT/b/x.jpg for input folder a). Without -o, the output goes beside the input as
 STEM.MODEL.EXT (photo.jpg -> photo.sr-x2.jpg). --format changes only the extension (photo.png), never
-appends one (no photo.jpg.png); a JPEG named .heic comes out as .jpg. An input is never overwritten unless --overwrite is given."""
+appends one (no photo.jpg.png); a JPEG named .heic comes out as .jpg. An input is never overwritten
+unless --overwrite is given."""
 
 
 class Progress:
