@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from .evaluation import evaluate, list_images
+    from .evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA, evaluate, list_images
     from .tiling import TilingConfig, parse_tile
 
     args.model = args.model_arg
@@ -40,7 +40,8 @@ def main(args) -> int:
     for name, value, used_by in (("sigma", args.sigma, "denoise"), ("quality", args.quality, "dejpeg")):
         if value is not None and task != used_by:
             log.warning("--%s applies to the %s protocol; the %s protocol does not use it", name, used_by, task)
-    sigma, quality = 25.0 if args.sigma is None else args.sigma, 30 if args.quality is None else args.quality
+    sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
+    quality = DEFAULT_QUALITY if args.quality is None else args.quality
     if (task in ("sr", "enhance")) != (enh.scale > 1):
         need = "an upscaling model" if task in ("sr", "enhance") else "a scale-1 model (same size out)"
         raise ConfigError(f"{enh.path.name}: the {task} protocol needs {need}; this model's scale is {enh.scale}")

@@ -34,6 +34,11 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr's luma row: Y = 16 + (Y_WEIGHTS . RGB) / 255
 
 
+# The settings a denoise / dejpeg measurement takes when none is named (eval, quantize, prune, cards).
+DEFAULT_SIGMA = 25.0
+DEFAULT_QUALITY = 30
+
+
 def shared_folder(sub: str) -> Path | None:
     """``shared/<sub>`` in the nearest folder holding one, above the code (``../shared`` beside a
     checkout; worktrees sit one level deeper), else above the working folder (an installed package run
@@ -246,8 +251,8 @@ class EvalResult:
         return self._mean("baseline_psnr")
 
 
-def make_input(task: str, clean: np.ndarray, index: int, *, scale: int = 2, sigma: float = 25.0,
-               quality: int = 30) -> tuple[np.ndarray, np.ndarray]:
+def make_input(task: str, clean: np.ndarray, index: int, *, scale: int = 2, sigma: float = DEFAULT_SIGMA,
+               quality: int = DEFAULT_QUALITY) -> tuple[np.ndarray, np.ndarray]:
     """(reference, degraded input) for image ``index`` of a set, per the protocol."""
     if task == "sr":
         return sr_pair(clean, scale)
@@ -261,7 +266,7 @@ def make_input(task: str, clean: np.ndarray, index: int, *, scale: int = 2, sigm
     raise ConfigError(f"evaluate: task {task!r} is not one of {', '.join(TASKS)}")
 
 
-def setting_label(task: str, dataset: str, *, sigma: float = 25.0, quality: int = 30) -> str:
+def setting_label(task: str, dataset: str, *, sigma: float = DEFAULT_SIGMA, quality: int = DEFAULT_QUALITY) -> str:
     """How a card names one measurement: ``Set5``, ``CBSD68/sigma25``, ``Kodak24/q30``,
     ``Kodak24/degraded``; the same label in every card, fp32 or int8, whichever tool measured it."""
     if task == "denoise":
@@ -298,7 +303,7 @@ def score(task: str, ref: np.ndarray, out: np.ndarray, scale: int) -> tuple[floa
 
 
 def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, scale: int = 2,
-             sigma: float = 25.0, quality: int = 30, with_ssim: bool = True,
+             sigma: float = DEFAULT_SIGMA, quality: int = DEFAULT_QUALITY, with_ssim: bool = True,
              on_image: Callable[[int, int, str], None] | None = None) -> EvalResult:
     """Run ``fn`` (RGB uint8 HxWx3 -> RGB uint8) over a folder of images and score it exactly.
 

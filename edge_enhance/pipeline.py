@@ -87,7 +87,9 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
         # A block with a clipped pixel (0 or white) has lost its noise there: it would read too smooth.
         inner = rgb[1:bh * 8 + 1, 1:bw * 8 + 1, c]
         clipped = ((inner == 0) | (inner == top)).reshape(bh, 8, bw, 8).any(axis=(1, 3))
-        use = keep & ~clipped if (keep & ~clipped).sum() >= 16 else keep
+        use = keep & ~clipped
+        if use.sum() < 16:  # mostly clipped: the clipped blocks are all there is
+            use = keep
         sigmas.append(_NOISE_PERCENTILE_GAIN * math.sqrt(math.pi / 2)
                       * float(np.percentile(blocks[use], NOISE_BLOCK_PERCENTILE)) / 6.0)
     return float(np.median(sigmas))

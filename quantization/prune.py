@@ -29,6 +29,7 @@ from conversion.ir import Graph
 from .calibration import CalibSet
 from .errors import CalibrationError, ConfigError
 from .quantize import conv_pairs, im2col, mean_psnr
+from .report import pop_psnr
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None, ps
         d["macs_per_pixel"] = int(round(total_macs(g)))
         extra = d.setdefault("extra", {})
         extra.update(card_extra or {})
-        before = extra.pop("psnr", d.pop("psnr", None))
+        before = pop_psnr(d)
         if before:
             extra["pruned"] = {**extra.get("pruned", {}), "psnr_before": before}
         if psnr:

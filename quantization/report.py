@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
+from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA
 
 from .calibration import default_train_dir
 from .errors import ConfigError, ModelFormatError
@@ -52,7 +53,7 @@ class Quality:
     seconds: float
 
 
-def measure(model_path, card: ModelCard, dataset, *, sigma: float = 25.0, quality: int = 30,
+def measure(model_path, card: ModelCard, dataset, *, sigma: float = DEFAULT_SIGMA, quality: int = DEFAULT_QUALITY,
             threads: int | None = None) -> Quality:
     """Mean PSNR of a model file (any engine the runtime has) on a dataset, exact protocol."""
     from edge_enhance.enhancer import Enhancer
@@ -98,6 +99,13 @@ def publish(tmp: Path, out: Path, quiet: bool) -> int:
     return 0
 
 
+def pop_psnr(d: dict) -> dict | None:
+    """Take a card's measured PSNR figures out of its dict (``extra.psnr``, or an older card's top-level
+    ``psnr``): a quantised or pruned model's card must not show the source network's as its own."""
+    top = d.pop("psnr", None)
+    return d.setdefault("extra", {}).pop("psnr", top)
+
+
 def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None = None,
                base: dict | None = None) -> None:
     """Put a quantised model's own measured ``psnr`` (None: not measured) into its card, with the float
@@ -106,10 +114,10 @@ def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None =
     d = json.loads(graph.metadata[CARD_KEY])
     extra = d.setdefault("extra", {})
     extra.update(base or {})
-    src = fp32 if fp32 is not None else extra.get("psnr", d.pop("psnr", None))
+    own = pop_psnr(d)
+    src = fp32 if fp32 is not None else own
     if src is not None:
         extra["psnr_fp32"] = src
-    extra.pop("psnr", None)
     if psnr is not None:
         extra["psnr"] = psnr
     extra["quantization"] = quantization
