@@ -7,6 +7,8 @@ memory growth, and the effective GMAC/s that the README's estimates are scaled b
 
     python check_pi.py                       # sr-x2-rt, 20 s per run
     python check_pi.py --model sr-x2 --seconds 60 --threads 4 --json pi5.json
+
+Exits 1 when a run failed (the JSON is still written, with that run's error).
 """
 from __future__ import annotations
 
@@ -103,12 +105,14 @@ def main(argv=None) -> int:
     specs = [("synthetic", f"synthetic:{w}x{h}@60")]
     if device["picamera2"] and not args.no_camera:
         specs.append(("camera", f"picamera2:main:{w}x{h}@30"))
+    failed = []
     for label, spec in specs:
         try:
             s = run(spec, enhancer, args.seconds, args.target_fps)
         except EdgeEnhanceError as e:
             print(f"{label}: failed: {e}", file=sys.stderr)
             report["runs"][label] = {"error": str(e)}
+            failed.append(label)
             continue
         lat = s["latency_ms"]
         line = (f"{label:9s} {w}x{h} -> x{s['scale']}: {s['output_fps']:.1f} fps processed "
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
             json.dump(report, f, indent=1)
         os.replace(tmp, args.json)
         print("wrote", args.json)
-    return 0
+    return 1 if failed else 0  # the JSON keeps what did run
 
 
 if __name__ == "__main__":

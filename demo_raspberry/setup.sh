@@ -10,7 +10,12 @@ set -euo pipefail
 VENV="${VENV:-$HOME/edge-enhance-venv}"
 SRC="${SRC:-edge-enhance}"
 SERVICE=0
-[[ "${1:-}" == "--service" ]] && SERVICE=1
+for arg in "$@"; do
+  case "$arg" in
+    --service) SERVICE=1 ;;
+    *) echo "usage: $0 [--service]   (unknown argument: $arg)" >&2; exit 2 ;;
+  esac
+done
 
 if ! grep -qi "raspberry pi" /proc/device-tree/model 2>/dev/null; then
   echo "note: this does not look like a Raspberry Pi; continuing anyway" >&2
@@ -45,9 +50,10 @@ if [[ $SERVICE == 1 ]]; then
   sed -e "s#@VENV@#$VENV#g" -e "s#@USER@#$(id -un)#g" \
       "$(dirname "$(readlink -f "$0")")/edge-enhance-viewfinder.service" | sudo tee "$UNIT" >/dev/null
   if [[ ! -f /etc/default/edge-enhance ]]; then
-    # Off-loopback viewing needs a token; generate one now and keep it out of the unit file.
+    # Off-loopback viewing needs a token; generate one now and keep it out of the unit file. The file is
+    # made private (600) before the token goes in, never readable by others even for a moment.
+    sudo install -m 600 /dev/null /etc/default/edge-enhance
     echo "EDGE_ENHANCE_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')" | sudo tee /etc/default/edge-enhance >/dev/null
-    sudo chmod 600 /etc/default/edge-enhance
   fi
   sudo systemctl daemon-reload
   sudo systemctl enable --now edge-enhance-viewfinder.service

@@ -835,3 +835,155 @@ def test_check_pi_gives_no_gmac_figure_for_a_run_whose_frame_size_changed():
     assert gmac_note(steady, 1000, 640 * 360) == ", effective 23.0 GMAC/s" and steady["effective_gmac_per_s"] == 23.04
     moved = {"engine_ms_mean": 10.0, "adaptive": {"changes": 2, "scale": 0.75}}
     assert "not measured" in gmac_note(moved, 1000, 640 * 360) and "effective_gmac_per_s" not in moved
+
+
+# --- fixes from a user probe ----------------------------------------------------------------------
+
+def test_cli_sighup_finishes_the_recording(tmp_path):
+    # Closing the SSH session (SIGHUP) killed the process: no recording, a hidden broken temp file.
+    stats, out = tmp_path / "s.jsonl", tmp_path / "rec.avi"
+    code = (
+        "import sys, argparse, signal; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"  # as a terminal starts it, even if these tests run under nohup
+        "from test_camera_doubles import RepeatEnhancer\n"
+        "from edge_enhance.camera import cli\n"
+        "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
+        "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
+        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@50', '--sink', 'file:' + sys.argv[3], "
+        "'--stats-json', sys.argv[2]])))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats), str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+        deadline = time.monotonic() + 60
+        while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(1)  # SIGHUP
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(stats.read_text().splitlines()[-1])["stop_reason"] == "stopped"
+    assert count_frames(out)[0] > 0 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_cli_a_source_with_no_frames_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
+    write_clip(tmp_path / "zero.avi", n=0)
+    rc = cli.main(parse(["--source", f"file:{tmp_path / 'zero.avi'}", "--sink", f"file:{tmp_path / 'z2.avi'}"]))
+    err = capsys.readouterr().err
+    assert rc == 1 and err == f"edge-enhance preview: error: file:{tmp_path / 'zero.avi'}: no frames could be read\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zero.avi"]
+
+
+def test_cli_summary_shows_missing_figures_as_a_dash():
+    # A stop before the first frame (a user stop: exit 0) has no latency or engine time to show.
+    from edge_enhance.camera.cli import _summary_line
+    s = Stats().summary(stop_reason="stopped")
+    line = _summary_line(s)
+    assert "None" not in line and "latency p50 - ms p95 - ms, engine - ms (stopped)" in line
+
+
+def test_cli_light_model_without_target_fps_or_not_lighter_is_said(monkeypatch, caplog):
+    import types
+
+    from edge_enhance.camera import cli
+    made = []
+
+    def make(model, threads, card=None):
+        e = RepeatEnhancer(name=model)
+        e.card = types.SimpleNamespace(macs_per_pixel={"big": 1000, "bigger": 2000}[model])
+        made.append(model)
+        return e
+
+    monkeypatch.setattr(cli, "_make_enhancer", make)
+    base = ["--source", "synthetic:48x32@0", "--sink", "null", "--frames", "2", "--model", "big"]
+    assert cli.main(parse(base + ["--light-model", "bigger"])) == 0
+    assert made == ["big"] and "used only with --target-fps" in caplog.text  # not loaded for nothing
+    caplog.clear()
+    assert cli.main(parse(base + ["--light-model", "bigger", "--target-fps", "30"])) == 0
+    assert made[1:] == ["big", "bigger"] and "bigger (2000 MACs per pixel) is not lighter" in caplog.text
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--min-scale", "2"], "--min-scale 2.0 must be in 0.1..1"),
+    (["--reconnects", "-1"], "--reconnects -1 must be >= 0"),
+])
+def test_cli_config_errors_name_the_options(argv, words, capsys):
+    from edge_enhance.camera import cli
+    assert cli.main(parse(["--source", "synthetic:48x32", "--sink", "null"] + argv)) == 1
+    assert words in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="reconnect_delay -1 must be >= 0"):
+        PreviewConfig(reconnect_delay=-1)
+
+
+def test_window_sink_without_gui_names_the_wheel_the_camera_extra_clashes_with(monkeypatch):
+    from edge_enhance.camera import sinks
+    from edge_enhance.camera.detect import PlatformInfo
+    from edge_enhance.camera.errors import SinkError
+
+    class Cv2Error(Exception):
+        msg = "The function is not implemented"
+
+    def no_window(*a):
+        raise Cv2Error()
+
+    import types
+    fake = types.SimpleNamespace(error=Cv2Error, WINDOW_NORMAL=0, namedWindow=no_window)
+    monkeypatch.setattr(sinks, "platform_info", lambda: PlatformInfo("Linux", "x86_64", None, True))
+    monkeypatch.setattr(sinks, "import_cv2", lambda: fake)
+    with pytest.raises(SinkError) as e:
+        sinks.WindowSink().start()
+    msg = str(e.value)
+    assert "pip install opencv-contrib-python " in msg and "uninstall opencv-contrib-python-headless" in msg
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        assert '"opencv-contrib-python-headless' in f.read()  # what the camera extra installs
+
+
+def test_folder_source_skips_an_unreadable_image_and_goes_on(tmp_path, caplog):
+    for i in range(3):
+        Image.new("RGB", (16, 8), (i * 50, 0, 0)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "img1.png").write_bytes(b"not a png")
+    s = Preview(FolderSource(str(tmp_path), fps=0), RepeatEnhancer(), [NullSink()]).run()
+    assert s["stop_reason"] == "end of source" and s["processed"] == 2
+    assert "img1.png" in caplog.text and "skipped" in caplog.text
+    for i in (0, 2):
+        (tmp_path / f"img{i}.png").write_bytes(b"")
+    with pytest.raises(SourceError, match="none of its 3 images could be read"):
+        Preview(FolderSource(str(tmp_path), fps=0), RepeatEnhancer(), [NullSink()]).run()
+
+
+def test_check_pi_exits_1_when_a_run_failed(tmp_path, monkeypatch, capsys):
+    from edge_enhance import enhancer
+    sys.path.insert(0, os.path.join(ROOT, "demo_raspberry"))
+    try:
+        import check_pi
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(enhancer, "Enhancer", lambda model, threads=None: RepeatEnhancer())
+    out = tmp_path / "pi.json"
+    assert check_pi.main(["--seconds", "-1", "--no-camera", "--json", str(out)]) == 1
+    assert "synthetic: failed" in capsys.readouterr().err
+    assert "must be > 0" in json.loads(out.read_text())["runs"]["synthetic"]["error"]
+
+
+def test_setup_sh_refuses_an_unknown_argument(tmp_path):
+    # PATH holds nothing: were the argument not refused first, the script could reach no sudo or apt.
+    r = subprocess.run(["/bin/bash", os.path.join(ROOT, "demo_raspberry", "setup.sh"), "--servce"],
+                       capture_output=True, text=True, env={"PATH": str(tmp_path), "HOME": str(tmp_path)}, timeout=30)
+    assert r.returncode == 2 and "usage:" in r.stderr and "--servce" in r.stderr
+
+
+def test_setup_sh_creates_the_token_file_private_before_writing_it():
+    with open(os.path.join(ROOT, "demo_raspberry", "setup.sh")) as f:
+        lines = [x.strip() for x in f if "/etc/default/edge-enhance" in x and not x.strip().startswith("#")]
+    made = next(i for i, x in enumerate(lines) if x.startswith("sudo install -m 600 /dev/null"))
+    written = next(i for i, x in enumerate(lines) if "tee /etc/default/edge-enhance" in x)
+    assert made < written and not any("chmod" in x for x in lines)
+
+
+def test_the_service_restarts_after_any_exit():
+    # A clean exit (0) of a viewfinder meant to run until `systemctl stop` must not leave the camera off.
+    with open(os.path.join(ROOT, "demo_raspberry", "edge-enhance-viewfinder.service")) as f:
+        assert "Restart=always" in f.read().splitlines()

@@ -328,3 +328,57 @@ def test_preview_takes_the_token_from_the_environment(monkeypatch):
     assert seen["token"] == "from-the-env-123"
     cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--token", "given-on-cli-1"]))
     assert seen["token"] == "given-on-cli-1"
+
+
+@pytest.mark.parametrize("running", [{}, {"token": "given-secret-1"}], indirect=True)
+def test_too_many_query_fields_is_a_400_not_a_dropped_connection(running):
+    web, _, _ = running
+    query = "?" + "&".join(f"{k}=1" for k in "abcdefghi")  # 9 fields, parse_qs allows 8
+    for method, body, headers in (("GET", None, {}), ("POST", "{}", {"Content-Type": "application/json"})):
+        status, _, data = request(web, method, "/api/control" + query if method == "POST" else "/" + query,
+                                  body, headers)
+        assert status == 400 and "more than 8 query fields" in json.loads(data)["error"], (method, data)
+    assert request(web, "GET", "/api/stats?a=1&b=2")[0] == (401 if web.token else 200)  # fewer still pass
+
+
+def test_quit_is_refused_over_the_web(running):
+    """Anyone with the link could otherwise stop the service for good (a clean exit is not a failure)."""
+    web, p, _ = running
+    status, _, body = request(web, "POST", "/api/control", json.dumps({"action": "quit"}),
+                              {"Content-Type": "application/json"})
+    assert status == 403 and "stop the preview on the device" in json.loads(body)["error"]
+    assert not p.controls.quit_requested.is_set() and p._thread.is_alive()
+
+
+def test_a_bad_token_from_the_environment_names_the_variable(monkeypatch, capsys):
+    import argparse
+
+    from edge_enhance.camera import cli
+
+    monkeypatch.setattr(cli, "_make_enhancer", lambda *a, **k: RepeatEnhancer())
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    for token, words in (("short", "at least 8"), ("has spaces in it", "only letters")):
+        monkeypatch.setenv("EDGE_ENHANCE_TOKEN", token)
+        assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0"])) == 1
+        err = capsys.readouterr().err
+        assert "EDGE_ENHANCE_TOKEN environment variable" in err and words in err and "--token" not in err
+    assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--token", "short"])) == 1
+    assert "--token must be at least 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given,shown", [("env", "?token=<EDGE_ENHANCE_TOKEN>"), ("cli", "?token=on-the-cli-123")])
+def test_a_token_from_the_environment_is_not_printed(given, shown, monkeypatch, capsys):
+    """The service's start-up line goes to the journal; a token typed on the command line is the user's to see."""
+    import argparse
+
+    from edge_enhance.camera import cli
+
+    monkeypatch.setattr(cli, "_make_enhancer", lambda *a, **k: RepeatEnhancer())
+    monkeypatch.setenv("EDGE_ENHANCE_TOKEN", "from-the-env-123")
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    argv = ["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--frames", "2"]
+    assert cli.main(p.parse_args(argv + (["--token", "on-the-cli-123"] if given == "cli" else []))) == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("web viewfinder:"))
+    assert line.endswith(shown) and "from-the-env-123" not in line

@@ -5,6 +5,7 @@ The enhancer is imported inside ``main`` so ``edge-enhance --help`` never loads 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ import threading
 
 from .controls import Controls
 from .detect import has_gui, platform_info
-from .errors import ConfigError, EdgeEnhanceError
+from .errors import ConfigError, EdgeEnhanceError, SourceError
 from .preview import Preview, PreviewConfig
 from .sinks import NullSink, VideoFileSink, WindowSink
 from .sources import open_source
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "environment variable, which other users cannot read in `ps` as they can an argument; else "
                       "generated)")
     p("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_PREVIEW_MODEL})")
-    p("--light-model", metavar="NAME|PATH", help="lighter model adaptive mode may switch to (same scale)")
+    p("--light-model", metavar="NAME|PATH", help="lighter model adaptive mode may switch to (same scale; only with "
+                                                  "--target-fps)")
     p("--threads", type=int, metavar="N", help="engine threads")
     from edge_enhance.cli import _strength
 
@@ -63,7 +65,7 @@ def _make_enhancer(model: str, threads: int | None, card=None):
 
 
 def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overlay: bool, on_web_ready=None,
-                timed=True):
+                timed=True, token_name: str = "--token"):
     from .web import WebViewfinder, parse_hostport  # http.server only when asked for
 
     sinks = []
@@ -77,7 +79,7 @@ def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overl
             sinks.append(NullSink())
         elif kind == "web":
             host, port = parse_hostport(arg or "127.0.0.1:8080")
-            sinks.append(WebViewfinder(host, port, token=token, on_ready=on_web_ready))
+            sinks.append(WebViewfinder(host, port, token=token, on_ready=on_web_ready, token_name=token_name))
         elif kind == "file" and arg:
             sinks.append(VideoFileSink(arg, fps=fps, overlay=overlay, timed=timed))
         else:
@@ -94,20 +96,43 @@ def _refuse_overwriting(source, sinks) -> None:
             raise ConfigError(f"{path}: the file sink would overwrite the source video; choose another name")
 
 
-def _print_web(*, url: str, token_generated: bool):
+ENV_TOKEN = "EDGE_ENHANCE_TOKEN"
+
+
+def _print_web(*, url: str, token_generated: bool, hide_token: bool = False):
+    """``hide_token``: the token came from the environment (the service), and this line goes to its journal."""
+    if hide_token:
+        url = url.partition("?token=")[0] + f"?token=<{ENV_TOKEN}>"
     note = "  (generated token: keep this URL private)" if token_generated else ""
     print(f"web viewfinder: {url}{note}", file=sys.stderr, flush=True)
 
 
 def _summary_line(s: dict) -> str:
     lat = s.get("latency_ms") or {}
+    fig = lambda v: "-" if v is None else v  # noqa: E731  (no frame, no figure)
     return (f"{s['processed']} frames in {s['seconds']:.1f} s: {s['output_fps']:.1f} fps out, "
-            f"{s['input_fps']:.1f} fps in, {s['dropped']} dropped, latency p50 {lat.get('p50')} ms "
-            f"p95 {lat.get('p95')} ms, engine {s.get('engine_ms_mean')} ms ({s['stop_reason']})")
+            f"{s['input_fps']:.1f} fps in, {s['dropped']} dropped, latency p50 {fig(lat.get('p50'))} ms "
+            f"p95 {fig(lat.get('p95'))} ms, engine {fig(s.get('engine_ms_mean'))} ms ({s['stop_reason']})")
+
+
+def _load_light_model(args, enhancer):
+    """--light-model, loaded only where adaptive mode (--target-fps) can use it."""
+    if not args.light_model:
+        return None
+    if args.target_fps is None:
+        log.warning("--light-model %s is used only with --target-fps; ignored", args.light_model)
+        return None
+    light = _make_enhancer(args.light_model, args.threads)
+    macs = [getattr(getattr(e, "card", None), "macs_per_pixel", None) for e in (light, enhancer)]
+    if None not in macs and macs[0] > macs[1]:
+        log.warning("--light-model %s (%d MACs per pixel) is not lighter than the model (%d)",
+                    args.light_model, *macs)
+    return light
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the preview; 0 on a clean stop (bound reached, end of source, Ctrl-C / SIGTERM), 1 on error."""
+    """Run the preview; 0 on a clean stop (bound reached, end of source, Ctrl-C / SIGTERM / SIGHUP), 1 on error
+    (a source that gave no frame at all included)."""
     writer = None
     old_handlers = {}
     try:
@@ -118,18 +143,21 @@ def main(args: argparse.Namespace) -> int:
         specs = list(args.sink or [])
         if args.web:
             specs.append(f"web:{args.web}")
+        env_token = None if args.token else os.environ.get(ENV_TOKEN) or None
         # A file sink records at the source's rate, known once it has started (an unpaced video file, @0:
         # at the clip's own rate, every frame once); a camera's or paced source's frames at their capture time.
-        sinks = build_sinks(specs or ["auto"], token=args.token or os.environ.get("EDGE_ENHANCE_TOKEN") or None,
+        sinks = build_sinks(specs or ["auto"], token=args.token or env_token,
                             fps=lambda: getattr(source, "fps", None) or getattr(source, "native_fps", None),
-                            overlay=not args.no_overlay, on_web_ready=_print_web,
-                            timed=lambda: source.paced)
+                            overlay=not args.no_overlay, timed=lambda: source.paced,
+                            on_web_ready=functools.partial(_print_web, hide_token=env_token is not None),
+                            token_name=f"the {ENV_TOKEN} environment variable (/etc/default/edge-enhance for the "
+                                       "service)" if env_token else "--token")
         _refuse_overwriting(source, sinks)
         from edge_enhance.cli import cli_card
 
         model = args.model or DEFAULT_PREVIEW_MODEL
         enhancer = _make_enhancer(model, args.threads, cli_card(args, model))
-        light = _make_enhancer(args.light_model, args.threads) if args.light_model else None
+        light = _load_light_model(args, enhancer)
         strength = args.strength if args.strength is not None else float(getattr(enhancer, "strength", 1.0))
         controls = Controls(strength=strength, split=args.split, overlay=not args.no_overlay)
         callbacks = []
@@ -153,9 +181,13 @@ def main(args: argparse.Namespace) -> int:
             preview.stop()
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            from edge_enhance.cli import stop_signals
+
+            for sig in stop_signals():  # SIGHUP too: a closed SSH session finishes the recording, not cuts it
                 old_handlers[sig] = signal.signal(sig, _stop)
         summary = preview.run()
+        if summary["processed"] == 0 and summary["stop_reason"] == "end of source":
+            raise SourceError(f"{summary['source']}: no frames could be read")
         print(_summary_line(summary), file=sys.stderr)
         return 0
     except EdgeEnhanceError as e:

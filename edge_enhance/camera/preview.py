@@ -53,12 +53,16 @@ class PreviewConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {v!r} must be > 0")
+        # The command line's option names where there is one (what a user of `preview` can change).
         if not 0.1 <= self.min_scale <= 1.0:
-            raise ConfigError(f"min_scale {self.min_scale!r} must be in 0.1..1")
-        if self.reconnects < 0 or self.reconnect_delay < 0:
-            raise ConfigError("reconnects and reconnect_delay must be >= 0")
-        if not self.stall_timeout > 0 or not self.stats_interval > 0:
-            raise ConfigError("stall_timeout and stats_interval must be > 0")
+            raise ConfigError(f"--min-scale {self.min_scale!r} must be in 0.1..1")
+        if self.reconnects < 0:
+            raise ConfigError(f"--reconnects {self.reconnects!r} must be >= 0")
+        if not self.reconnect_delay >= 0:  # the API's fields only, from here on
+            raise ConfigError(f"reconnect_delay {self.reconnect_delay!r} must be >= 0")
+        for name in ("stall_timeout", "stats_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} {getattr(self, name)!r} must be > 0")
 
 
 @dataclass

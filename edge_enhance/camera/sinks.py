@@ -102,8 +102,10 @@ class WindowSink(Sink):
         try:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
         except cv2.error as e:
+            # The camera extra installs the headless wheel; the GUI one clashes with it, so one replaces the other.
             raise SinkError(f"window sink: this OpenCV has no GUI support ({e.msg.strip() if hasattr(e, 'msg') else e}); "
-                            "install opencv-python (not -headless), or use --sink web:127.0.0.1:8080") from None
+                            "pip uninstall opencv-contrib-python-headless, then pip install opencv-contrib-python "
+                            "(the two clash), or use --sink web:127.0.0.1:8080") from None
         self._cv2 = cv2
 
     def show(self, result: Result):

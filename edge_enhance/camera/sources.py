@@ -188,7 +188,8 @@ class VideoFileSource(OpenCVSource):
 
 
 class FolderSource(Source):
-    """The images of a folder in name order, once, at ``fps`` (default 2)."""
+    """The images of a folder in name order, once, at ``fps`` (default 2). An image that cannot be read is
+    skipped with a warning naming it, as a slideshow would; only a folder of which none can be read fails."""
 
     def __init__(self, folder: str, *, fps: float = 2.0):
         if not os.path.isdir(folder):
@@ -199,22 +200,27 @@ class FolderSource(Source):
             raise SourceError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.name, self.fps = f"folder:{folder}", fps
         self._pacer = _Pacer(fps)
-        self._i = 0
+        self._i = self._read = 0
 
     def start(self):
-        self._i = 0
+        self._i = self._read = 0
 
     def read(self):
-        if self._i >= len(self.files):
-            return None
-        path = self.files[self._i]
-        self._i += 1
-        try:  # as `enhance` reads photos: EXIF orientation applied, 16 bits scaled (not clipped) to 8
-            rgb = load_image(path).rgb
-        except EdgeEnhanceError as e:
-            raise SourceError(f"cannot read image: {e}") from None
-        self._pacer.wait()
-        return (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
+        while self._i < len(self.files):
+            path = self.files[self._i]
+            self._i += 1
+            try:  # as `enhance` reads photos: EXIF orientation applied, 16 bits scaled (not clipped) to 8
+                rgb = load_image(path).rgb
+            except EdgeEnhanceError as e:
+                if self._i == len(self.files) and not self._read:
+                    raise SourceError(f"{self.name}: none of its {len(self.files)} images could be read "
+                                      f"(the last: {e})") from None
+                log.warning("%s: skipped an image that cannot be read: %s", self.name, e)
+                continue
+            self._read += 1
+            self._pacer.wait()
+            return (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
+        return None
 
 
 class PiCamera2Source(Source):

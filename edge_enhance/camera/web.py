@@ -38,6 +38,7 @@ MAX_REQUEST_LINE = 2048
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 8192
 MAX_BODY = 1024
+MAX_QUERY_FIELDS = 8
 STREAMS = ("before", "after")
 COOKIE = "ee_token"
 
@@ -168,12 +169,14 @@ class WebViewfinder(Sink):
     name = "web"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
-                 quality: int = 80, max_clients: int = 8, snapshot_timeout: float = 15.0, on_ready=None):
+                 quality: int = 80, max_clients: int = 8, snapshot_timeout: float = 15.0, on_ready=None,
+                 token_name: str = "--token"):
+        """``token_name``: where the token came from, for the errors (the option or an environment variable)."""
         if token is not None and len(token) < 8:
-            raise ConfigError("--token must be at least 8 characters")
+            raise ConfigError(f"{token_name} must be at least 8 characters")
         if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
             # it travels in a URL and a cookie: other characters would need escaping and get cut by browsers
-            raise ConfigError("--token may use only letters, digits and . _ ~ - (as secrets.token_urlsafe gives)")
+            raise ConfigError(f"{token_name} may use only letters, digits and . _ ~ - (as secrets.token_urlsafe gives)")
         if not 10 <= quality <= 100:
             raise ConfigError(f"JPEG quality {quality} must be in 10..100")
         self.host, self.port, self.quality = host, port, quality
@@ -213,7 +216,7 @@ class WebViewfinder(Sink):
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="web", daemon=True)
         self._thread.start()
-        log.info("web viewfinder at %s", self.url)
+        log.info("web viewfinder listening on %s:%d", self.host, self.port)  # the URL may hold the token
         if self.on_ready is not None:
             self.on_ready(url=self.url, token_generated=self.token_generated)
 
@@ -264,6 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
         if len(self.headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADER_BYTES:
             self.send_error(431, f"more than {MAX_HEADERS} headers or {MAX_HEADER_BYTES} header bytes")
             return False
+        try:
+            self.query = parse_qs(self.path.partition("?")[2], max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:  # parse_qs refuses more fields than that
+            self.close_connection = True
+            self._json(400, {"error": f"more than {MAX_QUERY_FIELDS} query fields"})
+            return False
         return True
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -283,13 +292,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, obj):
         self._send(code, json.dumps(obj).encode(), "application/json")
 
-    def _query(self) -> dict:
-        return parse_qs(self.path.partition("?")[2], max_num_fields=8)
-
     def _authorised(self) -> bool:
         app = self.app
         if app.token:
-            supplied = (self._query().get("token", [None])[0] or self.headers.get("X-Token"))
+            supplied = (self.query.get("token", [None])[0] or self.headers.get("X-Token"))
             auth = self.headers.get("Authorization", "")
             if not supplied and auth.startswith("Bearer "):
                 supplied = auth[7:]
@@ -318,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
             body, ctype = app.static["index.html"]
             extra = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
                                                 "object-src 'none'; frame-ancestors 'none'"}
-            token = self._query().get("token", [None])[0]
+            token = self.query.get("token", [None])[0]
             if app.token and token:
                 extra["Set-Cookie"] = f"{COOKIE}={app.token}; HttpOnly; SameSite=Strict; Path=/"
             self._send(200, body, ctype, extra)
@@ -402,6 +408,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _control(self, body: dict):
         action = body.get("action")
         controls = self.app.controls
+        if action == "quit":  # anyone with the link could switch the camera off for good
+            self._json(403, {"error": "quit is not allowed from the web page; stop the preview on the device "
+                                     "(Ctrl-C, or systemctl stop edge-enhance-viewfinder for the service)"})
+            return
         try:
             if action == "strength" and "value" in body:
                 controls.set_strength(body["value"])
