@@ -288,9 +288,14 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
             dst = Path(out) / rel / (src.stem + ext_for(src))
         jobs.append(Job(src, dst))
     seen: dict[Path, Path] = {}
+    sources = {src.resolve(): src for src, _ in inputs}
     for job in jobs:
         key = job.dst.resolve()
-        if key in seen:
+        other = sources.get(key)
+        if other is not None and key != job.src.resolve():  # checked before anything is written
+            job.status, job.error = "failed", (f"{job.src}: its output {job.dst} would overwrite {other}, another "
+                                               "input of this run (give another -o folder)")
+        elif key in seen:
             job.status, job.error = "failed", f"output {job.dst} would collide with the output of {seen[key]}"
         else:
             seen[key] = job.src
@@ -416,13 +421,21 @@ def cmd_enhance(args) -> int:
     return _summarise(jobs, time.monotonic() - t_start, args, interrupted or stop.requested)
 
 
+def stop_signals() -> list:
+    """The signals that stop a command as Ctrl-C does: SIGINT, SIGTERM and, where it exists, SIGHUP (the SSH
+    session or terminal closing), unless it is ignored, as `nohup` asks."""
+    hup = getattr(signal, "SIGHUP", None)  # not on Windows
+    ignored = hup is None or signal.getsignal(hup) is signal.SIG_IGN
+    return [signal.SIGINT, signal.SIGTERM] + ([] if ignored else [hup])
+
+
 class _StopRequest:
-    """Ctrl-C / SIGTERM during a batch: the first one is honoured at the next safe point (between tiles,
-    between files), so a file being encoded or renamed is never cut; a second one stops at once."""
+    """Ctrl-C / SIGTERM / SIGHUP during a batch: the first one is honoured at the next safe point (between
+    tiles, between files), so a file being encoded or renamed is never cut; a second one stops at once."""
 
     def __init__(self):
         self.requested = False
-        self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {sig: signal.signal(sig, self._handle) for sig in stop_signals()}
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -592,7 +605,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--no-check", action="store_true", help="auto mode: skip the back-projection quality check")
     e.add_argument("--tile", default="auto", help="auto (from --memory), N or HxW input pixels per tile")
     e.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
-    e.add_argument("--strength", type=_strength, default=1.0, help="0 = input, 1 = model, up to 1.5")
+    e.add_argument("--strength", type=_strength, default=1.0,
+                   help="0 = the input (its bicubic upscale when upscaling), 1 = the model, up to 1.5")
     e.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the model over the 8 rotations / mirror images "
                         "(8-9x the time, a little more PSNR)")
@@ -650,6 +664,14 @@ def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentPa
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also one that lands before the command runs (imports, building the parser)
+        print("edge-enhance: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for stream in (sys.stdout, sys.stderr):  # a file name the console's code page cannot show must not stop a batch
         if hasattr(stream, "reconfigure"):
@@ -667,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     def _term(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _term)
+    for sig in stop_signals()[1:]:  # SIGTERM, SIGHUP as Ctrl-C, which raises KeyboardInterrupt already
+        signal.signal(sig, _term)
     try:
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
@@ -678,9 +701,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):  # a script reading stdout gets an answer, not an empty stream
             print(strict_json({"error": str(e), "exit": rc}, indent=1))
         return rc
-    except KeyboardInterrupt:
-        print("edge-enhance: interrupted", file=sys.stderr)
-        return 130
     except ModuleNotFoundError as e:  # a command's optional package (convert, coreml, bench...) is missing
         why = _missing_extra(e)
         if why is None:

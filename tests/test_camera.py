@@ -652,30 +652,35 @@ def test_cli_source_lost_exits_nonzero(monkeypatch, capsys):
     assert "source lost after 4 frames" in capsys.readouterr().err
 
 
-def test_cli_sigterm_stops_cleanly(tmp_path):
-    # A real process: SIGTERM must end an unbounded run with exit 0 and a final stats line.
-    stats = tmp_path / "s.jsonl"
+@pytest.mark.parametrize("sig", [15, 1], ids=["SIGTERM", "SIGHUP"])
+def test_cli_a_stop_signal_finishes_the_recording(tmp_path, sig):
+    # A real process: SIGTERM, or the SSH session closing (SIGHUP: it killed the process, leaving no recording
+    # and a hidden broken temp file), ends an unbounded run with exit 0, the recording and a final stats line.
+    stats, out = tmp_path / "s.jsonl", tmp_path / "rec.avi"
     code = (
-        "import sys, argparse; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "import sys, argparse, signal; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"  # as a terminal starts it, even if these tests run under nohup
         "from test_camera_doubles import RepeatEnhancer\n"
         "from edge_enhance.camera import cli\n"
         "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
         "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
-        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@100', '--sink', 'null', '--stats-json', sys.argv[2]])))\n"
+        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@50', '--sink', 'file:' + sys.argv[3], "
+        "'--stats-json', sys.argv[2]])))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats), str(out)], stderr=subprocess.PIPE, text=True)
     try:
         import time
         deadline = time.monotonic() + 60
         while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)  # wait for the first stats line: the loop is running
-        proc.send_signal(15)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     final = json.loads(stats.read_text().splitlines()[-1])
     assert final["final"] and final["stop_reason"] == "stopped"
+    assert count_frames(out)[0] > 0 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
 
 def test_cli_a_second_ctrl_c_while_stopping_keeps_the_recording(tmp_path):
@@ -838,34 +843,6 @@ def test_check_pi_gives_no_gmac_figure_for_a_run_whose_frame_size_changed():
 
 
 # --- fixes from a user probe ----------------------------------------------------------------------
-
-def test_cli_sighup_finishes_the_recording(tmp_path):
-    # Closing the SSH session (SIGHUP) killed the process: no recording, a hidden broken temp file.
-    stats, out = tmp_path / "s.jsonl", tmp_path / "rec.avi"
-    code = (
-        "import sys, argparse, signal; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
-        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"  # as a terminal starts it, even if these tests run under nohup
-        "from test_camera_doubles import RepeatEnhancer\n"
-        "from edge_enhance.camera import cli\n"
-        "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
-        "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
-        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@50', '--sink', 'file:' + sys.argv[3], "
-        "'--stats-json', sys.argv[2]])))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats), str(out)], stderr=subprocess.PIPE, text=True)
-    try:
-        import time
-        deadline = time.monotonic() + 60
-        while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(1)  # SIGHUP
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert json.loads(stats.read_text().splitlines()[-1])["stop_reason"] == "stopped"
-    assert count_frames(out)[0] > 0 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
-
 
 def test_cli_a_source_with_no_frames_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
     from edge_enhance.camera import cli

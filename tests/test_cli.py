@@ -132,6 +132,18 @@ def test_never_overwrites_input(tmp_path, model, capsys):
     assert "would overwrite the input" in capsys.readouterr().err and src.read_bytes() == before
 
 
+@pytest.mark.parametrize("order", ["nested first", "folder first"])
+def test_an_output_never_lands_on_another_input(tmp_path, model, capsys, order):
+    # album/rescans/x.png -> album/x.png would destroy album/x.png, itself an input of the same run
+    (tmp_path / "album" / "rescans").mkdir(parents=True)
+    outer, inner = _img(tmp_path / "album" / "x.png"), _img(tmp_path / "album" / "rescans" / "x.png", size=(8, 8))
+    before = {p: p.read_bytes() for p in (outer, inner)}
+    srcs = [str(inner), str(outer)] if order == "nested first" else [str(outer), str(inner)]
+    assert main(["enhance", *srcs, "-o", str(tmp_path / "album"), "--model", model]) == 1
+    assert "another input of this run" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (outer, inner)} == before
+
+
 @pytest.mark.parametrize("argv,code", [
     (["enhance", "x.png", "--strength", "3"], 2),
     (["enhance", "x.png", "--tile", "abc"], 2),
@@ -188,7 +200,8 @@ def test_unknown_model_file(tmp_path, capsys):
     assert str(bogus) in err and "not a model" in err
 
 
-def test_sigterm_mid_batch_leaves_no_partial_output(tmp_path, model):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])  # SIGHUP: the SSH session closing
+def test_a_stop_signal_mid_batch_leaves_no_partial_output(tmp_path, model, sig):
     d = tmp_path / "in"
     d.mkdir()
     for i in range(40):
@@ -196,12 +209,13 @@ def test_sigterm_mid_batch_leaves_no_partial_output(tmp_path, model):
     out = tmp_path / "out"
     code = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"  # as a terminal starts it, even if these tests run under nohup
         "from edge_enhance import enhancer\n"
         "orig = enhancer.Enhancer.enhance_rgb\n"
         "n = [0]\n"
         "def run(self, *a, **k):\n"
         "    n[0] += 1\n"
-        "    if n[0] == 3: os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"    if n[0] == 3: os.kill(os.getpid(), signal.{sig})\n"
         "    return orig(self, *a, **k)\n"
         "enhancer.Enhancer.enhance_rgb = run\n"
         "from edge_enhance.cli import main\n"
@@ -213,6 +227,8 @@ def test_sigterm_mid_batch_leaves_no_partial_output(tmp_path, model):
     assert s["interrupted"] and s["ok"] == 2
     written = sorted(p.name for p in out.iterdir())
     assert written == ["00.png", "01.png"]  # no partial or temporary files
+    if sig != "SIGTERM":
+        return
     r2 = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "enhance", str(d), "-o", str(out), "--model", model,
                          "--skip-existing", "--json"], capture_output=True, text=True, timeout=300)
     s2 = json.loads(r2.stdout)
@@ -475,3 +491,35 @@ def test_an_encoder_refusal_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match=r"x\.webp: cannot write \(.*WebP"):
         save_image(photo, tmp_path / "x.webp")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sighup_is_left_alone_under_nohup():
+    import signal
+
+    from edge_enhance.cli import stop_signals
+
+    if not hasattr(signal, "SIGHUP"):
+        pytest.skip("no SIGHUP here")
+    old = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert stop_signals() == [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup edge-enhance ...` starts it
+        assert stop_signals() == [signal.SIGINT, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_ctrl_c_before_the_command_runs_is_said_not_a_traceback(monkeypatch, capsys):
+    from edge_enhance import cli
+
+    def interrupted(*a, **k):  # Ctrl-C while the parser is built (imports), the first ~0.2 s
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    try:
+        rc = cli.main(["models"])
+    except KeyboardInterrupt:  # would stop pytest itself
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert rc == 130
+    assert capsys.readouterr().err == "edge-enhance: interrupted\n"
