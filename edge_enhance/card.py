@@ -48,7 +48,7 @@ class ModelCard:
     layout: str = "nchw"  # of the model's own input/output tensors
     input_range: tuple[float, float] = (0.0, 1.0)
     colour: str = "rgb"  # or "y": the model sees full-range BT.601 luma only, chroma is upscaled bicubic
-    base: str = "nearest"  # what the learned residual is added to (for --strength)
+    base: str = "nearest"  # what the learned residual is added to inside the network
     tile: tuple[int, int] | None = None  # fixed input (h, w) the model was built for, if any
     align: int = 1  # input height and width must be multiples of align; tiles start on multiples of align
     version: str = "1"

@@ -25,6 +25,31 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles total)
 MAX_STRENGTH = 1.5
 
 
+def _cubic_taps(n_in: int, start: int, count: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start .. start + count`` of an x``s`` bicubic of ``n_in`` rows, as Pillow's BICUBIC (a =
+    -0.5, pixel centres aligned, taps beyond the image's edge dropped and the rest renormalised): the
+    4 source rows of each and their weights. Each output row's taps depend on its own index only, so
+    a tile's rows equal the whole image's."""
+    c = (np.arange(start, start + count) + 0.5) / s - 0.5
+    idx = np.floor(c).astype(np.int64)[:, None] + np.arange(-1, 3)
+    t = np.abs(c[:, None] - idx)
+    w = np.where(t <= 1, (1.5 * t - 2.5) * t * t + 1, ((-0.5 * t + 2.5) * t - 4) * t + 2)
+    w[(idx < 0) | (idx >= n_in)] = 0
+    return np.clip(idx, 0, n_in - 1), (w / w.sum(1, keepdims=True)).astype(np.float32)
+
+
+def upscale_bicubic(src: np.ndarray, y: int, x: int, h: int, w: int, s: int) -> np.ndarray:
+    """The x``s`` bicubic upscale of ``src`` (H x W x C), only the part covering its region (y, x, h, w):
+    (h * s) x (w * s) x C float32, equal to the same part of the whole image's upscale."""
+    ri, rw = _cubic_taps(src.shape[0], y * s, h * s, s)
+    ci, cw = _cubic_taps(src.shape[1], x * s, w * s, s)
+    need = np.unique(ri)  # the source rows this part reads
+    part = src[need].astype(np.float32)
+    cols = sum(cw[None, :, k, None] * part[:, ci[:, k]] for k in range(4))  # rows x (w*s) x C
+    at = np.searchsorted(need, ri)
+    return sum(rw[:, k, None, None] * cols[at[:, k]] for k in range(4))
+
+
 def _check_strength(s: float) -> float:
     if not 0.0 <= s <= MAX_STRENGTH:
         raise ConfigError(f"strength {s} is outside 0..{MAX_STRENGTH}")
@@ -256,10 +281,9 @@ class Enhancer:
             if len(passes) > 1:
                 acc *= np.float32(1 / len(passes))
             res = acc[oy * s:(oy + ch) * s, ox * s:(ox + cw) * s]
-            if strength != 1.0:
-                base = xin[oy:oy + ch, ox:ox + cw]
-                if card.base != "identity":
-                    base = base.repeat(s, 0).repeat(s, 1)
+            if strength != 1.0:  # towards the input itself, or its plain (bicubic) upscale: never blocky
+                base = xin[oy:oy + ch, ox:ox + cw] if s == 1 else \
+                    upscale_bicubic(src, y, x, ch, cw, s) * k_in + np.float32(lo)
                 res = base + np.float32(strength) * (res - base)
             res = res - np.float32(lo)  # one float copy of the core, worked on in place (an x4 tile's is large)
             res *= k_out
@@ -401,13 +425,18 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
     # reported as such, not as the output format its extension implies.
     photo = imageio.load_image(src, max_pixels)
     try:  # fail on a bad extension, or an output the format cannot hold, before the model
-        imageio.format_for(dst, fmt)
+        out_fmt = imageio.format_for(dst, fmt)
     except ConfigError as e:
         if fmt is None and photo.format:  # a JPEG named .heic: say what it is and how to keep it
             ext = photo.format.lower().replace("jpeg", "jpg")
             raise ConfigError(f"{e} (the input is a {photo.format} file: add --format {ext})") from None
         raise
     imageio.check_output_size(dst, fmt, photo.rgb.shape[1] * processor.scale, photo.rgb.shape[0] * processor.scale)
+    if out_fmt in imageio.NO_ALPHA and photo.alpha is not None:
+        # Dropped before enhancing: the colours as stored are enhanced and kept, as Pillow's convert("RGB")
+        # keeps them (enhanced with their alpha, the colour under transparent pixels would come out black).
+        log.warning("%s: %s has no alpha channel; transparency dropped, the stored colours kept", dst, out_fmt)
+        photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0

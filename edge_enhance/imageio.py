@@ -28,7 +28,7 @@ DEFAULT_MAX_PIXELS = 200_000_000  # input pixels; a 200 MP photo is plausible, a
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
 _ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
-_NO_ALPHA = {"JPEG", "BMP", "PPM"}
+NO_ALPHA = {"JPEG", "BMP", "PPM"}  # output formats without an alpha channel
 # What Pillow's decoders raise on damaged files besides OSError (found by fuzzing: TIFF 'Missing
 # dimensions' TypeError from n_frames, PNG 'Truncated IHDR chunk' ValueError from open).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, ZeroDivisionError,
@@ -53,6 +53,9 @@ class Photo:
     dpi: tuple[float, float] | None = None
     format: str | None = None
     extra: dict = field(default_factory=dict)
+    xmp: bytes | None = None  # XMP packet (captions, keywords, people tags), carried as is
+    comment: bytes | None = None  # a JPEG's COM segment
+    text: dict = field(default_factory=dict)  # a PNG's tEXt / iTXt / zTXt chunks, keyword -> str
 
     @property
     def maxval(self) -> int:
@@ -198,6 +201,9 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
         if fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
             dpi = None  # Pillow reports (1, 1) for a TIFF without a resolution: do not make one up
         tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
+        xmp, comment = im.info.get("xmp"), im.info.get("comment") if fmt == "JPEG" else None
+        text = {k: v for k, v in im.text.items() if k != _PNG_XMP} if fmt == "PNG" else {}
+        min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
         try:
             # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
             with warnings.catch_warnings(record=True) as more:
@@ -231,7 +237,11 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
             if data.shape[2] == 2:
                 data = np.dstack([data[..., :1]] * 3 + [data[..., 1:]])
             photo.rgb, photo.alpha = data[..., :3], (data[..., 3] if data.shape[2] == 4 else None)
+    if min_is_white and photo.rgb.dtype == np.uint16:  # Pillow inverts a MinIsWhite TIFF's 8-bit grey only
+        photo.rgb = 65535 - photo.rgb
     photo.icc, photo.exif, photo.dpi, photo.format = icc, exif, dpi, fmt
+    photo.xmp = xmp if isinstance(xmp, bytes) and xmp else None
+    photo.comment, photo.text = comment or None, text
     if fmt == "WEBP" and _webp_lossless(fh):
         photo.extra["lossless"] = True  # written back lossless
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
@@ -469,6 +479,23 @@ def check_output_size(dst, fmt: str | None, width: int, height: int) -> None:
                           f"write PNG or TIFF (--format png)")
 
 
+_PNG_XMP = "XML:com.adobe.xmp"  # the iTXt keyword PNG keeps XMP under
+
+
+def _png_text(photo: Photo):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in photo.text.items():
+        try:
+            info.add_text(k, v.encode("latin-1").decode("latin-1"))  # tEXt holds Latin-1 only
+        except UnicodeEncodeError:
+            info.add_itxt(k, v)
+    if photo.xmp:
+        info.add_itxt(_PNG_XMP, photo.xmp.decode("utf-8", "replace"))
+    return info
+
+
 def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
                dpi_scale: float = 1.0) -> Path:
     """Write atomically: a temporary file in the destination folder, fsync, then rename."""
@@ -496,6 +523,12 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
         if photo.dpi:
             kw["dpi"] = tuple(float(d) * dpi_scale for d in photo.dpi)
+        if photo.xmp and fmt in ("JPEG", "WEBP"):
+            kw["xmp"] = photo.xmp
+        if photo.comment and fmt == "JPEG":
+            kw["comment"] = photo.comment
+        if fmt == "PNG" and (photo.text or photo.xmp):
+            kw["pnginfo"] = _png_text(photo)
     if fmt in ("JPEG", "WEBP"):
         kw["quality"] = quality
     if fmt == "WEBP" and photo.extra.get("lossless"):
@@ -503,7 +536,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if fmt == "JPEG":  # full-resolution chroma: 4:2:0 undid much of what dejpeg restored (measured: below its input)
         kw["subsampling"] = 0
     keep16 = photo.rgb.dtype == np.uint16 and fmt in _SIXTEEN_BIT
-    if fmt in _NO_ALPHA and photo.alpha is not None:
+    if fmt in NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
         photo = Photo(photo.rgb, None, photo.grey)
     elif fmt == "GIF" and photo.alpha is not None and np.any((photo.alpha > 0) & (photo.alpha < photo.maxval)):

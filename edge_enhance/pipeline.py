@@ -55,6 +55,9 @@ def _opaque(alpha: np.ndarray | None, shape) -> np.ndarray:
     return np.ones(shape[:2], bool) if alpha is None else alpha == np.iinfo(alpha.dtype).max
 
 
+MAX_NOISE_SIGMA = 127.5  # the largest standard deviation of values in 0..255
+
+
 def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
     """Per-channel Gaussian noise sigma on the 0..255 scale (median over channels); with ``alpha``,
     from the fully opaque 8x8 blocks only (0.0 when there are none).
@@ -92,7 +95,9 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
             use = keep
         sigmas.append(_NOISE_PERCENTILE_GAIN * math.sqrt(math.pi / 2)
                       * float(np.percentile(blocks[use], NOISE_BLOCK_PERCENTILE)) / 6.0)
-    return float(np.median(sigmas))
+    # A pixel-level pattern (a 1-pixel checkerboard, halftone) reads as more than any noise on 0..255
+    # can be: its standard deviation is at most half the range.
+    return min(float(np.median(sigmas)), MAX_NOISE_SIGMA)
 
 
 def jpeg_quality_from_tables(path) -> int | None:

@@ -73,10 +73,15 @@ def test_uint16_in_uint16_out_and_matches_8bit_scaled(models):
     assert np.abs(o16 / 257.0 - o8).max() <= 1.0
 
 
-def test_strength_zero_gives_the_base_and_one_the_model(models):
+def test_strength_zero_gives_the_input_and_one_the_model(models):
+    from PIL import Image
+
     img = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     enh = Enhancer(models[2], strength=0.0)
-    assert np.array_equal(enh.enhance(img), img.repeat(2, 0).repeat(2, 1))
+    # an upscaler at strength 0 gives the plain bicubic upscale (Pillow's), not a blocky nearest one
+    bicubic = np.stack([np.asarray(Image.fromarray(img[..., c].astype(np.float32), "F").resize((16, 16), Image.BICUBIC))
+                        for c in range(3)], -1).round().clip(0, 255)
+    assert np.abs(enh.enhance(img).astype(int) - bicubic).max() <= 1
     enh1 = Enhancer(models[1], strength=0.0)
     assert np.array_equal(enh1.enhance(img), img)
     with pytest.raises(ConfigError):
@@ -506,3 +511,35 @@ def test_pipeline_close_frees_every_stage(models):
     with pytest.raises(ConfigError, match="closed"):
         made[0].enhance(np.zeros((4, 4, 3), np.uint8))
     assert pipe._loaded == {}
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.4, 1.3])
+def test_tiles_at_any_strength_equal_the_whole_image(models, strength):
+    img = np.random.default_rng(4).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    whole = Enhancer(models[2], strength=strength).enhance(img)
+    tiled = Enhancer(models[2], strength=strength, tiling=TilingConfig(tile=(12, 10)))
+    assert np.array_equal(tiled.enhance(img), whole) and tiled.last_run.tiles > 4
+
+
+def test_a_gentler_strength_is_not_blocky(models):
+    # a blend towards nearest-neighbour (the model's own base) left 2x2 steps that grew as strength fell
+    yy, xx = np.mgrid[0:16, 0:16]
+    img = np.clip(np.stack([yy * 9 + xx * 5] * 3, -1), 0, 255).astype(np.uint8)
+    out = Enhancer(models[2], strength=0.25).enhance(img).astype(int)
+    across = np.abs(np.diff(out, axis=1))[:, 1::2].mean()  # steps across 2x2 block borders
+    inside = np.abs(np.diff(out, axis=1))[:, 0::2].mean()
+    assert across < 1.5 * inside
+
+
+def test_rgba_to_jpeg_keeps_the_colour_under_transparent_pixels(models, tmp_path, caplog):
+    from PIL import Image
+
+    from edge_enhance.enhancer import enhance_file
+
+    rgba = np.zeros((12, 12, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 200, 255
+    rgba[:, :4, 3] = 0  # a third of it transparent, its stored colour the same grey
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    enhance_file(Enhancer(models[1]), tmp_path / "a.png", tmp_path / "a.jpg")
+    out = np.asarray(Image.open(tmp_path / "a.jpg")).astype(int)
+    assert np.abs(out - 200).max() <= 3 and "transparency dropped" in caplog.text  # not black where it was hidden

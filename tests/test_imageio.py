@@ -299,3 +299,50 @@ def test_webp_comes_back_as_lossless_or_lossy_as_it_was(tmp_path, lossless):
     if lossless:
         got, shows = np.asarray(Image.open(tmp_path / "o.webp")), a[..., 3] > 0  # colour under alpha 0 is free
         np.testing.assert_array_equal(got[shows], a[shows])
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_min_is_white_grey_tiff_reads_as_it_looks(tmp_path, bits):
+    # Scanners and archives store grey as MinIsWhite (0 = white); Pillow inverts only the 8-bit kind
+    tifffile = pytest.importorskip("tifffile")
+    full = 2 ** bits - 1
+    shown = np.linspace(0, full, 24 * 16).reshape(16, 24).astype(np.uint16 if bits == 16 else np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", full - shown, photometric="miniswhite")
+    ph = imageio.load_image(tmp_path / "s.tif")
+    assert ph.grey and ph.rgb.dtype == shown.dtype
+    np.testing.assert_array_equal(ph.rgb[..., 0], shown)
+
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description>Oma, 1950</dc:description>'
+       b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_captions_travel_xmp_comments_and_png_text(tmp_path, fmt):
+    from PIL import PngImagePlugin
+
+    src = tmp_path / f"a.{fmt.lower()}"
+    kw = {"xmp": XMP}
+    if fmt == "JPEG":
+        kw["comment"] = b"scanned 2026"
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Description", "Oma, 1950")
+        info.add_itxt("Author", "Zo\u00eb")
+        info.add_itxt("XML:com.adobe.xmp", XMP.decode())
+        kw = {"pnginfo": info}
+    Image.new("RGB", (8, 8), (90, 60, 30)).save(src, fmt, **kw)
+    ph = imageio.load_image(src)
+    out = imageio.save_image(ph, tmp_path / f"o.{fmt.lower()}")
+    with Image.open(out) as im:
+        im.load()
+        assert im.info.get("xmp") == XMP
+        if fmt == "JPEG":
+            assert im.info["comment"] == b"scanned 2026"
+        if fmt == "PNG":
+            assert im.text["Description"] == "Oma, 1950" and im.text["Author"] == "Zo\u00eb"
+    stripped = imageio.save_image(ph, tmp_path / f"s.{fmt.lower()}", strip_metadata=True)
+    with Image.open(stripped) as im:
+        im.load()
+        assert "xmp" not in im.info and "comment" not in im.info and "Description" not in im.info

@@ -26,6 +26,13 @@ def test_noise_estimate_within_15_percent(sigma):
     assert est == pytest.approx(sigma, rel=0.1 if sigma < 50 else 0.2)
 
 
+def test_a_pixel_pattern_never_reads_as_impossible_noise():
+    # a 1-pixel checkerboard read as sigma 571 on 0..255, where no noise can exceed 127.5
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    sigma = estimate_noise_sigma(np.repeat(board[..., None], 3, axis=2))
+    assert 50 < sigma <= 127.5
+
+
 def test_clean_smooth_image_reads_as_noise_free():
     assert estimate_noise_sigma(smooth().astype(np.uint8)) < 1.5
 
