@@ -2,7 +2,8 @@
 
 All images are held in memory as uint8 (about 100 MB). SR inputs come from the whole-image Pillow
 bicubic LR (HR mod-cropped, exactly as the evaluation protocol), so patches carry no resize border
-artefacts; flips and 90-degree rotations are applied to the (input, target) pair.
+artefacts; flips and 90-degree rotations are applied to the (input, target) pair, and with the
+recipe's ``colour_perm`` the clean patch's channels are put in a random order before it is degraded.
 """
 from __future__ import annotations
 
@@ -79,21 +80,23 @@ class PatchSampler:
     def _one(self) -> tuple[np.ndarray, np.ndarray]:
         r, rng, p, s = self.r, self.rng, self.r.patch, self.r.scale
         k = int(rng.integers(len(self.images)))
-        if r.task == "sr":
+        # Before the degradation: JPEG and its chroma subsampling treat the channels unequally.
+        c = rng.permutation(3) if r.colour_perm else slice(None)
+        if r.task == "sr":  # bicubic works per channel: the pair's channels are permuted alike
             hr, lr = self.pairs[k]
             i, j = int(rng.integers(lr.shape[0] - p + 1)), int(rng.integers(lr.shape[1] - p + 1))
-            return lr[i:i + p, j:j + p], hr[i * s:(i + p) * s, j * s:(j + p) * s]
+            return lr[i:i + p, j:j + p, c], hr[i * s:(i + p) * s, j * s:(j + p) * s, c]
         if r.task == "denoise":
-            clean = self._crop(self.images[k], p)
+            clean = self._crop(self.images[k], p)[..., c]
             sigma = rng.uniform(0.0, r.sigma_max)
             noisy = np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
             return noisy, clean
         if r.task == "dejpeg":
-            clean = self._crop(self.images[k], p)
+            clean = self._crop(self.images[k], p)[..., c]
             return jpeg(clean, int(rng.integers(r.quality_range[0], r.quality_range[1] + 1))), clean
         # enhance: degrade an HR crop with an 8-LR-pixel margin, keep the centre (no border effects).
         m = 8
-        hr = mod_crop(self._crop(self.images[k], (p + 2 * m) * s), s)
+        hr = mod_crop(self._crop(self.images[k], (p + 2 * m) * s), s)[..., c]
         lr = degrade(hr, s, rng, Degradation.draw(rng))
         return lr[m:m + p, m:m + p], hr[m * s:(m + p) * s, m * s:(m + p) * s]
 

@@ -44,6 +44,7 @@ class Recipe:
     sigma_max: float = 50.0  # denoise: blind sigma U(0, sigma_max)
     y_loss: float = 0.0  # weight of a luma (Y) term added to the RGB loss (sr / enhance are scored on Y)
     quality_range: tuple[int, int] = (10, 90)  # dejpeg: quality U(lo, hi)
+    colour_perm: int = 0  # 1: each clean patch's R, G, B in a random order (saturated blues as often as reds)
     eval_every: int = 250  # steps between Set5 logs
     stages: tuple[Stage, ...] = ()  # later runs, each from the export before it (training.queue runs them)
 
@@ -63,6 +64,8 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: sigma_max {self.sigma_max} must be positive")
         if not self.y_loss >= 0:
             raise ConfigError(f"recipe {self.name}: y_loss {self.y_loss} must not be negative")
+        if self.colour_perm not in (0, 1):
+            raise ConfigError(f"recipe {self.name}: colour_perm {self.colour_perm} must be 0 or 1")
         if self.channels < 1 or self.convs < 2 or self.patch < 8 or self.batch < 1:
             raise ConfigError(f"recipe {self.name}: channels/convs/patch/batch out of range")
         if not (self.lr > 0 and self.minutes > 0 and self.l2_minutes >= 0):

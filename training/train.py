@@ -63,7 +63,9 @@ OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs"
                            "dilation of each conv, comma-separated (1,2,3,4,...: a wider receptive field)"),
              "sigma_max": (float, "denoise: the training noise is sigma U(0, this)"),
              "y_loss": (float, "add this weight times the loss on luma Y, the channel sr / enhance are scored "
-                               "on, to the RGB loss (0: RGB only)")}
+                               "on, to the RGB loss (0: RGB only)"),
+             "colour_perm": (int, "1: each clean patch's R, G and B channels in a random order, so saturated "
+                                  "blues and greens are seen as often as reds (0: as the photos are)")}
 
 
 def _flag(key: str) -> str:
@@ -506,6 +508,11 @@ def _architecture_text(r: Recipe) -> str:
 
 
 def _degradation_text(r: Recipe) -> str:
+    perm = ", channels of each clean patch in a random order" if r.colour_perm else ""
+    return _degradation(r) + perm
+
+
+def _degradation(r: Recipe) -> str:
     if r.task == "sr":
         return f"Pillow bicubic x1/{r.scale} of the whole mod-cropped image"
     if r.task == "denoise":
