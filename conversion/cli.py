@@ -6,6 +6,7 @@ Exit codes: 0 converted and verified; 1 the model cannot be converted or fails v
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, EdgeEnhanceError, UnsupportedOpError, VerificationError
-from .footprint import add_card_arguments, attach_card, card_options, check_card
+from .footprint import add_card_arguments, attach_card, card_options, check_card, check_image_channels
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
@@ -159,12 +160,17 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
             raise
         graph = from_onnx(src, input_hw=tile)
         log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
+    check_image_channels(graph, src)
+    fixed = _fixed_input(graph, src, tile, enumerated_shapes)
     source_model = onnx.load(str(src))
     if card:
         attach_card(graph, src, **card)
         source_model.metadata_props.add(key=CARD_KEY, value=graph.metadata[CARD_KEY])  # for the task PSNR
     else:
         check_card(graph, src)
+    if fixed and CARD_KEY in graph.metadata:  # the runtime reads a fixed input off the card too (Core ML's only there)
+        graph.metadata[CARD_KEY] = json.dumps({**json.loads(graph.metadata[CARD_KEY]), "tile": list(fixed)},
+                                              sort_keys=True)
     check_aligned(enumerated_shapes, graph.align, f"{src}: --enumerated-shapes")
     check_aligned([tile] if tile else [], graph.align, f"{src}: --tile")
     if CARD_KEY in graph.metadata:  # a fixed input the runtime cannot tile with (it has no room for a core)
@@ -250,6 +256,18 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         counts[n] = counts.get(n, 0) + 1
     return ConvertResult(out, to, precision, seconds, _tree_size(out), counts, report, notes=notes, agreement=agreement,
                          weight_bytes=wbytes)
+
+
+def _fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
+    """The (h, w) the model's own graph fixes its input at, or None. Another --tile / --enumerated-shapes size is
+    refused: the source cannot run at it, so nothing could be verified, and sizes the export baked in may not hold."""
+    _, h, w, _ = graph.tensors[graph.inputs[0]].shape
+    if h is None or w is None:
+        return None
+    if any(tuple(s) != (h, w) for s in ([tile] if tile else []) + list(enumerated_shapes)):
+        opt = "--enumerated-shapes" if enumerated_shapes else "--tile"
+        raise ConfigError(f"{src}: input fixed at {h}x{w} by the model; {opt} must be {h}x{w} or left out")
+    return h, w
 
 
 def coreml_notes(io: str, sizes: list, channels: int, names: tuple = ("", ""), span: tuple = (0.0, 1.0)) -> list:

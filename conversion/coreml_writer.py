@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from . import executor
 from .errors import ConfigError, UnsupportedOpError, VerificationError
 from .ir import Graph
 from .onnx_writer import _check_quantised, _nchw_const
+
+log = logging.getLogger(__name__)
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 WEIGHTS = ("fp", "int8", "palette4", "palette6", "palette8", "sparse50", "sparse75", "sparse90")
@@ -639,7 +642,8 @@ def _bits(var) -> int:
 def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, max_images=None, crop=None,
                   tol=None, simulate_quant: bool = False):
     """IR executor vs numpy evaluation of the converted MIL program, on real images cropped to the
-    default tile; each further enumerated shape is checked on the first image, fitted to it.
+    default tile (where none is that large, padded up to it as the runtime pads them, and compared on
+    their own pixels); each further enumerated shape is checked on the first image, fitted to it.
 
     Image I/O programs are fed pixels 0..255 and their output is mapped back to the network's range
     before comparing with the reference clipped to that range (the picture clips it).
@@ -667,13 +671,17 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
     if tol is None and precision == "fp32":
         tol = FP32_TOL
     fitting = [f for f in files if _fits(f, sizes[0], card)]
+    if not fitting and not simulate_quant:  # (said once: a W8A8 agreement check follows the first)
+        log.warning("no image is large enough for the model's %dx%d input under its task's protocol; verifying on "
+                    "the images reflect-padded at their bottom / right up to it, as the runtime runs them, compared "
+                    "on their own pixels", *sizes[0])
     channels = graph.tensors[graph.inputs[0]].shape[3]
-    rep = compare("coreml", precision, src, tgt, card, fitting, crop=sizes[0], max_images=max_images, tol=tol,
+    rep = compare("coreml", precision, src, tgt, card, fitting or files, crop=sizes[0], max_images=max_images, tol=tol,
                   source=f"IR executor{' int8 simulation' if simulate_quant else ''} (numpy MIL evaluation as target)",
-                  channels=channels)
+                  channels=channels, pad=not fitting)
     if io == "image":
         rep.precision += ", image I/O"
-    for size in sizes[1:] if fitting else sizes:  # no image as large as the tile: the first one, fitted
+    for size in sizes[1:]:
         name, x, _ = next(make_pairs(card, files, max_images=1, channels=channels))
         x = _fit(x, size)
         a, b = src(x), tgt(x)

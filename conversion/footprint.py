@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_enhance.card import CARD_KEY, TASKS, ModelCard
+from edge_enhance.card import CARD_KEY, TASKS, ModelCard, check_channels
 from edge_enhance.card import add_card_arguments as card_arguments
 
 from .errors import ConfigError
@@ -38,6 +38,11 @@ class Footprint:
 
 def _colour(g) -> str:
     return "y" if g.tensors[g.inputs[0]].shape[3] == 1 else "rgb"
+
+
+def check_image_channels(g, src) -> None:
+    """Refuse a graph that is not 1 -> 1 channel (luma) or 3 -> 3 (RGB): the runtime has no other kind of image."""
+    check_channels(src, g.tensors[g.inputs[0]].shape[3], g.tensors[g.outputs[0]].shape[3])
 
 
 def footprint(g) -> Footprint:
@@ -95,10 +100,12 @@ def _check_tileable(n) -> None:
 
 
 def check_card(g, src) -> None:
-    """A model's own card against its graph: refuse a graph no tile can match (the runtime tiles by the
-    card); a scale the graph contradicts; warn when the card's receptive field is below the graph's."""
+    """A model's own card against its graph: refuse a graph that is not 1 -> 1 or 3 -> 3 channels or that no
+    tile can match (the runtime tiles by the card); a scale the graph contradicts; warn when the card's
+    receptive field is below the graph's."""
     if CARD_KEY not in g.metadata:
         return
+    check_image_channels(g, src)
     card = ModelCard.from_json(g.metadata[CARD_KEY], str(src))
     try:
         for n in g.nodes:
@@ -147,6 +154,7 @@ def attach_card(g, src, task: str | None = None, *, scale: int | None = None, re
     """Make the card of a card-less graph (defaults read off the graph) and store it in its metadata."""
     if CARD_KEY in g.metadata:
         raise ConfigError(f"{src}: the model carries its own card; --card-* options are for models without one")
+    check_image_channels(g, src)
     if task is None:
         raise ConfigError(f"{src}: a model without a card needs --card-task ({', '.join(TASKS)}); scale, "
                           "receptive field and align are read off the graph")

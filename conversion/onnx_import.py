@@ -301,7 +301,9 @@ def _channel_count(n, ctx):
 
 
 def _slice_bounds(n, ctx):
-    """(start, end) channels of a step-1 channel Slice (opset 1-9 attributes, 10+ inputs), or a reason."""
+    """The channels (a range) a step-1 channel Slice keeps (opset 1-9 attributes, 10+ inputs), None for a
+    slice that keeps everything (``y[:, :, :h, :w]`` at a fixed size: the crop after a pad that folded to
+    nothing), or a reason."""
     def part(i, key):
         if key in n.attrs:
             return [int(v) for v in n.attrs[key]]
@@ -316,12 +318,17 @@ def _slice_bounds(n, ctx):
         if isinstance(v, str):
             return v
     axes = axes or list(range(len(starts)))
-    if [a % 4 for a in axes] != [1] or (steps and steps != [1]):
+    shape = ctx.shapes.get(n.inputs[0]) or (None,) * 4
+    cut = [(a % 4, s, e, k) for a, s, e, k in zip(axes, starts, ends, steps or [1] * len(axes))
+           if not (k == 1 and shape[a % 4] is not None and range(shape[a % 4])[s:e] == range(shape[a % 4]))]
+    if not cut:
+        return None
+    if [(a, k) for a, _, _, k in cut] != [(1, 1)]:
         return "only step-1 slices of the channel axis are supported (a spatial slice breaks exact tiling)"
     c = _channel_count(n, ctx)
     if c is None:
         return "channel count unknown"
-    return range(c)[starts[0]:ends[0]]
+    return range(c)[cut[0][1]:cut[0][2]]
 
 
 def _select_channels(ctx, x, idx, name):
@@ -336,18 +343,18 @@ def _select_channels(ctx, x, idx, name):
 
 @register("Slice")
 class SliceL(Lowering):
-    """x[:, a:b] (IMDN-style channel split)."""
+    """x[:, a:b] (IMDN-style channel split); a slice that keeps everything is no node."""
 
     def check(self, n, ctx):
         r = _slice_bounds(n, ctx)
         if isinstance(r, str):
             return r
-        if len(r) == 0:
+        if r is not None and len(r) == 0:
             return "empty slice"
 
     def lower(self, n, ctx):
-        idx = _slice_bounds(n, ctx)
-        ctx.names[n.outputs[0]] = _select_channels(ctx, ctx.act(n.inputs[0]), idx, n.name)
+        idx, x = _slice_bounds(n, ctx), ctx.act(n.inputs[0])
+        ctx.names[n.outputs[0]] = x if idx is None else _select_channels(ctx, x, idx, n.name)
 
 
 @register("Split")
@@ -444,6 +451,9 @@ class PadL(Lowering):
         axes = [int(a) % 4 for a in ctx.const(n.inputs[3])] if _opt(n, 3) is not None else [0, 1, 2, 3]
         begin_end = {ax: (p[i], p[i + len(axes)]) for i, ax in enumerate(axes)}
         (t, b), (l, r) = begin_end[2], begin_end[3]
+        if not any((t, l, b, r)):  # F.pad to a multiple, at a size that is one already: nothing to pad
+            ctx.names[n.outputs[0]] = ctx.act(n.inputs[0])
+            return
         mode = _attr(n, "mode", "constant")
         ctx.out(n, "Pad", [ctx.act(n.inputs[0])], pads=(t, l, b, r),
                 mode=mode.decode() if isinstance(mode, bytes) else mode)
@@ -790,6 +800,8 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
     nodes = _match_unsqueezed_pixel_shuffle(nodes, consts, outputs)  # first: its middle looks like the other
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
+    if any(n.op == "Slice" and None in (shapes.get(n.inputs[0]) or (None,)) for n in nodes):
+        _infer_again(model, nodes, consts, shapes, [vi.name for vi in real_inputs], outputs)
 
     unsupported = {}  # node index -> what is wrong
     for k, n in enumerate(nodes):
@@ -855,7 +867,7 @@ def _check_card_colour(g: "Graph", src) -> None:
     """A card's colour must match the input: "y" (a luma model) for one channel, "rgb" for three."""
     colour = ModelCard.from_json(g.metadata[CARD_KEY], str(src)).colour
     c = g.tensors[g.inputs[0]].shape[3]
-    if (c == 1) != (colour == "y"):
+    if c in (1, 3) and (c == 1) != (colour == "y"):  # other counts: footprint.check_image_channels says why
         raise ModelFormatError(f"{src}: the card says colour {colour!r} but the input has {c} channel(s) "
                                "(colour 'y' is for one-channel luma models, 'rgb' for three channels)")
 
@@ -962,6 +974,28 @@ def _fold_constants(nodes, consts, shapes, outputs, opset: int):
         keep.append(n)
     used = {i for n in keep for i in n.inputs} | set(outputs)
     return [n for n in keep if n.op != "Shape" or n.outputs[0] in used]  # a Shape whose dims were all folded away
+
+
+def _infer_again(model, nodes, consts, shapes, inputs, outputs) -> None:
+    """Shape inference again on the folded graph: pads and sizes computed from a fixed input's shape are
+    constants now, so the shapes behind them (a crop's input after ``F.pad`` to a multiple) become known.
+    The inputs as ``shapes`` has them (NCHW, where an NHWC export's layout transposes went), outputs unshaped."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    used = {i for n in nodes for i in n.inputs if i in consts}
+    vi = lambda name, shape: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+    try:
+        g = helper.make_graph([helper.make_node(n.op, n.inputs, n.outputs, n.name, domain=n.domain or None, **n.attrs)
+                               for n in nodes], "g", [vi(i, shapes.get(i)) for i in inputs], [vi(o, None) for o in outputs],
+                              [numpy_helper.from_array(np.asarray(consts[i]), i) for i in used])
+        m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        for v in onnx.shape_inference.infer_shapes(m).graph.value_info:
+            d = _dims(v)
+            if d is not None and (shapes.get(v.name) is None or None not in d):
+                shapes[v.name] = d
+    except Exception as e:  # the shapes stay as they were
+        log.debug("shape inference of the folded graph failed: %s", e)
 
 
 def _fix_spatial(dims, hw) -> None:

@@ -198,20 +198,31 @@ def _card_of(onnx_model):
 
 
 def compare(name_target: str, precision: str, source_fn, target_fn, card, files, *, crop=None, max_images=None,
-            tol: float | None = None, source: str = "onnxruntime", channels: int = 3) -> VerifyReport:
+            tol: float | None = None, source: str = "onnxruntime", channels: int = 3, pad: bool = False) -> VerifyReport:
     """Run both callables (HWC float -> HWC float) over the images; raise if beyond ``tol``. Inputs
-    go in on the card's input range; outputs, errors and ``tol`` are on [0, 1]."""
+    go in on the card's input range; outputs, errors and ``tol`` are on [0, 1]. ``pad``: an input
+    smaller than ``crop`` is reflect-padded at its bottom / right up to it, as the runtime runs a
+    fixed-shape model on a small image, and the outputs are compared on the image's own part."""
+    from edge_enhance.tiling import extract
+
     rep = VerifyReport(name_target, precision, source=source)
     lo, hi = card.input_range if card is not None else (0.0, 1.0)
     for name, x, ref in make_pairs(card, files, crop=crop, max_images=max_images, channels=channels):
+        h, w = x.shape[:2]
+        if pad:
+            x = extract(x, 0, 0, *crop)
         xm = x * np.float32(hi - lo) + np.float32(lo)
         a, b = ((f(xm) - lo) / (hi - lo) for f in (source_fn, target_fn))
         if a.shape != b.shape:
             raise VerificationError(f"{name_target}: output shape {b.shape} differs from the source's {a.shape}")
+        s = a.shape[0] // x.shape[0]
+        a, b = a[: h * s, : w * s], b[: h * s, : w * s]
         err = float(np.abs(a.astype(np.float64) - b).max())
         rep.images.append(ImageResult(name, err, psnr(a, b), task_psnr(card, a, ref) if ref is not None else None,
                                       task_psnr(card, b, ref) if ref is not None else None))
         log.info("%s: max abs err %.3g", name, err)
+    if not rep.images:
+        raise ConfigError(f"{name_target}: no image to verify on ({len(files)} given, max_images {max_images})")
     if tol is not None and rep.max_abs_err > tol:
         raise VerificationError(
             f"{name_target} {precision}: max abs error {rep.max_abs_err:.3g} exceeds {tol:g} "

@@ -131,6 +131,14 @@ class ModelCard:
         return cls.from_dict(d, source)
 
 
+def check_channels(source, c_in, c_out) -> None:
+    """Refuse a model that is not 1 -> 1 channel (luma, colour "y") or 3 -> 3 (RGB); None: not known."""
+    if c_in is None or (c_in in (1, 3) and c_out in (c_in, None)):
+        return
+    raise ModelFormatError(f"{source}: the model takes {c_in} channel(s) and returns {c_out}; edge-enhance runs "
+                           "1 -> 1 (luma) or 3 -> 3 (RGB) channel models")
+
+
 def add_card_arguments(parser, title: str, layout: bool = True) -> None:
     """The --card-* options, one definition for every command that takes a model without a card."""
     from .argtypes import number, value_range

@@ -566,3 +566,16 @@ def test_fused_silu_and_batch_norm_evaluate(tmp_path, precision, atol):
     # rtol: the fused batch_norm is mean 0, variance 1, epsilon 1e-5, so Core ML itself scales by 1 / sqrt(1 + 1e-5)
     np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x).transpose(0, 2, 3, 1), run_ort(m, x),
                                atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shapes", [{"tile": (32, 32)}, {"enumerated_shapes": ((32, 32), (16, 16))}])
+def test_a_tile_larger_than_every_image_verifies_on_them_padded(tmp_path, sr_onnx, caplog, shapes):
+    """As the runtime runs a fixed-shape model on a small image: reflect-padded up to the tile, its own part kept."""
+    from tests.test_conversion_errors import _photos
+
+    with caplog.at_level("WARNING"):
+        res = convert(sr_onnx, "coreml", precision="fp32", dataset=_photos(tmp_path / "d", (40, 48), (36, 30)), **shapes)
+    rows = res.report.images
+    assert [r.image for r in rows[:2]] == ["0.png", "1.png"] and res.report.max_abs_err <= 1e-4
+    assert all(r.task_psnr_source is not None for r in rows[:2])
+    assert [r.message.startswith("no image is large enough") for r in caplog.records].count(True) == 1

@@ -212,3 +212,108 @@ def test_a_fixed_tile_folds_sizes_computed_from_the_input_shape(tmp_path):
     with pytest.raises(UnsupportedOpError, match="compute sizes"):  # without a fixed size: the advice
         convert(src, "tflite", output=tmp_path / "dyn.tflite", verify=False)
     assert not (tmp_path / "dyn.tflite").exists()
+
+
+def _photos(folder, *sizes):
+    """Random RGB PNGs of the given (h, w) sizes in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (hh, ww) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_verification_pads_a_small_image_as_the_runtime_does_and_scores_its_own_pixels(tmp_path):
+    from conversion.verify import compare
+    from edge_enhance.evaluation import load_rgb
+
+    files = sorted(_photos(tmp_path / "d", (10, 12)).iterdir())
+    seen = []
+
+    def src(x):
+        seen.append(x)
+        return x.repeat(2, 0).repeat(2, 1)
+
+    def tgt(x):  # wrong only where the padding is: that part is not the image's
+        y = src(x)
+        y[20:], y[:, 24:] = 5.0, 5.0
+        return y
+
+    rep = compare("t", "fp32", src, tgt, None, files, crop=(16, 16), pad=True, tol=0.0)
+    assert seen[0].shape == (16, 16, 3) and len(rep.images) == 1 and rep.max_abs_err == 0
+    x = load_rgb(files[0]) / np.float32(255)
+    assert np.array_equal(seen[0][:10, :12], x) and np.array_equal(seen[0][10, :12], x[8])  # reflected
+    assert np.array_equal(seen[0][:10, 12], x[:, 10])  # at the bottom / right
+
+
+def test_verification_with_no_image_says_so(tmp_path):
+    from conversion.verify import compare
+
+    with pytest.raises(ConfigError, match="t: no image to verify on"):
+        compare("t", "fp32", lambda x: x, lambda x: x, None, [], tol=1e-4)
+
+
+def _static_sr(tmp_path):
+    src = tmp_path / "static.onnx"
+    card = ModelCard(name="s", task="sr", scale=2, receptive_field=7)
+    src.write_bytes(residual_sr_model(np.random.default_rng(0), feat=4, card=card,
+                                      in_shape=(1, 3, 16, 16)).SerializeToString())
+    return src
+
+
+@pytest.mark.parametrize("to,kw,opt", [("tflite", {"tile": (8, 8)}, "--tile"), ("coreml", {"tile": (8, 8)}, "--tile"),
+                                       ("coreml", {"enumerated_shapes": ((16, 16), (8, 8))}, "--enumerated-shapes")])
+def test_a_model_fixed_at_one_size_refuses_another_before_converting(tmp_path, to, kw, opt):
+    from conversion.cli import convert
+
+    src = _static_sr(tmp_path)
+    with pytest.raises(ConfigError, match=rf"static.onnx: input fixed at 16x16 by the model; {opt} must be 16x16 or "
+                                          "left out"):
+        convert(src, to, dataset=_photos(tmp_path / "d", (40, 40)), **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "static.onnx"]
+
+
+@pytest.mark.parametrize("to", ["tflite", "onnx"])
+def test_a_model_fixed_at_one_size_carries_it_in_its_card(tmp_path, to):
+    from conversion.cli import convert
+    from edge_enhance.backends import read_card
+
+    res = convert(_static_sr(tmp_path), to, dataset=_photos(tmp_path / "d", (40, 40), (36, 44)))
+    assert len(res.report.images) == 2 and read_card(res.output).tile == (16, 16)
+
+
+def _channels_model(c_in, c_out):
+    """Conv to c_out * 4 channels + DepthToSpace(2): c_in channels in, c_out out."""
+    rng = np.random.default_rng(0)
+    return make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                       h.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, name="d2s")],
+                      {"w": rand(rng, 4 * c_out, c_in, 3, 3), "b": rand(rng, 4 * c_out)}, [1, c_in, "H", "W"])
+
+
+@pytest.mark.parametrize("c_in,c_out", [(4, 3), (1, 3), (3, 1)])
+def test_a_model_that_is_not_1_to_1_or_3_to_3_channels_is_refused_everywhere(tmp_path, capsys, c_in, c_out):
+    from PIL import Image
+
+    from edge_enhance.cli import main
+    from tests.conversion_testkit import convert_main
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(_channels_model(c_in, c_out).SerializeToString())
+    Image.new("RGB", (12, 10)).save(tmp_path / "a.png")
+    said = f"m.onnx: the model takes {c_in} channel(s) and returns {c_out}; edge-enhance runs 1 -> 1 (luma) or 3 -> 3"
+    for to in ("tflite", "onnx", "coreml"):
+        assert convert_main([src, "--to", to, "--card-task", "sr"] + (["--tile", "16x16"] if to == "coreml" else [])) == 1
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert main(["info", str(src)]) != 0 and said in capsys.readouterr().err
+    assert main(["enhance", str(tmp_path / "a.png"), "--model", str(src), "--card-task", "sr"]) != 0
+    assert said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.onnx"]
+    if c_in in (1, 3):  # a .tflite made elsewhere: refused when loaded (other inputs are refused by their shape)
+        from edge_enhance.backends import open_backend
+
+        with pytest.raises(ModelFormatError) as e:
+            open_backend(to_tflite(from_onnx(src), tmp_path / "m.tflite"))
+        assert said.replace("m.onnx", "m.tflite") in str(e.value)

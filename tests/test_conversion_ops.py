@@ -576,3 +576,52 @@ def test_spatial_slices_are_refused_with_the_reason():
                    [1, 3, 6, 6])
     with pytest.raises(UnsupportedOpError, match="crop \\(Slice: only step-1 slices of the channel axis"):
         from_onnx(m)
+
+
+def _pad_to_4_and_crop_back():
+    """F.pad(x, to a multiple of 4, "reflect") -> stride-2 conv -> DepthToSpace(2) + the padded input ->
+    y[:, :, :h, :w]: pads and crop computed from Shape(x), which a fixed tile folds."""
+    rng = np.random.default_rng(3)
+    return make_model([
+        h.make_node("Shape", ["x"], ["s"], name="shape"),
+        h.make_node("Gather", ["s", "i23"], ["hw"], axis=0, name="hw"),
+        h.make_node("Mod", ["hw", "four"], ["m"], name="mod"),
+        h.make_node("Sub", ["four", "m"], ["r"], name="sub"),
+        h.make_node("Mod", ["r", "four"], ["p"], name="mod2"),
+        h.make_node("Concat", ["zeros", "p"], ["pads"], axis=0, name="pads"),
+        h.make_node("Pad", ["x", "pads"], ["xp"], mode="reflect", name="pad"),
+        h.make_node("Conv", ["xp", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], name="down"),
+        h.make_node("DepthToSpace", ["c"], ["d"], blocksize=2, name="d2s"),
+        h.make_node("Add", ["xp", "d"], ["sum"], name="add"),
+        h.make_node("Slice", ["sum", "z2", "hw", "i23"], ["y"], name="crop"),
+    ], {"i23": np.array([2, 3], np.int64), "four": np.array(4, np.int64), "zeros": np.zeros(6, np.int64),
+        "z2": np.zeros(2, np.int64), "w": rand(rng, 12, 3, 3, 3, lo=-0.3, hi=0.3), "b": rand(rng, 12)},
+        [1, 3, "H", "W"])
+
+
+def test_a_crop_that_keeps_the_whole_fixed_tile_is_no_op_and_a_real_one_is_refused(tmp_path):
+    from conversion.errors import UnsupportedOpError
+
+    m = _pad_to_4_and_crop_back()
+    g = from_onnx(m, input_hw=(8, 12))  # a multiple of 4 already: pads of 0, a crop to the whole
+    assert [n.op for n in g.nodes] == ["Conv", "DepthToSpace", "Add"]
+    x = rand(np.random.default_rng(4), 1, 3, 8, 12, lo=0.0)
+    np.testing.assert_allclose(executor.run(g, {g.inputs[0]: x.transpose(0, 2, 3, 1)})[g.outputs[0]], run_ort(m, x),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(UnsupportedOpError, match=r"crop \(Slice: only step-1 slices of the channel axis.*spatial"):
+        from_onnx(m, input_hw=(6, 10))  # padded to 8 x 12, cropped back: a real crop
+    from conversion.cli import convert
+
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    res = convert(tmp_path / "m.onnx", "tflite", tile=(8, 12), verify=False)  # as `convert --tile 8x12` imports it
+    np.testing.assert_allclose(run_tflite(res.output, x.transpose(0, 2, 3, 1)), run_ort(m, x), atol=1e-5, rtol=0)
+
+
+def test_a_slice_of_channels_and_of_the_whole_width_is_a_channel_slice(tmp_path):
+    rng = np.random.default_rng(5)
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Slice", ["c", "s", "e", "ax", "st"], ["y"], name="take")],
+                   {"w": rand(rng, 6, 3, 3, 3), "b": rand(rng, 6), "s": np.array([0, 0], np.int64),
+                    "e": np.array([3, 9], np.int64), "ax": np.array([1, 3], np.int64), "st": np.array([1, 1], np.int64)},
+                   [1, 3, 7, 9])
+    convert_and_compare(tmp_path, m, rand(rng, 1, 3, 7, 9), expect=["CONV_2D"])

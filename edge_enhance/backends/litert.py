@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard
+from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard, check_channels
 from ..errors import BackendUnavailableError, ModelFormatError
 from ..tiling import round_up
 from . import Backend, EngineOptions, register
@@ -210,6 +210,8 @@ class LiteRTBackend(Backend):
                 self.interp.allocate_tensors()
         except (RuntimeError, ValueError) as e:
             raise _load_error(path, self.engine_name, e) from None
+        out = self.interp.get_output_details()[0]["shape"]
+        check_channels(path, self.channels, int(out[3]) if len(out) == 4 else None)
 
     def prepare(self, h: int, w: int) -> None:
         if self._size == (h, w):

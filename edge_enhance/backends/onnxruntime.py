@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard
+from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard, check_channels
 from ..errors import BackendUnavailableError, ModelFormatError
 from . import Backend, EngineOptions, register
 
@@ -177,22 +177,27 @@ class OnnxRuntimeBackend(Backend):
         try:  # ORT decodes names and metadata as UTF-8 only when asked, and raises if they are not
             raw = self.sess.get_modelmeta().custom_metadata_map.get(CARD_KEY)
             ins, outs = self.sess.get_inputs(), self.sess.get_outputs()
-            names = [(i.name, i.shape, i.type) for i in ins], [o.name for o in outs]
+            names = [(i.name, i.shape, i.type) for i in ins], [(o.name, o.shape) for o in outs]
         except UnicodeDecodeError as e:
             raise ModelFormatError(f"{path}: model metadata or tensor names are not valid UTF-8 ({e.reason})") from None
         self.card = ModelCard.from_json(raw, str(path)) if raw is not None else None
         if len(ins) != 1 or len(outs) != 1:
             raise ModelFormatError(f"{path}: expected one input and one output, found {len(ins)} and {len(outs)}")
-        (self._in_name, shape, in_type), self._out_name = names[0][0], names[1][0]
+        (self._in_name, shape, in_type), (self._out_name, out_shape) = names[0][0], names[1][0]
         if len(shape) != 4:
             raise ModelFormatError(f"{path}: input shape {shape} is not 4-D")
-        self.layout = self.card.layout if self.card else ("nchw" if shape[1] in (1, 3) else "nhwc")
-        channels, other = (shape[1], shape[3]) if self.layout == "nchw" else (shape[3], shape[1])
-        if (isinstance(channels, int) and channels not in (1, 3)) or (not isinstance(channels, int) and other == 3):
+        # No card: NCHW unless the last axis holds 1 or 3 channels and the second does not (tf2onnx's NHWC).
+        self.layout = self.card.layout if self.card else ("nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3)
+                                                          else "nchw")
+        axis = 1 if self.layout == "nchw" else 3
+        channels, other = shape[axis], shape[4 - axis]
+        if channels not in (1, 3) and other in (1, 3):
             raise ModelFormatError(
                 f"{path}: the card says layout {self.layout} but the input tensor is {shape} "
-                f"(3 colour channels, or 1 for a luma model, expected at axis {1 if self.layout == 'nchw' else 3})"
+                f"(3 colour channels, or 1 for a luma model, expected at axis {axis})"
             )
+        known = lambda d: d if isinstance(d, int) else None
+        check_channels(path, known(channels), known(out_shape[axis]) if len(out_shape) == 4 else None)
         self.channels = channels if isinstance(channels, int) else 3
         hw = shape[2:4] if self.layout == "nchw" else shape[1:3]
         self.fixed_shape = tuple(hw) if all(isinstance(d, int) for d in hw) else None
