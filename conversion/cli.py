@@ -161,7 +161,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         graph = from_onnx(src, input_hw=tile)
         log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
     check_image_channels(graph, src)
-    fixed = _fixed_input(graph, src, tile, enumerated_shapes)
+    fixed = fixed_input(graph, src, tile, enumerated_shapes)
     source_model = onnx.load(str(src))
     if card:
         attach_card(graph, src, **card)
@@ -258,7 +258,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                          weight_bytes=wbytes)
 
 
-def _fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
+def fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
     """The (h, w) the model's own graph fixes its input at, or None. Another --tile / --enumerated-shapes size is
     refused: the source cannot run at it, so nothing could be verified, and sizes the export baked in may not hold."""
     _, h, w, _ = graph.tensors[graph.inputs[0]].shape

@@ -67,7 +67,7 @@ def _flag(v: str):
 
 
 def main(args) -> int:
-    from conversion.cli import check_output, parse_tile
+    from conversion.cli import check_output, fixed_input, parse_tile
 
     from .quantize import INT16_OPS, precision_split, quantize_model, write_tflite
 
@@ -81,6 +81,7 @@ def main(args) -> int:
     tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
     g, card = load_model(src, card_options(args))
+    fixed_input(g, src, tile, [])  # a model fixed at one size takes no other --tile
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
     calib = calibration_for(card, args.calib, CalibConfig(crop=args.calib_crop, count=args.calib_count))

@@ -275,6 +275,15 @@ def test_a_model_fixed_at_one_size_refuses_another_before_converting(tmp_path, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "static.onnx"]
 
 
+def test_quantize_refuses_another_tile_for_a_model_fixed_at_one_size(tmp_path, capsys):
+    from edge_enhance.cli import main
+
+    src = _static_sr(tmp_path)
+    rc = main(["quantize", str(src), "--tile", "8x8", "--calib", str(_photos(tmp_path / "d", (40, 40))), "--no-eval"])
+    assert rc == 2 and "input fixed at 16x16 by the model; --tile must be 16x16" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "static.onnx"]
+
+
 @pytest.mark.parametrize("to", ["tflite", "onnx"])
 def test_a_model_fixed_at_one_size_carries_it_in_its_card(tmp_path, to):
     from conversion.cli import convert
