@@ -89,6 +89,17 @@ def test_least_squares_reconstruction_beats_plain_removal(model, criterion):
     assert e(fit) < e(plain)
 
 
+def test_plan_widths_does_not_overshoot_the_target():
+    # conv 3 -> a -> b -> 3: a step on a removes MACs of two convs; a 0.6 target was met at 0.44
+    rng = np.random.default_rng(0)
+    imp = {"a": rng.uniform(0.5, 1.5, 16), "b": rng.uniform(0.5, 1.5, 16)}
+    macs = lambda w: 3 * w["a"] + w["a"] * w["b"] + w["b"] * 3  # noqa: E731
+    target = 0.6 * macs({"a": 16, "b": 16})
+    plan = pr.plan_widths({"a": 16, "b": 16}, imp, macs, target, multiple=4)
+    assert macs(plan) <= target
+    assert all(plan[k] == 16 or macs({**plan, k: plan[k] + 4}) > target for k in plan)  # nothing more fits
+
+
 def test_plan_widths_spends_the_budget_on_the_least_important_channels():
     imp = {"a": np.array([5.0, 4, 3, 0.01]), "b": np.array([1.0, 1, 1, 1])}
     plan = pr.plan_widths({"a": 4, "b": 4}, imp, lambda w: w["a"] + w["b"], 7)
