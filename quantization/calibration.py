@@ -16,6 +16,7 @@ Observers are pure functions of a histogram ``(counts, edges)``:
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,17 +180,38 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
 
 
 # --------------------------------------------------------------------------- statistics
+def flat_frames(calib: CalibSet) -> list:
+    """Flat frames the size of the calibration inputs: every corner of the colour cube (black,
+    white, the primaries and secondaries) and mid grey, on the input range (one channel: black,
+    grey, white). Where a flat frame meets the network's zero padding at an image edge, the
+    activations are larger than anywhere in a photo's interior; ranges that clip them darken the
+    edges of a white page or a blown sky (sr-x2 int8: the corner of a white frame 235 for 255)."""
+    shape = calib.inputs[0].shape
+    lo, hi = calib.input_range
+    c = shape[-1]
+    levels = [np.array(k, np.float32) for k in itertools.product((0.0, 1.0), repeat=c)] if c == 3 else \
+        [np.full(c, v, np.float32) for v in (0.0, 1.0)]
+    levels.append(np.full(c, 0.5, np.float32))
+    return [np.broadcast_to(np.float32(lo) + v * np.float32(hi - lo), shape).copy() for v in levels]
+
+
 class RangeStats:
-    """Per-tensor min / max (first pass), then a histogram over [min, max] (second pass)."""
+    """Per-tensor min / max (first pass), then a histogram over [min, max] (second pass) of the
+    calibration inputs; ``floor``: the min / max on :func:`flat_frames`, which every range covers."""
 
     def __init__(self):
         self.lo: dict = {}
         self.hi: dict = {}
         self.hist: dict = {}
+        self.floor: dict = {}
 
     def observe_range(self, name: str, v: np.ndarray) -> None:
         self.lo[name] = min(self.lo.get(name, np.inf), float(v.min()))
         self.hi[name] = max(self.hi.get(name, -np.inf), float(v.max()))
+
+    def observe_floor(self, name: str, v: np.ndarray) -> None:
+        lo, hi = self.floor.get(name, (np.inf, -np.inf))
+        self.floor[name] = (min(lo, float(v.min())), max(hi, float(v.max())))
 
     def edges(self, name: str) -> np.ndarray:
         lo, hi = self.lo[name], self.hi[name]
@@ -202,14 +224,15 @@ class RangeStats:
         self.hist[name] = self.hist.get(name, 0) + c
 
     def range(self, name: str, method: str, percentile: float = 99.99) -> tuple[float, float]:
+        if method not in METHODS:
+            raise ConfigError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
         if method == "minmax" or name not in self.hist:
-            return self.lo[name], self.hi[name]
-        counts, edges = self.hist[name], self.edges(name)
-        if method == "percentile":
-            return percentile_range(counts, edges, percentile)
-        if method == "mse":
-            return mse_range(counts, edges)
-        raise ConfigError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
+            lo, hi = self.lo[name], self.hi[name]
+        else:
+            counts, edges = self.hist[name], self.edges(name)
+            lo, hi = percentile_range(counts, edges, percentile) if method == "percentile" else mse_range(counts, edges)
+        f_lo, f_hi = self.floor.get(name, (lo, hi))
+        return min(lo, f_lo), max(hi, f_hi)
 
 
 def minmax_range(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-eq", choices=("auto", "on", "off"), default="auto",
                    help="activation equalisation: rescale channels so each uses more of its tensor's int8 range")
     p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--no-flat-frames", action="store_true",
+                   help="ranges of the calibration crops only: not covering what flat frames (white, black, saturated "
+                        "colours) give at the image's edge, which an int8 model otherwise clips there (darker edges "
+                        "on a white page); for a model whose edge responses run far past its photo ranges")
     p.add_argument("--max-drop", type=number(float, lo=0, unit="dB"), metavar="DB",
                    help="largest PSNR drop allowed: layers go to 16x8, most sensitive first, until the drop "
                         "simulated on the calibration crops is within it; then the drop measured on the quick set "
@@ -97,7 +101,8 @@ def main(args) -> int:
         for attempt in range(MAX_RETRIES + 1):
             res = quantize_model(g, calib, method=args.method, io=args.io, cle=_flag(args.cle),
                                  act_eq=_flag(args.act_eq), bias_correction=_flag(args.bias_correction),
-                                 rounding=args.rounding, max_drop=sim_bar, keep_16x8=keep, progress=say)
+                                 rounding=args.rounding, max_drop=sim_bar, keep_16x8=keep, progress=say,
+                                 flat_frames=not args.no_flat_frames)
             write_tflite(res.graph, tmp, tile=tile, d2s_as_transpose_conv=args.d2s_as_transpose_conv)
             if ds is None:
                 break
@@ -120,6 +125,7 @@ def main(args) -> int:
         stamp_card(res.graph, {label: round(after.psnr, 3)} if ds is not None else None,
                    {"precision": args.precision, "method": args.method, "rounding": args.rounding,
                     "cle": res.report.cle, "act_eq": res.report.act_eq, "bias_correction": res.report.bias_correction,
+                    **({"flat_frames": False} if args.no_flat_frames else {}),
                     "activations_16x8": sorted(r.name for r in res.report.layers if r.precision == "16x8")},
                    fp32=fp32)
         write_tflite(res.graph, tmp, tile=tile, d2s_as_transpose_conv=args.d2s_as_transpose_conv)

@@ -25,9 +25,10 @@ import numpy as np
 
 from conversion import executor
 from conversion.ir import Graph, QuantParams
-from conversion.tflite_writer import affine_from_range, apply_int8_constraints, symmetric_per_channel, to_tflite
+from conversion.tflite_writer import (affine_from_range, apply_int8_constraints, symmetric_per_channel, to_tflite,
+                                     transpose_convs_as_subpixel)
 
-from .calibration import METHODS, CalibSet, RangeStats
+from .calibration import METHODS, CalibSet, RangeStats, flat_frames
 from .errors import CalibrationError, ConfigError
 from .tflite16 import has_int16, writer_with_int64_bias
 
@@ -69,6 +70,7 @@ class QuantReport:
     io: str = "float"
     rounding: str = "gptq"
     act_eq: bool = False
+    flat_frames: bool = True  # ranges cover flat frames (calibration.flat_frames)
 
     @property
     def drop(self) -> float:
@@ -338,12 +340,15 @@ def _clip_bounds(g: Graph) -> dict:
     return bounds
 
 
-def collect_stats(g: Graph, calib: CalibSet) -> RangeStats:
+def collect_stats(g: Graph, calib: CalibSet, flat: bool = True) -> RangeStats:
+    """Ranges and histograms on the calibration inputs; with ``flat``, the floors every range covers."""
     st = RangeStats()
     for x in calib.inputs:
         executor.run(g, {g.inputs[0]: x}, observer=st.observe_range)
     for x in calib.inputs:
         executor.run(g, {g.inputs[0]: x}, observer=st.observe_hist)
+    for x in flat_frames(calib) if flat else ():
+        executor.run(g, {g.inputs[0]: x}, observer=st.observe_floor)
     return st
 
 
@@ -355,7 +360,7 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
     :func:`insert_precision_boundaries` adds the conversions TFLite needs.
     """
     bounds = _clip_bounds(g)
-    ranges = {}
+    ranges = {}  # each tensor's int8 range, the calibrated one: where a 16x8 output goes back to int8
     for name in g.inputs:
         # Inputs are 8-bit pixels / 255: the 1/255 grid represents them exactly.
         lo, hi = (0.0, 1.0) if name not in st.lo else (min(st.lo[name], 0.0), max(st.hi[name], 1.0))
@@ -363,13 +368,11 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
         g.tensors[name].quant = activation_params(lo, hi)
     for n in g.nodes:
         out, wide = n.outputs[0], n.name in keep_16x8
-        if out in bounds:
-            ranges[out] = bounds[out]
-        elif wide:  # int16 has 128x int8's steps: clip nothing seen, and leave room for unseen peaks
-            ranges[out] = tuple(HEADROOM_16 * v for v in st.range(out, "minmax"))
+        ranges[out] = bounds[out] if out in bounds else st.range(out, method, percentile)
+        if wide and out not in bounds:  # int16 has 128x int8's steps: clip nothing seen, leave room for unseen peaks
+            g.tensors[out].quant = activation_params(*(HEADROOM_16 * v for v in st.range(out, "minmax")), "int16")
         else:
-            ranges[out] = st.range(out, method, percentile)
-        g.tensors[out].quant = activation_params(*ranges[out], "int16" if wide else "int8")
+            g.tensors[out].quant = activation_params(*ranges[out], "int16" if wide else "int8")
     apply_int8_constraints(g)
     if keep_16x8:
         insert_precision_boundaries(g, keep_16x8, ranges)
@@ -381,6 +384,8 @@ INT16_OPS = ("Conv", "ConvTranspose", "Add", "Mul")  # what TFLite runs as 16x8 
 
 def insert_precision_boundaries(g: Graph, keep_16x8, ranges: dict) -> int:
     """Make every op's activation inputs the dtype of its output, in place; returns converters added.
+    ``ranges``: each tensor's calibrated int8 range, which a 16x8 output takes where it becomes int8
+    (its own int16 range is widened for headroom: 2x int8's step there cost an ESPCN 0.15 dB on Set5).
 
     A converter is ``Maximum(x, -1e30)``: the identity on real values, which
     the TFLite writer emits as a QUANTIZE (int8 <-> int16 requantisation) and a MAXIMUM, both with
@@ -562,16 +567,16 @@ def _equalized(graph: Graph, calib: CalibSet, cle: bool, act_eq: bool) -> Graph:
 
 
 def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, percentile, keep_16x8,
-           rounding="gptq", act_eq=False) -> Graph:
+           rounding="gptq", act_eq=False, flat=True) -> Graph:
     g = _equalized(graph, calib, cle, act_eq)
     quantize_all_weights(g, per_channel)
     ref = copy.deepcopy(g)  # float (equalised) weights, before rounding moves them
     if rounding == "gptq":
-        st0 = collect_stats(g, calib)
+        st0 = collect_stats(g, calib, flat)
         gptq_weights(g, calib, lambda h: assign_activation_params(h, st0, method, percentile, frozenset(keep_16x8)))
     if bc:
         bias_correct(g, calib, ref)
-    st = collect_stats(g, calib)
+    st = collect_stats(g, calib, flat)
     assign_activation_params(g, st, method, percentile, frozenset(keep_16x8))
     return g
 
@@ -579,7 +584,7 @@ def _build(graph: Graph, calib: CalibSet, *, method, per_channel, cle, bc, perce
 def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_channel: bool = True,
                    io: str = "float", cle=AUTO, bias_correction=AUTO, percentile: float = 99.99,
                    keep_16x8=frozenset(), max_drop: float | None = None, sensitivity: bool = True,
-                   rounding: str = "gptq", progress=None, act_eq=AUTO) -> QuantResult:
+                   rounding: str = "gptq", progress=None, act_eq=AUTO, flat_frames: bool = True) -> QuantResult:
     """Quantise a float IR graph; returns the quantised graph and a report.
 
     ``keep_16x8`` names nodes whose output activations are int16 (TFLite 16x8); ``max_drop`` (dB, on
@@ -587,7 +592,9 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
     ``rounding`` is ``"gptq"`` (error-compensating, the default) or ``"nearest"`` for the weights.
     ``cle`` / ``act_eq`` / ``bias_correction``: True, False or ``"auto"``; auto tries the equalisations
     (each, both, none) with bias correction off, then bias correction on the best of them.
-    ``progress(message)`` is called between stages.
+    ``progress(message)`` is called between stages. ``flat_frames``: every range covers the network's
+    response to flat frames (``calibration.flat_frames``), edges included: off for a network whose edge
+    responses to saturated flats run far past its photo ranges (the bundled denoise: 1.3-2.3x).
     """
     if rounding not in ROUNDINGS:
         raise ConfigError(f"rounding {rounding!r} is not one of {', '.join(ROUNDINGS)}")
@@ -601,6 +608,8 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
     if max_drop is not None and not max_drop >= 0:
         raise ConfigError(f"max_drop {max_drop} must be >= 0 dB")
     _check_calib(graph, calib)
+    graph, renamed = _lower_dynamic_transpose_convs(graph)
+    keep_16x8 = frozenset(renamed.get(k, k) for k in keep_16x8)
     names = {n.name for n in graph.nodes if n.op in INT16_OPS}
     unknown = sorted(set(keep_16x8) - names)
     if unknown:
@@ -621,7 +630,7 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
         say(f"calibrating ({method}, CLE {'on' if c else 'off'}, activation equalisation {'on' if a else 'off'}, "
             f"bias correction {'on' if b else 'off'})")
         g = _build(graph, calib, method=method, per_channel=per_channel, cle=c, bc=b, percentile=percentile,
-                   keep_16x8=keep_16x8, rounding=rounding, act_eq=a)
+                   keep_16x8=keep_16x8, rounding=rounding, act_eq=a, flat=flat_frames)
         p = mean_psnr(_simulate(g, calib, True), calib)
         variants[f"cle={'on' if c else 'off'},ae={'on' if a else 'off'},bc={'on' if b else 'off'}"] = float_psnr - p
         # Prefer the simpler variant unless the extra step gains at least 0.002 dB.
@@ -644,20 +653,42 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
                 break
             if lr.name in keep or lr.drop_db is None:
                 continue
+            g2 = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
+                        percentile=percentile, keep_16x8=keep | {lr.name}, rounding=rounding, act_eq=use_ae,
+                        flat=flat_frames)
+            p2 = mean_psnr(_simulate(g2, calib, True), calib)
+            if p2 <= quant_psnr:  # int8 <-> int16 conversions cost too: a layer that does not help stays int8
+                say(f"mixed precision: {lr.name} at 16x8 does not lower the drop; kept int8")
+                continue
             keep.add(lr.name)
             say(f"mixed precision: {lr.name} -> 16x8")
-            g = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
-                       percentile=percentile, keep_16x8=keep, rounding=rounding, act_eq=use_ae)
-            quant_psnr = mean_psnr(_simulate(g, calib, True), calib)
+            g, quant_psnr = g2, p2
         layers = _layer_reports(ref, g, calib, float_psnr, False, say, previous=layers)
     for lr in layers:
         if lr.name in keep:
             lr.precision = "16x8"
     g.metadata[IO_KEY] = io
-    report = QuantReport(method, use_cle, use_bc, float_psnr, quant_psnr, variants, layers, io, rounding, use_ae)
+    report = QuantReport(method, use_cle, use_bc, float_psnr, quant_psnr, variants, layers, io, rounding, use_ae,
+                         flat_frames)
     for line in report.lines():
         log.info("%s", line)
     return QuantResult(g, report)
+
+
+def _lower_dynamic_transpose_convs(graph: Graph) -> tuple[Graph, dict]:
+    """The graph with each ConvTranspose of unknown size as the TFLite writer will write it, a Conv +
+    DepthToSpace (``transpose_convs_as_subpixel``), so the DepthToSpace is quantised as what it is: an
+    int8 op (LiteRT has no int16 DEPTH_TO_SPACE; a 16x8 ConvTranspose wrote one it cannot load).
+    Returns it and {ConvTranspose name: its Conv's name}."""
+    if not any(n.op == "ConvTranspose" and None in graph.tensors[n.outputs[0]].shape[1:3] for n in graph.nodes):
+        return graph, {}
+    g = copy.deepcopy(graph)
+    transpose_convs_as_subpixel(g)
+    renamed = {}
+    for n in g.nodes:
+        if n.op == "DepthToSpace" and n.name in {m.name for m in graph.nodes if m.op == "ConvTranspose"}:
+            renamed[n.name] = g.producer(n.inputs[0]).name
+    return g, renamed
 
 
 def _layer_reports(graph, g, calib, float_psnr, sensitivity, say, previous=None) -> list:

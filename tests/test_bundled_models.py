@@ -90,3 +90,29 @@ def test_fp32_and_int8_cards_name_the_same_settings(name):
         assert set(card.extra["psnr"]) == want, path.name
         if "psnr_fp32" in card.extra:
             assert set(card.extra["psnr_fp32"]) == want, path.name
+
+
+@pytest.mark.parametrize("name", sorted(bundled()))
+def test_int8_edges_of_flat_colours_follow_the_fp32_model(name):
+    """A white page, a blown sky or a flat colour reaching the image's edge meets the network's zero
+    padding there: the int8 file's edge pixels stay within a few levels of the fp32 file's (its
+    ranges cover flat frames; clipped, they darkened a white frame's corner from 255 to 235). Judged
+    where the fp32 model itself keeps the colour (enhance-x2 does not keep a saturated blue)."""
+    import itertools
+
+    import numpy as np
+
+    from edge_enhance.enhancer import Enhancer
+
+    files = {p.suffix: p for p in bundled()[name]}
+    if read_card(files[".tflite"]).extra["quantization"].get("flat_frames") is False:
+        pytest.skip(f"{name}: bundled with --no-flat-frames (training/README.md says why)")
+    fp32, int8 = Enhancer(files[".onnx"], threads=1), Enhancer(files[".tflite"], threads=1)
+    worst = {}
+    for c in [*itertools.product((0, 255), repeat=3), (128, 128, 128)]:
+        x = np.zeros((40, 48, 3), np.uint8) + np.array(c, np.uint8)
+        ref = fp32.enhance(x).astype(int)
+        h, w = ref.shape[:2]
+        if np.abs(ref[h // 4:-h // 4, w // 4:-w // 4] - np.array(c)).max() <= 8:
+            worst[c] = int(np.abs(int8.enhance(x).astype(int) - ref).max())
+    assert len(worst) >= 6 and max(worst.values()) <= 6, worst

@@ -83,6 +83,53 @@ def test_observers_keep_a_relu_range_at_zero(method):
     assert lo == pytest.approx(0.0, abs=1e-3) and 2.0 < hi <= v.max() + 1e-9
 
 
+def test_flat_frames_span_the_colour_cube_on_the_input_range():
+    from quantization.calibration import flat_frames
+
+    c = CalibSet([np.zeros((1, 5, 4, 3), np.float32)], [], "t", input_range=(0.0, 255.0))
+    frames = flat_frames(c)
+    assert len(frames) == 9 and all(f.shape == (1, 5, 4, 3) for f in frames)
+    colours = {tuple(f[0, 0, 0]) for f in frames}
+    assert (0.0, 0.0, 0.0) in colours and (255.0, 255.0, 255.0) in colours and (255.0, 0.0, 0.0) in colours
+    assert (127.5, 127.5, 127.5) in colours and all(np.all(f == f[0, 0, 0]) for f in frames)
+    luma = flat_frames(CalibSet([np.zeros((1, 4, 4, 1), np.float32)], [], "t"))
+    assert sorted(float(f.flat[0]) for f in luma) == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse"])
+def test_int8_ranges_cover_a_flat_frame_at_the_image_edge(sr_graph, calib_dir, method):
+    # A white page or a blown sky meets the zero padding at the image's edge: activations larger
+    # than any photo crop shows. Clipped, they darkened the edge of a white frame by up to 20 levels.
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, method=method, cle=False, act_eq=False, bias_correction=False,
+                          sensitivity=False)
+    seen = {}
+    for v in (0.0, 1.0):
+        def obs(name, a):
+            lo, hi = seen.get(name, (np.inf, -np.inf))
+            seen[name] = (min(lo, float(a.min())), max(hi, float(a.max())))
+        executor.run(g, {g.inputs[0]: np.full((1, 12, 10, 3), v, np.float32)}, observer=obs)
+    checked = 0
+    for n in g.nodes:
+        q = g.tensors[n.outputs[0]].quant
+        if n.op not in ("Conv", "Relu") or q is None:
+            continue
+        lo, hi = qz._real_range(q)
+        assert lo <= seen[n.outputs[0]][0] + 1e-6 and seen[n.outputs[0]][1] <= hi + float(q.scale[0]), n.name
+        checked += 1
+    assert checked >= 2
+
+
+def test_flat_frames_off_keeps_the_ranges_of_the_crops(sr_graph, calib_dir):
+    c = calibration_set(calib_dir, config=SMALL)
+    opts = dict(method="percentile", cle=False, act_eq=False, bias_correction=False, sensitivity=False)
+    on, off = (qz.quantize_model(sr_graph, c, flat_frames=f, **opts) for f in (True, False))
+    assert on.report.flat_frames and not off.report.flat_frames
+    scale = lambda g, n: float(g.tensors[n.outputs[0]].quant.scale[0])  # noqa: E731
+    scales = [(scale(on.graph, n), scale(off.graph, n)) for n in on.graph.nodes if n.op == "Conv"]
+    assert all(b <= a * (1 + 1e-6) for a, b in scales) and any(b < a * 0.99 for a, b in scales)
+
+
 # --------------------------------------------------------------------------- TFLite int8 spec
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_weight_quantisation_follows_the_tflite_spec(per_channel):
@@ -390,6 +437,63 @@ def test_16x8_layers_run_in_litert_like_the_simulation(tmp_path, sr_graph, calib
     assert np.abs(y - sim).max() <= 1 / 255 + 1e-6
 
 
+def test_a_16x8_output_goes_back_to_int8_on_its_calibrated_range(sr_graph, calib_dir):
+    # It took the int16 range, widened 2x for headroom: twice int8's step before DEPTH_TO_SPACE / TANH
+    c = calibration_set(calib_dir, config=SMALL)
+    opts = dict(method="minmax", cle=False, act_eq=False, bias_correction=False, sensitivity=False, rounding="nearest")
+    g8 = qz.quantize_graph(sr_graph, c, **opts)
+    g16 = qz.quantize_graph(sr_graph, c, keep_16x8={"conv2"}, **opts)
+    assert g16.tensors["r2"].quant.dtype == "int16" and next(n for n in g16.nodes if n.op == "Conv" and
+                                                            n.name == "conv3").inputs[0] == "r2_to_int8"
+    s8, s16 = float(g8.tensors["r2"].quant.scale[0]), float(g16.tensors["r2_to_int8"].quant.scale[0])
+    assert s16 == pytest.approx(s8, rel=0.02)
+
+
+def test_max_drop_keeps_a_layer_at_16x8_only_where_it_helps(sr_graph, calib_dir, monkeypatch):
+    c = _teacher_set(sr_graph, calibration_set(calib_dir, config=SMALL), noise=0.5)
+    opts = dict(method="minmax", cle=False, act_eq=False, bias_correction=False, rounding="nearest")
+    base = qz.quantize_model(sr_graph, c, sensitivity=False, **opts).report.quant_psnr
+    real_build = qz._build
+
+    def worse_at_16x8(graph, calib, **kw):  # every 16x8 layer made to cost: it must then stay int8
+        g = real_build(graph, calib, **kw)
+        for n in g.nodes:
+            if n.name in kw["keep_16x8"]:  # an int16 grid coarser than int8's
+                g.tensors[n.outputs[0]].quant.scale = g.tensors[n.outputs[0]].quant.scale * 1000
+        return g
+
+    monkeypatch.setattr(qz, "_build", worse_at_16x8)
+    res = qz.quantize_model(sr_graph, c, max_drop=0.0, **opts)
+    assert res.report.float_psnr > base  # a drop to close, so layers were tried at 16x8
+    assert res.report.quant_psnr >= base - 1e-9 and not any(lr.precision == "16x8" for lr in res.report.layers)
+
+
+def test_16x8_with_a_dynamic_size_conv_transpose_loads_in_litert(tmp_path, calib_dir):
+    # FSRCNN's last layer: written as CONV_2D + DEPTH_TO_SPACE, whose int16 version LiteRT cannot load
+    from onnx import helper as h
+
+    from tests.conversion_testkit import make_model, rand, run_tflite
+
+    rng = np.random.default_rng(3)
+    inits = {"w1": rand(rng, 8, 3, 3, 3, lo=-0.3, hi=0.3), "b1": rand(rng, 8, lo=-0.1, hi=0.1),
+             "wt": rand(rng, 8, 3, 4, 4, lo=-0.2, hi=0.2), "bt": rand(rng, 3, lo=-0.05, hi=0.05)}
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c1"], ["r1"]),
+             h.make_node("ConvTranspose", ["r1", "wt", "bt"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], name="up")]
+    g = from_onnx(make_model(nodes, inits, [1, 3, "H", "W"]))
+    c = calibration_set(calib_dir, config=SMALL)
+    keep = {n.name for n in g.nodes if n.op in qz.INT16_OPS}
+    assert "up" in keep
+    res = qz.quantize_model(g, c, keep_16x8=keep, sensitivity=False, cle=False, act_eq=False, bias_correction=False)
+    path = qz.write_tflite(res.graph, tmp_path / "up.tflite")
+    x = np.round(rng.uniform(0, 1, (1, 10, 12, 3)) * 255).astype(np.float32) / 255
+    y = run_tflite(path, x)
+    q = res.graph
+    sim = executor.run(q, {q.inputs[0]: x}, simulate_quant=True)[q.outputs[0]]
+    step = float(q.tensors[q.outputs[0]].quant.scale[0])
+    assert y.shape == (1, 20, 24, 3) and np.abs(y - sim).max() <= 1.5 * step
+
+
 def test_int8_to_int16_boundary_spans_the_int8_grid(sr_graph, calib_dir):
     """The repeated input (Concat) keeps the input's [0, 1] params in int8; its int16 converter must
     not clip it to the calibrated range of the Concat (lower when calibration pixels stay below 1)."""
@@ -404,12 +508,15 @@ def test_int8_to_int16_boundary_spans_the_int8_grid(sr_graph, calib_dir):
 
 def test_int16_ranges_are_min_max_with_headroom(sr_graph, calib_dir):
     """int16 steps are fine enough to cover every calibration value twice over (a photo's peaks
-    exceed a few crops'), whatever observer int8 uses (a 90th percentile here)."""
+    exceed a few crops'), flat frames' included, whatever observer int8 uses (a 90th percentile here)."""
+    from quantization.calibration import flat_frames
+
     c = calibration_set(calib_dir, config=SMALL)
     g = qz.quantize_graph(sr_graph, c, method="percentile", percentile=90.0, keep_16x8={"conv2"}, cle=False, act_eq=False,
                           bias_correction=False, sensitivity=False, rounding="nearest")
     out = next(n for n in g.nodes if n.name == "conv2").outputs[0]
-    peak = max(float(np.abs(executor.run(g, {g.inputs[0]: x}, keep_all=True)[out]).max()) for x in c.inputs)
+    peak = max(float(np.abs(executor.run(g, {g.inputs[0]: x}, keep_all=True)[out]).max())
+               for x in c.inputs + flat_frames(c))
     assert float(g.tensors[out].quant.scale[0]) * 32767 == pytest.approx(qz.HEADROOM_16 * peak, rel=1e-2)
 
 

@@ -22,7 +22,7 @@ from edge_enhance.models import MODELS_DIR
 from . import run_tool
 
 def bundle(name: str, data: Path, method: str = "percentile", weights: Path | None = None,
-           rounding: str = "gptq", out_dir: Path | None = None) -> dict:
+           rounding: str = "gptq", out_dir: Path | None = None, flat_frames: bool = True) -> dict:
     """Quantise ``edge_enhance/models/<name>.onnx`` (or ``weights``: a ``training.qat`` fine-tune of
     it, whose int8 file ships beside the untouched fp32 one) and measure the int8 file, written as
     ``out_dir/<name>.int8.tflite`` (default: the bundled one, replaced)."""
@@ -49,8 +49,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     for ds in sorted({ds for _, ds, _ in bar_plan(card.task)}):  # before minutes of quantisation
         if not (data / ds).is_dir():
             raise ImageInputError(f"{data / ds}: dataset folder does not exist")
-    res = quantize_model(g, calibration_for(card), method=method,
-                         rounding=rounding)
+    res = quantize_model(g, calibration_for(card), method=method, rounding=rounding, flat_frames=flat_frames)
     # Measured from a temporary file; the bundled one is replaced only when the new one is complete.
     tmp = out.with_name(f".{out.stem}.partial.tflite")
     try:
@@ -61,6 +60,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
                                          with_ssim=False, **kw).psnr, 3)
         stamp_card(res.graph, psnr, {"method": method, "rounding": rounding, "cle": res.report.cle,
                                      "act_eq": res.report.act_eq, "bias_correction": res.report.bias_correction,
+                                     **({} if flat_frames else {"flat_frames": False}),
                                      "precision": "int8 (per-channel weights, int8 activations)"},
                    fp32=fp32, base=base)
         write_tflite(res.graph, tmp)  # again, now carrying its own measured numbers
@@ -82,6 +82,9 @@ def main(argv=None) -> int:
                                                 "its .onnx (one name only); the .onnx stays as it is")
     p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
                    help="weight rounding (default gptq; nearest for a QAT fine-tune, whose weights fit that grid)")
+    p.add_argument("--no-flat-frames", action="store_true",
+                   help="ranges of the calibration crops only, not covering flat frames' edges (the bundled "
+                        "denoise, whose edge responses run 1.3-2.3x past its photo ranges)")
     p.add_argument("--data", type=Path, help="the shared data folder, as training.train's --data (default "
                                              "../shared/data), or its eval/ folder")
     p.add_argument("--out", type=Path, default=MODELS_DIR,
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
         p.error("no shared/data found: give --data DIR or set EDGE_ENHANCE_DATA")
     data = data / "eval" if (data / "eval").is_dir() else data
     for name in args.names:
-        print(json.dumps(bundle(name, data, args.method, args.weights, args.rounding, args.out)), flush=True)
+        print(json.dumps(bundle(name, data, args.method, args.weights, args.rounding, args.out,
+                                not args.no_flat_frames)), flush=True)
     return 0
 
 

@@ -152,10 +152,11 @@ def int8_graph(qnet: QATNet, graph):
     return graph
 
 
-def calibrated_ranges(net: ResidualNet, calib, method: str = "percentile") -> list:
-    """Each conv output's range on a calibration set (quantization.calibration), as quantize does."""
+def calibrated_ranges(net: ResidualNet, calib, method: str = "percentile", flat: bool = True) -> list:
+    """Each conv output's range on a calibration set (quantization.calibration), as quantize does
+    (``flat``: covering flat frames)."""
     g = from_onnx(ex.build_onnx(net))
-    st = collect_stats(g, calib)
+    st = collect_stats(g, calib, flat)
     return [st.range(n.outputs[0], method) for n in g.nodes if n.op == "Conv"]
 
 
@@ -301,6 +302,9 @@ def main(argv=None) -> int:
                     help="l1 (default) or l2, the loss PSNR measures (a recipe whose last phase was L2)")
     ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
+    ap.add_argument("--no-flat-frames", action="store_true",
+                    help="--ranges calib: ranges of the calibration crops only, not covering flat frames' edges "
+                         "(as training.bundle --no-flat-frames)")
     shape = ("channels", "convs", "down", "dilations")  # a network grown past its recipe (train --init-from) says so here
     add_override_args(ap, shape)
     a = ap.parse_args(argv)
@@ -330,12 +334,13 @@ def main(argv=None) -> int:
         equalize_net(net, calib)
     qnet = QATNet(net)
     if a.ranges == "calib":
-        qnet.set_ranges(calibrated_ranges(net, calib, method))
+        qnet.set_ranges(calibrated_ranges(net, calib, method, flat=not a.no_flat_frames))
     seconds = finetune(r, qnet, load_train_images(data_root), steps=a.steps, lr=lr, loss=a.loss)
     ranges = f"calib ranges ({method})" if a.ranges == "calib" else "ema ranges"
     cmd = (f"python -m training.qat {r.name}" + override_options(overrides)
            + f" --from {a.source.name} --steps {a.steps} --ranges {a.ranges}"
            + (f" --method {method}" if a.ranges == "calib" else "") + (" --act-eq" if a.act_eq else "")
+           + (" --no-flat-frames" if a.no_flat_frames and a.ranges == "calib" else "")
            + f" --loss {a.loss}" + (f" --lr {lr:g}" if a.lr is not None else "") + " --out DIR")
     qat = {"command": cmd, "from": str(a.source), "steps": a.steps, "lr": lr, "loss": a.loss, "act_eq": a.act_eq,
            "seconds": round(seconds, 1), "device": _device_name(torch.device("cpu")),
