@@ -652,27 +652,36 @@ def test_cli_source_lost_exits_nonzero(monkeypatch, capsys):
     assert "source lost after 4 frames" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sig", [15, 1], ids=["SIGTERM", "SIGHUP"])
-def test_cli_a_stop_signal_finishes_the_recording(tmp_path, sig):
-    # A real process: SIGTERM, or the SSH session closing (SIGHUP: it killed the process, leaving no recording
-    # and a hidden broken temp file), ends an unbounded run with exit 0, the recording and a final stats line.
+def _recording_preview(tmp_path, setup: str = ""):
+    """A real `preview` process recording the synthetic source to rec.avi (``setup``: Python run before it),
+    once its first stats line shows the loop running: (process, stats file, recording)."""
+    import time
+
     stats, out = tmp_path / "s.jsonl", tmp_path / "rec.avi"
     code = (
-        "import sys, argparse, signal; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "import sys, time, argparse, signal; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
         "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"  # as a terminal starts it, even if these tests run under nohup
         "from test_camera_doubles import RepeatEnhancer\n"
-        "from edge_enhance.camera import cli\n"
+        "from edge_enhance.camera import cli, sinks\n"
         "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
+        + setup +
         "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
         "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@50', '--sink', 'file:' + sys.argv[3], "
         "'--stats-json', sys.argv[2]])))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats), str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the first stats line: the loop is running
+    return proc, stats, out
+
+
+@pytest.mark.parametrize("sig", [15, 1], ids=["SIGTERM", "SIGHUP"])
+def test_cli_a_stop_signal_finishes_the_recording(tmp_path, sig):
+    # A real process: SIGTERM, or the SSH session closing (SIGHUP: it killed the process, leaving no recording
+    # and a hidden broken temp file), ends an unbounded run with exit 0, the recording and a final stats line.
+    proc, stats, out = _recording_preview(tmp_path)
     try:
-        import time
-        deadline = time.monotonic() + 60
-        while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)  # wait for the first stats line: the loop is running
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -686,24 +695,11 @@ def test_cli_a_stop_signal_finishes_the_recording(tmp_path, sig):
 def test_cli_a_second_ctrl_c_while_stopping_keeps_the_recording(tmp_path):
     # The first SIGINT set the default disposition: a second one during teardown killed the process,
     # leaving a hidden unplayable temp file and no recording.
-    stats, out = tmp_path / "s.jsonl", tmp_path / "rec.avi"
-    code = (
-        "import sys, time, argparse; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
-        "from test_camera_doubles import RepeatEnhancer\n"
-        "from edge_enhance.camera import cli, sinks\n"
-        "cli._make_enhancer = lambda m, t, card=None: RepeatEnhancer()\n"
-        "stop = sinks.VideoFileSink.stop\n"
-        "sinks.VideoFileSink.stop = lambda self: (time.sleep(1.0), stop(self))\n"  # a long teardown
-        "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
-        "sys.exit(cli.main(p.parse_args(['--source', 'synthetic:32x32@50', '--sink', 'file:' + sys.argv[3], "
-        "'--stats-json', sys.argv[2]])))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(stats), str(out)], stderr=subprocess.PIPE, text=True)
+    import time
+
+    proc, _, out = _recording_preview(tmp_path, "stop = sinks.VideoFileSink.stop\n"  # a long teardown
+                                                "sinks.VideoFileSink.stop = lambda self: (time.sleep(1.0), stop(self))\n")
     try:
-        import time
-        deadline = time.monotonic() + 60
-        while not (stats.exists() and stats.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)
         proc.send_signal(2)
         time.sleep(0.3)
         proc.send_signal(2)
