@@ -22,7 +22,7 @@ from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, EdgeEnhanceError, UnsupportedOpError, VerificationError
-from .footprint import add_card_arguments, attach_card, card_options, check_card, check_image_channels
+from .footprint import add_card_arguments, attach_card, card_options, check_card
 
 log = logging.getLogger(__name__)
 TARGETS = ("tflite", "coreml", "onnx")
@@ -160,7 +160,6 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
             raise
         graph = from_onnx(src, input_hw=tile)
         log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
-    check_image_channels(graph, src)
     fixed = fixed_input(graph, src, tile, enumerated_shapes)
     source_model = onnx.load(str(src))
     if card:

@@ -103,9 +103,9 @@ def check_card(g, src) -> None:
     """A model's own card against its graph: refuse a graph that is not 1 -> 1 or 3 -> 3 channels or that no
     tile can match (the runtime tiles by the card); a scale the graph contradicts; warn when the card's
     receptive field is below the graph's."""
+    check_image_channels(g, src)  # a card-less model too: every command reaches it here or in attach_card
     if CARD_KEY not in g.metadata:
         return
-    check_image_channels(g, src)
     card = ModelCard.from_json(g.metadata[CARD_KEY], str(src))
     try:
         for n in g.nodes:

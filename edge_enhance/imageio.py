@@ -488,7 +488,8 @@ def _png_text(photo: Photo):
     info = PngImagePlugin.PngInfo()
     for k, v in photo.text.items():
         try:
-            info.add_text(k, v.encode("latin-1").decode("latin-1"))  # tEXt holds Latin-1 only
+            v.encode("latin-1")  # what tEXt can hold; the rest goes in iTXt (UTF-8)
+            info.add_text(k, v)
         except UnicodeEncodeError:
             info.add_itxt(k, v)
     if photo.xmp:

@@ -684,11 +684,8 @@ def _lower_dynamic_transpose_convs(graph: Graph) -> tuple[Graph, dict]:
         return graph, {}
     g = copy.deepcopy(graph)
     transpose_convs_as_subpixel(g)
-    renamed = {}
-    for n in g.nodes:
-        if n.op == "DepthToSpace" and n.name in {m.name for m in graph.nodes if m.op == "ConvTranspose"}:
-            renamed[n.name] = g.producer(n.inputs[0]).name
-    return g, renamed
+    lowered = {m.name for m in graph.nodes if m.op == "ConvTranspose"}
+    return g, {n.name: g.producer(n.inputs[0]).name for n in g.nodes if n.op == "DepthToSpace" and n.name in lowered}
 
 
 def _layer_reports(graph, g, calib, float_psnr, sensitivity, say, previous=None) -> list:
