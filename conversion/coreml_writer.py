@@ -18,6 +18,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -357,6 +358,8 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
                        inputs=[inp])
     if weights != "fp":
         model = compress_weights(model, weights)
+    program = model._mil_program
+    model = _name_input(ct, model, graph.inputs[0])
     card = graph.metadata.get(CARD_KEY)
     if card:
         d = json.loads(card)
@@ -384,8 +387,21 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _LAST_PROGRAM.clear()  # keep only the latest: programs can be large
-    _LAST_PROGRAM[str(path)] = model._mil_program
-    return [op.op_type for op in model._mil_program.functions["main"].operations if op.op_type != "const"]
+    _LAST_PROGRAM[str(path)] = program
+    return [op.op_type for op in program.functions["main"].operations if op.op_type != "const"]
+
+
+def _name_input(ct, model, onnx_name: str):
+    """The model with its input feature named after the ONNX input (as the output already is), made a
+    valid Core ML name the way coremltools makes the output's: other characters become ``_``."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", onnx_name)
+    name = "var_" + name if not name or name[0].isdigit() else name
+    spec = model.get_spec()
+    old, out = spec.description.input[0].name, spec.description.output[0].name
+    if name in (old, out):  # already so, or it would clash with the output
+        return model
+    ct.utils.rename_feature(spec, old, name)
+    return ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
 
 
 _LAST_PROGRAM: dict = {}  # path -> converted MIL program (coremltools cannot reload one on Linux)

@@ -15,8 +15,8 @@ ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pi
 from conversion import executor  # noqa: E402
 from conversion.cli import convert  # noqa: E402
 from conversion.coreml_writer import (  # noqa: E402
-    _LAST_PROGRAM, SPARSITY, W8A8_ACTIVATIONS, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, to_coreml,
-    weight_bytes)
+    _LAST_PROGRAM, SPARSITY, W8A8_ACTIVATIONS, WEIGHT_FORMATS, decompress_op, evaluate_mil, kmeans_lut, spec_names,
+    to_coreml, weight_bytes)
 from conversion.errors import ConfigError  # noqa: E402
 from conversion.onnx_import import from_onnx  # noqa: E402
 from conversion.verify import default_dataset  # noqa: E402
@@ -342,6 +342,26 @@ def test_image_io_fp32_verifies_a_model_whose_output_overshoots(tmp_path, capsys
     assert convert_main([src, "--to", "coreml", "--io", "image", "--precision", "fp32", "--tile", "32x32",
                          "--verify-images", "1", "-o", tmp_path / "o.mlpackage"]) == 0
     assert "Core ML I/O 'x' in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("io", ["tensor", "image"])
+@pytest.mark.parametrize("names,want", [(("input.1", "out.1"), ("input_1", "out_1")), (("7", "8"), ("var_7", "var_8")),
+                                        (("images", "y"), ("images", "y"))])
+def test_feature_names_follow_the_onnx_model(tmp_path, io, names, want):
+    """An app addresses the Core ML model by the names the ONNX model had (made valid Core ML names), input
+    and output alike; the program still evaluates as converted."""
+    rng = np.random.default_rng(2)
+    m = make_model([h.make_node("Conv", [names[0], "w"], [names[1]], pads=[1, 1, 1, 1])], {"w": rand(rng, 3, 3, 3, 3)},
+                   [1, 3, "H", "W"], out=names[1], inputs=(names[0],))
+    path = tmp_path / "n.mlpackage"
+    to_coreml(from_onnx(m), path, precision="fp32", tile=(8, 8), io=io)
+    assert spec_names(path) == want
+    x = rng.random((1, 3, 8, 8)).astype(np.float32)
+    want = run_ort(m, x).transpose(0, 3, 1, 2)
+    if io == "image":  # pixels in and out, clipped as a picture is
+        np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x * 255) / 255, np.clip(want, 0, 1), atol=1e-4)
+    else:
+        np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("kw,msg", [({"min_target": "iOS15"}, "iOS16"), ({"io": "pixels"}, "io")])
