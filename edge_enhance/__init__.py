@@ -4,6 +4,7 @@ from .errors import (
     BackendUnavailableError,
     ConfigError,
     EdgeEnhanceError,
+    EngineError,
     ImageInputError,
     ModelFormatError,
     OutputError,
@@ -24,5 +25,5 @@ def __getattr__(name):
 
 __all__ = [
     "Enhancer", "ModelCard", "EdgeEnhanceError", "ConfigError", "ModelFormatError", "UnsupportedOpError",
-    "BackendUnavailableError", "ImageInputError", "OutputError",
+    "BackendUnavailableError", "ImageInputError", "OutputError", "EngineError",
 ]

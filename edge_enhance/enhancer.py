@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from . import imageio, ycbcr
 from .atomic import refuse_overwriting_input, unwritable
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
-from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
+from .errors import ConfigError, EdgeEnhanceError, EngineError, ImageInputError, ModelFormatError, OutputError
 from .models import DEFAULT_MODEL, resolve
 from .tiling import TilingConfig, choose_tile, extract, min_tile_side, plan_tiles, round_up
 
@@ -187,6 +188,8 @@ class Enhancer:
         ``align`` (or that shape), and only H*s x W*s is kept."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
+        if rgb.dtype.kind == "u" and rgb.dtype.itemsize == 2 and not rgb.dtype.isnative:
+            rgb = rgb.astype(np.uint16)  # big-endian samples (FITS, np.frombuffer of a file)
         if rgb.dtype not in (np.uint8, np.uint16):
             hint = " (from floats in 0..1: (img * 255).round().astype(np.uint8))" if rgb.dtype.kind == "f" else ""
             raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}{hint}")
@@ -200,6 +203,9 @@ class Enhancer:
         s = self.card.scale
         if out is None:
             out = np.empty((h * s, w * s, 3), rgb.dtype)
+        elif out.shape != (h * s, w * s, 3) or out.dtype != rgb.dtype:
+            raise ConfigError(f"out= must be {h * s} x {w * s} x 3 {rgb.dtype}, got {' x '.join(map(str, out.shape))} "
+                              f"{out.dtype}")
         tile = self.tile_for(h, w)
         if self.tta and tile[0] != tile[1] and not self.fixed_tile:
             tile = self._square_tile(tile, h, w)  # a square window turns a quarter without resizing the engine
@@ -345,10 +351,16 @@ class Enhancer:
     def enhance(self, image):
         """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
         H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
-        applied first, as for files: the result is upright and carries no orientation tag."""
+        applied first, as for files: the result is upright and carries no orientation tag. Of an
+        animated image, the current frame is enhanced. A Pillow image whose data cannot be decoded
+        (a truncated or damaged upload) raises ImageInputError, as a file does."""
         from PIL import Image, ImageOps
 
         if isinstance(image, Image.Image):
+            try:
+                image.load()  # Image.open reads only the header: decode now, where errors are the image's
+            except imageio._DECODE_ERRORS as e:
+                raise ImageInputError(f"<image>: truncated or corrupt image data ({e})") from None
             try:
                 image = ImageOps.exif_transpose(image)
             except Exception as e:  # malformed EXIF: the pixels are still good (as load_image does)
@@ -363,6 +375,8 @@ class Enhancer:
         if a.ndim == 3 and a.shape[2] == 4:
             p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()))
             return np.dstack([p.rgb, p.alpha])
+        if a.ndim == 3 and a.shape[2] == 3 and a.dtype.kind == "u":  # a grey picture stored as RGB stays grey
+            return self.enhance_photo(imageio.Photo(a, None)).rgb
         return self.enhance_rgb(a)
 
     @staticmethod
@@ -372,6 +386,7 @@ class Enhancer:
         return Image.fromarray(imageio.to_grey(photo.rgb).astype("<u2"))  # uint16 grey: mode I;16
 
     def enhance_file(self, src, dst, **kw) -> Path:
+        """Load ``src``, enhance it, save it to ``dst`` atomically: :func:`enhance_file`'s keywords."""
         return enhance_file(self, src, dst, **kw)
 
 
@@ -410,10 +425,21 @@ def _grey_looking(rgb: np.ndarray) -> bool:
                for b in imageio.row_bands(rgb))
 
 
+DPI_MODES = ("keep-print-size", "keep-value")  # the output's DPI: scaled with the pixels, or copied
+
+
 def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
                  dpi_mode: str = "keep-print-size", max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
                  overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Load, enhance (an Enhancer or a Pipeline), save atomically. Checks the output is writable first."""
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f"quality {quality!r} is not a whole number in 1..100")
+    if dpi_mode not in DPI_MODES:
+        raise ConfigError(f"dpi_mode {dpi_mode!r} is not one of {', '.join(DPI_MODES)}")
+    for name, p in (("src", src), ("dst", dst)):
+        if not isinstance(p, (str, os.PathLike)):
+            raise ConfigError(f"{name} must be a path, not {type(p).__name__} (for an image in memory: "
+                              "Image.open(io.BytesIO(data)) and Enhancer.enhance)")
     src, dst = Path(src), Path(dst)
     refuse_overwriting_input(src, dst, overwrite)
     if not dst.parent.is_dir():

@@ -6,7 +6,8 @@ class EdgeEnhanceError(Exception):
 
 
 class ConfigError(EdgeEnhanceError, ValueError):
-    """An option value is out of range or inconsistent."""
+    """An option or argument value is out of range or inconsistent (a pixel array of the wrong shape or
+    type included)."""
 
 
 class ModelFormatError(EdgeEnhanceError):

@@ -5,12 +5,14 @@ are carried to the output; alpha, grey and 16-bit survive; writes are atomic.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import io
 import logging
 import re
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -162,12 +164,61 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         return _decode(fh, path, max_pixels)
 
 
+_PIL_LOCK = threading.Lock()  # Pillow's bomb limit and Python's warning filters are process-wide
+_pil_limits: list = []  # max_pixels of the decodes under way
+_pil_saved = None  # Image.MAX_IMAGE_PIXELS as the application had it
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int):
+    """Pillow's own bomb limit (one global) raised to ``max_pixels`` while a decode of ours runs, and
+    given back as the application had it once none runs: concurrent decodes share the raised value."""
+    global _pil_saved
+
+    def apply():
+        Image.MAX_IMAGE_PIXELS = None if _pil_saved is None else max(_pil_saved, *_pil_limits)
+
+    with _PIL_LOCK:
+        if not _pil_limits:
+            _pil_saved = Image.MAX_IMAGE_PIXELS
+        _pil_limits.append(max_pixels)
+        apply()
+    try:
+        yield
+    finally:
+        with _PIL_LOCK:
+            _pil_limits.remove(max_pixels)
+            if _pil_limits:
+                apply()
+            else:
+                Image.MAX_IMAGE_PIXELS = _pil_saved
+
+
+_WARN_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _recorded_warnings(into: list):
+    """Python's warnings raised inside, appended to ``into`` instead of printed. catch_warnings swaps
+    process-wide state, so our threads take turns: interleaved, they left the recorder installed."""
+    with _WARN_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            into.extend(caught)
+
+
 def _decode(fh, path: Path, max_pixels: int) -> Photo:
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+    with _pillow_limit(max_pixels):
+        return _decode_limited(fh, path, max_pixels)
+
+
+def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
+    caught: list = []
     try:
         # Pillow warns on stderr about damaged metadata (EXIF read for the DPI); recorded, logged once below.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with _recorded_warnings(caught):
             im = Image.open(fh)
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
@@ -206,11 +257,10 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
         min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
         try:
             # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
-            with warnings.catch_warnings(record=True) as more:
-                warnings.simplefilter("always")
+            with _recorded_warnings(caught):
                 exif = im.getexif()
                 oriented = ImageOps.exif_transpose(im)
-            caught = [w for w in caught + more if not issubclass(w.category, Image.DecompressionBombWarning)]
+            caught = [w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)]
             if caught:
                 log.warning("%s: EXIF partly unreadable (%s); the rest is kept", path, caught[0].message)
         except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
@@ -266,8 +316,7 @@ def _pixels(n: int) -> str:
 
 def exif_orientation(path: Path) -> int:
     try:
-        with warnings.catch_warnings(), Image.open(path) as im:
-            warnings.simplefilter("ignore")
+        with _recorded_warnings([]), Image.open(path) as im:
             return int(im.getexif().get(_ORIENTATION, 1))
     except Exception:
         return 1

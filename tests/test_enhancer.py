@@ -96,6 +96,51 @@ def test_bad_arrays_get_one_clear_error(models):
         enh.enhance(np.zeros((4, 4, 3)))
     with pytest.raises(ConfigError, match="expected uint8 or uint16 pixels, got int64$"):
         enh.enhance(np.zeros((4, 4, 3), np.int64))
+    with pytest.raises(ConfigError, match="out= must be 8 x 8 x 3 uint8, got 8 x 8 x 3 float32"):
+        enh.enhance_rgb(np.zeros((4, 4, 3), np.uint8), out=np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ConfigError, match="out= must be 8 x 8 x 3 uint8, got 5 x 5 x 3 uint8"):
+        enh.enhance_rgb(np.zeros((4, 4, 3), np.uint8), out=np.zeros((5, 5, 3), np.uint8))
+
+
+def test_big_endian_16_bit_arrays_are_16_bit_arrays(models):
+    img = np.random.default_rng(3).integers(0, 65536, (9, 7, 3)).astype(np.uint16)
+    enh = Enhancer(models[2])
+    assert np.array_equal(enh.enhance(img.astype(">u2")), enh.enhance(img))
+
+
+@pytest.mark.parametrize("kw,msg", [({"quality": 500}, r"quality 500 is not a whole number in 1\.\.100"),
+                                    ({"quality": 0}, "quality 0"), ({"quality": 9.5}, "quality 9.5"),
+                                    ({"dpi_mode": "bogus"}, "dpi_mode 'bogus' is not one of keep-print-size, keep-value"),
+                                    ({"src": b"\x89PNG"}, r"src must be a path, not bytes \(for an image in memory: "
+                                                          r"Image.open\(io.BytesIO\(data\)\)")])
+def test_enhance_file_refuses_bad_arguments_before_any_work(models, tmp_path, kw, msg):
+    from PIL import Image
+
+    src = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(src)
+    args = {"src": src, "dst": tmp_path / "b.jpg"} | kw
+    with pytest.raises(ConfigError, match=msg):
+        Enhancer(models[2]).enhance_file(args.pop("src"), args.pop("dst"), **args)
+    assert not (tmp_path / "b.jpg").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "damaged"])
+def test_a_corrupt_pillow_image_is_an_image_input_error(models, damage):
+    """The usual service path, Image.open(BytesIO(upload)) then enhance(): Pillow reads only the header
+    there, so the decoding error came out of the EXIF step as a bare OSError, or was logged as bad
+    EXIF and half a picture was enhanced."""
+    import io
+
+    from PIL import Image
+
+    from edge_enhance import ImageInputError
+
+    b = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(b, "PNG")
+    png = b.getvalue()
+    data = png[:len(png) // 2] if damage == "truncated" else png[:100] + bytes(x ^ 0xFF for x in png[100:200]) + png[200:]
+    with pytest.raises(ImageInputError, match=r"<image>: truncated or corrupt image data"):
+        Enhancer(models[2]).enhance(Image.open(io.BytesIO(data)))
 
 
 def test_grey_and_rgba_arrays_keep_their_kind(models):
@@ -379,6 +424,7 @@ def test_a_grey_picture_stored_as_rgb_comes_out_grey(models):
     photo = imageio.Photo(np.repeat(g[..., None], 3, axis=2))
     out = Enhancer(models[2]).enhance_photo(photo).rgb
     assert out.shape == (26, 22, 3) and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert np.array_equal(Enhancer(models[2]).enhance(photo.rgb), out)  # an RGB array alike
     tinted = np.random.default_rng(6).integers(0, 256, (13, 11, 3), dtype=np.uint8)
     assert not (Enhancer(models[2]).enhance_photo(imageio.Photo(tinted)).rgb[..., 0]
                 == Enhancer(models[2]).enhance_photo(imageio.Photo(tinted)).rgb[..., 1]).all()
@@ -524,7 +570,7 @@ def test_tiles_at_any_strength_equal_the_whole_image(models, strength):
 def test_a_gentler_strength_is_not_blocky(models):
     # a blend towards nearest-neighbour (the model's own base) left 2x2 steps that grew as strength fell
     yy, xx = np.mgrid[0:16, 0:16]
-    img = np.clip(np.stack([yy * 9 + xx * 5] * 3, -1), 0, 255).astype(np.uint8)
+    img = np.clip(np.stack([yy * 9 + xx * 5 + k for k in range(3)], -1), 0, 255).astype(np.uint8)  # not grey-looking
     out = Enhancer(models[2], strength=0.25).enhance(img).astype(int)
     across = np.abs(np.diff(out, axis=1))[:, 1::2].mean()  # steps across 2x2 block borders
     inside = np.abs(np.diff(out, axis=1))[:, 0::2].mean()
@@ -543,3 +589,23 @@ def test_rgba_to_jpeg_keeps_the_colour_under_transparent_pixels(models, tmp_path
     enhance_file(Enhancer(models[1]), tmp_path / "a.png", tmp_path / "a.jpg")
     out = np.asarray(Image.open(tmp_path / "a.jpg")).astype(int)
     assert np.abs(out - 200).max() <= 3 and "transparency dropped" in caplog.text  # not black where it was hidden
+
+
+def test_an_exception_from_the_progress_callback_cancels_and_writes_nothing(models, tmp_path):
+    """The README's way to cancel a long run: raise in the callback."""
+    from PIL import Image
+
+    class Cancelled(Exception):
+        pass
+
+    def stop_at_3(done, total):
+        if done == 3:
+            raise Cancelled
+
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(src)
+    enh = Enhancer(models[2], tile=12)
+    with pytest.raises(Cancelled):
+        enh.enhance_file(src, dst, progress=stop_at_3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    assert enh.enhance_file(src, dst) == dst and enh.last_run.tiles > 3

@@ -17,7 +17,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from edge_enhance.enhancer import Enhancer  # noqa: E402
-from edge_enhance.errors import EngineError  # noqa: E402
+from edge_enhance import EngineError  # noqa: E402  (exported: what a service maps to HTTP 500)
 from edge_enhance.tiling import TilingConfig  # noqa: E402
 from tests.hardening_kit import model  # noqa: E402,F401  (fixture)
 from tests.onnx_models import residual_sr  # noqa: E402

@@ -152,6 +152,45 @@ def test_pixel_limit_names_size_and_limit(tmp_path):
         imageio.load_image(p, max_pixels=4999)
 
 
+@pytest.mark.parametrize("app_limit", [89_478_485, 1000, None])
+def test_pillow_bomb_limit_is_given_back(tmp_path, monkeypatch, app_limit):
+    """Pillow's limit is one process-wide value: a decode raises it for itself, then the application's
+    own setting (Pillow's default, a stricter one, or none) is back, whatever max_pixels was asked."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", app_limit)
+    p = _save(tmp_path, "s.png", Image.new("RGB", (60, 50)))
+    for limit in (imageio.DEFAULT_MAX_PIXELS, 10**10, 3000):
+        assert imageio.load_image(p, max_pixels=limit).rgb.shape == (50, 60, 3)
+        assert Image.MAX_IMAGE_PIXELS == app_limit
+
+
+def test_decoding_from_threads_leaves_the_warning_filters_alone(tmp_path):
+    """catch_warnings swaps process-wide state: interleaved from several threads, it left its
+    recorder installed, and every later warning of the application vanished into it."""
+    import threading
+    import warnings
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = _save(tmp_path, "o.jpg", Image.new("RGB", (16, 8), (9, 90, 200)), exif=exif)
+    filters, show = list(warnings.filters), warnings.showwarning
+    errors = []
+
+    def work():
+        try:
+            for _ in range(40):
+                assert imageio.load_image(p).rgb.shape == (16, 8, 3)
+        except Exception as e:  # reported below: an assert in a thread does not fail the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    assert warnings.filters == filters and warnings.showwarning is show
+    with pytest.warns(UserWarning, match="still heard"):
+        warnings.warn("still heard")
+
+
 def test_animated_refused(tmp_path):
     frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
     p = tmp_path / "anim.gif"
