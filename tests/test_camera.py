@@ -148,6 +148,29 @@ def test_end_of_finite_source_stops_cleanly():
     assert s["captured"] - s["processed"] - s["dropped"] == 0
 
 
+def test_a_last_frame_that_comes_just_after_the_wait_is_still_processed():
+    """The loop's wait for a frame times out, the source puts its last frame and ends: that frame
+    was taken by the end-of-source check and thrown away."""
+    from edge_enhance.camera.preview import LatestSlot
+
+    class LateSlot(LatestSlot):  # the last frame lands just after the loop's wait gave up
+        def get(self, timeout):
+            item = super().get(timeout)
+            if timeout and item is not None and item.seq == 3 and not self.held:
+                self.held = True
+                self.put(item)
+                preview._capture_done.wait(5)  # the source has ended by the time the loop looks
+                return None
+            return item
+
+    preview = Preview(SyntheticSource(32, 32, fps=0, frames=3), RepeatEnhancer(), [NullSink()])
+    preview._slot = LateSlot()
+    preview._slot.held = False
+    s = preview.run()
+    assert preview._slot.held and s["stop_reason"] == "end of source"
+    assert s["captured"] - s["dropped"] == s["processed"] and s["processed"] >= 1
+
+
 def test_source_failure_mid_run_is_a_clear_error():
     src = FlakySource(5, recover=False)
     cfg = PreviewConfig(reconnects=2, reconnect_delay=0)

@@ -98,6 +98,10 @@ class LatestSlot:
             self._cond.notify_all()  # a producer waiting for the slot to empty
         return item
 
+    def empty(self) -> bool:
+        with self._cond:
+            return self._item is None
+
     def wake(self):
         with self._cond:
             self._cond.notify_all()
@@ -311,7 +315,7 @@ class Preview:
                 if self._capture_done.is_set():
                     if self._capture_error is not None:
                         raise self._capture_error
-                    if self._slot.get(timeout=0) is None:
+                    if self._slot.empty():  # else the last frame came after the wait: the next turn takes it
                         return "end of source"
                 elif time.perf_counter() - self._alive_t > cfg.stall_timeout:
                     raise SourceLostError(f"{self.source.name}: no frame for {cfg.stall_timeout:g} s "
