@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import glob
 import json
 import logging
@@ -711,6 +712,23 @@ def _main(argv: list[str] | None) -> int:
         # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:
+        gone = [fd for fd in (1, 2) if e.errno == errno.EIO and _hung_up(fd)]
+        if not gone:
+            raise
+        # The terminal went away (the SSH session closed): no one is left to read; what was written is safe.
+        for fd in gone:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        return 129  # as a shell reports a command ended by SIGHUP
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether ``fd`` is a terminal that has hung up: even an empty write to it fails with EIO."""
+    try:
+        os.write(fd, b"")
+    except OSError as e:
+        return e.errno == errno.EIO
+    return False
 
 
 if __name__ == "__main__":

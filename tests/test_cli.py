@@ -83,6 +83,21 @@ def test_closed_stdout_pipe_ends_quietly():
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_terminal_that_hung_up_ends_quietly():
+    """The SSH session closed: writing to its terminal fails with EIO. Exit as a hangup (129), with no
+    traceback (there is no one to read one)."""
+    master, slave = os.openpty()
+    os.close(master)  # the terminal hangs up before the command writes its table
+    try:
+        p = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "models"], stdout=slave, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(slave)
+    assert p.returncode == 129, p.stderr
+    assert p.stderr == ""
+
+
 def test_batch_with_a_bad_file_goes_on_and_exits_1(tmp_path, model, capsys):
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
