@@ -121,6 +121,13 @@ def degrade(clean: np.ndarray, task: str, scale: int, rng: np.random.Generator) 
 
 def calibration_for(card, folder=None, config: CalibConfig = CalibConfig()) -> CalibSet:
     """The calibration set a model card asks for (task, scale, align, colour, input range)."""
+    s = card.scale if card.task in ("sr", "enhance") else 1
+    rf, step = card.receptive_field or 0, s * card.align
+    if config.crop // s < rf:
+        log.warning("calibration crops of %d px give model inputs of %d px, under the model's receptive field (%d): "
+                    "every activation then sees the image's edge, and the int8 ranges fit edges rather than photos "
+                    "(a --calib-crop of %d or more avoids it)", config.crop, config.crop // s, rf,
+                    -(-2 * rf * s // step) * step)
     return calibration_set(folder, task=card.task, scale=card.scale, config=config, align=card.align,
                            colour=card.colour, input_range=card.input_range)
 

@@ -179,6 +179,25 @@ def test_calibration_set_from_a_folder(calib_dir):
         assert not np.array_equal(d.inputs[0][0], d.targets[0][::scale, ::scale] / 255.0)  # degraded
 
 
+@pytest.mark.parametrize("task,scale,align,crop,warned,suggested", [
+    ("sr", 2, 1, 16, True, 36), ("sr", 2, 1, 18, False, None), ("denoise", 1, 1, 8, True, 18),
+    ("sr", 2, 4, 16, True, 40)])
+def test_calibration_crops_under_the_receptive_field_are_warned_of(calib_dir, caplog, task, scale, align, crop,
+                                                                    warned, suggested):
+    """Crops that give inputs smaller than the receptive field calibrate every activation on edges."""
+    from edge_enhance.card import ModelCard
+    from quantization.calibration import calibration_for
+
+    card = ModelCard(name="m", task=task, scale=scale, receptive_field=9, align=align)
+    with caplog.at_level("WARNING"):
+        calibration_for(card, calib_dir, CalibConfig(crop=crop, count=2))
+    said = [r.getMessage() for r in caplog.records if "receptive field" in r.getMessage()]
+    assert bool(said) == warned
+    if warned:
+        assert f"calibration crops of {crop} px give model inputs of {crop // scale} px" in said[0]
+        assert f"a --calib-crop of {suggested} or more" in said[0]
+
+
 def test_empty_or_missing_calibration_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(CalibrationError, match="no images"):
