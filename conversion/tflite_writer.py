@@ -28,7 +28,7 @@ from edge_enhance.card import CARD_KEY
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, ModelFormatError, UnsupportedOpError
-from .ir import Graph, Node, QuantParams, Tensor, infer_shape, subpixel_phases, upsample_taps
+from .ir import QDTYPES, Graph, Node, QuantParams, Tensor, infer_shape, subpixel_phases, upsample_taps
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,32 @@ def apply_int8_constraints(g: Graph) -> None:
             src = g.tensors[n.inputs[0]].quant
             if src is not None:
                 out.quant = copy.deepcopy(src)
+
+
+def drop_covered_clips(g: Graph) -> None:
+    """Remove, in place, each quantised Clip that cannot change a value: its input has its output's
+    params and the clip's bounds hold every level those params can express (a residual net's final
+    Clip(0, 1) on a tensor calibrated to 0..1). Left in, it is one more op at the graph's end, and one
+    (RELU_0_TO_1) that many NPU delegates lack, so the partition ended on the CPU. The input tensor
+    takes the output's name, so the model's output keeps its name."""
+    for n in [n for n in g.nodes if n.op == "Clip"]:
+        x, out = n.inputs[0], n.outputs[0]
+        a, b = g.tensors[x].quant, g.tensors[out].quant
+        if a is None or b is None or x in g.inputs or x in g.outputs or a.scale.size != 1 or not (
+                a.dtype == b.dtype and np.allclose(a.scale, b.scale, rtol=1e-6) and
+                np.array_equal(a.zero_point, b.zero_point)):
+            continue
+        qmin, qmax = QDTYPES[a.dtype]
+        half = 0.5 * float(a.scale[0])
+        lo, hi = (float(a.scale[0]) * (q - int(a.zero_point[0])) for q in (qmin, qmax))
+        if (n.attrs["min"] is not None and n.attrs["min"] > lo + half) or \
+                (n.attrs["max"] is not None and n.attrs["max"] < hi - half):
+            continue
+        g.nodes.remove(n)
+        for m in g.nodes:
+            m.inputs = [out if i == x else i for i in m.inputs]
+            m.outputs = [out if o == x else o for o in m.outputs]
+        del g.tensors[x]
 
 
 def transpose_convs_as_subpixel(g: Graph) -> None:
@@ -769,6 +795,7 @@ def to_tflite_bytes(graph: Graph, *, precision: str = "fp32", io: str = "float",
     _check(g, precision, io)
     if precision == "int8":
         apply_int8_constraints(g)
+        drop_covered_clips(g)
     em = _Emitter(g, precision, io, d2s_as_transpose_conv)
     ins = [em.io_tensor(i, True) for i in g.inputs]
     for n in g.nodes:

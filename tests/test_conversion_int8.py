@@ -40,6 +40,31 @@ def test_int8_sr_net_matches_simulation(tmp_path, io, scale):
     assert np.abs(y - flt).max() < 0.05
 
 
+@pytest.mark.parametrize("out_range,dropped", [((0.0, 1.0), True), ((-0.2, 1.2), False)])
+def test_a_final_clip_that_cannot_cut_is_not_written(tmp_path, out_range, dropped):
+    """A residual net's Clip(0, 1) on a tensor quantised to 0..1 passes every level: written, it was a
+    RELU_0_TO_1 at the graph's end that many NPU delegates lack. It goes, and the output keeps its name;
+    a clip that does cut (the tensor's grid reaches past 0..1) stays."""
+    Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+    rng = np.random.default_rng(5)
+    g = from_onnx(residual_sr_model(rng))
+    minmax_calibrate(g, _images(rng, 4, 12, 10))
+    g.tensors[g.inputs[0]].quant = QuantParams([1 / 255], [-128])
+    clip = next(n for n in g.nodes if n.op == "Clip")
+    lo, hi = out_range
+    for t in (g.producer(clip.inputs[0]).inputs[0], clip.inputs[0], clip.outputs[0]):  # Add -> DepthToSpace -> Clip
+        g.tensors[t].quant = QuantParams([(hi - lo) / 255], [int(round(-128 - lo * 255 / (hi - lo)))])
+    apply_int8_constraints(g)
+    path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io="uint8", tile=(12, 10))
+    assert ("RELU_0_TO_1" not in tflite_ops(path)) == dropped
+    it = Interpreter(model_path=str(path))
+    assert it.get_output_details()[0]["name"] == g.outputs[0] + "_io"
+    x = np.round(rng.uniform(0, 1, (1, 12, 10, 3)) * 255).astype(np.float32) / 255
+    sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
+    assert np.abs(run_tflite(path, x) - sim).max() <= 3 * (hi - lo) / 255 + 1e-6
+    assert [n.op for n in g.nodes].count("Clip") == 1  # the caller's graph is left as it was
+
+
 def test_int8_per_channel_weights_and_int32_bias(tmp_path):
     Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
     rng = np.random.default_rng(3)
