@@ -754,11 +754,14 @@ class _Emitter:
         if not self.int8 or self.io == "int8":
             return inner
         q = self.qparams(name)
+        # The model-facing tensor keeps the source's name whatever --io and --precision are (an app binding
+        # by name, as NNAPI / C code do, works with every build); the int8 one behind it is renamed.
+        self.fb.tensors[inner]["name"] = f"{name}_{q.dtype}"
         if self.io == "float":
-            outer = self.fb.tensor(name + "_io", self.shape(name), T_FLOAT32)
+            outer = self.fb.tensor(name, self.shape(name), T_FLOAT32)
         else:  # uint8: the same real grid shifted by 128
             uq = QuantParams(q.scale, q.zero_point + 128, 0, "uint8")
-            outer = self.fb.tensor(name + "_io", self.shape(name), T_UINT8, quant=uq)
+            outer = self.fb.tensor(name, self.shape(name), T_UINT8, quant=uq)
         if is_input:
             self.fb.op("QUANTIZE", [outer], [inner], version=2)
         else:

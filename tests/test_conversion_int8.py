@@ -58,11 +58,25 @@ def test_a_final_clip_that_cannot_cut_is_not_written(tmp_path, out_range, droppe
     path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io="uint8", tile=(12, 10))
     assert ("RELU_0_TO_1" not in tflite_ops(path)) == dropped
     it = Interpreter(model_path=str(path))
-    assert it.get_output_details()[0]["name"] == g.outputs[0] + "_io"
+    assert (it.get_input_details()[0]["name"], it.get_output_details()[0]["name"]) == (g.inputs[0], g.outputs[0])
     x = np.round(rng.uniform(0, 1, (1, 12, 10, 3)) * 255).astype(np.float32) / 255
     sim = executor.run(g, {g.inputs[0]: x}, simulate_quant=True)[g.outputs[0]]
     assert np.abs(run_tflite(path, x) - sim).max() <= 3 * (hi - lo) / 255 + 1e-6
     assert [n.op for n in g.nodes].count("Clip") == 1  # the caller's graph is left as it was
+
+
+def test_io_tensor_names_are_the_sources_in_every_build(tmp_path):
+    """An app that binds tensors by name (NNAPI, Arm NN, C code) keeps working when the build changes."""
+    Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+    rng = np.random.default_rng(6)
+    g = from_onnx(residual_sr_model(rng))
+    fp = to_tflite(g, tmp_path / "f.tflite", tile=(12, 10))
+    minmax_calibrate(g, _images(rng, 2, 12, 10))
+    apply_int8_constraints(g)
+    for path in [fp] + [to_tflite(g, tmp_path / f"{io}.tflite", precision="int8", io=io, tile=(12, 10))
+                        for io in ("float", "uint8", "int8")]:
+        it = Interpreter(model_path=str(path))
+        assert [d["name"] for d in it.get_input_details() + it.get_output_details()] == ["x", "y"], path.name
 
 
 def test_int8_per_channel_weights_and_int32_bias(tmp_path):
