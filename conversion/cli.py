@@ -209,6 +209,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
             to_tflite(graph, tmp, precision=precision, io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
             names = tflite_ops(tmp)
+            notes = tflite_notes(tmp, graph)
             if verify:
                 from .verify import verify_tflite
 
@@ -267,6 +268,26 @@ def fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
         opt = "--enumerated-shapes" if enumerated_shapes else "--tile"
         raise ConfigError(f"{src}: input fixed at {h}x{w} by the model; {opt} must be {h}x{w} or left out")
     return h, w
+
+
+def tflite_notes(path: Path, graph) -> list:
+    """Summary lines for a written .tflite: its input and output as an app fills and reads them; an
+    integer output that is not the pixel value itself is warned of too."""
+    from edge_enhance.backends.litert import interpreter_module, io_description
+
+    from .coreml_writer import input_range
+
+    try:
+        it = interpreter_module()[0].Interpreter(model_path=str(path))
+    except (ImportError, ValueError, RuntimeError):  # no engine here: the file is still written
+        return []
+    span = input_range(graph)
+    lines = [f"TFLite {role} {io_description(d, span)}"
+             for role, d in (("input", it.get_input_details()[0]), ("output", it.get_output_details()[0]))]
+    if "not the pixel value" in lines[1]:
+        log.warning("%s: the integer output is not on the pixel grid (%s); an app must convert it, or give the "
+                    "model a final Clip to its input range", path.name, lines[1].split(": ", 1)[1])
+    return lines
 
 
 def coreml_notes(io: str, sizes: list, channels: int, names: tuple = ("", ""), span: tuple = (0.0, 1.0)) -> list:

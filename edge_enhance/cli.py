@@ -515,6 +515,17 @@ def _file_summary(path: Path) -> dict:
     return {"file": str(path), "bytes": size, "sha256": h.hexdigest()}
 
 
+def _tflite_io(path: Path) -> list | None:
+    """The input / output lines of a .tflite (what an app feeds and reads), or None where LiteRT cannot
+    open it here (not installed, or a file it refuses: info still shows the card)."""
+    from .backends.litert import LiteRTBackend
+
+    try:
+        return LiteRTBackend(path).describe_io()
+    except (EdgeEnhanceError, ImportError):
+        return None
+
+
 def cmd_info(args) -> int:
     from .backends import read_card, sniff_format
     from .models import resolve
@@ -531,11 +542,16 @@ def cmd_info(args) -> int:
                 **({"read off the graph": graph} if graph else {"graph not read": why}), "hint": hint}
     else:
         info = {"format": fmt, **_file_summary(path), **card.to_dict()}
+    if fmt == "litert":
+        info["io"] = _tflite_io(path)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     for k, v in info.items():
-        if k in ("extra", "read off the graph"):
+        if k == "io":
+            for line in v or ():
+                print(f"{'io':>18}: {line}")
+        elif k in ("extra", "read off the graph"):
             if k != "extra":
                 print(f"{k:>18}:")
             for ek, ev in v.items():

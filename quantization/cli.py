@@ -138,6 +138,9 @@ def main(args) -> int:
                           for r in res.report.layers],
                "size_bytes": {"onnx": src.stat().st_size, "tflite": tmp.stat().st_size},
                "macs_per_pixel": card.macs_per_pixel}
+        from conversion.cli import tflite_notes
+
+        rep["io_tensors"] = tflite_notes(tmp, res.graph)  # what an app feeds and reads, warned where not pixels
         split = precision_split(res.graph)
         if args.precision == "int16x8" or split["int16"]:  # --max-drop may have moved int8 layers to 16x8
             rep["activations"] = split
@@ -170,6 +173,8 @@ def _print(rep: dict, report) -> None:
         print(f"16x8 (int16 activations, int8 weights): {counts(a['int16'])}")
         print(f"int8: {counts(a['int8'])} (16x8 covers Conv, ConvTranspose, Add, Mul; LiteRT has no int16 "
               f"DEPTH_TO_SPACE or RELU_0_TO_1); {a['boundaries']} int8 <-> int16 boundaries (QUANTIZE + MAXIMUM)")
+    for line in rep.get("io_tensors") or ():
+        print(line)
     mixed = prec == "int8" and "activations" in rep
     print(f"size: ONNX {human_size(s['onnx'])} -> {'int8 + 16x8' if mixed else prec} TFLite {human_size(s['tflite'])}"
           + (f"; MACs per input pixel {rep['macs_per_pixel']}" if rep["macs_per_pixel"] else ""))

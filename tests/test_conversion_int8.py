@@ -79,6 +79,37 @@ def test_io_tensor_names_are_the_sources_in_every_build(tmp_path):
         assert [d["name"] for d in it.get_input_details() + it.get_output_details()] == ["x", "y"], path.name
 
 
+@pytest.mark.parametrize("out_q,pixels", [(([1 / 255], [-128]), True), (([0.0042], [-117]), False)])
+def test_the_summary_says_how_integer_io_maps_to_pixels(tmp_path, caplog, capsys, out_q, pixels):
+    """An app blitting a uint8 output straight to a bitmap needs it on the pixel grid: convert says
+    whether it is, warns where it is not, and `info` reads the same from the file."""
+    pytest.importorskip("ai_edge_litert")
+    from conversion.cli import tflite_notes
+    from edge_enhance.cli import main
+
+    rng = np.random.default_rng(7)
+    g = from_onnx(residual_sr_model(rng))
+    minmax_calibrate(g, _images(rng, 2, 12, 10))
+    g.tensors[g.inputs[0]].quant = QuantParams([1 / 255], [-128])
+    apply_int8_constraints(g)
+    g.tensors[g.outputs[0]].quant = QuantParams(*out_q)
+    path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io="uint8")
+    with caplog.at_level("WARNING"):
+        notes = tflite_notes(path, g)
+    assert notes[0] == ("TFLite input 'x' uint8 [1, -1, -1, 3]: the pixel value itself (scale 0.00392157, "
+                        "zero point 0)")
+    if pixels:
+        assert notes[1].endswith("'y' uint8 [1, -1, -1, 3]: the pixel value itself (scale 0.00392157, zero point 0)")
+        assert not caplog.records
+    else:
+        assert notes[1].endswith("pixel = 1.071 * q - 11.781 (scale 0.0042, zero point 11; not the pixel value, "
+                                 "convert it)")
+        assert "q.tflite: the integer output is not on the pixel grid" in caplog.text
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"io: {notes[1].removeprefix('TFLite ')}" in out
+
+
 def test_int8_per_channel_weights_and_int32_bias(tmp_path):
     Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
     rng = np.random.default_rng(3)

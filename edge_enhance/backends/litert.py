@@ -143,6 +143,23 @@ def dequantise_io(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * np.float32(scale)
 
 
+def io_description(detail: dict, span: tuple = (0.0, 1.0)) -> str:
+    """How an app fills or reads one model input / output: name, dtype, shape (-1: any size) and, for an
+    integer tensor, what its integers are in pixels 0..255 (``span``: the network's value range, its
+    card's input range)."""
+    shape = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+    head = f"'{detail['name']}' {np.dtype(detail['dtype']).name} {shape}"
+    lo, hi = span
+    if detail["dtype"] == np.float32:
+        return f"{head}: values {lo:g}..{hi:g} for pixels 0..255"
+    scale, zero = detail["quantization"]
+    a, b = scale * 255 / (hi - lo), (-scale * zero - lo) * 255 / (hi - lo)  # pixel = a * q + b
+    grid = f"scale {scale:.6g}, zero point {zero}"
+    if abs(a - 1) < 1e-4 and abs(b) < 1e-3:
+        return f"{head}: the pixel value itself ({grid})"
+    return f"{head}: pixel = {a:.6g} * q {'+' if b >= 0 else '-'} {abs(b):.6g} ({grid}; not the pixel value, convert it)"
+
+
 @register
 class LiteRTBackend(Backend):
     name = "litert"
@@ -212,6 +229,11 @@ class LiteRTBackend(Backend):
             raise _load_error(path, self.engine_name, e) from None
         out = self.interp.get_output_details()[0]["shape"]
         check_channels(path, self.channels, int(out[3]) if len(out) == 4 else None)
+
+    def describe_io(self) -> list[str]:
+        """One line for the input and one for the output: see :func:`io_description`."""
+        span = tuple(self.card.input_range) if self.card else (0.0, 1.0)
+        return [f"{role} {io_description(d, span)}" for role, d in (("input", self._in), ("output", self._out))]
 
     def prepare(self, h: int, w: int) -> None:
         if self._size == (h, w):
