@@ -4,8 +4,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import OutputError
@@ -44,14 +48,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def process_space() -> str:
+    """8 hex digits naming where our PIDs mean something: this host, boot and PID namespace. Another
+    container, or another host sharing the folder over NFS, has its own, and its PIDs are not ours."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        with contextlib.suppress(OSError):
+            parts.append(read())
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
+
+
+STALE_ELSEWHERE_S = 24 * 3600  # a temporary from another PID space (or an older name) older than this is left over
+
+
 def sweep_stale(path) -> int:
     """Remove the temporaries that a killed writer (SIGKILL, power cut) left beside ``path``: names
-    ``.NAME.PID-XXXX.part`` whose PID no longer runs on this machine. Returns how many were removed."""
+    ``.NAME.SPACE.PID-XXXX.part`` of our :func:`process_space` whose PID no longer runs. One from another
+    space (a container or host writing the same folder) is alive as far as we can tell, and goes only
+    once a day old, as does an older ``.NAME.PID-XXXX.part``. Returns how many were removed."""
     path = Path(path)
     n = 0
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.part"):
-        pid = tmp.name[len(path.name) + 2:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        m = re.fullmatch(r"(?:([0-9a-f]{8})\.)?(\d+)-\w+\.part", tmp.name[len(path.name) + 2:])
+        if not m:
+            continue
+        space, pid, stale = m.group(1), int(m.group(2)), False
+        if space == process_space():
+            stale = pid != os.getpid() and not _alive(pid)
+        else:
+            with contextlib.suppress(OSError):
+                stale = time.time() - tmp.stat().st_mtime > STALE_ELSEWHERE_S
+        if stale:
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 n += 1
@@ -62,7 +91,7 @@ def sweep_stale(path) -> int:
 def atomic_file(path, mode: str = "wb"):
     """A temporary file beside `path`, renamed onto it on a clean exit (after fsync, with the mode
     any new file gets: mkstemp's 0600 would hide a photo from other users); removed on any error.
-    The temporary's name carries the PID, so a later write of the same path removes what a killed
+    The temporary's name carries the PID (and its PID space), so a later write of the same path removes what a killed
     process left (:func:`sweep_stale`).
 
     >>> import tempfile, pathlib
@@ -74,7 +103,7 @@ def atomic_file(path, mode: str = "wb"):
     """
     path = Path(path)
     sweep_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{process_space()}.{os.getpid()}-", suffix=".part")
     try:
         default_mode(fd)
         with os.fdopen(fd, mode) as f:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,17 +158,42 @@ def test_sigterm_as_a_real_signal_from_outside(tmp_path, model):
 
 
 def test_sweep_stale_removes_only_dead_writers_temporaries(tmp_path):
-    from edge_enhance.atomic import atomic_file
+    from edge_enhance.atomic import STALE_ELSEWHERE_S, atomic_file, process_space
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    (tmp_path / f".a[1].png.{dead}-x1.part").write_bytes(b"half")      # killed writer: swept
-    (tmp_path / f".a[1].png.{os.getppid()}-x2.part").write_bytes(b"")   # a live writer: kept
-    (tmp_path / f".b.png.{dead}-x3.part").write_bytes(b"")              # another output: kept
+    here, there = process_space(), "0123abcd" if process_space() != "0123abcd" else "4567cdef"
+    old = time.time() - STALE_ELSEWHERE_S - 60
+    (tmp_path / f".a[1].png.{here}.{dead}-x1.part").write_bytes(b"half")      # killed writer: swept
+    (tmp_path / f".a[1].png.{here}.{os.getppid()}-x2.part").write_bytes(b"")   # a live writer: kept
+    (tmp_path / f".b.png.{here}.{dead}-x3.part").write_bytes(b"")              # another output: kept
+    # Another container or NFS host: its PIDs mean nothing here, so its temporary is a live writer's...
+    (tmp_path / f".a[1].png.{there}.{dead}-x4.part").write_bytes(b"")
+    (tmp_path / f".a[1].png.{dead}-x5.part").write_bytes(b"")                  # (as is a name without the space)
+    for stale in (f".a[1].png.{there}.{dead}-x6.part", f".a[1].png.{dead}-x7.part"):  # ... until a day old
+        (tmp_path / stale).write_bytes(b"")
+        os.utime(tmp_path / stale, (old, old))
     with atomic_file(tmp_path / "a[1].png") as f:
         f.write(b"ok")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["a[1].png", f".a[1].png.{os.getppid()}-x2.part", f".b.png.{dead}-x3.part"])
+        ["a[1].png", f".a[1].png.{here}.{os.getppid()}-x2.part", f".b.png.{here}.{dead}-x3.part",
+         f".a[1].png.{there}.{dead}-x4.part", f".a[1].png.{dead}-x5.part"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="needs Linux PID namespaces")
+def test_the_pid_space_tells_a_container_from_the_host(tmp_path):
+    """What the PID namespace adds: a process in another one (unshare as root, else skipped) names
+    another space, so neither sweeps the other's live writer."""
+    from edge_enhance.atomic import process_space
+
+    code = "from edge_enhance.atomic import process_space; print(process_space())"
+    same = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert same == process_space()
+    other = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                           capture_output=True, text=True)
+    if other.returncode:
+        pytest.skip(f"unshare not permitted here ({other.stderr.strip()[:80]})")
+    assert other.stdout.strip() != process_space()
 
 
 def test_a_resumed_run_into_a_folder_inside_its_input_tree_leaves_its_outputs_alone(tmp_path, model, capsys):
