@@ -1,12 +1,13 @@
 """The run's outputs: results.json, report.md and pareto.png, each written atomically."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import tempfile
 from pathlib import Path
+
+from edge_enhance.card import strict_json
 
 from .bars import BAR_SIZE
 from .quality import HEADLINE
@@ -177,7 +178,7 @@ def write_all(res: dict, out_dir: Path) -> dict[str, Path]:
     else:
         res["chart"] = png.name
         res["pareto"] = pareto_points(res)
-    paths = {"json": write_atomic(out_dir / "results.json", json.dumps(res, indent=1, default=str).encode()),
+    paths = {"json": write_atomic(out_dir / "results.json", strict_json(res, indent=1, default=str).encode()),
              "markdown": write_atomic(out_dir / "report.md", markdown(res).encode())}
     if not reason:
         paths["chart"] = png

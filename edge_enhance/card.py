@@ -39,6 +39,21 @@ MAX_RECEPTIVE_FIELD = 4097  # a small enhancement network sees tens of pixels; m
 MAX_TILE_PIXELS = 4096 * 4096  # a fixed model input (card tile, frozen engine shape): NPU tiles are far smaller
 
 
+def strict_json(obj, **kw) -> str:
+    """JSON that strict parsers (jq, browsers) accept: NaN and infinite floats (no SSIM asked, an
+    identical image's PSNR) become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False, **kw)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     name: str
@@ -95,7 +110,8 @@ class ModelCard:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """Strict JSON: a non-finite figure (a lossless model's PSNR) is written as null."""
+        return strict_json(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model") -> "ModelCard":

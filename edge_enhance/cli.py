@@ -11,7 +11,6 @@ import errno
 import glob
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 from . import __version__
 from .argtypes import number
 from .card import add_card_arguments as card_arguments
+from .card import strict_json
 from .errors import ConfigError, EdgeEnhanceError, OutputError
 
 log = logging.getLogger("edge_enhance")
@@ -40,13 +40,16 @@ unless --overwrite is given."""
 
 
 class Progress:
-    """One status line on stderr: [N/M] name  tiles 37%  ETA 0:12."""
+    """One status line on stderr: [N/M] name  tiles 37%  ETA 0:12. A terminal without cursor control
+    (TERM=dumb: an editor's shell, a CI log viewer) gets no escape codes: the line is padded over."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled = total, enabled and sys.stderr.isatty()
+        self.plain = os.environ.get("TERM") == "dumb"
         self.start = time.monotonic()
         self.done_files = 0
         self.name = ""
+        self._width = 0  # of the line drawn last
 
     def file(self, index: int, name: str):
         self.done_files, self.name = index, name
@@ -61,12 +64,18 @@ class Progress:
         elapsed = time.monotonic() - self.start
         progress = (self.done_files + frac) / self.total
         eta = elapsed / progress - elapsed if progress > 0 else 0
-        sys.stderr.write(f"\r\033[K[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        self._write(f"[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
         sys.stderr.flush()
+
+    def _write(self, line: str):
+        sys.stderr.write(f"\r{line.ljust(self._width)}" if self.plain else f"\r\033[K{line}")
+        self._width = len(line)
 
     def clear(self):
         if self.enabled:
-            sys.stderr.write("\r\033[K")
+            self._write("")
+            if self.plain:
+                sys.stderr.write("\r")
 
 
 @dataclass
@@ -81,21 +90,6 @@ class Job:
 
 _positive_int = number(int, lo=1)
 _strength = number(float, 0, 1.5)
-
-
-def strict_json(obj, **kw) -> str:
-    """JSON that strict parsers (jq, browsers) accept: NaN and infinite floats (no SSIM asked, an
-    identical image's PSNR) become null."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), allow_nan=False, **kw)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -414,7 +408,8 @@ def cmd_enhance(args) -> int:
         job.seconds = time.monotonic() - t0
         progress.clear()
         if not args.json and not args.quiet:
-            line = f"{job.src} -> {job.dst}{_auto_note(job.extra)}" if job.status == "ok" else f"FAILED {_named(job)}"
+            line = f"{job.src} -> {job.dst}{_auto_note(job.extra)}" if job.status == "ok" else \
+                f"{'INTERRUPTED' if job.status == 'interrupted' else 'FAILED'} {_named(job)}"
             print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
         if interrupted:
             break
@@ -545,7 +540,7 @@ def cmd_info(args) -> int:
     if fmt == "litert":
         info["io"] = _tflite_io(path)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(strict_json(info, indent=1))
         return 0
     for k, v in info.items():
         if k == "io":
@@ -575,12 +570,12 @@ def cmd_models(args) -> int:
                 continue
             psnr = (card.extra.get("psnr") or {}) if card else {}
             rows.append({
-                "name": name, "file": f.name, "task": card.task if card else "?", "scale": card.scale if card else "?",
+                "name": name, "file": f.name, "task": card.task if card else None, "scale": card.scale if card else None,
                 "kb": round(f.stat().st_size / 1024, 1), "params": card.params if card else None,
                 "psnr": psnr,
             })
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(strict_json(rows, indent=1))
         return 0
     if not rows:
         print("no bundled models")
@@ -591,7 +586,8 @@ def cmd_models(args) -> int:
             print(f"{r['name']:<12} {r['file']:<24} ERROR {r['error']}")
             continue
         psnr = ", ".join(f"{k} {v:.3f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in r["psnr"].items())
-        print(f"{r['name']:<12} {r['file']:<24} {r['task']:<8} {r['scale']:>5} {r['kb']:>7} {r['params'] or '':>7}  {psnr}")
+        print(f"{r['name']:<12} {r['file']:<24} {r['task'] or '?':<8} {r['scale'] or '?':>5} {r['kb']:>7} "
+              f"{r['params'] or '':>7}  {psnr}")
     return 0
 
 
@@ -680,7 +676,26 @@ def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentPa
             sp.set_defaults(func=mod.main)
 
 
+def _reopen_closed_std_streams() -> None:
+    """A daemon or cron job may start us with stdin / stdout / stderr closed. Each becomes /dev/null:
+    left closed, the next file opened (an output photo's temporary) would take its number, and
+    anything written to stdout or stderr would land in that file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _reopen_closed_std_streams()
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also one that lands before the command runs (imports, building the parser)

@@ -10,17 +10,18 @@ Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
+from edge_enhance.card import strict_json
 from edge_enhance.evaluation import setting_label
 from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import (Progress, default_eval_dir, human_size, load_model, measure, publish, stamp_card,
+from .report import (Progress, psnr_drop, default_eval_dir, human_size, load_model, measure, publish, stamp_card,
                      temp_beside)
 
 
@@ -109,7 +110,7 @@ def main(args) -> int:
             say(f"evaluating fp32 ONNX and {args.precision} TFLite (LiteRT) on {ds}")
             before = before or measure(src, card, ds)
             after = measure(tmp, card, ds)
-            drop, sim = before.psnr - after.psnr, res.report.float_psnr - res.report.quant_psnr
+            drop, sim = psnr_drop(before.psnr, after.psnr), res.report.float_psnr - res.report.quant_psnr
             if args.max_drop is None or not drop > args.max_drop or attempt == MAX_RETRIES \
                     or all(r.precision == "16x8" for r in res.report.layers):
                 break
@@ -150,12 +151,12 @@ def main(args) -> int:
         missed = args.max_drop is not None and drop is not None and not drop <= args.max_drop  # NaN misses
         rep["bar"] = {"max_drop": args.max_drop, "met": not missed}
         if args.json:
-            print(json.dumps(rep, indent=1))
+            print(strict_json(rep, indent=1))
         else:
             _print(rep, res.report)
         if missed and not args.force:
             print(f"bar missed: drop {drop:.3f} dB > --max-drop {args.max_drop} dB; nothing written "
-                  "(use --force to write anyway)")
+                  "(use --force to write anyway)", file=sys.stderr)
             return 1
         return publish(tmp, out, args.json)
     finally:

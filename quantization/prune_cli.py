@@ -7,16 +7,17 @@ Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
+from edge_enhance.card import strict_json
 from edge_enhance.evaluation import setting_label
 
 from .calibration import CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import Progress, publish, default_eval_dir, human_size, load_model, measure, temp_beside
+from .report import Progress, psnr_drop, publish, default_eval_dir, human_size, load_model, measure, temp_beside
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def main(args) -> int:
         ds = Path(args.eval) if args.eval else default_eval_dir(card.task)
         say(f"evaluating original and pruned on {ds}")
         before, after = measure(src, card, ds), measure(tmp, card, ds)
-        drop = before.psnr - after.psnr
+        drop = psnr_drop(before.psnr, after.psnr)
         if after.psnr == after.psnr:  # the card carries the pruned model's own figure (not NaN)
             write_pruned_onnx(src, res.graph, tmp, card_extra=pruned,
                               psnr={setting_label(card.task, ds.name): round(after.psnr, 3)})
@@ -86,7 +87,7 @@ def main(args) -> int:
         missed = not drop <= args.max_drop  # a NaN drop (nothing measurable) misses the bar too
         rep["bar"] = {"max_drop": args.max_drop, "met": not missed}
         if args.json:
-            print(json.dumps(rep, indent=1))
+            print(strict_json(rep, indent=1))
         else:
             for line in r.lines():
                 print(line)
@@ -100,7 +101,7 @@ def main(args) -> int:
                 print("  (written by `edge-enhance convert MODEL --to coreml --tile HxW --precision sparse50`, "
                       "sparse75 or sparse90)")
         if missed and not args.force:
-            print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)")
+            print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)", file=sys.stderr)
             return 1
         return publish(tmp, out, args.json)
     finally:

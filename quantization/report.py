@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,12 @@ def measure(model_path, card: ModelCard, dataset, *, sigma: float = DEFAULT_SIGM
     r = evaluate(enh.enhance_rgb, dataset, eval_task(card), scale=card.scale, sigma=sigma, quality=quality,
                  with_ssim=False)
     return Quality(r.psnr, time.perf_counter() - t)
+
+
+def psnr_drop(before: float, after: float) -> float:
+    """``before - after`` in dB; 0 where both are infinite (a lossless model stayed lossless), NaN where
+    nothing was measurable (which misses any bar)."""
+    return 0.0 if before == after == math.inf else before - after
 
 
 def human_size(n: int) -> str:

@@ -98,6 +98,23 @@ def test_a_terminal_that_hung_up_ends_quietly():
     assert p.stderr == ""
 
 
+@pytest.mark.parametrize("closed", ["1", "2"])
+def test_a_closed_stdout_or_stderr_does_not_fail_the_batch(tmp_path, model, closed):
+    """Daemons and cron may start a command with fd 1 or 2 closed: the photo is written, exit 0, and no
+    line meant for the terminal lands in it."""
+    _img(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.run(["sh", "-c", f'exec "$0" -m edge_enhance.cli enhance "$1" -o "$2" --model "$3" {closed}>&-',
+                        sys.executable, str(tmp_path / "a.png"), str(out), model], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    (written,) = out.iterdir()
+    with Image.open(written) as im:
+        im.load()  # a whole PNG: no stray text inside
+        assert im.size == (24, 18)
+
+
 def test_batch_with_a_bad_file_goes_on_and_exits_1(tmp_path, model, capsys):
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
@@ -538,3 +555,41 @@ def test_ctrl_c_before_the_command_runs_is_said_not_a_traceback(monkeypatch, cap
         pytest.fail("KeyboardInterrupt escaped main()")
     assert rc == 130
     assert capsys.readouterr().err == "edge-enhance: interrupted\n"
+
+
+@pytest.mark.parametrize("term", ["xterm", "dumb"])
+def test_the_progress_line_uses_cursor_control_only_where_the_terminal_has_it(monkeypatch, capsys, term):
+    from edge_enhance.cli import Progress
+
+    monkeypatch.setenv("TERM", term)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    p = Progress(2, True)
+    p.file(0, "a-long-name.png")
+    p.tiles(1, 2)
+    p.file(1, "b.png")
+    p.clear()
+    err = capsys.readouterr().err
+    assert ("\033" in err) == (term != "dumb")
+    if term == "dumb":  # each line padded over the one before, then blanked
+        lines = err.split("\r")[1:]
+        assert lines[2].startswith("[2/2] b.png") and len(lines[2]) == len(lines[1]) and lines[-2].strip() == ""
+
+
+def test_a_file_cut_by_ctrl_c_is_said_interrupted_not_failed(tmp_path, model, capsys, monkeypatch):
+    from edge_enhance import enhancer
+
+    for i in range(3):
+        _img(tmp_path / f"{i}.png")
+    orig, calls = enhancer.Enhancer.enhance_file, []
+
+    def stop_at_second(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(enhancer.Enhancer, "enhance_file", stop_at_second)
+    rc = main(["enhance", *(str(tmp_path / f"{i}.png") for i in range(3)), "-o", str(tmp_path / "out"),
+               "--model", model])
+    err = capsys.readouterr().err
+    assert rc == 130 and "INTERRUPTED" in err and "1.png: stopped by the user" in err and "FAILED" not in err

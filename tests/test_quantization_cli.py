@@ -111,9 +111,10 @@ def test_a_missed_bar_writes_nothing_unless_forced(setup, capsys, tmp_path, comm
     base = [command, str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16", "--eval", str(ev),
             "-o", str(out), "--json", "-q", "--max-drop", "0"] + extra
     rc, cap = _run(base, capsys)
-    rep = json.loads(cap.out.split("\nbar missed")[0])
+    rep = json.loads(cap.out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))  # JSON alone
     missed = rep["bar"]["met"] is False
     assert rc == (1 if missed else 0)
+    assert ("bar missed" in cap.err) == missed and "bar missed" not in cap.out
     assert out.exists() == (not missed)
     if missed:
         rc, cap = _run(base + ["--force"], capsys)
@@ -243,3 +244,18 @@ def test_an_unwritable_output_folder_is_said_before_any_work(setup, capsys, comm
     rc, cap = _run([command, str(model), *extra[command], "-o", out], capsys)
     assert rc == 2 and f"{out}: output folder /proc/self is not writable" in cap.err
     assert "Traceback" not in cap.err and "calibration" not in cap.err
+
+
+def test_a_lossless_model_loses_nothing_and_json_stays_strict():
+    """Flat test images give an infinite PSNR: the drop from inf to inf is 0 (it was NaN, a missed bar),
+    and a card or report holding inf is still JSON that strict parsers read."""
+    import math
+
+    from edge_enhance.card import ModelCard, strict_json
+    from quantization.report import psnr_drop
+
+    assert psnr_drop(math.inf, math.inf) == 0.0 and psnr_drop(math.inf, 30.0) == math.inf
+    assert math.isnan(psnr_drop(math.nan, 30.0)) and psnr_drop(31.5, 31.25) == 0.25
+    card = ModelCard(name="n", task="sr", scale=2, receptive_field=1, extra={"psnr": {"flat": math.inf}})
+    assert json.loads(card.to_json())["extra"]["psnr"] == {"flat": None}
+    assert strict_json({"drop_db": math.nan, "x": [math.inf, 1.5]}) == '{"drop_db": null, "x": [null, 1.5]}'
