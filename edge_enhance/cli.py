@@ -592,8 +592,20 @@ def cmd_models(args) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose option errors also answer a ``--json`` caller on stdout as the later errors do:
+    a script reading stdout gets {"error", "exit"}, not an empty stream."""
+
+    json_errors = False  # set for the run by _main when --json is on the command line
+
+    def error(self, message):
+        if _Parser.json_errors:
+            print(strict_json({"error": f"{self.prog}: {message}", "exit": 2}, indent=1))
+        super().error(message)
+
+
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-enhance", description="On-device photo enhancement.",
+    p = _Parser(prog="edge-enhance", description="On-device photo enhancement.",
                                 epilog="`edge-enhance [OPTIONS] photo.jpg` is short for "
                                        "`edge-enhance enhance [OPTIONS] photo.jpg`.")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -714,6 +726,7 @@ def _main(argv: list[str] | None) -> int:
     if at is not None and argv[at] not in COMMANDS:
         argv.insert(at, "enhance")
     parser = build_parser(argv[at] if at is not None else None)
+    _Parser.json_errors = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.INFO)  # -vv is our debug log, not Pillow's chunk-by-chunk one

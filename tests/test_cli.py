@@ -593,3 +593,17 @@ def test_a_file_cut_by_ctrl_c_is_said_interrupted_not_failed(tmp_path, model, ca
                "--model", model])
     err = capsys.readouterr().err
     assert rc == 130 and "INTERRUPTED" in err and "1.png: stopped by the user" in err and "FAILED" not in err
+
+
+@pytest.mark.parametrize("argv", [["enhance", "x.png", "--quality", "500"], ["eval", "sr-x2"], ["models", "--bogus"]])
+def test_an_option_error_answers_a_json_caller_on_stdout(capsys, argv):
+    """Errors found after parsing came back as {"error", "exit"} on stdout; argparse's own gave nothing."""
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--json"])
+    cap = capsys.readouterr()
+    assert e.value.code == 2 and json.loads(cap.out)["exit"] == 2
+    prog, message = json.loads(cap.out)["error"].split(": ", 1)
+    assert f"{prog}: error: {message}" in cap.err
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert capsys.readouterr().out == ""  # without --json: the usage and message on stderr only
