@@ -167,6 +167,10 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         source_model.metadata_props.add(key=CARD_KEY, value=graph.metadata[CARD_KEY])  # for the task PSNR
     else:
         check_card(graph, src)
+        if CARD_KEY not in graph.metadata:
+            log.warning("%s has no edge-enhance card, so neither will %s: edge-enhance runs it only with --card-task "
+                        "(and the rest read off the graph) each time; give it one now with --card-task TASK",
+                        src.name, out.name)
     if fixed and CARD_KEY in graph.metadata:  # the runtime reads a fixed input off the card too (Core ML's only there)
         graph.metadata[CARD_KEY] = json.dumps({**json.loads(graph.metadata[CARD_KEY]), "tile": list(fixed)},
                                               sort_keys=True)

@@ -216,6 +216,15 @@ def test_convert_and_quantize_write_the_card_of_a_card_less_model(tmp_path, caps
     assert Enhancer(q).card.receptive_field == 7
 
 
+def test_converting_a_card_less_model_without_a_card_says_what_the_output_will_lack(tmp_path, caplog):
+    src = tmp_path / "plain.onnx"
+    residual_sr(src, scale=2, layers=1, card={})
+    with caplog.at_level("WARNING"):
+        assert _convert_cli([str(src), "--to", "onnx", "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "plain.onnx has no edge-enhance card, so neither will o.onnx" in caplog.text
+    assert "--card-task TASK" in caplog.text
+
+
 def test_prune_writes_the_card_of_a_card_less_model(tmp_path):
     from quantization import prune_cli
 

@@ -677,3 +677,12 @@ def test_train_cli_checks_its_output_and_data_before_training_and_the_card_names
     card = ex.read_card(tmp_path / "o" / "sr-x2-rt.onnx")
     assert f"({data_root}/train)" in card.extra["data"] and f"--data {data_root}" in card.extra["recipe"]
     assert card.extra["steps"] == 2 and "l2_finetune" not in card.extra
+
+
+def test_the_cards_architecture_names_depth_to_space_only_where_the_net_has_one():
+    from training.train import _architecture_text
+
+    for name in ("sr-x2", "denoise", "dejpeg"):
+        r = RECIPES[name]
+        has = "DepthToSpace" in {n.op_type for n in ex.build_onnx(build_model(dataclasses.replace(r, convs=2))).graph.node}
+        assert ("DepthToSpace" in _architecture_text(r)) == has == (r.scale > 1), name

@@ -503,8 +503,9 @@ def _architecture_text(r: Recipe) -> str:
                 f"({r.channels} ch, RepConv 3x3+1x1+identity collapsed), ReLU, DepthToSpace DCR 2 of the "
                 f"residual, added to the input, Clip(0,1)")
     dil = f", dilations {_arg(r.dilations)}" if r.dilations else ""
+    d2s = ", DepthToSpace DCR" if r.scale > 1 else ""  # a scale-1 net's last conv gives the 3 channels itself
     return (f"{r.convs} x conv3x3 ({r.channels} ch{dil}, RepConv 3x3+1x1+identity collapsed), "
-            f"ReLU, residual on {r.base} base, DepthToSpace DCR, Clip(0,1)")
+            f"ReLU, residual on {r.base} base{d2s}, Clip(0,1)")
 
 
 def _degradation_text(r: Recipe) -> str:
