@@ -70,6 +70,11 @@ def _opts(kind: str, **fields):
 
 
 # Operator versions matching the kernels' feature use (int8 per-channel, bias inputs, fp16 dequant).
+# int16 activations (16x8; TFLite's tools/versioning/op_version.cc): ADD is v3 for its general-scale kernel
+# (pot_scale_int16 false), QUANTIZE to / DEQUANTIZE from int16 v2 / v3. CONV_2D / TRANSPOSE_CONV keep v3.
+_VERSIONS_INT16 = {"ADD": 3, "MUL": 4, "MAXIMUM": 4, "MINIMUM": 4, "CONCATENATION": 3, "PAD": 3, "MIRROR_PAD": 3,
+                   "RELU": 3, "RELU6": 3, "LEAKY_RELU": 2, "TANH": 3, "LOGISTIC": 3, "RESIZE_BILINEAR": 4,
+                   "RESIZE_NEAREST_NEIGHBOR": 4, "QUANTIZE": 2, "DEQUANTIZE": 3}
 _VERSIONS_INT8 = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 3, "ADD": 2, "MUL": 2,
                   "CONCATENATION": 2, "DEPTH_TO_SPACE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
                   "LOGISTIC": 2, "TANH": 2, "LEAKY_RELU": 2, "RELU": 2, "RELU6": 2, "MINIMUM": 2, "MAXIMUM": 2,
@@ -94,6 +99,8 @@ class _FB:
         return len(self.tensors) - 1
 
     def op(self, name, inputs, outputs, options=None, version=1):
+        if name in _VERSIONS_INT16 and self.tensors[(outputs if name == "QUANTIZE" else inputs)[0]]["type"] == T_INT16:
+            version = max(version, _VERSIONS_INT16[name])  # 16x8: what op_version.cc gives int16 kernels
         code = _builtin(name)
         if code not in self.opcodes:
             self.opcodes[code] = (len(self.opcodes), version, name)
@@ -588,7 +595,10 @@ class _Emitter:
             oq = self.g.tensors[n.outputs[0]].quant
             want = oq.dtype if oq is not None else "int8"
             ins.append(self.const_operand(i, t.data, want=want) if t.is_const else self.act(i))
-        opts = _opts(opt_kind, FusedActivationFunction=_ACT[n.attrs["activation"]])
+        extra = {}
+        if op == "ADD" and self.int8 and self.qparams(n.outputs[0]).dtype == "int16":
+            extra["PotScaleInt16"] = False  # scales are calibrated, not powers of two: the general kernel
+        opts = _opts(opt_kind, FusedActivationFunction=_ACT[n.attrs["activation"]], **extra)
         self.fb.op(op, ins, [self.act(n.outputs[0])], opts, self.v(op))
 
     def op_Add(self, n):

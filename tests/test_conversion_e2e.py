@@ -177,6 +177,20 @@ def test_cli_int16x8_tflite_runs_16x8_layers_in_litert(tmp_path, small_and_calib
     # A random-weight net on noise: int8 weight rounding is most of the error, still 16x8 must be
     # closer to float on average and clip nothing (0.26 / 3.4 vs int8's 0.31 / 3.9 steps of 1/255).
     assert err["int16x8"].mean() < err["int8"].mean() and err["int16x8"].max() <= 4 / 255
+    # Delegates and TFLite Micro gate on op versions and options: the int16 kernels' (op_version.cc).
+    import tflite
+
+    m = tflite.Model.GetRootAsModel(outs["int16x8"].read_bytes(), 0)
+    sg = m.Subgraphs(0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    versions = {names[m.OperatorCodes(i).BuiltinCode()]: m.OperatorCodes(i).Version() for i in range(m.OperatorCodesLength())}
+    assert versions["ADD"] == 3 and versions["QUANTIZE"] >= 2, versions
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        if names[m.OperatorCodes(op.OpcodeIndex()).BuiltinCode()] == "ADD":
+            opts = tflite.AddOptions()
+            opts.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+            assert not opts.PotScaleInt16()  # calibrated scales: the general-scale kernel
 
 
 def test_cli_int16x8_needs_float_io_and_tflite(tmp_path, small_and_calib, capsys):
