@@ -164,7 +164,7 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
         return _decode(fh, path, max_pixels)
 
 
-_PIL_LOCK = threading.Lock()  # Pillow's bomb limit and Python's warning filters are process-wide
+_PIL_LOCK = threading.Lock()  # guards the one process-wide Pillow bomb limit below
 _pil_limits: list = []  # max_pixels of the decodes under way
 _pil_saved = None  # Image.MAX_IMAGE_PIXELS as the application had it
 
