@@ -344,6 +344,7 @@ def test_image_io_fp32_verifies_a_model_whose_output_overshoots(tmp_path, capsys
     assert "Core ML I/O 'x' in" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:Output, .* has been renamed")  # coremltools says so of the output
 @pytest.mark.parametrize("io", ["tensor", "image"])
 @pytest.mark.parametrize("names,want", [(("input.1", "out.1"), ("input_1", "out_1")), (("7", "8"), ("var_7", "var_8")),
                                         (("images", "y"), ("images", "y"))])
