@@ -126,4 +126,5 @@ def write_bytes(path, data: bytes) -> Path:
 def refuse_overwriting_input(src, dst, overwrite: bool = False) -> None:
     """An output that is its input (by any name: a link, ./, ..) is written only with ``overwrite``."""
     if not overwrite and Path(dst).exists() and Path(dst).resolve() == Path(src).resolve():
-        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite or choose another output")
+        raise OutputError(f"{dst}: would overwrite the input; pass --overwrite (overwrite=True in Python) or choose "
+                          "another output")

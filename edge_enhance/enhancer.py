@@ -455,7 +455,8 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
     except ConfigError as e:
         if fmt is None and photo.format:  # a JPEG named .heic: say what it is and how to keep it
             ext = photo.format.lower().replace("jpeg", "jpg")
-            raise ConfigError(f"{e} (the input is a {photo.format} file: add --format {ext})") from None
+            raise ConfigError(f"{e} (the input is a {photo.format} file: add --format {ext}; fmt='{ext}' in "
+                              "Python)") from None
         raise
     imageio.check_output_size(dst, fmt, photo.rgb.shape[1] * processor.scale, photo.rgb.shape[0] * processor.scale)
     if out_fmt in imageio.NO_ALPHA and photo.alpha is not None:

@@ -225,14 +225,14 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice the limit: said as ours is
         n = re.search(r"Image size \((\d+) pixels\)", str(e))
         raise ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
-                              f"{_pixels(max_pixels)} (raise it with --max-pixels)") from None
+                              f"{_pixels(max_pixels)} (raise it with --max-pixels; max_pixels= in Python)") from None
     except _DECODE_ERRORS as e:
         raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
             raise ImageInputError(f"{path}: {w}x{h} = {_pixels(w * h)} exceeds the limit of {_pixels(max_pixels)} "
-                                  "(raise it with --max-pixels)")
+                                  "(raise it with --max-pixels; max_pixels= in Python)")
         try:
             frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
         except _DECODE_ERRORS as e:
