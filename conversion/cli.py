@@ -213,7 +213,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
             to_tflite(graph, tmp, precision=precision, io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
             names = tflite_ops(tmp)
-            notes = tflite_notes(tmp, graph)
+            notes = tflite_notes(tmp)
             if verify:
                 from .verify import verify_tflite
 
@@ -274,20 +274,15 @@ def fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
     return h, w
 
 
-def tflite_notes(path: Path, graph) -> list:
-    """Summary lines for a written .tflite: its input and output as an app fills and reads them; an
-    integer output that is not the pixel value itself is warned of too."""
-    from edge_enhance.backends.litert import interpreter_module, io_description
-
-    from .coreml_writer import input_range
+def tflite_notes(path: Path) -> list:
+    """Summary lines for a written .tflite: its input and output as an app fills and reads them
+    (LiteRTBackend.describe_io); an integer output that is not the pixel value itself is warned of too."""
+    from edge_enhance.backends.litert import LiteRTBackend
 
     try:
-        it = interpreter_module()[0].Interpreter(model_path=str(path))
-    except (ImportError, ValueError, RuntimeError):  # no engine here: the file is still written
+        lines = [f"TFLite {line}" for line in LiteRTBackend(path).describe_io()]
+    except (ImportError, EdgeEnhanceError):  # no engine here: the file is still written
         return []
-    span = input_range(graph)
-    lines = [f"TFLite {role} {io_description(d, span)}"
-             for role, d in (("input", it.get_input_details()[0]), ("output", it.get_output_details()[0]))]
     if "not the pixel value" in lines[1]:
         log.warning("%s: the integer output is not on the pixel grid (%s); an app must convert it, or give the "
                     "model a final Clip to its input range", path.name, lines[1].split(": ", 1)[1])

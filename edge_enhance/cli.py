@@ -64,7 +64,8 @@ class Progress:
         elapsed = time.monotonic() - self.start
         progress = (self.done_files + frac) / self.total
         eta = elapsed / progress - elapsed if progress > 0 else 0
-        self._write(f"[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        self._write(f"[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  "
+                    f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
         sys.stderr.flush()
 
     def _write(self, line: str):
@@ -570,7 +571,8 @@ def cmd_models(args) -> int:
                 continue
             psnr = (card.extra.get("psnr") or {}) if card else {}
             rows.append({
-                "name": name, "file": f.name, "task": card.task if card else None, "scale": card.scale if card else None,
+                "name": name, "file": f.name, "task": card.task if card else None,
+                "scale": card.scale if card else None,
                 "kb": round(f.stat().st_size / 1024, 1), "params": card.params if card else None,
                 "psnr": psnr,
             })

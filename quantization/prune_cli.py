@@ -101,7 +101,8 @@ def main(args) -> int:
                 print("  (written by `edge-enhance convert MODEL --to coreml --tile HxW --precision sparse50`, "
                       "sparse75 or sparse90)")
         if missed and not args.force:
-            print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)", file=sys.stderr)
+            print(f"bar missed: drop {drop:.3f} dB > {args.max_drop} dB; nothing written (use --force)",
+                  file=sys.stderr)
             return 1
         return publish(tmp, out, args.json)
     finally:

@@ -70,15 +70,21 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"edge-enhance {__version__}"
 
 
+def _models_into_a_dead_end(pair):
+    """`edge-enhance models` with stdout on the writing end of ``pair`` (read end, write end), whose
+    other end is closed before it writes."""
+    far, near = pair
+    os.close(far)
+    try:
+        return subprocess.run([sys.executable, "-m", "edge_enhance.cli", "models"], stdout=near,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(near)
+
+
 def test_closed_stdout_pipe_ends_quietly():
     """`edge-enhance models | head`: the reader has gone; exit 141 with no traceback."""
-    r, w = os.pipe()
-    os.close(r)
-    try:
-        p = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "models"], stdout=w, stderr=subprocess.PIPE,
-                           text=True, timeout=120)
-    finally:
-        os.close(w)
+    p = _models_into_a_dead_end(os.pipe())
     assert p.returncode == 141, p.stderr
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
 
@@ -87,13 +93,7 @@ def test_closed_stdout_pipe_ends_quietly():
 def test_a_terminal_that_hung_up_ends_quietly():
     """The SSH session closed: writing to its terminal fails with EIO. Exit as a hangup (129), with no
     traceback (there is no one to read one)."""
-    master, slave = os.openpty()
-    os.close(master)  # the terminal hangs up before the command writes its table
-    try:
-        p = subprocess.run([sys.executable, "-m", "edge_enhance.cli", "models"], stdout=slave, stderr=subprocess.PIPE,
-                           text=True, timeout=120)
-    finally:
-        os.close(slave)
+    p = _models_into_a_dead_end(os.openpty())  # (master, slave): the terminal hangs up first
     assert p.returncode == 129, p.stderr
     assert p.stderr == ""
 

@@ -360,7 +360,8 @@ def test_feature_names_follow_the_onnx_model(tmp_path, io, names, want):
     x = rng.random((1, 3, 8, 8)).astype(np.float32)
     want = run_ort(m, x).transpose(0, 3, 1, 2)
     if io == "image":  # pixels in and out, clipped as a picture is
-        np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x * 255) / 255, np.clip(want, 0, 1), atol=1e-4)
+        got = evaluate_mil(_LAST_PROGRAM[str(path)], x * 255) / 255
+        np.testing.assert_allclose(got, np.clip(want, 0, 1), atol=1e-4)
     else:
         np.testing.assert_allclose(evaluate_mil(_LAST_PROGRAM[str(path)], x), want, atol=1e-4)
 

@@ -183,7 +183,8 @@ def test_cli_int16x8_tflite_runs_16x8_layers_in_litert(tmp_path, small_and_calib
     m = tflite.Model.GetRootAsModel(outs["int16x8"].read_bytes(), 0)
     sg = m.Subgraphs(0)
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
-    versions = {names[m.OperatorCodes(i).BuiltinCode()]: m.OperatorCodes(i).Version() for i in range(m.OperatorCodesLength())}
+    codes = [m.OperatorCodes(i) for i in range(m.OperatorCodesLength())]
+    versions = {names[c.BuiltinCode()]: c.Version() for c in codes}
     assert versions["ADD"] == 3 and versions["QUANTIZE"] >= 2, versions
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)

@@ -95,7 +95,7 @@ def test_the_summary_says_how_integer_io_maps_to_pixels(tmp_path, caplog, capsys
     g.tensors[g.outputs[0]].quant = QuantParams(*out_q)
     path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io="uint8")
     with caplog.at_level("WARNING"):
-        notes = tflite_notes(path, g)
+        notes = tflite_notes(path)
     assert notes[0] == ("TFLite input 'x' uint8 [1, -1, -1, 3]: the pixel value itself (scale 0.00392157, "
                         "zero point 0)")
     if pixels:

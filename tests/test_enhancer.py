@@ -110,7 +110,8 @@ def test_big_endian_16_bit_arrays_are_16_bit_arrays(models):
 
 @pytest.mark.parametrize("kw,msg", [({"quality": 500}, r"quality 500 is not a whole number in 1\.\.100"),
                                     ({"quality": 0}, "quality 0"), ({"quality": 9.5}, "quality 9.5"),
-                                    ({"dpi_mode": "bogus"}, "dpi_mode 'bogus' is not one of keep-print-size, keep-value"),
+                                    ({"dpi_mode": "bogus"},
+                                     "dpi_mode 'bogus' is not one of keep-print-size, keep-value"),
                                     ({"src": b"\x89PNG"}, r"src must be a path, not bytes \(for an image in memory: "
                                                           r"Image.open\(io.BytesIO\(data\)\)")])
 def test_enhance_file_refuses_bad_arguments_before_any_work(models, tmp_path, kw, msg):
@@ -138,7 +139,8 @@ def test_a_corrupt_pillow_image_is_an_image_input_error(models, damage):
     b = io.BytesIO()
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(b, "PNG")
     png = b.getvalue()
-    data = png[:len(png) // 2] if damage == "truncated" else png[:100] + bytes(x ^ 0xFF for x in png[100:200]) + png[200:]
+    damaged = png[:100] + bytes(x ^ 0xFF for x in png[100:200]) + png[200:]
+    data = png[:len(png) // 2] if damage == "truncated" else damaged
     with pytest.raises(ImageInputError, match=r"<image>: truncated or corrupt image data"):
         Enhancer(models[2]).enhance(Image.open(io.BytesIO(data)))
 

@@ -684,5 +684,6 @@ def test_the_cards_architecture_names_depth_to_space_only_where_the_net_has_one(
 
     for name in ("sr-x2", "denoise", "dejpeg"):
         r = RECIPES[name]
-        has = "DepthToSpace" in {n.op_type for n in ex.build_onnx(build_model(dataclasses.replace(r, convs=2))).graph.node}
+        graph = ex.build_onnx(build_model(dataclasses.replace(r, convs=2))).graph
+        has = "DepthToSpace" in {n.op_type for n in graph.node}
         assert ("DepthToSpace" in _architecture_text(r)) == has == (r.scale > 1), name

@@ -157,7 +157,8 @@ def io_description(detail: dict, span: tuple = (0.0, 1.0)) -> str:
     grid = f"scale {scale:.6g}, zero point {zero}"
     if abs(a - 1) < 1e-4 and abs(b) < 1e-3:
         return f"{head}: the pixel value itself ({grid})"
-    return f"{head}: pixel = {a:.6g} * q {'+' if b >= 0 else '-'} {abs(b):.6g} ({grid}; not the pixel value, convert it)"
+    sign = "+" if b >= 0 else "-"
+    return f"{head}: pixel = {a:.6g} * q {sign} {abs(b):.6g} ({grid}; not the pixel value, convert it)"
 
 
 @register
