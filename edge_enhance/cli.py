@@ -690,6 +690,14 @@ def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentPa
             sp.set_defaults(func=mod.main)
 
 
+def _to_devnull(fd: int) -> None:
+    """``fd`` now writes (and reads) nothing: a closed pipe's or hung-up terminal's place, or a closed fd's."""
+    null = os.open(os.devnull, os.O_RDWR)
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
+
+
 def _reopen_closed_std_streams() -> None:
     """A daemon or cron job may start us with stdin / stdout / stderr closed. Each becomes /dev/null:
     left closed, the next file opened (an output photo's temporary) would take its number, and
@@ -698,10 +706,7 @@ def _reopen_closed_std_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
+            _to_devnull(fd)
     if sys.stdout is None:
         sys.stdout = open(os.devnull, "w")
     if sys.stderr is None:
@@ -728,7 +733,7 @@ def _main(argv: list[str] | None) -> int:
     if at is not None and argv[at] not in COMMANDS:
         argv.insert(at, "enhance")
     parser = build_parser(argv[at] if at is not None else None)
-    _Parser.json_errors = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+    _Parser.json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.INFO)  # -vv is our debug log, not Pillow's chunk-by-chunk one
@@ -756,7 +761,7 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except BrokenPipeError:
         # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_devnull(sys.stdout.fileno())
         return 141
     except OSError as e:
         gone = [fd for fd in (1, 2) if e.errno == errno.EIO and _hung_up(fd)]
@@ -764,7 +769,7 @@ def _main(argv: list[str] | None) -> int:
             raise
         # The terminal went away (the SSH session closed): no one is left to read; what was written is safe.
         for fd in gone:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            _to_devnull(fd)
         return 129  # as a shell reports a command ended by SIGHUP
 
 

@@ -16,7 +16,7 @@ from . import imageio, ycbcr
 from .atomic import refuse_overwriting_input, unwritable
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
-from .errors import ConfigError, EdgeEnhanceError, EngineError, ImageInputError, ModelFormatError, OutputError
+from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
 from .models import DEFAULT_MODEL, resolve
 from .tiling import TilingConfig, choose_tile, extract, min_tile_side, plan_tiles, round_up
 
@@ -354,18 +354,10 @@ class Enhancer:
         applied first, as for files: the result is upright and carries no orientation tag. Of an
         animated image, the current frame is enhanced. A Pillow image whose data cannot be decoded
         (a truncated or damaged upload) raises ImageInputError, as a file does."""
-        from PIL import Image, ImageOps
+        from PIL import Image
 
         if isinstance(image, Image.Image):
-            try:
-                image.load()  # Image.open reads only the header: decode now, where errors are the image's
-            except imageio._DECODE_ERRORS as e:
-                raise ImageInputError(f"<image>: truncated or corrupt image data ({e})") from None
-            try:
-                image = ImageOps.exif_transpose(image)
-            except Exception as e:  # malformed EXIF: the pixels are still good (as load_image does)
-                log.warning("<image>: ignoring unreadable EXIF (%s)", e)
-            photo = imageio._to_photo(image, Path("<image>"))
+            photo = imageio.photo_from_pil(image)
             return imageio.photo_to_pil(self.enhance_photo(photo)) if photo.rgb.dtype == np.uint8 else \
                 self._pil16(self.enhance_photo(photo))
         a = np.asarray(image)

@@ -115,7 +115,7 @@ def _read_png16(path: Path) -> np.ndarray | None:
         planes = info["planes"]
         return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
     except (png.Error, ValueError, OSError) as e:  # Pillow got past the header; pypng reads every chunk
-        raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+        raise corrupt(path, e) from None
 
 
 def _tiff16_samples(im: Image.Image) -> int | None:
@@ -137,11 +137,31 @@ def _read_tiff16(path: Path) -> np.ndarray | None:
             if page.axes.startswith("S"):  # planar (one plane per sample)
                 a = np.moveaxis(a, 0, -1)
     except Exception as e:  # tifffile raises many types on damaged files; Pillow got past the header
-        raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+        raise corrupt(path, e) from None
     if a.dtype != np.uint16 or a.ndim != 3:
         log.warning("%s: unexpected 16-bit TIFF layout %s %s; decoded as 8-bit", path, a.dtype, a.shape)
         return None
     return np.ascontiguousarray(a)
+
+
+def corrupt(path, e: Exception) -> ImageInputError:
+    """The one error for pixel data a decoder gave up on."""
+    return ImageInputError(f"{path}: truncated or corrupt image data ({e})")
+
+
+def photo_from_pil(im: Image.Image, name: str = "<image>") -> Photo:
+    """A Pillow image an application opened itself (an upload: Image.open reads only the header) as a
+    Photo: decoded now, so damaged data is an ImageInputError as in a file, and turned upright by its
+    EXIF orientation. Of an animated image, the current frame."""
+    try:
+        im.load()
+    except _DECODE_ERRORS as e:
+        raise corrupt(name, e) from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # malformed EXIF: the pixels are still good (as load_image does)
+        log.warning("%s: ignoring unreadable EXIF (%s)", name, e)
+    return _to_photo(im, Path(name))
 
 
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -227,7 +247,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
         raise ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
                               f"{_pixels(max_pixels)} (raise it with --max-pixels; max_pixels= in Python)") from None
     except _DECODE_ERRORS as e:
-        raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+        raise corrupt(path, e) from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
@@ -236,7 +256,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
         try:
             frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
         except _DECODE_ERRORS as e:
-            raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+            raise corrupt(path, e) from None
         if frames > 1:
             what = f"multi-page TIFF ({frames} pages); extract a page first" if im.format == "TIFF" else \
                 f"animated image ({frames} frames); extract a frame first"
@@ -245,7 +265,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
         try:
             im.load()
         except _DECODE_ERRORS as e:
-            raise ImageInputError(f"{path}: truncated or corrupt image data ({e})") from None
+            raise corrupt(path, e) from None
         # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
         icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
         dpi = im.info.get("dpi")
