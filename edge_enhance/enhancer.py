@@ -138,7 +138,7 @@ class Enhancer:
         # Self-ensemble: every tile is run in its 8 rotations / mirror images and the outputs, turned
         # back, are averaged. About 8x the compute for a small PSNR gain; never for the live preview.
         self.tta = bool(tta)
-        self.last_run: RunInfo | None = None
+        self._local = threading.local()  # last_run: each thread sees its own run's
         self._bpp: float | None = None
         # One engine, resized per tile shape: calls from several threads take turns (a LiteRT interpreter
         # cannot be resized while another thread reads its tensors). One Enhancer per thread runs in parallel.
@@ -155,6 +155,11 @@ class Enhancer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def last_run(self) -> RunInfo | None:
+        """How the calling thread's last run was tiled (threads sharing the Enhancer each see their own)."""
+        return getattr(self._local, "run", None)
 
     @property
     def strength(self) -> float:
@@ -269,7 +274,7 @@ class Enhancer:
         self.backend.prepare(*tile)
         # Quarter turns need a square window; a non-square fixed-shape model gets the 4 that keep its shape.
         passes = (range(8) if tile[0] == tile[1] else (0, 2, 4, 6)) if self.tta else (0,)
-        self.last_run = RunInfo(tile, len(tiles), m, len(passes))
+        self._local.run = RunInfo(tile, len(tiles), m, len(passes))
         strength = self.strength
         for i, t in enumerate(tiles):
             (y, x, ch, cw), (wy, wx) = t

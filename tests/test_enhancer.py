@@ -379,6 +379,27 @@ def test_one_enhancer_shared_by_threads_gives_each_its_own_result():
     assert all(np.array_equal(g, e) for g, e in zip(got, expected * 3))
 
 
+def test_last_run_is_the_calling_threads_own(models):
+    import threading
+
+    enh = Enhancer(models[2], tile=12)
+    small, big = (np.zeros((8, 8, 3), np.uint8), np.zeros((40, 40, 3), np.uint8))
+    both_ran, seen = threading.Barrier(2), {}
+
+    def work(name, img):
+        enh.enhance(img)
+        both_ran.wait()  # each thread reads last_run after both have run
+        seen[name] = enh.last_run.tiles
+
+    threads = [threading.Thread(target=work, args=a) for a in (("small", small), ("big", big))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["small"] == 1 and seen["big"] > 1
+    assert enh.last_run is None  # this thread ran nothing
+
+
 def test_api_conveniences_tile_memory_and_one_channel_arrays(models):
     whole = Enhancer(models[2])
     a = np.random.default_rng(3).integers(0, 256, (21, 17, 3), dtype=np.uint8)
