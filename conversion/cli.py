@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge_enhance.argtypes import number
 from edge_enhance.atomic import unwritable
-from edge_enhance.card import CARD_KEY
+from edge_enhance.card import CARD_KEY, strict_json
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, EdgeEnhanceError, UnsupportedOpError, VerificationError
@@ -362,6 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
     parser.add_argument("--verify-images", type=number(int, 1), default=5, help="how many images to verify on")
     parser.add_argument("-o", "--output", type=Path, help="output path")
+    parser.add_argument("--json", action="store_true", help="print the result (or the error) as JSON on stdout")
     add_card_arguments(parser)
 
 
@@ -384,12 +385,40 @@ def _quantize_instead(args: argparse.Namespace) -> int:
         argv += ["--tile", args.tile]
     if args.d2s_as_transpose_conv:
         argv += ["--d2s-as-transpose-conv"]
+    if args.json:
+        argv += ["--json"]
     for k, v in (card_options(args) or {}).items():
         argv += ["--card-" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
     return qcli.main(p.parse_args(argv))
 
 
+def report_dict(rep) -> dict:
+    """A VerifyReport as JSON: per image and overall (max |error|, PSNR between the two, task PSNR)."""
+    keys = ("max_abs_err", "psnr_between", "task_psnr_source", "task_psnr_target")
+    return {"target": rep.target, "precision": rep.precision, "against": rep.source,
+            "images": [{"image": r.image, **{k: getattr(r, k) for k in keys}} for r in rep.images],
+            **{k: getattr(rep, k) for k in keys}}
+
+
+def result_dict(res: ConvertResult, src: Path) -> dict:
+    d = {"model": str(src), "output": str(res.output), "target": res.target, "precision": res.precision,
+         "size_bytes": res.size_bytes, "seconds": round(res.seconds, 3), "ops": res.ops,
+         "verification": report_dict(res.report) if res.report is not None else None,
+         "notes": res.notes}
+    if res.agreement is not None:
+        d["agreement"] = report_dict(res.agreement)
+    if res.weight_bytes:
+        d["weight_bytes"] = {"dense": res.weight_bytes[0], "stored": res.weight_bytes[1]}
+    return d
+
+
 def main(args: argparse.Namespace) -> int:
+    def fail(msg: str, rc: int, lead: str = "") -> int:
+        print(f"edge-enhance convert: {lead}{msg}", file=sys.stderr)
+        if args.json:  # a script reading stdout gets an answer, not an empty stream
+            print(strict_json({"error": msg, "exit": rc}, indent=1))
+        return rc
+
     try:
         tile = parse_tile(args.tile) if args.tile else None
         shapes = parse_shapes(args.enumerated_shapes) if args.enumerated_shapes else ()
@@ -401,14 +430,14 @@ def main(args: argparse.Namespace) -> int:
                       dataset=args.dataset,
                       max_images=args.verify_images, enumerated_shapes=shapes, card=card_options(args))
     except ConfigError as e:
-        print(f"edge-enhance convert: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), 2, "error: ")
     except VerificationError as e:
-        print(f"edge-enhance convert: verification failed, nothing written: {e}", file=sys.stderr)
-        return 1
+        return fail(f"verification failed, nothing written: {e}", 1)
     except EdgeEnhanceError as e:
-        print(f"edge-enhance convert: {e}", file=sys.stderr)
-        return 1
+        return fail(str(e), 1)
+    if args.json:
+        print(strict_json(result_dict(res, Path(args.model)), indent=1))
+        return 0
     for rep in (res.report, res.agreement):
         if rep is not None:
             print(rep.table())

@@ -326,3 +326,23 @@ def test_a_model_that_is_not_1_to_1_or_3_to_3_channels_is_refused_everywhere(tmp
         with pytest.raises(ModelFormatError) as e:
             open_backend(to_tflite(from_onnx(src), tmp_path / "m.tflite"))
         assert said.replace("m.onnx", "m.tflite") in str(e.value)
+
+
+def test_convert_json_answers_a_script_on_stdout_both_ways(tmp_path, capsys):
+    from tests.conversion_testkit import convert_main
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    data = _photos(tmp_path / "d", (24, 20), (16, 16))
+    out = tmp_path / "m.tflite"
+    assert convert_main([src, "--to", "tflite", "--card-task", "sr", "--dataset", data, "-o", out, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
+    assert d["output"] == str(out) and d["target"] == "tflite" and d["precision"] == "fp32"
+    assert d["size_bytes"] == out.stat().st_size and d["ops"]["DEPTH_TO_SPACE"] == 1
+    v = d["verification"]
+    assert [r["image"] for r in v["images"]] == ["0.png", "1.png"] and v["max_abs_err"] < 1e-4
+    assert v["psnr_between"] == min(r["psnr_between"] for r in v["images"])
+    assert convert_main([src, "--to", "tflite", "--tile", "0x3", "--json", "-o", tmp_path / "n.tflite"]) == 2
+    io = capsys.readouterr()
+    assert json.loads(io.out) == {"error": "--tile '0x3' must be positive", "exit": 2} and "must be positive" in io.err
+    assert not (tmp_path / "n.tflite").exists()
