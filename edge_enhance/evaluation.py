@@ -322,15 +322,18 @@ def evaluate(fn: Callable[[np.ndarray], np.ndarray], dataset_dir, task: str, *, 
     s = scale if task in ("sr", "enhance") else 1
     shave_px = scale if task in ("sr", "enhance") else 0
     paths = list_images(dataset_dir)
-    need = 2 * shave_px + (11 if with_ssim else 1)  # the shaved reference must hold an SSIM window (or a pixel)
+    # The shaved reference must hold an SSIM window, with or without SSIM: --no-ssim scores the same images.
+    need = 2 * shave_px + 11
     for i, path in enumerate(paths):
         if on_image:
             on_image(i, len(paths), path.name)
-        ref, inp = make_input(task, load_rgb(path), i, scale=s, sigma=sigma, quality=quality)
-        if min(ref.shape[:2]) < need or min(inp.shape[:2]) < 1:
+        clean = load_rgb(path)
+        h, w = (n - n % s for n in clean.shape[:2])  # the reference's size, cropped to a multiple of the scale
+        if min(h, w) < need:
             log.warning("%s: %dx%d is too small for the %s protocol (at least %dx%d); left out",
-                        path, ref.shape[1], ref.shape[0], task, need, need)
+                        path, w, h, task, need, need)
             continue
+        ref, inp = make_input(task, clean, i, scale=s, sigma=sigma, quality=quality)
         out = np.asarray(fn(inp))
         if out.shape != ref.shape:
             raise ConfigError(f"{path.name}: model output {out.shape} does not match the reference {ref.shape}")

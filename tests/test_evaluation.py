@@ -181,3 +181,15 @@ def test_a_16_bit_grey_image_is_read_as_its_8_bit_self_not_white(tmp_path):
         got = read(tmp_path / "g16.png")
         assert got.dtype == np.uint8 and got.shape == (9, 11, 3)
         assert np.array_equal(got, np.repeat(y8[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("ssim", [True, False])
+def test_too_small_images_are_left_out_the_same_way_with_or_without_ssim(tiny_set, caplog, ssim):
+    """64x1 crops to 64x0 at x2 (it crashed in the LR resize); 12x12 holds a pixel but no SSIM window
+    after the shave: both are named and left out, and --no-ssim scores exactly the same images."""
+    for name, hw in (("thin.png", (1, 64)), ("small.png", (12, 12))):
+        Image.fromarray(np.full(hw + (3,), 128, np.uint8)).save(tiny_set / name)
+    up = lambda x: ev.bicubic_resize(x, (x.shape[1] * 2, x.shape[0] * 2))
+    res = ev.evaluate(up, tiny_set, "sr", scale=2, with_ssim=ssim)
+    assert [r["name"] for r in res.rows] == ["a.png", "b.png", "c.png"]
+    assert "thin.png: 64x0 is too small" in caplog.text and "small.png: 12x12 is too small" in caplog.text
