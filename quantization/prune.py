@@ -29,7 +29,7 @@ from conversion.ir import Graph
 from .calibration import CalibSet
 from .errors import CalibrationError, ConfigError
 from .quantize import conv_pairs, im2col, mean_psnr
-from .report import pop_psnr
+from .report import pop_figures
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +322,11 @@ def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None, ps
         d["macs_per_pixel"] = int(round(total_macs(g)))
         extra = d.setdefault("extra", {})
         extra.update(card_extra or {})
-        before = pop_psnr(d)
+        before, ssim_before = pop_figures(d)
         if before:
             extra["pruned"] = {**extra.get("pruned", {}), "psnr_before": before}
+        if ssim_before:
+            extra["pruned"] = {**extra.get("pruned", {}), "ssim_before": ssim_before}
         if psnr:
             extra["psnr"] = psnr
         g.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)

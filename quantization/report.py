@@ -106,27 +106,29 @@ def publish(tmp: Path, out: Path, quiet: bool) -> int:
     return 0
 
 
-def pop_psnr(d: dict) -> dict | None:
-    """Take a card's measured PSNR figures out of its dict (``extra.psnr``, or an older card's top-level
-    ``psnr``): a quantised or pruned model's card must not show the source network's as its own."""
+def pop_figures(d: dict) -> tuple[dict | None, dict | None]:
+    """Take a card's measured (PSNR, SSIM) figures out of its dict (``extra.psnr`` or an older card's
+    top-level ``psnr``; ``extra.ssim``): a quantised or pruned model's card must not show the source
+    network's as its own."""
     top = d.pop("psnr", None)
-    return d.setdefault("extra", {}).pop("psnr", top)
+    extra = d.setdefault("extra", {})
+    return extra.pop("psnr", top), extra.pop("ssim", None)
 
 
 def stamp_card(graph, psnr: dict | None, quantization: dict, fp32: dict | None = None,
-               base: dict | None = None) -> None:
-    """Put a quantised model's own measured ``psnr`` (None: not measured) into its card, with the float
-    model's figures (``fp32``, else the card's own) as ``psnr_fp32`` and how it was quantised; ``base``:
-    other card fields to set first (training.bundle: how the shipped float network was trained)."""
+               base: dict | None = None, ssim: dict | None = None, fp32_ssim: dict | None = None) -> None:
+    """Put a quantised model's own measured ``psnr`` and ``ssim`` (None: not measured) into its card, with
+    the float model's figures (``fp32`` / ``fp32_ssim``, else the card's own) as ``psnr_fp32`` /
+    ``ssim_fp32`` and how it was quantised; ``base``: other card fields to set first (training.bundle:
+    how the shipped float network was trained)."""
     d = json.loads(graph.metadata[CARD_KEY])
     extra = d.setdefault("extra", {})
     extra.update(base or {})
-    own = pop_psnr(d)
-    src = fp32 if fp32 is not None else own
-    if src is not None:
-        extra["psnr_fp32"] = src
-    if psnr is not None:
-        extra["psnr"] = psnr
+    own, own_ssim = pop_figures(d)
+    for key, value in (("psnr_fp32", fp32 if fp32 is not None else own), ("psnr", psnr),
+                       ("ssim_fp32", fp32_ssim if fp32_ssim is not None else own_ssim), ("ssim", ssim)):
+        if value is not None:
+            extra[key] = value
     extra["quantization"] = quantization
     ModelCard.from_dict(d)  # still a valid card
     graph.metadata[CARD_KEY] = json.dumps(d, sort_keys=True)

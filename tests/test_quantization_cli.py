@@ -33,7 +33,8 @@ def _photos(d, n, size, seed):
 def setup(tmp_path):
     import onnx
 
-    card = ModelCard(name="t-sr", task="sr", scale=2, receptive_field=7, extra={"psnr": {"Set5": 37.5, "Set14": 33.0}})
+    card = ModelCard(name="t-sr", task="sr", scale=2, receptive_field=7, extra={"psnr": {"Set5": 37.5, "Set14": 33.0},
+                                                                                "ssim": {"Set5": 0.95}})
     m = residual_sr_model(np.random.default_rng(3), scale=2, feat=8, card=card)
     path = tmp_path / "m.onnx"
     onnx.save(m, str(path))
@@ -74,6 +75,7 @@ def test_the_quantised_files_card_carries_its_own_measured_psnr(setup, capsys, t
     card = read_card(out)
     assert card.extra["psnr"] == {"eval": round(rep["eval"]["int8_psnr"], 3)}
     assert card.extra["psnr_fp32"]["eval"] == round(rep["eval"]["fp32_psnr"], 3)  # the same setting, compared
+    assert "ssim" not in card.extra and card.extra["ssim_fp32"] == {"Set5": 0.95}  # not measured here: not claimed
     assert card.extra["quantization"]["precision"] == "int8" and card.extra["quantization"]["rounding"] == "nearest"
 
 
@@ -139,6 +141,7 @@ def test_prune_writes_a_smaller_onnx_with_an_updated_card(setup, capsys, tmp_pat
     # The figures are the pruned model's own (the eval set's), the source's kept as psnr_before.
     assert card["extra"]["psnr"] == {"eval": round(rep["eval"]["psnr_after"], 3)}
     assert card["extra"]["pruned"]["psnr_before"] == {"Set5": 37.5, "Set14": 33.0}
+    assert "ssim" not in card["extra"] and card["extra"]["pruned"]["ssim_before"] == {"Set5": 0.95}
 
 
 @pytest.mark.parametrize("argv,code,msg", [

@@ -37,6 +37,14 @@ def test_bundle_writes_an_int8_file_with_its_measured_psnr(tmp_path, models):
     res = bundle("sr-x2-rt", tmp_path / "eval", method="minmax", rounding="nearest")
     card = read_card(models / "sr-x2-rt.int8.tflite")
     assert card.extra["psnr"] == res["int8"] and set(res["int8"]) == {"Set5", "Set14", "BSD100"}
+    # Its SSIM and the input's PSNR are measured too; the shipped fp32 file's SSIM is kept apart.
+    assert set(card.extra["ssim"]) == set(card.extra["input_psnr"]) == set(res["int8"])
+    assert all(0 < v < 1 for v in card.extra["ssim"].values()) and card.extra["ssim_fp32"] == read_card(
+        MODELS_DIR / "sr-x2-rt.onnx").extra["ssim"]
+    from edge_enhance import evaluation as ev
+
+    bicubic = ev.evaluate(lambda x: ev.bicubic_resize(x, (x.shape[1] * 2, x.shape[0] * 2)), tmp_path / "eval" / "Set5", "sr")
+    assert card.extra["input_psnr"]["Set5"] == round(bicubic.psnr, 3)
     assert card.extra["quantization"]["method"] == "minmax" and card.name == "sr-x2-rt"
     assert [p.name for p in models.iterdir() if p.name.startswith(".")] == []
 

@@ -225,6 +225,7 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     assert card.extra["qat"]["steps"] == 2 and card.extra["quantization"]["rounding"] == "nearest"
     src = ex.read_card(shipped).extra
     assert card.extra["psnr_fp32"] == src.get("psnr") and set(rep["int8"]) == {"tiny"}
+    assert card.extra["ssim_fp32"] == src["ssim"] and set(card.extra["ssim"]) == set(card.extra["input_psnr"]) == {"tiny"}
     assert (card.extra["device"], card.extra["recipe"]) == (src["device"], src["recipe"])  # how it was trained
 
 

@@ -36,7 +36,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     out = Path(out_dir or MODELS_DIR) / f"{name}.int8.tflite"
     t0 = time.perf_counter()
     g, card = load_model(weights or src)
-    fp32, base = None, {}
+    fp32, fp32_ssim, base = None, None, {}
     if weights is not None:
         from .qat import BASE_FIELDS
 
@@ -46,6 +46,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
                               f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
         fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
         base = {k: shipped.extra[k] for k in BASE_FIELDS if k in shipped.extra}  # how the network was trained
+        fp32_ssim = shipped.extra.get("ssim")
     for ds in sorted({ds for _, ds, _ in bar_plan(card.task)}):  # before minutes of quantisation
         if not (data / ds).is_dir():
             raise ImageInputError(f"{data / ds}: dataset folder does not exist")
@@ -54,15 +55,16 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     tmp = out.with_name(f".{out.stem}.partial.tflite")
     try:
         write_tflite(res.graph, tmp)
-        psnr = {}
-        for label, ds, kw in bar_plan(card.task):
-            psnr[label] = round(evaluate(Enhancer(tmp).enhance_rgb, data / ds, card.task, scale=card.scale,
-                                         with_ssim=False, **kw).psnr, 3)
+        psnr, ssim, base["input_psnr"] = {}, {}, {}
+        for label, ds, kw in bar_plan(card.task):  # the card's figures are this file's own, SSIM too
+            r = evaluate(Enhancer(tmp).enhance_rgb, data / ds, card.task, scale=card.scale, **kw)
+            psnr[label], ssim[label], base["input_psnr"][label] = \
+                round(r.psnr, 3), round(r.ssim, 4), round(r.baseline_psnr, 3)
         stamp_card(res.graph, psnr, {"method": method, "rounding": rounding, "cle": res.report.cle,
                                      "act_eq": res.report.act_eq, "bias_correction": res.report.bias_correction,
                                      **({} if flat_frames else {"flat_frames": False}),
                                      "precision": "int8 (per-channel weights, int8 activations)"},
-                   fp32=fp32, base=base)
+                   fp32=fp32, base=base, ssim=ssim, fp32_ssim=fp32_ssim)
         write_tflite(res.graph, tmp)  # again, now carrying its own measured numbers
         os.replace(tmp, out)
     finally:
