@@ -65,6 +65,52 @@ def machine() -> str:
     return f"{platform.node()} {platform.system()} {platform.machine()}, {cpu or 'unknown CPU'}, {os.cpu_count()} cores"
 
 
+# What int8 and fp32 kernels can use: the same "AMD EPYC" runs int8 convolutions several times faster
+# with VNNI than without (x86), as an Arm core does with the dot product (asimddp) or i8mm.
+SIMD_FLAGS = ("sse4_2", "fma", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp",
+              "i8mm", "sve")
+PACKAGES = ("numpy", "Pillow", "onnxruntime", "ai-edge-litert", "tflite-runtime", "opencv-contrib-python-headless",
+            "opencv-contrib-python", "bm3d")
+
+
+def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The SIMD extensions the CPU reports (Linux; [] where it cannot be read)."""
+    try:
+        with open(cpuinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    have = {flag for line in lines if line.startswith(("flags", "Features"))
+            for flag in line.split(":", 1)[-1].split()}
+    return [f for f in SIMD_FLAGS if f in have]
+
+
+def versions() -> dict:
+    """Python and the installed packages the contenders run on (those present)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def file_sha256(path: str | None) -> str | None:
+    """The model file's SHA-256 (which file was measured, whatever its name); None for a non-file."""
+    import hashlib
+
+    if not path or not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_text(note: str | None) -> str:
     try:
         la = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -96,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
     res = {"meta": {"machine": machine(), "cpu_count": os.cpu_count(), "date": started.isoformat(timespec="seconds"),
                     "command": "edge-enhance bench " + " ".join(shlex.quote(a) for a in argv),
                     "load": load_text(args.load_note), "quick": args.quick, "sections": args.only, "runs": runs,
-                    "python": platform.python_version(), "notes": list(args.note)},
+                    "cpu_features": cpu_features(), "versions": versions(), "notes": list(args.note)},
            "subjects": [], "quality": [], "speed": [], "memory": [], "tiling": [], "bars": [], "not_run": []}
     notes: list[NotRun] = []
 
@@ -118,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
     peers, n = ([], []) if args.no_peers else peer_subjects(peers_dir, tasks, scales, slow=args.slow)
     notes += n
     subjects = ours + peers
-    res["subjects"] = [s.row() for s in subjects]
+    res["subjects"] = [{**s.row(), "sha256": file_sha256(s.path)} for s in subjects]
     print(f"bench: {len(ours)} of ours, {len(peers)} peers -> {out}", file=sys.stderr)
 
     if "quality" in args.only:

@@ -118,6 +118,8 @@ def markdown(res: dict) -> str:
     m = res["meta"]
     out = ["# edge-enhance benchmark", "",
            f"- machine: {m['machine']}", f"- date: {m['date']}", f"- command: `{m['command']}`",
+           f"- CPU features: {', '.join(m.get('cpu_features') or ['not read'])}",
+           "- software: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),
            f"- load: {m['load']}", f"- mode: {'quick' if m['quick'] else 'full'}; sections: {', '.join(m['sections'])}",
            *[f"- note: {n}" for n in m.get("notes", [])],
            "", "## Bars", ""]
@@ -161,6 +163,10 @@ def markdown(res: dict) -> str:
         rows = [[r["label"], f"{r['input'][0]}x{r['input'][1]}", r["config"], f"{r['tile'][0]}x{r['tile'][1]}",
                  str(r["tiles"]), _f(r["median_s"] * 1e3, ".1f"), _f(r["ratio_to_whole"], ".3f")] for r in res["tiling"]]
         out += _table(["subject", "input", "config", "tile", "tiles", "ms", "time / whole"], rows)
+    files = [x for x in res.get("subjects", []) if x.get("sha256")]
+    if files:
+        out += ["", "## Files measured", ""]
+        out += _table(["subject", "file", "SHA-256"], [[x["label"], x["path"], x["sha256"]] for x in files])
     if res["not_run"]:
         out += ["", "## Not run", ""] + [f"- {n['what']}: not run: {n['reason']}" for n in res["not_run"]]
     if res.get("chart"):

@@ -39,10 +39,19 @@ def _fsrcnn_macs(d: int, sh: int, m: int) -> int:
     return 25 * d + d * sh + m * 9 * sh * sh + sh * d + 81 * d
 
 
+def _lapsrn_macs(s: int) -> int:
+    """LapSRN as exported for OpenCV (TF-LapSRN): x2 levels in cascade, each on the image the one before
+    gave (level k at 4^k times the LR pixels): 3x3 1->64, 9 x 3x3 64->64, then 4x4 64->4 (residual) and
+    4x4 1->4 (image), both DepthToSpace x2. x2 / x4 / x8 files hold 1 / 2 / 3 levels (no x3)."""
+    level = 9 * 64 + 9 * 9 * 64 * 64 + 16 * 64 * 4 + 16 * 4
+    return level * sum(4 ** k for k in range(s.bit_length() - 1))
+
+
 PEERS = {  # label -> (file stem, dnn_superres algorithm, MACs per LR pixel as f(scale))
     "ESPCN": ("ESPCN", "espcn", _espcn_macs),
     "FSRCNN": ("FSRCNN", "fsrcnn", lambda s: _fsrcnn_macs(56, 12, 4)),
     "FSRCNN-small": ("FSRCNN-small", "fsrcnn", lambda s: _fsrcnn_macs(32, 5, 1)),
+    "LapSRN": ("LapSRN", "lapsrn", _lapsrn_macs),
 }
 
 
@@ -216,6 +225,20 @@ def bicubic_subject(scale: int) -> Subject:
                    threaded=False, factory=make)
 
 
+def _read_model(cv2, sr, pb: Path) -> None:
+    """``sr.readModel(pb)`` without OpenCV 5's log noise: its new TF importer logs an ERROR on LapSRN's
+    DepthToSpace and hands the graph to the old importer, which reads it."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = logging.getLogLevel() if logging else None
+    if logging:
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        sr.readModel(str(pb))
+    finally:
+        if logging:
+            logging.setLogLevel(level)
+
+
 def opencv_subjects(peer_dir: Path | None, scales: list[int]) -> tuple[list[Subject], list[NotRun]]:
     if importlib.util.find_spec("cv2") is None:
         return [], [NotRun("OpenCV dnn_superres peers", "cv2 is not installed (pip install opencv-contrib-python-headless)")]
@@ -233,7 +256,7 @@ def opencv_subjects(peer_dir: Path | None, scales: list[int]) -> tuple[list[Subj
                 notes.append(NotRun(f"OpenCV {label} x{scale}", f"{pb} not found"))
                 continue
             try:  # read once here: a truncated or empty .pb is one peer left out, not the run lost
-                cv2.dnn_superres.DnnSuperResImpl_create().readModel(str(pb))
+                _read_model(cv2, cv2.dnn_superres.DnnSuperResImpl_create(), pb)
             except cv2.error as e:
                 why = (str(e).strip().splitlines() or ["OpenCV error"])[-1]
                 notes.append(NotRun(f"OpenCV {label} x{scale}", f"{pb}: unreadable ({why})"))
@@ -241,7 +264,7 @@ def opencv_subjects(peer_dir: Path | None, scales: list[int]) -> tuple[list[Subj
 
             def make(threads, pb=pb, algo=algo, scale=scale):
                 sr = cv2.dnn_superres.DnnSuperResImpl_create()
-                sr.readModel(str(pb))
+                _read_model(cv2, sr, pb)
                 sr.setModel(algo, scale)
                 n = threads or os.cpu_count() or 1
 

@@ -274,6 +274,28 @@ def test_write_all(tmp_path):
     assert not list(tmp_path.glob("*.part*"))
 
 
+def test_the_report_names_the_cpu_features_the_software_and_each_files_hash(tmp_path):
+    """One "AMD EPYC" VM with VNNI and one without give opposite int8 speed bars: the report says which."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512_vnni\n" * 2)
+    assert cli.cpu_features(str(info)) == ["sse4_2", "fma", "avx2", "avx512f", "avx512_vnni"]
+    info.write_text("Features\t: fp asimd asimddp i8mm\n")
+    assert cli.cpu_features(str(info)) == ["asimd", "asimddp", "i8mm"]
+    assert cli.cpu_features(str(tmp_path / "none")) == []
+    assert cli.versions()["numpy"] == np.__version__
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"abc")
+    assert cli.file_sha256(str(model)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert cli.file_sha256(None) is None and cli.file_sha256(str(tmp_path)) is None
+    res = _result()
+    res["meta"].update(cpu_features=["avx2", "avx512_vnni"], versions={"python": "3.11.7", "numpy": "2.4.6"})
+    res["subjects"] = [{"label": "ours", "path": str(model), "sha256": cli.file_sha256(str(model))},
+                       {"label": "bicubic x2", "path": None, "sha256": None}]
+    md = report.markdown(res)
+    assert "- CPU features: avx2, avx512_vnni\n- software: python 3.11.7, numpy 2.4.6\n" in md
+    assert f"| ours | {model} | ba7816bf" in md and "| bicubic x2 |" not in md.split("## Files measured")[1]
+
+
 # -- CLI and plumbing --------------------------------------------------------------------------------
 def _parser():
     p = argparse.ArgumentParser()
@@ -448,6 +470,26 @@ def test_an_unreadable_peer_file_is_left_out_with_its_reason(tmp_path):
     why = {n.what: n.reason for n in notes}
     assert "ESPCN_x2.pb: unreadable" in why["OpenCV ESPCN x2"] and "FSRCNN_x2.pb: unreadable" in why["OpenCV FSRCNN x2"]
     assert why["OpenCV FSRCNN-small x2"].endswith("not found")
+
+
+def test_every_shipped_peer_runs_lapsrn_included_and_opencv_says_nothing_on_reading_it(capfd):
+    pytest.importorskip("cv2")
+    from benchmarks.subjects import opencv_subjects
+
+    folder = SHARED / "peer_models" / "opencv_dnn_superres"
+    if not folder.is_dir():
+        pytest.skip("../shared/peer_models is not beside the repository")
+    subs, notes = opencv_subjects(folder, [2, 3, 4])
+    got = {s.label: s for s in subs}
+    shipped = {f"OpenCV {p.stem.replace('_', ' ')}" for p in folder.glob("*_x[234].pb")}
+    assert set(got) == shipped and "OpenCV LapSRN x2" in got
+    assert [n.what for n in notes] == ["OpenCV LapSRN x3"]  # TF-LapSRN has no x3
+    # One x2 level: 3x3 1->64, 9 x 3x3 64->64, 4x4 64->4 and 1->4 at LR; x4 runs a second on the x2 image.
+    assert got["OpenCV LapSRN x2"].macs_per_out_px * 4 == 336512
+    assert got["OpenCV LapSRN x4"].macs_per_out_px * 16 == 5 * 336512
+    out = got["OpenCV LapSRN x2"].factory(1)(np.full((12, 10, 3), 128, np.uint8))
+    assert out.shape == (24, 20, 3) and abs(int(out.mean()) - 128) < 8
+    assert "DepthToSpace" not in capfd.readouterr().err
 
 
 def test_the_memory_child_gets_an_absolute_model_path(tmp_path, monkeypatch):
