@@ -28,7 +28,9 @@ def side_by_side(before: Image.Image, after: Image.Image, label_left: str, label
 
 def main(argv: list[str] | None = None) -> int:
     from .enhancer import Enhancer
-    from .imageio import save_image, load_image, photo_to_pil
+    import numpy as np
+
+    from .imageio import Photo, load_image, photo_to_pil, save_image
 
     import argparse
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         sbs = side_by_side(Image.open(SAMPLE).convert("RGB"), after, "bicubic x%d" % enh.scale,
                            f"{enh.card.name} ({enh.backend.name}, {ms:.0f} ms)")
         sbs_path = out_dir / "parrots.side-by-side.png"
-        sbs.save(sbs_path)
+        save_image(Photo(np.asarray(sbs)), sbs_path)  # atomic, as every output
     except EdgeEnhanceError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 1

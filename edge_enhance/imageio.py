@@ -469,6 +469,20 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+class _Checked:
+    """A file as Pillow sees it, without ``fileno``: given one, its JPEG and TIFF encoders write to the
+    descriptor themselves and ignore a short write (disk full, a file-size limit), so a cut-off file
+    was renamed into place as a success. Through Python's own write that is an OSError."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __getattr__(self, name):
+        if name == "fileno":
+            raise AttributeError(name)
+        return getattr(self._f, name)
+
+
 class _AfterHeader:
     """A file wrapper that writes ``extra`` right after a PNG's signature and IHDR chunk (33 bytes)."""
 
@@ -612,7 +626,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     elif fmt == "GIF" and photo.alpha is not None and np.any((photo.alpha > 0) & (photo.alpha < photo.maxval)):
         log.warning("%s: GIF keeps only fully transparent pixels; partly transparent ones become opaque", dst)
     try:
-        with atomic_file(dst) as f:
+        with atomic_file(dst) as raw:
+            f = _Checked(raw)
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
                     _write_png16(photo, f, kw.get("icc_profile"), kw.get("dpi"), kw.get("exif"))
@@ -623,7 +638,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 Image.fromarray(to_grey(photo.rgb)).save(f, format=fmt, **kw)
             elif keep16 and fmt == "TIFF" and _has_tifffile():
                 try:
-                    _write_tiff16(photo, f, dst, icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
+                    _write_tiff16(photo, raw, dst,  # tifffile writes through Python (and wants fileno)
+                                  icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
                                   exif=None if strip_metadata else photo.exif)
                 except (ValueError, TypeError) as e:
                     raise OutputError(f"{dst}: cannot write 16-bit TIFF ({e})") from None

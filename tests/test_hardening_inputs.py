@@ -215,6 +215,25 @@ def test_disk_full_removes_the_partial_file_and_keeps_the_input(tmp_path, model,
     assert kit.files_under(out) == [] and src.read_bytes() == data
 
 
+@pytest.mark.parametrize("fmt", ["jpg", "tif"])
+def test_a_write_cut_short_by_the_file_size_limit_is_a_failure_not_a_truncated_photo(tmp_path, fmt):
+    """Pillow's JPEG / TIFF encoders, handed a real file, write to its descriptor and ignore a short
+    write (disk full, ulimit -f): the cut-off file was renamed into place as enhanced, exit 0."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / f"a.{fmt}"
+    code = ("import resource, sys; from edge_enhance.imageio import load_image, save_image; "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); "
+            "save_image(load_image(sys.argv[1]), sys.argv[2], **({'fmt': 'tiff'} if sys.argv[2].endswith('tif') else {}))")
+    r = subprocess.run([sys.executable, "-c", code, str(src), str(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and f"{out}: cannot write (File too large)" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
 def test_disk_full_keeps_a_previous_output(tmp_path, model, capsys, monkeypatch):
     src = tmp_path / "a.png"
     src.write_bytes(_png())
