@@ -267,11 +267,11 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
     jobs: list[Job] = []
     if out is None:  # outputs go beside the inputs: a run over a folder must not take in its own earlier outputs
         stems = {(src.parent, src.stem) for src, _ in inputs}
-        own = []
+        own = set()  # a set: 8000 frames were 22 s of list look-ups before the first one ran
         for src, root in inputs:  # STEM.TAG.EXT beside STEM.EXT: this model's, or in a folder any bundled one's
             stem, _, tag = src.stem.rpartition(".")
             if stem and (src.parent, stem) in stems and (tag == model_name or root is not None and OUTPUT_TAG.fullmatch(tag)):
-                own.append(src)
+                own.add(src)
                 log.info("%s: left out, an output of an earlier run (%s)", src, tag)
         inputs = [(src, root) for src, root in inputs if src not in own]
     for src, root in inputs:
