@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import errno
 import glob
+import itertools
 import json
 import logging
 import os
@@ -213,8 +214,23 @@ def _folder_files(root: Path, recursive: bool, skip: Path | None) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [x for x in dirs if not x.startswith(".")] if recursive else []
-        files += [Path(d) / n for n in names if not n.startswith(".") and (Path(d) / n).is_file()]
+        files += [Path(d) / n for n in names if not n.startswith(".") and _file_or_dangling(Path(d) / n)]
     return sorted(files)
+
+
+def _file_or_dangling(p: Path) -> bool:
+    """A file, or a link to one that is gone: a hole in a linked sequence is reported, not passed over."""
+    return p.is_file() or (p.is_symlink() and not p.exists())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder a pattern starts from: its leading parts without a wildcard ("a/b/**/*.png" -> a/b)."""
+    parts = itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parent.parts)
+    return Path(*parts)
 
 
 def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
@@ -241,7 +257,10 @@ def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
             matches = sorted(glob.glob(item, recursive=recursive))
             if not matches:
                 unmatched.append(item)  # as a missing file: that item's failure, the batch goes on
-            found += [(Path(m), None) for m in matches if Path(m).is_file()]
+            # The output folder's files are left out here too, unless the pattern itself starts in there.
+            every = skip is None or _inside(Path(os.path.realpath(_glob_base(item))), skip)
+            found += [(Path(m), None) for m in matches if _file_or_dangling(Path(m)) and
+                      (every or not _inside(Path(os.path.realpath(Path(m).parent)), skip))]
     unique: dict[Path, tuple[Path, Path | None]] = {}
     for f, root in found:  # the same file given twice (a file and its folder, overlapping globs) runs once
         unique.setdefault(f.resolve(), (f, root))

@@ -10,6 +10,7 @@ import functools
 import importlib
 import io
 import logging
+import os
 import re
 import struct
 import threading
@@ -172,6 +173,8 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     except IsADirectoryError:
         raise ImageInputError(f"{path}: is a folder, not an image") from None
     except OSError as e:
+        if path.is_symlink() and not path.exists():
+            raise ImageInputError(f"{path}: a link to {os.readlink(path)}, which does not exist") from None
         raise ImageInputError(f"{path}: cannot read ({e.strerror})") from None
     if not head:
         raise ImageInputError(f"{path}: empty file (0 bytes)")

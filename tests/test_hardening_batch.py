@@ -205,6 +205,28 @@ def test_a_resumed_run_into_a_folder_inside_its_input_tree_leaves_its_outputs_al
     assert (s["ok"], s["skipped"]) == (0, 2) and not (out / "enhanced").exists()
 
 
+def test_a_resumed_recursive_pattern_leaves_its_output_folder_alone_unless_it_names_it(tmp_path, model, capsys):
+    d = _folder(tmp_path / "photos", 2)
+    out, pattern = d / "enhanced", str(d / "**" / "*.png")
+    assert main(["enhance", pattern, "-r", "-o", str(out), "--model", str(model), "-q"]) == 0
+    assert main(["enhance", pattern, "-r", "-o", str(out), "--model", str(model), "--skip-existing", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["ok"], s["skipped"], s["failed"]) == (0, 2, 0)
+    # A pattern that starts in the output folder asks for its files.
+    assert main(["enhance", str(out / "*.png"), "-o", str(tmp_path / "again"), "--model", str(model), "-q"]) == 0
+    assert kit.files_under(tmp_path / "again") == ["00.png", "01.png"]
+
+
+def test_a_dangling_link_in_a_folder_or_a_pattern_is_a_failure_not_a_gap(tmp_path, model, capsys):
+    d = _folder(tmp_path / "frames", 2)
+    os.symlink(tmp_path / "gone" / "02.png", d / "02.png")
+    for given in (d, d / "*.png"):
+        rc = main(["enhance", str(given), "-o", str(tmp_path / "out"), "--model", str(model), "--overwrite"])
+        err = capsys.readouterr().err
+        assert rc == 1 and f"{d / '02.png'}: a link to {tmp_path / 'gone' / '02.png'}, which does not exist" in err
+        assert kit.files_under(tmp_path / "out") == ["00.png", "01.png"]
+
+
 def test_a_pattern_that_matches_nothing_fails_alone(tmp_path, model, capsys):
     d = _folder(tmp_path / "in", 1)
     rc = main(["enhance", str(d / "*.png"), str(d / "*.JPG"), "-o", str(tmp_path / "out"), "--model", str(model)])
