@@ -10,6 +10,7 @@ import functools
 import importlib
 import io
 import logging
+import math
 import os
 import re
 import struct
@@ -274,6 +275,10 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
         dpi = im.info.get("dpi")
         if fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
             dpi = None  # Pillow reports (1, 1) for a TIFF without a resolution: do not make one up
+        if dpi is not None and not all(math.isfinite(d) and 0 < d <= MAX_DPI for d in dpi[:2]):
+            log.warning("%s: its resolution, %s dpi, is not a real one; the output carries none", path,
+                        " x ".join(f"{float(d):g}" for d in dpi[:2]))
+            dpi = None
         tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
         xmp, comment = im.info.get("xmp"), im.info.get("comment") if fmt == "JPEG" else None
         text = {k: v for k, v in im.text.items() if k != _PNG_XMP} if fmt == "PNG" else {}
@@ -528,9 +533,11 @@ def _shaped(description: str) -> bool:
     (a TIFF reader checks it against the pixels; a JPEG's EXIF shows it as the caption)."""
     import json
 
+    if not description.startswith("{") or len(description) > 1024:  # tifffile's is short; a caption is not JSON
+        return False
     try:
         return isinstance(d := json.loads(description), dict) and "shape" in d
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '{"a": [[[[...' nested thousands deep
         return False
 
 
@@ -554,6 +561,8 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
 
 
 MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "GIF": 65535}  # the encoders' own limits, pixels a side
+MAX_DPI = 1e6  # past any scanner's: a larger (or 0, NaN) resolution read from a file is dropped
+FORMAT_MAX_DPI = {"JPEG": 65535, "PNG": 1e8}  # JFIF's 16-bit density (past it Pillow wraps), pHYs' 32-bit per metre
 
 
 def check_output_size(dst, fmt: str | None, width: int, height: int) -> None:
@@ -594,13 +603,17 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if not strip_metadata:
         if photo.icc:
             kw["icc_profile"] = photo.icc
+        dpi = tuple(float(d) * dpi_scale for d in photo.dpi) if photo.dpi else None
+        if dpi and max(dpi) > FORMAT_MAX_DPI.get(fmt, MAX_DPI * 8):
+            log.warning("%s: %s cannot store %g dpi; written without a resolution", dst, fmt, max(dpi))
+            dpi = None
         if photo.exif is not None and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
             exif = photo.exif
             # EXIF's own resolution tags (a TIFF's are its file's) must say what the output's dpi says.
             for tag in (282, 283, 296):
                 exif.pop(tag, None)
-            if photo.dpi:
-                exif[282], exif[283], exif[296] = (*(float(d) * dpi_scale for d in photo.dpi), 2)
+            if dpi:
+                exif[282], exif[283], exif[296] = (*dpi, 2)
             try:
                 sub = exif.get_ifd(_EXIF_IFD)
                 if sub:
@@ -608,14 +621,19 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 kw["exif"] = exif.tobytes()
             except Exception as e:
                 log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
-        if photo.dpi:
-            kw["dpi"] = tuple(float(d) * dpi_scale for d in photo.dpi)
+        if dpi:
+            kw["dpi"] = dpi
         if photo.xmp and fmt in ("JPEG", "WEBP"):
             kw["xmp"] = photo.xmp
         if photo.comment and fmt == "JPEG":
             kw["comment"] = photo.comment
         if fmt == "PNG" and (photo.text or photo.xmp):
             kw["pnginfo"] = _png_text(photo)
+    if fmt == "JPEG":  # one marker segment each: more (a PNG's or TIFF's metadata can be) is refused
+        for key, room in (("exif", 65533), ("xmp", 65504), ("comment", 65533)):
+            if key in kw and len(kw[key]) > room:
+                log.warning("%s: the input's %s (%d bytes) does not fit in a JPEG (%d at most); written without it",
+                            dst, key.upper() if key != "comment" else key, len(kw.pop(key)), room)
     if fmt in ("JPEG", "WEBP"):
         kw["quality"] = quality
     if fmt == "WEBP" and photo.extra.get("lossless"):
@@ -652,6 +670,6 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 elif photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
                 photo_to_pil(photo).save(f, format=fmt, **kw)
-    except (OSError, ValueError) as e:  # ValueError: an encoder's refusal (Pillow's WebP size limit, ...)
+    except (OSError, ValueError, OverflowError, struct.error) as e:  # an encoder's refusal (WebP's size limit, ...)
         raise OutputError(f"{dst}: cannot write ({getattr(e, 'strerror', None) or e})") from None
     return dst

@@ -295,3 +295,60 @@ def test_output_folder_not_writable(tmp_path, model, capsys):
     err = err if err is not None else capsys.readouterr().err
     assert rc == 1 and "is not writable" in err and "Traceback" not in err
     assert (kit.files_under(out) if not isinstance(out, list) else out) == []
+
+
+def _with_phys(ppm: int) -> bytes:
+    """A PNG whose pHYs chunk says ``ppm`` pixels per metre (legal up to 2^32 - 1)."""
+    import struct
+    import zlib
+
+    body = b"pHYs" + struct.pack(">IIB", ppm, ppm, 1)
+    data = _png()
+    return data[:33] + struct.pack(">I", 9) + body + struct.pack(">I", zlib.crc32(body)) + data[33:]
+
+
+def test_a_resolution_no_device_has_is_dropped_and_one_a_format_cannot_hold_is_not_wrapped(tmp_path, model, caplog):
+    """pHYs at 2^32 - 1 per metre (1.1e8 dpi) overflowed the PNG writer (a traceback that stopped the
+    batch); a TIFF's 0/0 resolution is NaN dpi (every output failed); 100000 dpi wrapped to 34464 in JPEG."""
+    from PIL import TiffImagePlugin
+
+    from edge_enhance.imageio import load_image, save_image
+
+    (tmp_path / "huge.png").write_bytes(_with_phys(2**32 - 1))
+    nan = TiffImagePlugin.IFDRational(0, 0)
+    Image.new("RGB", (12, 9)).save(tmp_path / "nan.tif", tiffinfo={282: nan, 283: nan, 296: 2})
+    for name in ("huge.png", "nan.tif"):
+        photo = load_image(tmp_path / name)
+        assert photo.dpi is None and f"{name}: its resolution" in caplog.text
+        for ext in ("png", "jpg", "tif"):
+            assert main(["enhance", str(tmp_path / name), "-o", str(tmp_path / f"o-{name}.{ext}"), "--model", str(model),
+                         "-q"]) == 0
+    fine = load_image(tmp_path / "huge.png")
+    fine.dpi = (100000.0, 100000.0)
+    save_image(fine, tmp_path / "fine.jpg")
+    assert "JPEG cannot store 100000 dpi" in caplog.text
+    assert Image.open(tmp_path / "fine.jpg").info.get("dpi") != (34464, 34464)
+    save_image(fine, tmp_path / "fine.png")  # PNG holds it
+    assert round(Image.open(tmp_path / "fine.png").info["dpi"][0]) == 100000
+
+
+def test_a_caption_of_json_nested_thousands_deep_is_a_caption(tmp_path, model):
+    exif = Image.Exif()
+    exif[270] = "[" * 60000
+    Image.new("RGB", (12, 9)).save(tmp_path / "deep.jpg", exif=exif.tobytes())
+    assert main(["enhance", str(tmp_path / "deep.jpg"), "-o", str(tmp_path / "o.jpg"), "--model", str(model), "-q"]) == 0
+    assert Image.open(tmp_path / "o.jpg").getexif()[270] == "[" * 60000
+
+
+def test_metadata_too_large_for_a_jpeg_is_left_out_not_the_photo(tmp_path, model, caplog):
+    """A PNG's 100 KB XMP or EXIF fits in PNG but not in one JPEG marker: the photo was lost after inference."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x>" + "a" * 100_000 + "</x>")
+    exif = Image.Exif()
+    exif[270] = "b" * 100_000
+    Image.new("RGB", (12, 9), (200, 40, 40)).save(tmp_path / "a.png", pnginfo=info, exif=exif.tobytes())
+    assert main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.jpg"), "--model", str(model), "-q"]) == 0
+    assert "EXIF (" in caplog.text and "XMP (" in caplog.text and "does not fit in a JPEG" in caplog.text
+    assert Image.open(tmp_path / "a.jpg").size == (24, 18)
