@@ -33,6 +33,8 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
 _ORIENTATION, _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
 NO_ALPHA = {"JPEG", "BMP", "PPM"}  # output formats without an alpha channel
+READ_FORMATS = {"JPEG", "MPO", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "HEIF", "AVIF"}  # Pillow's names
+READ_NAMES = "JPEG, PNG, TIFF, WebP, BMP, GIF, PPM / PGM, HEIC with pillow-heif"
 # What Pillow's decoders raise on damaged files besides OSError (found by fuzzing: TIFF 'Missing
 # dimensions' TypeError from n_frames, PNG 'Truncated IHDR chunk' ValueError from open).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, ZeroDivisionError,
@@ -238,14 +240,21 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
         return _decode_limited(fh, path, max_pixels)
 
 
+def open_photo(fp, formats=READ_FORMATS):
+    """``Image.open`` for photo formats only: ICO / ICNS decode the PNG inside (larger than their headers
+    say, past any --max-pixels) on opening."""
+    Image.init()  # every plugin registered (HEIF: when pillow-heif is), before asking for those known
+    return Image.open(fp, formats=sorted(set(formats).intersection(Image.OPEN)))
+
+
 def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     caught: list = []
     try:
         # Pillow warns on stderr about damaged metadata (EXIF read for the DPI); recorded, logged once below.
         with _recorded_warnings(caught):
-            im = Image.open(fh)
+            im = open_photo(fh)
     except UnidentifiedImageError:
-        raise ImageInputError(f"{path}: not an image format Pillow can decode") from None
+        raise ImageInputError(f"{path}: not an image format edge-enhance reads (photos: {READ_NAMES})") from None
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice the limit: said as ours is
         n = re.search(r"Image size \((\d+) pixels\)", str(e))
         raise ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
@@ -261,13 +270,17 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
             frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
         except _DECODE_ERRORS as e:
             raise corrupt(path, e) from None
-        if frames > 1:
+        if frames > 1 and im.format == "MPO":  # a phone's JPEG with a preview or depth map after the photo
+            log.info("%s: the first of its %d pictures (the photo) is enhanced", path, frames)
+        elif frames > 1:
             what = f"multi-page TIFF ({frames} pages); extract a page first" if im.format == "TIFF" else \
                 f"animated image ({frames} frames); extract a frame first"
             raise ImageInputError(f"{path}: {what}")
-        fmt = im.format
+        fmt = "JPEG" if im.format == "MPO" else im.format
         try:
             im.load()
+        except Image.DecompressionBombError as e:
+            raise ImageInputError(f"{path}: {e}") from None
         except _DECODE_ERRORS as e:
             raise corrupt(path, e) from None
         # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
@@ -344,7 +357,7 @@ def _pixels(n: int) -> str:
 
 def exif_orientation(path: Path) -> int:
     try:
-        with _recorded_warnings([]), Image.open(path) as im:
+        with _recorded_warnings([]), open_photo(path) as im:
             return int(im.getexif().get(_ORIENTATION, 1))
     except Exception:
         return 1
@@ -409,8 +422,8 @@ def content_suffix(path: Path) -> str | None:
     """The suffix of what a file really holds when its name says otherwise (a JPEG saved as .heic by a
     phone or a sharing app: Pillow cannot write HEIC, so its derived output name says .jpg)."""
     try:
-        with Image.open(path) as im:
-            fmt = im.format
+        with open_photo(path) as im:
+            fmt = "JPEG" if im.format == "MPO" else im.format
     except Exception:  # unreadable: the load reports it, with the cause
         return None
     exts = [e for e, f in Image.registered_extensions().items() if f == fmt]

@@ -103,8 +103,8 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
 def jpeg_quality_from_tables(path) -> int | None:
     """IJG quality (1..100) of a JPEG file from its luminance table; None if not a JPEG."""
     try:
-        with Image.open(path) as im:
-            if im.format != "JPEG" or not getattr(im, "quantization", None):
+        with imageio.open_photo(path, ("JPEG", "MPO")) as im:  # MPO: a phone's JPEG with a preview after it
+            if not getattr(im, "quantization", None):
                 return None
             table = np.asarray(im.quantization[0], np.float64)
     except (OSError, ValueError):

@@ -35,7 +35,7 @@ BAD = [
     ("zero.jpg", lambda: b"", r"empty file \(0 bytes\)"),
     ("truncated.jpg", lambda: kit.truncated(_jpeg()), r"truncated or corrupt image data"),
     ("truncated.png", lambda: kit.truncated(_png()), r"truncated or corrupt image data"),
-    ("text.jpg", lambda: b"Dear family, the photos are attached.\n", r"not an image format Pillow can decode"),
+    ("text.jpg", lambda: b"Dear family, the photos are attached.\n", r"not an image format edge-enhance reads"),
     ("bomb.png", lambda: kit.raw_png(100_000, 100_000, 8, 2, b"\x00" * 1000),
      r"10000\.0 MP exceeds the limit of 200\.0 MP \(raise it with --max-pixels; max_pixels= in Python\)"),
     ("huge.png", lambda: kit.raw_png(20_000, 15_000, 8, 2, b"\x00" * 1000),
@@ -352,3 +352,24 @@ def test_metadata_too_large_for_a_jpeg_is_left_out_not_the_photo(tmp_path, model
     assert main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.jpg"), "--model", str(model), "-q"]) == 0
     assert "EXIF (" in caplog.text and "XMP (" in caplog.text and "does not fit in a JPEG" in caplog.text
     assert Image.open(tmp_path / "a.jpg").size == (24, 18)
+
+
+def test_an_icon_container_is_refused_before_decoding_and_a_phones_mpo_jpeg_is_its_photo(tmp_path, model, capsys):
+    """An ICO whose header says 16x16 holds a 2000x2000 PNG: Pillow decoded it on opening, past any
+    --max-pixels (715 MB for a 531 KB file at 13000x13000). A multi-picture JPEG (a phone's photo with
+    its preview after it) was refused as an animated image."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2000, 2000)).save(buf, "PNG")
+    png = buf.getvalue()
+    (tmp_path / "icon.png").write_bytes(struct.pack("<HHHBBBBHHII", 0, 1, 1, 16, 16, 0, 0, 1, 32, len(png), 22) + png)
+    rc = main(["enhance", str(tmp_path / "icon.png"), "--max-pixels", "400", "--model", str(model)])
+    assert rc == 1 and "icon.png: not an image format edge-enhance reads (photos: JPEG, PNG" in capsys.readouterr().err
+    photo, preview = Image.new("RGB", (12, 9), (200, 30, 30)), Image.new("RGB", (6, 4), (0, 200, 0))
+    photo.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[preview])
+    assert Image.open(tmp_path / "phone.jpg").format == "MPO"
+    assert main(["enhance", str(tmp_path / "phone.jpg"), "-o", str(tmp_path / "o.jpg"), "--model", str(model), "-q"]) == 0
+    out = Image.open(tmp_path / "o.jpg")
+    assert out.size == (24, 18) and out.getpixel((12, 9))[0] > 150
