@@ -47,12 +47,14 @@ class Progress:
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled = total, enabled and sys.stderr.isatty()
         self.plain = os.environ.get("TERM") == "dumb"
-        self.start = time.monotonic()
+        self.start, self.first = time.monotonic(), None
         self.done_files = 0
         self.name = ""
         self._width = 0  # of the line drawn last
 
     def file(self, index: int, name: str):
+        if self.first is None:  # the rate is this run's: files skipped before it (a resume) took no time
+            self.start, self.first = time.monotonic(), index
         self.done_files, self.name = index, name
         self._draw(0.0)
 
@@ -62,22 +64,24 @@ class Progress:
     def _draw(self, frac: float):
         if not self.enabled:
             return
-        elapsed = time.monotonic() - self.start
-        progress = (self.done_files + frac) / self.total
-        eta = elapsed / progress - elapsed if progress > 0 else 0
+        done = self.done_files - (self.first or 0) + frac  # files' worth of work this run
+        left = self.total - self.done_files - frac
+        eta = (time.monotonic() - self.start) / done * left if done > 0 else None
         self._write(f"[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  "
-                    f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+                    f"ETA {'-:--' if eta is None else f'{int(eta) // 60}:{int(eta) % 60:02d}'}")
         sys.stderr.flush()
 
     def _write(self, line: str):
-        sys.stderr.write(f"\r{line.ljust(self._width)}" if self.plain else f"\r\033[K{line}")
+        line = shown(line)
+        err = getattr(sys.stderr, "unescaped", sys.stderr)  # its own CR and erase, not a name's
+        err.write(f"\r{line.ljust(self._width)}" if self.plain else f"\r\033[K{line}")
         self._width = len(line)
 
     def clear(self):
         if self.enabled:
             self._write("")
             if self.plain:
-                sys.stderr.write("\r")
+                getattr(sys.stderr, "unescaped", sys.stderr).write("\r")
 
 
 @dataclass
@@ -371,7 +375,7 @@ def cmd_enhance(args) -> int:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-    progress = Progress(len(jobs), enabled=not args.json and not args.quiet)
+    progress = Progress(len(jobs), enabled=not args.quiet)  # on stderr: --json's stdout stays the summary alone
     stop = _StopRequest()
 
     def on_tile(done: int, total: int) -> None:
@@ -732,13 +736,40 @@ def _reopen_closed_std_streams() -> None:
         sys.stderr = open(os.devnull, "w")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
+def shown(text: str) -> str:
+    """``text`` with its control characters escaped (\\x1b): what a file name or a model card says
+    cannot retitle, clear or rewrite the terminal it is printed on (ESC and CSI sequences, CR)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+class _Shown:
+    """stdout / stderr while the CLI runs: everything printed goes through :func:`shown`. The CLI's own
+    cursor control (a progress line's CR and erase) is written to ``unescaped``."""
+
+    def __init__(self, stream):
+        self.unescaped = stream
+
+    def write(self, text: str) -> int:
+        return self.unescaped.write(shown(text))
+
+    def __getattr__(self, name):
+        return getattr(self.unescaped, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     _reopen_closed_std_streams()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Shown(sys.stdout), _Shown(sys.stderr)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also one that lands before the command runs (imports, building the parser)
         print("edge-enhance: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def _main(argv: list[str] | None) -> int:

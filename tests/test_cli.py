@@ -607,3 +607,46 @@ def test_an_option_error_answers_a_json_caller_on_stdout(capsys, argv):
     with pytest.raises(SystemExit):
         main(argv)
     assert capsys.readouterr().out == ""  # without --json: the usage and message on stderr only
+
+
+def test_control_characters_in_names_and_cards_are_shown_escaped_not_sent_to_the_terminal(tmp_path, capsys):
+    """ESC sequences in a file name or a model card retitled / cleared the terminal that printed them."""
+    evil = "a\x1b]0;PWNED\x07\x1b[2J\r"
+    src = tmp_path / f"{evil}.png"
+    _img(src)
+    m = tmp_path / "m.onnx"
+    residual_sr(m, name=f"n{evil}")
+    rc = main(["enhance", str(src), "-o", str(tmp_path / "out.png"), "--model", str(m)])
+    (tmp_path / f"{evil}.jpg").write_bytes(b"not a photo")
+    rc2 = main(["enhance", str(tmp_path / f"{evil}.jpg"), "--model", str(m)])
+    rc3 = main(["info", str(m)])
+    io = capsys.readouterr()
+    assert (rc, rc2, rc3) == (0, 1, 0)
+    assert "a\\x1b]0;PWNED\\x07\\x1b[2J\\r.png -> " in io.out and "a\\x1b]0;PWNED\\x07\\x1b[2J\\r.jpg: " in io.err
+    assert "name: na\\x1b]0;PWNED" in io.out
+    assert not any(c in io.out + io.err for c in "\x1b\x07\r")
+    assert (tmp_path / "out.png").exists()  # the file itself keeps its name
+
+
+def test_the_eta_of_a_resumed_batch_is_from_this_runs_rate(monkeypatch, capsys):
+    """27 of 30 files skipped as done took no time: counted as work, they made every ETA 0:00."""
+    from edge_enhance import cli
+
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    p = cli.Progress(30, True)
+    clock[0] = 500.0  # planning and skipping took a while
+    p.file(27, "a.png")
+    assert capsys.readouterr().err.endswith("ETA -:--")  # nothing measured yet
+    clock[0] = 502.0
+    p.tiles(1, 2)  # half a file in 2 s: 2.5 files left, 10 s
+    assert capsys.readouterr().err.endswith("[28/30] a.png   50%  ETA 0:10")
+
+
+def test_json_keeps_the_progress_line_on_a_terminals_stderr(tmp_path, model, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    _img(tmp_path / "a.png")
+    assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "--json"]) == 0
+    io = capsys.readouterr()
+    assert "[1/1] a.png" in io.err and json.loads(io.out)["ok"] == 1

@@ -215,7 +215,7 @@ def video_main(src: str, dst: str, enhancer, *, temporal: float = 0.0, stream=No
     def progress(*, done, total, fps, eta_s):
         of = f"/{total}" if total else ""
         eta = f", ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}" if eta_s is not None else ""
-        print(f"\rframe {done}{of}  {fps:.1f} fps{eta}   ", end="", file=stream, flush=True)
+        print(f"\rframe {done}{of}  {fps:.1f} fps{eta}   ", end="", file=getattr(stream, "unescaped", stream), flush=True)
 
     try:
         r = enhance_video(src, dst, enhancer, temporal=temporal, progress=progress)
