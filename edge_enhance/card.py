@@ -144,7 +144,20 @@ class ModelCard:
             raise ModelFormatError(f"{source}: model card is not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ModelFormatError(f"{source}: model card is not a JSON object")
+        if _depth(d) > MAX_CARD_DEPTH:  # json reads 500 levels; copying or printing them ran out of stack
+            raise ModelFormatError(f"{source}: model card is nested more than {MAX_CARD_DEPTH} levels deep")
         return cls.from_dict(d, source)
+
+
+MAX_CARD_DEPTH = 32
+
+
+def _depth(v, level: int = 0) -> int:
+    """How deep lists and objects nest in ``v``, counted up to just past MAX_CARD_DEPTH."""
+    if level > MAX_CARD_DEPTH or not isinstance(v, (dict, list)):
+        return level
+    items = v.values() if isinstance(v, dict) else v
+    return max((_depth(x, level + 1) for x in items), default=level + 1)
 
 
 def check_channels(source, c_in, c_out) -> None:

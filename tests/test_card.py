@@ -35,3 +35,9 @@ def test_a_deeply_nested_card_is_a_format_error_not_a_recursion_error():
 
     with pytest.raises(ModelFormatError, match="not valid JSON"):
         ModelCard.from_json("[" * 100_000, "deep.onnx")
+    # Deep enough to parse but not to copy or print (info ran out of stack): refused when read, named.
+    deep = '{"name": "x", "task": "sr", "scale": 2, "receptive_field": 3, "extra": {"d": ' + "[" * 500 + "]" * 500 + "}}"
+    with pytest.raises(ModelFormatError, match="deep.onnx: model card is nested more than 32 levels deep"):
+        ModelCard.from_json(deep, "deep.onnx")
+    ok = '{"name": "x", "task": "sr", "scale": 2, "receptive_field": 3, "extra": {"d": ' + "[" * 30 + "]" * 30 + "}}"
+    assert ModelCard.from_json(ok).to_dict()["extra"]["d"]
