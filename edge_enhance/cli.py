@@ -405,6 +405,7 @@ def cmd_enhance(args) -> int:
                 from .camera.video import enhance_video
 
                 r = enhance_video(job.src, job.dst, enhancer, temporal=args.temporal, overwrite=args.overwrite,
+                                  max_pixels=args.max_pixels,
                                   progress=lambda *, done, total, fps, eta_s: on_tile(done, total or done + 1))
                 job.extra = {"frames": r.frames, "fps": round(r.fps, 3), "size": list(r.size), "audio": r.audio,
                              "warnings": list(r.warnings)}

@@ -501,6 +501,15 @@ def test_enhance_video_unwritable(tmp_path, dst, words):
         enhance_video(tmp_path / "clip.avi", tmp_path / dst, RepeatEnhancer())
 
 
+def test_max_pixels_bounds_a_videos_frames_as_a_photos(tmp_path, capsys):
+    from edge_enhance.cli import main
+
+    write_clip(tmp_path / "clip.avi", n=2)  # 32x24 frames
+    rc = main(["enhance", str(tmp_path / "clip.avi"), "-o", str(tmp_path / "o.avi"), "--max-pixels", "700"])
+    assert rc == 1 and "clip.avi: 32x24 frames = 768 pixels exceed the limit of 700 pixels" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi"]
+
+
 def test_enhance_video_undecodable_input(tmp_path):
     from edge_enhance.camera.video import enhance_video
     bad = tmp_path / "bad.mp4"

@@ -116,10 +116,10 @@ def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, st
 
 
 def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progress=None,
-                  copy_audio: bool = True, overwrite: bool = False) -> VideoResult:
+                  copy_audio: bool = True, overwrite: bool = False, max_pixels: int | None = None) -> VideoResult:
     """Enhance every frame of ``src`` into ``dst`` (written atomically: ``dst`` may be ``src`` with
-    ``overwrite``). Progress callbacks take keyword arguments:
-    ``progress(done=int, total=int|None, fps=float, eta_s=float|None)``.
+    ``overwrite``); ``max_pixels`` bounds a frame's size as it bounds a photo's. Progress callbacks take
+    keyword arguments: ``progress(done=int, total=int|None, fps=float, eta_s=float|None)``.
     """
     cv2 = import_cv2()
     src, dst = str(src), str(dst)
@@ -147,8 +147,13 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
             if not ok:
                 break
             frame = np.ascontiguousarray(bgr[..., ::-1])
-            out = enhancer.enhance(frame)
             h, w = frame.shape[:2]
+            if max_pixels is not None and h * w > max_pixels:
+                from ..imageio import _pixels
+
+                raise SourceError(f"{src}: {w}x{h} frames = {_pixels(w * h)} exceed the limit of {_pixels(max_pixels)} "
+                                  "(raise it with --max-pixels; max_pixels= in Python)")
+            out = enhancer.enhance(frame)
             if out.shape != (h * scale, w * scale, 3) or out.dtype != np.uint8:
                 raise OutputError(f"{src}: enhancer returned {out.shape} {out.dtype} for frame {done}; "
                                   f"expected ({h * scale}, {w * scale}, 3) uint8")
