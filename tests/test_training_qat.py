@@ -213,7 +213,7 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     # A fine-tune whose card lost the source's training record (an older training.qat wrote its own).
     tuned = out / "t-qat.onnx"
     m, c = onnx.load(str(tuned)), ex.read_card(tuned)
-    c.extra.update(device="elsewhere", recipe="python -m training.qat ...")
+    c.extra.update(device="elsewhere", recipe="python -m training.qat ...", architecture="an older text")
     ex.set_card(m, c)
     onnx.save(m, str(tuned))
     before = shipped.read_bytes()
@@ -227,6 +227,7 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     assert card.extra["psnr_fp32"] == src.get("psnr") and set(rep["int8"]) == {"tiny"}
     assert card.extra["ssim_fp32"] == src["ssim"] and set(card.extra["ssim"]) == set(card.extra["input_psnr"]) == {"tiny"}
     assert (card.extra["device"], card.extra["recipe"]) == (src["device"], src["recipe"])  # how it was trained
+    assert card.extra["architecture"] == src["architecture"]  # as the shipped card says it, not the fine-tune's
 
 
 def test_cli_takes_a_net_grown_past_its_recipe(tmp_path, tiny):

@@ -36,7 +36,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     out = Path(out_dir or MODELS_DIR) / f"{name}.int8.tflite"
     t0 = time.perf_counter()
     g, card = load_model(weights or src)
-    fp32, fp32_ssim, base = None, None, {}
+    fp32, fp32_ssim, base, shipped = None, None, {}, card
     if weights is not None:
         from .qat import BASE_FIELDS
 
@@ -45,7 +45,7 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
             raise ConfigError(f"{weights}: not a training.qat fine-tune of {src.name} (its card: {card.name}, "
                               f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
         fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
-        base = {k: shipped.extra[k] for k in BASE_FIELDS if k in shipped.extra}  # how the network was trained
+        base = {k: shipped.extra[k] for k in BASE_FIELDS + ("architecture",) if k in shipped.extra}  # how it was trained
         fp32_ssim = shipped.extra.get("ssim")
     for ds in sorted({ds for _, ds, _ in bar_plan(card.task)}):  # before minutes of quantisation
         if not (data / ds).is_dir():
@@ -55,7 +55,8 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
     tmp = out.with_name(f".{out.stem}.partial.tflite")
     try:
         write_tflite(res.graph, tmp)
-        psnr, ssim, base["input_psnr"] = {}, {}, {}
+        psnr, ssim = {}, {}
+        base["input_psnr"] = dict(shipped.extra.get("input_psnr") or {})  # enhance-x2's: sr-x2's on its input too
         for label, ds, kw in bar_plan(card.task):  # the card's figures are this file's own, SSIM too
             r = evaluate(Enhancer(tmp).enhance_rgb, data / ds, card.task, scale=card.scale, **kw)
             psnr[label], ssim[label], base["input_psnr"][label] = \
