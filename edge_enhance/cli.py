@@ -649,7 +649,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "photo", "auto"),
                    help="which bundled models run (default upscale); photo: old / phone photos (blur, noise, "
                         "JPEG and low resolution at once) through enhance-x2; auto estimates noise and JPEG damage, "
-                        "cleans up first, then upscales, and checks the result against the input")
+                        "cleans up first, then upscales, and checks the result against the input, per photo (a "
+                        "video: on its first frame; for a folder of one clip's frames, give the mode it chose)")
     e.add_argument("--scale", type=int, choices=(1, 2, 3, 4, 8),
                    help="upscale factor (default 2; 1 for denoise/dejpeg); 8 chains x4 then x2, and 8x detail is "
                         "speculative: the model invents what the pixels do not hold")
@@ -666,7 +667,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--quality", type=number(int, 1, 100), default=92, help="JPEG / WebP quality 1..100 (default 92)")
     e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")
     e.add_argument("--strip-metadata", action="store_true", help="drop EXIF, ICC profile and DPI")
-    e.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    e.add_argument("--recursive", "-r", action="store_true",
+                   help="descend into sub-folders, linked ones too (each real folder once; without -o, outputs "
+                        "go beside their inputs, in a linked folder as well)")
     e.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a batch)")
     e.add_argument("--overwrite", action="store_true", help="allow writing over an input file")
     e.add_argument("--max-pixels", type=_positive_int, default=200_000_000, help="refuse inputs of more pixels than this (default 200000000, 200 MP)")

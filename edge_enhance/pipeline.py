@@ -237,6 +237,7 @@ class Pipeline:
         self._loaded: dict[str, object] = {}
         self.last_analysis: Analysis | None = None
         self.last_stages: list[str] = []  # the models the last file went through, in order
+        self._sequence: tuple | None = None  # auto on a video: the first frame's (stages, analysis), kept
         if mode != "auto":
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing
@@ -258,8 +259,19 @@ class Pipeline:
             self._loaded[name] = self._make(name)
         return self._loaded[name]
 
+    def new_sequence(self) -> None:
+        """Frames of one video follow: auto decides on the first and keeps that chain for the rest (decided
+        per frame, a noise estimate either side of the threshold switched denoise on and off: flicker)."""
+        self._sequence = ()
+
+    def end_sequence(self) -> None:
+        self._sequence = None
+
     def enhance_photo(self, photo: imageio.Photo, *, src=None, out=None, progress=None) -> imageio.Photo:
-        stages, an = plan_stages(self.mode, self.scale, photo, src)
+        if self._sequence:  # a later frame of a video: the first one's chain, its analysis and check kept
+            stages, an = self._sequence[0], None
+        else:
+            stages, an = plan_stages(self.mode, self.scale, photo, src)
         if an is not None:
             from .models import bundled
 
@@ -267,7 +279,11 @@ class Pipeline:
             for n in missing:
                 log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
             stages = an.stages = [n for n in stages if n not in missing]
-        self.last_analysis, self.last_stages = an, stages
+        if self._sequence == ():
+            self._sequence = (stages,)
+        if not self._sequence or an is not None:
+            self.last_analysis = an
+        self.last_stages = stages
         if an is not None:
             an.strength = self.strength
         if not stages:

@@ -501,6 +501,24 @@ def test_enhance_video_unwritable(tmp_path, dst, words):
         enhance_video(tmp_path / "clip.avi", tmp_path / dst, RepeatEnhancer())
 
 
+def test_a_video_is_one_sequence_for_an_auto_pipeline(tmp_path):
+    from edge_enhance.camera.video import enhance_video
+
+    class Sequenced(RepeatEnhancer):
+        events: list = []
+
+        def new_sequence(self):
+            self.events.append(("start", self.calls))
+
+        def end_sequence(self):
+            self.events.append(("end", self.calls))
+
+    write_clip(tmp_path / "clip.avi", n=3)
+    enh = Sequenced()
+    enhance_video(tmp_path / "clip.avi", tmp_path / "o.avi", enh, copy_audio=False)
+    assert enh.events == [("start", 0), ("end", 3)]
+
+
 def test_max_pixels_bounds_a_videos_frames_as_a_photos(tmp_path, capsys):
     from edge_enhance.cli import main
 

@@ -147,6 +147,37 @@ def test_backprojection_check_falls_back_then_refuses(offset, expect_strength):
         assert pipe.last_analysis.backprojection_db > 30
 
 
+def test_auto_on_a_video_keeps_the_first_frames_chain_for_every_frame():
+    """Per frame, a noise estimate either side of the threshold switched denoise on and off (4 dB flicker)."""
+    from edge_enhance.pipeline import Pipeline
+
+    ran = []
+
+    def make(name):
+        ran.append(name)
+        enh = _Offset(0, scale=1 if name in ("denoise", "dejpeg") else 2)
+        enh.enhance_photo = lambda photo, _e=enh, _n=name, **kw: ran.append(_n) or _Offset.enhance_photo(_e, photo, **kw)
+        return enh
+
+    rng = np.random.default_rng(0)
+    noisy = np.clip(128 + rng.normal(0, 15, (48, 48, 3)), 0, 255).astype(np.uint8)
+    clean = np.full((48, 48, 3), 128, np.uint8)
+    pipe = Pipeline("auto", 2, make_enhancer=make, check=False)
+    pipe.enhance(clean)
+    assert pipe.last_stages == ["sr-x2"]  # alone, each frame is planned for itself
+    pipe.new_sequence()
+    first = pipe.enhance(noisy)
+    assert pipe.last_stages == ["denoise", "sr-x2"] and first.shape == (96, 96, 3)
+    analysis = pipe.last_analysis
+    ran.clear()
+    pipe.enhance(clean)
+    assert pipe.last_stages == ["denoise", "sr-x2"] and ran == ["denoise", "sr-x2"]  # the first frame's chain
+    assert pipe.last_analysis is analysis
+    pipe.end_sequence()
+    pipe.enhance(clean)
+    assert pipe.last_stages == ["sr-x2"]
+
+
 @pytest.mark.parametrize("mode,scale,factor", [("upscale", None, 2), ("upscale", 3, 3), ("denoise", None, 1),
                                                ("dejpeg", 2, 2), ("photo", None, 2), ("auto", None, 2)])
 def test_every_mode_runs_the_bundled_models_from_the_cli(tmp_path, mode, scale, factor):

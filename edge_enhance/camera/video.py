@@ -141,6 +141,9 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
     smoother = TemporalSmoother(temporal, scale=scale, base=getattr(card, "base", "nearest"))
     writer = tmp = None
     done, t0 = 0, time.perf_counter()
+    sequence = getattr(enhancer, "new_sequence", None)  # auto mode: one chain for every frame
+    if sequence:
+        sequence()
     try:
         while True:
             ok, bgr = cap.read()
@@ -191,6 +194,8 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
     except OSError as e:
         raise OutputError(f"{dst}: cannot write video ({e})") from None
     finally:
+        if sequence:
+            enhancer.end_sequence()
         cap.release()
         if writer is not None:
             writer.release()
