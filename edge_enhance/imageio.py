@@ -247,6 +247,12 @@ def open_photo(fp, formats=READ_FORMATS):
     return Image.open(fp, formats=sorted(set(formats).intersection(Image.OPEN)))
 
 
+def _too_large(path: Path, e: Exception, max_pixels: int) -> ImageInputError:
+    n = re.search(r"Image size \((\d+) pixels\)", str(e))
+    return ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
+                           f"{_pixels(max_pixels)} (raise it with --max-pixels; max_pixels= in Python)")
+
+
 def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     caught: list = []
     try:
@@ -256,9 +262,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     except UnidentifiedImageError:
         raise ImageInputError(f"{path}: not an image format edge-enhance reads (photos: {READ_NAMES})") from None
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice the limit: said as ours is
-        n = re.search(r"Image size \((\d+) pixels\)", str(e))
-        raise ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
-                              f"{_pixels(max_pixels)} (raise it with --max-pixels; max_pixels= in Python)") from None
+        raise _too_large(path, e, max_pixels) from None
     except _DECODE_ERRORS as e:
         raise corrupt(path, e) from None
     with im:
@@ -280,7 +284,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
         try:
             im.load()
         except Image.DecompressionBombError as e:
-            raise ImageInputError(f"{path}: {e}") from None
+            raise _too_large(path, e, max_pixels) from None
         except _DECODE_ERRORS as e:
             raise corrupt(path, e) from None
         # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.

@@ -87,9 +87,11 @@ def test_fp32_and_int8_cards_name_the_same_settings(name):
     for path in bundled()[name]:
         card = read_card(path)
         want = {label for label, _, _ in bar_plan(card.task)}
-        assert set(card.extra["psnr"]) == want, path.name
-        if "psnr_fp32" in card.extra:
-            assert set(card.extra["psnr_fp32"]) == want, path.name
+        assert set(card.extra["psnr"]) == set(card.extra["ssim"]) == want, path.name
+        if "psnr_fp32" in card.extra:  # an int8 file: its own figures, the fp32 file's beside them
+            fp32 = read_card(path.with_name(f"{name}.onnx")).extra
+            assert (card.extra["psnr_fp32"], card.extra["ssim_fp32"]) == (fp32["psnr"], fp32["ssim"]), path.name
+            assert card.extra["ssim"] != fp32["ssim"] and card.extra["input_psnr"] == fp32["input_psnr"], path.name
 
 
 @pytest.mark.parametrize("name", sorted(bundled()))
