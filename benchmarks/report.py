@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from edge_enhance.atomic import write_bytes as write_atomic  # fsync'd, with a new file's usual mode
 from edge_enhance.card import strict_json
 
 from .bars import BAR_SIZE
@@ -14,20 +14,6 @@ from .quality import HEADLINE
 from .stats import pareto_front
 
 log = logging.getLogger(__name__)
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _f(x, fmt=".2f", none="-"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -272,6 +273,10 @@ def test_write_all(tmp_path):
     if "chart" in paths:
         assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.part*"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for p in paths.values():  # readable as any new file is (mkstemp's 0600 hid the report from others)
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p.name
 
 
 def test_the_report_names_the_cpu_features_the_software_and_each_files_hash(tmp_path):
