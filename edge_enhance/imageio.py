@@ -558,6 +558,32 @@ def _shaped(description: str) -> bool:
         return False
 
 
+def _text_as_bytes(exif: Image.Exif) -> list:
+    """Pillow reads EXIF text as latin-1 and writes it back as ASCII, each other character a '?' (a
+    Japanese caption or an Angstrom came out as ????): each such text becomes the bytes read (or, set
+    by a caller, UTF-8, as phones write it). Returns what was changed, (ifd, tag, text), to undo it."""
+    changed = []
+    for ifd in (exif, exif.get_ifd(_EXIF_IFD), exif.get_ifd(0x8825)):
+        for tag, v in list(ifd.items()):
+            if isinstance(v, str) and not v.isascii():
+                changed.append((ifd, tag, v))
+                try:
+                    ifd[tag] = v.encode("latin-1")
+                except UnicodeEncodeError:
+                    ifd[tag] = v.encode("utf-8")
+    return changed
+
+
+def _exif_bytes(exif: Image.Exif) -> bytes:
+    """``exif.tobytes()`` with its text as the file had it; the photo's own EXIF is left as it was."""
+    changed = _text_as_bytes(exif)
+    try:
+        return exif.tobytes()
+    finally:
+        for ifd, tag, v in changed:
+            ifd[tag] = v
+
+
 def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None) -> None:
     import tifffile
 
@@ -602,8 +628,8 @@ def _png_text(photo: Photo):
         try:
             v.encode("latin-1")  # what tEXt can hold; the rest goes in iTXt (UTF-8)
             info.add_text(k, v)
-        except UnicodeEncodeError:
-            info.add_itxt(k, v)
+        except UnicodeEncodeError:  # with its language tag and translated keyword, as read
+            info.add_itxt(k, v, getattr(v, "lang", None) or "", getattr(v, "tkey", None) or "")
     if photo.xmp:
         info.add_itxt(_PNG_XMP, photo.xmp.decode("utf-8", "replace"))
     return info
@@ -635,7 +661,11 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 sub = exif.get_ifd(_EXIF_IFD)
                 if sub:
                     sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
-                kw["exif"] = exif.tobytes()
+                kw["exif"] = _exif_bytes(exif)
+                if fmt == "TIFF":  # Pillow's TIFF writer parses bytes again, then writes text as ASCII
+                    tags = kw["exif"] = Image.Exif()
+                    tags.load(_exif_bytes(exif))
+                    _text_as_bytes(tags)
             except Exception as e:
                 log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
         if dpi:

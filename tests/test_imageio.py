@@ -385,3 +385,34 @@ def test_captions_travel_xmp_comments_and_png_text(tmp_path, fmt):
     with Image.open(stripped) as im:
         im.load()
         assert "xmp" not in im.info and "comment" not in im.info and "Description" not in im.info
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp", "tif"])
+def test_exif_text_in_any_script_is_written_byte_for_byte(tmp_path, ext):
+    """Pillow reads EXIF text as latin-1 and wrote it back as ASCII: '東京の夜景 café' came out as '?' per byte."""
+    from edge_enhance.imageio import load_image, save_image
+
+    exif = Image.Exif()
+    exif[270], exif[315] = "東京の夜景 café".encode(), "Zo\xeb".encode("latin-1")  # UTF-8, and a latin-1 camera's
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg", exif=exif.tobytes())
+    photo = load_image(tmp_path / "a.jpg")
+    save_image(photo, tmp_path / f"o.{ext}")
+    got = Image.open(tmp_path / f"o.{ext}").getexif()
+    assert got[270].encode("latin-1") == "東京の夜景 café".encode() and got[315].encode("latin-1") == b"Zo\xeb"
+    assert photo.exif[270] == "東京の夜景 café".encode().decode("latin-1")  # the photo's own EXIF untouched
+    photo.exif[270] = "写真"  # set by a caller as text: written as UTF-8
+    save_image(photo, tmp_path / f"p.{ext}")
+    assert Image.open(tmp_path / f"p.{ext}").getexif()[270].encode("latin-1") == "写真".encode()
+
+
+def test_png_international_text_keeps_its_language_and_translated_keyword(tmp_path):
+    from PIL import PngImagePlugin
+
+    from edge_enhance.imageio import load_image, save_image
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("Author", "山田", lang="ja", tkey="作者")
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png", pnginfo=info)
+    save_image(load_image(tmp_path / "a.png"), tmp_path / "o.png")
+    got = Image.open(tmp_path / "o.png").text["Author"]
+    assert (got, got.lang, got.tkey) == ("山田", "ja", "作者")
