@@ -63,15 +63,24 @@ def process_space() -> str:
 STALE_ELSEWHERE_S = 24 * 3600  # a temporary from another PID space (or an older name) older than this is left over
 
 
+def _temp_stem(name: str) -> str:
+    """``name`` as it starts its temporaries' names: cut, with a hash of the whole, where the temporary's
+    name (about 30 bytes longer) would pass the 255 bytes a file name may have."""
+    raw = os.fsencode(name)
+    if len(raw) <= 200:
+        return name
+    return raw[:190].decode("utf-8", "ignore") + "~" + hashlib.sha1(raw).hexdigest()[:8]
+
+
 def sweep_stale(path) -> int:
     """Remove the temporaries that a killed writer (SIGKILL, power cut) left beside ``path``: names
     ``.NAME.SPACE.PID-XXXX.part`` of our :func:`process_space` whose PID no longer runs. One from another
     space (a container or host writing the same folder) is alive as far as we can tell, and goes only
     once a day old, as does an older ``.NAME.PID-XXXX.part``. Returns how many were removed."""
     path = Path(path)
-    n = 0
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.part"):
-        m = re.fullmatch(r"(?:([0-9a-f]{8})\.)?(\d+)-\w+\.part", tmp.name[len(path.name) + 2:])
+    stem, n = _temp_stem(path.name), 0
+    for tmp in path.parent.glob(f".{glob.escape(stem)}.*-*.part"):
+        m = re.fullmatch(r"(?:([0-9a-f]{8})\.)?(\d+)-\w+\.part", tmp.name[len(stem) + 2:])
         if not m:
             continue
         space, pid, stale = m.group(1), int(m.group(2)), False
@@ -103,7 +112,8 @@ def atomic_file(path, mode: str = "wb"):
     """
     path = Path(path)
     sweep_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{process_space()}.{os.getpid()}-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_temp_stem(path.name)}.{process_space()}.{os.getpid()}-",
+                               suffix=".part")
     try:
         default_mode(fd)
         with os.fdopen(fd, mode) as f:
@@ -125,6 +135,10 @@ def write_bytes(path, data: bytes) -> Path:
 
 def refuse_overwriting_input(src, dst, overwrite: bool = False) -> None:
     """An output that is its input (by any name: a link, ./, ..) is written only with ``overwrite``."""
-    if not overwrite and Path(dst).exists() and Path(dst).resolve() == Path(src).resolve():
+    try:
+        there = Path(dst).exists()
+    except OSError as e:  # a name longer than the file system takes (ENAMETOOLONG), ...
+        raise OutputError(f"{dst}: cannot write ({e.strerror})") from None
+    if not overwrite and there and Path(dst).resolve() == Path(src).resolve():
         raise OutputError(f"{dst}: would overwrite the input; pass --overwrite (overwrite=True in Python) or choose "
                           "another output")

@@ -4,6 +4,7 @@ temporary file in the output folder). Odd-but-valid inputs must just work."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import warnings
@@ -373,3 +374,27 @@ def test_an_icon_container_is_refused_before_decoding_and_a_phones_mpo_jpeg_is_i
     assert main(["enhance", str(tmp_path / "phone.jpg"), "-o", str(tmp_path / "o.jpg"), "--model", str(model), "-q"]) == 0
     out = Image.open(tmp_path / "o.jpg")
     assert out.size == (24, 18) and out.getpixel((12, 9))[0] > 150
+
+
+def test_names_near_the_file_systems_limit_are_written_or_refused_in_one_line(tmp_path, model, capsys):
+    """A 239-byte output name failed ('File name too long'): its temporary's name was 30 bytes longer. A
+    255-byte input written beside itself needs a longer name than the file system takes: one line, no
+    traceback, and the batch goes on; into -o it keeps its name."""
+    from edge_enhance.enhancer import Enhancer
+    from edge_enhance.errors import OutputError
+
+    near, at = "照" * 75 + "x.png", "照" * 83 + "xx.png"  # 231 and 255 bytes
+    for name in (near, at):
+        (tmp_path / name).write_bytes(_png())
+    rc = main(["enhance", str(tmp_path / near), str(tmp_path / at), "--model", str(model), "--json"])
+    io = capsys.readouterr()
+    summary = json.loads(io.out)
+    assert rc == 1 and (summary["ok"], summary["failed"]) == (1, 1)
+    failed = next(f for f in summary["files"] if f["status"] == "failed")
+    assert failed["error"].endswith("xx.m.png: cannot write (File name too long)") and "Traceback" not in io.err
+    assert (tmp_path / f"{near[:-4]}.m.png").exists()
+    out = tmp_path / "out"
+    assert main(["enhance", str(tmp_path / at), "-o", str(out) + "/", "--model", str(model), "-q"]) == 0
+    assert [p.name for p in out.iterdir()] == [at]
+    with pytest.raises(OutputError, match="cannot write .File name too long."):
+        Enhancer(model).enhance_file(tmp_path / near, tmp_path / ("照" * 86 + ".png"))
