@@ -274,7 +274,7 @@ def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
                  model_name: str, single: bool) -> list[Job]:
     """``single``: one input file was named, so -o names the output file."""
-    from .imageio import VIDEO_SUFFIXES, content_suffix
+    from .imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, content_suffix
 
     def ext_for(p: Path) -> str:
         if p.suffix.lower() in VIDEO_SUFFIXES:  # a container OpenCV cannot write (.webm) becomes .mkv
@@ -283,7 +283,9 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
             return p.suffix if p.suffix.lower() in FOURCC else ".mkv"
         if fmt:
             return "." + fmt.lower().replace("jpeg", "jpg")
-        if p.suffix.lower() in (".heic", ".heif"):  # often a JPEG under that name; Pillow writes no HEIC
+        if p.suffix.lower() in (".heic", ".heif") or p.suffix.lower() not in IMAGE_SUFFIXES:
+            # .heic: often a JPEG under that name (Pillow writes no HEIC); no or another extension
+            # (a camera's IMG_0001): the suffix of what it holds
             return content_suffix(p) or p.suffix
         return p.suffix
 
@@ -293,7 +295,8 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
         own = set()  # a set: 8000 frames were 22 s of list look-ups before the first one ran
         for src, root in inputs:  # STEM.TAG.EXT beside STEM.EXT: this model's, or in a folder any bundled one's
             stem, _, tag = src.stem.rpartition(".")
-            if stem and (src.parent, stem) in stems and (tag == model_name or root is not None and OUTPUT_TAG.fullmatch(tag)):
+            beside = (src.parent, stem) in stems or (src.parent / stem).is_file()  # IMG_0001's, no extension
+            if stem and beside and (tag == model_name or root is not None and OUTPUT_TAG.fullmatch(tag)):
                 own.add(src)
                 log.info("%s: left out, an output of an earlier run (%s)", src, tag)
         inputs = [(src, root) for src, root in inputs if src not in own]

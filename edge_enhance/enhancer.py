@@ -450,7 +450,10 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
     try:  # fail on a bad extension, or an output the format cannot hold, before the model
         out_fmt = imageio.format_for(dst, fmt)
     except ConfigError as e:
-        if fmt is None and photo.format:  # a JPEG named .heic: say what it is and how to keep it
+        from PIL import Image
+
+        if fmt is None and photo.format and dst.suffix.lower() not in Image.registered_extensions():
+            # a JPEG named .heic: say what it is and how to keep it
             ext = photo.format.lower().replace("jpeg", "jpg")
             raise ConfigError(f"{e} (the input is a {photo.format} file: add --format {ext}; fmt='{ext}' in "
                               "Python)") from None

@@ -436,17 +436,23 @@ def content_suffix(path: Path) -> str | None:
     return {"JPEG": ".jpg", "TIFF": ".tif"}.get(fmt, exts[0] if exts else None)
 
 
+WRITE_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM")  # photo formats (not PDF, ICO, ...)
+
+
 def format_for(path: Path, fmt: str | None = None) -> str:
     if fmt:
-        fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt.upper(), fmt.upper())
-        Image.init()  # Pillow registers its writers lazily: only the formats opened so far are in SAVE
-        if fmt not in Image.SAVE:
-            raise ConfigError(f"unknown output format {fmt!r} (png, jpg, webp, tiff, bmp, ...)")
-        return fmt
+        # ASCII only: a Turkish 'tıff' upper-cases to TIFF but would name the file .tıff
+        name = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt.upper(), fmt.upper()) if fmt.isascii() else None
+        if name not in WRITE_FORMATS:
+            raise ConfigError(f"unknown output format {name or fmt!r} ({', '.join(f.lower() for f in WRITE_FORMATS)})")
+        return name
     ext = path.suffix.lower()
     known = Image.registered_extensions()
     if ext not in known:
         raise ConfigError(f"{path}: cannot tell the output format from {ext or 'a missing extension'!r}")
+    if known[ext] not in WRITE_FORMATS:
+        raise ConfigError(f"{path}: {known[ext]} is not a photo format edge-enhance writes "
+                          f"({', '.join(f.lower() for f in WRITE_FORMATS)})")
     return known[ext]
 
 

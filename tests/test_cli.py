@@ -650,3 +650,23 @@ def test_json_keeps_the_progress_line_on_a_terminals_stderr(tmp_path, model, cap
     assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "--json"]) == 0
     io = capsys.readouterr()
     assert "[1/1] a.png" in io.err and json.loads(io.out)["ok"] == 1
+
+
+def test_output_formats_are_photo_formats_named_in_ascii(tmp_path, model, capsys):
+    """--format tıff (Turkish lower case) wrote a.m.tıff, JPEG2000 a.m.jpg2000; -o x.pdf ended in a traceback."""
+    _img(tmp_path / "a.png")
+    for fmt in ("tıff", "JPEG2000", "pdf", "ico"):
+        assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "--format", fmt]) == 2
+        assert "unknown output format" in capsys.readouterr().err
+    assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "-o", str(tmp_path / "x.pdf")]) == 1
+    err = capsys.readouterr().err
+    assert "x.pdf: PDF is not a photo format edge-enhance writes" in err and "--format jpg" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.onnx"]
+
+
+def test_a_camera_file_without_an_extension_gets_the_one_of_what_it_holds(tmp_path, model, capsys):
+    Image.new("RGB", (12, 9), (200, 30, 30)).save(tmp_path / "IMG_0001", format="JPEG")
+    assert main(["enhance", str(tmp_path / "IMG_0001"), "--model", model, "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001", "IMG_0001.m.jpg", "m.onnx"]
+    assert main(["enhance", str(tmp_path), "--model", model, "-q"]) == 0  # its output is not a new photo
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001", "IMG_0001.m.jpg", "m.onnx"]
