@@ -55,7 +55,7 @@ class Progress:
     def file(self, index: int, name: str):
         if self.first is None:  # the rate is this run's: files skipped before it (a resume) took no time
             self.start, self.first = time.monotonic(), index
-        self.done_files, self.name = index, name
+        self.done_files, self.name = index, name.replace("\n", "\\n")
         self._draw(0.0)
 
     def tiles(self, done: int, total: int):
@@ -436,8 +436,10 @@ def cmd_enhance(args) -> int:
         job.seconds = time.monotonic() - t0
         progress.clear()
         if not args.json and not args.quiet:
-            line = f"{job.src} -> {job.dst}{_auto_note(job.extra)}" if job.status == "ok" else \
-                f"{'INTERRUPTED' if job.status == 'interrupted' else 'FAILED'} {_named(job)}"
+            if job.status == "ok":  # one line per file, whatever its name holds
+                line = f"{job.src} -> {job.dst}{_auto_note(job.extra)}".replace("\n", "\\n")
+            else:
+                line = f"{'INTERRUPTED' if job.status == 'interrupted' else 'FAILED'} {_named(job)}"
             print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
         if interrupted:
             break
@@ -493,8 +495,10 @@ def _auto_note(extra: dict) -> str:
 
 
 def _named(job: Job) -> str:
-    """The error, led by the input's name unless the message already names it."""
-    return job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}"
+    """The error, led by the input's name unless the message already names it; one line even where a
+    name holds a newline (it would have printed a line of its own: a forged summary)."""
+    text = job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}"
+    return text.replace("\n", "\\n")
 
 
 def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
@@ -743,7 +747,9 @@ def _reopen_closed_std_streams() -> None:
         sys.stderr = open(os.devnull, "w")
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+# All but tab and newline, and the bidi embeddings / overrides / isolates that reorder what follows
+# them on the line ("photo\u202egpj.png" shows as photo.jpg...).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def shown(text: str) -> str:

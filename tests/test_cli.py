@@ -670,3 +670,16 @@ def test_a_camera_file_without_an_extension_gets_the_one_of_what_it_holds(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001", "IMG_0001.m.jpg", "m.onnx"]
     assert main(["enhance", str(tmp_path), "--model", model, "-q"]) == 0  # its output is not a new photo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001", "IMG_0001.m.jpg", "m.onnx"]
+
+
+def test_a_newline_or_a_bidi_override_in_a_name_cannot_forge_or_reorder_a_line(tmp_path, model, capsys):
+    forged, flipped = "evil\n3 enhanced, 0 failed in 0.1 s\nok.png", "rlo\u202egpj.png"
+    for name in (forged, flipped):
+        _img(tmp_path / name)
+    (tmp_path / "bad\nname.png").write_bytes(b"not a photo")
+    assert main(["enhance", str(tmp_path), "-o", str(tmp_path / "out"), "--model", model]) == 1
+    io = capsys.readouterr()
+    text = io.out + io.err
+    assert "evil\\n3 enhanced, 0 failed in 0.1 s\\nok.png -> " in io.out and "rlo\\u202egpj.png -> " in io.out
+    assert "\u202e" not in text and not any(line.startswith("3 enhanced") for line in text.splitlines())
+    assert "FAILED " + str(tmp_path / "bad\\nname.png") in io.err and "failed: " + str(tmp_path / "bad\\nname.png") in io.err
