@@ -172,7 +172,7 @@ def add_card_arguments(parser, title: str, layout: bool = True) -> None:
     """The --card-* options, one definition for every command that takes a model without a card."""
     from .argtypes import number, value_range
 
-    c = parser.add_argument_group(title)
+    c = parser.add_argument_group("model card", title)  # the text as its description: argparse wraps that
     c.add_argument("--card-task", choices=TASKS, help="what the model does")
     c.add_argument("--card-scale", type=number(int, lo=1, hi=8), metavar="N", help="default: read off an .onnx graph")
     c.add_argument("--card-receptive-field", type=number(int, lo=1), metavar="N",

@@ -31,6 +31,10 @@ log = logging.getLogger("edge_enhance")
 COMMANDS = ("enhance", "info", "models", "eval", "convert", "quantize", "prune", "preview", "bench")
 TOP_LEVEL_OPTION = re.compile(r"-h|--help|--version|--verbose|-v+")
 
+EXIT_CODES = ("Exit codes: 0 done; 1 a file, model or engine failed (a batch goes on with the next file and "
+              "ends 1); 2 bad options or settings, nothing run; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP); 129 the "
+              "terminal hung up; 141 the reader of stdout left (a pipe closed).")
+
 NAMING_RULE = """\
 Output names: with one input file, -o names the output file (or an existing folder to write into).
 Otherwise -o is a folder (created if needed) and inputs keep their names there, folders mirrored
@@ -639,8 +643,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="edge-enhance", description="On-device photo enhancement.",
-                                epilog="`edge-enhance [OPTIONS] photo.jpg` is short for "
-                                       "`edge-enhance enhance [OPTIONS] photo.jpg`.")
+                epilog="`edge-enhance [OPTIONS] photo.jpg` is short for `edge-enhance enhance [OPTIONS] photo.jpg`. "
+                       f"{EXIT_CODES}")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--version", action="version", version=f"edge-enhance {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -648,8 +652,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
 
-    e = sub.add_parser("enhance", help="enhance photos (files, folders, globs)", epilog=NAMING_RULE, parents=[verbose],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = sub.add_parser("enhance", help="enhance photos (files, folders, globs)", epilog=f"{NAMING_RULE} {EXIT_CODES}",
+                       parents=[verbose])
     e.add_argument("inputs", nargs="+", help="image files, folders or globs")
     e.add_argument("-o", "--output", help="output file (one input) or folder")
     add_model_arguments(e, default=None)

@@ -683,3 +683,15 @@ def test_a_newline_or_a_bidi_override_in_a_name_cannot_forge_or_reorder_a_line(t
     assert "evil\\n3 enhanced, 0 failed in 0.1 s\\nok.png -> " in io.out and "rlo\\u202egpj.png -> " in io.out
     assert "\u202e" not in text and not any(line.startswith("3 enhanced") for line in text.splitlines())
     assert "FAILED " + str(tmp_path / "bad\\nname.png") in io.err and "failed: " + str(tmp_path / "bad\\nname.png") in io.err
+
+
+def test_help_wraps_to_the_terminal_and_gives_the_exit_codes(monkeypatch, capsys):
+    """The card group's title was one 147-column line and the naming rule was wrapped at 101 columns."""
+    monkeypatch.setenv("COLUMNS", "60")
+    for argv in (["enhance", "--help"], ["--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        long = [line for line in out.splitlines() if len(line) > 60]
+        assert all("{" in line for line in long), long  # only argparse's unbreakable choice lists
+        assert "Exit codes: 0 done; 1 a file" in " ".join(out.split())
