@@ -634,8 +634,12 @@ class _Parser(argparse.ArgumentParser):
     a script reading stdout gets {"error", "exit"}, not an empty stream."""
 
     json_errors = False  # set for the run by _main when --json is on the command line
+    argv: list = []  # the command line, set by _main
 
     def error(self, message):
+        dashed = next((a for a in _Parser.argv if a.startswith("-") and len(a) > 1 and os.path.exists(a)), None)
+        if dashed:  # a file named like an option: `edge-enhance -photo.jpg`
+            message += f" ({dashed} is a file, read as an option here: give it as ./{dashed}, or after --)"
         if _Parser.json_errors:
             print(strict_json({"error": f"{self.prog}: {message}", "exit": 2}, indent=1))
         super().error(message)
@@ -801,6 +805,7 @@ def _main(argv: list[str] | None) -> int:
         argv.insert(at, "enhance")
     parser = build_parser(argv[at] if at is not None else None)
     _Parser.json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    _Parser.argv = argv
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.INFO)  # -vv is our debug log, not Pillow's chunk-by-chunk one

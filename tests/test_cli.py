@@ -695,3 +695,14 @@ def test_help_wraps_to_the_terminal_and_gives_the_exit_codes(monkeypatch, capsys
         long = [line for line in out.splitlines() if len(line) > 60]
         assert all("{" in line for line in long), long  # only argparse's unbreakable choice lists
         assert "Exit codes: 0 done; 1 a file" in " ".join(out.split())
+
+
+def test_a_file_named_like_an_option_is_pointed_out(tmp_path, model, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "-photo.png")
+    with pytest.raises(SystemExit) as e:
+        main(["enhance", "--model", model, "-photo.png"])
+    assert e.value.code == 2
+    assert "(-photo.png is a file, read as an option here: give it as ./-photo.png, or after --)" in capsys.readouterr().err
+    assert main(["enhance", "--model", model, "-q", "--", "-photo.png"]) == 0
+    assert (tmp_path / "-photo.m.png").exists()
