@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,11 @@ Otherwise -o is a folder (created if needed) and inputs keep their names there, 
 STEM.MODEL.EXT (photo.jpg -> photo.sr-x2.jpg). --format changes only the extension (photo.png), never
 appends one (no photo.jpg.png); a JPEG named .heic comes out as .jpg. An input is never overwritten
 unless --overwrite is given."""
+
+
+def _cells(text: str) -> int:
+    """Terminal columns ``text`` takes: East Asian wide characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 class Progress:
@@ -71,15 +78,24 @@ class Progress:
         done = self.done_files - (self.first or 0) + frac  # files' worth of work this run
         left = self.total - self.done_files - frac
         eta = (time.monotonic() - self.start) / done * left if done > 0 else None
-        self._write(f"[{self.done_files + 1}/{self.total}] {self.name}  {frac:4.0%}  "
-                    f"ETA {'-:--' if eta is None else f'{int(eta) // 60}:{int(eta) % 60:02d}'}")
+        head = f"[{self.done_files + 1}/{self.total}] "
+        tail = f"  {frac:4.0%}  ETA {'-:--' if eta is None else f'{int(eta) // 60}:{int(eta) % 60:02d}'}"
+        # One terminal row: a line that wraps leaves a row behind at every redraw (CR goes back one row).
+        room = shutil.get_terminal_size().columns - 1 - _cells(head + tail)
+        name = shown(self.name)
+        if _cells(name) > room:
+            while name and _cells(name) > room - 1:
+                name = name[1:]
+            name = "…" + name
+        self._write(head + name + tail)
         sys.stderr.flush()
 
     def _write(self, line: str):
         line = shown(line)
         err = getattr(sys.stderr, "unescaped", sys.stderr)  # its own CR and erase, not a name's
-        err.write(f"\r{line.ljust(self._width)}" if self.plain else f"\r\033[K{line}")
-        self._width = len(line)
+        width = _cells(line)
+        err.write(f"\r{line}{' ' * (self._width - width)}" if self.plain else f"\r\033[K{line}")
+        self._width = width
 
     def clear(self):
         if self.enabled:

@@ -706,3 +706,23 @@ def test_a_file_named_like_an_option_is_pointed_out(tmp_path, model, capsys, mon
     assert "(-photo.png is a file, read as an option here: give it as ./-photo.png, or after --)" in capsys.readouterr().err
     assert main(["enhance", "--model", model, "-q", "--", "-photo.png"]) == 0
     assert (tmp_path / "-photo.m.png").exists()
+
+
+def test_the_progress_line_fits_one_terminal_row_in_any_script(monkeypatch, capsys):
+    """A line wider than the terminal wrapped, and each redraw left a row behind; wide characters were
+    counted as one column, so TERM=dumb padding left pieces of the line before."""
+    import os as _os
+
+    from edge_enhance import cli
+
+    monkeypatch.setattr(cli.shutil, "get_terminal_size", lambda *a: _os.terminal_size((40, 24)))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setenv("TERM", "dumb")
+    p = cli.Progress(2, True)
+    p.file(0, "2024年夏の北海道旅行_家族写真_富良野ラベンダー畑_IMG_0001.jpg")
+    p.tiles(1, 2)
+    p.file(1, "b.jpg")
+    lines = capsys.readouterr().err.split("\r")[1:]
+    assert lines[0].startswith("[1/2] …") and lines[0].endswith("ETA -:--")
+    assert all(cli._cells(line) <= 39 for line in lines)
+    assert cli._cells(lines[2]) == cli._cells(lines[1])  # padded over the wide line before, column for column
