@@ -22,6 +22,7 @@ import platform
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edge_enhance.atomic import unwritable
 from edge_enhance.card import ModelCard
 from edge_enhance.errors import ConfigError, EdgeEnhanceError, ImageInputError
 from edge_enhance.evaluation import Y_WEIGHTS, bar_plan, evaluate
@@ -104,6 +106,10 @@ def with_y_term(loss_fn, weight: float):
 
 class Interrupted(EdgeEnhanceError):
     """Ctrl-C / SIGTERM during training: the checkpoint was saved first."""
+
+
+class CheckpointError(EdgeEnhanceError):
+    """A checkpoint that cannot be read or written (named, with the cause)."""
 
 
 # Recipe fields that are budgets or bookkeeping: a resumed run may change them (a larger budget continues).
@@ -200,12 +206,20 @@ def full_eval_plan(r: Recipe) -> list[tuple[str, str, dict]]:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    """Write a checkpoint through a temporary beside it; the one there before stays whole on any failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot save the checkpoint ({e.strerror or e})") from None
     os.close(fd)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a short write as a RuntimeError
+        os.unlink(tmp)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed: disk full or a file-size limit?"
+        raise CheckpointError(f"{path}: cannot save the checkpoint ({why}); the one there before is kept") from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -249,7 +263,13 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
              "init": None}
     path = Path(ckpt_dir) / "last.pt"
     if path.exists():
-        ck = torch.load(path, map_location=device, weights_only=False)
+        try:
+            ck = torch.load(path, map_location=device, weights_only=False)
+        except Exception as e:  # torch.load raises zip, pickle, EOF and OS errors alike on a damaged file
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); move it away to start "
+                                  "afresh, or give another --ckpt") from None
+        if not isinstance(ck, dict) or "model" not in ck:
+            raise CheckpointError(f"{path}: not a training checkpoint; move it away, or give another --ckpt")
         _check_resume(path, ck, sig, steps, l2_steps)
         try:
             model.load_state_dict(ck["model"])
@@ -308,22 +328,60 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
     # counters of phase 2 are its own, so a larger budget for either resumes where it stands.
     phases = ((progress, r.lr, with_y_term(F.l1_loss, r.y_loss), "step", "elapsed"),
               (l2_progress, r.lr / 10, with_y_term(F.mse_loss, r.y_loss), "l2_step", "l2_elapsed"))
+    stop = _Stop(r.name)
     try:
-        _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save)
-    except KeyboardInterrupt:
+        _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save, stop)
+        stop.check()  # asked during the last step: stopped before the export, as asked
+    except _StopHere:  # between two steps: the checkpoint is what an uninterrupted run had there
         save()
         raise Interrupted(f"{r.name}: interrupted at step {state['step'] + state['l2_step']}; checkpoint saved "
                           f"to {path}: the same command resumes it") from None
+    except KeyboardInterrupt:  # a second signal, maybe mid-step: the checkpoint saved last is the whole one
+        kept = f"the checkpoint saved last, {path}, resumes it" if path.exists() else "no checkpoint was saved yet"
+        raise Interrupted(f"{r.name}: stopped at once; {kept}") from None
+    finally:
+        stop.restore()
     save()
     model.eval()
     return model.cpu(), state
 
 
-def _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save) -> None:
+class _StopHere(Exception):
+    """The first Ctrl-C / SIGTERM, raised where one step has ended and the next not begun."""
+
+
+class _Stop:
+    """Ctrl-C / SIGTERM while training: the first is honoured between two steps (a signal landing mid-step
+    had skipped the batch being drawn, or counted an update twice, so a resumed run differed from an
+    uninterrupted one); a second stops at once. Handlers only where signals can be (the main thread)."""
+
+    def __init__(self, name: str):
+        self.name, self.requested, self._old = name, False, {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s: stopping after this step to save the checkpoint (again to stop at once)", self.name)
+
+    def check(self) -> None:
+        if self.requested:
+            raise _StopHere
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save, stop=None) -> None:
     last_ck = t_log = time.monotonic()
     loss_acc, n_acc = 0.0, 0
     for prog, lr_max, loss_fn, step_key, time_key in phases:
         while prog() < 1.0:
+            if stop is not None:
+                stop.check()
             t0 = time.monotonic()
             lr = 0.5 * lr_max * (1.0 + math.cos(math.pi * prog()))
             for g in opt.param_groups:
@@ -572,9 +630,18 @@ def main(argv=None) -> int:
     data_root = a.data or default_data_root()
     check_eval_sets(r, data_root, final=not a.no_eval)
     l2_minutes = r.l2_minutes if a.l2_minutes is None else a.l2_minutes
+    ckpt = a.ckpt or default_ckpt_dir(r, a.seed, a.init_from)
+    for flag, folder in (("--out", a.out), ("--ckpt", ckpt)):  # said now, not after the training it would lose
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"{flag} {folder}: cannot make the folder ({e.strerror or e})")
+        why = unwritable(folder)
+        if why:
+            ap.error(f"{flag} {folder}: cannot write there ({why})")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves the checkpoint as Ctrl-C does
     try:
-        model, state = train(r, ckpt_dir=a.ckpt or default_ckpt_dir(r, a.seed, a.init_from), data_root=data_root,
+        model, state = train(r, ckpt_dir=ckpt, data_root=data_root,
                              minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
                              workers=a.workers, init_from=a.init_from, seed=a.seed)
     except Interrupted as e:
