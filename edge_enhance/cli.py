@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -399,7 +400,7 @@ def cmd_enhance(args) -> int:
         except OSError as e:
             raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     progress = Progress(len(jobs), enabled=not args.quiet)  # on stderr: --json's stdout stays the summary alone
-    stop = _StopRequest()
+    stop = StopRequest()
 
     def on_tile(done: int, total: int) -> None:
         progress.tiles(done, total)
@@ -475,22 +476,31 @@ def stop_signals() -> list:
     return [signal.SIGINT, signal.SIGTERM] + ([] if ignored else [hup])
 
 
-class _StopRequest:
+class StopRequest:
     """Ctrl-C / SIGTERM / SIGHUP during a batch: the first one is honoured at the next safe point (between
-    tiles, between files), so a file being encoded or renamed is never cut; a second one stops at once."""
+    tiles, between files), so a file being encoded or renamed is never cut; a second one stops at once.
+    ``check`` raises ``at_safe_point`` there (training tells it from the second signal's KeyboardInterrupt).
+    Handlers are installed only where signals arrive, the main thread."""
+
+    at_safe_point: type = KeyboardInterrupt
 
     def __init__(self):
-        self.requested = False
-        self._old = {sig: signal.signal(sig, self._handle) for sig in stop_signals()}
+        self.requested, self._old = False, {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in stop_signals()}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.on_first()
+
+    def on_first(self) -> None:
+        """Called on the first signal (say what happens next)."""
 
     def check(self) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise self.at_safe_point
 
     def restore(self) -> None:
         for sig, old in self._old.items():

@@ -22,7 +22,6 @@ import platform
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from edge_enhance.atomic import unwritable
 from edge_enhance.card import ModelCard
+from edge_enhance.cli import StopRequest
 from edge_enhance.errors import ConfigError, EdgeEnhanceError, ImageInputError
 from edge_enhance.evaluation import Y_WEIGHTS, bar_plan, evaluate
 
@@ -350,29 +350,19 @@ class _StopHere(Exception):
     """The first Ctrl-C / SIGTERM, raised where one step has ended and the next not begun."""
 
 
-class _Stop:
-    """Ctrl-C / SIGTERM while training: the first is honoured between two steps (a signal landing mid-step
-    had skipped the batch being drawn, or counted an update twice, so a resumed run differed from an
-    uninterrupted one); a second stops at once. Handlers only where signals can be (the main thread)."""
+class _Stop(StopRequest):
+    """Ctrl-C / SIGTERM / SIGHUP while training: the first is honoured between two steps (a signal landing
+    mid-step had skipped the batch being drawn, or counted an update twice, so a resumed run differed
+    from an uninterrupted one); a second stops at once."""
+
+    at_safe_point = _StopHere
 
     def __init__(self, name: str):
-        self.name, self.requested, self._old = name, False, {}
-        if threading.current_thread() is threading.main_thread():
-            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.name = name
+        super().__init__()
 
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+    def on_first(self) -> None:
         log.warning("%s: stopping after this step to save the checkpoint (again to stop at once)", self.name)
-
-    def check(self) -> None:
-        if self.requested:
-            raise _StopHere
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _run_phases(phases, model, opt, stream, device, state, r, quick_eval, save, stop=None) -> None:
