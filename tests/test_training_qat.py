@@ -216,6 +216,12 @@ def test_bundle_quantises_a_qat_fine_tune_beside_the_shipped_onnx(tmp_path, tiny
     c.extra.update(device="elsewhere", recipe="python -m training.qat ...", architecture="an older text")
     ex.set_card(m, c)
     onnx.save(m, str(tuned))
+    other = tmp_path / "other.onnx"  # a QAT file of another network under the same name: refused
+    m2 = onnx.load(str(tuned))
+    ex.set_card(m2, dataclasses.replace(c, params=(c.params or 0) + 7))
+    onnx.save(m2, str(other))
+    with pytest.raises(ConfigError, match="other.onnx: a fine-tune of another network than t-qat.onnx"):
+        bd.bundle("t-qat", data, weights=other, rounding="nearest")
     before = shipped.read_bytes()
     rep = bd.bundle("t-qat", data, weights=out / "t-qat.onnx", rounding="nearest")
     assert shipped.read_bytes() == before  # the fp32 file that ships is untouched

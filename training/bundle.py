@@ -44,6 +44,10 @@ def bundle(name: str, data: Path, method: str = "percentile", weights: Path | No
         if (card.name, card.task, card.scale) != (shipped.name, shipped.task, shipped.scale) or "qat" not in card.extra:
             raise ConfigError(f"{weights}: not a training.qat fine-tune of {src.name} (its card: {card.name}, "
                               f"{card.task} x{card.scale}{', qat' if 'qat' in card.extra else ', no qat section'})")
+        if (card.params, card.receptive_field) != (shipped.params, shipped.receptive_field):
+            raise ConfigError(f"{weights}: a fine-tune of another network than {src.name} ({card.params} parameters, "
+                              f"receptive field {card.receptive_field}; the shipped one: {shipped.params}, "
+                              f"{shipped.receptive_field}): its int8 file would carry the shipped one's record")
         fp32 = shipped.extra.get("psnr")  # the int8 file is compared with the fp32 file that ships
         base = {k: shipped.extra[k] for k in BASE_FIELDS + ("architecture",) if k in shipped.extra}  # how it was trained
         fp32_ssim = shipped.extra.get("ssim")
