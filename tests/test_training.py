@@ -736,3 +736,15 @@ def test_checkpoint_files_that_cannot_be_read_or_written_are_named_not_a_traceba
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and f"{flag} {tmp_path / 'afile' / 'sub'}: cannot make the folder" in capsys.readouterr().err
+
+
+def test_workers_are_recorded_in_the_checkpoint_and_the_card_command_and_a_change_is_said(tmp_path, data_root, caplog):
+    from training.train import command
+
+    assert command("sr-x2", minutes=19, steps=100, workers=6) == "python -m training.train sr-x2 --out DIR --workers 6 --steps 100 --l2-minutes 0"
+    r = Recipe("t-w", "sr", 2, channels=4, convs=3, patch=8, batch=2, eval_every=100)
+    images = _images(2, (60, 64))
+    train(r, ckpt_dir=tmp_path / "ck", data_root=data_root, steps=2, images=images)
+    assert torch.load(tmp_path / "ck" / "last.pt", weights_only=False)["workers"] == 0
+    train(r, ckpt_dir=tmp_path / "ck", data_root=data_root, steps=3, images=images, workers=1)
+    assert "drawn with --workers 0; with 1 the batches from here on differ" in caplog.text

@@ -283,6 +283,9 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
             raise ConfigError(f"{path}: the checkpoint's convs have dilations {have}, not {model.dilations}; "
                               f"resume with the options it was trained with, or start it in another --ckpt")
         state.update({k: ck[k] for k in state if k in ck})
+        if ck.get("workers", 0) != workers:  # allowed (a GPU run finished on a CPU), but not the recorded run
+            log.warning("%s: the checkpoint's batches were drawn with --workers %d; with %d the batches from here "
+                        "on differ from that run's", r.name, ck.get("workers", 0), workers)
         log.info("%s: resumed from %s at step %d (%.1f min)", r.name, path, state["step"], state["elapsed"] / 60)
     elif init_from is not None:
         state["init"] = _grow(model, Path(init_from), r, device)
@@ -295,7 +298,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
 
     def save():
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
-                      "recipe": r.name, "dilations": list(model.dilations), "run": sig, **state}, path)
+                      "recipe": r.name, "dilations": list(model.dilations), "run": sig, "workers": workers, **state},
+                     path)
 
     def progress():  # a zero budget (--steps 0 / --minutes 0) skips the phase: an L2-only fine-tune
         if steps is not None:
@@ -451,7 +455,7 @@ def export_model(r: Recipe, model: ResidualNet, state: dict, out: Path, *, data_
 
 def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: float = 0.0,
             l2_steps: int | None = None, overrides: dict | None = None, init_from: Path | None = None,
-            seed: int = 0, data: Path | None = None) -> str:
+            seed: int = 0, data: Path | None = None, workers: int = 0) -> str:
     """The training command a card records: the recipe options overridden (``OVERRIDES``), a seed
     other than 0 and the budgets that were in force (steps over minutes; an L2 budget of 0 too
     where the recipe has one, so that the command repeats the run)."""
@@ -460,6 +464,7 @@ def command(name: str, *, minutes: float, steps: int | None = None, l2_minutes: 
     cmd += f" --seed {seed}" if seed else ""
     cmd += f" --data {data}" if data is not None and _data_shown(data) != "../shared/data" else ""
     cmd += f" --init-from {init_from}" if init_from else ""
+    cmd += f" --workers {workers}" if workers else ""  # it decides which batches are drawn
     cmd += f" --steps {steps}" if steps is not None else f" --minutes {minutes:g}"
     if l2_steps is not None and (l2_steps or getattr(RECIPES.get(name), "l2_minutes", 0)):
         cmd += f" --l2-steps {l2_steps}"
@@ -639,7 +644,7 @@ def main(argv=None) -> int:
         return 130
     cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
                   l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
-                  init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed, data=a.data)
+                  init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed, data=a.data, workers=a.workers)
     card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
