@@ -119,6 +119,9 @@ def test_unset_ranges_are_refused():
         qat.QATNet(ResidualNet(2, 4, 3)).eval()(torch.rand(1, 3, 8, 8))
 
 
+CMD = "python -m training.train t-qat --out DIR --steps 2 --l2-steps 0"  # the tiny run's command line
+
+
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     """A tiny registered recipe, its data folder, a checkpoint and an exported ONNX of it."""
@@ -129,8 +132,8 @@ def tiny(tmp_path, monkeypatch):
         (root / sub).mkdir(parents=True)
         for i, im in enumerate(_images(2, (36, 40), seed=len(sub))):
             Image.fromarray(im).save(root / sub / f"{i}.png")
-    net, state = train(r, ckpt_dir=tmp_path / "ck", data_root=root, steps=2, images=_images())
-    export_model(r, net, state, tmp_path / "src", data_root=root, evaluate_sets=False)
+    net, state = train(r, ckpt_dir=tmp_path / "ck", data_root=root, steps=2, images=_images(), command=lambda st: CMD)
+    export_model(r, net, state, tmp_path / "src", data_root=root, evaluate_sets=False, command=CMD)
     return {"root": root, "ckpt": tmp_path / "ck" / "last.pt", "onnx": tmp_path / "src" / f"{r.name}.onnx"}
 
 
@@ -159,7 +162,7 @@ def test_cli_fine_tunes_and_exports_fp32_onnx(tmp_path, tiny, source, ranges, ex
     assert ("--lr 3e-05" in q["command"]) == ("--lr" in extra) == (q["lr"] == 3e-5)
     assert q["seconds"] >= 0 and q["device"].startswith("cpu")  # 3 tiny steps may round to 0.0 s
     # The source's own training record is kept, not replaced by the fine-tune's.
-    assert card.extra["steps"] == 2 and card.extra["recipe"] == "python -m training.train t-qat --out DIR"
+    assert card.extra["steps"] == 2 and card.extra["recipe"] == CMD  # from the checkpoint too, not a default
     if source == "onnx":
         src = ex.read_card(tiny["onnx"]).extra
         keys = ("device", "train_seconds")

@@ -185,7 +185,9 @@ def load_source(r: Recipe, path) -> tuple[ResidualNet, dict]:
         net.load_state_dict(ck["model"])
     except RuntimeError as e:
         raise ConfigError(f"{p}: checkpoint does not fit recipe {r.name}: {str(e).splitlines()[0]}") from None
-    return net, {"step": 0, "elapsed": 0.0,
+    # The run's own command (recorded since session 26; an older checkpoint's is not known, and said so).
+    recipe = ck.get("command") or f"a training.train checkpoint of {r.name} ({p.name}; its command was not recorded)"
+    return net, {"step": 0, "elapsed": 0.0, "card": {"recipe": recipe},
                  **{k: ck[k] for k in ("step", "elapsed", "l2_step", "l2_elapsed", "devices", "init") if k in ck}}
 
 

@@ -228,7 +228,7 @@ def _save_atomic(obj, path: Path) -> None:
 def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None = None,
           steps: int | None = None, seed: int = 0, images=None, l2_minutes: float = 0.0,
           l2_steps: int | None = None, workers: int = 0,
-          init_from: Path | None = None) -> tuple[ResidualNet, dict]:
+          init_from: Path | None = None, command=None) -> tuple[ResidualNet, dict]:
     """Train (or resume) until the budget is spent; returns the model and the checkpoint state.
 
     Then, if ``l2_minutes`` / ``l2_steps`` is given, fine-tune with the L2 loss (what PSNR measures)
@@ -242,7 +242,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
 
     A checkpoint records the run's recipe, seed and source (:func:`run_signature`); resuming it as
     another run, or with a step budget below the steps it has done, raises ConfigError. Ctrl-C saves
-    the checkpoint, then raises :class:`Interrupted`."""
+    the checkpoint, then raises :class:`Interrupted`. ``command(state)``: the command line of this run,
+    kept in the checkpoint (training.qat from a checkpoint records it in its card)."""
     for what, v in (("minutes", minutes), ("steps", steps), ("l2_minutes", l2_minutes), ("l2_steps", l2_steps)):
         if v is not None and not 0 <= v < math.inf:
             raise ConfigError(f"{r.name}: the {what} budget must be a finite number >= 0, got {v}")
@@ -298,8 +299,8 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
 
     def save():
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state,
-                      "recipe": r.name, "dilations": list(model.dilations), "run": sig, "workers": workers, **state},
-                     path)
+                      "recipe": r.name, "dilations": list(model.dilations), "run": sig, "workers": workers,
+                      "command": command(state) if command else None, **state}, path)
 
     def progress():  # a zero budget (--steps 0 / --minutes 0) skips the phase: an L2-only fine-tune
         if steps is not None:
@@ -635,17 +636,19 @@ def main(argv=None) -> int:
         if why:
             ap.error(f"{flag} {folder}: cannot write there ({why})")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves the checkpoint as Ctrl-C does
+    def cmd(state: dict) -> str:
+        return command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
+                       l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
+                       init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed, data=a.data, workers=a.workers)
+
     try:
-        model, state = train(r, ckpt_dir=ckpt, data_root=data_root,
+        model, state = train(r, ckpt_dir=ckpt, data_root=data_root, command=cmd,
                              minutes=a.minutes, steps=a.steps, l2_minutes=l2_minutes, l2_steps=a.l2_steps,
                              workers=a.workers, init_from=a.init_from, seed=a.seed)
     except Interrupted as e:
         print(f"python -m training.train: {e}", file=sys.stderr)
         return 130
-    cmd = command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
-                  l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
-                  init_from=(state["init"] or {}).get("checkpoint"), seed=a.seed, data=a.data, workers=a.workers)
-    card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd)
+    card = export_model(r, model, state, a.out, data_root=data_root, evaluate_sets=not a.no_eval, command=cmd(state))
     log.info("wrote %s\n%s", a.out / f"{r.name}.onnx", ex.card_json_pretty(card))
     return 0
 
