@@ -237,7 +237,7 @@ class Pipeline:
         self._loaded: dict[str, object] = {}
         self.last_analysis: Analysis | None = None
         self.last_stages: list[str] = []  # the models the last file went through, in order
-        self._sequence: tuple | None = None  # auto on a video: the first frame's (stages, analysis), kept
+        self._sequence: tuple | None = None  # auto on a video: (the first frame's stages,), kept for the rest
         if mode != "auto":
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing

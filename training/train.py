@@ -636,6 +636,7 @@ def main(argv=None) -> int:
         if why:
             ap.error(f"{flag} {folder}: cannot write there ({why})")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves the checkpoint as Ctrl-C does
+
     def cmd(state: dict) -> str:
         return command(r.name, minutes=r.minutes if a.minutes is None else a.minutes, steps=a.steps,
                        l2_minutes=l2_minutes, l2_steps=a.l2_steps, overrides=overrides,
