@@ -669,9 +669,10 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
                 kw["exif"] = _exif_bytes(exif)
                 if fmt == "TIFF":  # Pillow's TIFF writer parses bytes again, then writes text as ASCII
-                    tags = kw["exif"] = Image.Exif()
-                    tags.load(_exif_bytes(exif))
+                    tags = Image.Exif()
+                    tags.load(kw["exif"])
                     _text_as_bytes(tags)
+                    kw["exif"] = tags
             except Exception as e:
                 log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
         if dpi:
