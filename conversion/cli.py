@@ -277,11 +277,10 @@ def fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
 def tflite_notes(path: Path) -> list:
     """Summary lines for a written .tflite: its input and output as an app fills and reads them
     (LiteRTBackend.describe_io); an integer output that is not the pixel value itself is warned of too."""
-    from edge_enhance.backends.litert import LiteRTBackend
+    from edge_enhance.backends.litert import io_lines
 
-    try:
-        lines = [f"TFLite {line}" for line in LiteRTBackend(path).describe_io()]
-    except (ImportError, EdgeEnhanceError):  # no engine here: the file is still written
+    lines = [f"TFLite {line}" for line in io_lines(path) or ()]
+    if not lines:  # no engine here: the file is still written
         return []
     if "not the pixel value" in lines[1]:
         log.warning("%s: the integer output is not on the pixel grid (%s); an app must convert it, or give the "

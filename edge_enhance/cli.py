@@ -47,6 +47,17 @@ appends one (no photo.jpg.png); a JPEG named .heic comes out as .jpg. An input i
 unless --overwrite is given."""
 
 
+def _one_line(text: str) -> str:
+    """A name's newline shown as \\n: one printed line per file, whatever its name holds (a name with
+    newlines printed lines of its own: a forged summary)."""
+    return text.replace("\n", "\\n")
+
+
+def _unescaped(stream):
+    """Where the CLI's own cursor control goes: the stream beneath :class:`_Shown`, which escapes it."""
+    return getattr(stream, "unescaped", stream)
+
+
 def _cells(text: str) -> int:
     """Terminal columns ``text`` takes: East Asian wide characters two, combining marks none."""
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
@@ -67,7 +78,7 @@ class Progress:
     def file(self, index: int, name: str):
         if self.first is None:  # the rate is this run's: files skipped before it (a resume) took no time
             self.start, self.first = time.monotonic(), index
-        self.done_files, self.name = index, name.replace("\n", "\\n")
+        self.done_files, self.name = index, _one_line(name)
         self._draw(0.0)
 
     def tiles(self, done: int, total: int):
@@ -92,17 +103,16 @@ class Progress:
         sys.stderr.flush()
 
     def _write(self, line: str):
-        line = shown(line)
-        err = getattr(sys.stderr, "unescaped", sys.stderr)  # its own CR and erase, not a name's
+        """``line`` (its name already :func:`shown`) over the one before, with our own CR and erase."""
         width = _cells(line)
-        err.write(f"\r{line}{' ' * (self._width - width)}" if self.plain else f"\r\033[K{line}")
+        _unescaped(sys.stderr).write(f"\r{line}{' ' * (self._width - width)}" if self.plain else f"\r\033[K{line}")
         self._width = width
 
     def clear(self):
         if self.enabled:
             self._write("")
             if self.plain:
-                getattr(sys.stderr, "unescaped", sys.stderr).write("\r")
+                _unescaped(sys.stderr).write("\r")
 
 
 @dataclass
@@ -458,7 +468,7 @@ def cmd_enhance(args) -> int:
         progress.clear()
         if not args.json and not args.quiet:
             if job.status == "ok":  # one line per file, whatever its name holds
-                line = f"{job.src} -> {job.dst}{_auto_note(job.extra)}".replace("\n", "\\n")
+                line = _one_line(f"{job.src} -> {job.dst}{_auto_note(job.extra)}")
             else:
                 line = f"{'INTERRUPTED' if job.status == 'interrupted' else 'FAILED'} {_named(job)}"
             print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
@@ -525,10 +535,8 @@ def _auto_note(extra: dict) -> str:
 
 
 def _named(job: Job) -> str:
-    """The error, led by the input's name unless the message already names it; one line even where a
-    name holds a newline (it would have printed a line of its own: a forged summary)."""
-    text = job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}"
-    return text.replace("\n", "\\n")
+    """The error, led by the input's name unless the message already names it, on one line."""
+    return _one_line(job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}")
 
 
 def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
@@ -572,17 +580,6 @@ def _file_summary(path: Path) -> dict:
     return {"file": str(path), "bytes": size, "sha256": h.hexdigest()}
 
 
-def _tflite_io(path: Path) -> list | None:
-    """The input / output lines of a .tflite (what an app feeds and reads), or None where LiteRT cannot
-    open it here (not installed, or a file it refuses: info still shows the card)."""
-    from .backends.litert import LiteRTBackend
-
-    try:
-        return LiteRTBackend(path).describe_io()
-    except (EdgeEnhanceError, ImportError):
-        return None
-
-
 def cmd_info(args) -> int:
     from .backends import read_card, sniff_format
     from .models import resolve
@@ -600,7 +597,9 @@ def cmd_info(args) -> int:
     else:
         info = {"format": fmt, **_file_summary(path), **card.to_dict()}
     if fmt == "litert":
-        info["io"] = _tflite_io(path)
+        from .backends.litert import io_lines
+
+        info["io"] = io_lines(path)
     if args.json:
         print(strict_json(info, indent=1))
         return 0

@@ -247,6 +247,11 @@ def open_photo(fp, formats=READ_FORMATS):
     return Image.open(fp, formats=sorted(set(formats).intersection(Image.OPEN)))
 
 
+def _format_of(im) -> str | None:
+    """What a photo is written as: a phone's multi-picture JPEG (MPO) is a JPEG."""
+    return "JPEG" if im.format == "MPO" else im.format
+
+
 def _too_large(path: Path, e: Exception, max_pixels: int) -> ImageInputError:
     n = re.search(r"Image size \((\d+) pixels\)", str(e))
     return ImageInputError(f"{path}: {_pixels(int(n.group(1))) if n else 'its size'} exceeds the limit of "
@@ -280,7 +285,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
             what = f"multi-page TIFF ({frames} pages); extract a page first" if im.format == "TIFF" else \
                 f"animated image ({frames} frames); extract a frame first"
             raise ImageInputError(f"{path}: {what}")
-        fmt = "JPEG" if im.format == "MPO" else im.format
+        fmt = _format_of(im)
         try:
             im.load()
         except Image.DecompressionBombError as e:
@@ -427,7 +432,7 @@ def content_suffix(path: Path) -> str | None:
     phone or a sharing app: Pillow cannot write HEIC, so its derived output name says .jpg)."""
     try:
         with open_photo(path) as im:
-            fmt = "JPEG" if im.format == "MPO" else im.format
+            fmt = _format_of(im)
     except Exception:  # unreadable: the load reports it, with the cause
         return None
     exts = [e for e, f in Image.registered_extensions().items() if f == fmt]

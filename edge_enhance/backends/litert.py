@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..card import CARD_KEY, MAX_TILE_PIXELS, ModelCard, check_channels
-from ..errors import BackendUnavailableError, ModelFormatError
+from ..errors import BackendUnavailableError, EdgeEnhanceError, ModelFormatError
 from ..tiling import round_up
 from . import Backend, EngineOptions, register
 from .tflite_meta import read_metadata, verify_graph
@@ -286,3 +286,12 @@ class LiteRTBackend(Backend):
             elif shape[1] <= 7 and shape[2] <= 7:  # an OHWI (or 1HWO depthwise) kernel
                 total += int(shape[1] * shape[2]) * 8
         return total / (probe[0] * probe[1])
+
+
+def io_lines(path) -> list[str] | None:
+    """A .tflite's input and output lines (:meth:`LiteRTBackend.describe_io`), or None where LiteRT cannot
+    open it here (not installed, or a file it refuses): info and convert say what they can without them."""
+    try:
+        return LiteRTBackend(path).describe_io()
+    except (EdgeEnhanceError, ImportError):
+        return None

@@ -208,6 +208,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 def video_main(src: str, dst: str, enhancer, *, temporal: float = 0.0, stream=None) -> int:
     """Enhance one video with a progress line and ETA on ``stream`` (stderr); returns an exit code."""
+    from ..cli import _unescaped
     from .video import enhance_video
 
     stream = stream or sys.stderr
@@ -215,7 +216,7 @@ def video_main(src: str, dst: str, enhancer, *, temporal: float = 0.0, stream=No
     def progress(*, done, total, fps, eta_s):
         of = f"/{total}" if total else ""
         eta = f", ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}" if eta_s is not None else ""
-        print(f"\rframe {done}{of}  {fps:.1f} fps{eta}   ", end="", file=getattr(stream, "unescaped", stream), flush=True)
+        print(f"\rframe {done}{of}  {fps:.1f} fps{eta}   ", end="", file=_unescaped(stream), flush=True)
 
     try:
         r = enhance_video(src, dst, enhancer, temporal=temporal, progress=progress)
