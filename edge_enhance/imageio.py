@@ -240,10 +240,20 @@ def _decode(fh, path: Path, max_pixels: int) -> Photo:
         return _decode_limited(fh, path, max_pixels)
 
 
+@functools.lru_cache(maxsize=1)
+def _photo_readers() -> None:
+    """Pillow's readers of the photo formats, and no others: Image.init imports all forty (20 ms of
+    every start here, more on a Pi). HEIF is there when an application registered pillow-heif."""
+    Image.preinit()  # BMP, GIF, JPEG (and MPO), PNG, PPM
+    from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401
+    with contextlib.suppress(ImportError):  # Pillow 11.2+
+        from PIL import AvifImagePlugin  # noqa: F401
+
+
 def open_photo(fp, formats=READ_FORMATS):
     """``Image.open`` for photo formats only: ICO / ICNS decode the PNG inside (larger than their headers
     say, past any --max-pixels) on opening."""
-    Image.init()  # every plugin registered (HEIF: when pillow-heif is), before asking for those known
+    _photo_readers()
     return Image.open(fp, formats=sorted(set(formats).intersection(Image.OPEN)))
 
 
