@@ -796,7 +796,7 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
 
     nodes = _remove_identities(nodes, outputs)
     nodes = _strip_layout_transposes(nodes, [vi.name for vi in real_inputs], outputs, shapes)
-    nodes = _fold_constants(nodes, consts, shapes, outputs, opset)
+    nodes = _fold_constants(nodes, consts, shapes, outputs, opset, src)
     nodes = _match_unsqueezed_pixel_shuffle(nodes, consts, outputs)  # first: its middle looks like the other
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
@@ -924,9 +924,32 @@ def _strip_layout_transposes(nodes, inputs, outputs, shapes):
 
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+# A folded constant larger than this is refused: a photo model computes pads, sizes and scales, a few values
+# each, and a 200-byte file asking ConstantOfShape for 16000 x 16000 would otherwise take gigabytes to read.
+MAX_FOLDED_VALUES = 1 << 24
 
 
-def _fold_constants(nodes, consts, shapes, outputs, opset: int):
+def _fold_size(n, consts, shapes) -> int | None:
+    """How many values folding ``n`` would make, where its inputs or shape inference say; None if unknown."""
+    try:
+        if n.op == "ConstantOfShape":
+            return int(np.prod(consts[n.inputs[0]], dtype=object))
+        if n.op == "Expand":
+            return int(np.prod(np.broadcast_shapes(consts[n.inputs[0]].shape,
+                                                   tuple(int(v) for v in consts[n.inputs[1]])), dtype=object))
+        if n.op == "Tile":
+            return int(np.prod(np.multiply(consts[n.inputs[0]].shape, consts[n.inputs[1]], dtype=object), dtype=object))
+        if n.op == "Range":
+            start, limit, delta = (float(np.asarray(consts[i]).reshape(())) for i in n.inputs[:3])
+            return max(0, int(np.ceil((limit - start) / delta))) if delta else None
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
+    sizes = [shapes.get(o) for o in n.outputs]
+    known = [int(np.prod(d, dtype=object)) for d in sizes if d is not None and None not in d]
+    return max(known) if known else None
+
+
+def _fold_constants(nodes, consts, shapes, outputs, opset: int, src=""):
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
@@ -958,6 +981,10 @@ def _fold_constants(nodes, consts, shapes, outputs, opset: int):
                 partial[n.outputs[0]] = list(d)[n.attrs.get("start", 0): n.attrs.get("end", len(d))]
         ins = [i for i in n.inputs if i]
         if ins and all(i in consts for i in ins) and n.op not in _NONDETERMINISTIC and not (set(n.outputs) & set(outputs)):
+            size = _fold_size(n, consts, shapes)
+            if size is not None and size > MAX_FOLDED_VALUES:
+                raise ModelFormatError(f"{src}: node {n.name} ({n.op}) makes a constant of {size:,} values (at most "
+                                       f"{MAX_FOLDED_VALUES:,}): not a photo model's, or a damaged file")
             try:
                 node = helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain or None, **n.attrs)
                 # Wrapped in a function so the op runs at the model's opset (Unsqueeze's axes attribute < 13).

@@ -346,3 +346,23 @@ def test_convert_json_answers_a_script_on_stdout_both_ways(tmp_path, capsys):
     io = capsys.readouterr()
     assert json.loads(io.out) == {"error": "--tile '0x3' must be positive", "exit": 2} and "must be positive" in io.err
     assert not (tmp_path / "n.tflite").exists()
+
+
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile", "Range"])
+def test_a_folded_constant_of_gigabytes_is_refused_before_it_is_made(op):
+    # A few hundred bytes of ONNX may ask for any size of constant; folding it used to allocate it all.
+    big = np.array([1, 3, 3000, 3000], np.int64)
+    make = {
+        "ConstantOfShape": ([h.make_node("ConstantOfShape", ["s"], ["c"], name="grow")], {"s": big}),
+        "Expand": ([h.make_node("Expand", ["one", "s"], ["c"], name="grow")],
+                   {"one": np.ones((1, 1, 1, 1), np.float32), "s": big}),
+        "Tile": ([h.make_node("Tile", ["one", "s"], ["c"], name="grow")],
+                 {"one": np.ones((1, 1, 1, 1), np.float32), "s": big}),
+        "Range": ([h.make_node("Range", ["a", "b", "d"], ["c"], name="grow")],
+                  {"a": np.array(0, np.float32), "b": np.array(3e7, np.float32), "d": np.array(1, np.float32)}),
+    }
+    nodes, inits = make[op]
+    nodes = nodes + [h.make_node("ReduceMean", ["c"], ["m"], keepdims=0), h.make_node("Add", ["x", "m"], ["y"])]
+    with pytest.raises(ModelFormatError, match=rf"node grow \({op}\) makes a constant of 27,000,000 values"
+                                               if op != "Range" else r"node grow \(Range\) makes a constant of 30,000,000"):
+        from_onnx(make_model(nodes, inits, [1, 3, None, None]))
