@@ -140,6 +140,7 @@ class Enhancer:
         self.tta = bool(tta)
         self._local = threading.local()  # last_run: each thread sees its own run's
         self._bpp: float | None = None
+        self._said_fixed = False  # the tile asked for is not the model's fixed one: said once
         # One engine, resized per tile shape: calls from several threads take turns (a LiteRT interpreter
         # cannot be resized while another thread reads its tensors). One Enhancer per thread runs in parallel.
         self._lock = threading.Lock()
@@ -179,6 +180,11 @@ class Enhancer:
         return self.backend.fixed_shape or self.card.tile
 
     def tile_for(self, h: int, w: int) -> tuple[int, int]:
+        fixed, asked = self.fixed_tile, self.tiling.tile
+        if fixed and asked and tuple(asked) != tuple(fixed) and not self._said_fixed:
+            self._said_fixed = True
+            log.warning("%s: the model takes %dx%d tiles only (its input is fixed); the %dx%d tile asked for is "
+                        "not used", self.path, *fixed, *asked)
         if self._bpp is None and self.tiling.tile is None and not self.backend.fixed_shape:
             self._bpp = self.backend.activation_bytes_per_pixel()
         return choose_tile(h, w, self.card.margin, self._bpp or 1.0, self.tiling.memory_mb,

@@ -179,7 +179,7 @@ def test_card_that_lies_about_scale_is_caught(tmp_path):
         Enhancer(p).enhance(np.zeros((5, 5, 3), np.uint8))
 
 
-def test_fixed_shape_model_runs_with_its_tile(tmp_path):
+def test_fixed_shape_model_runs_with_its_tile(tmp_path, caplog):
     p = tmp_path / "fixed.onnx"
     residual_sr(p, fixed=(24, 24))
     whole_p = tmp_path / "dyn.onnx"
@@ -188,6 +188,14 @@ def test_fixed_shape_model_runs_with_its_tile(tmp_path):
     enh = Enhancer(p, tiling=TilingConfig(tile=(64, 64)))
     assert np.array_equal(enh.enhance(img), Enhancer(whole_p).enhance(img))
     assert enh.last_run.tile == (24, 24)
+    # The tile asked for is not the one run: said once, naming the model, not on every image.
+    said = [r.getMessage() for r in caplog.records if "tiles only" in r.getMessage()]
+    assert said == [f"{p}: the model takes 24x24 tiles only (its input is fixed); the 64x64 tile asked for is not used"]
+    enh.enhance(img)
+    assert len([r for r in caplog.records if "tiles only" in r.getMessage()]) == 1
+    caplog.clear()
+    Enhancer(p, tiling=TilingConfig(tile=(24, 24))).enhance(img)
+    assert not [r for r in caplog.records if "tiles only" in r.getMessage()]
 
 
 @pytest.mark.parametrize("channels", [3, 4])
