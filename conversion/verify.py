@@ -84,9 +84,11 @@ class VerifyReport:
                          f(r.task_psnr_target)))
         rows.append(("all", f"{self.max_abs_err:.2e}", f(self.psnr_between), f(self.task_psnr_source),
                      f(self.task_psnr_target)))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        from edge_enhance.cli import _cells, ljust_cells
+
+        widths = [max(_cells(r[i]) for r in rows) for i in range(5)]  # a wide (CJK) character takes two columns
         head = f"verification: {self.target} {self.precision} vs {self.source}"
-        return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
+        return "\n".join([head] + ["  ".join(ljust_cells(c, w) for c, w in zip(r, widths)).rstrip() for r in rows])
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:

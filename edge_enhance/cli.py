@@ -63,6 +63,11 @@ def _cells(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
+def ljust_cells(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal columns (str.ljust counts a wide character as one)."""
+    return text + " " * max(0, width - _cells(text))
+
+
 class Progress:
     """One status line on stderr: [N/M] name  tiles 37%  ETA 0:12. A terminal without cursor control
     (TERM=dumb: an editor's shell, a CI log viewer) gets no escape codes: the line is padded over."""

@@ -8,7 +8,7 @@ import sys
 import time
 
 from .argtypes import number
-from .cli import Progress, add_model_arguments, build_enhancer, strict_json
+from .cli import Progress, _cells, add_model_arguments, build_enhancer, ljust_cells, strict_json
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,11 @@ def main(args) -> int:
                           "seconds": round(seconds, 2), "images": res.rows}, indent=1))
         return 0
     print(f"{enh.path.name} ({enh.backend.name}{', tta' if enh.tta else ''}) on {args.dataset}, {task} {setting}")
-    print(f"{'image':<24} {'PSNR':>8} {'SSIM':>7} {'input':>8}")
+    w = max([24] + [_cells(r["name"]) for r in res.rows])  # columns line up under wide (CJK) and long names
+    print(f"{ljust_cells('image', w)} {'PSNR':>8} {'SSIM':>7} {'input':>8}")
     for r in res.rows:
-        print(f"{r['name']:<24} {r['psnr']:8.3f} {_ssim(r['ssim'])} {r['baseline_psnr']:8.3f}")
-    print(f"{'mean':<24} {res.psnr:8.3f} {_ssim(res.ssim)} {res.baseline_psnr:8.3f}   ({seconds:.1f} s)")
+        print(f"{ljust_cells(r['name'], w)} {r['psnr']:8.3f} {_ssim(r['ssim'])} {r['baseline_psnr']:8.3f}")
+    print(f"{ljust_cells('mean', w)} {res.psnr:8.3f} {_ssim(res.ssim)} {res.baseline_psnr:8.3f}   ({seconds:.1f} s)")
     sys.stdout.flush()
     return 0
 

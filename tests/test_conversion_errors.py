@@ -366,3 +366,14 @@ def test_a_folded_constant_of_gigabytes_is_refused_before_it_is_made(op):
     with pytest.raises(ModelFormatError, match=rf"node grow \({op}\) makes a constant of 27,000,000 values"
                                                if op != "Range" else r"node grow \(Range\) makes a constant of 30,000,000"):
         from_onnx(make_model(nodes, inits, [1, 3, None, None]))
+
+
+def test_verification_table_columns_line_up_under_wide_names():
+    from conversion.verify import ImageResult, VerifyReport
+    from edge_enhance.cli import _cells
+
+    rep = VerifyReport("tflite", "fp32", [ImageResult("夕焼け.png", 1e-6, 120.0, 30.0, 30.0),
+                                          ImageResult("a.png", 2e-6, 110.0, 31.0, 31.0)])
+    lines = rep.table().splitlines()[1:]
+    assert [ln.split()[0] for ln in lines] == ["image", "夕焼け.png", "a.png", "all"]
+    assert len({_cells(ln[:ln.index(ln.split()[1])]) for ln in lines}) == 1  # the second column starts in one place

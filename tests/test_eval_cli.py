@@ -145,3 +145,17 @@ def test_enhance_refuses_a_quality_outside_1_to_100_and_says_temporal_is_for_vid
     assert not (tmp_path / "o.jpg").exists()
     assert main(["enhance", str(src), "--model", str(m), "-o", str(tmp_path / "o.png"), "--temporal", "0.5"]) == 0
     assert "--temporal smooths video frames" in caplog.text
+
+
+def test_eval_table_columns_line_up_under_wide_and_long_names(tmp_path, dataset, capsys):
+    from edge_enhance.cli import _cells
+
+    m = tmp_path / "m.onnx"
+    residual_sr(m)
+    (dataset / "a.png").rename(dataset / "夕焼けの写真.png")  # 12 columns in a terminal, 9 characters
+    (dataset / "b.png").rename(dataset / ("long-" * 7 + ".png"))  # 39 characters, past the 24 of the old column
+    assert main(["eval", str(m), "--dataset", str(dataset), "--no-ssim"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [ln.split()[0] for ln in lines] == ["image", "long-" * 7 + ".png", "夕焼けの写真.png", "mean"]
+    ends = {_cells(ln[:ln.index(ln.split()[1]) + len(ln.split()[1])]) for ln in lines}  # the PSNR column's right edge
+    assert len(ends) == 1
