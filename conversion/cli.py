@@ -19,6 +19,7 @@ from pathlib import Path
 from edge_enhance.argtypes import number
 from edge_enhance.atomic import unwritable
 from edge_enhance.card import CARD_KEY, strict_json
+from edge_enhance.models import default_output, source_onnx
 from edge_enhance.tiling import check_aligned
 
 from .errors import ConfigError, EdgeEnhanceError, UnsupportedOpError, VerificationError
@@ -137,10 +138,11 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                           f"--to tflite --precision {precision} --calib DIR` or quantization.quantize_model")
     if enumerated_shapes and tile is None:
         tile = enumerated_shapes[0]  # the first size is the default one
-    src = Path(model)
+    src = source_onnx(model)
     if src.suffix.lower() in (".tflite", ".mlpackage", ".mlmodel", ".pb", ".pt", ".pth"):
         raise ConfigError(f"{src}: convert takes an ONNX model (got {src.suffix}); export it to ONNX first")
-    out = Path(output) if output else src.with_name(src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
+    out = Path(output) if output else default_output(
+        src, src.stem + (f"_{precision}" if to == "onnx" else "") + SUFFIX[to])
     if to == "coreml" and out.suffix != ".mlpackage":
         raise ConfigError(f"{out}: a Core ML mlprogram must be saved as .mlpackage")
     from edge_enhance.imageio import IMAGE_SUFFIXES
@@ -334,7 +336,7 @@ def op_summary(result: ConvertResult) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="source .onnx model")
+    parser.add_argument("model", type=Path, help="source .onnx model, or a bundled model's name (sr-x2: its fp32 .onnx)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32 (default) / fp16; int8 = calibrated full-integer TFLite, int8 QDQ ONNX, or int8 "

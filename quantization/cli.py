@@ -17,6 +17,7 @@ from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 from edge_enhance.card import strict_json
 from edge_enhance.evaluation import setting_label
+from edge_enhance.models import default_output, source_onnx
 from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
@@ -29,7 +30,7 @@ PRECISIONS = ("int8", "int16x8")
 MAX_RETRIES = 3  # quantisations again after a measured --max-drop miss (each with a tighter simulated bar)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
+    p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card, or a bundled model's name")
     p.add_argument("--calib", metavar="DIR", help="folder of calibration images (default: a fixed, seeded "
                                                   "selection of crops from shared/data/train)")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
@@ -76,8 +77,8 @@ def main(args) -> int:
 
     from .quantize import INT16_OPS, precision_split, quantize_model, write_tflite
 
-    src = Path(args.model_path)
-    out = Path(args.output) if args.output else src.with_suffix(f".{args.precision}.tflite")
+    src = source_onnx(args.model_path)
+    out = Path(args.output) if args.output else default_output(src, f"{src.stem}.{args.precision}.tflite")
     if out.suffix.lower() != ".tflite":
         raise ConfigError(f"{out}: the quantised model is written as .tflite")
     check_output(out, src)

@@ -14,6 +14,7 @@ from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 from edge_enhance.card import strict_json
 from edge_enhance.evaluation import setting_label
+from edge_enhance.models import default_output, source_onnx
 
 from .calibration import CalibConfig, calibration_for
 from .errors import ConfigError
@@ -21,7 +22,7 @@ from .report import Progress, psnr_drop, publish, default_eval_dir, human_size, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card")
+    p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card, or a bundled model's name")
     p.add_argument("--target-macs", type=number(float, 0.05, 1.0), required=True, metavar="F",
                    help="keep this fraction of the conv MACs (e.g. 0.7)")
     p.add_argument("--criterion", choices=("contribution", "l1"), default="contribution",
@@ -44,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from .prune import magnitude_sparsity, prune_graph, write_pruned_onnx
 
-    src = Path(args.model_path)
+    src = source_onnx(args.model_path)
     pct = int(round(100 * args.target_macs))
-    out = Path(args.output) if args.output else src.with_name(f"{src.stem}.pruned{pct}.onnx")
+    out = Path(args.output) if args.output else default_output(src, f"{src.stem}.pruned{pct}.onnx")
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"{out}: the pruned model is written as .onnx")
     from conversion.cli import check_output

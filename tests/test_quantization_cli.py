@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,30 @@ def test_a_lossless_model_loses_nothing_and_json_stays_strict():
     card = ModelCard(name="n", task="sr", scale=2, receptive_field=1, extra={"psnr": {"flat": math.inf}})
     assert json.loads(card.to_json())["extra"]["psnr"] == {"flat": None}
     assert strict_json({"drop_db": math.nan, "x": [math.inf, 1.5]}) == '{"drop_db": null, "x": [null, 1.5]}'
+
+
+@pytest.mark.parametrize("command, extra, default", [
+    ("convert", ["--to", "tflite"], "sr-x2-rt.tflite"),
+    ("quantize", [], "sr-x2-rt.int8.tflite"),
+    ("prune", ["--target-macs", "0.5"], "sr-x2-rt.pruned50.onnx"),
+])
+@pytest.mark.parametrize("named", ["bare", "path"])
+def test_tools_take_a_bundled_model_by_name_and_write_beside_the_user_not_into_the_package(
+        tmp_path, monkeypatch, command, extra, default, named):
+    from conversion import cli as ccli
+    from edge_enhance.models import MODELS_DIR
+
+    before = sorted(p.name for p in MODELS_DIR.iterdir())
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def stop(out, src, *a, **k):  # where the tool would write, then no work
+        seen["out"], seen["src"] = Path(out), Path(src)
+        raise ccli.ConfigError("stop here")
+
+    monkeypatch.setattr(ccli, "check_output", stop)
+    model = "sr-x2-rt" if named == "bare" else str(MODELS_DIR / "sr-x2-rt.onnx")
+    assert cli.main([command, model, *extra]) == 2
+    assert seen["src"] == MODELS_DIR / "sr-x2-rt.onnx"
+    assert seen["out"] == Path(default)  # the current folder: the quantised one would have replaced the bundled file
+    assert sorted(p.name for p in MODELS_DIR.iterdir()) == before

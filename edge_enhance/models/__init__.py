@@ -42,6 +42,24 @@ def bundled() -> dict[str, list[Path]]:
 ENGINE_OF_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime"}
 
 
+def source_onnx(model: str | Path) -> Path:
+    """The ONNX a tool (convert, quantize, prune) reads: a bare bundled name ('sr-x2') is its fp32 .onnx in the
+    package, as everywhere a model is named (a file of that name here is not: ./sr-x2 names it); else the path."""
+    p = Path(model)
+    f = MODELS_DIR / f"{model}.onnx"
+    if str(model) == p.name and str(model) in bundled() and f.is_file():
+        if p.exists():
+            log.warning("%s: the bundled model is used, not the file of that name here (write ./%s for it)", model, model)
+        return f
+    return p
+
+
+def default_output(src: Path, name: str) -> Path:
+    """``name`` beside ``src``, or in the current folder for a bundled model: the package's folder is not the
+    user's, and a quantised file written there would replace the bundled one of the same name."""
+    return Path(name) if src.resolve().parent == MODELS_DIR else src.with_name(name)
+
+
 def resolve(model: str | Path, engine: str | None = None) -> Path:
     """A bundled model's best file for the engines installed (or for ``engine``, the file that engine
     runs), for a bare bundled name ('sr-x2'), even where the current folder holds a file or folder of
