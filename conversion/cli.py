@@ -128,7 +128,6 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     """Import, convert into a temporary file beside ``output``, verify, then move it into place.
 
     ``card``: for a model without one, ``footprint.attach_card`` keywords (task, scale, ...)."""
-    from .onnx_import import from_onnx
 
     check_options(to, precision, io, enumerated_shapes, d2s_as_transpose_conv)
     if to == "onnx" and tile is not None:
@@ -155,13 +154,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
     t0 = time.perf_counter()
     import onnx
 
-    try:
-        graph = from_onnx(src)
-    except UnsupportedOpError as e:  # sizes computed from the input's shape: a fixed input folds them
-        if not (getattr(e, "shape_computed", False) and tile and to != "onnx" and len(enumerated_shapes) <= 1):
-            raise
-        graph = from_onnx(src, input_hw=tile)
-        log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
+    graph = import_onnx(src, tile if to != "onnx" and len(enumerated_shapes) <= 1 else None)
     fixed = fixed_input(graph, src, tile, enumerated_shapes)
     source_model = onnx.load(str(src))
     if card:
@@ -264,6 +257,35 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                          weight_bytes=wbytes)
 
 
+def import_onnx(src: Path, tile=None):
+    """``from_onnx``; where the graph computes sizes from its input's shape and a --tile fixes that input, the
+    sizes are folded for the tile (F.interpolate(size=...), pad to a multiple and crop back)."""
+    from .onnx_import import from_onnx
+
+    try:
+        return from_onnx(src)
+    except UnsupportedOpError as e:
+        if not (getattr(e, "shape_computed", False) and tile):
+            raise
+    graph = from_onnx(src, input_hw=tile)
+    graph.folded_for = tuple(tile)
+    log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
+    return graph
+
+
+def calib_crop_for(graph, scale: int, crop: int) -> int:
+    """The calibration crop for ``graph``: ``crop``, or the fixed input's side (x scale) where the graph's sizes
+    were folded for a tile, so the crops are inputs it can run."""
+    if graph.folded_for is None:
+        return crop
+    h, w = graph.folded_for
+    if h != w:
+        raise ConfigError(f"sizes fixed for a {h}x{w} tile: calibration takes square crops, so give a square --tile")
+    if crop != h * scale:
+        log.info("calibration crops of %d px: the model's sizes are fixed for its %dx%d input", h * scale, h, w)
+    return h * scale
+
+
 def fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
     """The (h, w) the model's own graph fixes its input at, or None. Another --tile / --enumerated-shapes size is
     refused: the source cannot run at it, so nothing could be verified, and sizes the export baked in may not hold."""
@@ -315,7 +337,7 @@ def _quantized(graph, src: Path, calib, crop: int = 96):
         raise ConfigError(f"{src}: int8 needs the model card (task, scale) to calibrate; the model has none "
                           "(pass --card-task sr|denoise|dejpeg|enhance)")
     card = ModelCard.from_json(graph.metadata[CARD_KEY])
-    cs = calibration_for(card, calib, CalibConfig(crop=crop))
+    cs = calibration_for(card, calib, CalibConfig(crop=calib_crop_for(graph, card.scale, crop)))
     res = quantize_model(graph, cs, sensitivity=False)
     log.info("int8 calibration on %s: PSNR %.2f dB float, %.2f dB int8", cs.source, res.report.float_psnr,
              res.report.quant_psnr)

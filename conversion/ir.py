@@ -130,6 +130,7 @@ class Graph:
     outputs: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)  # str -> str, e.g. the model card JSON
     name: str = "graph"
+    folded_for: tuple | None = None  # the (h, w) input that sizes computed from the input's shape were folded for
 
     # -- building -------------------------------------------------------------------------
     def unique(self, base: str) -> str:

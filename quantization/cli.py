@@ -73,7 +73,7 @@ def _flag(v: str):
 
 
 def main(args) -> int:
-    from conversion.cli import check_output, fixed_input, parse_tile
+    from conversion.cli import calib_crop_for, check_output, fixed_input, parse_tile
 
     from .quantize import INT16_OPS, precision_split, quantize_model, write_tflite
 
@@ -86,11 +86,12 @@ def main(args) -> int:
         raise ConfigError(f"--precision int16x8 models have float I/O (got --io {args.io})")
     tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
-    g, card = load_model(src, card_options(args))
+    g, card = load_model(src, card_options(args), tile)
     fixed_input(g, src, tile, [])  # a model fixed at one size takes no other --tile
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
-    calib = calibration_for(card, args.calib, CalibConfig(crop=args.calib_crop, count=args.calib_count))
+    crop = calib_crop_for(g, card.scale, args.calib_crop)
+    calib = calibration_for(card, args.calib, CalibConfig(crop=crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
     ds = None if args.no_eval else Path(args.eval) if args.eval else default_eval_dir(card.task)

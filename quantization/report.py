@@ -16,18 +16,19 @@ from .calibration import default_train_dir
 from .errors import ConfigError, ModelFormatError
 
 
-def load_model(path, card: dict | None = None):
+def load_model(path, card: dict | None = None, tile: tuple | None = None):
     """(IR graph, card) of an ONNX model with an edge-enhance card, or without one and ``card``, the
-    --card-* options (``conversion.footprint.attach_card`` keywords: task, and scale etc. read off the graph)."""
+    --card-* options (``conversion.footprint.attach_card`` keywords: task, and scale etc. read off the graph).
+    ``tile``: the --tile the output is fixed at, for which sizes computed from the input's shape are folded."""
+    from conversion.cli import import_onnx
     from conversion.footprint import attach_card, check_card
-    from conversion.onnx_import import from_onnx
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: model file does not exist")
     if p.suffix.lower() != ".onnx":
         raise ConfigError(f"{p}: quantize / prune take an ONNX model (got {p.suffix or 'no suffix'})")
-    g = from_onnx(p)
+    g = import_onnx(p, tile)
     if card:
         attach_card(g, p, **card)
     else:

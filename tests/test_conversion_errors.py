@@ -377,3 +377,26 @@ def test_verification_table_columns_line_up_under_wide_names():
     lines = rep.table().splitlines()[1:]
     assert [ln.split()[0] for ln in lines] == ["image", "夕焼け.png", "a.png", "all"]
     assert len({_cells(ln[:ln.index(ln.split()[1])]) for ln in lines}) == 1  # the second column starts in one place
+
+
+def test_int8_folds_sizes_computed_from_the_input_shape_for_a_tile_and_calibrates_at_it(tmp_path, capsys):
+    from edge_enhance import cli
+    from tests.conversion_testkit import run_ort, run_tflite
+
+    m = _resize_to_twice_the_input_shape()
+    src = tmp_path / "interp.onnx"
+    src.write_bytes(m.SerializeToString())
+    calib = _photos(tmp_path / "calib", *[(40, 40)] * 4)
+    base = ["--card-task", "sr", "--calib", str(calib), "--calib-count", "4", "--no-eval"]
+    out = tmp_path / "interp.int8.tflite"
+    assert cli.main(["quantize", str(src), "--tile", "12x12", "-o", str(out), *base]) == 0, capsys.readouterr().err
+    x = rand(np.random.default_rng(1), 1, 3, 12, 12, lo=0.0, hi=1.0)
+    got, want = run_tflite(out, x.transpose(0, 2, 3, 1)), run_ort(m, x)
+    assert got.shape == want.shape == (1, 24, 24, 3) and np.abs(got - want).max() < 0.05
+    capsys.readouterr()
+    # Without a tile: the advice; with a non-square one: calibration's square crops cannot feed it.
+    assert cli.main(["quantize", str(src), "-o", str(tmp_path / "a.tflite"), *base]) == 1
+    assert "compute sizes" in capsys.readouterr().err
+    assert cli.main(["quantize", str(src), "--tile", "12x10", "-o", str(tmp_path / "b.tflite"), *base]) == 2
+    assert "give a square --tile" in capsys.readouterr().err
+    assert not (tmp_path / "a.tflite").exists() and not (tmp_path / "b.tflite").exists()
