@@ -97,7 +97,8 @@ def _tree_size(p: Path) -> int:
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as_transpose_conv: bool = False):
+def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as_transpose_conv: bool = False,
+                  min_target: str | None = None):
     """Raise ConfigError for a combination of options no target supports (before any work)."""
     if to not in TARGETS:
         raise ConfigError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
@@ -119,6 +120,8 @@ def check_options(to: str, precision: str, io: str, enumerated_shapes=(), d2s_as
         raise ConfigError("--enumerated-shapes applies to --to coreml only")
     if d2s_as_transpose_conv and to != "tflite":
         raise ConfigError("--d2s-as-transpose-conv applies to --to tflite only")
+    if min_target and to != "coreml":
+        raise ConfigError("--min-target applies to --to coreml only")
 
 
 def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "float", tile: tuple | None = None,
@@ -129,7 +132,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
     ``card``: for a model without one, ``footprint.attach_card`` keywords (task, scale, ...)."""
 
-    check_options(to, precision, io, enumerated_shapes, d2s_as_transpose_conv)
+    check_options(to, precision, io, enumerated_shapes, d2s_as_transpose_conv, min_target)
     if to == "onnx" and tile is not None:
         raise ConfigError("--tile fixes the input of TFLite and Core ML output; --to onnx keeps the source's input shape")
     if to == "tflite" and precision in QUANTIZED:
@@ -208,7 +211,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
             to_tflite(graph, tmp, precision=precision, io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
             names = tflite_ops(tmp)
-            notes = tflite_notes(tmp)
+            notes = tflite_notes(tmp, out)
             if verify:
                 from .verify import verify_tflite
 
@@ -298,7 +301,7 @@ def fixed_input(graph, src: Path, tile, enumerated_shapes) -> tuple | None:
     return h, w
 
 
-def tflite_notes(path: Path) -> list:
+def tflite_notes(path: Path, shown: Path | None = None) -> list:
     """Summary lines for a written .tflite: its input and output as an app fills and reads them
     (LiteRTBackend.describe_io); an integer output that is not the pixel value itself is warned of too."""
     from edge_enhance.backends.litert import io_lines
@@ -308,7 +311,7 @@ def tflite_notes(path: Path) -> list:
         return []
     if "not the pixel value" in lines[1]:
         log.warning("%s: the integer output is not on the pixel grid (%s); an app must convert it, or give the "
-                    "model a final Clip to its input range", path.name, lines[1].split(": ", 1)[1])
+                    "model a final Clip to its input range", (shown or path).name, lines[1].split(": ", 1)[1])
     return lines
 
 
@@ -378,6 +381,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--io", default="float", choices=("float", "uint8", "int8", "image"),
                         help="model I/O: float tensors (default); uint8 / int8 for int8 TFLite; image for Core ML "
                              "(RGB / grayscale pixels in and out, iOS16+; iOS17+ with w8a8), any Core ML --precision")
+    from .coreml_writer import TARGETS as COREML_TARGETS
+
+    parser.add_argument("--min-target", choices=COREML_TARGETS, metavar="TARGET",
+                        help="Core ML: the oldest OS the model runs on, one of " + ", ".join(COREML_TARGETS) +
+                             " (default iOS16; iOS17 with w8a8); iOS15 / macOS12 take fp32 / fp16 weights and tensor I/O")
     parser.add_argument("--d2s-as-transpose-conv", action="store_true",
                         help="express DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
     parser.add_argument("--calib-crop", type=number(int, 8), default=96,
@@ -445,13 +453,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         tile = parse_tile(args.tile) if args.tile else None
         shapes = parse_shapes(args.enumerated_shapes) if args.enumerated_shapes else ()
-        check_options(args.to, args.precision, args.io, shapes, args.d2s_as_transpose_conv)
+        check_options(args.to, args.precision, args.io, shapes, args.d2s_as_transpose_conv, args.min_target)
         if args.to == "tflite" and args.precision in QUANTIZED:
             return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, calib_crop=args.calib_crop,
                       dataset=args.dataset,
-                      max_images=args.verify_images, enumerated_shapes=shapes, card=card_options(args))
+                      max_images=args.verify_images, enumerated_shapes=shapes, card=card_options(args),
+                      min_target=args.min_target)
     except ConfigError as e:
         return fail(str(e), 2, "error: ")
     except VerificationError as e:

@@ -309,6 +309,9 @@ def check_coreml(graph: Graph, *, weights: str = "fp", min_target: str = "iOS16"
     if w8a8 and (weights != "fp" or min_target in W8A8_TOO_OLD):
         raise ConfigError(f"Core ML W8A8 needs uncompressed-weight options (got weights={weights!r}) and a "
                           f"minimum deployment target of iOS17 / macOS14 or later (got {min_target})")
+    if weights != "fp" and min_target in ("iOS15", "macOS12"):  # coremltools would raise the target silently
+        raise ConfigError(f"Core ML {weights} weights are stored with iOS16 / macOS13 ops (constexpr); the minimum "
+                          f"deployment target {min_target} takes fp32 / fp16 weights only")
     if io == "image":
         c = graph.tensors[graph.inputs[0]].shape[3]
         out_c = graph.tensors[graph.outputs[0]].shape[3] if len(graph.outputs) == 1 else None
@@ -668,7 +671,7 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
     """
     from edge_enhance.card import ModelCard
 
-    from .verify import FP32_TOL, ImageResult, _fits, compare, default_dataset, list_images, make_pairs, psnr
+    from .verify import TOLERANCE, ImageResult, _fits, compare, default_dataset, list_images, make_pairs, psnr
 
     prog = _LAST_PROGRAM.get(str(path))
     if prog is None:
@@ -684,8 +687,8 @@ def verify_coreml(graph: Graph, path, *, precision: str = "fp16", dataset=None, 
         src = lambda x: np.clip(run_src(x), lo, hi)
         tgt = lambda x: _nhwc(evaluate_mil(prog, _nchw(np.rint((x[None] - lo) * k))))[0] / k + np.float32(lo)
     files = list_images(dataset or default_dataset())
-    if tol is None and precision == "fp32":
-        tol = FP32_TOL
+    if tol is None:
+        tol = TOLERANCE.get(precision)
     fitting = [f for f in files if _fits(f, sizes[0], card)]
     if not fitting and not simulate_quant:  # (said once: a W8A8 agreement check follows the first)
         log.warning("no image is large enough for the model's %dx%d input under its task's protocol; verifying on "

@@ -143,7 +143,7 @@ def main(args) -> int:
                "macs_per_pixel": card.macs_per_pixel}
         from conversion.cli import tflite_notes
 
-        rep["io_tensors"] = tflite_notes(tmp)  # what an app feeds and reads, warned where not pixels
+        rep["io_tensors"] = tflite_notes(tmp, out)  # what an app feeds and reads, warned where not pixels
         split = precision_split(res.graph)
         if args.precision == "int16x8" or split["int16"]:  # --max-drop may have moved int8 layers to 16x8
             rep["activations"] = split

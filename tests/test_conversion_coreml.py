@@ -374,6 +374,21 @@ def test_image_io_bad_options(tmp_path, kw, msg):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_cli_takes_a_minimum_deployment_target_and_refuses_what_it_cannot_hold(tmp_path, capsys):
+    src = carded_sr_model(tmp_path)
+    out = tmp_path / "m15.mlpackage"
+    assert convert_main([src, "--to", "coreml", "--tile", "16x16", "--min-target", "iOS15", "--precision", "fp16",
+                         "-o", out, "--verify-images", "1"]) == 0
+    assert ct.models.MLModel(str(out), skip_model_load=True).get_spec().specificationVersion == 6  # iOS15
+    # Compressed weights need iOS16 ops: coremltools raised the target silently, the app's iOS15 users lost the model.
+    for argv, msg in ((["--precision", "palette6"], "palette6 weights are stored with iOS16"),
+                      (["--io", "image"], "image output needs iOS16"), (["--to", "tflite"], "applies to --to coreml")):
+        bad = tmp_path / "bad.mlpackage"
+        argv = [src, "--to", "coreml", "--tile", "16x16", "--min-target", "iOS15", "-o", bad, *argv]
+        assert convert_main(argv) == 2
+        assert msg in capsys.readouterr().err and not bad.exists()
+
+
 # --------------------------------------------------------------------------- W8A8
 def _steps_apart(a, b):
     """Output values (on the 1/255 grid) that differ, and by how many steps at most."""

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conversion_testkit import h, make_model, rand, residual_sr_model
+from tests.conversion_testkit import h, make_model, nh, rand, residual_sr_model
 
 from conversion.errors import ConfigError, ModelFormatError, UnsupportedOpError
 from conversion.onnx_import import from_onnx
@@ -400,3 +400,30 @@ def test_int8_folds_sizes_computed_from_the_input_shape_for_a_tile_and_calibrate
     assert cli.main(["quantize", str(src), "--tile", "12x10", "-o", str(tmp_path / "b.tflite"), *base]) == 2
     assert "give a square --tile" in capsys.readouterr().err
     assert not (tmp_path / "a.tflite").exists() and not (tmp_path / "b.tflite").exists()
+
+
+@pytest.mark.parametrize("to, kw", [("onnx", {}), ("tflite", {}), ("coreml", {"tile": (16, 16)})])
+def test_fp16_output_past_its_tolerance_or_overflowing_is_refused(tmp_path, to, kw):
+    from conversion.cli import SUFFIX, convert
+    from conversion.errors import VerificationError
+
+    if to == "coreml":
+        pytest.importorskip("coremltools")
+    # Activations of about 3e5 between two convs: past fp16's 65504 where fp16 computes (ONNX fp16, Core ML),
+    # and weights fp16 cannot hold to 1e-4 where it only stores them (TFLite).
+    w1, w2 = np.full((3, 3, 3, 3), 30.0, np.float32), np.full((3, 3, 3, 3), 30 / 810 / 27 + 1e-3, np.float32)
+    m = make_model([h.make_node("Conv", ["x", "w1"], ["c"], pads=[1] * 4), h.make_node("Mul", ["c", "k"], ["d"]),
+                    h.make_node("Conv", ["d", "w2"], ["y"], pads=[1] * 4)],
+                   {"w1": w1, "w2": w2, "k": np.array(100.0, np.float32)}, [1, 3, "h", "w"])
+    src = tmp_path / "overflow.onnx"
+    src.write_bytes(m.SerializeToString())
+    photos = _photos(tmp_path / "photos", (24, 24), (20, 28))
+    out = tmp_path / f"o{SUFFIX[to]}"
+    with pytest.raises(VerificationError, match=r"fp16: (max abs error [\d.]+ exceeds 0\.0156863|the output holds "
+                                                r"inf / NaN)"):
+        convert(src, to, output=out, precision="fp16", dataset=photos, **kw)
+    assert not out.exists()
+    fine = tmp_path / "fine_src.onnx"  # the same graph at a scale fp16 holds passes
+    m.graph.initializer[2].CopyFrom(nh.from_array(np.array(1e-3, np.float32), "k"))
+    fine.write_bytes(m.SerializeToString())
+    assert convert(fine, to, output=tmp_path / f"fine{SUFFIX[to]}", precision="fp16", dataset=photos, **kw).report

@@ -105,9 +105,29 @@ def test_the_summary_says_how_integer_io_maps_to_pixels(tmp_path, caplog, capsys
         assert notes[1].endswith("pixel = 1.071 * q - 11.781 (scale 0.0042, zero point 11; not the pixel value, "
                                  "convert it)")
         assert "q.tflite: the integer output is not on the pixel grid" in caplog.text
+        tflite_notes(path, tmp_path / "app.tflite")  # written to a temporary name first: the warning names the output
+        assert "app.tflite: the integer output is not on the pixel grid" in caplog.text
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"io: {notes[1].removeprefix('TFLite ')}" in out
+
+
+def test_int8_io_is_said_to_be_the_pixel_minus_128_without_a_warning(tmp_path, caplog):
+    pytest.importorskip("ai_edge_litert")
+    from conversion.cli import tflite_notes
+
+    rng = np.random.default_rng(7)
+    g = from_onnx(residual_sr_model(rng))
+    minmax_calibrate(g, _images(rng, 2, 12, 10))
+    for t in (g.inputs[0], g.outputs[0]):
+        g.tensors[t].quant = QuantParams([1 / 255], [-128])
+    apply_int8_constraints(g)
+    path = to_tflite(g, tmp_path / "q.tflite", precision="int8", io="int8")
+    with caplog.at_level("WARNING"):
+        notes = tflite_notes(path)
+    assert notes[0].endswith("'x' int8 [1, -1, -1, 3]: the pixel value minus 128 (scale 0.00392157, zero point -128)")
+    assert notes[1].endswith("'y' int8 [1, -1, -1, 3]: the pixel value minus 128 (scale 0.00392157, zero point -128)")
+    assert not caplog.records
 
 
 def test_int8_per_channel_weights_and_int32_bias(tmp_path):

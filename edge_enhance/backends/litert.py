@@ -157,6 +157,8 @@ def io_description(detail: dict, span: tuple = (0.0, 1.0)) -> str:
     grid = f"scale {scale:.6g}, zero point {zero}"
     if abs(a - 1) < 1e-4 and abs(b) < 1e-3:
         return f"{head}: the pixel value itself ({grid})"
+    if abs(a - 1) < 1e-4 and abs(b - 128) < 1e-3:  # --io int8: the uint8 grid shifted into int8's range
+        return f"{head}: the pixel value minus 128 ({grid})"
     sign = "+" if b >= 0 else "-"
     return f"{head}: pixel = {a:.6g} * q {sign} {abs(b):.6g} ({grid}; not the pixel value, convert it)"
 
