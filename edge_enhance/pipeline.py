@@ -3,8 +3,8 @@ back-projection quality check.
 
 Estimators (documented so their numbers can be checked):
 - noise: Immerkaer (1996), "Fast noise variance estimation": sigma = sqrt(pi/2) / (6 (W-2)(H-2)) *
-  sum |I * N| with N = [[1,-2,1],[-2,4,-2],[1,-2,1]], per colour channel, taking the median over
-  8x8 blocks so texture is not mistaken for noise.
+  sum |I * N| with N = [[1,-2,1],[-2,4,-2],[1,-2,1]], per colour channel, read in the smoothest 5% of
+  the 8x8 blocks (those with a clipped pixel left out) so texture is not mistaken for noise.
 - JPEG: for a JPEG file, the IJG quality that reproduces its luminance quantisation table; for
   decoded pixels, blockiness = mean |step| across 8-pixel block borders / mean |step| inside blocks.
 """
@@ -30,8 +30,17 @@ NOISE_THRESHOLD = 6.0  # sigma (0..255) above which auto mode denoises
 # and halved; this reads 2 over 6, baboon 6.8 the highest). The gain makes it exact on pure Gaussian noise.
 NOISE_BLOCK_PERCENTILE = 5
 _NOISE_PERCENTILE_GAIN = 1.34
-JPEG_QUALITY_THRESHOLD = 80  # IJG quality below which auto mode removes JPEG artefacts
-BLOCKINESS_THRESHOLD = 1.25
+# dejpeg runs on every JPEG of quality <= DEJPEG_MAX_QUALITY: on Kodak24 crops it gained +0.9 / +0.7 / +0.3 dB
+# (worst -0.04) on clean JPEGs of quality 80 / 85 / 90, +1.5 to +2.1 on ones with sigma 5-10 noise, which
+# the noise estimate misses once a JPEG has smoothed it (sigma 10 read 3 to 6).
+# Pixels of a JPEG once (a PNG of it, a JPEG re-saved at a high quality): 212 clean Kodak24 / Set14 /
+# CBSD68 images, full size and halved, read at most 1.375; re-saved at q95, q10 read 1.56 and more, q20 1.28
+# and more (90% over 1.48), q30 1.17 and more (its median 1.50).
+BLOCKINESS_THRESHOLD = 1.4
+# Print borders and mount frames are flat and not the photo: the estimators read the picture without
+# this share of it on each side (a 20-pixel border on an 800-pixel scan hid sigma 20 grain).
+ANALYSIS_MARGIN = 0.08
+MIN_ANALYSIS_SIDE = 32  # smaller pictures have too few 8x8 blocks to tell noise or JPEG blocks from content
 # A photo once a JPEG changes between >= 25% of neighbouring pixels (Kodak24 at q10: 25-77%), flat graphics
 # under 1%: below this share the block-border ratio says nothing.
 MIN_MOVING_STEPS = 0.05
@@ -182,6 +191,14 @@ class Analysis:
     strength: float = 1.0
 
 
+def _analysed_part(rgb: np.ndarray, alpha: np.ndarray | None):
+    """The picture the estimators read: ``ANALYSIS_MARGIN`` of each side left out (a print border or frame)."""
+    h, w = rgb.shape[:2]
+    mh, mw = (int(n * ANALYSIS_MARGIN) if n * (1 - 2 * ANALYSIS_MARGIN) >= MIN_ANALYSIS_SIDE else 0 for n in (h, w))
+    part = (slice(mh, h - mh), slice(mw, w - mw))
+    return rgb[part], None if alpha is None else alpha[part]
+
+
 def sr_chain(scale: int) -> list[str]:
     """Bundled SR models for a scale: 2, 3, 4 direct; 8 = x4 then x2 (8x detail is speculative)."""
     chains = {1: [], 2: ["sr-x2"], 3: ["sr-x3"], 4: ["sr-x4"], 8: ["sr-x4", "sr-x2"]}
@@ -204,19 +221,18 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
         if scale not in (2, 4):
             raise ConfigError(f"--mode photo upscales x2 (enhance-x2), or x4 with sr-x2 after it; not x{scale}")
         return ["enhance-x2"] + (["sr-x2"] if scale == 4 else []), None
-    an = Analysis(estimate_noise_sigma(photo.rgb, photo.alpha), jpeg_quality_from_tables(src) if src else None,
-                  blockiness(photo.rgb, photo.alpha))
+    rgb, alpha = _analysed_part(photo.rgb, photo.alpha)
+    quality = jpeg_quality_from_tables(src) if src else None
+    if min(rgb.shape[:2]) < MIN_ANALYSIS_SIDE:
+        an = Analysis(0.0, quality, 1.0)
+    else:
+        an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha))
     stages = []
-    noisy = an.noise_sigma > NOISE_THRESHOLD
-    # Noise that went through a JPEG (a phone photo) is what dejpeg removes: on Kodak24 crops, sigma 5-25 then
-    # quality 80-95, dejpeg gained 1.2-2.0 dB where denoise gained under 0.3 (/tmp/g20/noisyjpeg.py, session 20).
-    # Only up to the qualities dejpeg was trained on (10-90): on a clean, textured q95 JPEG read as noisy
-    # (kodim13) it cost 2.4 dB, denoise 0.2.
-    noisy_jpeg = noisy and an.jpeg_quality is not None and an.jpeg_quality <= DEJPEG_MAX_QUALITY
-    if (an.jpeg_quality is not None and (an.jpeg_quality < JPEG_QUALITY_THRESHOLD or noisy_jpeg)) or \
-            (an.jpeg_quality is None and an.blockiness > BLOCKINESS_THRESHOLD):
+    # Only up to the qualities dejpeg was trained on (10-90): on a clean, textured q95 JPEG (kodim13) it cost
+    # 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one (a copy of a copy).
+    if (an.jpeg_quality is not None and an.jpeg_quality <= DEJPEG_MAX_QUALITY) or an.blockiness > BLOCKINESS_THRESHOLD:
         stages.append("dejpeg")
-    elif noisy:
+    elif an.noise_sigma > NOISE_THRESHOLD:
         stages.append("denoise")
     stages += sr_chain(scale)
     an.stages = stages
