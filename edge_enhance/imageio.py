@@ -328,6 +328,8 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
             exif, oriented = None, im.copy()
         if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and (exif is None or 282 not in exif):
             dpi = None  # Pillow reports 72 for a JPEG whose JFIF gives only an aspect ratio: do not make one up
+        if exif is not None and not len(exif):  # no EXIF: none is made up for the output (72 dpi, empty IFDs)
+            exif = None
         if exif is not None:
             exif[_ORIENTATION] = 1
             if isinstance(exif.get(270), str) and _shaped(exif[270]):  # tifffile's '{"shape": [h, w]}'
@@ -579,12 +581,17 @@ def _shaped(description: str) -> bool:
         return False
 
 
+def _sub_ifds(exif: Image.Exif) -> list:
+    """The EXIF and GPS sub-IFDs the EXIF has (``get_ifd`` of one it lacks adds an empty one to what is written)."""
+    return [exif.get_ifd(i) for i in (_EXIF_IFD, 0x8825) if i in exif]
+
+
 def _text_as_bytes(exif: Image.Exif) -> list:
     """Pillow reads EXIF text as latin-1 and writes it back as ASCII, each other character a '?' (a
     Japanese caption or an Angstrom came out as ????): each such text becomes the bytes read (or, set
     by a caller, UTF-8, as phones write it). Returns what was changed, (ifd, tag, text), to undo it."""
     changed = []
-    for ifd in (exif, exif.get_ifd(_EXIF_IFD), exif.get_ifd(0x8825)):
+    for ifd in (exif, *_sub_ifds(exif)):
         for tag, v in list(ifd.items()):
             if isinstance(v, str) and not v.isascii():
                 changed.append((ifd, tag, v))
@@ -614,7 +621,7 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
     # bytes as the file had them (Pillow decodes TIFF / EXIF text as latin-1): tifffile takes only ASCII str
     tags = [(t, "s", 0, exif[t].encode("latin-1", "replace"), True) for t in _TIFF_TEXT_TAGS
             if exif is not None and isinstance(exif.get(t), str)]
-    if exif is not None and any(exif.get_ifd(i) for i in (_EXIF_IFD, 0x8825)):
+    if exif is not None and any(_sub_ifds(exif)):
         log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
                     "EXIF / GPS sub-IFDs", dst)
     # tifffile takes the name of an open file from `f.name`: an fd here, so it is given the destination's.
@@ -679,7 +686,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             if dpi:
                 exif[282], exif[283], exif[296] = (*dpi, 2)
             try:
-                sub = exif.get_ifd(_EXIF_IFD)
+                sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else None
                 if sub:
                     sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
                 kw["exif"] = _exif_bytes(exif)

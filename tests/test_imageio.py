@@ -82,7 +82,7 @@ def test_16bit_colour_png_keeps_icc_dpi_and_exif(tmp_path, alpha):
     assert np.array_equal(out.rgb, a) and (out.alpha is not None) == alpha
     assert out.icc == icc and out.exif.get(0x010F) == "Epson" and out.dpi == pytest.approx((600, 600), abs=0.01)
     stripped = imageio.load_image(imageio.save_image(ph, tmp_path / "s.png", strip_metadata=True))
-    assert stripped.icc is None and stripped.dpi is None and not stripped.exif.get(0x010F)
+    assert stripped.icc is None and stripped.dpi is None and stripped.exif is None
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "I;16", "RGBA", "CMYK", "RGB"])
@@ -416,3 +416,18 @@ def test_png_international_text_keeps_its_language_and_translated_keyword(tmp_pa
     save_image(load_image(tmp_path / "a.png"), tmp_path / "o.png")
     got = Image.open(tmp_path / "o.png").text["Author"]
     assert (got, got.lang, got.tkey) == ("山田", "ja", "作者")
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
+def test_a_photo_without_exif_gets_none_in_its_output(tmp_path, ext):
+    """An EXIF block made up for the output (orientation, empty EXIF / GPS sub-IFDs) made viewers read
+    a JPEG's resolution as 72 dpi and said the file had been through a camera's metadata."""
+    p = tmp_path / f"a.{ext}"
+    Image.new("RGB", (16, 12), (10, 120, 200)).save(p)
+    ph = imageio.load_image(p)
+    assert ph.exif is None
+    with Image.open(imageio.save_image(ph, tmp_path / f"o.{ext}")) as o:
+        assert "exif" not in o.info and not dict(o.getexif()) and o.info.get("dpi") in (None, (72, 72))
+    if ext == "jpg":
+        with Image.open(tmp_path / "o.jpg") as o:
+            assert o.info.get("dpi") is None
