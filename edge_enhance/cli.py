@@ -27,7 +27,7 @@ from . import __version__
 from .argtypes import number
 from .card import add_card_arguments as card_arguments
 from .card import strict_json
-from .errors import ConfigError, EdgeEnhanceError, OutputError
+from .errors import ConfigError, EdgeEnhanceError, NothingToDo, OutputError
 
 log = logging.getLogger("edge_enhance")
 
@@ -459,9 +459,9 @@ def cmd_enhance(args) -> int:
                              "passes": enhancer.last_run.passes}
             job.extra.update(stages=list(getattr(enhancer, "last_stages", None) or [name]), strength=args.strength,
                              tta=args.tta)
-            analysis = getattr(enhancer, "last_analysis", None)
-            if analysis:
-                job.extra.update(dataclasses.asdict(analysis))
+            job.extra.update(_auto_fields(enhancer))
+        except NothingToDo:
+            job.status, job.extra = "skipped", {"reason": "nothing to do", **_auto_fields(enhancer)}
         except EdgeEnhanceError as e:
             job.status, job.error = "failed", str(e)
         except KeyboardInterrupt:
@@ -474,9 +474,11 @@ def cmd_enhance(args) -> int:
         if not args.json and not args.quiet:
             if job.status == "ok":  # one line per file, whatever its name holds
                 line = _one_line(f"{job.src} -> {job.dst}{_auto_note(job.extra)}")
+            elif job.status == "skipped":  # auto found nothing to do
+                line = _one_line(f"{job.src}: left as it is, nothing written{_auto_note(job.extra)}")
             else:
                 line = f"{'INTERRUPTED' if job.status == 'interrupted' else 'FAILED'} {_named(job)}"
-            print(line, file=sys.stdout if job.status == "ok" else sys.stderr)
+            print(line, file=sys.stdout if job.status in ("ok", "skipped") else sys.stderr)
         if interrupted:
             break
     stop.restore()
@@ -539,6 +541,12 @@ def _auto_note(extra: dict) -> str:
     return f" (auto: {found}; {did}{check})"
 
 
+def _auto_fields(processor) -> dict:
+    """What auto mode found in the last file (noise, JPEG quality, stages, check), or nothing."""
+    analysis = getattr(processor, "last_analysis", None)
+    return dataclasses.asdict(analysis) if analysis else {}
+
+
 def _named(job: Job) -> str:
     """The error, led by the input's name unless the message already names it, on one line."""
     return _one_line(job.error if str(job.src) in (job.error or "") else f"{job.src}: {job.error}")
@@ -557,8 +565,11 @@ def _summarise(jobs: list[Job], seconds: float, args, interrupted: bool) -> int:
     else:
         if not args.quiet:
             parts = [f"{counts['ok']} enhanced", f"{counts['failed']} failed"]
-            if counts["skipped"]:
-                parts.append(f"{counts['skipped']} skipped (exist)")
+            idle = sum(j.extra.get("reason") == "nothing to do" for j in jobs)
+            if counts["skipped"] - idle:
+                parts.append(f"{counts['skipped'] - idle} skipped (exist)")
+            if idle:
+                parts.append(f"{idle} left as they were (auto: nothing to do, nothing written)")
             if interrupted:
                 parts.append(f"{counts['pending'] + counts['interrupted']} not done (interrupted)")
             print(f"{', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)

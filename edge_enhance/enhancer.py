@@ -16,7 +16,7 @@ from . import imageio, ycbcr
 from .atomic import refuse_overwriting_input, unwritable
 from .backends import EngineOptions, open_backend
 from .card import ModelCard, missing_card_error
-from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, OutputError
+from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError, NothingToDo, OutputError
 from .models import DEFAULT_MODEL, resolve
 from .tiling import TilingConfig, choose_tile, extract, min_tile_side, plan_tiles, round_up
 
@@ -472,6 +472,8 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
         photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
+    if result is photo:  # auto at scale 1 ran no stage
+        raise NothingToDo(f"{src}: auto found nothing to clean at scale 1; nothing written")
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0
     return imageio.save_image(result, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
                               dpi_scale=dpi_scale)

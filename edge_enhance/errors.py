@@ -32,3 +32,7 @@ class OutputError(EdgeEnhanceError):
 
 class EngineError(EdgeEnhanceError):
     """The engine failed while running a model (the run stops; no partial result is kept)."""
+
+
+class NothingToDo(EdgeEnhanceError):
+    """Auto mode at scale 1 found nothing to clean: no output is written (a copy would only be re-encoded)."""

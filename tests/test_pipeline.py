@@ -8,7 +8,7 @@ from PIL import Image
 from edge_enhance import imageio
 from edge_enhance.errors import ConfigError
 from edge_enhance.pipeline import (backprojection_psnr, blockiness, estimate_noise_sigma, jpeg_quality_from_tables,
-                                   plan_stages, sr_chain)
+                                   Pipeline, plan_stages, sr_chain)
 
 
 def smooth(h=192, w=256):
@@ -341,3 +341,26 @@ def test_json_of_a_mode_run_reports_its_tiling(tmp_path, capsys):
     assert main(["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--mode", "photo", "--json"]) == 0
     f = json.loads(capsys.readouterr().out)["files"][0]
     assert f["stages"] == ["enhance-x2"] and f["tiles"] == 1 and f["tile"] and f["passes"] == 1
+
+
+def test_auto_at_scale_1_with_nothing_to_clean_writes_nothing(tmp_path, capsys):
+    """It wrote a re-encoded copy (q92 of a q95 JPEG: 44 dB from its input) and counted it enhanced."""
+    import json
+
+    from edge_enhance.cli import main
+    from edge_enhance.enhancer import enhance_file
+    from edge_enhance.errors import NothingToDo
+
+    p = tmp_path / "clean.jpg"
+    Image.fromarray(smooth(64, 80).astype(np.uint8)).save(p, quality=95)
+    assert main(["enhance", str(p), "--mode", "auto", "--scale", "1", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["ok"], s["skipped"]) == (0, 1) and s["files"][0]["reason"] == "nothing to do"
+    assert s["files"][0]["stages"] == [] and s["files"][0]["jpeg_quality"] == 95
+    assert main(["enhance", str(p), "--mode", "auto", "--scale", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{p}: left as it is, nothing written (auto: ") and "1 left as they were" in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["clean.jpg"]
+    with pytest.raises(NothingToDo, match="nothing written"):  # the library says so too
+        enhance_file(Pipeline("auto", 1, make_enhancer=lambda name: None), p, tmp_path / "o.jpg")
+    assert not (tmp_path / "o.jpg").exists()
