@@ -714,7 +714,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--tile", default="auto", help="auto (from --memory), N or HxW input pixels per tile")
     e.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
     e.add_argument("--strength", type=_strength, default=1.0,
-                   help="0 = the input (its bicubic upscale when upscaling), 1 = the model, up to 1.5")
+                   help="0 = the input (its bicubic upscale when upscaling), 1 = the model, up to 1.5: past 1 the "
+                        "model's change is extrapolated, sharper for upscaling but, for denoise, noise put back "
+                        "inverted (a Kodak24 crop at sigma 30: 31.9 dB at 1, 28.7 at 1.25, 24.5 at 1.5)")
     e.add_argument("--tta", action="store_true",
                    help="self-ensemble: average the model over the 8 rotations / mirror images "
                         "(8-9x the time, a little more PSNR)")

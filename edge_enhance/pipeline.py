@@ -254,6 +254,7 @@ class Pipeline:
         self.last_analysis: Analysis | None = None
         self.last_stages: list[str] = []  # the models the last file went through, in order
         self._sequence: tuple | None = None  # auto on a video: (the first frame's stages,), kept for the rest
+        self._said_strength = False
         if mode != "auto":
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing
@@ -302,6 +303,10 @@ class Pipeline:
         self.last_stages = stages
         if an is not None:
             an.strength = self.strength
+        if self.strength > 1 and "denoise" in stages and not self._said_strength:
+            self._said_strength = True
+            log.warning("--strength %g past 1 puts denoise's removed noise back inverted (1 is the model's best)",
+                        self.strength)
         if not stages:
             return photo
         # The check compares the upscale with what it upscaled: cleanup departs from a noisy input on purpose.

@@ -364,3 +364,16 @@ def test_auto_at_scale_1_with_nothing_to_clean_writes_nothing(tmp_path, capsys):
     with pytest.raises(NothingToDo, match="nothing written"):  # the library says so too
         enhance_file(Pipeline("auto", 1, make_enhancer=lambda name: None), p, tmp_path / "o.jpg")
     assert not (tmp_path / "o.jpg").exists()
+
+
+def test_a_strength_past_1_on_denoise_is_warned_of_once(tmp_path, caplog):
+    noisy = np.clip(np.round(smooth(48, 64) + np.random.default_rng(5).normal(0, 20, (48, 64, 3))), 0, 255)
+    pipe = Pipeline("denoise", 1, make_enhancer=lambda name: _Offset(0, scale=1), strength=1.25)
+    for _ in range(2):
+        pipe.enhance_photo(imageio.Photo(noisy.astype(np.uint8)))
+    said = [r.getMessage() for r in caplog.records if "inverted" in r.getMessage()]
+    assert said == ["--strength 1.25 past 1 puts denoise's removed noise back inverted (1 is the model's best)"]
+    caplog.clear()
+    up = Pipeline("upscale", 2, make_enhancer=lambda name: _Offset(0), strength=1.25)
+    up.enhance_photo(imageio.Photo(noisy.astype(np.uint8)))
+    assert not caplog.records
