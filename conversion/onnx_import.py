@@ -856,11 +856,27 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
             raise ModelFormatError(f"{src}: output {o!r} is not computed from the input")
         g.mark_output(ctx.names[o])
     optimize(g)
+    _keep_output_names(g, [_clean(o) for o in outputs])
     if CARD_KEY not in g.metadata:
         log.info("%s carries no %s metadata", src, CARD_KEY)
     else:
         _check_card_colour(g, src)
     return g
+
+
+def _keep_output_names(g: "Graph", names) -> None:
+    """The graph's outputs named as the ONNX model's: a final crop (Slice) or channel selection leaves the
+    tensor of the node before it as the output (an app's signature key became '/Add_output_0')."""
+    for k, (have, want) in enumerate(zip(list(g.outputs), names)):
+        if have == want or want in g.tensors or have in g.inputs:
+            continue
+        t = g.tensors.pop(have)
+        t.name = want
+        g.tensors[want] = t
+        for n in g.nodes:
+            n.inputs = [want if i == have else i for i in n.inputs]
+            n.outputs = [want if o == have else o for o in n.outputs]
+        g.outputs[k] = want
 
 
 def _check_card_colour(g: "Graph", src) -> None:

@@ -427,3 +427,24 @@ def test_fp16_output_past_its_tolerance_or_overflowing_is_refused(tmp_path, to, 
     m.graph.initializer[2].CopyFrom(nh.from_array(np.array(1e-3, np.float32), "k"))
     fine.write_bytes(m.SerializeToString())
     assert convert(fine, to, output=tmp_path / f"fine{SUFFIX[to]}", precision="fp16", dataset=photos, **kw).report
+
+
+def test_an_output_made_by_a_final_slice_keeps_the_onnx_name(tmp_path):
+    """A conv to 4 channels then x[:, :3] (or a crop back after padding): the app's signature key was the
+    tensor before the slice ('sl' / '/Add_output_0'), not the ONNX output's name."""
+    from conversion.cli import convert
+    from tests.conversion_testkit import run_ort, run_tflite
+
+    rng = np.random.default_rng(2)
+    m = make_model([h.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, name="conv"),
+                    h.make_node("Slice", ["c", "s", "e", "a"], ["y"], name="sl")],
+                   {"w": rand(rng, 4, 3, 3, 3), "s": np.array([0]), "e": np.array([3]), "a": np.array([1])},
+                   [1, 3, "h", "w"])
+    g = from_onnx(m)
+    assert g.outputs == ["y"] and "y" in g.tensors and g.producer("y") is not None
+    src = tmp_path / "sl.onnx"
+    src.write_bytes(m.SerializeToString())
+    out = convert(src, "tflite", output=tmp_path / "sl.tflite", verify=False).output
+    x = rand(rng, 1, 3, 6, 5, lo=0.0)
+    y, _, o = run_tflite(out, x.transpose(0, 2, 3, 1), details=True)
+    assert np.allclose(y, run_ort(m, x), atol=1e-5) and o["name"] == "y"
