@@ -363,6 +363,7 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
         model = compress_weights(model, weights)
     program = model._mil_program
     model = _name_input(ct, model, graph.inputs[0])
+    _describe(model, graph, io, sizes)
     card = graph.metadata.get(CARD_KEY)
     if card:
         d = json.loads(card)
@@ -392,6 +393,26 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
     _LAST_PROGRAM.clear()  # keep only the latest: programs can be large
     _LAST_PROGRAM[str(path)] = program
     return [op.op_type for op in program.functions["main"].operations if op.op_type != "const"]
+
+
+def _describe(model, graph: Graph, io: str, sizes) -> None:
+    """What Xcode shows an app developer for the model and its features (they were empty)."""
+    from edge_enhance.card import ModelCard
+
+    card = ModelCard.from_json(graph.metadata[CARD_KEY]) if CARD_KEY in graph.metadata else None
+    lo, hi = input_range(graph)
+    c = graph.tensors[graph.inputs[0]].shape[3]
+    shapes = " or ".join(f"{h}x{w}" for h, w in sizes)
+    what = ("grayscale" if c == 1 else "RGB") + f" image, {shapes}"
+    pixels = "pixels 0..255" if io == "image" else f"1x{c}xHxW float, pixels 0..255 as {lo:g}..{hi:g}"
+    inp, out = model.get_spec().description.input[0].name, model.get_spec().description.output[0].name
+    s = card.scale if card else 1
+    model.input_description[inp] = f"{what} ({pixels})"
+    model.output_description[out] = f"the result, {s}x the input's size ({pixels})" if s > 1 else \
+        f"the result, the input's size ({pixels})"
+    if card:
+        model.short_description = (f"edge-enhance {card.name}: {card.task}" + (f" x{card.scale}" if card.scale > 1 else "")
+                                   + " (the model card is in the metadata, key " + CARD_KEY + ")")
 
 
 def _name_input(ct, model, onnx_name: str):

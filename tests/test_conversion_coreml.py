@@ -379,7 +379,12 @@ def test_the_cli_takes_a_minimum_deployment_target_and_refuses_what_it_cannot_ho
     out = tmp_path / "m15.mlpackage"
     assert convert_main([src, "--to", "coreml", "--tile", "16x16", "--min-target", "iOS15", "--precision", "fp16",
                          "-o", out, "--verify-images", "1"]) == 0
-    assert ct.models.MLModel(str(out), skip_model_load=True).get_spec().specificationVersion == 6  # iOS15
+    spec = ct.models.MLModel(str(out), skip_model_load=True).get_spec()
+    assert spec.specificationVersion == 6  # iOS15
+    # What Xcode shows an app developer: the features and the model described, not blank.
+    assert spec.description.input[0].shortDescription == "RGB image, 16x16 (1x3xHxW float, pixels 0..255 as 0..1)"
+    assert spec.description.output[0].shortDescription.startswith("the result, 2x the input's size")
+    assert spec.description.metadata.shortDescription.startswith("edge-enhance ")
     # Compressed weights need iOS16 ops: coremltools raised the target silently, the app's iOS15 users lost the model.
     for argv, msg in ((["--precision", "palette6"], "palette6 weights are stored with iOS16"),
                       (["--io", "image"], "image output needs iOS16"), (["--to", "tflite"], "applies to --to coreml")):
