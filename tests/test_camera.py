@@ -1010,3 +1010,72 @@ def test_the_service_restarts_after_any_exit():
     # A clean exit (0) of a viewfinder meant to run until `systemctl stop` must not leave the camera off.
     with open(os.path.join(ROOT, "demo_raspberry", "edge-enhance-viewfinder.service")) as f:
         assert "Restart=always" in f.read().splitlines()
+
+
+# --- fixes from a soak test of the live preview -----------------------------------------------------
+
+def _cut_short_on_release(monkeypatch, keep: int = 4096):
+    """The writer's file ends cut at ``keep`` bytes, as on a full disk (cv2.VideoWriter.write says nothing)."""
+    from edge_enhance.camera import sinks
+    opened = sinks.open_video_writer
+
+    class Writer:
+        def __init__(self, writer, tmp):
+            self.writer, self.tmp = writer, tmp
+
+        def write(self, frame):
+            self.writer.write(frame)
+
+        def release(self):
+            self.writer.release()
+            os.truncate(self.tmp, keep)
+
+    def open_cut(path, fps, w, h):
+        writer, tmp = opened(path, fps, w, h)
+        return Writer(writer, tmp), tmp
+
+    monkeypatch.setattr(sinks, "open_video_writer", open_cut)
+    monkeypatch.setattr(sinks.shutil, "disk_usage", lambda folder: argparse.Namespace(free=0))
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".avi"])
+def test_a_recording_cut_short_by_a_full_disk_is_an_error_and_keeps_the_old_file(tmp_path, monkeypatch, ext):
+    # It wrote an unplayable file over the earlier good one (moov atom not found), exit 0.
+    from edge_enhance.camera.errors import SinkError
+
+    _cut_short_on_release(monkeypatch)
+    out = tmp_path / f"rec{ext}"
+    out.write_bytes(b"an earlier good recording")
+    with pytest.raises(SinkError) as e:
+        Preview(SyntheticSource(64, 48, fps=0, frames=30), RepeatEnhancer(),
+                [VideoFileSink(str(out), fps=10, timed=False)]).run()
+    assert str(out) in str(e.value) and "of the 30 frames written can be read back (the disk is full" in str(e.value)
+    assert out.read_bytes() == b"an earlier good recording"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the temp file removed
+
+
+def test_a_recording_whose_folder_was_removed_fails_the_run(tmp_path, monkeypatch, capsys):
+    # sink.stop()'s error was only a WARNING and the run ended 0: the recording was lost silently.
+    import shutil
+
+    from edge_enhance.camera import cli
+    from edge_enhance.camera.sinks import Result
+
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    sink = VideoFileSink(str(folder / "x.avi"), fps=10)
+    f = np.zeros((16, 24, 3), np.uint8)
+    sink.show(Result(seq=1, before=f, after=f, t_capture=0.0, t_done=0.0, overlay=False))
+    shutil.rmtree(folder)
+    with pytest.raises(OutputError, match=f"folder {folder} was removed while writing; the video is lost"):
+        sink.stop()
+
+    class Unfinished(RecordingSink):
+        def stop(self):
+            raise OSError("No such file or directory")
+
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
+    monkeypatch.setattr(cli, "build_sinks", lambda *a, **kw: [Unfinished()])
+    assert cli.main(parse(["--source", "synthetic:48x32@0", "--frames", "3"])) == 1
+    err = capsys.readouterr().err
+    assert err == "edge-enhance preview: error: sink recording failed: No such file or directory\n"

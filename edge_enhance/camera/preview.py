@@ -280,15 +280,19 @@ class Preview:
             reason = f"error: {e}"
             raise
         finally:
-            self._teardown(capture)
-            # A sink that failed on the last frames (shown after the loop's last check) fails the run too.
-            late = next((r for r in self._runners if r.error is not None), None)
-            if late is not None and not reason.startswith("error") and reason != "interrupted":
-                reason = f"error: sink {late.sink.name} failed: {late.error}"
+            # A sink that failed on the last frames (shown after the loop's last check) or while stopping
+            # (a recording that could not be finished) fails the run too.
+            stop_errors = self._teardown(capture)  # first: it lets the sinks show what is pending
+            late = [(r.sink.name, r.error) for r in self._runners if r.error is not None] + stop_errors
+            raised = bool(late) and not reason.startswith("error") and reason != "interrupted"
+            if raised:
+                reason = "error: sink {} failed: {}".format(*late[0])
+            for name, e in late[1 if raised else 0:]:  # the others (another error may be on its way out)
+                log.error("sink %s failed: %s", name, e)
             self.summary = self.stats.summary(stop_reason=reason, until=self._loop_end, **self._extra())
             self._emit(self.summary)
-        if late is not None and reason.startswith("error: sink"):
-            raise SinkError(f"sink {late.sink.name} failed: {late.error}") from late.error
+        if raised:
+            raise SinkError("sink {} failed: {}".format(*late[0])) from late[0][1]
         return self.summary
 
     def _loop(self) -> str:
@@ -488,7 +492,8 @@ class Preview:
         log.info("snapshot %s (%dx%d)", path, out.shape[1], out.shape[0])
         return path
 
-    def _teardown(self, capture: threading.Thread):
+    def _teardown(self, capture: threading.Thread) -> list:
+        """Stop everything; returns (sink name, error) for each sink that failed to stop."""
         self._stop.set()
         self._slot.wake()
         if capture.is_alive():
@@ -499,10 +504,12 @@ class Preview:
             log.warning("%s: error while releasing: %s", self.source.name, e)
         for r in self._runners:
             r.close()
+        failed = []
         for sink in self.sinks:
             try:
                 sink.stop()
             except Exception as e:
-                log.warning("sink %s: error while stopping: %s", sink.name, e)
+                failed.append((sink.name, e))
         _settle(self._pending_snaps + self.controls.take_snapshot_requests(),
                 error=SourceError("preview stopped before a frame was available for the snapshot"))
+        return failed

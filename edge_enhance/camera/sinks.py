@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -152,6 +153,27 @@ def open_video_writer(path: str, fps: float, width: int, height: int):
     return writer, tmp
 
 
+def check_written(path: str, tmp: str, frames: int) -> None:
+    """Raise OutputError naming ``path`` unless the finished temp file ``tmp`` reads back ``frames`` frames.
+
+    cv2.VideoWriter.write reports nothing: a full disk or a removed folder shows only here, as an MP4
+    without its index (unplayable) or an AVI cut short. Container counts may be estimates: a frame or
+    two short is not a damaged file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"{path}: folder {folder} was removed while writing; the video is lost")
+    cv2 = import_cv2()
+    cap = cv2.VideoCapture(tmp)
+    got = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if cap.isOpened() else 0
+    cap.release()
+    if got < frames - max(1, frames // 50):
+        free = shutil.disk_usage(folder).free
+        why = f"the disk is full, {free // 1024} KiB free" if free < 1 << 20 else "the write failed"
+        raise OutputError(f"{path}: only {got} of the {frames} frames written can be read back ({why}); "
+                          "the video is not written")
+
+
 class VideoFileSink(Sink):
     """Writes displayed frames to a video file; the file appears (atomically) when the run ends."""
 
@@ -200,11 +222,19 @@ class VideoFileSink(Sink):
         self.frames += n
 
     def stop(self):
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        try:  # a failed recording leaves the path alone: an earlier good file there is kept
+            check_written(self.path, self._tmp, self.frames)
             os.replace(self._tmp, self.path)
-            log.info("wrote %d frames to %s", self.frames, self.path)
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot finish the video ({e.strerror or e})") from None
+        finally:
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+        log.info("wrote %d frames to %s", self.frames, self.path)
 
 
 class SinkRunner:
