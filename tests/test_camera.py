@@ -687,9 +687,10 @@ def test_cli_preview_of_a_card_less_onnx_model_with_card_task(tmp_path, capsys):
     (["--source", "synthetic:48x32", "--sink", "null", "--frames", "0"], "--frames 0 must be > 0"),
 ])
 def test_cli_errors_are_one_line(argv, words, monkeypatch, capsys):
+    # Bad settings, nothing run: exit 2 as `edge-enhance --help` says (it was 1, a failed file's code).
     from edge_enhance.camera import cli
     monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
-    assert cli.main(parse(argv)) == 1
+    assert cli.main(parse(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("edge-enhance preview: error:") and words in err
 
@@ -726,17 +727,18 @@ def _recording_preview(tmp_path, setup: str = ""):
     return proc, stats, out
 
 
-@pytest.mark.parametrize("sig", [15, 1], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("sig", [15, 1, 2], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_cli_a_stop_signal_finishes_the_recording(tmp_path, sig):
-    # A real process: SIGTERM, or the SSH session closing (SIGHUP: it killed the process, leaving no recording
-    # and a hidden broken temp file), ends an unbounded run with exit 0, the recording and a final stats line.
+    # A real process: SIGTERM, Ctrl-C, or the SSH session closing (SIGHUP: it killed the process, leaving no
+    # recording and a hidden broken temp file), ends an unbounded run with the recording and a final stats line,
+    # and exit 130 as `edge-enhance --help` says (it was 0; the service unit counts 130 as a normal stop).
     proc, stats, out = _recording_preview(tmp_path)
     try:
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
     final = json.loads(stats.read_text().splitlines()[-1])
     assert final["final"] and final["stop_reason"] == "stopped"
     assert count_frames(out)[0] > 0 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
@@ -756,7 +758,7 @@ def test_cli_a_second_ctrl_c_while_stopping_keeps_the_recording(tmp_path):
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
     assert "finishing the recording" in err and count_frames(out)[0] > 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
@@ -796,7 +798,7 @@ def test_cli_file_sink_records_at_the_source_rate_and_never_over_the_source(tmp_
     clip, rec = tmp_path / "clip.avi", tmp_path / "rec.avi"
     write_clip(clip, n=4, fps=10)
     before = clip.read_bytes()
-    assert cli.main(parse(["--source", f"file:{clip}", "--sink", f"file:{clip}"])) == 1
+    assert cli.main(parse(["--source", f"file:{clip}", "--sink", f"file:{clip}"])) == 2
     assert "would overwrite the source" in capsys.readouterr().err and clip.read_bytes() == before
     assert cli.main(parse(["--source", f"file:{clip}@0", "--sink", f"file:{rec}"])) == 0
     capsys.readouterr()
@@ -805,7 +807,7 @@ def test_cli_file_sink_records_at_the_source_rate_and_never_over_the_source(tmp_
     cap.release()
     assert fps == pytest.approx(10.0)  # the clip's own rate (not the 30 fps fallback); @0 only unpaces reading
     # A sink folder that does not exist is said before anything starts, once.
-    assert cli.main(parse(["--source", f"file:{clip}", "--sink", f"file:{tmp_path}/no/r.avi"])) == 1
+    assert cli.main(parse(["--source", f"file:{clip}", "--sink", f"file:{tmp_path}/no/r.avi"])) == 2
     err = capsys.readouterr().err
     assert err.count("does not exist") == 1 and err.startswith("edge-enhance preview: error:")
 
@@ -816,7 +818,7 @@ def test_cli_file_sink_records_at_the_source_rate_and_never_over_the_source(tmp_
 ])
 def test_cli_negative_frame_rate_is_refused(argv, words, capsys):
     from edge_enhance.camera import cli
-    assert cli.main(parse(argv)) == 1 and words in capsys.readouterr().err
+    assert cli.main(parse(argv)) == 2 and words in capsys.readouterr().err
 
 
 def test_cli_strength_outside_its_range_is_refused(capsys):
@@ -901,7 +903,7 @@ def test_cli_a_source_with_no_frames_is_an_error_naming_it(tmp_path, monkeypatch
 
 
 def test_cli_summary_shows_missing_figures_as_a_dash():
-    # A stop before the first frame (a user stop: exit 0) has no latency or engine time to show.
+    # A stop before the first frame (a user stop: exit 130) has no latency or engine time to show.
     from edge_enhance.camera.cli import _summary_line
     s = Stats().summary(stop_reason="stopped")
     line = _summary_line(s)
@@ -935,7 +937,7 @@ def test_cli_light_model_without_target_fps_or_not_lighter_is_said(monkeypatch, 
 ])
 def test_cli_config_errors_name_the_options(argv, words, capsys):
     from edge_enhance.camera import cli
-    assert cli.main(parse(["--source", "synthetic:48x32", "--sink", "null"] + argv)) == 1
+    assert cli.main(parse(["--source", "synthetic:48x32", "--sink", "null"] + argv)) == 2
     assert words in capsys.readouterr().err
     with pytest.raises(ConfigError, match="reconnect_delay -1 must be >= 0"):
         PreviewConfig(reconnect_delay=-1)
@@ -1079,3 +1081,27 @@ def test_a_recording_whose_folder_was_removed_fails_the_run(tmp_path, monkeypatc
     assert cli.main(parse(["--source", "synthetic:48x32@0", "--frames", "3"])) == 1
     err = capsys.readouterr().err
     assert err == "edge-enhance preview: error: sink recording failed: No such file or directory\n"
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--min-scale", "5"], "--min-scale 5.0 must be in 0.1..1"),
+    (["--target-fps", "-1"], "--target-fps -1.0 must be > 0"),
+    (["--source", "bogus:1"], "unknown source"),
+    (["--sink", "bogus"], "unknown sink"),
+    (["--web", "127.0.0.1:0", "--token", "short"], "--token must be at least 8"),
+    (["--web", "127.0.0.1:99999"], "port 99999 out of range"),
+])
+def test_cli_bad_settings_exit_2_as_the_help_says(argv, words, monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
+    args = ["--source", "synthetic:48x32@0", "--frames", "1"] + argv
+    assert cli.main(parse(args if "--sink" in argv or "--web" in argv else args + ["--sink", "null"])) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_the_service_counts_a_stop_as_success_and_does_not_restart_on_bad_settings():
+    # preview exits 130 on SIGTERM (as --help says): without SuccessExitStatus every `systemctl stop` left the
+    # unit failed; a bad setting (exit 2) would be restarted every 5 s for ever.
+    with open(os.path.join(ROOT, "demo_raspberry", "edge-enhance-viewfinder.service")) as f:
+        lines = f.read().splitlines()
+    assert "SuccessExitStatus=130" in lines and "RestartPreventExitStatus=2" in lines

@@ -324,7 +324,7 @@ def test_preview_takes_the_token_from_the_environment(monkeypatch):
     monkeypatch.setattr(cli, "_make_enhancer", lambda *a, **k: RepeatEnhancer())
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
-    assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0"])) == 1
+    assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0"])) == 2
     assert seen["token"] == "from-the-env-123"
     cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--token", "given-on-cli-1"]))
     assert seen["token"] == "given-on-cli-1"
@@ -360,10 +360,10 @@ def test_a_bad_token_from_the_environment_names_the_variable(monkeypatch, capsys
     cli.add_arguments(p)
     for token, words in (("short", "at least 8"), ("has spaces in it", "only letters")):
         monkeypatch.setenv("EDGE_ENHANCE_TOKEN", token)
-        assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0"])) == 1
+        assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0"])) == 2
         err = capsys.readouterr().err
         assert "EDGE_ENHANCE_TOKEN environment variable" in err and words in err and "--token" not in err
-    assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--token", "short"])) == 1
+    assert cli.main(p.parse_args(["--source", "synthetic:32x32@0", "--web", "0.0.0.0:0", "--token", "short"])) == 2
     assert "--token must be at least 8" in capsys.readouterr().err
 
 

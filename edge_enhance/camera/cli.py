@@ -131,8 +131,10 @@ def _load_light_model(args, enhancer):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the preview; 0 on a clean stop (bound reached, end of source, Ctrl-C / SIGTERM / SIGHUP), 1 on error
-    (a source that gave no frame at all included)."""
+    """Run the preview; as ``edge-enhance --help`` says: 0 done (a bound reached, the end of a file source), 1 a
+    source, sink, model or engine failed (a source that gave no frame at all, a recording that could not be
+    finished), 2 bad options or settings (nothing run), 130 stopped by Ctrl-C / SIGTERM / SIGHUP (cleanly: the
+    recording finished, the camera released; the service unit counts 130 as a normal stop)."""
     writer = None
     old_handlers = {}
     try:
@@ -189,10 +191,10 @@ def main(args: argparse.Namespace) -> int:
         if summary["processed"] == 0 and summary["stop_reason"] == "end of source":
             raise SourceError(f"{summary['source']}: no frames could be read")
         print(_summary_line(summary), file=sys.stderr)
-        return 0
+        return 130 if signals else 0
     except EdgeEnhanceError as e:
         print(f"edge-enhance preview: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, ConfigError) else 1
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
