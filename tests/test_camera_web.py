@@ -382,3 +382,25 @@ def test_a_token_from_the_environment_is_not_printed(given, shown, monkeypatch, 
     assert cli.main(p.parse_args(argv + (["--token", "on-the-cli-123"] if given == "cli" else []))) == 0
     line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("web viewfinder:"))
     assert line.endswith(shown) and "from-the-env-123" not in line
+
+
+def test_a_client_that_hangs_up_is_not_an_error_and_a_real_error_is_one_line(running, capsys, caplog):
+    # Every aborted connection (a partial request, then a reset) wrote socketserver's ~30-line traceback to
+    # stderr: anyone on the LAN could flood the journal.
+    import logging
+
+    web, _, _ = running
+    caplog.set_level(logging.INFO)
+    for gone in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe"),
+                 TimeoutError("timed out")):
+        try:
+            raise gone
+        except OSError:
+            web._server.handle_error(None, ("192.0.2.7", 50000))
+    assert capsys.readouterr().err == "" and caplog.records == []
+    try:
+        raise KeyError("boom")
+    except KeyError:
+        web._server.handle_error(None, ("192.0.2.7", 50000))
+    assert capsys.readouterr().err == ""
+    assert [r.getMessage() for r in caplog.records] == ["web viewfinder: a request from 192.0.2.7 failed (KeyError: 'boom')"]

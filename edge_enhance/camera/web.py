@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -163,6 +164,21 @@ def _load_static(folder: str) -> dict[str, tuple[bytes, str]]:
     return files
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address):
+        """socketserver printed a 30-line traceback for each error, a client that hung up too (anyone on the
+        network can, at will): those are not errors; a real one is said on one line (its traceback at -vv)."""
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):  # broken pipe, reset, aborted; a client too slow
+            log.debug("web viewfinder: client %s left (%s)", client_address[0], e)
+        else:
+            log.error("web viewfinder: a request from %s failed (%s: %s)", client_address[0], type(e).__name__, e)
+            log.debug("the request's traceback", exc_info=True)
+
+
 class WebViewfinder(Sink):
     """``--sink web:HOST:PORT``. ``port=0`` picks a free port (see ``.port`` / ``.url`` after start)."""
 
@@ -205,8 +221,7 @@ class WebViewfinder(Sink):
 
     def start(self):
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        server_cls = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True,
-                                                             "block_on_close": False})
+        server_cls = type("Server", (_Server,), {"address_family": family})
         try:
             self._server = server_cls((self.host, self.port), _Handler)
         except OSError as e:
