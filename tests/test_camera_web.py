@@ -404,3 +404,31 @@ def test_a_client_that_hangs_up_is_not_an_error_and_a_real_error_is_one_line(run
         web._server.handle_error(None, ("192.0.2.7", 50000))
     assert capsys.readouterr().err == ""
     assert [r.getMessage() for r in caplog.records] == ["web viewfinder: a request from 192.0.2.7 failed (KeyError: 'boom')"]
+
+
+@pytest.mark.parametrize("running", [{"max_snapshots": 2}], indirect=True)
+def test_web_snapshots_are_rate_limited_and_only_the_newest_are_kept(running, tmp_path):
+    # 80 snapshots (44 MB) in 15 s were taken, halving the preview's rate; every file was kept for ever and
+    # the list of them grew without bound.
+    web, _, _ = running
+    now = [1000.0]
+    web.clock = lambda: now[0]
+
+    def snap():
+        status, headers, body = request(web, "POST", "/api/snapshot", "{}", {"Content-Type": "application/json"})
+        return status, headers, json.loads(body)
+
+    names = []
+    for i in range(3):
+        status, _, info = snap()
+        assert status == 200, info
+        names.append(info["name"])
+        now[0] += 0.5  # binary fractions: the sums are exact
+        status, headers, info = snap()  # 0.5 s after the last: refused, nothing taken
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert info["error"] == "at most one snapshot every 1 s; try again in 0.5 s"
+        now[0] += 0.5
+    assert list(web.snapshots) == names[1:] and len(set(names)) == 3
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == sorted(names[1:])  # the oldest deleted
+    assert request(web, "GET", f"/snapshots/{names[0]}")[0] == 404
+    assert request(web, "GET", f"/snapshots/{names[2]}")[0] == 200

@@ -17,6 +17,7 @@ import http.cookies
 import ipaddress
 import json
 import logging
+import math
 import mimetypes
 import os
 import re
@@ -24,6 +25,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -41,6 +43,11 @@ MAX_HEADER_BYTES = 8192
 MAX_BODY = 1024
 MAX_QUERY_FIELDS = 8
 STREAMS = ("before", "after")
+# Each snapshot runs the full model on the loop's thread and writes a PNG: unlimited, a page (or anyone with
+# the link) could halve the preview's rate and fill the disk. The newest are kept, older ones this server
+# wrote are deleted.
+SNAPSHOT_INTERVAL = 1.0  # seconds between snapshots taken from the web page
+MAX_SNAPSHOTS = 50  # snapshot files the web page's snapshots keep
 COOKIE = "ee_token"
 
 
@@ -186,8 +193,10 @@ class WebViewfinder(Sink):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
                  quality: int = 80, max_clients: int = 8, snapshot_timeout: float = 15.0, on_ready=None,
-                 token_name: str = "--token"):
-        """``token_name``: where the token came from, for the errors (the option or an environment variable)."""
+                 token_name: str = "--token", snapshot_interval: float = SNAPSHOT_INTERVAL,
+                 max_snapshots: int = MAX_SNAPSHOTS):
+        """``token_name``: where the token came from, for the errors (the option or an environment variable).
+        ``snapshot_interval``, ``max_snapshots``: see SNAPSHOT_INTERVAL and MAX_SNAPSHOTS."""
         if token is not None and len(token) < 8:
             raise ConfigError(f"{token_name} must be at least 8 characters")
         if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
@@ -195,6 +204,8 @@ class WebViewfinder(Sink):
             raise ConfigError(f"{token_name} may use only letters, digits and . _ ~ - (as secrets.token_urlsafe gives)")
         if not 10 <= quality <= 100:
             raise ConfigError(f"JPEG quality {quality} must be in 10..100")
+        if max_snapshots < 1:
+            raise ConfigError(f"max_snapshots {max_snapshots} must be >= 1")
         self.host, self.port, self.quality = host, port, quality
         self.loopback = is_loopback(host)
         self.token_generated = token is None and not self.loopback
@@ -203,7 +214,11 @@ class WebViewfinder(Sink):
         self.on_ready = on_ready  # on_ready(url=str, token_generated=bool) once listening
         self.hub = MjpegHub(max_clients)
         self.static = _load_static(STATIC_DIR)
-        self.snapshots: dict[str, str] = {}  # name -> path, only files this server produced
+        self.snapshots: dict[str, str] = {}  # name -> path, only files this server produced, oldest first
+        self.snapshot_interval, self.max_snapshots = snapshot_interval, max_snapshots
+        self.clock = time.monotonic
+        self._snapshot_lock = threading.Lock()
+        self._last_snapshot: float | None = None
         self.controls = None
         self.get_stats = dict
         self._server: ThreadingHTTPServer | None = None
@@ -251,6 +266,30 @@ class WebViewfinder(Sink):
 
     def stats(self) -> dict:
         return {**(self.get_stats() or {}), "web": self.hub.describe()}
+
+    def snapshot_wait(self) -> float:
+        """0 and the snapshot counted, or the seconds until one is allowed."""
+        with self._snapshot_lock:
+            now = self.clock()
+            wait = 0.0 if self._last_snapshot is None else self._last_snapshot + self.snapshot_interval - now
+            if wait <= 0:
+                self._last_snapshot = now
+            return max(wait, 0.0)
+
+    def keep_snapshot(self, path: str) -> str:
+        """Lists the new snapshot and deletes the oldest ones past ``max_snapshots``; returns its name."""
+        name = os.path.basename(path)
+        with self._snapshot_lock:
+            self.snapshots[name] = path
+            while len(self.snapshots) > self.max_snapshots:
+                old = self.snapshots.pop(next(iter(self.snapshots)))
+                try:
+                    os.unlink(old)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("%s: cannot delete an old snapshot (%s)", old, e.strerror or e)
+        return name
 
 
 def _host_only(host_header: str) -> str:
@@ -304,8 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, code: int, obj):
-        self._send(code, json.dumps(obj).encode(), "application/json")
+    def _json(self, code: int, obj, extra: dict | None = None):
+        self._send(code, json.dumps(obj).encode(), "application/json", extra)
 
     def _authorised(self) -> bool:
         app = self.app
@@ -441,6 +480,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _snapshot(self):
         app = self.app
+        wait = app.snapshot_wait()
+        if wait:
+            self._json(429, {"error": f"at most one snapshot every {app.snapshot_interval:g} s; try again in "
+                                      f"{wait:.1f} s"}, {"Retry-After": str(math.ceil(wait))})
+            return
         future = app.controls.request_snapshot()
         try:
             path = future.result(timeout=app.snapshot_timeout)
@@ -451,6 +495,5 @@ class _Handler(BaseHTTPRequestHandler):
         except EdgeEnhanceError as e:
             self._json(500, {"error": str(e)})
             return
-        name = os.path.basename(path)
-        app.snapshots[name] = path
+        name = app.keep_snapshot(path)
         self._json(200, {"name": name, "url": f"/snapshots/{name}"})
