@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import tempfile
@@ -26,29 +27,56 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles total)
 MAX_STRENGTH = 1.5
 
 
+@functools.lru_cache(maxsize=64)  # a video's or a preview's tiles repeat frame after frame
 def _cubic_taps(n_in: int, start: int, count: int, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start .. start + count`` of an x``s`` bicubic of ``n_in`` rows, as Pillow's BICUBIC (a =
     -0.5, pixel centres aligned, taps beyond the image's edge dropped and the rest renormalised): the
-    4 source rows of each and their weights. Each output row's taps depend on its own index only, so
-    a tile's rows equal the whole image's."""
+    first of the 4 consecutive source rows each reads (from -2: taps outside the image have weight 0) and
+    their weights. Each output row's taps depend on its own index only, so a tile's rows equal the whole
+    image's."""
     c = (np.arange(start, start + count) + 0.5) / s - 0.5
-    idx = np.floor(c).astype(np.int64)[:, None] + np.arange(-1, 3)
+    first = np.floor(c).astype(np.int64) - 1
+    idx = first[:, None] + np.arange(4)
     t = np.abs(c[:, None] - idx)
     w = np.where(t <= 1, (1.5 * t - 2.5) * t * t + 1, ((-0.5 * t + 2.5) * t - 4) * t + 2)
     w[(idx < 0) | (idx >= n_in)] = 0
-    return np.clip(idx, 0, n_in - 1), (w / w.sum(1, keepdims=True)).astype(np.float32)
+    w = (w / w.sum(1, keepdims=True)).astype(np.float32)
+    first.flags.writeable = w.flags.writeable = False  # shared by the cache
+    return first, w
+
+
+def _cubic_pass(a: np.ndarray, axis: int, lo: int, n_in: int, start: int, count: int, s: int) -> np.ndarray:
+    """``a`` (float32) resampled along ``axis`` to output rows ``start .. start + count``; ``a`` there starts
+    at source row ``lo`` and holds every row the taps read. Output row s * q + p reads from row
+    first + q on: each phase p is 4 slices of ``a``, not a gather of 4 copies (2.6x slower per frame)."""
+    first, w = _cubic_taps(n_in, start, count, s)
+    out = np.empty(a.shape[:axis] + (count,) + a.shape[axis + 1:], np.float32)
+    at = [slice(None)] * a.ndim
+    for p in range(min(s, count)):
+        m = len(range(p, count, s))
+        wp = w[p::s].reshape((m, 4) + (1,) * (a.ndim - axis - 1))
+        j = int(first[p]) - lo
+        acc = None
+        for k in range(4):  # summed in the same order as before: results are bit for bit the same
+            at[axis] = slice(j + k, j + k + m)
+            term = wp[:, k] * a[tuple(at)]
+            acc = term if acc is None else acc + term
+        at[axis] = slice(p, None, s)
+        out[tuple(at)] = acc
+    return out
 
 
 def upscale_bicubic(src: np.ndarray, y: int, x: int, h: int, w: int, s: int) -> np.ndarray:
     """The x``s`` bicubic upscale of ``src`` (H x W x C), only the part covering its region (y, x, h, w):
     (h * s) x (w * s) x C float32, equal to the same part of the whole image's upscale."""
-    ri, rw = _cubic_taps(src.shape[0], y * s, h * s, s)
-    ci, cw = _cubic_taps(src.shape[1], x * s, w * s, s)
-    need = np.unique(ri)  # the source rows this part reads
-    part = src[need].astype(np.float32)
-    cols = sum(cw[None, :, k, None] * part[:, ci[:, k]] for k in range(4))  # rows x (w*s) x C
-    at = np.searchsorted(need, ri)
-    return sum(rw[:, k, None, None] * cols[at[:, k]] for k in range(4))
+    n_rows, n_cols = src.shape[:2]
+    r0, c0 = _cubic_taps(n_rows, y * s, h * s, s)[0], _cubic_taps(n_cols, x * s, w * s, s)[0]
+    # The source part the taps read, edge-padded where they reach past the image (with weight 0 there).
+    rows = np.clip(np.arange(r0[0], r0[-1] + 4), 0, n_rows - 1)
+    cols = np.clip(np.arange(c0[0], c0[-1] + 4), 0, n_cols - 1)
+    part = src[rows][:, cols].astype(np.float32)
+    part = _cubic_pass(part, 1, int(c0[0]), n_cols, x * s, w * s, s)
+    return _cubic_pass(part, 0, int(r0[0]), n_rows, y * s, h * s, s)
 
 
 def _check_strength(s: float) -> float:
