@@ -751,7 +751,6 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentParser) -> None:
     """Sub-commands living in other packages; a module is imported only when its command is chosen."""
     import importlib
-    import importlib.util
 
     table = {
         "eval": ("edge_enhance.eval_cli", "evaluate a model with the standard protocol"),
@@ -762,17 +761,24 @@ def _add_optional_commands(sub, chosen: str | None, verbose: argparse.ArgumentPa
         "bench": ("benchmarks.cli", "quality / speed / memory side by side with peers"),
     }
     for name, (module, help_) in table.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
+        if not _module_file_exists(module):
             continue
         sp = sub.add_parser(name, help=help_, parents=[verbose])
         if name == chosen:
             mod = importlib.import_module(module)
             mod.add_arguments(sp)
             sp.set_defaults(func=mod.main)
+
+
+def _module_file_exists(module: str) -> bool:
+    """Whether ``module`` (a.b.c) is installed, found without importing a.b: find_spec on a submodule
+    runs its packages' __init__s (conversion's imports numpy, camera's its preview loop)."""
+    import importlib.util
+
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    return spec is not None and any(Path(d, *rest).with_suffix(".py").is_file()
+                                    for d in spec.submodule_search_locations or ())
 
 
 def _to_devnull(fd: int) -> None:

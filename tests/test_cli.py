@@ -726,3 +726,20 @@ def test_the_progress_line_fits_one_terminal_row_in_any_script(monkeypatch, caps
     assert lines[0].startswith("[1/2] …") and lines[0].endswith("ETA -:--")
     assert all(cli._cells(line) <= 39 for line in lines)
     assert cli._cells(lines[2]) == cli._cells(lines[1])  # padded over the wide line before, column for column
+
+
+def test_version_and_help_import_no_numpy_nor_the_optional_commands():
+    code = ("import contextlib, io, sys\n"
+            "from edge_enhance.cli import main\n"
+            "for argv in (['--version'], ['--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "    heavy = [m for m in sys.modules if m == 'numpy' or m.startswith(('conversion', 'edge_enhance.camera'))]\n"
+            "    assert not heavy, (argv, heavy)\n"
+            "assert 'preview' in out.getvalue() and 'convert' in out.getvalue()\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": root},
+                   timeout=120)
