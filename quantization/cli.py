@@ -22,7 +22,7 @@ from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import (Progress, psnr_drop, default_eval_dir, human_size, load_model, measure, publish, stamp_card,
+from .report import (Progress, psnr_drop, eval_dir, human_size, load_model, measure, publish, stamp_card,
                      temp_beside)
 
 
@@ -93,8 +93,8 @@ def main(args) -> int:
     crop = calib_crop_for(g, card.scale, args.calib_crop)
     calib = calibration_for(card, args.calib, CalibConfig(crop=crop, count=args.calib_count))
     say(f"calibration: {len(calib)} crops from {calib.source}")
+    ds = None if args.no_eval else eval_dir(args.eval, card.task)
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
-    ds = None if args.no_eval else Path(args.eval) if args.eval else default_eval_dir(card.task)
     sim_bar, before, drop = args.max_drop, None, None
     tmp = temp_beside(out)
     try:

@@ -12,7 +12,6 @@ from pathlib import Path
 from edge_enhance.card import CARD_KEY, ModelCard
 from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA
 
-from .calibration import default_train_dir
 from .errors import ConfigError, ModelFormatError
 
 
@@ -40,9 +39,21 @@ def load_model(path, card: dict | None = None, tile: tuple | None = None):
     return g, ModelCard.from_json(g.metadata[CARD_KEY], str(p))
 
 
-def default_eval_dir(task: str) -> Path:
-    """The quick set: Set5 for SR / enhance, CBSD68 for denoise / dejpeg (shared/data/eval)."""
-    return default_train_dir().parent / "eval" / ("Set5" if task in ("sr", "enhance") else "CBSD68")
+def eval_dir(given: str | None, task: str) -> Path:
+    """The quick set: --eval DIR, else Set5 for SR / enhance, CBSD68 for denoise / dejpeg (shared/data/eval).
+    Checked before any work (it was first needed after minutes of quantising or pruning)."""
+    from edge_enhance.evaluation import list_images, shared_data
+
+    if given:
+        list_images(given)  # a missing or empty folder said now
+        return Path(given)
+    name = "Set5" if task in ("sr", "enhance") else "CBSD68"
+    found = shared_data(f"eval/{name}")
+    if found is None or not found.is_dir():
+        raise ConfigError(f"no evaluation set: {found or f'shared/data/eval/{name}'} is not there (set "
+                          "EDGE_ENHANCE_DATA to the data folder); pass --eval DIR (a folder of images), or "
+                          "--no-eval to skip the before / after evaluation")
+    return found
 
 
 def eval_task(card: ModelCard) -> str:

@@ -290,3 +290,37 @@ def test_tools_take_a_bundled_model_by_name_and_write_beside_the_user_not_into_t
     assert seen["src"] == MODELS_DIR / "sr-x2-rt.onnx"
     assert seen["out"] == Path(default)  # the current folder: the quantised one would have replaced the bundled file
     assert sorted(p.name for p in MODELS_DIR.iterdir()) == before
+
+
+@pytest.mark.parametrize("command,extra", [("quantize", []), ("prune", ["--target-macs", "0.6"])])
+def test_no_evaluation_set_is_said_before_any_work_naming_eval_and_no_eval(setup, capsys, tmp_path, monkeypatch,
+                                                                            command, extra):
+    import quantization.prune
+    import quantization.quantize
+
+    def work(*a, **k):
+        raise AssertionError("quantised / pruned before the evaluation set was found")
+
+    monkeypatch.setattr(quantization.quantize, "quantize_model", work)
+    monkeypatch.setattr(quantization.prune, "prune_graph", work)
+    monkeypatch.setenv("EDGE_ENHANCE_DATA", str(tmp_path / "no-data"))  # an install without the shared data
+    model, calib, _ = setup
+    out = ["-o", str(tmp_path / ("o.tflite" if command == "quantize" else "o.onnx"))]
+    rc, cap = _run([command, str(model), "--calib", str(calib), "--calib-crop", "16"] + out + extra, capsys)
+    assert rc == 2 and "--eval DIR" in cap.err and "--no-eval" in cap.err and "--calib" not in cap.err
+    rc, cap = _run([command, str(model), "--calib", str(calib), "--calib-crop", "16", "--eval", str(tmp_path / "nope")] + out
+                   + extra, capsys)
+    assert rc != 0 and "nope: dataset folder does not exist" in cap.err
+
+
+def test_prune_no_eval_writes_the_model_and_says_the_bar_was_not_checked(setup, capsys, tmp_path):
+    model, calib, _ = setup
+    out = tmp_path / "p.onnx"
+    rc, cap = _run(["prune", str(model), "--target-macs", "0.6", "--multiple", "1", "--calib", str(calib),
+                    "--calib-count", "3", "--calib-crop", "16", "--no-eval", "-o", str(out), "--json", "-q"], capsys)
+    assert rc == 0 and out.exists(), cap.err
+    rep = json.loads(cap.out)
+    assert rep["eval"] is None and rep["bar"]["met"] is None
+    rc, cap = _run(["prune", str(model), "--target-macs", "0.6", "--multiple", "1", "--calib", str(calib),
+                    "--calib-count", "3", "--calib-crop", "16", "--no-eval", "-o", str(out), "-q"], capsys)
+    assert rc == 0 and "--max-drop bar (0.15 dB) was not checked" in cap.out
