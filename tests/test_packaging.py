@@ -1,0 +1,35 @@
+"""What pyproject.toml installs: each extra does what its README line says; the wheel carries no reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _extra(name: str) -> list[Requirement]:
+    return [Requirement(r) for r in PROJECT["project"]["optional-dependencies"][name]]
+
+
+def test_the_coreml_extra_alone_converts_an_onnx_model():
+    assert {r.name for r in _extra("coreml")} >= {"coremltools", "onnx"}  # onnx reads the model converted
+
+
+def test_the_tflite_runtime_extra_installs_on_python_3_12_and_later():
+    reqs = _extra("tflite-runtime")
+    assert any(r.name == "tflite-runtime" for r in reqs)
+    for r in reqs:  # no tflite-runtime wheels there: ai-edge-litert ([litert]) is the engine
+        assert r.marker is not None and r.marker.evaluate({"python_version": "3.11"})
+        assert not r.marker.evaluate({"python_version": "3.12"}) and not r.marker.evaluate({"python_version": "3.13"})
+
+
+def test_the_benchmark_report_is_in_the_sdist_but_not_installed():
+    report = ["RESULTS.md", "results.json", "pareto.png"]
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert all(f"benchmarks/{f}" in manifest for f in report)
+    assert PROJECT["tool"]["setuptools"]["exclude-package-data"]["benchmarks"] == report
