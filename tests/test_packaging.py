@@ -1,6 +1,9 @@
 """What pyproject.toml installs: each extra does what its README line says; the wheel carries no reports."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,13 @@ def test_the_benchmark_report_is_in_the_sdist_but_not_installed():
     manifest = (ROOT / "MANIFEST.in").read_text()
     assert all(f"benchmarks/{f}" in manifest for f in report)
     assert PROJECT["tool"]["setuptools"]["exclude-package-data"]["benchmarks"] == report
+
+
+@pytest.mark.parametrize("tool", ["train", "qat", "export"])
+def test_a_training_tool_without_torch_says_which_extra_in_one_line(tmp_path, tool):
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")  # torch not installed
+    p = subprocess.run([sys.executable, "-m", f"training.{tool}", "sr-x2", "--out", str(tmp_path / "o")], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 1 and not (tmp_path / "o").exists()
+    assert p.stderr == f"python -m training.{tool}: error: torch is not installed: pip install 'edge-enhance[train]'\n"
