@@ -58,7 +58,7 @@ def _ct():
     except ImportError:  # pragma: no cover - depends on the environment
         from .errors import EdgeEnhanceError
 
-        raise EdgeEnhanceError("Core ML export needs coremltools: pip install edge-enhance[coreml]") from None
+        raise EdgeEnhanceError("Core ML export needs coremltools: pip install 'edge-enhance[coreml]'") from None
     return ct, mb
 
 

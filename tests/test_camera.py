@@ -89,7 +89,7 @@ def test_folder_source_bad_image_names_file(tmp_path):
 def test_missing_cv2_names_the_extra(monkeypatch):
     from edge_enhance.camera import detect
     monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
-    with pytest.raises(BackendUnavailableError, match=r"pip install edge-enhance\[camera\]"):
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'edge-enhance\[camera\]'"):
         detect.import_cv2()
 
 
@@ -693,6 +693,15 @@ def test_cli_errors_are_one_line(argv, words, monkeypatch, capsys):
     assert cli.main(parse(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("edge-enhance preview: error:") and words in err
+
+
+def test_cli_preview_without_opencv_says_so_before_the_web_viewfinder_starts(monkeypatch, capsys):
+    from edge_enhance.camera import cli
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as on an install without the camera extra
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: RepeatEnhancer())
+    assert cli.main(parse(["--source", "cv:0", "--web", "127.0.0.1:0", "--frames", "1"])) == 1
+    err = capsys.readouterr().err
+    assert "web viewfinder" not in err and err.count("\n") == 1 and "pip install 'edge-enhance[camera]'" in err
 
 
 def test_cli_source_lost_exits_nonzero(monkeypatch, capsys):

@@ -46,3 +46,16 @@ def test_a_training_tool_without_torch_says_which_extra_in_one_line(tmp_path, to
                        text=True, timeout=120)
     assert p.returncode == 1 and not (tmp_path / "o").exists()
     assert p.stderr == f"python -m training.{tool}: error: torch is not installed: pip install 'edge-enhance[train]'\n"
+
+
+def test_the_core_ml_writer_without_coremltools_names_the_extra_quoted(monkeypatch):
+    from conversion import coreml_writer
+    from edge_enhance.backends import coreml
+    from edge_enhance.errors import EdgeEnhanceError
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'coremltools'", name="coremltools")
+
+    monkeypatch.setattr(coreml, "import_coremltools", missing)
+    with pytest.raises(EdgeEnhanceError, match=r"pip install 'edge-enhance\[coreml\]'$"):  # zsh globs it unquoted
+        coreml_writer._ct()

@@ -13,11 +13,11 @@ import sys
 import threading
 
 from .controls import Controls
-from .detect import has_gui, platform_info
+from .detect import has_gui, import_cv2, platform_info
 from .errors import ConfigError, EdgeEnhanceError, SourceError
 from .preview import Preview, PreviewConfig
 from .sinks import NullSink, VideoFileSink, WindowSink
-from .sources import open_source
+from .sources import OpenCVSource, open_source
 from .stats import StatsJsonWriter
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def main(args: argparse.Namespace) -> int:
                                min_scale=args.min_scale, reconnects=args.reconnects,
                                snapshot_dir=args.snapshot_dir)
         source = open_source(args.source)
+        if isinstance(source, OpenCVSource):  # no OpenCV is said first, not after the web viewfinder's address
+            import_cv2()
         specs = list(args.sink or [])
         if args.web:
             specs.append(f"web:{args.web}")

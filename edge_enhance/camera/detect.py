@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .errors import BackendUnavailableError
 
-CAMERA_EXTRA = "pip install edge-enhance[camera]"
+CAMERA_EXTRA = "pip install 'edge-enhance[camera]'"
 
 
 @dataclass(frozen=True)
