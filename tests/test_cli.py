@@ -743,3 +743,21 @@ def test_version_and_help_import_no_numpy_nor_the_optional_commands():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": root},
                    timeout=120)
+
+
+def test_models_lists_the_onnx_cards_where_onnx_runtime_is_not_installed(monkeypatch, capsys):
+    from edge_enhance.backends import onnxruntime as ort_backend
+    from edge_enhance.errors import BackendUnavailableError
+
+    assert main(["models", "--json"]) == 0
+    with_ort = json.loads(capsys.readouterr().out)
+
+    def not_installed():
+        raise BackendUnavailableError("ONNX Runtime is not installed: pip install 'edge-enhance[onnx]'")
+
+    monkeypatch.setattr(ort_backend, "_ort", not_installed)  # a [litert]-only install
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == with_ort and any(r["file"].endswith(".onnx") for r in rows)
+    assert all("error" not in r and r["task"] for r in rows)
+    assert main(["models"]) == 0 and "ERROR" not in capsys.readouterr().out

@@ -27,6 +27,7 @@ _GRAPH_NODE, _GRAPH_INIT, _GRAPH_SPARSE_INIT = 1, 5, 15
 _NODE_ATTR, _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 5, 6, 10, 11, 22, 23
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 _TENSOR_EXTERNAL, _ENTRY_KEY, _ENTRY_VALUE = 13, 1, 2
+_MODEL_METADATA = 14
 
 
 def _fields(buf: memoryview, source: str):
@@ -122,6 +123,20 @@ def external_data_locations(data: bytes, source: str = "model") -> list[str]:
     return found
 
 
+def metadata_card(path: Path) -> ModelCard | None:
+    """The card in an ONNX file's metadata_props, read off the protobuf: where ONNX Runtime is not
+    installed, `edge-enhance models` / `info` still show a bundled .onnx model's card."""
+    for f, entry in _fields(memoryview(path.read_bytes()), str(path)):
+        if f == _MODEL_METADATA:
+            kv = dict(_fields(entry, str(path)))
+            if bytes(kv.get(_ENTRY_KEY, b"")) == CARD_KEY.encode():
+                try:
+                    return ModelCard.from_json(bytes(kv.get(_ENTRY_VALUE, b"")).decode("utf-8"), str(path))
+                except UnicodeDecodeError as e:
+                    raise ModelFormatError(f"{path}: model metadata is not valid UTF-8 ({e.reason})") from None
+    return None
+
+
 def check_external_data(path: Path) -> None:
     """Refuse external-data locations that are absolute or leave the model's folder (symlinks resolved),
     before ONNX Runtime opens anything: a downloaded model must not read other files."""
@@ -152,6 +167,10 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def read_card(path: Path) -> ModelCard | None:
+        try:
+            _ort()
+        except BackendUnavailableError:
+            return metadata_card(path)  # the card alone: the model is not checked, nor can it run here
         return OnnxRuntimeBackend(path, EngineOptions(threads=1)).card
 
     def __init__(self, path: Path, options: EngineOptions = EngineOptions()):
