@@ -1114,3 +1114,18 @@ def test_the_service_counts_a_stop_as_success_and_does_not_restart_on_bad_settin
     with open(os.path.join(ROOT, "demo_raspberry", "edge-enhance-viewfinder.service")) as f:
         lines = f.read().splitlines()
     assert "SuccessExitStatus=130" in lines and "RestartPreventExitStatus=2" in lines
+
+
+def test_cli_preview_runs_the_engine_on_every_core_unless_told(monkeypatch, capsys):
+    # Without --threads the engine got threads=None, which LiteRT ran on 1 thread (the service had no
+    # --threads): a quarter of a Pi 4 / 5, while check_pi.py and the README's estimates use every core.
+    from edge_enhance.camera import cli
+    made = []
+    monkeypatch.setattr(cli, "_make_enhancer", lambda model, threads, card=None: made.append(threads) or RepeatEnhancer())
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 4)
+    base = ["--source", "synthetic:48x32@0", "--sink", "null", "--frames", "1"]
+    assert cli.main(parse(base)) == 0 and cli.main(parse(base + ["--threads", "3"])) == 0
+    assert made == [4, 3]
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    assert "default: every core" in " ".join(p.format_help().split())

@@ -40,8 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--model", metavar="NAME|PATH", help=f"model (default {DEFAULT_PREVIEW_MODEL})")
     p("--light-model", metavar="NAME|PATH", help="lighter model adaptive mode may switch to (same scale; only with "
                                                   "--target-fps)")
-    p("--threads", type=int, metavar="N", help="engine threads")
-    from edge_enhance.cli import _strength
+    from edge_enhance.cli import _positive_int, _strength
+
+    p("--threads", type=_positive_int, metavar="N",
+      help="engine threads (default: every core, os.cpu_count(), as demo_raspberry/check_pi.py measures)")
 
     p("--strength", type=_strength, metavar="S", help="initial enhancement strength 0..1.5")
     p("--frames", type=int, metavar="N", help="stop after N processed frames")
@@ -62,6 +64,11 @@ def _make_enhancer(model: str, threads: int | None, card=None):
     from edge_enhance.enhancer import Enhancer  # lazy: loads an engine
 
     return Enhancer(model, threads=threads, card=card)
+
+
+def default_threads() -> int:
+    """Every core: the engine left to itself (no threads) ran on one, a quarter of a Pi's."""
+    return os.cpu_count() or 1
 
 
 def build_sinks(specs: list[str], *, token: str | None, fps: float | None, overlay: bool, on_web_ready=None,
@@ -122,7 +129,7 @@ def _load_light_model(args, enhancer):
     if args.target_fps is None:
         log.warning("--light-model %s is used only with --target-fps; ignored", args.light_model)
         return None
-    light = _make_enhancer(args.light_model, args.threads)
+    light = _make_enhancer(args.light_model, args.threads or default_threads())
     macs = [getattr(getattr(e, "card", None), "macs_per_pixel", None) for e in (light, enhancer)]
     if None not in macs and macs[0] > macs[1]:
         log.warning("--light-model %s (%d MACs per pixel) is not lighter than the model (%d)",
@@ -160,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
         from edge_enhance.cli import cli_card
 
         model = args.model or DEFAULT_PREVIEW_MODEL
-        enhancer = _make_enhancer(model, args.threads, cli_card(args, model))
+        enhancer = _make_enhancer(model, args.threads or default_threads(), cli_card(args, model))
         light = _load_light_model(args, enhancer)
         strength = args.strength if args.strength is not None else float(getattr(enhancer, "strength", 1.0))
         controls = Controls(strength=strength, split=args.split, overlay=not args.no_overlay)
