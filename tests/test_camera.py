@@ -1129,3 +1129,20 @@ def test_cli_preview_runs_the_engine_on_every_core_unless_told(monkeypatch, caps
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
     assert "default: every core" in " ".join(p.format_help().split())
+
+
+def test_a_truncated_video_source_says_it_ended_early(tmp_path, caplog):
+    # A cut-off file ended quietly, exit 0, after half its frames (`enhance` warns of the same).
+    clip, cut = tmp_path / "clip.avi", tmp_path / "cut.avi"
+    write_clip(clip, n=12)
+    cut.write_bytes(clip.read_bytes()[:clip.stat().st_size // 2])
+    read = count_frames(cut)[0]
+    assert 0 < read < 12
+    s = Preview(open_source(f"file:{cut}@0"), RepeatEnhancer(), [NullSink()]).run()
+    assert s["stop_reason"] == "end of source" and s["processed"] == read
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"{cut}: the video ended after {read} of the 12 frames its header announces "
+                      "(a truncated or damaged file?)"]
+    caplog.clear()
+    Preview(open_source(f"file:{clip}@0"), RepeatEnhancer(), [NullSink()]).run()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

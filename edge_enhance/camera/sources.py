@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def frames_missing(done: int, total: int | None) -> bool:
+    """Whether a video that decoded ``done`` frames lacks some of the ``total`` its header announces.
+    Container frame counts are estimates for some formats: a frame or two short is not a damaged file."""
+    return bool(total) and total - done > max(1, total // 50)
+
+
 class _Pacer:
     """Sleeps so a file-like source delivers frames at a camera's rate (fps <= 0: as fast as read)."""
 
@@ -177,13 +183,19 @@ class VideoFileSource(OpenCVSource):
         native = cap.get(cv2.CAP_PROP_FPS) or 30.0
         self.fps = native if self._want_fps is None else self._want_fps
         self.native_fps = native
+        self.declared = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))  # what the header says; 0 unknown
+        self.frames = 0
         self._pacer = _Pacer(self.fps)
         self._cap = cap
 
     def read(self):
         frame = super().read()
         if frame is not None:
+            self.frames += 1
             self._pacer.wait()
+        elif frames_missing(self.frames, self.declared):  # it ended quietly, as a whole clip does
+            log.warning("%s: the video ended after %d of the %d frames its header announces (a truncated or "
+                        "damaged file?)", self.device, self.frames, self.declared)
         return frame
 
 

@@ -25,6 +25,7 @@ from ..atomic import default_mode, refuse_overwriting_input
 from .detect import import_cv2
 from .errors import ConfigError, OutputError, SourceError
 from .sinks import FOURCC, open_video_writer
+from .sources import frames_missing
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,7 @@ def _check_output(src: str, dst: str, tmp: str, done: int, total: int | None, si
     its first part), pixels the codec dropped (some store only even sizes)."""
     cv2 = import_cv2()
     notes = []
-    # Container frame counts are estimates for some formats: a frame or two short is not a damaged file.
-    if total and total - done > max(1, total // 50):
+    if frames_missing(done, total):
         notes.append(f"only {done} of the {total} frames its header announces could be decoded "
                      "(a truncated or damaged file?); the output has those")
     cap = cv2.VideoCapture(tmp)
