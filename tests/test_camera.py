@@ -17,7 +17,9 @@ from edge_enhance.camera import (
 )
 from edge_enhance.camera.stats import LatencyHistogram, percentile
 from edge_enhance.errors import BackendUnavailableError, ConfigError, EdgeEnhanceError, OutputError
-from tests.test_camera_doubles import FlakySource, GatedEnhancer, HangingSource, RecordingSink, RepeatEnhancer
+from tests.test_camera_doubles import (
+    FlakySource, GatedEnhancer, HangingSource, RecordingSink, RepeatEnhancer, StallingSource,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,12 +197,26 @@ def test_source_that_comes_back_is_reconnected():
 
 
 def test_hung_source_is_lost_not_waited_for():
-    src = HangingSource(3)
+    src = HangingSource(3)  # stopping it does not end its read()
     try:
-        with pytest.raises(SourceLostError, match="no frame for 0.3 s after 3 frames"):
+        with pytest.raises(SourceLostError, match="no frame for 0.3 s after 3 frames; the source hung; stopping it "
+                                                  "to reconnect did not end its read"):
             Preview(src, RepeatEnhancer(), config=PreviewConfig(stall_timeout=0.3)).run()
     finally:
         src.release.set()
+
+
+def test_a_hung_source_is_reconnected_as_a_lost_one_is():
+    # A hung camera was given up at the stall timeout without the 3 reconnects the README promises.
+    src = StallingSource(4)
+    s = Preview(src, RepeatEnhancer(), [NullSink()],
+                config=PreviewConfig(frames=10, stall_timeout=0.2, reconnect_delay=0)).run()
+    assert s["processed"] == 10 and s["reconnects"] == 1 and s["stop_reason"] == "frames" and src.starts == 2
+    src = StallingSource(4, recover=False)  # hangs again after each restart: lost after --reconnects of them
+    with pytest.raises(SourceLostError, match=r"no frame for 0.2 s after 4 frames; the source hung after 2 reconnect"):
+        Preview(src, RepeatEnhancer(), [NullSink()],
+                config=PreviewConfig(reconnects=2, stall_timeout=0.2, reconnect_delay=0)).run()
+    assert src.starts == 3 and not src.started
 
 
 def test_sink_failure_stops_the_loop_with_its_name():

@@ -113,3 +113,28 @@ class RecordingSink(Sink):
 
     def stop(self):
         self.stopped = True
+
+
+class StallingSource(FlakySource):
+    """Delivers ``ok_frames`` and then blocks in read() until stop() ends it (a wedged camera driver that a
+    restart frees); ``recover``: after a restart it works, else it hangs at once again."""
+
+    def __init__(self, ok_frames: int, *, recover: bool = True):
+        super().__init__(ok_frames, recover=recover)
+        self.freed = threading.Event()
+
+    def start(self):
+        self.starts += 1
+        self.reads = 0
+        self.started = True
+        self.freed.clear()
+
+    def read(self):
+        if self.reads >= (self.ok_frames if self.starts == 1 else 0) and (self.starts == 1 or not self.recover):
+            self.freed.wait(30)
+            return None
+        return super().read()
+
+    def stop(self):
+        super().stop()
+        self.freed.set()

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--min-scale", type=float, default=0.5, metavar="R", help="adaptive: smallest input scale (default 0.5)")
     p("--stats-json", metavar="FILE", help="write stats as one JSON line per second, then a summary")
     p("--snapshot-dir", default="snapshots", metavar="DIR", help="where snapshots go (default ./snapshots)")
-    p("--reconnects", type=int, default=3, metavar="N", help="reconnect attempts for a lost camera (default 3)")
+    p("--reconnects", type=int, default=3, metavar="N", help="reconnect attempts for a lost or hung camera (default 3)")
     p("--split", action="store_true", help="start in split-screen before/after")
     p("--no-overlay", action="store_true", help="no stats overlay in window / file sinks")
     from edge_enhance.cli import add_card_arguments

@@ -44,7 +44,7 @@ class PreviewConfig:
     min_scale: float = 0.5  # adaptive mode never processes below this fraction of the input side
     reconnects: int = 3  # consecutive failed reconnect attempts before giving up on a live source
     reconnect_delay: float = 0.5  # seconds, times the attempt number
-    stall_timeout: float = 5.0  # a source that neither delivers nor fails for this long is lost
+    stall_timeout: float = 5.0  # a live source that neither delivers nor fails for this long is reconnected
     stats_interval: float = 1.0
     snapshot_dir: str = "snapshots"
 
@@ -217,6 +217,7 @@ class Preview:
         self._capture_done = threading.Event()
         self._capture_error: BaseException | None = None
         self._failures = 0
+        self._stopped_hung = False
         self._alive_t = 0.0
         self._latest: Captured | None = None
         self._sizes = (None, None, None, None)
@@ -322,8 +323,7 @@ class Preview:
                     if self._slot.empty():  # else the last frame came after the wait: the next turn takes it
                         return "end of source"
                 elif time.perf_counter() - self._alive_t > cfg.stall_timeout:
-                    raise SourceLostError(f"{self.source.name}: no frame for {cfg.stall_timeout:g} s "
-                                          f"after {stats.captured} frames; the source hung")
+                    self._restart_hung()
             now = time.perf_counter()
             if now >= next_tick:
                 self._tick()
@@ -417,6 +417,7 @@ class Preview:
                     if not src.live:
                         raise SourceError(f"{src.name}: read failed after {seq} frames ({type(e).__name__}: {e})") from e
                     frame, failure = None, f"{type(e).__name__}: {e}"
+                self._stopped_hung = False  # a read that hung has ended
                 if frame is None:
                     if not src.live:
                         return  # end of a file / folder / bounded synthetic run
@@ -431,6 +432,26 @@ class Preview:
         finally:
             self._capture_done.set()
             self._slot.wake()
+
+    def _restart_hung(self):
+        """A live source that neither delivers nor fails is stopped, so that its read() ends and the capture
+        thread reconnects it as it does a lost one; one whose read() not even that ends is lost."""
+        src, cfg = self.source, self.config
+        hung = f"{src.name}: no frame for {cfg.stall_timeout:g} s after {self.stats.captured} frames; the source hung"
+        if not src.live:
+            raise SourceLostError(hung)
+        if self._failures >= cfg.reconnects:
+            raise SourceLostError(hung + (f" after {self._failures} reconnect(s)" if cfg.reconnects
+                                          else "; reconnecting disabled"))
+        if self._stopped_hung:
+            raise SourceLostError(hung + "; stopping it to reconnect did not end its read")
+        log.warning("%s; stopping it to reconnect", hung)
+        self._stopped_hung = True
+        self._alive_t = time.perf_counter()
+        try:
+            src.stop()
+        except Exception as e:  # its read() failing or ending is what matters
+            log.debug("%s: stop: %s", src.name, e)
 
     def _reconnect(self, failure: str, seq: int):
         src, cfg = self.source, self.config
