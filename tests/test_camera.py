@@ -1162,3 +1162,21 @@ def test_a_truncated_video_source_says_it_ended_early(tmp_path, caplog):
     caplog.clear()
     Preview(open_source(f"file:{clip}@0"), RepeatEnhancer(), [NullSink()]).run()
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_check_pi_measures_the_synthetic_run_unpaced(tmp_path, monkeypatch, capsys):
+    # Its synthetic source was paced at 60 fps: a device processing faster showed "60 fps processed".
+    import edge_enhance.camera
+    from edge_enhance import enhancer
+    sys.path.insert(0, os.path.join(ROOT, "demo_raspberry"))
+    try:
+        import check_pi
+    finally:
+        sys.path.pop(0)
+    specs = []
+    opened = edge_enhance.camera.open_source
+    monkeypatch.setattr(edge_enhance.camera, "open_source", lambda spec: specs.append(spec) or opened(spec))
+    monkeypatch.setattr(enhancer, "Enhancer", lambda model, threads=None: RepeatEnhancer())
+    assert check_pi.main(["--seconds", "0.2", "--no-camera", "--size", "32x24"]) == 0
+    assert specs and all(spec == "synthetic:32x24@0" for spec in specs)
+    assert "synthetic 32x24 -> x2:" in capsys.readouterr().out
