@@ -19,6 +19,7 @@ from ..atomic import default_mode
 from .detect import import_cv2, platform_info
 from .errors import ConfigError, OutputError, SinkError
 from .frames import compose, draw_overlay
+from .sources import frames_missing
 from .stats import overlay_lines
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,7 @@ def check_written(path: str, tmp: str, frames: int) -> None:
     """Raise OutputError naming ``path`` unless the finished temp file ``tmp`` reads back ``frames`` frames.
 
     cv2.VideoWriter.write reports nothing: a full disk or a removed folder shows only here, as an MP4
-    without its index (unplayable) or an AVI cut short. Container counts may be estimates: a frame or
-    two short is not a damaged file.
+    without its index (unplayable) or an AVI cut short (``frames_missing``: a frame or two short is not).
     """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -167,7 +167,7 @@ def check_written(path: str, tmp: str, frames: int) -> None:
     cap = cv2.VideoCapture(tmp)
     got = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if cap.isOpened() else 0
     cap.release()
-    if got < frames - max(1, frames // 50):
+    if frames_missing(got, frames):
         free = shutil.disk_usage(folder).free
         why = f"the disk is full, {free // 1024} KiB free" if free < 1 << 20 else "the write failed"
         raise OutputError(f"{path}: only {got} of the {frames} frames written can be read back ({why}); "

@@ -46,11 +46,8 @@ def source_onnx(model: str | Path) -> Path:
     """The ONNX a tool (convert, quantize, prune) reads: a bare bundled name ('sr-x2') is its fp32 .onnx in the
     package, as everywhere a model is named (a file of that name here is not: ./sr-x2 names it); else the path."""
     p = Path(model)
-    f = MODELS_DIR / f"{model}.onnx"
-    if str(model) == p.name and str(model) in bundled() and f.is_file():
-        if p.exists():
-            log.warning("%s: the bundled model is used, not the file of that name here (write ./%s for it)", model, model)
-        return f
+    if str(model) == p.name and (MODELS_DIR / f"{model}.onnx").is_file():
+        return resolve(str(model), "onnxruntime")  # which also says when a file of that name here is passed over
     return p
 
 
