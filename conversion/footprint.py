@@ -20,7 +20,7 @@ from pathlib import Path
 from edge_enhance.card import CARD_KEY, TASKS, ModelCard, check_channels
 from edge_enhance.card import add_card_arguments as card_arguments
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelFormatError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,11 @@ def check_card(g, src) -> None:
     """A model's own card against its graph: refuse a graph that is not 1 -> 1 or 3 -> 3 channels or that no
     tile can match (the runtime tiles by the card); a scale the graph contradicts; warn when the card's
     receptive field is below the graph's."""
+    _check_card(g, src)
+    check_output_size(g, src)
+
+
+def _check_card(g, src) -> None:
     check_image_channels(g, src)  # a card-less model too: every command reaches it here or in attach_card
     if CARD_KEY not in g.metadata:
         return
@@ -126,6 +131,38 @@ def check_card(g, src) -> None:
     if card.align % fp.align:
         log.warning("%s: the card's align %d is not a multiple of the graph's %d (its strides): tiles placed off that "
                     "grid will not match the whole image", src, card.align, fp.align)
+
+
+def output_scale(name, in_hw, out_hw, scale: int | None) -> int:
+    """The model's scale, where its ``out_hw`` output is its ``in_hw`` input times ``scale`` (None: any whole
+    factor); else ModelFormatError: the runtime tiles only such models."""
+    (h, w), (oh, ow) = in_hw[:2], out_hw[:2]
+    k = scale or max(1, oh // max(h, 1))
+    if (oh, ow) == (h * k, w * k):
+        return k
+    why = " (convolutions without padding shrink it: give them pads)" if oh < h * k or ow < w * k else ""
+    raise ModelFormatError(f"{name}: output {oh}x{ow} for a {h}x{w} input, not the input scaled by "
+                           f"{scale or 'a whole factor'}{why}; edge-enhance runs models whose output is the input "
+                           "scaled by their card's scale")
+
+
+def check_output_size(g, src) -> None:
+    """Run the graph once on a small blank input (its fixed size where it has one) and refuse an output that is
+    not the input times its card's scale (any whole factor without a card), before any work is spent on it."""
+    import numpy as np
+
+    from .executor import run
+
+    card = ModelCard.from_json(g.metadata[CARD_KEY], str(src)) if CARD_KEY in g.metadata else None
+    _, h, w, c = g.tensors[g.inputs[0]].shape
+    if h is None or w is None:
+        h, w = g.folded_for or (-(-32 // card.align) * card.align if card else 32,) * 2
+    try:
+        y = run(g, {g.inputs[0]: np.zeros((1, h, w, c), np.float32)})[g.outputs[0]]
+    except Exception as e:  # a graph the executor cannot run here fails, with its own message, where it is used
+        log.debug("%s: output size not checked: %s", src, e)
+        return
+    output_scale(src, (h, w), y.shape[1:3], card.scale if card else None)
 
 
 def _side(lo, hi, j, kh, sh, dh, pt, kw, sw, dw, pl):
@@ -175,4 +212,5 @@ def attach_card(g, src, task: str | None = None, *, scale: int | None = None, re
                      align=align or fp.align, base="nearest" if s > 1 else "identity", input_range=tuple(input_range),
                      colour=fp.colour)
     g.metadata[CARD_KEY] = card.to_json()
+    check_output_size(g, src)
     return card

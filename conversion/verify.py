@@ -21,6 +21,7 @@ from edge_enhance.card import CARD_KEY, ModelCard
 from edge_enhance.evaluation import list_images, shared_data  # noqa: F401  (coreml_writer imports list_images here)
 
 from .errors import ConfigError, VerificationError
+from .footprint import output_scale
 
 log = logging.getLogger(__name__)
 FP32_TOL = 1e-4
@@ -225,7 +226,7 @@ def compare(name_target: str, precision: str, source_fn, target_fn, card, files,
         if not np.isfinite(b).all() and np.isfinite(a).all():  # fp16 overflow: any precision fails on it
             raise VerificationError(f"{name_target} {precision}: the output holds inf / NaN on {name} where the "
                                     "source's is finite (values past the precision's range)")
-        s = a.shape[0] // x.shape[0]
+        s = output_scale(f"{name_target}: the source", x.shape[:2], a.shape[:2], _scale(card) if card else None)
         a, b = a[: h * s, : w * s], b[: h * s, : w * s]
         err = float(np.abs(a.astype(np.float64) - b).max())
         rep.images.append(ImageResult(name, err, psnr(a, b), task_psnr(card, a, ref) if ref is not None else None,

@@ -448,3 +448,22 @@ def test_an_output_made_by_a_final_slice_keeps_the_onnx_name(tmp_path):
     x = rand(rng, 1, 3, 6, 5, lo=0.0)
     y, _, o = run_tflite(out, x.transpose(0, 2, 3, 1), details=True)
     assert np.allclose(y, run_ort(m, x), atol=1e-5) and o["name"] == "y"
+
+
+@pytest.mark.parametrize("cmd", [["convert", "--to", "tflite"], ["convert", "--to", "coreml"], ["quantize", "--no-eval"],
+                                 ["prune", "--target-macs", "0.5", "--no-eval"]])
+def test_an_output_smaller_than_the_input_is_named_before_any_work(tmp_path, capsys, cmd):
+    """A 3x3 conv without pads gives 30x30 for 32x32: the runtime cannot tile it; convert / quantize / prune say so
+    at once, with the file and the likely cause (before: a raw numpy error out of verification or calibration)."""
+    from edge_enhance.cli import main
+
+    w = np.random.default_rng(0).normal(0, 0.1, (3, 3, 3, 3)).astype(np.float32)
+    src = tmp_path / "valid.onnx"
+    src.write_bytes(make_model([h.make_node("Conv", ["x", "w"], ["y"])], {"w": w}, [1, 3, None, None])
+                    .SerializeToString())
+    calib = ["--calib", str(_photos(tmp_path / "d", (40, 40)))] if cmd[0] != "convert" else []
+    rc = main([cmd[0], str(src), *cmd[1:], "--card-task", "denoise", *calib])
+    err = capsys.readouterr().err
+    assert rc != 0 and "valid.onnx: output 30x30 for a 32x32 input, not the input scaled by 1 (convolutions without " \
+                       "padding shrink it" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["d"] if calib else []) + ["valid.onnx"]
