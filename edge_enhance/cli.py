@@ -400,6 +400,20 @@ def cmd_enhance(args) -> int:
                 and imageio.format_for(named) != wanted:
             raise ConfigError(f"-o {named}: the name says {imageio.format_for(named)}, --format says {wanted}; "
                               "give one or make them agree")
+    elif single and args.output and inputs[0][0].suffix.lower() not in imageio.VIDEO_SUFFIXES \
+            and not (Path(args.output).is_dir() or args.output.endswith(os.sep)):
+        try:  # an -o name of no photo format fails once, before the model loads
+            imageio.format_for(Path(args.output))
+        except ConfigError as e:
+            try:  # what the input holds (a JPEG named .heic), read off its header
+                with Image.open(inputs[0][0]) as im:
+                    held = im.format
+            except Exception:
+                held = None
+            ext = {"JPEG": "jpg", "TIFF": "tif"}.get(held, str(held).lower()) if held in imageio.WRITE_FORMATS else "png"
+            known = Path(args.output).suffix.lower() in Image.registered_extensions()  # a PDF: --format cannot help
+            raise ConfigError(f"{e}" + (f" (the input is a {held} file)" if ext != "png" or held == "PNG" else "")
+                              + f": name it .{ext}" + ("" if known else f" or add --format {ext}")) from None
     out = Path(args.output) if args.output and not single else None
     if out and not out.is_dir() and (out.exists() or out.suffix.lower() in imageio.IMAGE_SUFFIXES):
         what = "an existing file" if out.exists() else "an image file name"

@@ -658,9 +658,15 @@ def test_output_formats_are_photo_formats_named_in_ascii(tmp_path, model, capsys
     for fmt in ("tıff", "JPEG2000", "pdf", "ico"):
         assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "--format", fmt]) == 2
         assert "unknown output format" in capsys.readouterr().err
-    assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "-o", str(tmp_path / "x.pdf")]) == 1
+    assert main(["enhance", str(tmp_path / "a.png"), "--model", model, "-o", str(tmp_path / "x.pdf")]) == 2
     err = capsys.readouterr().err
-    assert "x.pdf: PDF is not a photo format edge-enhance writes" in err and "--format jpg" not in err
+    assert "x.pdf: PDF is not a photo format edge-enhance writes" in err and "PNG file): name it .png" in err
+    assert "--format" not in err  # --format png with -o x.pdf is refused too
+    # An -o name of no format is an option error: exit 2 before the model loads (it was exit 1, as a failed file)
+    assert main(["enhance", str(tmp_path / "a.png"), "--model", str(tmp_path / "nope.onnx"), "-o",
+                 str(tmp_path / "x.xyz")]) == 2
+    assert "x.xyz: cannot tell the output format from '.xyz' (the input is a PNG file): name it .png or add --format png" in \
+        capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.onnx"]
 
 

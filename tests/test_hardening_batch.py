@@ -255,6 +255,6 @@ def test_a_jpeg_named_heic_comes_out_as_jpg_or_says_how_to(tmp_path, model, caps
     assert main(["enhance", str(fake), "--model", str(model), "-q"]) == 0  # what the file holds
     assert Image.open(d / f"fake.{model.stem}.jpg").format == "JPEG"
     capsys.readouterr()
-    assert main(["enhance", str(fake), "--model", str(model), "-o", str(d / "named.heic")]) == 1  # a name given
-    assert ("cannot tell the output format from '.heic' (the input is a JPEG file: add --format jpg; fmt='jpg' in "
-            "Python)") in capsys.readouterr().err
+    assert main(["enhance", str(fake), "--model", str(model), "-o", str(d / "named.heic")]) == 2  # a name given
+    assert ("cannot tell the output format from '.heic' (the input is a JPEG file): name it .jpg or add --format "
+            "jpg") in capsys.readouterr().err
