@@ -391,7 +391,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-crop", type=number(int, 8), default=96,
                         help="side of a calibration crop (default 96; smaller for a folder of small images)")
     parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
-    parser.add_argument("--verify-images", type=number(int, 1), default=5, help="how many images to verify on")
+    parser.add_argument("--verify-images", type=number(int, 1), help="how many images to verify on (default 5; int8 / "
+                        "int16x8 TFLite, made by `quantize`, is evaluated on the whole --dataset)")
     parser.add_argument("-o", "--output", type=Path, help="output path")
     parser.add_argument("--json", action="store_true", help="print the result (or the error) as JSON on stdout")
     add_card_arguments(parser)
@@ -412,6 +413,9 @@ def _quantize_instead(args: argparse.Namespace) -> int:
         argv += ["-o", str(args.output)]
     if args.dataset:
         argv += ["--eval", str(args.dataset)]
+    if args.verify_images is not None:
+        log.warning("--verify-images does not apply to --precision %s TFLite: `quantize` makes it and evaluates it on "
+                    "the whole %s", args.precision, args.dataset or "quick set (Set5, CBSD68 for denoise / dejpeg)")
     if args.tile:
         argv += ["--tile", args.tile]
     if args.d2s_as_transpose_conv:
@@ -459,7 +463,7 @@ def main(args: argparse.Namespace) -> int:
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, calib_crop=args.calib_crop,
                       dataset=args.dataset,
-                      max_images=args.verify_images, enumerated_shapes=shapes, card=card_options(args),
+                      max_images=args.verify_images or 5, enumerated_shapes=shapes, card=card_options(args),
                       min_target=args.min_target)
     except ConfigError as e:
         return fail(str(e), 2, "error: ")

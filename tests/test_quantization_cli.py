@@ -236,6 +236,12 @@ def test_convert_int8_takes_a_calibration_crop_and_warns_about_few_images(setup,
                     "--calib-crop", "16", "--dataset", str(ev), "-o", str(out)], capsys)
     assert rc == 0 and out.exists(), cap.err
     assert "calibrating from 2 image(s)" in caplog.text
+    assert "--verify-images does not apply" not in caplog.text
+    rc, cap = _run(["convert", str(model), "--to", "tflite", "--precision", "int8", "--calib", str(calib),
+                    "--calib-crop", "16", "--dataset", str(ev), "-o", str(out), "--verify-images", "1"], capsys)
+    assert rc == 0  # an option int8 TFLite does not take is said, not silently dropped
+    assert f"--verify-images does not apply to --precision int8 TFLite: `quantize` makes it and evaluates it on " \
+           f"the whole {ev}" in caplog.text
 
 
 @pytest.mark.parametrize("command", ["quantize", "prune", "convert"])
