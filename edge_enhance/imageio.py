@@ -603,11 +603,14 @@ def _text_as_bytes(exif: Image.Exif) -> list:
 
 
 def _exif_bytes(exif: Image.Exif) -> bytes:
-    """``exif.tobytes()`` with its text as the file had it; the photo's own EXIF is left as it was."""
-    changed = _text_as_bytes(exif)
+    """``exif.tobytes()`` with its text as the file had it, in classic TIFF layout (a BigTIFF scan's EXIF
+    read back as BigTIFF, which no EXIF reader takes); the photo's own EXIF is left as it was."""
+    changed, big = _text_as_bytes(exif), getattr(exif, "bigtiff", False)
+    exif.bigtiff = False
     try:
         return exif.tobytes()
     finally:
+        exif.bigtiff = big
         for ifd, tag, v in changed:
             ifd[tag] = v
 
@@ -696,6 +699,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     _text_as_bytes(tags)
                     kw["exif"] = tags
             except Exception as e:
+                kw.pop("exif", None)
                 log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
         if dpi:
             kw["dpi"] = dpi

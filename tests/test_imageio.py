@@ -431,3 +431,25 @@ def test_a_photo_without_exif_gets_none_in_its_output(tmp_path, ext):
     if ext == "jpg":
         with Image.open(tmp_path / "o.jpg") as o:
             assert o.info.get("dpi") is None
+
+
+@pytest.mark.parametrize("ext", ["tif", "png", "jpg"])
+def test_a_bigtiff_scans_exif_is_written_in_classic_layout(tmp_path, ext):
+    """A film scanner's BigTIFF: its EXIF went out in BigTIFF layout, so a TIFF output failed after the work
+    ('cannot write (unpack requires a buffer of 8 bytes)') and PNG / JPEG outputs held EXIF no reader takes."""
+    tifffile = pytest.importorskip("tifffile")
+    src = tmp_path / "scan.tif"
+    tifffile.imwrite(src, np.full((12, 16, 3), 90, np.uint8), bigtiff=True, metadata=None, software="scanner x")
+    with Image.open(imageio.save_image(imageio.load_image(src), tmp_path / f"o.{ext}")) as o:
+        assert o.getexif().get(305) == "scanner x"
+
+
+def test_exif_that_cannot_be_re_encoded_is_left_out_and_the_file_written(tmp_path, monkeypatch, caplog):
+    src = tmp_path / "a.jpg"
+    ex = Image.Exif()
+    ex[305] = "camera"
+    Image.new("RGB", (16, 12), (10, 120, 200)).save(src, exif=ex)
+    monkeypatch.setattr(imageio, "_exif_bytes", lambda exif: b"Exif\x00\x00II+\x00\x08\x00")
+    with Image.open(imageio.save_image(imageio.load_image(src), tmp_path / "o.tif")) as o:
+        assert o.getexif().get(305) is None
+    assert "EXIF could not be re-encoded" in caplog.text
