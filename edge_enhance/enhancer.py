@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -516,4 +518,15 @@ def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None
         return None
     log.info("output of %.0f MB streams into a memory-mapped file (RAM available: %.0f MB)", nbytes / 2**20, ram / 2**20)
     f = tempfile.TemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", suffix=".mmap")
+    try:  # the blocks are claimed now: a disk that fills under a memory map kills the process (SIGBUS)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+        elif shutil.disk_usage(dst.parent).free < nbytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as e:
+        f.close()
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # a file system without fallocate: memory it is
+            return None
+        raise OutputError(f"{dst}: no room in {dst.parent} for the {nbytes / 2**20:.0f} MB output, which streams "
+                          f"through a file there as it does not fit in RAM ({e.strerror})") from None
     return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, 3))

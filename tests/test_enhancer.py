@@ -224,6 +224,31 @@ def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # the map is gone
 
 
+def test_a_memory_mapped_output_with_no_room_on_disk_is_an_error_before_the_work(models, tmp_path, monkeypatch):
+    """A disk that filled under the memory map killed the process with SIGBUS, no message, no exit status."""
+    import errno
+
+    from PIL import Image
+
+    from edge_enhance import enhancer as enh_mod
+    from edge_enhance.errors import OutputError
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(src)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(enh_mod, "_available_ram", lambda: 1000)
+    monkeypatch.setattr(enh_mod.os, "posix_fallocate", full, raising=False)
+    enh = Enhancer(models[2])
+    monkeypatch.setattr(enh, "enhance_photo", lambda *a, **k: pytest.fail("enhanced with no room for the output"))
+    with pytest.raises(OutputError, match=r"out.png: no room in .* for the 0 MB output, which streams through a file "
+                                          r"there as it does not fit in RAM \(No space left on device\)"):
+        enh.enhance_file(src, tmp_path / "out.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
 # -- align 2: a half-resolution model (stride-2 first conv) -------------------------------------------------------
 @pytest.fixture(scope="module")
 def half_res(tmp_path_factory):
