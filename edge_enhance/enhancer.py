@@ -215,7 +215,7 @@ class Enhancer:
             self._said_fixed = True
             log.warning("%s: the model takes %dx%d tiles only (its input is fixed); the %dx%d tile asked for is "
                         "not used", self.path, *fixed, *asked)
-        if self._bpp is None and self.tiling.tile is None and not self.backend.fixed_shape:
+        if self._bpp is None and not self.backend.fixed_shape:  # an asked-for tile is checked against --memory too
             self._bpp = self.backend.activation_bytes_per_pixel()
         return choose_tile(h, w, self.card.margin, self._bpp or 1.0, self.tiling.memory_mb,
                            self.tiling.tile, self.fixed_tile, self.card.align)

@@ -136,14 +136,21 @@ def choose_tile(h: int, w: int, margin: int, bytes_per_pixel: float, memory_mb: 
         return fixed
     if requested:
         if requested[0] >= h and requested[1] >= w:  # "a tile at least as large as the image": no tiling
-            return full
-        tile = tuple(min(round_up(r, a), f) for r, f in zip(requested, full))
-        # A side with no room for a core inside the margins is grown to the smallest that has one (said once).
-        grown = tuple(min(min_tile_side(margin, a), f) if t < f and t - 2 * margin < 1 else t for t, f in zip(tile, full))
-        if grown != tile and (requested, margin) not in _SAID:
-            _SAID.add((requested, margin))
-            log.warning("tile %dx%d leaves no room inside the model's margins of %d pixels: running %dx%d",
-                        *requested, margin, *grown)
+            grown = full
+        else:
+            tile = tuple(min(round_up(r, a), f) for r, f in zip(requested, full))
+            # A side with no room for a core inside the margins is grown to the smallest that has one (said once).
+            grown = tuple(min(min_tile_side(margin, a), f) if t < f and t - 2 * margin < 1 else t
+                          for t, f in zip(tile, full))
+            if grown != tile and (requested, margin) not in _SAID:
+                _SAID.add((requested, margin))
+                log.warning("tile %dx%d leaves no room inside the model's margins of %d pixels: running %dx%d",
+                            *requested, margin, *grown)
+        need = grown[0] * grown[1] * bytes_per_pixel / 2**20
+        if need > memory_mb and (grown, memory_mb) not in _SAID:  # --memory only sizes an automatic tile
+            _SAID.add((grown, memory_mb))
+            log.warning("tile %dx%d needs about %.0f MB for the engine, over the %g MB memory budget, which sizes "
+                        "only an automatic tile: leave --tile out to keep within it", *grown, need, memory_mb)
         return grown
     budget_px = memory_mb * 2**20 / max(bytes_per_pixel, 1.0)
     floor = min_tile_side(margin, a)

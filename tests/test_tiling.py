@@ -134,3 +134,13 @@ def test_auto_tile_is_aligned_and_balanced(h, w, m, a, budget_kb):
         # balanced: one alignment step smaller would need another tile (or leave no core)
         assert t - a - 2 * m < 1 or len(plan_tiles(n, a, (t - a, a), m, a)) > count
     _check_plan(h, w, (th, tw), m, a)
+
+
+@pytest.mark.parametrize("requested", [(4000, 4000), (500, 600)])
+def test_an_asked_for_tile_over_the_memory_budget_is_said(caplog, requested):
+    """--tile 4000 --memory 16 on a 12 MP photo took 7.9 GB with no word: --memory sizes only an automatic tile."""
+    assert choose_tile(1000, 1200, 4, 100.0, 16.0, requested=requested) == min(requested, (1000, 1200))
+    assert f"tile {min(requested, (1000, 1200))[0]}x" in caplog.text and "over the 16 MB memory budget" in caplog.text
+    caplog.clear()
+    choose_tile(1000, 1200, 4, 100.0, 64.0, requested=(200, 200))  # 3.8 MB: within it
+    assert "memory budget" not in caplog.text
