@@ -527,7 +527,9 @@ class StopRequest:
         self.on_first()
 
     def on_first(self) -> None:
-        """Called on the first signal (say what happens next)."""
+        """Called on the first signal: says what happens next."""
+        log.warning("stopping: a file being saved is finished first, one being enhanced is left unwritten (again to "
+                    "stop at once)")
 
     def check(self) -> None:
         if self.requested:

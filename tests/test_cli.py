@@ -595,6 +595,29 @@ def test_a_file_cut_by_ctrl_c_is_said_interrupted_not_failed(tmp_path, model, ca
     assert rc == 130 and "INTERRUPTED" in err and "1.png: stopped by the user" in err and "FAILED" not in err
 
 
+def test_the_first_ctrl_c_is_answered_at_once_and_the_file_being_saved_is_finished(tmp_path, model, caplog,
+                                                                                    monkeypatch):
+    """A first Ctrl-C during a long save was met with silence until the save ended."""
+    import os
+    import signal
+
+    from edge_enhance import imageio
+
+    for i in range(2):
+        _img(tmp_path / f"{i}.png")
+    orig = imageio.save_image
+
+    def ctrl_c_while_saving(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert "stopping: a file being saved is finished first" in caplog.text  # before the save ends
+        return orig(*a, **k)
+
+    monkeypatch.setattr(imageio, "save_image", ctrl_c_while_saving)
+    rc = main(["enhance", str(tmp_path / "0.png"), str(tmp_path / "1.png"), "-o", str(tmp_path / "out"),
+               "--model", model])
+    assert rc == 130 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png"]
+
+
 @pytest.mark.parametrize("argv", [["enhance", "x.png", "--quality", "500"], ["eval", "sr-x2"], ["models", "--bogus"]])
 def test_an_option_error_answers_a_json_caller_on_stdout(capsys, argv):
     """Errors found after parsing came back as {"error", "exit"} on stdout; argparse's own gave nothing."""
