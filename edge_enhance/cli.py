@@ -97,6 +97,8 @@ class Progress:
         eta = (time.monotonic() - self.start) / done * left if done > 0 else None
         head = f"[{self.done_files + 1}/{self.total}] "
         tail = f"  {frac:4.0%}  ETA {'-:--' if eta is None else f'{int(eta) // 60}:{int(eta) % 60:02d}'}"
+        if frac >= 1:  # the last tile is done: encoding a large file can take longer than enhancing it
+            tail = "  saving"
         # One terminal row: a line that wraps leaves a row behind at every redraw (CR goes back one row).
         room = shutil.get_terminal_size().columns - 1 - _cells(head + tail)
         name = shown(self.name)
