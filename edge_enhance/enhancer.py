@@ -501,12 +501,30 @@ def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 
         log.warning("%s: %s has no alpha channel; transparency dropped, the stored colours kept", dst, out_fmt)
         photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale)
+    _warn_if_short_of_memory(photo, src, processor, mapped=out is not None)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     if result is photo:  # auto at scale 1 ran no stage
         raise NothingToDo(f"{src}: auto found nothing to clean at scale 1; nothing written")
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0
     return imageio.save_image(result, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
                               dpi_scale=dpi_scale)
+
+
+def _warn_if_short_of_memory(photo: imageio.Photo, src: Path, processor, mapped: bool) -> None:
+    """Say so before the work where the output (unless memory-mapped) and the encoder's copy of it (Pillow
+    holds 4 bytes a pixel for 8-bit RGB) need more than the RAM available: the system would otherwise stop
+    the process for lack of memory with no word from us."""
+    ram = _available_ram()
+    if ram is None:
+        return
+    h, w, _ = photo.rgb.shape
+    px = h * w * processor.scale ** 2
+    k = photo.rgb.itemsize
+    need = (0 if mapped else px * 3 * k) + px * (4 if k == 1 else 6)
+    if need > ram:
+        log.warning("%s: its %dx%d output needs about %.0f MB of memory (the picture and the encoder's copy of it), "
+                    "and %.0f MB is available: the system may stop the run for lack of memory",
+                    src, w * processor.scale, h * processor.scale, need / 2**20, ram / 2**20)
 
 
 def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None:

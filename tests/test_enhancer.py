@@ -224,6 +224,29 @@ def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # the map is gone
 
 
+@pytest.mark.parametrize("ram_mb,said", [(0.005, True), (4096, False)])
+def test_an_output_past_the_ram_available_is_said_before_the_work(models, tmp_path, monkeypatch, caplog, ram_mb, said):
+    """A 24 MP photo x2 took 788 MB: on a 1 GB board the system stops it, and nothing had said it might."""
+    from PIL import Image
+
+    from edge_enhance import enhancer as enh_mod
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(src)
+    monkeypatch.setattr(enh_mod, "_available_ram", lambda: int(ram_mb * 2**20))
+    enh = Enhancer(models[2])
+    real, before = enh.enhance_photo, []
+
+    def spy(*a, **k):
+        before.append("lack of memory" in caplog.text)
+        return real(*a, **k)
+
+    monkeypatch.setattr(enh, "enhance_photo", spy)
+    enh.enhance_file(src, tmp_path / "out.png")
+    assert before == [said]
+    assert (f"in.png: its {40 * enh.scale}x{30 * enh.scale} output needs about" in caplog.text) == said
+
+
 def test_a_memory_mapped_output_with_no_room_on_disk_is_an_error_before_the_work(models, tmp_path, monkeypatch):
     """A disk that filled under the memory map killed the process with SIGBUS, no message, no exit status."""
     import errno
