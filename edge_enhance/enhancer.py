@@ -226,7 +226,7 @@ class Enhancer:
 
         Any H and W: for a card with ``align`` > 1 (or a fixed shape larger than the image) the
         windows run past the image's bottom and right edges into its reflection up to a multiple of
-        ``align`` (or that shape), and only H*s x W*s is kept."""
+        ``align`` (or that shape), and only H*s x W*s is kept. ``out`` may be ``rgb`` itself (in place)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
         if rgb.dtype.kind == "u" and rgb.dtype.itemsize == 2 and not rgb.dtype.isnative:
@@ -247,6 +247,8 @@ class Enhancer:
         elif out.shape != (h * s, w * s, 3) or out.dtype != rgb.dtype:
             raise ConfigError(f"out= must be {h * s} x {w * s} x 3 {rgb.dtype}, got {' x '.join(map(str, out.shape))} "
                               f"{out.dtype}")
+        elif np.may_share_memory(out, rgb):  # in place (out=rgb), or overlapping it: cores written to out would
+            rgb = rgb.copy()                   # be read back as later tiles' margins
         tile = self.tile_for(h, w)
         if self.tta and tile[0] != tile[1] and not self.fixed_tile:
             tile = self._square_tile(tile, h, w)  # a square window turns a quarter without resizing the engine

@@ -102,6 +102,18 @@ def test_bad_arrays_get_one_clear_error(models):
         enh.enhance_rgb(np.zeros((4, 4, 3), np.uint8), out=np.zeros((5, 5, 3), np.uint8))
 
 
+@pytest.mark.parametrize("scale", [1, 2])
+def test_out_overlapping_the_input_gives_the_tiled_result(models, scale):
+    """In place (out=rgb), cores written to out were read back as later tiles' margins: wrong pixels."""
+    img = np.random.default_rng(9).integers(0, 256, (40, 37, 3), dtype=np.uint8)
+    enh = Enhancer(models[scale], tile=16)
+    expected = enh.enhance_rgb(img)
+    buf = np.zeros((40 * scale, 37 * scale, 3), np.uint8)
+    buf[:40, :37] = img  # the input is a view at the start of out
+    assert enh.enhance_rgb(buf[:40, :37], out=buf) is buf
+    assert enh.last_run.tiles > 1 and np.array_equal(buf, expected)
+
+
 def test_big_endian_16_bit_arrays_are_16_bit_arrays(models):
     img = np.random.default_rng(3).integers(0, 65536, (9, 7, 3)).astype(np.uint16)
     enh = Enhancer(models[2])
