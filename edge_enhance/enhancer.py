@@ -5,6 +5,7 @@ import dataclasses
 import errno
 import functools
 import logging
+import numbers
 import os
 import shutil
 import tempfile
@@ -82,6 +83,8 @@ def upscale_bicubic(src: np.ndarray, y: int, x: int, h: int, w: int, s: int) -> 
 
 
 def _check_strength(s: float) -> float:
+    if isinstance(s, bool) or not isinstance(s, numbers.Real):  # '0.5' or None: a TypeError from the comparison
+        raise ConfigError(f"strength {s!r} is not a number (0..{MAX_STRENGTH})")
     if not 0.0 <= s <= MAX_STRENGTH:
         raise ConfigError(f"strength {s} is outside 0..{MAX_STRENGTH}")
     return float(s)
@@ -126,7 +129,20 @@ class _Closed:
         raise ConfigError(f"{self.path}: this Enhancer was closed; make a new one to run the model again")
 
 
-class Enhancer:
+class _Processor:
+    """What an Enhancer and a Pipeline share."""
+
+    @property
+    def strength(self) -> float:
+        """How far towards the model's result: 0 the input (upscaled bicubic), 1 the model, up to 1.5."""
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self._strength = _check_strength(value)
+
+
+class Enhancer(_Processor):
     """Apply a model to photos.
 
     >>> with Enhancer("sr-x2") as enh:                      # doctest: +SKIP
@@ -191,14 +207,6 @@ class Enhancer:
     def last_run(self) -> RunInfo | None:
         """How the calling thread's last run was tiled (threads sharing the Enhancer each see their own)."""
         return getattr(self._local, "run", None)
-
-    @property
-    def strength(self) -> float:
-        return self._strength
-
-    @strength.setter
-    def strength(self, value: float) -> None:
-        self._strength = _check_strength(value)
 
     @property
     def scale(self) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import imageio
+from .enhancer import _Processor
 from .errors import ConfigError, EdgeEnhanceError
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def sr_chain(scale: int) -> list[str]:
     """Bundled SR models for a scale: 2, 3, 4 direct; 8 = x4 then x2 (8x detail is speculative)."""
     chains = {1: [], 2: ["sr-x2"], 3: ["sr-x3"], 4: ["sr-x4"], 8: ["sr-x4", "sr-x2"]}
     if scale not in chains:
-        raise ConfigError(f"scale {scale} is not one of 1, 2, 3, 4, 8")
+        raise ConfigError(f"scale {scale!r} is not one of 1, 2, 3, 4, 8")
     return chains[scale]
 
 
@@ -239,7 +240,7 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
     return stages, an
 
 
-class Pipeline:
+class Pipeline(_Processor):
     """Enhancers chained by mode. Models load once, on first use, and are reused across files."""
 
     last_run = None  # the last stage's RunInfo
@@ -248,6 +249,7 @@ class Pipeline:
                  check: bool = True):
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        sr_chain(scale)  # a bad scale is refused now, in auto mode too, not at the first file
         self.mode, self.scale, self.strength, self.check = mode, scale, strength, check
         self._make = make_enhancer
         self._loaded: dict[str, object] = {}

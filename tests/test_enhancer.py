@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -86,6 +88,13 @@ def test_strength_zero_gives_the_input_and_one_the_model(models):
     assert np.array_equal(enh1.enhance(img), img)
     with pytest.raises(ConfigError):
         enh.strength = 2.0
+
+
+@pytest.mark.parametrize("bad", ["0.5", None, True])
+def test_a_strength_that_is_not_a_number_is_a_config_error_naming_it(models, bad):
+    """It was a raw TypeError from the range check ('<=' not supported between float and str)."""
+    with pytest.raises(ConfigError, match=rf"strength {re.escape(repr(bad))} is not a number \(0\.\.1\.5\)"):
+        Enhancer(models[2], strength=bad)
 
 
 def test_bad_arrays_get_one_clear_error(models):

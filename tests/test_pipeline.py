@@ -1,5 +1,6 @@
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -377,3 +378,23 @@ def test_a_strength_past_1_on_denoise_is_warned_of_once(tmp_path, caplog):
     up = Pipeline("upscale", 2, make_enhancer=lambda name: _Offset(0), strength=1.25)
     up.enhance_photo(imageio.Photo(noisy.astype(np.uint8)))
     assert not caplog.records
+
+
+@pytest.mark.parametrize("strength,msg", [(-1, "strength -1 is outside 0..1.5"), (7, "strength 7 is outside 0..1.5"),
+                                          ("high", "strength 'high' is not a number"),
+                                          (None, "strength None is not a number")])
+def test_a_bad_strength_is_refused_when_the_pipeline_is_made(strength, msg):
+    """It was stored as given and failed at the first file (after a --strength warning), or as a TypeError."""
+    made = []
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        Pipeline("denoise", 1, make_enhancer=lambda name: made.append(name) or _Offset(0, scale=1), strength=strength)
+    assert made == []  # no model was loaded for it
+    pipe = Pipeline("denoise", 1, make_enhancer=lambda name: _Offset(0, scale=1))
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        pipe.strength = strength
+
+
+@pytest.mark.parametrize("mode", ["upscale", "auto"])
+def test_a_bad_scale_is_named_as_given_when_the_pipeline_is_made(mode):
+    with pytest.raises(ConfigError, match=re.escape("scale '2' is not one of 1, 2, 3, 4, 8")):
+        Pipeline(mode, "2", make_enhancer=lambda name: _Offset(0))
