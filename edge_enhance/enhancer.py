@@ -141,6 +141,10 @@ class _Processor:
     def strength(self, value: float) -> None:
         self._strength = _check_strength(value)
 
+    def _strength_for(self, strength: float | None) -> float:
+        """A call's own strength (checked), else the object's: threads sharing one object pass theirs per call."""
+        return self.strength if strength is None else _check_strength(strength)
+
 
 class Enhancer(_Processor):
     """Apply a model to photos.
@@ -229,8 +233,10 @@ class Enhancer(_Processor):
                            self.tiling.tile, self.fixed_tile, self.card.align)
 
     # -- core -------------------------------------------------------------------------------------
-    def enhance_rgb(self, rgb: np.ndarray, *, out: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
-        """H x W x 3 uint8 / uint16 -> (H*s) x (W*s) x 3 of the same dtype, tile by tile.
+    def enhance_rgb(self, rgb: np.ndarray, *, out: np.ndarray | None = None, progress: Progress | None = None,
+                    strength: float | None = None) -> np.ndarray:
+        """H x W x 3 uint8 / uint16 -> (H*s) x (W*s) x 3 of the same dtype, tile by tile, at ``strength``
+        (None: ``self.strength``).
 
         Any H and W: for a card with ``align`` > 1 (or a fixed shape larger than the image) the
         windows run past the image's bottom and right edges into its reflection up to a multiple of
@@ -242,6 +248,7 @@ class Enhancer(_Processor):
         if rgb.dtype not in (np.uint8, np.uint16):
             hint = " (from floats in 0..1: (img * 255).round().astype(np.uint8))" if rgb.dtype.kind == "f" else ""
             raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}{hint}")
+        strength = self._strength_for(strength)
         h, w, _ = rgb.shape
         if not (h and w):
             raise ConfigError(f"empty image ({w}x{h} pixels)")
@@ -269,7 +276,7 @@ class Enhancer(_Processor):
             del ycc
         try:
             with self._lock:
-                return self._run_tiles(src, out, tile, progress, maxv, chroma)
+                return self._run_tiles(src, out, tile, progress, maxv, strength, chroma)
         except MemoryError:
             smaller = self._smaller_tile(tile)
             if smaller is None:
@@ -278,7 +285,7 @@ class Enhancer(_Processor):
             log.warning("%s: out of memory on a %dx%d tile; retrying once with %dx%d tiles",
                         self.path, tile[0], tile[1], smaller[0], smaller[1])
             with self._lock:
-                return self._run_tiles(src, out, smaller, progress, maxv, chroma)
+                return self._run_tiles(src, out, smaller, progress, maxv, strength, chroma)
 
     def _square_tile(self, tile: tuple[int, int], h: int, w: int) -> tuple[int, int]:
         """A square tile for --tta: the smaller side, unless that leaves no core to step along the
@@ -309,7 +316,7 @@ class Enhancer(_Processor):
         return smaller if smaller != tile else None
 
     def _run_tiles(self, src: np.ndarray, out: np.ndarray, tile: tuple[int, int], progress: Progress | None,
-                   maxv: float, chroma: list | None = None) -> np.ndarray:
+                   maxv: float, strength: float, chroma: list | None = None) -> np.ndarray:
         """src: H x W x C pixels on 0..maxv (the RGB image, or for a luma model its float Y, with
         ``chroma`` its Cb, Cr planes at the output size); out: the RGB output, filled core by core."""
         h, w, _ = src.shape
@@ -321,7 +328,6 @@ class Enhancer(_Processor):
         # Quarter turns need a square window; a non-square fixed-shape model gets the 4 that keep its shape.
         passes = (range(8) if tile[0] == tile[1] else (0, 2, 4, 6)) if self.tta else (0,)
         self._local.run = RunInfo(tile, len(tiles), m, len(passes))
-        strength = self.strength
         for i, t in enumerate(tiles):
             (y, x, ch, cw), (wy, wx) = t
             win = extract(src, wy, wx, *tile)
@@ -382,7 +388,7 @@ class Enhancer(_Processor):
         return np.asarray(im).astype(alpha.dtype)
 
     def enhance_photo(self, photo: imageio.Photo, *, src=None, out: np.ndarray | None = None,
-                      progress: Progress | None = None) -> imageio.Photo:
+                      progress: Progress | None = None, strength: float | None = None) -> imageio.Photo:
         rgb, alpha = photo.rgb, photo.alpha
         if alpha is not None:
             # The colour under fully transparent pixels is arbitrary (often black or white): within the
@@ -390,7 +396,7 @@ class Enhancer(_Processor):
             # rings into the edge (premultiplying did: dark or light outlines of up to 126 levels).
             rgb = bleed_hidden_colour(rgb, alpha, self.card.margin + 2)  # + bicubic alpha's reach
         grey_looking = not photo.grey and _grey_looking(rgb)
-        res = self.enhance_rgb(rgb, out=out, progress=progress)
+        res = self.enhance_rgb(rgb, out=out, progress=progress, strength=strength)
         new_alpha = self._upscale_alpha(alpha) if alpha is not None else None
         for b in imageio.row_bands(res) if grey_looking or alpha is not None else ():
             if grey_looking:  # a grey picture stored as RGB comes out grey, not tinted
@@ -399,28 +405,30 @@ class Enhancer(_Processor):
                 res[b][new_alpha[b] == 0] = 0  # hidden colour: none, as the un-premultiplied result had
         return dataclasses.replace(photo, rgb=res, alpha=new_alpha)
 
-    def enhance(self, image):
+    def enhance(self, image, *, strength: float | None = None):
         """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
         H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
         applied first, as for files: the result is upright and carries no orientation tag. Of an
         animated image, the current frame is enhanced. A Pillow image whose data cannot be decoded
-        (a truncated or damaged upload) raises ImageInputError, as a file does."""
+        (a truncated or damaged upload) raises ImageInputError, as a file does. ``strength``: this
+        call's (None: ``self.strength``); threads sharing the Enhancer pass theirs here."""
         from PIL import Image
 
         if isinstance(image, Image.Image):
             photo = imageio.photo_from_pil(image)
-            return imageio.photo_to_pil(self.enhance_photo(photo)) if photo.rgb.dtype == np.uint8 else \
-                self._pil16(self.enhance_photo(photo))
+            res = self.enhance_photo(photo, strength=strength)
+            return imageio.photo_to_pil(res) if photo.rgb.dtype == np.uint8 else self._pil16(res)
         a = np.asarray(image)
         if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
-            g = imageio.to_grey(self.enhance_rgb(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2)))
+            g = imageio.to_grey(self.enhance_rgb(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2),
+                                                 strength=strength))
             return g if a.ndim == 2 else g[..., None]
         if a.ndim == 3 and a.shape[2] == 4:
-            p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()))
+            p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()), strength=strength)
             return np.dstack([p.rgb, p.alpha])
         if a.ndim == 3 and a.shape[2] == 3 and a.dtype.kind == "u":  # a grey picture stored as RGB stays grey
-            return self.enhance_photo(imageio.Photo(a, None)).rgb
-        return self.enhance_rgb(a)
+            return self.enhance_photo(imageio.Photo(a, None), strength=strength).rgb
+        return self.enhance_rgb(a, strength=strength)
 
     @staticmethod
     def _pil16(photo: imageio.Photo):

@@ -286,7 +286,9 @@ class Pipeline(_Processor):
     def end_sequence(self) -> None:
         self._sequence = None
 
-    def enhance_photo(self, photo: imageio.Photo, *, src=None, out=None, progress=None) -> imageio.Photo:
+    def enhance_photo(self, photo: imageio.Photo, *, src=None, out=None, progress=None,
+                      strength: float | None = None) -> imageio.Photo:
+        strength = self._strength_for(strength)
         if self._sequence:  # a later frame of a video: the first one's chain, its analysis and check kept
             stages, an = self._sequence[0], None
         else:
@@ -304,26 +306,26 @@ class Pipeline(_Processor):
             self.last_analysis = an
         self.last_stages = stages
         if an is not None:
-            an.strength = self.strength
-        if self.strength > 1 and "denoise" in stages and not self._said_strength:
+            an.strength = strength
+        if strength > 1 and "denoise" in stages and not self._said_strength:
             self._said_strength = True
             log.warning("--strength %g past 1 puts denoise's removed noise back inverted (1 is the model's best)",
-                        self.strength)
+                        strength)
         if not stages:
             return photo
         # The check compares the upscale with what it upscaled: cleanup departs from a noisy input on purpose.
         first_sr = next((i for i, n in enumerate(stages) if n.startswith("sr-")), len(stages))
-        base = self._run(stages[:first_sr], photo, self.strength, None, None) if first_sr else photo
-        result = self._run(stages[first_sr:], base, self.strength, out, progress)
+        base = self._run(stages[:first_sr], photo, strength, None, None) if first_sr else photo
+        result = self._run(stages[first_sr:], base, strength, out, progress)
         if an is not None and self.check and first_sr < len(stages):
             an.backprojection_db = backprojection_psnr(base.rgb, result.rgb, base.alpha)
-            an.strength = self.strength
+            an.strength = strength
             if an.backprojection_db < BACKPROJECTION_MIN_DB:
                 # An input no upscale can agree with (a 1-bit dither, a pixel checkerboard: aliased) is judged
                 # against what bicubic achieves on it, not against a bar made for photos.
                 floor = min(BACKPROJECTION_MIN_DB, bicubic_backprojection(base.rgb, result.rgb.shape, base.alpha))
-                if an.backprojection_db < floor and self.strength > 0:
-                    gentler = self.strength / 2
+                if an.backprojection_db < floor and strength > 0:
+                    gentler = strength / 2
                     log.warning("%s: back-projection %.1f dB < %.1f dB; retrying the upscale at strength %.2f",
                                 src or "<image>", an.backprojection_db, floor, gentler)
                     result = self._run(stages[first_sr:], base, gentler, out, progress)
@@ -346,9 +348,9 @@ class Pipeline(_Processor):
 
     def _run(self, stages, photo, strength, out, progress):
         for i, name in enumerate(stages):  # the last stage writes into `out` and reports progress
-            enh = self.stage(name)
-            enh.strength = strength
+            enh = self.stage(name)  # its strength is given per call: a stage may be shared with other threads
             last = i == len(stages) - 1
-            photo = enh.enhance_photo(photo, out=out if last else None, progress=progress if last else None)
+            photo = enh.enhance_photo(photo, out=out if last else None, progress=progress if last else None,
+                                      strength=strength)
             self.last_run = enh.last_run  # the last stage's tiling, as --json reports it
         return photo

@@ -90,6 +90,24 @@ def test_strength_zero_gives_the_input_and_one_the_model(models):
         enh.strength = 2.0
 
 
+def test_strength_per_call_leaves_the_enhancers_own_and_threads_sharing_it_get_theirs(models):
+    """Threads sharing one Enhancer could only set enh.strength, which another thread changed under them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    img = np.random.default_rng(7).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    enh = Enhancer(models[2], tile=8)
+    expected = {s: Enhancer(models[2], tile=8, strength=s).enhance(img) for s in (0.0, 0.5, 1.0)}
+    assert not np.array_equal(expected[0.0], expected[1.0])
+    assert np.array_equal(enh.enhance(img, strength=0.5), expected[0.5]) and enh.strength == 1.0
+    assert np.array_equal(enh.enhance_rgb(img, strength=0.0), expected[0.0])
+    assert np.array_equal(enh.enhance(img[..., 0], strength=0.0), Enhancer(models[2], strength=0.0).enhance(img[..., 0]))
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda s: (s, enh.enhance(img, strength=s)), [0.0, 1.0, 0.5] * 4))
+    assert all(np.array_equal(out, expected[s]) for s, out in got)
+    with pytest.raises(ConfigError, match="strength 1.6 is outside"):
+        enh.enhance(img, strength=1.6)
+
+
 @pytest.mark.parametrize("bad", ["0.5", None, True])
 def test_a_strength_that_is_not_a_number_is_a_config_error_naming_it(models, bad):
     """It was a raw TypeError from the range check ('<=' not supported between float and str)."""

@@ -161,8 +161,9 @@ class _Offset:
     def __init__(self, offset, scale=2):
         self.offset, self.scale, self.strength, self.last_run = offset, scale, 1.0, None
 
-    def enhance_photo(self, photo, *, src=None, out=None, progress=None):
-        up = photo.rgb.repeat(self.scale, 0).repeat(self.scale, 1).astype(float) + self.strength * self.offset
+    def enhance_photo(self, photo, *, src=None, out=None, progress=None, strength=None):
+        strength = self.strength if strength is None else strength
+        up = photo.rgb.repeat(self.scale, 0).repeat(self.scale, 1).astype(float) + strength * self.offset
         return imageio.Photo(np.clip(up, 0, 255).astype(np.uint8))
 
 
@@ -398,3 +399,16 @@ def test_a_bad_strength_is_refused_when_the_pipeline_is_made(strength, msg):
 def test_a_bad_scale_is_named_as_given_when_the_pipeline_is_made(mode):
     with pytest.raises(ConfigError, match=re.escape("scale '2' is not one of 1, 2, 3, 4, 8")):
         Pipeline(mode, "2", make_enhancer=lambda name: _Offset(0))
+
+
+def test_a_pipeline_gives_its_strength_per_call_and_leaves_shared_stages_as_they_were():
+    """It set each stage's .strength: a stage Enhancer shared with other threads (or pipelines) ran at the
+    strength the last pipeline set, not its caller's."""
+    shared = _Offset(10, scale=2)
+    pipe = Pipeline("upscale", 2, make_enhancer=lambda name: shared, strength=0.5, check=False)
+    photo = imageio.Photo(np.full((8, 8, 3), 100, np.uint8))
+    assert (pipe.enhance_photo(photo).rgb == 105).all()
+    assert (pipe.enhance_photo(photo, strength=0.0).rgb == 100).all() and pipe.strength == 0.5
+    assert shared.strength == 1.0
+    with pytest.raises(ConfigError, match="strength 2 is outside"):
+        pipe.enhance_photo(photo, strength=2)
