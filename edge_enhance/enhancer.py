@@ -130,7 +130,12 @@ class _Closed:
 
 
 class _Processor:
-    """What an Enhancer and a Pipeline share."""
+    """What an Enhancer and a Pipeline share. ``_local``: a threading.local, each thread's last run."""
+
+    @property
+    def last_run(self) -> RunInfo | None:
+        """How the calling thread's last run was tiled (threads sharing the object each see their own)."""
+        return getattr(self._local, "run", None)
 
     @property
     def strength(self) -> float:
@@ -206,11 +211,6 @@ class Enhancer(_Processor):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    @property
-    def last_run(self) -> RunInfo | None:
-        """How the calling thread's last run was tiled (threads sharing the Enhancer each see their own)."""
-        return getattr(self._local, "run", None)
 
     @property
     def scale(self) -> int:

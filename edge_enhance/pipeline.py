@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -243,8 +244,6 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
 class Pipeline(_Processor):
     """Enhancers chained by mode. Models load once, on first use, and are reused across files."""
 
-    last_run = None  # the last stage's RunInfo
-
     def __init__(self, mode: str = "upscale", scale: int = 2, *, make_enhancer, strength: float = 1.0,
                  check: bool = True):
         if mode not in MODES:
@@ -253,8 +252,7 @@ class Pipeline(_Processor):
         self.mode, self.scale, self.strength, self.check = mode, scale, strength, check
         self._make = make_enhancer
         self._loaded: dict[str, object] = {}
-        self.last_analysis: Analysis | None = None
-        self.last_stages: list[str] = []  # the models the last file went through, in order
+        self._local = threading.local()  # last_run, last_stages, last_analysis: each thread sees its own
         self._sequence: tuple | None = None  # auto on a video: (the first frame's stages,), kept for the rest
         self._said_strength = False
         if mode != "auto":
@@ -272,6 +270,16 @@ class Pipeline(_Processor):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def last_stages(self) -> list[str]:
+        """The models the calling thread's last image went through, in order."""
+        return getattr(self._local, "stages", [])
+
+    @property
+    def last_analysis(self) -> Analysis | None:
+        """What auto mode found in the calling thread's last image (None in other modes)."""
+        return getattr(self._local, "analysis", None)
 
     def stage(self, name: str):
         if name not in self._loaded:
@@ -303,8 +311,8 @@ class Pipeline(_Processor):
         if self._sequence == ():
             self._sequence = (stages,)
         if not self._sequence or an is not None:
-            self.last_analysis = an
-        self.last_stages = stages
+            self._local.analysis = an
+        self._local.stages = stages
         if an is not None:
             an.strength = strength
         if strength > 1 and "denoise" in stages and not self._said_strength:
@@ -352,5 +360,5 @@ class Pipeline(_Processor):
             last = i == len(stages) - 1
             photo = enh.enhance_photo(photo, out=out if last else None, progress=progress if last else None,
                                       strength=strength)
-            self.last_run = enh.last_run  # the last stage's tiling, as --json reports it
+            self._local.run = enh.last_run  # the last stage's tiling, as --json reports it
         return photo

@@ -412,3 +412,27 @@ def test_a_pipeline_gives_its_strength_per_call_and_leaves_shared_stages_as_they
     assert shared.strength == 1.0
     with pytest.raises(ConfigError, match="strength 2 is outside"):
         pipe.enhance_photo(photo, strength=2)
+
+
+def test_last_stages_and_analysis_are_the_calling_threads_own():
+    """A service sharing one auto Pipeline between requests read another request's stages and analysis."""
+    import threading
+
+    pipe = Pipeline("auto", 2, make_enhancer=lambda name: _Offset(0, scale=1 if name in ("denoise", "dejpeg") else 2),
+                    check=False)
+    noisy = np.clip(128 + np.random.default_rng(0).normal(0, 15, (48, 48, 3)), 0, 255).astype(np.uint8)
+    clean = np.full((48, 48, 3), 128, np.uint8)
+    both_ran, seen = threading.Barrier(2), {}
+
+    def work(name, img):
+        pipe.enhance(img)
+        both_ran.wait()  # each thread reads after both have run
+        seen[name] = (pipe.last_stages, pipe.last_analysis.noise_sigma > 6)
+
+    threads = [threading.Thread(target=work, args=a) for a in (("noisy", noisy), ("clean", clean))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"noisy": (["denoise", "sr-x2"], True), "clean": (["sr-x2"], False)}
+    assert (pipe.last_stages, pipe.last_analysis, pipe.last_run) == ([], None, None)  # this thread ran nothing
