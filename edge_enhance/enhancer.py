@@ -90,6 +90,11 @@ def _check_strength(s: float) -> float:
     return float(s)
 
 
+def _native(a: np.ndarray) -> np.ndarray:
+    """16-bit samples in this machine's byte order: big-endian ones (FITS, np.frombuffer of a file) converted."""
+    return a.astype(np.uint16) if a.dtype.kind == "u" and a.dtype.itemsize == 2 and not a.dtype.isnative else a
+
+
 def _available_ram() -> int | None:
     try:
         with open("/proc/meminfo") as f:
@@ -243,8 +248,7 @@ class Enhancer(_Processor):
         ``align`` (or that shape), and only H*s x W*s is kept. ``out`` may be ``rgb`` itself (in place)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
-        if rgb.dtype.kind == "u" and rgb.dtype.itemsize == 2 and not rgb.dtype.isnative:
-            rgb = rgb.astype(np.uint16)  # big-endian samples (FITS, np.frombuffer of a file)
+        rgb = _native(rgb)
         if rgb.dtype not in (np.uint8, np.uint16):
             hint = " (from floats in 0..1: (img * 255).round().astype(np.uint8))" if rgb.dtype.kind == "f" else ""
             raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}{hint}")
@@ -418,7 +422,7 @@ class Enhancer(_Processor):
             photo = imageio.photo_from_pil(image)
             res = self.enhance_photo(photo, strength=strength)
             return imageio.photo_to_pil(res) if photo.rgb.dtype == np.uint8 else self._pil16(res)
-        a = np.asarray(image)
+        a = _native(np.asarray(image))  # alpha too: Pillow resized big-endian alpha as scrambled bytes
         if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
             g = imageio.to_grey(self.enhance_rgb(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2),
                                                  strength=strength))
