@@ -90,9 +90,32 @@ def _check_strength(s: float) -> float:
     return float(s)
 
 
-def _native(a: np.ndarray) -> np.ndarray:
-    """16-bit samples in this machine's byte order: big-endian ones (FITS, np.frombuffer of a file) converted."""
-    return a.astype(np.uint16) if a.dtype.kind == "u" and a.dtype.itemsize == 2 and not a.dtype.isnative else a
+def _samples(a: np.ndarray) -> np.ndarray:
+    """``a`` as uint8 / uint16 samples in this machine's byte order (big-endian ones: FITS, np.frombuffer of a
+    file), else ConfigError."""
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2 and not a.dtype.isnative:
+        a = a.astype(np.uint16)
+    if a.dtype not in (np.uint8, np.uint16):
+        hint = " (from floats in 0..1: (img * 255).round().astype(np.uint8))" if a.dtype.kind == "f" else ""
+        raise ConfigError(f"expected uint8 or uint16 pixels, got {a.dtype}{hint}")
+    return a
+
+
+_ACCEPTED = ("a numpy array H x W or H x W x 1 (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) of uint8 / uint16, "
+            "or a PIL image")
+
+
+def _pixels(image) -> np.ndarray:
+    """An array ``enhance`` takes (what _ACCEPTED says, PIL images aside), checked: the error says what came."""
+    if isinstance(image, (str, os.PathLike)):
+        raise ConfigError(f"expected {_ACCEPTED}, got a path ({image!r}); for files: enhance_file(src, dst)")
+    a = np.asarray(image)
+    if not isinstance(image, np.ndarray) and (a.ndim == 0 or a.dtype.kind in "OSUV"):
+        hint = "; for an encoded image in memory: Image.open(io.BytesIO(data))" if isinstance(image, bytes) else ""
+        raise ConfigError(f"expected {_ACCEPTED}, got {type(image).__name__}{hint}")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+        raise ConfigError(f"expected {_ACCEPTED}, got an array of shape {a.shape}")
+    return _samples(a)
 
 
 def _available_ram() -> int | None:
@@ -177,6 +200,8 @@ class Enhancer(_Processor):
             tiling = TilingConfig(tile, 256.0 if memory_mb is None else memory_mb)
         elif tile is not None or memory_mb is not None:
             raise ConfigError("give tiling=TilingConfig(...) or tile / memory_mb, not both")
+        if not isinstance(model, (str, os.PathLike)):
+            raise ConfigError(f"model must be a bundled model's name or a model file's path, not {model!r}")
         self.path = resolve(model, engine)
         options = options or EngineOptions(threads=threads)
         self.backend = open_backend(self.path, options, engine)
@@ -246,12 +271,11 @@ class Enhancer(_Processor):
         Any H and W: for a card with ``align`` > 1 (or a fixed shape larger than the image) the
         windows run past the image's bottom and right edges into its reflection up to a multiple of
         ``align`` (or that shape), and only H*s x W*s is kept. ``out`` may be ``rgb`` itself (in place)."""
+        if not isinstance(rgb, np.ndarray):
+            raise ConfigError(f"expected a numpy array H x W x 3, got {type(rgb).__name__}")
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ConfigError(f"expected an H x W x 3 image, got shape {rgb.shape}")
-        rgb = _native(rgb)
-        if rgb.dtype not in (np.uint8, np.uint16):
-            hint = " (from floats in 0..1: (img * 255).round().astype(np.uint8))" if rgb.dtype.kind == "f" else ""
-            raise ConfigError(f"expected uint8 or uint16 pixels, got {rgb.dtype}{hint}")
+        rgb = _samples(rgb)
         strength = self._strength_for(strength)
         h, w, _ = rgb.shape
         if not (h and w):
@@ -419,20 +443,17 @@ class Enhancer(_Processor):
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            photo = imageio.photo_from_pil(image)
-            res = self.enhance_photo(photo, strength=strength)
-            return imageio.photo_to_pil(res) if photo.rgb.dtype == np.uint8 else self._pil16(res)
-        a = _native(np.asarray(image))  # alpha too: Pillow resized big-endian alpha as scrambled bytes
-        if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
-            g = imageio.to_grey(self.enhance_rgb(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2),
-                                                 strength=strength))
+            res = self.enhance_photo(imageio.photo_from_pil(image), strength=strength)
+            return imageio.photo_to_pil(res) if res.rgb.dtype == np.uint8 else self._pil16(res)
+        a = _pixels(image)
+        if a.ndim == 2 or a.shape[2] == 1:
+            grey = imageio.Photo(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2), grey=True)
+            g = imageio.to_grey(self.enhance_photo(grey, strength=strength).rgb)
             return g if a.ndim == 2 else g[..., None]
-        if a.ndim == 3 and a.shape[2] == 4:
+        if a.shape[2] == 4:
             p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()), strength=strength)
             return np.dstack([p.rgb, p.alpha])
-        if a.ndim == 3 and a.shape[2] == 3 and a.dtype.kind == "u":  # a grey picture stored as RGB stays grey
-            return self.enhance_photo(imageio.Photo(a, None), strength=strength).rgb
-        return self.enhance_rgb(a, strength=strength)
+        return self.enhance_photo(imageio.Photo(a), strength=strength).rgb  # a grey picture stored as RGB stays grey
 
     @staticmethod
     def _pil16(photo: imageio.Photo):

@@ -141,6 +141,26 @@ def test_out_overlapping_the_input_gives_the_tiled_result(models, scale):
     assert enh.last_run.tiles > 1 and np.array_equal(buf, expected)
 
 
+ACCEPTS = ("expected a numpy array H x W or H x W x 1 (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) of uint8 / uint16, "
+           "or a PIL image, got ")
+
+
+@pytest.mark.parametrize("image,got", [
+    (None, "NoneType"), ([[1, None]], "list"), ("photo.jpg", "a path ('photo.jpg'); for files: enhance_file(src, dst)"),
+    (b"\xff\xd8", "bytes; for an encoded image in memory: Image.open(io.BytesIO(data))"),
+    (np.zeros((8, 8, 2), np.uint8), "an array of shape (8, 8, 2)"), (np.zeros(5, np.uint8), "an array of shape (5,)")])
+def test_what_is_not_an_image_is_named_with_what_enhance_takes(models, image, got):
+    """None, a path or bytes read as 'expected an H x W x 3 image, got shape ()'; an LA array named no
+    shape enhance takes."""
+    with pytest.raises(ConfigError, match=re.escape(ACCEPTS + got) + "$"):
+        Enhancer(models[2]).enhance(image)
+
+
+def test_a_model_that_is_not_a_name_or_path_is_a_config_error():
+    with pytest.raises(ConfigError, match="model must be a bundled model's name or a model file's path, not None"):
+        Enhancer(None)  # was a raw TypeError from Path(None)
+
+
 @pytest.mark.parametrize("channels", [3, 4])
 def test_big_endian_16_bit_arrays_are_16_bit_arrays(models, channels):
     """RGBA: the alpha plane kept its '>u2' order into Pillow's resize, which gave scrambled bytes back."""
