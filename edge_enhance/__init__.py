@@ -15,15 +15,19 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # Enhancer pulls in the pipeline; keep `import edge_enhance` cheap for the CLI's start-up.
+    # Enhancer and Pipeline pull in numpy and the engines; keep `import edge_enhance` cheap for the CLI's start-up.
     if name == "Enhancer":
         from .enhancer import Enhancer
 
         return Enhancer
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
     raise AttributeError(name)
 
 
 __all__ = [
-    "Enhancer", "ModelCard", "EdgeEnhanceError", "ConfigError", "ModelFormatError", "UnsupportedOpError",
+    "Enhancer", "Pipeline", "ModelCard", "EdgeEnhanceError", "ConfigError", "ModelFormatError", "UnsupportedOpError",
     "BackendUnavailableError", "ImageInputError", "OutputError", "EngineError",
 ]

@@ -158,7 +158,8 @@ class _Closed:
 
 
 class _Processor:
-    """What an Enhancer and a Pipeline share. ``_local``: a threading.local, each thread's last run."""
+    """What an Enhancer and a Pipeline share: arrays, Pillow images and files in through their
+    ``enhance_photo`` and ``scale``; ``_local``, a threading.local, holds each thread's last run."""
 
     @property
     def last_run(self) -> RunInfo | None:
@@ -177,6 +178,38 @@ class _Processor:
     def _strength_for(self, strength: float | None) -> float:
         """A call's own strength (checked), else the object's: threads sharing one object pass theirs per call."""
         return self.strength if strength is None else _check_strength(strength)
+
+    def enhance(self, image, *, strength: float | None = None):
+        """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
+        H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
+        applied first, as for files: the result is upright and carries no orientation tag. Of an
+        animated image, the current frame is enhanced. A Pillow image whose data cannot be decoded
+        (a truncated or damaged upload) raises ImageInputError, as a file does. ``strength``: this
+        call's (None: ``self.strength``); threads sharing the object pass theirs here."""
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            res = self.enhance_photo(imageio.photo_from_pil(image), strength=strength)
+            return imageio.photo_to_pil(res) if res.rgb.dtype == np.uint8 else self._pil16(res)
+        a = _pixels(image)
+        if a.ndim == 2 or a.shape[2] == 1:
+            grey = imageio.Photo(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2), grey=True)
+            g = imageio.to_grey(self.enhance_photo(grey, strength=strength).rgb)
+            return g if a.ndim == 2 else g[..., None]
+        if a.shape[2] == 4:
+            p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()), strength=strength)
+            return np.dstack([p.rgb, p.alpha])
+        return self.enhance_photo(imageio.Photo(a), strength=strength).rgb  # a grey picture stored as RGB stays grey
+
+    @staticmethod
+    def _pil16(photo: imageio.Photo):
+        from PIL import Image
+
+        return Image.fromarray(imageio.to_grey(photo.rgb).astype("<u2"))  # uint16 grey: mode I;16
+
+    def enhance_file(self, src, dst, **kw) -> Path:
+        """Load ``src``, enhance it, save it to ``dst`` atomically: :func:`enhance_file`'s keywords."""
+        return enhance_file(self, src, dst, **kw)
 
 
 class Enhancer(_Processor):
@@ -432,38 +465,6 @@ class Enhancer(_Processor):
             if alpha is not None:
                 res[b][new_alpha[b] == 0] = 0  # hidden colour: none, as the un-premultiplied result had
         return dataclasses.replace(photo, rgb=res, alpha=new_alpha)
-
-    def enhance(self, image, *, strength: float | None = None):
-        """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
-        H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
-        applied first, as for files: the result is upright and carries no orientation tag. Of an
-        animated image, the current frame is enhanced. A Pillow image whose data cannot be decoded
-        (a truncated or damaged upload) raises ImageInputError, as a file does. ``strength``: this
-        call's (None: ``self.strength``); threads sharing the Enhancer pass theirs here."""
-        from PIL import Image
-
-        if isinstance(image, Image.Image):
-            res = self.enhance_photo(imageio.photo_from_pil(image), strength=strength)
-            return imageio.photo_to_pil(res) if res.rgb.dtype == np.uint8 else self._pil16(res)
-        a = _pixels(image)
-        if a.ndim == 2 or a.shape[2] == 1:
-            grey = imageio.Photo(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2), grey=True)
-            g = imageio.to_grey(self.enhance_photo(grey, strength=strength).rgb)
-            return g if a.ndim == 2 else g[..., None]
-        if a.shape[2] == 4:
-            p = self.enhance_photo(imageio.Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy()), strength=strength)
-            return np.dstack([p.rgb, p.alpha])
-        return self.enhance_photo(imageio.Photo(a), strength=strength).rgb  # a grey picture stored as RGB stays grey
-
-    @staticmethod
-    def _pil16(photo: imageio.Photo):
-        from PIL import Image
-
-        return Image.fromarray(imageio.to_grey(photo.rgb).astype("<u2"))  # uint16 grey: mode I;16
-
-    def enhance_file(self, src, dst, **kw) -> Path:
-        """Load ``src``, enhance it, save it to ``dst`` atomically: :func:`enhance_file`'s keywords."""
-        return enhance_file(self, src, dst, **kw)
 
 
 def bleed_hidden_colour(rgb: np.ndarray, alpha: np.ndarray, reach: int) -> np.ndarray:

@@ -10,16 +10,18 @@ Estimators (documented so their numbers can be checked):
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from . import imageio
-from .enhancer import _Processor
+from .enhancer import Enhancer, _Processor
 from .errors import ConfigError, EdgeEnhanceError
 
 log = logging.getLogger(__name__)
@@ -244,12 +246,28 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
 class Pipeline(_Processor):
     """Enhancers chained by mode. Models load once, on first use, and are reused across files."""
 
-    def __init__(self, mode: str = "upscale", scale: int = 2, *, make_enhancer, strength: float = 1.0,
-                 check: bool = True):
+    def __init__(self, mode: str = "upscale", scale: int = 2, *, strength: float = 1.0, check: bool = True,
+                 engine: str | None = None, threads: int | None = None, tile: int | tuple[int, int] | None = None,
+                 memory_mb: float | None = None, make_enhancer: Callable[[str], Enhancer] | None = None):
+        """``mode``: upscale (sr-x``scale``); denoise or dejpeg, then the upscale for ``scale`` > 1; photo
+        (enhance-x2, x4 with sr-x2 after it); auto (dejpeg or denoise where the image needs it, then the
+        upscale, checked by back-projection unless ``check`` is False). ``scale``: 1, 2, 3, 4 or 8.
+        ``strength``: each call's unless it gives its own (0 the input .. 1 the models .. 1.5).
+        The bundled models load as Enhancers with ``engine``, ``threads``, ``tile`` and ``memory_mb`` (as
+        Enhancer takes them); or ``make_enhancer(name)`` makes each stage.
+
+        >>> with Pipeline("denoise", 2, threads=2) as pipe:          # doctest: +SKIP
+        ...     pipe.enhance(np.zeros((10, 12), np.uint8)).shape   # what Enhancer.enhance takes
+        (20, 24)
+        """
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         sr_chain(scale)  # a bad scale is refused now, in auto mode too, not at the first file
         self.mode, self.scale, self.strength, self.check = mode, scale, strength, check
+        if make_enhancer is None:
+            make_enhancer = functools.partial(Enhancer, engine=engine, threads=threads, tile=tile, memory_mb=memory_mb)
+        elif (engine, threads, tile, memory_mb) != (None, None, None, None):
+            raise ConfigError("give make_enhancer or engine / threads / tile / memory_mb, not both")
         self._make = make_enhancer
         self._loaded: dict[str, object] = {}
         self._local = threading.local()  # last_run, last_stages, last_analysis: each thread sees its own
@@ -344,15 +362,6 @@ class Pipeline(_Processor):
                             f"{an.backprojection_db:.1f} dB < {floor:.1f} dB, the bar or bicubic's own on this "
                             "input); nothing written")
         return result
-
-    def enhance(self, rgb: np.ndarray) -> np.ndarray:
-        """One H x W x 3 frame through the chain (used for video)."""
-        return self.enhance_photo(imageio.Photo(rgb)).rgb
-
-    def enhance_file(self, src, dst, **kw):
-        from .enhancer import enhance_file
-
-        return enhance_file(self, src, dst, **kw)
 
     def _run(self, stages, photo, strength, out, progress):
         for i, name in enumerate(stages):  # the last stage writes into `out` and reports progress

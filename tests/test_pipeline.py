@@ -436,3 +436,33 @@ def test_last_stages_and_analysis_are_the_calling_threads_own():
         t.join()
     assert seen == {"noisy": (["denoise", "sr-x2"], True), "clean": (["sr-x2"], False)}
     assert (pipe.last_stages, pipe.last_analysis, pipe.last_run) == ([], None, None)  # this thread ran nothing
+
+
+def test_pipeline_is_a_library_object_made_from_the_bundled_models():
+    """It was not exported, needed make_enhancer (a TypeError without it) and took H x W x 3 arrays only."""
+    pytest.importorskip("onnxruntime")
+    import edge_enhance
+    from edge_enhance.enhancer import Enhancer
+
+    assert edge_enhance.Pipeline is Pipeline and "Pipeline" in edge_enhance.__all__
+    with Pipeline("denoise", 2, engine="onnxruntime", threads=1, tile=24) as pipe:
+        stages = [pipe.stage(n) for n in ("denoise", "sr-x2")]
+        assert all(isinstance(e, Enhancer) and e.path.suffix == ".onnx" and e.tiling.tile == (24, 24) for e in stages)
+        assert pipe.enhance(np.zeros((6, 5), np.uint8)).shape == (12, 10)
+    with pytest.raises(ConfigError, match="give make_enhancer or engine / threads / tile / memory_mb, not both"):
+        Pipeline("upscale", 2, make_enhancer=lambda name: _Offset(0), threads=2)
+
+
+def test_pipeline_enhance_takes_what_enhancer_enhance_takes(sr_model):
+    from edge_enhance.enhancer import Enhancer
+
+    enh = Enhancer(sr_model)
+    pipe = Pipeline("upscale", 2, make_enhancer=lambda name: enh, strength=0.5)
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    for image in (rgb, rgb[..., 0], rgb[..., :1], np.dstack([rgb, rgb[..., :1]]), rgb.astype(np.uint16) * 257):
+        assert np.array_equal(pipe.enhance(image), enh.enhance(image, strength=0.5))
+    out = pipe.enhance(Image.fromarray(rgb[..., 0]))
+    assert out.mode == "L" and np.array_equal(np.asarray(out), enh.enhance(rgb[..., 0], strength=0.5))
+    with pytest.raises(ConfigError, match=r"H x W x 4 \(RGBA\).*got an array of shape \(9, 11, 2\)"):
+        pipe.enhance(rgb[..., :2])
