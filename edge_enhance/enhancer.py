@@ -182,15 +182,17 @@ class _Processor:
     def enhance(self, image, *, strength: float | None = None):
         """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
         H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
-        applied first, as for files: the result is upright and carries no orientation tag. Of an
-        animated image, the current frame is enhanced. A Pillow image whose data cannot be decoded
+        applied first, as for files, and the result carries its ICC profile, DPI (times the scale) and
+        EXIF (orientation 1: it is upright) in ``.info``, as enhance_file writes them. Of an animated
+        image, the current frame is enhanced. A Pillow image whose data cannot be decoded
         (a truncated or damaged upload) raises ImageInputError, as a file does. ``strength``: this
         call's (None: ``self.strength``); threads sharing the object pass theirs here."""
         from PIL import Image
 
         if isinstance(image, Image.Image):
             res = self.enhance_photo(imageio.photo_from_pil(image), strength=strength)
-            return imageio.photo_to_pil(res) if res.rgb.dtype == np.uint8 else self._pil16(res)
+            out = imageio.photo_to_pil(res) if res.rgb.dtype == np.uint8 else self._pil16(res)
+            return imageio.with_metadata(out, res, dpi_scale=self.scale)  # as enhance_file's keep-print-size
         a = _pixels(image)
         if a.ndim == 2 or a.shape[2] == 1:
             grey = imageio.Photo(np.repeat(a.reshape(a.shape[:2])[..., None], 3, axis=2), grey=True)

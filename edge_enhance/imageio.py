@@ -161,11 +161,11 @@ def photo_from_pil(im: Image.Image, name: str = "<image>") -> Photo:
         im.load()
     except _DECODE_ERRORS as e:
         raise corrupt(name, e) from None
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception as e:  # malformed EXIF: the pixels are still good (as load_image does)
-        log.warning("%s: ignoring unreadable EXIF (%s)", name, e)
-    return _to_photo(im, Path(name))
+    path = Path(name)
+    oriented, icc, dpi, exif = _upright_with_metadata(im, _format_of(im), path, [], borrowed=True)
+    photo = _to_photo(oriented, path)
+    photo.icc, photo.exif, photo.dpi = icc, exif, dpi
+    return photo
 
 
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -302,42 +302,11 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
             raise _too_large(path, e, max_pixels) from None
         except _DECODE_ERRORS as e:
             raise corrupt(path, e) from None
-        # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
-        icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
-        dpi = im.info.get("dpi")
-        if fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
-            dpi = None  # Pillow reports (1, 1) for a TIFF without a resolution: do not make one up
-        if dpi is not None and not all(math.isfinite(d) and 0 < d <= MAX_DPI for d in dpi[:2]):
-            log.warning("%s: its resolution, %s dpi, is not a real one; the output carries none", path,
-                        " x ".join(f"{float(d):g}" for d in dpi[:2]))
-            dpi = None
         tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
         xmp, comment = im.info.get("xmp"), im.info.get("comment") if fmt == "JPEG" else None
         text = {k: v for k, v in im.text.items() if k != _PNG_XMP} if fmt == "PNG" else {}
         min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
-        try:
-            # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
-            with _recorded_warnings(caught):
-                exif = im.getexif()
-                oriented = ImageOps.exif_transpose(im)
-            caught = [w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)]
-            if caught:
-                log.warning("%s: EXIF partly unreadable (%s); the rest is kept", path, caught[0].message)
-        except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
-            log.warning("%s: ignoring unreadable EXIF (%s)", path, e)
-            exif, oriented = None, im.copy()
-        if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and (exif is None or 282 not in exif):
-            dpi = None  # Pillow reports 72 for a JPEG whose JFIF gives only an aspect ratio: do not make one up
-        if exif is not None and not len(exif):  # no EXIF: none is made up for the output (72 dpi, empty IFDs)
-            exif = None
-        if exif is not None:
-            exif[_ORIENTATION] = 1
-            if isinstance(exif.get(270), str) and _shaped(exif[270]):  # tifffile's '{"shape": [h, w]}'
-                del exif[270]
-            if exif.get(305) == "tifffile.py":  # the software that wrote the input, not the output
-                del exif[305]
-            for tag in _TIFF_STRUCTURE.intersection(exif):  # they describe the source file's layout, not the photo
-                del exif[tag]
+        oriented, icc, dpi, exif = _upright_with_metadata(im, fmt, path, caught)
         photo = _to_photo(oriented, path)
     ctype = _png16_colour_type(path) if fmt == "PNG" and photo.rgb.dtype == np.uint8 else None
     if ctype is not None or (tiff16 and photo.rgb.dtype == np.uint8):
@@ -359,6 +328,59 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo
+
+
+def _upright_with_metadata(im: Image.Image, fmt: str | None, path: Path, caught: list, *, borrowed: bool = False):
+    """(``im`` turned upright by its EXIF orientation, its ICC profile, DPI and EXIF as the output is to carry
+    them: orientation 1, the source file's layout tags gone). Pillow's warnings about damaged EXIF, and
+    those already in ``caught``, are said once through logging. ``borrowed``: ``im`` is an application's,
+    whose EXIF is copied, not changed."""
+    # A CMYK profile is used for the conversion to sRGB and must not be attached to the RGB output.
+    icc = None if im.mode == "CMYK" else _usable_icc(im.info.get("icc_profile"), path)
+    dpi = im.info.get("dpi")
+    if fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
+        dpi = None  # Pillow reports (1, 1) for a TIFF without a resolution: do not make one up
+    if dpi is not None and not all(math.isfinite(d) and 0 < d <= MAX_DPI for d in dpi[:2]):
+        log.warning("%s: its resolution, %s dpi, is not a real one; the output carries none", path,
+                    " x ".join(f"{float(d):g}" for d in dpi[:2]))
+        dpi = None
+    try:
+        # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
+        with _recorded_warnings(caught):
+            exif = im.getexif()
+            oriented = ImageOps.exif_transpose(im)
+        caught = [w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)]
+        if caught:
+            log.warning("%s: EXIF partly unreadable (%s); the rest is kept", path, caught[0].message)
+    except Exception as e:  # Pillow raises many types on malformed EXIF; the pixels are still good
+        log.warning("%s: ignoring unreadable EXIF (%s)", path, e)
+        exif, oriented = None, im.copy()
+    if borrowed and exif is not None:
+        exif = _exif_copy(exif, path)
+    if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and (exif is None or 282 not in exif):
+        dpi = None  # Pillow reports 72 for a JPEG whose JFIF gives only an aspect ratio: do not make one up
+    if exif is not None and not len(exif):  # no EXIF: none is made up for the output (72 dpi, empty IFDs)
+        exif = None
+    if exif is not None:
+        exif[_ORIENTATION] = 1
+        if isinstance(exif.get(270), str) and _shaped(exif[270]):  # tifffile's '{"shape": [h, w]}'
+            del exif[270]
+        if exif.get(305) == "tifffile.py":  # the software that wrote the input, not the output
+            del exif[305]
+        for tag in _TIFF_STRUCTURE.intersection(exif):  # they describe the source file's layout, not the photo
+            del exif[tag]
+    return oriented, icc, dpi, exif
+
+
+def _exif_copy(exif: Image.Exif, path: Path) -> Image.Exif | None:
+    """A copy of ``exif`` to change: what an output would carry of it (its bytes, read back)."""
+    try:
+        own = Image.Exif()
+        own.load(_exif_bytes(exif))
+        return own
+    except Exception as e:
+        log.warning("%s: EXIF could not be re-encoded (%s); the result carries none", path, e)
+        return None
 
 
 def _webp_lossless(fh) -> bool:
@@ -666,6 +688,41 @@ def _png_text(photo: Photo):
     return info
 
 
+def _scaled_dpi(photo: Photo, dpi_scale: float) -> tuple[float, float] | None:
+    return tuple(float(d) * dpi_scale for d in photo.dpi) if photo.dpi else None
+
+
+def _output_exif(photo: Photo, dpi) -> bytes:
+    """The photo's EXIF as its output's: resolution tags saying ``dpi`` (none without), the output's pixel
+    size. Raises what Pillow raises on EXIF it cannot re-encode."""
+    exif = photo.exif
+    # EXIF's own resolution tags (a TIFF's are its file's) must say what the output's dpi says.
+    for tag in (282, 283, 296):
+        exif.pop(tag, None)
+    if dpi:
+        exif[282], exif[283], exif[296] = (*dpi, 2)
+    sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else None
+    if sub:
+        sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
+    return _exif_bytes(exif)
+
+
+def with_metadata(im: Image.Image, photo: Photo, dpi_scale: float = 1.0) -> Image.Image:
+    """``im``, the Pillow image of ``photo``, carrying its ICC profile, DPI (times ``dpi_scale``) and EXIF in
+    ``im.info``, where getexif() and Pillow's writers find them: what save_image writes into a file."""
+    if photo.icc:
+        im.info["icc_profile"] = photo.icc
+    dpi = _scaled_dpi(photo, dpi_scale)
+    if dpi:
+        im.info["dpi"] = dpi
+    if photo.exif is not None:
+        try:
+            im.info["exif"] = _output_exif(photo, dpi)
+        except Exception as e:
+            log.warning("<image>: EXIF could not be re-encoded (%s); returned without it", e)
+    return im
+
+
 def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
                dpi_scale: float = 1.0) -> Path:
     """Write atomically: a temporary file in the destination folder, fsync, then rename."""
@@ -677,22 +734,13 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if not strip_metadata:
         if photo.icc:
             kw["icc_profile"] = photo.icc
-        dpi = tuple(float(d) * dpi_scale for d in photo.dpi) if photo.dpi else None
+        dpi = _scaled_dpi(photo, dpi_scale)
         if dpi and max(dpi) > FORMAT_MAX_DPI.get(fmt, MAX_DPI * 8):
             log.warning("%s: %s cannot store %g dpi; written without a resolution", dst, fmt, max(dpi))
             dpi = None
         if photo.exif is not None and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-            exif = photo.exif
-            # EXIF's own resolution tags (a TIFF's are its file's) must say what the output's dpi says.
-            for tag in (282, 283, 296):
-                exif.pop(tag, None)
-            if dpi:
-                exif[282], exif[283], exif[296] = (*dpi, 2)
             try:
-                sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else None
-                if sub:
-                    sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
-                kw["exif"] = _exif_bytes(exif)
+                kw["exif"] = _output_exif(photo, dpi)
                 if fmt == "TIFF":  # Pillow's TIFF writer parses bytes again, then writes text as ASCII
                     tags = Image.Exif()
                     tags.load(kw["exif"])

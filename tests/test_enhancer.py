@@ -226,6 +226,28 @@ def test_pil_image_in_pil_image_out(models):
     assert isinstance(out, Image.Image) and out.size == (20, 12) and out.mode == "RGB"
 
 
+def test_a_pillow_image_keeps_its_icc_profile_dpi_and_exif_as_a_file_does(models):
+    """enhance(PIL image) returned none of them (out.info was empty), where enhance_file keeps them."""
+    import io
+
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = Image.new("RGB", (10, 4), (10, 200, 30))
+    exif = src.getexif()
+    exif[0x0112], exif[0x010F] = 6, "Maker"  # orientation: displayed 4 wide, 10 high
+    exif.get_ifd(0x8769).update({0xA002: 10, 0xA003: 4})  # the pixel size in the EXIF sub-IFD
+    b = io.BytesIO()
+    src.save(b, "JPEG", exif=exif.tobytes(), icc_profile=icc, dpi=(300, 300))
+    im = Image.open(io.BytesIO(b.getvalue()))
+    out = Enhancer(models[2]).enhance(im)
+    assert out.size == (8, 20) and out.info["icc_profile"] == icc and out.info["dpi"] == (600, 600)
+    e = out.getexif()
+    assert (e[0x0112], e[0x010F], e.get_ifd(0x8769)[0xA002], e.get_ifd(0x8769)[0xA003]) == (1, "Maker", 8, 20)
+    assert im.getexif()[0x0112] == 6  # the caller's image is left as it was
+    assert Enhancer(models[2]).enhance(Image.new("RGB", (3, 2))).info == {}  # nothing made up
+
+
 def test_missing_card_names_the_fields(tmp_path):
     p = tmp_path / "nocard.onnx"
     residual_sr(p, card={})

@@ -453,3 +453,18 @@ def test_exif_that_cannot_be_re_encoded_is_left_out_and_the_file_written(tmp_pat
     with Image.open(imageio.save_image(imageio.load_image(src), tmp_path / "o.tif")) as o:
         assert o.getexif().get(305) is None
     assert "EXIF could not be re-encoded" in caplog.text
+
+
+def test_damaged_exif_of_a_pillow_image_is_logged_not_warned_on_stderr(caplog):
+    """Image.open(upload) then enhance(): Pillow's raw UserWarning reached stderr, where a file's is logged."""
+    import warnings
+
+    b = io.BytesIO()
+    Image.new("RGB", (20, 20), "red").save(b, "JPEG", dpi=(300, 300),  # the DPI from JFIF: EXIF unread at open
+                                           exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12")
+    im = Image.open(io.BytesIO(b.getvalue()))
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        photo = imageio.photo_from_pil(im)
+    assert photo.rgb.shape == (20, 20, 3) and warned == []
+    assert "<image>: EXIF partly unreadable (Corrupt EXIF data." in caplog.text
