@@ -27,6 +27,10 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+def __dir__():
+    return sorted(set(globals()) | set(__all__))  # the lazy names too, for dir(), help() and completion
+
+
 __all__ = [
     "Enhancer", "Pipeline", "ModelCard", "EdgeEnhanceError", "ConfigError", "ModelFormatError", "UnsupportedOpError",
     "BackendUnavailableError", "ImageInputError", "OutputError", "EngineError",

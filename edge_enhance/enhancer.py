@@ -12,7 +12,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
@@ -24,9 +24,13 @@ from .errors import ConfigError, EdgeEnhanceError, EngineError, ModelFormatError
 from .models import DEFAULT_MODEL, resolve
 from .tiling import TilingConfig, choose_tile, extract, min_tile_side, plan_tiles, round_up
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
+ImageT = TypeVar("ImageT", np.ndarray, "Image.Image")  # enhance gives back the kind it was given
 MAX_STRENGTH = 1.5
 
 
@@ -179,7 +183,7 @@ class _Processor:
         """A call's own strength (checked), else the object's: threads sharing one object pass theirs per call."""
         return self.strength if strength is None else _check_strength(strength)
 
-    def enhance(self, image, *, strength: float | None = None):
+    def enhance(self, image: ImageT, *, strength: float | None = None) -> ImageT:
         """numpy H x W x 3 RGB (not OpenCV's BGR: flip it, ``frame[..., ::-1]``; or H x W / H x W x 1 grey,
         H x W x 4 RGBA) or a Pillow image in, the same kind out. A Pillow image's EXIF orientation is
         applied first, as for files, and the result carries its ICC profile, DPI (times the scale) and
@@ -204,14 +208,22 @@ class _Processor:
         return self.enhance_photo(imageio.Photo(a), strength=strength).rgb  # a grey picture stored as RGB stays grey
 
     @staticmethod
-    def _pil16(photo: imageio.Photo):
+    def _pil16(photo: imageio.Photo) -> Image.Image:
         from PIL import Image
 
         return Image.fromarray(imageio.to_grey(photo.rgb).astype("<u2"))  # uint16 grey: mode I;16
 
-    def enhance_file(self, src, dst, **kw) -> Path:
-        """Load ``src``, enhance it, save it to ``dst`` atomically: :func:`enhance_file`'s keywords."""
-        return enhance_file(self, src, dst, **kw)
+    def enhance_file(self, src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None,
+                     quality: int = 92, strip_metadata: bool = False, dpi_mode: str = "keep-print-size",
+                     max_pixels: int = imageio.DEFAULT_MAX_PIXELS, overwrite: bool = False,
+                     progress: Progress | None = None) -> Path:
+        """Load ``src``, enhance it, save it to ``dst`` atomically (a temporary file, renamed); returns ``dst``.
+        ``fmt``: the output format ('jpg', 'png', ...; else dst's extension says); ``quality``: JPEG / WebP,
+        1..100; ``strip_metadata``: no EXIF, ICC, DPI or captions; ``dpi_mode``: keep-print-size (the DPI
+        times the scale) or keep-value; ``max_pixels``: the largest input; ``overwrite``: dst may be src;
+        ``progress(done_tiles, total_tiles)``."""
+        return enhance_file(self, src, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
+                            dpi_mode=dpi_mode, max_pixels=max_pixels, overwrite=overwrite, progress=progress)
 
 
 class Enhancer(_Processor):
@@ -229,8 +241,16 @@ class Enhancer(_Processor):
                  tiling: TilingConfig | None = None, tile: int | tuple[int, int] | None = None,
                  memory_mb: float | None = None, strength: float = 1.0,
                  options: EngineOptions | None = None, card: ModelCard | None = None, tta: bool = False):
-        """``tile`` (N or (h, w) input pixels) and ``memory_mb`` (the auto tile's budget) are shorthands
-        for ``tiling=TilingConfig(tile, memory_mb)``."""
+        """``model``: a bundled model's name ('sr-x2'; ``edge-enhance models`` lists them) or a model file's
+        path (.tflite, .onnx, .mlpackage). ``engine``: 'litert', 'onnxruntime' or 'coreml' (None: the one
+        that runs the file; a bundled name then picks the file that engine runs). ``threads``: the engine's
+        CPU threads (None: its default; with ``options``, set them there). ``tiling``: a TilingConfig;
+        ``tile`` (N or (h, w) input pixels) and ``memory_mb`` (the auto tile's budget, default 256) are
+        shorthands for ``tiling=TilingConfig(tile, memory_mb)``. ``strength``: 0 the input (its bicubic
+        upscale), 1 the model, up to 1.5; each call may give its own. ``options``: EngineOptions (threads,
+        a TFLite delegate, ONNX Runtime providers). ``card``: a ModelCard for a model file without one, or in
+        place of its own. ``tta``: self-ensemble, each tile in its 8 rotations / mirror images averaged
+        (about 8x the time)."""
         if tiling is None:
             tiling = TilingConfig(tile, 256.0 if memory_mb is None else memory_mb)
         elif tile is not None or memory_mb is not None:
@@ -507,9 +527,10 @@ def _grey_looking(rgb: np.ndarray) -> bool:
 DPI_MODES = ("keep-print-size", "keep-value")  # the output's DPI: scaled with the pixels, or copied
 
 
-def enhance_file(processor, src, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
-                 dpi_mode: str = "keep-print-size", max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
-                 overwrite: bool = False, progress: Progress | None = None) -> Path:
+def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None,
+                 quality: int = 92, strip_metadata: bool = False, dpi_mode: str = "keep-print-size",
+                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS, overwrite: bool = False,
+                 progress: Progress | None = None) -> Path:
     """Load, enhance (an Enhancer or a Pipeline), save atomically. Checks the output is writable first."""
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"quality {quality!r} is not a whole number in 1..100")

@@ -248,6 +248,24 @@ def test_a_pillow_image_keeps_its_icc_profile_dpi_and_exif_as_a_file_does(models
     assert Enhancer(models[2]).enhance(Image.new("RGB", (3, 2))).info == {}  # nothing made up
 
 
+def test_the_api_is_typed_and_documented():
+    """enhance(self, image) had no hints, enhance_file took **kw, and __init__'s docstring named 2 of its 11
+    parameters."""
+    import inspect
+    import typing
+
+    from edge_enhance.enhancer import enhance_file
+
+    for method in (Enhancer.enhance, Enhancer.enhance_rgb, Enhancer.enhance_file):
+        sig = inspect.signature(method)
+        assert sig.return_annotation is not sig.empty and typing.get_type_hints(method)
+        assert all(p.annotation is not p.empty for name, p in sig.parameters.items() if name != "self")
+    params = list(inspect.signature(Enhancer.enhance_file).parameters.values())[1:]
+    assert params == list(inspect.signature(enhance_file).parameters.values())[1:]  # the function's, no **kw
+    doc = inspect.getdoc(Enhancer.__init__)
+    assert all(f"``{name}``" in doc for name in list(inspect.signature(Enhancer.__init__).parameters)[1:])
+
+
 def test_missing_card_names_the_fields(tmp_path):
     p = tmp_path / "nocard.onnx"
     residual_sr(p, card={})

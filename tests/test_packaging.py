@@ -59,3 +59,17 @@ def test_the_core_ml_writer_without_coremltools_names_the_extra_quoted(monkeypat
     monkeypatch.setattr(coreml, "import_coremltools", missing)
     with pytest.raises(EdgeEnhanceError, match=r"pip install 'edge-enhance\[coreml\]'$"):  # zsh globs it unquoted
         coreml_writer._ct()
+
+
+def test_type_checkers_and_help_see_the_api():
+    """No py.typed (a type checker ignored the hints), and dir() / help(edge_enhance) left out the lazily
+    exported Enhancer."""
+    import pydoc
+
+    import edge_enhance
+
+    assert (ROOT / "edge_enhance" / "py.typed").is_file()
+    assert "py.typed" in PROJECT["tool"]["setuptools"]["package-data"]["edge_enhance"]
+    assert {"Enhancer", "Pipeline", "ConfigError", "__version__"} <= set(dir(edge_enhance))
+    text = pydoc.render_doc(edge_enhance, renderer=pydoc.plaintext)
+    assert "class Enhancer" in text and "class Pipeline" in text
