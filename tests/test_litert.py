@@ -129,3 +129,30 @@ def test_quiet_run_prints_nothing_and_minus_vv_keeps_litert_notice(tmp_path, fil
     loud = subprocess.run(run[:3] + ["-vv"] + run[3:] + ["-o", str(tmp_path / "v.png")], capture_output=True,
                           text=True, timeout=120)
     assert loud.returncode == 0 and "XNNPACK" in loud.stderr
+
+
+def test_threads_making_enhancers_at_once_print_no_litert_notice():
+    """The first thread set the notice's flag on entering its redirect; a second thread's allocation then ran
+    on the real stderr and printed 'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.'"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = ("import threading\n"
+            "from edge_enhance import Enhancer\n"
+            "names = ['denoise', 'sr-x2', 'dejpeg', 'sr-x3']\n"
+            "ready = threading.Barrier(len(names))\n"
+            "def make(name):\n"
+            "    ready.wait()\n"
+            "    Enhancer(name, engine='litert', threads=1)\n"
+            "threads = [threading.Thread(target=make, args=(n,)) for n in names]\n"
+            "for t in threads:\n"
+            "    t.start()\n"
+            "for t in threads:\n"
+            "    t.join()\n")
+    for _ in range(5):  # the notice comes once per process: each try is a fresh one
+        p = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": root},
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stderr == "", p.stderr

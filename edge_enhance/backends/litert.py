@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,28 +32,36 @@ def _check_delegate_library(path: str) -> None:
 
 
 _notice_done = False
+# Held while stderr is on /dev/null: another thread's allocation waits for the first to have printed the
+# notice there (with the flag set on entry, a second thread's allocation ran unredirected and printed it).
+_notice_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def without_xnnpack_notice():
     """LiteRT's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to stderr, once
-    per process, at the first allocation: a line `-q` and scripts should not get. That first allocation
-    runs with stderr on /dev/null (errors come back as exceptions, not on stderr); -vv keeps it."""
+    per process, at the first allocation: a line `-q` and scripts should not get. Allocations run with
+    stderr on /dev/null (errors come back as exceptions, not on stderr), one at a time, until one has
+    succeeded; -vv keeps the notice."""
     global _notice_done
     if _notice_done or log.isEnabledFor(logging.DEBUG):
         yield
         return
-    _notice_done = True
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+    with _notice_lock:
+        if _notice_done:  # another thread's allocation printed it while this one waited
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            yield
+            _notice_done = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
 
 
 @functools.lru_cache(maxsize=1)
