@@ -6,6 +6,7 @@ from .errors import (
     EdgeEnhanceError,
     EngineError,
     ImageInputError,
+    ModelChoiceError,
     ModelFormatError,
     OutputError,
     UnsupportedOpError,
@@ -32,6 +33,6 @@ def __dir__():
 
 
 __all__ = [
-    "Enhancer", "Pipeline", "ModelCard", "EdgeEnhanceError", "ConfigError", "ModelFormatError", "UnsupportedOpError",
-    "BackendUnavailableError", "ImageInputError", "OutputError", "EngineError",
+    "Enhancer", "Pipeline", "ModelCard", "EdgeEnhanceError", "ConfigError", "ModelFormatError", "ModelChoiceError",
+    "UnsupportedOpError", "BackendUnavailableError", "ImageInputError", "OutputError", "EngineError",
 ]

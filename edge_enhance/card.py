@@ -25,7 +25,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .errors import ModelFormatError
+from .errors import ModelChoiceError, ModelFormatError
 
 CARD_KEY = "edge_enhance.card"
 TASKS = ("sr", "denoise", "dejpeg", "enhance")
@@ -186,8 +186,8 @@ def add_card_arguments(parser, title: str, layout: bool = True) -> None:
         c.add_argument("--card-layout", choices=LAYOUTS)
 
 
-def missing_card_error(path) -> ModelFormatError:
-    return ModelFormatError(
+def missing_card_error(path) -> ModelChoiceError:
+    return ModelChoiceError(
         f"{path}: the model has no edge-enhance card ({CARD_KEY} metadata); pass "
         "--card-task sr|denoise|dejpeg|enhance (an .onnx model's scale, receptive field and align are read off its "
         "graph when the convert extra is installed; otherwise add --card-scale N --card-receptive-field N, and "

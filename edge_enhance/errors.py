@@ -14,6 +14,11 @@ class ModelFormatError(EdgeEnhanceError):
     """A model file is unreadable, of an unknown format, or lacks/contradicts its card."""
 
 
+class ModelChoiceError(ModelFormatError, ConfigError):
+    """The model given cannot be used as given: no such file or bundled name, or no card and no --card-task.
+    An option to change, so the CLI exits 2 (nothing ran; a service restart cannot fix it)."""
+
+
 class UnsupportedOpError(ModelFormatError):
     """A graph contains operations the converter or runtime cannot handle."""
 

@@ -176,11 +176,26 @@ def test_an_output_never_lands_on_another_input(tmp_path, model, capsys, order):
     assert {p: p.read_bytes() for p in (outer, inner)} == before
 
 
+@pytest.mark.parametrize("argv", [["enhance", "x.png", "--model", "nope"], ["enhance", "x.png", "--model", "plain.onnx"],
+                                  ["preview", "--model", "nope", "--source", "synthetic:16x16", "--sink", "null"]])
+def test_a_model_that_cannot_be_used_as_given_exits_2(argv, tmp_path, monkeypatch, capsys):
+    """An unknown name or a card-less model without --card-task exited 1, so the Pi unit (RestartPreventExitStatus=2)
+    restarted a typo every 5 s for ever."""
+    from tests.onnx_models import residual_sr
+
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "x.png")
+    residual_sr(tmp_path / "plain.onnx", card={})
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no such model file and no bundled model of that name" in err or "pass --card-task" in err
+
+
 @pytest.mark.parametrize("argv,code", [
     (["enhance", "x.png", "--strength", "3"], 2),
     (["enhance", "x.png", "--tile", "abc"], 2),
     (["enhance"], 2),
-    (["info", "/nonexistent/model.onnx"], 1),
+    (["info", "/nonexistent/model.onnx"], 2),  # a model that is not there: an option to change, nothing ran
 ])
 def test_usage_and_error_exit_codes(argv, code, tmp_path, model, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -34,12 +34,12 @@ def files(tmp_path_factory):
     return d
 
 
-def _expect_failure(tmp_path, files, model_path, cause, capsys):
+def _expect_failure(tmp_path, files, model_path, cause, capsys, code=1):
     out = tmp_path / "out"
     out.mkdir()
     rc = main(["enhance", str(files / "img.png"), "-o", str(out / "o.png"), "--model", str(model_path)])
     err = capsys.readouterr().err
-    assert rc == 1, err
+    assert rc == code, err
     assert str(model_path) in err and re.search(cause, err), err
     assert "Traceback" not in err and kit.files_under(out) == []
 
@@ -204,7 +204,7 @@ def test_card_that_does_not_match_the_tensors(tmp_path, files, capsys, change, c
 def test_model_without_card_names_the_flags(tmp_path, files, capsys):
     p = tmp_path / "bare.onnx"
     residual_sr(p, card={})
-    _expect_failure(tmp_path, files, p, r"--card-task .* --card-scale N --card-receptive-field N", capsys)
+    _expect_failure(tmp_path, files, p, r"--card-task .* --card-scale N --card-receptive-field N", capsys, code=2)
 
 
 # -- conversion refuses what it cannot lower ----------------------------------------------------------------

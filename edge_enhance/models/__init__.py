@@ -5,7 +5,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from ..errors import ModelFormatError
+from ..errors import ModelChoiceError
 
 log = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent
@@ -74,12 +74,12 @@ def resolve(model: str | Path, engine: str | None = None) -> Path:
         return MODELS_DIR / model  # sr-x2.onnx: the bundled fp32 file
     if not files:
         names = ", ".join(sorted(bundled())) or "none"
-        raise ModelFormatError(f"{model}: no such model file and no bundled model of that name (bundled: {names})")
+        raise ModelChoiceError(f"{model}: no such model file and no bundled model of that name (bundled: {names})")
     if engine in ENGINE_OF_SUFFIX.values():
         for f in files:
             if ENGINE_OF_SUFFIX[f.suffix] == engine:
                 return f
-        raise ModelFormatError(f"{model}: no bundled file of it runs on --engine {engine} "
+        raise ModelChoiceError(f"{model}: no bundled file of it runs on --engine {engine} "
                                f"(bundled: {', '.join(f.name for f in files)})")
     engines = available_engines()
     for f in files:
