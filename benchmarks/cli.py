@@ -41,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default: bench-out)")
     p.add_argument("--only", type=_sections, default=list(SECTIONS), metavar="LIST",
                    help=f"comma list of {','.join(SECTIONS)} (default: all)")
-    p.add_argument("--data", type=Path, default=None, help="folder holding eval/Set5 ... (default: ../shared/data)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder holding eval/Set5 ... (default: $EDGE_ENHANCE_DATA, else the nearest shared/data above "
+                        "the code or the working folder)")
     p.add_argument("--peers", type=Path, default=None,
                    help="OpenCV dnn_superres .pb folder (default: ../shared/peer_models/opencv_dnn_superres)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per contender (>= 5; default 5 quick, 7 full)")

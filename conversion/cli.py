@@ -390,7 +390,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="express DEPTH_TO_SPACE as an exact TRANSPOSE_CONV (for delegates lacking it)")
     parser.add_argument("--calib-crop", type=number(int, 8), default=96,
                         help="side of a calibration crop (default 96; smaller for a folder of small images)")
-    parser.add_argument("--dataset", type=Path, help="verification images (default ../shared/data/eval/Set5)")
+    parser.add_argument("--dataset", type=Path,
+                        help="verification images (default: eval/Set5 of the shared data, $EDGE_ENHANCE_DATA or the "
+                             "nearest shared/data above the code or the working folder; without one, the bundled "
+                             "sample photo)")
     parser.add_argument("--verify-images", type=number(int, 1), help="how many images to verify on (default 5; int8 / "
                         "int16x8 TFLite, made by `quantize`, is evaluated on the whole --dataset)")
     parser.add_argument("-o", "--output", type=Path, help="output path")

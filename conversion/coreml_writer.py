@@ -306,9 +306,10 @@ def check_coreml(graph: Graph, *, weights: str = "fp", min_target: str = "iOS16"
         raise ConfigError(f"minimum deployment target {min_target!r} is not one of {', '.join(TARGETS)}")
     if io not in IO:
         raise ConfigError(f"Core ML io {io!r} is not one of {', '.join(IO)}")
-    if w8a8 and (weights != "fp" or min_target in W8A8_TOO_OLD):
-        raise ConfigError(f"Core ML W8A8 needs uncompressed-weight options (got weights={weights!r}) and a "
-                          f"minimum deployment target of iOS17 / macOS14 or later (got {min_target})")
+    if w8a8 and weights != "fp":  # (the CLI's --precision w8a8 gives "fp": only the Python API can get here)
+        raise ConfigError(f"Core ML W8A8 quantises the weights itself: weights={weights!r} does not combine with it")
+    if w8a8 and min_target in W8A8_TOO_OLD:
+        raise ConfigError(f"Core ML W8A8 needs --min-target iOS17 / macOS14 or later (got {min_target})")
     if weights != "fp" and min_target in ("iOS15", "macOS12"):  # coremltools would raise the target silently
         raise ConfigError(f"Core ML {weights} weights are stored with iOS16 / macOS13 ops (constexpr); the minimum "
                           f"deployment target {min_target} takes fp32 / fp16 weights only")

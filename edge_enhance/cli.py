@@ -42,9 +42,9 @@ NAMING_RULE = """\
 Output names: with one input file, -o names the output file (or an existing folder to write into).
 Otherwise -o is a folder (created if needed) and inputs keep their names there, folders mirrored
 (a/b/x.jpg -> OUT/b/x.jpg for input folder a). Without -o, the output goes beside the input as
-STEM.MODEL.EXT (photo.jpg -> photo.sr-x2.jpg). --format changes only the extension (photo.png), never
-appends one (no photo.jpg.png); a JPEG named .heic comes out as .jpg. An input is never overwritten
-unless --overwrite is given."""
+STEM.MODEL.EXT (photo.jpg -> photo.sr-x2.jpg; for a mode or a chain STEM.MODE-xN.EXT, photo.auto-x2.jpg).
+--format changes only the extension (photo.png), never appends one (no photo.jpg.png); a JPEG named
+.heic comes out as .jpg. An input is never overwritten unless --overwrite is given."""
 
 
 def _one_line(text: str) -> str:
@@ -550,8 +550,11 @@ def _auto_note(extra: dict) -> str:
         stages = extra.get("stages") or []
         return f" ({' + '.join(stages)})" if len(stages) > 1 else ""
     q = extra["jpeg_quality"]
-    found = f"noise sigma {extra['noise_sigma']:.1f}, " + (f"JPEG quality {q}" if q is not None else
-                                                          f"blockiness {extra['blockiness']:.2f}")
+    if extra["noise_sigma"] is None:  # under 32 pixels a side
+        found = "too small to estimate noise or blocks" + (f", JPEG quality {q}" if q is not None else "")
+    else:
+        found = f"noise sigma {extra['noise_sigma']:.1f}, " + (f"JPEG quality {q}" if q is not None else
+                                                              f"blockiness {extra['blockiness']:.2f}")
     did = " + ".join(extra["stages"]) or "nothing to do"
     bp = extra["backprojection_db"]
     check = "" if bp is None else f"; back-projection {bp:.1f} dB" + (
@@ -741,7 +744,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--format", help="output format (png, jpg, webp, tiff, ...); default: the output name's extension, "
                                     "or the input's when the name is derived")
     e.add_argument("--quality", type=number(int, 1, 100), default=92, help="JPEG / WebP quality 1..100 (default 92)")
-    e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size")
+    e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size",
+                   help="the output's DPI: keep-print-size (default: the input's times the scale, so it prints at "
+                        "the same size) or keep-value (the input's)")
     e.add_argument("--strip-metadata", action="store_true", help="drop EXIF, ICC profile and DPI")
     e.add_argument("--recursive", "-r", action="store_true",
                    help="descend into sub-folders, linked ones too (each real folder once; without -o, outputs "
@@ -751,16 +756,16 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--max-pixels", type=_positive_int, default=200_000_000, help="refuse inputs of more pixels than this (default 200000000, 200 MP)")
     e.add_argument("--temporal", type=number(float, 0, 1), default=0.0, help="video only: residual smoothing 0..1")
     e.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    e.add_argument("-q", "--quiet", action="store_true")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     e.set_defaults(func=cmd_enhance)
 
     i = sub.add_parser("info", help="print a model's card", parents=[verbose])
     i.add_argument("model")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the card and what the graph gives as JSON")
     i.set_defaults(func=cmd_info)
 
     m = sub.add_parser("models", help="list the bundled models", parents=[verbose])
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
     m.set_defaults(func=cmd_models)
     _add_optional_commands(sub, chosen, verbose)
     return p
@@ -873,7 +878,10 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser(argv[at] if at is not None else None)
     _Parser.json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     _Parser.argv = argv
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said with the command's usage, not the top level's (as argparse would)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.INFO)  # -vv is our debug log, not Pillow's chunk-by-chunk one
 

@@ -17,16 +17,20 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_arg", metavar="MODEL", help="bundled model name or model file")
     p.add_argument("--dataset", required=True, help="folder of reference images (e.g. ../shared/data/eval/Set5)")
-    p.add_argument("--task", "--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
+    p.add_argument("--task", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
                    help="protocol to apply (default: the model card's task)")
+    # older spellings, left out of the help: enhance's --mode picks models, not a protocol
+    p.add_argument("--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--sigma", type=number(float, 0, 255), help="denoise: noise level on the 0..255 scale (default 25)")
     p.add_argument("--quality", type=number(int, 1, 100), help="dejpeg: JPEG quality of the input (default 30)")
-    p.add_argument("--tile", default="auto")
-    p.add_argument("--memory", type=float, default=256.0)
+    p.add_argument("--tile", default="auto", help="auto (from --memory), N or HxW input pixels per tile; the "
+                                                  "scores do not depend on it (tiling is exact)")
+    p.add_argument("--memory", type=float, default=256.0, help="MB the engine may use for a tile (default 256)")
     p.add_argument("--tta", action="store_true",
                    help="self-ensemble over the 8 rotations / mirror images (8-9x the time)")
     p.add_argument("--no-ssim", action="store_true", help="PSNR only (faster)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the per-image and mean table as JSON")
     add_model_arguments(p, option=False)
 
 

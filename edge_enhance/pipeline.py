@@ -187,9 +187,9 @@ def bicubic_backprojection(inp: np.ndarray, out_shape: tuple, alpha: np.ndarray 
 
 @dataclass
 class Analysis:
-    noise_sigma: float
+    noise_sigma: float | None  # None (and blockiness): a picture under MIN_ANALYSIS_SIDE, too small to read
     jpeg_quality: int | None
-    blockiness: float
+    blockiness: float | None
     stages: list[str] = field(default_factory=list)
     backprojection_db: float | None = None
     strength: float = 1.0
@@ -228,15 +228,16 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
     rgb, alpha = _analysed_part(photo.rgb, photo.alpha)
     quality = jpeg_quality_from_tables(src) if src else None
     if min(rgb.shape[:2]) < MIN_ANALYSIS_SIDE:
-        an = Analysis(0.0, quality, 1.0)
+        an = Analysis(None, quality, None)
     else:
         an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha))
     stages = []
     # Only up to the qualities dejpeg was trained on (10-90): on a clean, textured q95 JPEG (kodim13) it cost
     # 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one (a copy of a copy).
-    if (an.jpeg_quality is not None and an.jpeg_quality <= DEJPEG_MAX_QUALITY) or an.blockiness > BLOCKINESS_THRESHOLD:
+    if (an.jpeg_quality is not None and an.jpeg_quality <= DEJPEG_MAX_QUALITY) \
+            or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
         stages.append("dejpeg")
-    elif an.noise_sigma > NOISE_THRESHOLD:
+    elif (an.noise_sigma or 0) > NOISE_THRESHOLD:
         stages.append("denoise")
     stages += sr_chain(scale)
     an.stages = stages

@@ -37,10 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
     p.add_argument("--no-eval", action="store_true", help="skip the before / after evaluation (then --max-drop "
                                                           "cannot be checked: the model is written unchecked)")
-    p.add_argument("-o", "--output", help="output .onnx (default MODEL.pruned<NN>.onnx beside the model)")
+    p.add_argument("-o", "--output", help="output .onnx (default MODEL.pruned<NN>.onnx beside the model; a "
+                                              "bundled model's name: in the current folder)")
     p.add_argument("--force", action="store_true", help="write even when --max-drop is missed")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     add_card_arguments(p)
 
 

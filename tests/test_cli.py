@@ -819,3 +819,23 @@ def test_models_lists_the_onnx_cards_where_onnx_runtime_is_not_installed(monkeyp
     assert rows == with_ort and any(r["file"].endswith(".onnx") for r in rows)
     assert all("error" not in r and r["task"] for r in rows)
     assert main(["models"]) == 0 and "ERROR" not in capsys.readouterr().out
+
+
+def test_auto_on_a_picture_too_small_to_read_says_so_not_a_clean_reading():
+    """A 30x30 crop with sigma 20 noise printed 'noise sigma 0.0, blockiness 1.00', a clean picture's reading."""
+    from edge_enhance.cli import _auto_note
+
+    note = _auto_note({"noise_sigma": None, "jpeg_quality": None, "blockiness": None, "stages": ["sr-x2"],
+                       "backprojection_db": 30.0, "strength": 1})
+    assert note == " (auto: too small to estimate noise or blocks; sr-x2; back-projection 30.0 dB)"
+
+
+@pytest.mark.parametrize("argv,usage", [(["enhance", "x.png", "--bogus"], "usage: edge-enhance enhance"),
+                                        (["x.png", "--bogus"], "usage: edge-enhance enhance"),
+                                        (["convert", "m.onnx", "--to", "tflite", "--bogus"], "usage: edge-enhance convert")])
+def test_an_unknown_option_is_said_with_its_commands_usage(argv, usage, capsys):
+    """argparse said it with the top level's usage, which lists the commands, not the options."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and "unrecognized arguments: --bogus" in err

@@ -292,7 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for <name>.onnx (fp32, card notes qat)")
     ap.add_argument("--lr", type=float, help="peak learning rate (default: a tenth of the recipe's)")
     ap.add_argument("--ranges", choices=RANGES, default="ema",
-                    help="activation ranges: EMA of batch min/max, or fixed by our calibration")
+                    help="activation ranges: ema (default), an EMA of batch min/max, or calib, fixed by our "
+                         "calibration")
     ap.add_argument("--calib", type=Path, help="calibration images for --ranges calib (default: the seeded "
                                                "crops of shared/data/train `edge-enhance quantize` uses)")
     ap.add_argument("--method", choices=METHODS, help="range observer for --ranges calib (default percentile; "
@@ -302,7 +303,8 @@ def main(argv=None) -> int:
                          "--act-eq on` applies); quantise the result with --act-eq off --rounding nearest")
     ap.add_argument("--loss", choices=sorted(LOSSES), default="l1",
                     help="l1 (default) or l2, the loss PSNR measures (a recipe whose last phase was L2)")
-    ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--data", type=Path, help="the shared data folder (default: $EDGE_ENHANCE_DATA, else the "
+                                              "nearest shared/data above the code or the working folder)")
     ap.add_argument("--no-eval", action="store_true", help="skip the final Set5/Set14/BSD100... measurement")
     ap.add_argument("--no-flat-frames", action="store_true",
                     help="--ranges calib: ranges of the calibration crops only, not covering flat frames' edges "

@@ -31,9 +31,12 @@ QUEUE = ("sr-x2", "sr-x2-rt", "denoise", "sr-x4", "sr-x3", "dejpeg", "enhance-x2
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.queue")
-    ap.add_argument("--out", type=Path, default=Path("/var/tmp/edge-enhance/export"))
-    ap.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT)
-    ap.add_argument("--data", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("/var/tmp/edge-enhance/export"),
+                    help="where each model's ONNX goes, NAME.onnx (default /var/tmp/edge-enhance/export)")
+    ap.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT,
+                    help=f"checkpoint folder: a run stopped and started again resumes (default {DEFAULT_CKPT})")
+    ap.add_argument("--data", type=Path, help="the shared data folder (default: $EDGE_ENHANCE_DATA, else the "
+                                              "nearest shared/data above the code or the working folder)")
     ap.add_argument("--factor", type=float, default=1.0, help="multiply every budget (continue training later)")
     ap.add_argument("--only", nargs="*", choices=QUEUE, metavar="NAME",
                     help=f"names to run (default: all, in queue order: {', '.join(QUEUE)})")

@@ -589,7 +589,8 @@ def main(argv=None) -> int:
     ap.add_argument("--l2-steps", type=int, help="step budget of the L2 fine-tune instead of --l2-minutes")
     ap.add_argument("--ckpt", type=Path, help="checkpoint folder (default /var/tmp/edge-enhance/ckpt/<name>, or "
                                               "<name>-<hash> for a variant, another seed or an --init-from run)")
-    ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--data", type=Path, help="the shared data folder (default: $EDGE_ENHANCE_DATA, else the "
+                                              "nearest shared/data above the code or the working folder)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the initial weights and the patch order (default 0; another one shows the run-to-run spread)")
     ap.add_argument("--workers", type=int, default=0,
