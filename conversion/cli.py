@@ -159,6 +159,7 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
 
     graph = import_onnx(src, tile if to != "onnx" and len(enumerated_shapes) <= 1 else None)
     fixed = fixed_input(graph, src, tile, enumerated_shapes)
+    check_d2s_tile(graph, d2s_as_transpose_conv, tile or fixed, src)
     source_model = onnx.load(str(src))
     if card:
         attach_card(graph, src, **card)
@@ -274,6 +275,14 @@ def import_onnx(src: Path, tile=None):
     graph.folded_for = tuple(tile)
     log.info("%s: sizes the graph computes from its input's shape are fixed for the %dx%d input", src, *tile)
     return graph
+
+
+def check_d2s_tile(graph, d2s_as_transpose_conv: bool, tile, src: Path) -> None:
+    """--d2s-as-transpose-conv writes a DepthToSpace as TRANSPOSE_CONV, whose output shape is fixed in the file:
+    without a fixed input, said before any calibration is spent."""
+    if d2s_as_transpose_conv and not tile and any(n.op == "DepthToSpace" for n in graph.nodes):
+        raise ConfigError(f"{src}: --d2s-as-transpose-conv needs a fixed input size (TRANSPOSE_CONV's output shape is "
+                          "stored in the file): give --tile HxW, e.g. --tile 256x256")
 
 
 def calib_crop_for(graph, scale: int, crop: int) -> int:

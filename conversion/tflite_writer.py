@@ -78,7 +78,7 @@ _VERSIONS_INT16 = {"ADD": 3, "MUL": 4, "MAXIMUM": 4, "MINIMUM": 4, "CONCATENATIO
 _VERSIONS_INT8 = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 3, "ADD": 2, "MUL": 2,
                   "CONCATENATION": 2, "DEPTH_TO_SPACE": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
                   "LOGISTIC": 2, "TANH": 2, "LEAKY_RELU": 2, "RELU": 2, "RELU6": 2, "MINIMUM": 2, "MAXIMUM": 2,
-                  "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "MIRROR_PAD": 2, "PRELU": 1, "RELU_0_TO_1": 1}
+                  "QUANTIZE": 1, "DEQUANTIZE": 2, "PAD": 2, "MIRROR_PAD": 2, "PRELU": 1, "RELU_0_TO_1": 1}
 
 
 class _FB:
@@ -487,7 +487,7 @@ class _Emitter:
     def requant_to(self, src_idx, src_name, q: QuantParams, name):
         """int8 -> int8 QUANTIZE so an operand matches the params an op requires."""
         t = self.fb.tensor(name, self.shape(src_name), _QTYPE[q.dtype], quant=q)
-        self.fb.op("QUANTIZE", [src_idx], [t], version=2)
+        self.fb.op("QUANTIZE", [src_idx], [t])  # v1 to an 8-bit type (op_version.cc; int16 out: v2, set in op())
         return t
 
     def same_params(self, src, dst):
@@ -773,9 +773,11 @@ class _Emitter:
             uq = QuantParams(q.scale, q.zero_point + 128, 0, "uint8")
             outer = self.fb.tensor(name, self.shape(name), T_UINT8, quant=uq)
         if is_input:
-            self.fb.op("QUANTIZE", [outer], [inner], version=2)
+            self.fb.op("QUANTIZE", [outer], [inner])
+        elif self.io == "float":
+            self.fb.op("DEQUANTIZE", [inner], [outer], version=2)  # from int8: v2
         else:
-            self.fb.op("DEQUANTIZE" if self.io == "float" else "QUANTIZE", [inner], [outer], version=2)
+            self.fb.op("QUANTIZE", [inner], [outer])
         return outer
 
 

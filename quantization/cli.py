@@ -77,7 +77,7 @@ def _flag(v: str):
 
 
 def main(args) -> int:
-    from conversion.cli import calib_crop_for, check_output, fixed_input, parse_tile
+    from conversion.cli import calib_crop_for, check_d2s_tile, check_output, fixed_input, parse_tile
 
     from .quantize import INT16_OPS, precision_split, quantize_model, write_tflite
 
@@ -91,7 +91,8 @@ def main(args) -> int:
     tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
     g, card = load_model(src, card_options(args), tile)
-    fixed_input(g, src, tile, [])  # a model fixed at one size takes no other --tile
+    fixed = fixed_input(g, src, tile, [])  # a model fixed at one size takes no other --tile
+    check_d2s_tile(g, args.d2s_as_transpose_conv, tile or fixed, src)
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
     crop = calib_crop_for(g, card.scale, args.calib_crop)

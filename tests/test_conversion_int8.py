@@ -38,6 +38,15 @@ def test_int8_sr_net_matches_simulation(tmp_path, io, scale):
     # The integer kernels round once more than the fake-quant simulation: within a few steps.
     assert np.abs(y - sim).max() <= 3 * step + 1e-6
     assert np.abs(y - flt).max() < 0.05
+    # Op versions as TFLite's op_version.cc gives them (delegates gate on them): QUANTIZE to an 8-bit type is
+    # v1 (v2 is int16 output; it was written v2), DEQUANTIZE from int8 v2.
+    import tflite
+
+    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    versions = {names[m.OperatorCodes(i).BuiltinCode()]: m.OperatorCodes(i).Version()
+                for i in range(m.OperatorCodesLength())}
+    assert versions.get("QUANTIZE", 1) == 1 and versions.get("DEQUANTIZE", 2) == 2, versions
 
 
 @pytest.mark.parametrize("out_range,dropped", [((0.0, 1.0), True), ((-0.2, 1.2), False)])

@@ -244,6 +244,20 @@ def test_convert_int8_takes_a_calibration_crop_and_warns_about_few_images(setup,
            f"the whole {ev}" in caplog.text
 
 
+@pytest.mark.parametrize("command", ["quantize", "convert"])
+def test_d2s_as_transpose_conv_without_a_fixed_size_is_refused_before_calibration(setup, capsys, command, monkeypatch):
+    """TRANSPOSE_CONV stores its output shape: without --tile the int8 run failed after 90 s of calibration."""
+    from quantization import cli as qcli
+
+    model, calib, ev = setup
+    monkeypatch.setattr(qcli, "calibration_for", lambda *a, **k: pytest.fail("calibrated first"))
+    extra = ["--to", "tflite", "--precision", "int8"] if command == "convert" else []
+    rc, cap = _run([command, str(model), *extra, "--d2s-as-transpose-conv", "--calib", str(calib), "-o",
+                    str(ev.parent / "x.tflite")], capsys)
+    assert rc == 2 and "--d2s-as-transpose-conv needs a fixed input size" in cap.err and "--tile HxW" in cap.err
+    assert not (ev.parent / "x.tflite").exists()
+
+
 @pytest.mark.parametrize("command", ["quantize", "prune", "convert"])
 def test_an_unwritable_output_folder_is_said_before_any_work(setup, capsys, command):
     """/proc/self: a folder no one, root included, can create a file in (permission bits do not stop root;
