@@ -24,8 +24,23 @@ def _umask() -> int:
 
 def default_mode(fd: int) -> None:
     """Give a mkstemp file (0600) the mode a new file gets under the umask, so a photo or video written
-    through a temporary is as readable by other users as one written directly."""
-    os.fchmod(fd, 0o666 & ~_umask())
+    through a temporary is as readable by other users as one written directly. Windows before Python 3.13
+    has no fchmod (nor mode bits that hide a file from other users): there it does nothing."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_umask())
+
+
+def closed_temp(folder, prefix: str, suffix: str) -> str:
+    """An empty mkstemp file in ``folder`` with :func:`default_mode`, closed, for a writer that opens it by
+    name (OpenCV, ffmpeg); removed again if that fails (Windows cannot remove a file left open)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            default_mode(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def unwritable(folder) -> str | None:
@@ -38,12 +53,15 @@ def unwritable(folder) -> str | None:
         return e.strerror or str(e)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int) -> bool | None:
+    """Whether process ``pid`` runs; None where that cannot be asked."""
+    if os.name == "nt":  # os.kill(pid, 0) there sends CTRL_C_EVENT to pid's console: no probe at all
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError):  # someone else's process (or not a pid): leave it alone
+    except (OSError, OverflowError):  # someone else's process (or not a pid): leave it alone
         return True
     return True
 
@@ -76,7 +94,8 @@ def sweep_stale(path) -> int:
     """Remove the temporaries that a killed writer (SIGKILL, power cut) left beside ``path``: names
     ``.NAME.SPACE.PID-XXXX.part`` of our :func:`process_space` whose PID no longer runs. One from another
     space (a container or host writing the same folder) is alive as far as we can tell, and goes only
-    once a day old, as does an older ``.NAME.PID-XXXX.part``. Returns how many were removed."""
+    once a day old, as does an older ``.NAME.PID-XXXX.part`` and, on Windows (where no PID is probed),
+    any temporary. Returns how many were removed."""
     path = Path(path)
     stem, n = _temp_stem(path.name), 0
     for tmp in path.parent.glob(f".{glob.escape(stem)}.*-*.part"):
@@ -84,11 +103,15 @@ def sweep_stale(path) -> int:
         if not m:
             continue
         space, pid, stale = m.group(1), int(m.group(2)), False
-        if space == process_space():
-            stale = pid != os.getpid() and not _alive(pid)
-        else:
+        ours = space == process_space()
+        if ours and pid == os.getpid():
+            continue  # being written now
+        alive = _alive(pid) if ours else None
+        if alive is None:
             with contextlib.suppress(OSError):
                 stale = time.time() - tmp.stat().st_mtime > STALE_ELSEWHERE_S
+        else:
+            stale = not alive
         if stale:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -115,8 +138,8 @@ def atomic_file(path, mode: str = "wb"):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_temp_stem(path.name)}.{process_space()}.{os.getpid()}-",
                                suffix=".part")
     try:
-        default_mode(fd)
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode) as f:  # opened first: any failure after closes it, so it can be removed
+            default_mode(f.fileno())
             yield f
             f.flush()
             os.fsync(f.fileno())

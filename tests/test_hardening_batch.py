@@ -180,6 +180,38 @@ def test_sweep_stale_removes_only_dead_writers_temporaries(tmp_path):
          f".a[1].png.{there}.{dead}-x4.part", f".a[1].png.{dead}-x5.part"])
 
 
+def test_no_pid_is_probed_on_windows_and_a_failing_probe_is_no_error(monkeypatch):
+    """Windows: os.kill(pid, 0) sends CTRL_C_EVENT to pid's console, and a dead pid raises OSError(EINVAL),
+    which failed every later write of that output."""
+    import errno
+
+    from edge_enhance import atomic
+
+    def windows_kill(pid, sig):
+        raise OSError(errno.EINVAL, "The parameter is incorrect")
+
+    monkeypatch.setattr(os, "kill", windows_kill)
+    assert atomic._alive(999999) is True  # any other OSError: someone's process, left alone
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        assert atomic._alive(999999) is None
+    assert sent == []
+
+
+def test_where_no_pid_can_be_asked_a_temporary_goes_when_a_day_old(tmp_path, monkeypatch):
+    from edge_enhance import atomic
+
+    monkeypatch.setattr(atomic, "_alive", lambda pid: None)  # Windows
+    here, old = atomic.process_space(), time.time() - atomic.STALE_ELSEWHERE_S - 60
+    (tmp_path / f".a.png.{here}.999999-x1.part").write_bytes(b"")      # a writer maybe still at work: kept
+    (tmp_path / f".a.png.{here}.999998-x2.part").write_bytes(b"")      # a day old: left over
+    os.utime(tmp_path / f".a.png.{here}.999998-x2.part", (old, old))
+    assert atomic.sweep_stale(tmp_path / "a.png") == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f".a.png.{here}.999999-x1.part"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="needs Linux PID namespaces")
 def test_the_pid_space_tells_a_container_from_the_host(tmp_path):
     """What the PID namespace adds: a process in another one (unshare as root, else skipped) names

@@ -225,6 +225,37 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out.png"]
 
 
+def test_an_atomic_write_without_fchmod_writes_the_file(tmp_path, monkeypatch):
+    """Windows before Python 3.13 has no os.fchmod: every write raised AttributeError."""
+    from edge_enhance import atomic
+
+    monkeypatch.delattr(os, "fchmod")
+    assert atomic.write_bytes(tmp_path / "a.bin", b"ok").read_bytes() == b"ok"
+    imageio.save_image(imageio.Photo(np.zeros((2, 2, 3), np.uint8)), tmp_path / "o.png")
+    assert Path(atomic.closed_temp(tmp_path, ".tmp-", ".mp4")).read_bytes() == b""  # the video writers' temporary
+    assert sorted(f.name for f in tmp_path.iterdir() if not f.name.startswith(".tmp-")) == ["a.bin", "o.png"]
+
+
+def test_a_failing_chmod_closes_the_temporary_before_removing_it(tmp_path, monkeypatch):
+    """Windows cannot remove a file that is still open: the temporary's descriptor is closed first."""
+    from edge_enhance import atomic
+
+    fds = []
+
+    def refuse(fd, mode):
+        fds.append(fd)
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    for write in (lambda: atomic.write_bytes(tmp_path / "a.bin", b"ok"),
+                  lambda: atomic.closed_temp(tmp_path, ".tmp-", ".mp4")):  # the video writers' temporary
+        with pytest.raises(OSError, match="not permitted"):
+            write()
+        with pytest.raises(OSError):  # EBADF: closed
+            os.fstat(fds[-1])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_output_folder_missing_and_unknown_extension(tmp_path):
     ph = imageio.Photo(np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(OutputError, match="does not exist"):

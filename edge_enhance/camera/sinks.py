@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..atomic import default_mode
+from ..atomic import closed_temp
 from .detect import import_cv2, platform_info
 from .errors import ConfigError, OutputError, SinkError
 from .frames import compose, draw_overlay
@@ -141,11 +140,9 @@ def open_video_writer(path: str, fps: float, width: int, height: int):
     if not os.path.isdir(folder):
         raise OutputError(f"{path}: folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+        tmp = closed_temp(folder, ".tmp-", ext)  # the writer reopens the file, which keeps its mode
     except OSError as e:
         raise OutputError(f"{path}: cannot write to {folder} ({e})") from None
-    default_mode(fd)  # the writer reopens the file, which keeps this mode
-    os.close(fd)
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC[ext]), float(fps or 30.0), (width, height))
     if not writer.isOpened():
         writer.release()

@@ -15,13 +15,12 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..atomic import default_mode, refuse_overwriting_input
+from ..atomic import closed_temp, refuse_overwriting_input
 from .detect import import_cv2
 from .errors import ConfigError, OutputError, SourceError
 from .sinks import FOURCC, open_video_writer
@@ -99,9 +98,7 @@ def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, st
     probe = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-i", src], capture_output=True, text=True)
     if "Audio:" not in probe.stderr:
         return None, "none in source"
-    fd, out = tempfile.mkstemp(prefix=".tmp-", suffix=dst_ext, dir=os.path.dirname(video_only))
-    default_mode(fd)
-    os.close(fd)
+    out = closed_temp(os.path.dirname(video_only), ".tmp-", dst_ext)
     err = "?"
     # A plain copy first; containers that refuse the source's audio codec get AAC.
     for audio_codec in (["-c:a", "copy"], ["-c:a", "aac"]):
