@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_enhance.argtypes import number
-from edge_enhance.atomic import unwritable
+from edge_enhance.atomic import same_file, unwritable
 from edge_enhance.card import CARD_KEY, strict_json
 from edge_enhance.models import default_output, source_onnx
 from edge_enhance.tiling import check_aligned
@@ -44,7 +44,7 @@ QUANTIZED = ("int8", "int16x8")  # TFLite precisions made by the calibrated quan
 def check_output(out: Path, src: Path) -> None:
     """Before any work: the output must not be the input, nor a folder (other than an earlier .mlpackage,
     which is replaced whole), and its folder must exist."""
-    if out.resolve() == src.resolve():
+    if same_file(out, src):  # by any name: m.ONNX and m.onnx are one file on macOS and Windows
         raise ConfigError(f"{out}: output would overwrite the input model")
     if out.is_dir() and not (out.suffix == ".mlpackage" and (out / "Manifest.json").is_file()):
         raise ConfigError(f"{out}: is a folder; give the output a file name")

@@ -156,12 +156,22 @@ def write_bytes(path, data: bytes) -> Path:
     return Path(path)
 
 
+def same_file(a, b) -> bool:
+    """Whether ``a`` and ``b`` name one file: by device and inode where both exist (IMG_0001.JPG and
+    IMG_0001.jpg are one file on macOS's and Windows' case-insensitive disks, as are two hard links),
+    else by their resolved paths."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one is not there (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def refuse_overwriting_input(src, dst, overwrite: bool = False) -> None:
-    """An output that is its input (by any name: a link, ./, ..) is written only with ``overwrite``."""
+    """An output that is its input (by any name: a link, ./, .., another case) is written only with ``overwrite``."""
     try:
         there = Path(dst).exists()
     except OSError as e:  # a name longer than the file system takes (ENAMETOOLONG), ...
         raise OutputError(f"{dst}: cannot write ({e.strerror})") from None
-    if not overwrite and there and Path(dst).resolve() == Path(src).resolve():
+    if not overwrite and there and same_file(dst, src):
         raise OutputError(f"{dst}: would overwrite the input; pass --overwrite (overwrite=True in Python) or choose "
                           "another output")

@@ -347,18 +347,23 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
             rel = src.relative_to(root).parent if root else Path()
             dst = Path(out) / rel / (src.stem + ext_for(src))
         jobs.append(Job(src, dst))
-    seen: dict[Path, Path] = {}
-    sources = {src.resolve(): src for src, _ in inputs}
+
+    def key(p: Path) -> tuple:  # Photo.png and photo.png are one file on macOS's and Windows' disks
+        p = p.resolve()
+        return p.parent, p.name.casefold()
+
+    seen: dict[tuple, Path] = {}
+    sources = {key(src): src for src, _ in inputs}
     for job in jobs:
-        key = job.dst.resolve()
-        other = sources.get(key)
-        if other is not None and key != job.src.resolve():  # checked before anything is written
+        k = key(job.dst)
+        other = sources.get(k)
+        if other is not None and k != key(job.src):  # checked before anything is written
             job.status, job.error = "failed", (f"{job.src}: its output {job.dst} would overwrite {other}, another "
                                                "input of this run (give another -o folder)")
-        elif key in seen:
-            job.status, job.error = "failed", f"output {job.dst} would collide with the output of {seen[key]}"
+        elif k in seen:
+            job.status, job.error = "failed", f"output {job.dst} would collide with the output of {seen[k]}"
         else:
-            seen[key] = job.src
+            seen[k] = job.src
     return jobs
 
 

@@ -157,6 +157,17 @@ def test_colliding_outputs_are_refused(tmp_path, model, capsys):
     assert rc == 1 and s["ok"] == 1 and "collide" in [f for f in s["files"] if f["status"] == "failed"][0]["error"]
 
 
+def test_outputs_differing_only_in_case_are_refused_as_colliding(tmp_path, model, capsys):
+    """On macOS's and Windows' disks out/Photo.png and out/photo.png are one file: the second replaced the first
+    while the summary said 2 enhanced."""
+    (tmp_path / "d1").mkdir(), (tmp_path / "d2").mkdir()
+    a, b = _img(tmp_path / "d1" / "Photo.png"), _img(tmp_path / "d2" / "photo.png")
+    rc = main(["enhance", str(a), str(b), "-o", str(tmp_path / "out"), "--model", model, "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert rc == 1 and s["ok"] == 1
+    assert "would collide with the output of" in [f for f in s["files"] if f["status"] == "failed"][0]["error"]
+
+
 def test_never_overwrites_input(tmp_path, model, capsys):
     src = _img(tmp_path / "a.png")
     before = src.read_bytes()

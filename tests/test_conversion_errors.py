@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,6 +105,19 @@ def test_convert_refuses_an_output_named_for_another_format(tmp_path, to, name, 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         convert(src, to, output=tmp_path / name)
     assert [p.name for p in tmp_path.iterdir()] == ["src.onnx"]
+
+
+def test_convert_refuses_an_output_that_is_its_input_under_another_case(tmp_path):
+    """macOS / Windows: m.onnx is m.ONNX there (simulated by a hard link, two names of one file)."""
+    from conversion.cli import convert
+
+    src = tmp_path / "m.ONNX"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    os.link(src, tmp_path / "m.onnx")
+    before = src.read_bytes()
+    with pytest.raises(ConfigError, match="m.onnx: output would overwrite the input model"):
+        convert(src, "onnx", output=tmp_path / "m.onnx")
+    assert src.read_bytes() == before
 
 
 def test_replace_metadata_changes_only_the_card(tmp_path):

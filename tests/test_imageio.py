@@ -256,6 +256,19 @@ def test_a_failing_chmod_closes_the_temporary_before_removing_it(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_that_is_the_input_under_another_name_is_refused(tmp_path):
+    """macOS's case-insensitive disk: IMG_0001.jpg is IMG_0001.JPG (here: a hard link, two names of one file)."""
+    from edge_enhance.atomic import refuse_overwriting_input
+
+    src = tmp_path / "IMG_0001.JPG"
+    src.write_bytes(b"original")
+    os.link(src, tmp_path / "IMG_0001.jpg")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        refuse_overwriting_input(src, tmp_path / "IMG_0001.jpg")
+    refuse_overwriting_input(src, tmp_path / "IMG_0001.jpg", overwrite=True)
+    refuse_overwriting_input(src, tmp_path / "IMG_0002.jpg")  # not there yet: another file
+
+
 def test_output_folder_missing_and_unknown_extension(tmp_path):
     ph = imageio.Photo(np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(OutputError, match="does not exist"):
