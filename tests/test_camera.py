@@ -877,6 +877,67 @@ def test_enhance_video_over_its_input_with_overwrite(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
 
 
+def test_a_video_over_its_input_is_replaced_after_its_reader_is_closed(tmp_path, monkeypatch):
+    """Windows cannot replace a file that is open: `--overwrite` onto the source video failed at the very end."""
+    from edge_enhance.camera import video
+
+    real_cv2, real_replace, reading = video.import_cv2(), os.replace, []
+
+    class Capture:  # cv2.VideoCapture that says which files it holds open
+        def __init__(self, path):
+            self.cap, self.path = real_cv2.VideoCapture(path), os.path.abspath(path)
+            reading.append(self.path)
+
+        def release(self):
+            if self.path in reading:
+                reading.remove(self.path)
+            self.cap.release()
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    class Cv2:
+        VideoCapture = Capture
+
+        def __getattr__(self, name):
+            return getattr(real_cv2, name)
+
+    def windows_replace(src, dst):
+        if os.path.abspath(dst) in reading:
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", str(dst))
+        real_replace(src, dst)
+
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, n=3)
+    monkeypatch.setattr(video, "import_cv2", Cv2)
+    monkeypatch.setattr(os, "replace", windows_replace)
+    r = video.enhance_video(clip, clip, RepeatEnhancer(), overwrite=True, copy_audio=False)
+    assert r.frames == 3 and count_frames(clip) == (3, (48, 64, 3)) and reading == []
+
+
+def test_ffmpegs_utf8_output_is_read_as_utf8_whatever_the_code_page(tmp_path, monkeypatch):
+    """Windows decodes a subprocess's text with the ANSI code page: ffmpeg's UTF-8 listing (a tag
+    'отпуск') raised UnicodeDecodeError after the whole video was enhanced."""
+    import subprocess
+
+    from edge_enhance.camera import video
+
+    if not hasattr(subprocess, "_text_encoding"):
+        pytest.skip("this Python picks a subprocess's text encoding elsewhere")
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf 'Input #0, from x:\\n  title : \\320\\276\\321\\202\\320\\277\\321\\203"
+                    "\\321\\201\\320\\272\\n  Stream #0:1: Audio: aac\\n' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    monkeypatch.setattr(subprocess, "_text_encoding", lambda: "cp1252")
+    (tmp_path / "v.mp4").write_bytes(b"")
+    out, note = video._copy_audio(str(tmp_path / "v.mp4"), str(tmp_path / "src.mp4"), ".mp4")
+    assert out is None and note.startswith("skipped: ffmpeg failed (") and "Audio: aac" in note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "v.mp4"]
+
+
 def test_enhance_cli_videos_in_folders_webm_and_json(tmp_path, monkeypatch, capsys, caplog):
     pytest.importorskip("onnxruntime")
     from edge_enhance.cli import main

@@ -95,7 +95,9 @@ def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, st
     if ffmpeg is None:  # without it the source's audio cannot even be looked for: the caller warns
         return None, "skipped: ffmpeg not on PATH"
     # `ffmpeg -i FILE` with no output lists the streams on stderr (and exits 1 by design).
-    probe = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-i", src], capture_output=True, text=True)
+    # Its output is UTF-8 (tags, file names): Windows would decode it with the ANSI code page and fail.
+    probe = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-i", src], capture_output=True, encoding="utf-8",
+                           errors="replace")
     if "Audio:" not in probe.stderr:
         return None, "none in source"
     out = closed_temp(os.path.dirname(video_only), ".tmp-", dst_ext)
@@ -104,7 +106,7 @@ def _copy_audio(video_only: str, src: str, dst_ext: str) -> tuple[str | None, st
     for audio_codec in (["-c:a", "copy"], ["-c:a", "aac"]):
         cmd = [ffmpeg, "-nostdin", "-y", "-v", "error", "-i", video_only, "-i", src,
                "-map", "0:v:0", "-map", "1:a", "-c:v", "copy", *audio_codec, "-shortest", out]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
         if proc.returncode == 0:
             return out, "copied"
         err = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -187,6 +189,7 @@ def enhance_video(src: str, dst: str, enhancer, *, temporal: float = 0.0, progre
                 warnings.append(f"no audio in the output ({audio})")
         for w in warnings:
             log.warning("%s: %s", src, w)
+        cap.release()  # Windows cannot replace a file that is open (dst is src with overwrite)
         os.replace(tmp, dst)
         tmp = None
     except OSError as e:
