@@ -236,6 +236,9 @@ def primary_subject(ours):
 
 
 def run(argv: list[str] | None = None) -> int:
+    from edge_enhance.cli import tolerant_std_streams
+
+    tolerant_std_streams()
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="count", default=0)
     add_arguments(p)

@@ -501,6 +501,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # python -m conversion.cli (the lead wires `edge-enhance convert`)
+    from edge_enhance.cli import tolerant_std_streams
+
+    tolerant_std_streams()
     p = argparse.ArgumentParser(prog="edge-enhance convert")
     add_arguments(p)
     sys.exit(main(p.parse_args()))

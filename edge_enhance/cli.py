@@ -70,11 +70,12 @@ def ljust_cells(text: str, width: int) -> str:
 
 class Progress:
     """One status line on stderr: [N/M] name  tiles 37%  ETA 0:12. A terminal without cursor control
-    (TERM=dumb: an editor's shell, a CI log viewer) gets no escape codes: the line is padded over."""
+    (TERM=dumb: an editor's shell, a CI log viewer; Windows' console, which shows ESC [K as ←[K, unless it
+    is Windows Terminal) gets no escape codes: the line is padded over."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled = total, enabled and sys.stderr.isatty()
-        self.plain = os.environ.get("TERM") == "dumb"
+        self.plain = os.environ.get("TERM") == "dumb" or (os.name == "nt" and "WT_SESSION" not in os.environ)
         self.start, self.first = time.monotonic(), None
         self.done_files = 0
         self.name = ""
@@ -309,6 +310,12 @@ def _expand_inputs(inputs: list[str], recursive: bool, out: Path | None = None
     return list(unique.values()), videos, unmatched
 
 
+def names_folder(out: str) -> bool:
+    """Whether ``-o out`` names a folder: an existing one, or a name ending in a separator (results/, and
+    on Windows results\\ too)."""
+    return Path(out).is_dir() or out.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
+
+
 def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: str | None,
                  model_name: str, single: bool) -> list[Job]:
     """``single``: one input file was named, so -o names the output file."""
@@ -341,7 +348,7 @@ def plan_outputs(inputs: list[tuple[Path, Path | None]], out: str | None, fmt: s
     for src, root in inputs:
         if out is None:
             dst = src.with_name(f"{src.stem}.{model_name}{ext_for(src)}")
-        elif single and not (Path(out).is_dir() or out.endswith(os.sep)):
+        elif single and not names_folder(out):
             dst = Path(out)
         else:
             rel = src.relative_to(root).parent if root else Path()
@@ -408,7 +415,7 @@ def cmd_enhance(args) -> int:
             raise ConfigError(f"-o {named}: the name says {imageio.format_for(named)}, --format says {wanted}; "
                               "give one or make them agree")
     elif single and args.output and inputs[0][0].suffix.lower() not in imageio.VIDEO_SUFFIXES \
-            and not (Path(args.output).is_dir() or args.output.endswith(os.sep)):
+            and not names_folder(args.output):
         try:  # an -o name of no photo format fails once, before the model loads
             imageio.format_for(Path(args.output))
         except ConfigError as e:
@@ -857,6 +864,14 @@ class _Shown:
         return getattr(self.unescaped, name)
 
 
+def tolerant_std_streams() -> None:
+    """A file name the console's code page cannot show (a Cyrillic name under Windows' cp1252) is printed
+    as \\u escapes, not a UnicodeEncodeError after the work is done. Every entry point calls it (python -m too)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     _reopen_closed_std_streams()
     streams = sys.stdout, sys.stderr
@@ -872,9 +887,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for stream in (sys.stdout, sys.stderr):  # a file name the console's code page cannot show must not stop a batch
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+    tolerant_std_streams()
     # The command follows the top-level options (which take no value); anything else there, a file or an
     # enhance option (`edge-enhance --mode auto photo.jpg`), means `enhance`.
     at = next((i for i, a in enumerate(argv) if not TOP_LEVEL_OPTION.fullmatch(a)), None)
@@ -911,11 +924,11 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"edge-enhance: error: {why}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.
-        _to_devnull(sys.stdout.fileno())
-        return 141
     except OSError as e:
+        if isinstance(e, BrokenPipeError) or _reader_left(e):
+            # `edge-enhance models | head`: the reader left; end quietly, without Python's exit-time flush error.
+            _to_devnull(sys.stdout.fileno())
+            return 141
         gone = [fd for fd in (1, 2) if e.errno == errno.EIO and _hung_up(fd)]
         if not gone:
             raise
@@ -923,6 +936,18 @@ def _main(argv: list[str] | None) -> int:
         for fd in gone:
             _to_devnull(fd)
         return 129  # as a shell reports a command ended by SIGHUP
+
+
+def _reader_left(e: OSError) -> bool:
+    """Windows says a stdout reader that left with EINVAL, not a broken pipe (cpython#79935); that EINVAL is
+    told from another one (a file name Windows refuses) by stdout failing still."""
+    if os.name != "nt" or e.errno != errno.EINVAL:
+        return False
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
 
 
 def _hung_up(fd: int) -> bool:

@@ -63,4 +63,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from edge_enhance.cli import tolerant_std_streams
+
+    tolerant_std_streams()
     sys.exit(main())

@@ -19,3 +19,32 @@ def sr_model(tmp_path):
     path = tmp_path / "sr.onnx"
     residual_sr(path)
     return path
+
+
+def cp1252_console(monkeypatch):
+    """stdout and stderr as on a Western Windows console (cp1252, strict as Python opens stdout there);
+    returns stdout, whose bytes are in ``.buffer.getvalue()``. Called in the test itself: pytest's capture
+    sets its own streams back after the fixtures."""
+    import io
+    import sys
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BytesIO(), encoding="cp1252", write_through=True))
+    return out
+
+
+def run_as_main(module: str, monkeypatch, *argv: str) -> int:
+    """``python -m module *argv`` in this process; its exit code."""
+    import runpy
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is imported already
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            return e.code or 0
+    return 0

@@ -537,3 +537,14 @@ def test_a_mistyped_model_stops_bench_before_any_peer_runs(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "nosuch: no such file, folder or bundled model" in err and "nothing was run" in err
     assert not out.exists()  # the folder it would have made is not left behind
+
+
+@pytest.mark.parametrize("module", ["benchmarks", "benchmarks.soak"])
+def test_python_m_benchmarks_prints_any_name_on_a_cp1252_console(module, monkeypatch):
+    """Windows: a non-ASCII model name raised UnicodeEncodeError in the report, after the runs."""
+    from tests.conftest import cp1252_console, run_as_main
+
+    out = cp1252_console(monkeypatch)
+    assert run_as_main(module, monkeypatch, "--help") == 0
+    print("м.onnx")
+    assert out.buffer.getvalue().endswith(b"\\u043c.onnx\n")

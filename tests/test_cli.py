@@ -89,6 +89,28 @@ def test_closed_stdout_pipe_ends_quietly():
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
 
 
+def test_a_stdout_reader_that_left_is_told_by_windows_einval(monkeypatch):
+    """Windows reports a closed pipe on stdout as OSError(EINVAL) (cpython#79935): a traceback, not exit 141."""
+    import errno
+    import io
+
+    from edge_enhance import cli
+
+    class Gone(io.StringIO):
+        def flush(self):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    e = OSError(errno.EINVAL, "Invalid argument")
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        m.setattr(sys, "stdout", Gone())
+        assert cli._reader_left(e)
+        m.setattr(sys, "stdout", io.StringIO())
+        assert not cli._reader_left(e)  # another EINVAL (a name Windows refuses) with stdout fine: raised
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert not cli._reader_left(e)  # elsewhere EINVAL says no such thing
+
+
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_a_terminal_that_hung_up_ends_quietly():
     """The SSH session closed: writing to its terminal fails with EIO. Exit as a hangup (129), with no
@@ -166,6 +188,20 @@ def test_outputs_differing_only_in_case_are_refused_as_colliding(tmp_path, model
     s = json.loads(capsys.readouterr().out)
     assert rc == 1 and s["ok"] == 1
     assert "would collide with the output of" in [f for f in s["files"] if f["status"] == "failed"][0]["error"]
+
+
+def test_an_output_folder_may_end_in_either_separator_on_windows(tmp_path, monkeypatch):
+    """Windows: `-o results/` (a forward slash) named a file called results."""
+    from pathlib import Path
+
+    from edge_enhance.cli import plan_outputs
+
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(os, "sep", "\\")
+        m.setattr(os, "altsep", "/")
+        jobs = plan_outputs([(Path("a.png"), None)], "results/", None, "m", single=True)
+    assert jobs[0].dst == Path("results") / "a.png"
 
 
 def test_never_overwrites_input(tmp_path, model, capsys):
@@ -613,6 +649,25 @@ def test_the_progress_line_says_saving_once_the_last_tile_is_done(monkeypatch, c
     p.tiles(4, 4)
     err = capsys.readouterr().err
     assert err.endswith("big.png  saving") and "100%" not in err
+
+
+@pytest.mark.parametrize("terminal", [None, "Windows Terminal"])
+def test_the_progress_line_on_windows_uses_cursor_control_only_in_windows_terminal(monkeypatch, capsys, terminal):
+    """The classic Windows console shows ESC [K as a literal ←[K; Windows Terminal (WT_SESSION) takes it."""
+    from edge_enhance.cli import Progress
+
+    monkeypatch.delenv("TERM", raising=False)
+    if terminal:
+        monkeypatch.setenv("WT_SESSION", "1")
+    else:
+        monkeypatch.delenv("WT_SESSION", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        p = Progress(2, True)
+    p.file(0, "a.png")
+    p.clear()
+    assert ("\033" in capsys.readouterr().err) == bool(terminal)
 
 
 def test_a_file_cut_by_ctrl_c_is_said_interrupted_not_failed(tmp_path, model, capsys, monkeypatch):

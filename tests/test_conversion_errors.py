@@ -481,3 +481,13 @@ def test_an_output_smaller_than_the_input_is_named_before_any_work(tmp_path, cap
     assert rc != 0 and "valid.onnx: output 30x30 for a 32x32 input, not the input scaled by 1 (convolutions without " \
                        "padding shrink it" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == (["d"] if calib else []) + ["valid.onnx"]
+
+
+def test_python_m_conversion_cli_prints_any_name_on_a_cp1252_console(monkeypatch):
+    """Windows: `wrote выход.tflite` raised UnicodeEncodeError after the model was written."""
+    from tests.conftest import cp1252_console, run_as_main
+
+    out = cp1252_console(monkeypatch)
+    assert run_as_main("conversion.cli", monkeypatch, "--help") == 0
+    print("wrote выход.tflite")
+    assert out.buffer.getvalue().endswith(b"wrote \\u0432\\u044b\\u0445\\u043e\\u0434.tflite\n")

@@ -48,6 +48,17 @@ def test_a_training_tool_without_torch_says_which_extra_in_one_line(tmp_path, to
     assert p.stderr == f"python -m training.{tool}: error: torch is not installed: pip install 'edge-enhance[train]'\n"
 
 
+def test_a_training_tool_prints_any_name_on_a_cp1252_console(monkeypatch):
+    """Windows: a non-ASCII run folder raised UnicodeEncodeError at the end of a training run."""
+    from tests.conftest import cp1252_console
+    from training import run_tool
+
+    out = cp1252_console(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        run_tool("report", lambda: print("runs/модель") or 0)
+    assert e.value.code == 0 and out.buffer.getvalue() == b"runs/\\u043c\\u043e\\u0434\\u0435\\u043b\\u044c\n"
+
+
 def test_the_core_ml_writer_without_coremltools_names_the_extra_quoted(monkeypatch):
     from conversion import coreml_writer
     from edge_enhance.backends import coreml

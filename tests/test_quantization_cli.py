@@ -344,3 +344,14 @@ def test_prune_no_eval_writes_the_model_and_says_the_bar_was_not_checked(setup, 
     rc, cap = _run(["prune", str(model), "--target-macs", "0.6", "--multiple", "1", "--calib", str(calib),
                     "--calib-count", "3", "--calib-crop", "16", "--no-eval", "-o", str(out), "-q"], capsys)
     assert rc == 0 and "--max-drop bar (0.15 dB) was not checked" in cap.out
+
+
+@pytest.mark.parametrize("module", ["quantization.prune_curve", "quantization.table", "quantization.timing"])
+def test_a_tool_run_with_python_m_prints_any_name_on_a_cp1252_console(module, monkeypatch):
+    """Windows: a non-ASCII model or output name raised UnicodeEncodeError after the work was done."""
+    from tests.conftest import cp1252_console, run_as_main
+
+    out = cp1252_console(monkeypatch)
+    assert run_as_main(module, monkeypatch, "--help") == 0
+    print("модель_日本.tflite")
+    assert out.buffer.getvalue().endswith(b"\\u043c\\u043e\\u0434\\u0435\\u043b\\u044c_\\u65e5\\u672c.tflite\n")

@@ -28,8 +28,10 @@ _check_the_train_extra()
 def run_tool(name: str, main) -> None:
     """``python -m training.NAME``: run ``main`` and exit with its code; an EdgeEnhanceError (a bad option or
     model file: 2; a missing or unreadable data folder: 1) is one line on stderr, not a traceback."""
+    from edge_enhance.cli import tolerant_std_streams
     from edge_enhance.errors import ConfigError, EdgeEnhanceError
 
+    tolerant_std_streams()
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # before training started (a run in training saves its checkpoint first)
