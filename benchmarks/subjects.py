@@ -95,7 +95,7 @@ def tflite_precision(path: Path) -> str:
     from edge_enhance.backends.litert import interpreter_module
 
     m, _ = interpreter_module()
-    it = m.Interpreter(model_path=str(path))
+    it = m.Interpreter(model_content=Path(path).read_bytes())  # a path: narrow fopen on Windows
     dtypes = {np.dtype(t["dtype"]) for t in it.get_tensor_details()}
     if np.dtype(np.int8) in dtypes:
         return "int8"

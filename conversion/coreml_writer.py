@@ -14,12 +14,15 @@ image scaling, quantize / dequantize and decompressed weights included) with num
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,16 +53,35 @@ W8A8_TOO_OLD = ("iOS15", "iOS16", "macOS12", "macOS13")  # no MIL quantize / deq
 
 
 def _ct():
+    from edge_enhance.errors import BackendUnavailableError
+
     try:
         from edge_enhance.backends.coreml import import_coremltools
 
         ct = import_coremltools()
         from coremltools.converters.mil import Builder as mb
     except ImportError:  # pragma: no cover - depends on the environment
-        from .errors import EdgeEnhanceError
-
-        raise EdgeEnhanceError("Core ML export needs coremltools: pip install 'edge-enhance[coreml]'") from None
+        raise BackendUnavailableError("Core ML export needs coremltools: pip install 'edge-enhance[coreml]'") from None
+    try:  # the .mlpackage writers; Windows gets coremltools' source package, built without them
+        importlib.import_module("coremltools.libmilstoragepython")
+        importlib.import_module("coremltools.libmodelpackage")
+    except ImportError:
+        raise BackendUnavailableError("Core ML export needs coremltools' native parts, which its Windows package "
+                                      "lacks: run it on macOS or Linux (WSL)") from None
     return ct, mb
+
+
+@contextlib.contextmanager
+def _progress_bars_as_drawn():
+    """coremltools' pass pipelines draw tqdm bars on stderr, redrawn with CR. The edge-enhance CLI's
+    stderr escapes control characters (a file name must not rewrite the terminal), which printed each CR
+    as a literal \\r: the bars go to the stream beneath it while coremltools runs."""
+    err = sys.stderr
+    sys.stderr = getattr(err, "unescaped", err)
+    try:
+        yield
+    finally:
+        sys.stderr = err
 
 
 def _tile_of(g: Graph, tile):
@@ -357,11 +379,12 @@ def to_coreml(graph: Graph, path, *, precision: str = "fp16", tile=None, min_tar
         prog.functions["main"].set_output_types([ct.ImageType(color_layout=layout)])
     else:
         inp = ct.TensorType(name=name, shape=shape)
-    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, min_target),
-                       compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                       inputs=[inp])
-    if weights != "fp":
-        model = compress_weights(model, weights)
+    with _progress_bars_as_drawn():
+        model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, min_target),
+                           compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                           inputs=[inp])
+        if weights != "fp":
+            model = compress_weights(model, weights)
     program = model._mil_program
     model = _name_input(ct, model, graph.inputs[0])
     _describe(model, graph, io, sizes)

@@ -48,3 +48,31 @@ def run_as_main(module: str, monkeypatch, *argv: str) -> int:
         except SystemExit as e:
             return e.code or 0
     return 0
+
+
+@pytest.fixture
+def narrow_fopen(monkeypatch):
+    """The TFLite interpreter as on Windows, where it opens a model_path with the narrow fopen: a name
+    outside the ANSI code page (here: any non-ASCII name) cannot be opened. model_content still works."""
+    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed")
+    from edge_enhance.backends.litert import interpreter_module
+
+    m, _ = interpreter_module()
+    real = m.Interpreter
+
+    def interpreter(model_path=None, **kw):
+        if model_path is not None and not str(model_path).isascii():
+            raise ValueError(f"Could not open '{model_path}'.")
+        return real(model_path=model_path, **kw)
+
+    monkeypatch.setattr(m, "Interpreter", interpreter)
+
+
+@pytest.fixture
+def non_ascii_tflite(tmp_path):
+    """A bundled int8 .tflite model under a Cyrillic and Japanese name."""
+    import shutil
+
+    from edge_enhance.models import MODELS_DIR
+
+    return Path(shutil.copy(MODELS_DIR / "sr-x2.int8.tflite", tmp_path / "модель_日本.tflite"))

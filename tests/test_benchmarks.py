@@ -548,3 +548,10 @@ def test_python_m_benchmarks_prints_any_name_on_a_cp1252_console(module, monkeyp
     assert run_as_main(module, monkeypatch, "--help") == 0
     print("м.onnx")
     assert out.buffer.getvalue().endswith(b"\\u043c.onnx\n")
+
+
+def test_a_tflite_precision_is_read_under_any_name(non_ascii_tflite, narrow_fopen):
+    """Windows: TFLite's narrow fopen cannot open модель_日本.tflite; the benchmark reads the bytes."""
+    from benchmarks.subjects import tflite_precision
+
+    assert tflite_precision(non_ascii_tflite) == "int8"

@@ -197,6 +197,30 @@ def sr_onnx(tmp_path):
     return carded_sr_model(tmp_path)
 
 
+def test_a_coremltools_without_its_native_parts_is_named_before_any_work(tmp_path, sr_onnx, monkeypatch, capsys):
+    """Windows: pip builds coremltools from its source package, without the native writers; convert died
+    at the end with RuntimeError: BlobWriter not loaded."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "coremltools.libmilstoragepython", None)
+    assert convert_main([sr_onnx, "--to", "coreml", "--tile", "16x16", "-o", tmp_path / "m.mlpackage"]) == 1
+    assert capsys.readouterr().err == ("edge-enhance convert: Core ML export needs coremltools' native parts, which "
+                                       "its Windows package lacks: run it on macOS or Linux (WSL)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.onnx"]
+
+
+@pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
+def test_coremltools_progress_bars_redraw_rather_than_print_escaped_carriage_returns(tmp_path, sr_onnx, capsys):
+    """The CLI escapes control characters on stderr (a file name must not rewrite the terminal): coremltools'
+    tqdm bars showed as `\\rRunning MIL default pipeline ... \\rRunning MIL ...` on one long line."""
+    from edge_enhance.cli import main
+
+    assert main(["convert", str(sr_onnx), "--to", "coreml", "--tile", "16x16", "--verify-images", "1",
+                 "-o", str(tmp_path / "m.mlpackage")]) == 0
+    err = capsys.readouterr().err
+    assert "\rRunning MIL default pipeline" in err and "\\r" not in err
+
+
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-5), ("fp16", 5e-3)])
 def test_enumerated_shapes_every_size_matches_onnxruntime(tmp_path, precision, atol):
     """Symbolic H, W: conv_transpose without a baked output_shape, bilinear by factors."""

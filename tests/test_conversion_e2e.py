@@ -331,3 +331,11 @@ def test_a_dynamic_batch_alone_leaves_a_fixed_tile_that_verification_keeps(tmp_p
     src = tmp_path / "dynbatch.onnx"
     src.write_bytes(m.SerializeToString())
     assert _cli([str(src), "--to", "tflite", "-o", str(tmp_path / "d.tflite")]) == 0
+
+
+def test_verification_opens_a_tflite_under_any_name(non_ascii_tflite, narrow_fopen):
+    """Windows: TFLite's narrow fopen cannot open модель_日本.tflite; verification reads the bytes."""
+    from conversion.verify import _tflite_runner
+
+    run, fixed = _tflite_runner(non_ascii_tflite)
+    assert run(np.zeros((16, 16, 3), np.float32)).shape == (32, 32, 3)

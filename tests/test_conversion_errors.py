@@ -491,3 +491,26 @@ def test_python_m_conversion_cli_prints_any_name_on_a_cp1252_console(monkeypatch
     assert run_as_main("conversion.cli", monkeypatch, "--help") == 0
     print("wrote выход.tflite")
     assert out.buffer.getvalue().endswith(b"wrote \\u0432\\u044b\\u0445\\u043e\\u0434.tflite\n")
+
+
+def test_convert_without_a_tflite_engine_says_what_verifying_needs(tmp_path, monkeypatch):
+    """Windows on ARM: no ai-edge-litert wheel, so the convert extra installs without it (and no other engine
+    is there); convert ended in a ModuleNotFoundError traceback."""
+    import sys
+
+    from conversion.cli import convert
+    from edge_enhance.backends.litert import interpreter_module
+    from edge_enhance.errors import BackendUnavailableError
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    for engine in ("ai_edge_litert", "tflite_runtime", "tensorflow"):
+        monkeypatch.setitem(sys.modules, engine, None)
+    interpreter_module.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"the converted m\.tflite is verified in a TFLite engine "
+                           r"before it is written: no TFLite engine installed: .* or choose --to onnx"):
+            convert(src, "tflite", output=tmp_path / "m.tflite", card={"task": "sr"})
+    finally:
+        interpreter_module.cache_clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

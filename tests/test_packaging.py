@@ -31,6 +31,15 @@ def test_the_tflite_runtime_extra_installs_on_python_3_12_and_later():
         assert not r.marker.evaluate({"python_version": "3.12"}) and not r.marker.evaluate({"python_version": "3.13"})
 
 
+def test_the_convert_extra_installs_on_windows_on_arm():
+    """ai-edge-litert has no win_arm64 wheel: `pip install edge-enhance[convert]` failed there."""
+    litert = [r for r in _extra("convert") if r.name == "ai-edge-litert"]
+    assert len(litert) == 1 and litert[0].marker is not None
+    assert not litert[0].marker.evaluate({"platform_machine": "ARM64", "sys_platform": "win32"})
+    for machine in ("x86_64", "aarch64", "arm64", "AMD64"):  # Linux, a Pi, macOS, Windows on Intel
+        assert litert[0].marker.evaluate({"platform_machine": machine})
+
+
 def test_the_benchmark_report_is_in_the_sdist_but_not_installed():
     report = ["RESULTS.md", "results.json", "pareto.png"]
     manifest = (ROOT / "MANIFEST.in").read_text()

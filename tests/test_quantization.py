@@ -273,6 +273,13 @@ def test_timing_refuses_a_size_the_model_cannot_take(tmp_path):
     assert len(time_models([path], size=(32, 32), rounds=1, warmup=0)) == 1
 
 
+def test_timing_opens_a_tflite_under_any_name(non_ascii_tflite, narrow_fopen):
+    """Windows: TFLite's narrow fopen cannot open модель_日本.tflite; timing reads the bytes."""
+    from quantization.timing import time_models
+
+    assert len(time_models([non_ascii_tflite], size=(16, 16), rounds=1, warmup=0)) == 1
+
+
 def test_quantize_rejects_bad_options(sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
     for kw in ({"method": "kl"}, {"io": "int4"}, {"cle": "maybe"}, {"act_eq": "yes"}, {"keep_16x8": {"nope"}},
