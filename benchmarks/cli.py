@@ -116,7 +116,7 @@ def file_sha256(path: str | None) -> str | None:
 def load_text(note: str | None) -> str:
     try:
         la = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
+    except (OSError, AttributeError):  # Windows has no getloadavg
         la = "unknown"
     return f"load average at start {la}" + (f"; {note}" if note else "")
 

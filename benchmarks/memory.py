@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -31,11 +30,16 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    """Peak resident set of this process. VmHWM belongs to the address space, which exec replaces;
-    Linux's ru_maxrss survives exec and would report the benchmark parent's own peak."""
+    """Peak resident set of this process; NaN (reported as unknown) where neither /proc nor the
+    resource module is (Windows). VmHWM belongs to the address space, which exec replaces; Linux's
+    ru_maxrss survives exec and would report the benchmark parent's own peak."""
     v = status_mb("VmHWM")
     if v is not None:
         return v
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 

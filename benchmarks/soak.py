@@ -161,9 +161,12 @@ def batch_phase(model: str, n: int, workdir: Path, sampler: Sampler) -> dict:
 
 
 def machine() -> dict:
-    load = os.getloadavg()
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):  # Windows has no getloadavg
+        load = None
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "loadavg_1_5_15": [round(v, 2) for v in load], "python": platform.python_version()}
+            "loadavg_1_5_15": load, "python": platform.python_version()}
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from .calibration import calibration_for, default_train_dir
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cle", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--dataset", default="Set5")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edge-enhance-prune"))
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edge-enhance-prune")
     ap.add_argument("--size", nargs=2, type=int, default=(256, 256))
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cle", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--sets", nargs="*", help="only these labels (e.g. Set5)")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edge-enhance-quant"))
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edge-enhance-quant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)

@@ -426,6 +426,24 @@ def test_child_peak_is_its_own_not_the_parents(tmp_path):
     assert 0 < peak < 300
 
 
+def test_bench_runs_where_there_is_no_load_average_nor_resource_module(monkeypatch):
+    """Windows: os.getloadavg and the resource module are Unix-only; `edge-enhance bench` ended in a traceback."""
+    import subprocess
+    import sys
+
+    from benchmarks import soak
+
+    monkeypatch.delattr(os, "getloadavg")
+    assert cli.load_text(None) == "load average at start unknown"
+    assert soak.machine()["loadavg_1_5_15"] is None
+    code = ("import sys; sys.modules['resource'] = None\n"
+            "import edge_enhance.procmem as p; p.status_mb = lambda key: None  # no /proc either\n"
+            "from benchmarks import cli, memory; print(memory._peak_mb())")
+    peak = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(memory.ROOT))
+    assert peak.returncode == 0 and peak.stdout == "nan\n", peak.stderr  # the report's "-"
+    assert report._f(float(peak.stdout), ".0f") == "-"
+
+
 def test_onnx_precision_by_ops(tmp_path, model_dir):
     onnx = pytest.importorskip("onnx")
     from onnx import helper as h

@@ -355,3 +355,17 @@ def test_a_tool_run_with_python_m_prints_any_name_on_a_cp1252_console(module, mo
     assert run_as_main(module, monkeypatch, "--help") == 0
     print("модель_日本.tflite")
     assert out.buffer.getvalue().endswith(b"\\u043c\\u043e\\u0434\\u0435\\u043b\\u044c_\\u65e5\\u672c.tflite\n")
+
+
+@pytest.mark.parametrize("module,folder", [("prune_curve", "edge-enhance-prune"), ("table", "edge-enhance-quant")])
+def test_a_measuring_tool_works_in_the_systems_temporary_folder(tmp_path, monkeypatch, module, folder):
+    """Windows: the default --workdir /tmp/... is no temporary folder there (a /tmp at the drive's root)."""
+    import importlib
+    import tempfile
+
+    from edge_enhance.errors import EdgeEnhanceError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what gettempdir() answers: %TEMP% on Windows
+    with pytest.raises(EdgeEnhanceError):  # no such model (or no calibration set): after the folder is made
+        importlib.import_module(f"quantization.{module}").main([str(tmp_path / "nope.onnx")])
+    assert (tmp_path / folder).is_dir()
