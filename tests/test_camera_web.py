@@ -432,3 +432,19 @@ def test_web_snapshots_are_rate_limited_and_only_the_newest_are_kept(running, tm
     assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == sorted(names[1:])  # the oldest deleted
     assert request(web, "GET", f"/snapshots/{names[0]}")[0] == 404
     assert request(web, "GET", f"/snapshots/{names[2]}")[0] == 200
+
+
+def test_the_server_reuses_an_address_except_on_windows(monkeypatch):
+    """Windows: SO_REUSEADDR let a second viewfinder bind a port already in use, silently."""
+    import os
+
+    from edge_enhance.camera import web
+
+    for name, reuse in (("posix", 1), ("nt", 0)):
+        with monkeypatch.context() as m:
+            m.setattr(os, "name", name)
+            srv = web._Server(("127.0.0.1", 0), web._Handler)
+        try:
+            assert bool(srv.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)) == bool(reuse)
+        finally:
+            srv.server_close()

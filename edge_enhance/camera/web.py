@@ -175,6 +175,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
+    @property
+    def allow_reuse_address(self) -> bool:
+        """SO_REUSEADDR: on Linux and macOS it only lets a restart take its port back at once; on Windows it
+        lets a second server bind a port another is listening on, silently, where 'in use' should be said."""
+        return os.name != "nt"
+
     def handle_error(self, request, client_address):
         """socketserver printed a 30-line traceback for each error, a client that hung up too (anyone on the
         network can, at will): those are not errors; a real one is said on one line (its traceback at -vv)."""
