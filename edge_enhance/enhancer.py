@@ -123,6 +123,19 @@ def _pixels(image) -> np.ndarray:
 
 
 def _available_ram() -> int | None:
+    """Bytes of RAM available now: Linux's MemAvailable, Windows' GlobalMemoryStatusEx; None elsewhere
+    (macOS has no cheap call for it)."""
+    if os.name == "nt":
+        import ctypes
+
+        class Status(ctypes.Structure):  # MEMORYSTATUSEX
+            _fields_ = [("dwLength", ctypes.c_uint32), ("dwMemoryLoad", ctypes.c_uint32)] + [
+                (n, ctypes.c_uint64) for n in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile",
+                                               "ullAvailPageFile", "ullTotalVirtual", "ullAvailVirtual",
+                                               "ullAvailExtendedVirtual")]
+
+        st = Status(dwLength=ctypes.sizeof(Status))
+        return int(st.ullAvailPhys) if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(st)) else None
     try:
         with open("/proc/meminfo") as f:
             for line in f:

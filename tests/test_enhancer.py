@@ -373,6 +373,28 @@ def test_a_memory_mapped_output_with_no_room_on_disk_is_an_error_before_the_work
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
+def test_the_ram_available_on_windows_is_asked_of_the_system(monkeypatch):
+    """Windows has no /proc/meminfo: a result larger than the free RAM was built in memory, never memory-mapped."""
+    import ctypes
+    import os
+    import types
+
+    from edge_enhance import enhancer as enh_mod
+
+    def global_memory_status_ex(ref):
+        st = ref._obj
+        assert ctypes.sizeof(st) == st.dwLength == 64  # MEMORYSTATUSEX, as the call requires
+        st.ullAvailPhys = 3 << 30
+        return 1
+
+    kernel32 = types.SimpleNamespace(GlobalMemoryStatusEx=global_memory_status_ex)
+    monkeypatch.setattr(ctypes, "windll", types.SimpleNamespace(kernel32=kernel32), raising=False)
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        ram = enh_mod._available_ram()
+    assert ram == 3 << 30
+
+
 # -- align 2: a half-resolution model (stride-2 first conv) -------------------------------------------------------
 @pytest.fixture(scope="module")
 def half_res(tmp_path_factory):
