@@ -581,6 +581,7 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
         log.warning("%s: %s has no alpha channel; transparency dropped, the stored colours kept", dst, out_fmt)
         photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale)
+    _check_room_for_uncompressed(photo, dst, out_fmt, processor.scale)  # after the memory map claimed its blocks
     _warn_if_short_of_memory(photo, src, processor, mapped=out is not None)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     if result is photo:  # auto at scale 1 ran no stage
@@ -588,6 +589,26 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
     dpi_scale = processor.scale if dpi_mode == "keep-print-size" else 1.0
     return imageio.save_image(result, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,
                               dpi_scale=dpi_scale)
+
+
+UNCOMPRESSED = ("BMP", "PPM", "TIFF")  # as written here (TIFF without compression): their size is known in advance
+
+
+def _check_room_for_uncompressed(photo: imageio.Photo, dst: Path, fmt: str, s: int) -> None:
+    """A BMP / PPM / TIFF output that the disk cannot hold is refused before the work, not after it."""
+    if fmt not in UNCOMPRESSED:
+        return
+    h, w, _ = photo.rgb.shape
+    channels = (1 if photo.grey else 3) + (photo.alpha is not None and fmt not in imageio.NO_ALPHA)
+    depth = 2 if photo.rgb.dtype == np.uint16 and fmt == "TIFF" else 1
+    size = h * s * w * s * channels * depth
+    try:
+        free = shutil.disk_usage(dst.parent).free
+    except OSError:
+        return
+    if size > free:
+        raise OutputError(f"{dst}: no room in {dst.parent} for the {size / 2**20:.0f} MB {fmt} output "
+                          f"({free / 2**20:.0f} MB free; PNG or JPEG are smaller: --format png)")
 
 
 def _warn_if_short_of_memory(photo: imageio.Photo, src: Path, processor, mapped: bool) -> None:

@@ -850,3 +850,29 @@ def test_an_exception_from_the_progress_callback_cancels_and_writes_nothing(mode
         enh.enhance_file(src, dst, progress=stop_at_3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
     assert enh.enhance_file(src, dst) == dst and enh.last_run.tiles > 3
+
+
+@pytest.mark.parametrize("fmt", ["tif", "bmp"])
+def test_an_uncompressed_output_the_disk_cannot_hold_is_refused_before_the_work(models, tmp_path, monkeypatch, fmt):
+    """A TIFF / BMP output's size is known in advance; a full disk was found only when saving, after the work."""
+    import collections
+
+    from PIL import Image
+
+    from edge_enhance import enhancer as enh_mod
+    from edge_enhance.errors import OutputError
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(src)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(enh_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10_000, 10_000))
+    enh = Enhancer(models[2])  # x2: 80 x 60 x 3 = 14,400 bytes
+    monkeypatch.setattr(enh, "enhance_photo", lambda *a, **k: pytest.fail("enhanced with no room for the output"))
+    with pytest.raises(OutputError, match=rf"out.{fmt}: no room in .* for the 0 MB .* output \(0 MB free; PNG or JPEG"):
+        enh.enhance_file(src, tmp_path / f"out.{fmt}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+    monkeypatch.undo()
+    monkeypatch.setattr(enh_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10_000, 10_000))
+    Enhancer(models[2]).enhance_file(src, tmp_path / "out.png")  # compressed: its size is not estimated
+    monkeypatch.setattr(enh_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 15_000, 15_000))
+    Enhancer(models[2]).enhance_file(src, tmp_path / f"out.{fmt}")  # 14,400 bytes of pixels fit
