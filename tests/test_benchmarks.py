@@ -573,3 +573,24 @@ def test_a_tflite_precision_is_read_under_any_name(non_ascii_tflite, narrow_fope
     from benchmarks.subjects import tflite_precision
 
     assert tflite_precision(non_ascii_tflite) == "int8"
+
+
+def test_the_tiling_section_without_its_engine_is_not_run_with_the_reason(monkeypatch):
+    """A bare install (no engine): bench ran every section, then stopped in the tiling section on the missing
+    engine, with no report written and none of the "not run" reasons printed."""
+    from pathlib import Path
+
+    from edge_enhance import backends, models
+    from edge_enhance.errors import BackendUnavailableError
+
+    def missing(*a, **k):
+        raise BackendUnavailableError("no TFLite engine installed: pip install 'edge-enhance[litert]'")
+
+    monkeypatch.setattr(backends, "open_backend", missing)
+    monkeypatch.setattr("edge_enhance.enhancer.open_backend", missing)
+    sub = Subject("sr-x2 LiteRT int8", "sr-x2", True, "litert", "int8", "sr", 2, None, True, lambda t: None,
+                  path=str(Path(models.__file__).parent / "sr-x2.int8.tflite"))
+    rows, notes = tiling.run_tiling(sub, quick=True)
+    assert rows == []
+    assert [(n.what, n.reason) for n in notes] == [
+        ("tiling sr-x2 LiteRT int8", "no TFLite engine installed: pip install 'edge-enhance[litert]'")]
