@@ -2,13 +2,12 @@
 # Raspberry Pi OS (Bookworm or later, 64-bit), Pi 4 / Pi 5: install edge-enhance with the camera
 # stack and, with --service, start the web viewfinder at boot.
 #
-#   ./setup.sh                      # venv in ~/edge-enhance-venv, package from PyPI (or SRC=path)
+#   ./setup.sh                      # venv in ~/edge-enhance-venv, the package from this checkout
 #   ./setup.sh --service            # also install + enable the systemd unit (needs sudo)
-#   SRC=/path/to/edge-enhance ./setup.sh   # install from a checkout instead of PyPI
+#   SRC=/path/to/edge-enhance ./setup.sh   # install from another checkout (or a wheel)
 set -euo pipefail
 
 VENV="${VENV:-$HOME/edge-enhance-venv}"
-SRC="${SRC:-edge-enhance}"
 SERVICE=0
 for arg in "$@"; do
   case "$arg" in
@@ -16,6 +15,7 @@ for arg in "$@"; do
     *) echo "usage: $0 [--service]   (unknown argument: $arg)" >&2; exit 2 ;;
   esac
 done
+SRC="${SRC:-$(readlink -f "$(dirname "$(readlink -f "$0")")/..")}"
 
 if ! grep -qi "raspberry pi" /proc/device-tree/model 2>/dev/null; then
   echo "note: this does not look like a Raspberry Pi; continuing anyway" >&2
@@ -25,9 +25,13 @@ if [[ "${VERSION_CODENAME:-}" == "bullseye" || "${VERSION_CODENAME:-}" == "buste
   echo "error: Raspberry Pi OS ${VERSION_CODENAME} is too old; picamera2 needs Bookworm or later" >&2
   exit 1
 fi
-if [[ "$(uname -m)" != "aarch64" ]]; then
-  echo "error: this script sets up a Raspberry Pi on 64-bit Raspberry Pi OS (uname -m aarch64), not $(uname -m);" \
-       "elsewhere: pip install 'edge-enhance[litert,camera]'" >&2
+# The programs' word size, not the kernel's: 32-bit Raspberry Pi OS boots a 64-bit kernel on a Pi 4 / 5
+# (uname -m says aarch64) but runs 32-bit programs, for which ai-edge-litert has no wheel.
+BITS="$(python3 -c 'import struct; print(struct.calcsize("P") * 8)')"
+if [[ "$(uname -m)" != "aarch64" || "$BITS" != 64 ]]; then
+  echo "error: this script sets up 64-bit Raspberry Pi OS; this one runs ${BITS}-bit programs (kernel $(uname -m))." \
+       "Install the 64-bit OS, or use the older engine, slower, with numpy 1 (Python <= 3.11):" \
+       "pip install '${SRC}[tflite-runtime]'" >&2
   exit 1
 fi
 
@@ -39,7 +43,10 @@ sudo apt-get install -y --no-install-recommends python3-picamera2 python3-opencv
 python3 -m venv --system-site-packages "$VENV"
 "$VENV/bin/python" -m pip install --upgrade pip
 # The camera extra would pull opencv-python-headless from PyPI; the apt OpenCV is already visible.
-"$VENV/bin/python" -m pip install "${SRC}[litert]"
+# numpy stays apt's: its OpenCV and picamera2 are built against it, and ai-edge-litert (through
+# ml_dtypes) would otherwise put numpy 2 in the venv, which they cannot import.
+NUMPY="$(python3 -c 'import numpy; print(numpy.__version__)')"
+"$VENV/bin/python" -m pip install "${SRC}[litert]" "numpy==${NUMPY}"
 
 "$VENV/bin/python" -c "import picamera2, cv2, edge_enhance; print('edge-enhance', edge_enhance.__version__, 'ok')"
 echo "check the camera and measure real frame rates with:"

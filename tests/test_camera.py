@@ -1241,3 +1241,31 @@ def test_check_pi_measures_the_synthetic_run_unpaced(tmp_path, monkeypatch, caps
     assert check_pi.main(["--seconds", "0.2", "--no-camera", "--size", "32x24"]) == 0
     assert specs and all(spec == "synthetic:32x24@0" for spec in specs)
     assert "synthetic 32x24 -> x2:" in capsys.readouterr().out
+
+
+def test_setup_sh_refuses_32_bit_programs_under_a_64_bit_kernel(tmp_path):
+    """32-bit Raspberry Pi OS boots a 64-bit kernel on a Pi 4 / 5: uname -m said aarch64, the check passed,
+    and pip then failed, ai-edge-litert having no 32-bit ARM wheel."""
+    import shutil
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("grep", "readlink", "dirname"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    fakes = {"uname": "echo aarch64", "python3": "echo 32", "sudo": "echo sudo must not run >&2; exit 99"}
+    for name, body in fakes.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    r = subprocess.run(["/bin/bash", os.path.join(ROOT, "demo_raspberry", "setup.sh")], capture_output=True,
+                       text=True, env={"PATH": str(bin_), "HOME": str(tmp_path)}, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert "runs 32-bit programs (kernel aarch64)" in r.stderr and "[tflite-runtime]" in r.stderr
+    assert f"{ROOT}[tflite-runtime]" in r.stderr  # the checkout the script is in, not an unpublished PyPI name
+
+
+def test_setup_sh_keeps_the_systems_numpy_in_the_venv():
+    """ai-edge-litert pulled numpy 2 into the --system-site-packages venv (through ml_dtypes), hiding apt's
+    numpy 1 that apt's OpenCV and picamera2 are built against: `import cv2` then failed."""
+    with open(os.path.join(ROOT, "demo_raspberry", "setup.sh")) as f:
+        installs = [x.strip() for x in f if "-m pip install" in x and "[litert]" in x]
+    assert installs and all('"numpy==${NUMPY}"' in x for x in installs)
