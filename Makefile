@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # pip's own notices about local indexes are noise here.
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+# pipefail: pip's own failure (no index reachable, no wheel for this machine) stops make, not the filter.
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: demo test bench clean
 
@@ -11,12 +14,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[litert,onnx]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -e '.[litert,onnx]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -c "import edge_enhance, ai_edge_litert, onnxruntime"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev,train]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -e '.[dev,train]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -c "import edge_enhance, onnx, onnxruntime, ai_edge_litert, tflite, pytest, hypothesis"
 	touch $@ $(VENV)/.runtime
 
@@ -34,7 +37,7 @@ test: $(VENV)/.dev $(VENV)/.browser
 
 # The engines, the converter (fp32 TFLite of each ONNX model) and the peers: no torch, no test tools.
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[litert,onnx,convert,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -e '.[litert,onnx,convert,bench]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -c "import edge_enhance, ai_edge_litert, onnxruntime, onnx, cv2, matplotlib"
 	touch $@
 

@@ -93,3 +93,24 @@ def test_type_checkers_and_help_see_the_api():
     assert {"Enhancer", "Pipeline", "ConfigError", "__version__"} <= set(dir(edge_enhance))
     text = pydoc.render_doc(edge_enhance, renderer=pydoc.plaintext)
     assert "class Enhancer" in text and "class Pipeline" in text
+
+
+def test_make_stops_where_pip_fails(tmp_path):
+    """`make demo` with no package index reachable: the filter over pip's output hid its failure, and the
+    run went on to a ModuleNotFoundError traceback for ai_edge_litert."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    venv = tmp_path / "v"
+    (venv / "bin").mkdir(parents=True)
+    checked = tmp_path / "checked"
+    python = venv / "bin" / "python"  # runs the import check; pip itself is the PIP below
+    python.write_text(f"#!/bin/sh\ntouch {checked}\n")
+    python.chmod(0o755)
+    pip = "sh -c 'echo ERROR: No matching distribution found for ai-edge-litert; exit 1' --"
+    r = subprocess.run(["make", "-C", str(ROOT), f"VENV={venv}", f"PIP={pip}", f"{venv}/.runtime"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "No matching distribution found" in r.stdout + r.stderr
+    assert not checked.exists() and not (venv / ".runtime").exists()
