@@ -106,8 +106,10 @@ def test_missing_litert_names_the_extra(monkeypatch):
         monkeypatch.setitem(sys.modules, mod, None)
     litert.interpreter_module.cache_clear()
     try:
-        with pytest.raises(BackendUnavailableError, match=r"edge-enhance\[litert\]"):
+        with pytest.raises(BackendUnavailableError, match=r"edge-enhance\[litert\]") as e:
             litert.interpreter_module()
+        # the extra, not bare tflite-runtime, which then fails against the numpy 2 a bare install has
+        assert "pip install 'edge-enhance[tflite-runtime]', which keeps numpy below 2" in str(e.value)
     finally:
         litert.interpreter_module.cache_clear()
 

@@ -93,8 +93,9 @@ def interpreter_module():
         return m, "tensorflow"
     except ImportError:
         raise BackendUnavailableError(
-            "no TFLite engine installed: pip install 'edge-enhance[litert]' (ai-edge-litert), "
-            "or tflite-runtime on a Raspberry Pi"
+            "no TFLite engine installed: pip install 'edge-enhance[litert]' (ai-edge-litert), or where only "
+            "tflite-runtime installs (32-bit Raspberry Pi OS; Python <= 3.11): "
+            "pip install 'edge-enhance[tflite-runtime]', which keeps numpy below 2 as it needs"
         ) from None
 
 
