@@ -114,3 +114,10 @@ def test_make_stops_where_pip_fails(tmp_path):
     assert r.returncode != 0
     assert "No matching distribution found" in r.stdout + r.stderr
     assert not checked.exists() and not (venv / ".runtime").exists()
+
+
+def test_the_pillow_floor_reads_and_writes_jpeg_xmp():
+    """With pillow 9.5, the floor declared before, a JPEG's or PNG's XMP (captions, keywords, ratings) was
+    dropped from the output without a word: 11.0 is the first to read info["xmp"] and write save(xmp=)."""
+    pillow = next(Requirement(r) for r in PROJECT["project"]["dependencies"] if Requirement(r).name == "pillow")
+    assert not pillow.specifier.contains("10.4.0") and pillow.specifier.contains("11.0.0")
