@@ -43,7 +43,12 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexEr
 # strips, tiles, palette, ...); copied to a TIFF output they contradict the new pixels (CMYK -> RGB made
 # an unreadable file), and in any other output they are stale.
 _TIFF_STRUCTURE = {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320,
-                   322, 323, 324, 325, 338, 339, 340, 341, 530, 532}
+                   322, 323, 324, 325, 330, 338, 339, 340, 341, 530, 532}
+# A TIFF's file-level blobs in IFD0, which getexif() returns too: its ICC profile (carried as Photo.icc, or,
+# CMYK, used for the conversion to sRGB: RGB pixels must not be tagged with it), Photoshop's image resources
+# (thumbnail, resolution, paths of the old pixels) and its layers (ImageSourceData, the unenhanced picture,
+# often megabytes: a JPEG's EXIF could then not hold them, and the camera's EXIF was dropped with them).
+_TIFF_SOURCE_DATA = {34377, 34675, 37724}
 _SIXTEEN_BIT = {"PNG", "TIFF"}
 
 
@@ -367,7 +372,7 @@ def _upright_with_metadata(im: Image.Image, fmt: str | None, path: Path, caught:
             del exif[270]
         if exif.get(305) == "tifffile.py":  # the software that wrote the input, not the output
             del exif[305]
-        for tag in _TIFF_STRUCTURE.intersection(exif):  # they describe the source file's layout, not the photo
+        for tag in (_TIFF_STRUCTURE | _TIFF_SOURCE_DATA).intersection(exif):  # the source file's, not the photo's
             del exif[tag]
     return oriented, icc, dpi, exif
 

@@ -512,3 +512,39 @@ def test_damaged_exif_of_a_pillow_image_is_logged_not_warned_on_stderr(caplog):
         photo = imageio.photo_from_pil(im)
     assert photo.rgb.shape == (20, 20, 3) and warned == []
     assert "<image>: EXIF partly unreadable (Corrupt EXIF data." in caplog.text
+
+
+def _srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("ext", ["tif", "png", "jpg"])
+def test_a_cmyk_tiffs_profile_does_not_tag_the_rgb_output(tmp_path, ext, caplog):
+    """Pillow reads a TIFF's profile into info *and* returns it as tag 34675 of getexif(): it used to ride
+    to the RGB output in the EXIF (a TIFF output's ICC tag). The profile is not a CMYK one here (none can be
+    built with ImageCms): the conversion falls back, but what is attached is the same question."""
+    exif = Image.Exif()
+    exif[271] = "Canon"
+    p = _save(tmp_path, "c.tif", Image.new("CMYK", (4, 4), (0, 255, 255, 0)), icc_profile=_srgb_icc(),
+              exif=exif)
+    out = imageio.save_image(imageio.load_image(p), tmp_path / f"o.{ext}")
+    with Image.open(out) as o:
+        assert o.mode == "RGB" and "icc_profile" not in o.info
+        assert 34675 not in o.getexif() and o.getexif().get(271) == "Canon"
+
+
+def test_photoshop_layers_and_resources_of_a_tiff_are_not_carried(tmp_path):
+    """Tags 37724 (layers) and 34377 (image resources) describe the source's pixels; 80 KB of layers
+    also made the EXIF too large for a JPEG, and the camera's make, date and GPS were dropped with them."""
+    exif = Image.Exif()
+    exif[271], exif[306] = "Canon", "2024:05:06 07:08:09"
+    exif.get_ifd(0x8825)[1] = "N"
+    exif[37724] = b"Adobe Photoshop Document Data Block\0" + bytes(80000)
+    exif[34377] = b"8BIM\x03\xed\0\0\0\0\0\x10" + bytes(16)
+    p = _save(tmp_path, "ps.tif", Image.new("RGB", (4, 4)), exif=exif.tobytes())
+    ph = imageio.load_image(p)
+    for ext in ("tif", "jpg"):
+        with Image.open(imageio.save_image(ph, tmp_path / f"o.{ext}")) as o:
+            e = o.getexif()
+            assert 37724 not in e and 34377 not in e
+            assert e.get(271) == "Canon" and e.get(306) == "2024:05:06 07:08:09" and e.get_ifd(0x8825).get(1) == "N"
