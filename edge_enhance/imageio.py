@@ -145,12 +145,24 @@ def _read_tiff16(path: Path) -> np.ndarray | None:
             a = page.asarray()
             if page.axes.startswith("S"):  # planar (one plane per sample)
                 a = np.moveaxis(a, 0, -1)
+            premultiplied = tuple(page.extrasamples)[:1] == (1,)  # ExtraSamples: associated alpha
     except Exception as e:  # tifffile raises many types on damaged files; Pillow got past the header
         raise corrupt(path, e) from None
     if a.dtype != np.uint16 or a.ndim != 3:
         log.warning("%s: unexpected 16-bit TIFF layout %s %s; decoded as 8-bit", path, a.dtype, a.shape)
         return None
-    return np.ascontiguousarray(a)
+    a = np.ascontiguousarray(a)
+    if premultiplied and a.shape[2] in (2, 4):
+        _unpremultiply(a)
+    return a
+
+
+def _unpremultiply(a: np.ndarray) -> None:
+    """Colour divided by the alpha (the last channel), in place: what Pillow does to an 8-bit RGBa TIFF, so a
+    16-bit one is not darkened by its alpha and then written as straight alpha, as every output is."""
+    for b in row_bands(a):
+        alpha = a[b][..., -1:].astype(np.float32)
+        a[b][..., :-1] = np.clip(np.rint(a[b][..., :-1] * (65535 / np.maximum(alpha, 1))), 0, 65535)
 
 
 def corrupt(path, e: Exception) -> ImageInputError:

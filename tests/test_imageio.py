@@ -548,3 +548,17 @@ def test_photoshop_layers_and_resources_of_a_tiff_are_not_carried(tmp_path):
             e = o.getexif()
             assert 37724 not in e and 34377 not in e
             assert e.get(271) == "Canon" and e.get(306) == "2024:05:06 07:08:09" and e.get_ifd(0x8825).get(1) == "N"
+
+
+def test_a_16bit_tiff_with_premultiplied_alpha_is_read_straight(tmp_path):
+    """ExtraSamples = 1 (associated alpha): the colour is stored times the alpha. Read as it was stored, it came
+    out about half as bright at alpha 0.5, and was written as straight alpha; the 8-bit path (Pillow's RGBa) was right."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    colour, alpha = np.array([60000, 30000, 10000]), np.array([[32768, 65535], [1000, 0]], np.uint16)
+    stored = np.rint(colour * (alpha[..., None] / 65535)).astype(np.uint16)
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, np.dstack([stored, alpha]), photometric="rgb", extrasamples=["assocalpha"])
+    ph = imageio.load_image(p)
+    assert ph.rgb.dtype == np.uint16 and np.array_equal(ph.alpha, alpha)
+    assert np.abs(ph.rgb[alpha > 30000].astype(int) - colour).max() <= 2  # at 1000 the stored colour is coarse
+    assert np.array_equal(ph.rgb[1, 1], [0, 0, 0])
