@@ -461,12 +461,17 @@ def _to_photo(im: Image.Image, path: Path) -> Photo:
         mode = im.mode
     elif mode in ("YCbCr", "LAB", "HSV", "RGBX"):
         im, mode = im.convert("RGB"), "RGB"
+    elif mode in ("RGB", "L") and "transparency" in im.info:  # a PNG's tRNS colour key: that colour is transparent
+        im = im.convert(mode + "A" if mode == "L" else "RGBA")
+        mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I"):
         a = np.asarray(im)
         if mode == "I" and (a.min() < 0 or a.max() > 65535):
             raise ImageInputError(f"{path}: 32-bit integer image outside the 16-bit range")
         g = a.astype(np.uint16)
-        return Photo(np.repeat(g[..., None], 3, axis=2), None, grey=True)
+        key = im.info.get("transparency")  # a 16-bit grey PNG's tRNS colour key
+        alpha = np.where(g == key, 0, 65535).astype(np.uint16) if isinstance(key, int) else None
+        return Photo(np.repeat(g[..., None], 3, axis=2), alpha, grey=True)
     if mode == "F":
         raise ImageInputError(f"{path}: floating-point images are not supported")
     if mode not in ("RGB", "RGBA", "L", "LA"):

@@ -562,3 +562,22 @@ def test_a_16bit_tiff_with_premultiplied_alpha_is_read_straight(tmp_path):
     assert ph.rgb.dtype == np.uint16 and np.array_equal(ph.alpha, alpha)
     assert np.abs(ph.rgb[alpha > 30000].astype(int) - colour).max() <= 2  # at 1000 the stored colour is coarse
     assert np.array_equal(ph.rgb[1, 1], [0, 0, 0])
+
+
+@pytest.mark.parametrize("mode,bits", [("RGB", 8), ("L", 8), ("L", 16), ("RGB", 16)])
+def test_a_png_colour_key_becomes_transparency(tmp_path, mode, bits):
+    """tRNS of an RGB or grey PNG names one colour that is transparent (only a palette's tRNS was read):
+    the key showed, opaque, in the output."""
+    png = pytest.importorskip("png", reason="pypng (edge-enhance[io16]) not installed")
+    grey, planes = mode == "L", 1 if mode == "L" else 3
+    key = (7,) * planes if bits == 8 else (700, 1, 2)[:planes]
+    a = np.zeros((2, 3, planes), np.uint8 if bits == 8 else np.uint16)
+    a[0, 0] = key
+    p = tmp_path / "k.png"
+    with open(p, "wb") as f:
+        png.Writer(3, 2, greyscale=grey, bitdepth=bits, transparent=key[0] if grey else key).write(f, a.reshape(2, -1))
+    ph = imageio.load_image(p)
+    assert ph.alpha is not None and ph.grey == grey and ph.rgb.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert ph.alpha[0, 0] == 0 and (ph.alpha.ravel()[1:] == ph.maxval).all()
+    with Image.open(imageio.save_image(ph, tmp_path / "o.png")) as o:
+        assert o.mode in ("RGBA", "LA") or "transparency" in o.info
