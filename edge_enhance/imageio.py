@@ -745,6 +745,19 @@ def with_metadata(im: Image.Image, photo: Photo, dpi_scale: float = 1.0) -> Imag
     return im
 
 
+def _icc_for_output(photo: Photo, fmt: str, dst: Path) -> bytes | None:
+    """The photo's ICC profile if its colour space (header bytes 16-20) is that of the pixels written: grey
+    is written grey except in WebP, which has no grey. A Gray profile on WebP's RGB, or a CMYK / Lab one on
+    RGB, makes a colour-managed reader refuse the file or show wrong colours."""
+    want = b"GRAY" if photo.grey and fmt != "WEBP" else b"RGB "
+    space = photo.icc[16:20]
+    if space == want:
+        return photo.icc
+    log.warning("%s: the input's ICC profile is for %s, and %s pixels are written; written without a profile",
+                dst, space.decode("latin-1").strip() or "no colour space", "grey" if want == b"GRAY" else "RGB")
+    return None
+
+
 def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
                dpi_scale: float = 1.0) -> Path:
     """Write atomically: a temporary file in the destination folder, fsync, then rename."""
@@ -755,7 +768,9 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     kw: dict = {}
     if not strip_metadata:
         if photo.icc:
-            kw["icc_profile"] = photo.icc
+            icc = _icc_for_output(photo, fmt, dst)
+            if icc:
+                kw["icc_profile"] = icc
         dpi = _scaled_dpi(photo, dpi_scale)
         if dpi and max(dpi) > FORMAT_MAX_DPI.get(fmt, MAX_DPI * 8):
             log.warning("%s: %s cannot store %g dpi; written without a resolution", dst, fmt, max(dpi))

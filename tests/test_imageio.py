@@ -581,3 +581,23 @@ def test_a_png_colour_key_becomes_transparency(tmp_path, mode, bits):
     assert ph.alpha[0, 0] == 0 and (ph.alpha.ravel()[1:] == ph.maxval).all()
     with Image.open(imageio.save_image(ph, tmp_path / "o.png")) as o:
         assert o.mode in ("RGBA", "LA") or "transparency" in o.info
+
+
+def _icc_for(space: bytes) -> bytes:
+    """sRGB's profile relabelled: the output check reads only the header's colour space (ImageCms builds no grey one)."""
+    icc = _srgb_icc()
+    return icc[:16] + space + icc[20:]
+
+
+@pytest.mark.parametrize("grey,space,ext,kept", [
+    (True, b"GRAY", "png", True), (True, b"GRAY", "jpg", True), (True, b"GRAY", "tif", True),
+    (True, b"GRAY", "webp", False),  # WebP has no grey: RGB pixels
+    (False, b"GRAY", "png", False), (False, b"CMYK", "jpg", False), (True, b"RGB ", "png", False),
+])
+def test_an_icc_profile_goes_only_on_pixels_of_its_colour_space(tmp_path, caplog, grey, space, ext, kept):
+    """A grey photo's Gray profile was attached to WebP's RGB pixels: a colour-managed reader cannot use it."""
+    icc = _icc_for(space)
+    ph = imageio.Photo(np.full((4, 5, 3), 90, np.uint8), None, grey, icc)
+    with Image.open(imageio.save_image(ph, tmp_path / f"o.{ext}")) as o:
+        assert o.info.get("icc_profile") == (icc if kept else None)
+    assert ("written without a profile" in caplog.text) != kept
