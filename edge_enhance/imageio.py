@@ -320,10 +320,15 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
         except _DECODE_ERRORS as e:
             raise corrupt(path, e) from None
         tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
-        xmp, comment = im.info.get("xmp"), im.info.get("comment") if fmt == "JPEG" else None
-        text = {k: v for k, v in im.text.items() if k != _PNG_XMP} if fmt == "PNG" else {}
+        comment = im.info.get("comment") if fmt == "JPEG" else None
+        text = {k: v for k, v in im.text.items() if k not in _PNG_NOT_TEXT} if fmt == "PNG" else {}
         min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
         oriented, icc, dpi, exif = _upright_with_metadata(im, fmt, path, caught)
+        # From the upright copy: Pillow's exif_transpose took tiff:Orientation out of its XMP as it turned the
+        # pixels (the input's said 6 of the upright output; a reader honouring XMP turned it again).
+        xmp = oriented.info.get("xmp")
+        if exif is not None and xmp:
+            exif.pop(700, None)  # a TIFF's XMP tag, the same packet, still with its orientation: written from Photo.xmp
         photo = _to_photo(oriented, path)
     ctype = _png16_colour_type(path) if fmt == "PNG" and photo.rgb.dtype == np.uint8 else None
     if ctype is not None or (tiff16 and photo.rgb.dtype == np.uint8):
@@ -659,7 +664,8 @@ def _exif_bytes(exif: Image.Exif) -> bytes:
             ifd[tag] = v
 
 
-def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None) -> None:
+def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None,
+                  xmp: bytes | None) -> None:
     import tifffile
 
     a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
@@ -668,6 +674,8 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
     # bytes as the file had them (Pillow decodes TIFF / EXIF text as latin-1): tifffile takes only ASCII str
     tags = [(t, "s", 0, exif[t].encode("latin-1", "replace"), True) for t in _TIFF_TEXT_TAGS
             if exif is not None and isinstance(exif.get(t), str)]
+    if xmp:
+        tags.append((700, "B", len(xmp), xmp, True))
     if exif is not None and any(_sub_ifds(exif)):
         log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
                     "EXIF / GPS sub-IFDs", dst)
@@ -693,6 +701,9 @@ def check_output_size(dst, fmt: str | None, width: int, height: int) -> None:
 
 
 _PNG_XMP = "XML:com.adobe.xmp"  # the iTXt keyword PNG keeps XMP under
+# Not carried as text: XMP (Photo.xmp), and ImageMagick's hex copy of the EXIF, which getexif() reads and the
+# output has as eXIf, orientation reset; the copy kept the old orientation.
+_PNG_NOT_TEXT = {_PNG_XMP, "Raw profile type exif"}
 
 
 def _png_text(photo: Photo):
@@ -788,6 +799,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 log.warning("%s: EXIF could not be re-encoded (%s); written without it", dst, e)
         if dpi:
             kw["dpi"] = dpi
+        if photo.xmp and fmt == "TIFF":  # IFD0's XMP tag: Pillow's TIFF writer has no xmp=
+            kw.setdefault("exif", Image.Exif())[700] = photo.xmp
         if photo.xmp and fmt in ("JPEG", "WEBP"):
             kw["xmp"] = photo.xmp
         if photo.comment and fmt == "JPEG":
@@ -826,7 +839,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                 try:
                     _write_tiff16(photo, raw, dst,  # tifffile writes through Python (and wants fileno)
                                   icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
-                                  exif=None if strip_metadata else photo.exif)
+                                  exif=None if strip_metadata else photo.exif,
+                                  xmp=None if strip_metadata else photo.xmp)
                 except (ValueError, TypeError) as e:
                     raise OutputError(f"{dst}: cannot write 16-bit TIFF ({e})") from None
             else:

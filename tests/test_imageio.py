@@ -601,3 +601,46 @@ def test_an_icc_profile_goes_only_on_pixels_of_its_colour_space(tmp_path, caplog
     with Image.open(imageio.save_image(ph, tmp_path / f"o.{ext}")) as o:
         assert o.info.get("icc_profile") == (icc if kept else None)
     assert ("written without a profile" in caplog.text) != kept
+
+
+_XMP_TURNED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+               b'<rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/'
+               b'elements/1.1/" tiff:Orientation="6" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("src,ext", [("jpg", "jpg"), ("jpg", "png"), ("jpg", "webp"), ("jpg", "tif"), ("tif", "tif"),
+                                     ("tif", "jpg"), ("png", "png")])
+def test_orientation_is_not_left_stale_in_xmp_or_a_raw_exif_text(tmp_path, src, ext):
+    """The pixels are turned upright and EXIF says 1; XMP's tiff:Orientation (and ImageMagick's PNG text
+    copy of the EXIF) still said 6, so a reader honouring them turned the upright output again."""
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112], exif[271] = 6, "Canon"
+    kw = {"exif": exif.tobytes(), "xmp": _XMP_TURNED} if src == "jpg" else {}
+    if src == "tif":  # XMP in IFD0's tag 700
+        exif[700] = _XMP_TURNED
+        kw = {"exif": exif}
+    if src == "png":  # ImageMagick: the EXIF as hex text, XMP in iTXt
+        raw, info = exif.tobytes(), PngImagePlugin.PngInfo()
+        info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n", zip=True)
+        info.add_itxt("XML:com.adobe.xmp", _XMP_TURNED.decode())
+        kw = {"pnginfo": info}
+    p = _save(tmp_path, f"s.{src}", Image.new("RGB", (6, 4)), **kw)
+    ph = imageio.load_image(p)
+    assert ph.rgb.shape[:2] == (6, 4)
+    with Image.open(imageio.save_image(ph, tmp_path / f"o.{ext}")) as o:
+        o.load()
+        xmp = o.info.get("xmp") or b""
+        assert b'dc:format="image/jpeg"' in xmp and b"tiff:Orientation" not in xmp  # the rest of the XMP is kept
+        assert o.getexif().get(0x0112) in (None, 1) and o.getexif().get(271) == "Canon"
+        assert "Raw profile type exif" not in o.info and xmp.count(b"<x:xmpmeta") == 1
+        if ext == "jpg":
+            assert 700 not in o.getexif()  # not a second time in the EXIF
+
+
+def test_xmp_goes_into_a_16bit_tiff(tmp_path):
+    pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    ph = imageio.Photo(np.zeros((4, 5, 3), np.uint16), xmp=_XMP_TURNED)
+    with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
+        assert o.info.get("xmp") == _XMP_TURNED
