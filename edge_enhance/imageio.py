@@ -304,6 +304,8 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
                                   "(raise it with --max-pixels; max_pixels= in Python)")
         try:
             frames = getattr(im, "n_frames", 1)  # TIFF / APNG walk every frame header here
+            if frames > 1 and im.format == "TIFF":
+                frames = _tiff_pictures(im, frames)
         except _DECODE_ERRORS as e:
             raise corrupt(path, e) from None
         if frames > 1 and im.format == "MPO":  # a phone's JPEG with a preview or depth map after the photo
@@ -350,6 +352,17 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo
+
+
+def _tiff_pictures(im: Image.Image, pages: int) -> int:
+    """How many of a TIFF's pages are pictures of their own: a reduced-resolution copy (NewSubfileType bit 0,
+    a scanner's preview or an overview) or a transparency mask (bit 2) belongs to the full-size page."""
+    n = 0
+    for i in range(pages):
+        im.seek(i)
+        n += not im.tag_v2.get(254, 0) & 5
+    im.seek(0)
+    return n
 
 
 def _upright_with_metadata(im: Image.Image, fmt: str | None, path: Path, caught: list, *, borrowed: bool = False):

@@ -644,3 +644,19 @@ def test_xmp_goes_into_a_16bit_tiff(tmp_path):
     ph = imageio.Photo(np.zeros((4, 5, 3), np.uint16), xmp=_XMP_TURNED)
     with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
         assert o.info.get("xmp") == _XMP_TURNED
+
+
+def test_a_tiff_with_a_reduced_resolution_preview_is_one_picture(tmp_path):
+    """Page 2 with NewSubfileType = 1 is a preview of page 1: the TIFF was refused as 'multi-page (2 pages)'."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    a = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    p = tmp_path / "scan.tif"
+    with tifffile.TiffWriter(p) as t:
+        t.write(a, photometric="rgb")
+        t.write(a[::2, ::2], photometric="rgb", subfiletype=1)
+    assert np.array_equal(imageio.load_image(p).rgb, a)
+    with tifffile.TiffWriter(p) as t:  # two pictures: still refused
+        t.write(a, photometric="rgb")
+        t.write(a, photometric="rgb")
+    with pytest.raises(ImageInputError, match="multi-page TIFF"):
+        imageio.load_image(p)
