@@ -600,7 +600,7 @@ def _check_room_for_uncompressed(photo: imageio.Photo, dst: Path, fmt: str, s: i
         return
     h, w, _ = photo.rgb.shape
     channels = (1 if photo.grey else 3) + (photo.alpha is not None and fmt not in imageio.NO_ALPHA)
-    depth = 2 if photo.rgb.dtype == np.uint16 and fmt == "TIFF" else 1
+    depth = 2 if imageio.keeps_16bit(photo, fmt) else 1
     size = h * s * w * s * channels * depth
     try:
         free = shutil.disk_usage(dst.parent).free

@@ -769,6 +769,12 @@ def with_metadata(im: Image.Image, photo: Photo, dpi_scale: float = 1.0) -> Imag
     return im
 
 
+def keeps_16bit(photo: Photo, fmt: str) -> bool:
+    """Whether a 16-bit photo is written with its 16 bits: PNG, TIFF, and a grey one as a 16-bit PGM
+    (Pillow writes maxval 65535 for grey, but no 48-bit colour PPM)."""
+    return photo.rgb.dtype == np.uint16 and (fmt in _SIXTEEN_BIT or fmt == "PPM" and photo.grey)
+
+
 def _icc_for_output(photo: Photo, fmt: str, dst: Path) -> bytes | None:
     """The photo's ICC profile if its colour space (header bytes 16-20) is that of the pixels written: grey
     is written grey except in WebP, which has no grey. A Gray profile on WebP's RGB, or a CMYK / Lab one on
@@ -831,7 +837,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
         kw["lossless"] = True  # as the input was: an archive's lossless WebP does not come back lossy
     if fmt == "JPEG":  # full-resolution chroma: 4:2:0 undid much of what dejpeg restored (measured: below its input)
         kw["subsampling"] = 0
-    keep16 = photo.rgb.dtype == np.uint16 and fmt in _SIXTEEN_BIT
+    keep16 = keeps_16bit(photo, fmt)
     if fmt in NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
         photo = Photo(photo.rgb, None, photo.grey)

@@ -660,3 +660,17 @@ def test_a_tiff_with_a_reduced_resolution_preview_is_one_picture(tmp_path):
         t.write(a, photometric="rgb")
     with pytest.raises(ImageInputError, match="multi-page TIFF"):
         imageio.load_image(p)
+
+
+def test_a_16bit_pgm_stays_16bit(tmp_path, caplog):
+    """Pillow reads and writes 16-bit PGM (maxval 65535); it was written with maxval 255 and a warning that
+    PPM stores 8 bits. A 48-bit colour PPM Pillow cannot write: that warning stays there."""
+    a = (np.arange(20, dtype=np.uint16) * 3001).reshape(4, 5)
+    p = _save(tmp_path, "g.pgm", Image.fromarray(a))
+    ph = imageio.load_image(p)
+    assert ph.grey and ph.rgb.dtype == np.uint16
+    out = imageio.save_image(ph, tmp_path / "o.pgm")
+    assert out.read_bytes().startswith(b"P5\n5 4\n65535\n") and np.array_equal(imageio.load_image(out).rgb[..., 0], a)
+    assert "8 bits" not in caplog.text
+    imageio.save_image(imageio.Photo(ph.rgb), tmp_path / "o.ppm")
+    assert "PPM stores 8 bits per channel" in caplog.text
