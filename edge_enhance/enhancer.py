@@ -581,7 +581,7 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
         log.warning("%s: %s has no alpha channel; transparency dropped, the stored colours kept", dst, out_fmt)
         photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale)
-    _check_room_for_uncompressed(photo, dst, out_fmt, processor.scale)  # after the memory map claimed its blocks
+    _check_room_for_uncompressed(photo, dst, out_fmt, processor.scale, strip_metadata)  # after the memory map
     _warn_if_short_of_memory(photo, src, processor, mapped=out is not None)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     if result is photo:  # auto at scale 1 ran no stage
@@ -591,12 +591,13 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
                               dpi_scale=dpi_scale)
 
 
-UNCOMPRESSED = ("BMP", "PPM", "TIFF")  # as written here (TIFF without compression): their size is known in advance
+UNCOMPRESSED = ("BMP", "PPM", "TIFF")  # as written here (TIFF unless its input's compression): their size is known
 
 
-def _check_room_for_uncompressed(photo: imageio.Photo, dst: Path, fmt: str, s: int) -> None:
-    """A BMP / PPM / TIFF output that the disk cannot hold is refused before the work, not after it."""
-    if fmt not in UNCOMPRESSED:
+def _check_room_for_uncompressed(photo: imageio.Photo, dst: Path, fmt: str, s: int, strip_metadata: bool) -> None:
+    """A BMP / PPM / TIFF output that the disk cannot hold is refused before the work, not after it (a TIFF
+    written compressed, as its TIFF input was, has no size known in advance: not checked)."""
+    if fmt not in UNCOMPRESSED or imageio.tiff_compression(photo, fmt, strip_metadata):
         return
     h, w, _ = photo.rgb.shape
     channels = (1 if photo.grey else 3) + (photo.alpha is not None and fmt not in imageio.NO_ALPHA)

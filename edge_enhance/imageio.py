@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import io
 import logging
 import math
@@ -50,6 +51,9 @@ _TIFF_STRUCTURE = {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 2
 # often megabytes: a JPEG's EXIF could then not hold them, and the camera's EXIF was dropped with them).
 _TIFF_SOURCE_DATA = {34377, 34675, 37724}
 _SIXTEEN_BIT = {"PNG", "TIFF"}
+# A TIFF's lossless compressions, Pillow's name -> tifffile's (Pillow reads old Deflate as tiff_deflate)
+_TIFF_LOSSLESS = {"tiff_lzw": "lzw", "tiff_adobe_deflate": "adobe_deflate", "tiff_deflate": "adobe_deflate",
+                  "packbits": "packbits"}
 
 
 @dataclass
@@ -349,6 +353,8 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     photo.comment, photo.text = comment or None, text
     if fmt == "WEBP" and _webp_lossless(fh):
         photo.extra["lossless"] = True  # written back lossless
+    if fmt == "TIFF" and im.info.get("compression") in _TIFF_LOSSLESS:
+        photo.extra["compression"] = im.info["compression"]  # written back so
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo
@@ -570,8 +576,6 @@ def photo_to_pil(photo: Photo) -> Image.Image:
 
 
 def _has_tifffile() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tifffile") is not None
 
 
@@ -678,8 +682,12 @@ def _exif_bytes(exif: Image.Exif) -> bytes:
 
 
 def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None,
-                  xmp: bytes | None) -> None:
+                  xmp: bytes | None, compression: str | None) -> None:
     import tifffile
+
+    compression = _TIFF_LOSSLESS.get(compression)
+    if compression in ("lzw", "packbits") and importlib.util.find_spec("imagecodecs") is None:
+        compression = "adobe_deflate"  # tifffile encodes these only through imagecodecs; Deflate is as lossless
 
     a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
     if photo.alpha is not None:
@@ -696,7 +704,7 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
     tifffile.imwrite(tifffile.FileHandle(f, mode="wb", name=dst.name), a, photometric="minisblack" if photo.grey else "rgb",
                      extrasamples=["unassalpha"] if photo.alpha is not None else None,
                      iccprofile=icc, resolution=tuple(dpi) if dpi else None, resolutionunit="INCH" if dpi else None,
-                     software=False, metadata=None, extratags=tags)
+                     software=False, metadata=None, extratags=tags, compression=compression)
 
 
 MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "GIF": 65535}  # the encoders' own limits, pixels a side
@@ -775,6 +783,23 @@ def keeps_16bit(photo: Photo, fmt: str) -> bool:
     return photo.rgb.dtype == np.uint16 and (fmt in _SIXTEEN_BIT or fmt == "PPM" and photo.grey)
 
 
+def _written_by_pillow(photo: Photo, fmt: str) -> bool:
+    """Whether save_image hands the pixels to Pillow's encoder (not pypng's or tifffile's)."""
+    return not (keeps_16bit(photo, fmt) and _has_tifffile()) or photo.grey and photo.alpha is None
+
+
+def tiff_compression(photo: Photo, fmt: str, strip_metadata: bool = False) -> str | None:
+    """The lossless compression (Pillow's name) a TIFF output is written with: its TIFF input's, so an LZW or
+    Deflate scan does not come back 3-6 times larger. Other inputs give an uncompressed TIFF (what any reader
+    takes; its size is known before the work). Pillow compresses through libtiff, which cannot write EXIF /
+    GPS sub-IFDs: a photo with them that Pillow writes stays uncompressed, its metadata kept."""
+    c = photo.extra.get("compression") if fmt == "TIFF" else None
+    if c and not strip_metadata and photo.exif is not None and any(_sub_ifds(photo.exif)) \
+            and _written_by_pillow(photo, fmt):
+        return None
+    return c
+
+
 def _icc_for_output(photo: Photo, fmt: str, dst: Path) -> bytes | None:
     """The photo's ICC profile if its colour space (header bytes 16-20) is that of the pixels written: grey
     is written grey except in WebP, which has no grey. A Gray profile on WebP's RGB, or a CMYK / Lab one on
@@ -786,6 +811,19 @@ def _icc_for_output(photo: Photo, fmt: str, dst: Path) -> bytes | None:
     log.warning("%s: the input's ICC profile is for %s, and %s pixels are written; written without a profile",
                 dst, space.decode("latin-1").strip() or "no colour space", "grey" if want == b"GRAY" else "RGB")
     return None
+
+
+def _pillow_save(im: Image.Image, f, fmt: str, kw: dict, dst: Path) -> None:
+    """``im.save``; a TIFF whose tags libtiff (Pillow's compressed TIFF writer) refuses is written uncompressed."""
+    try:
+        im.save(f, format=fmt, **kw)
+    except RuntimeError as e:  # 'Error setting from dictionary', before anything is written
+        if "compression" not in kw:
+            raise
+        log.info("%s: written uncompressed: libtiff refused its tags (%s)", dst, e)
+        f.seek(0)
+        f.truncate()
+        im.save(f, format=fmt, **{k: v for k, v in kw.items() if k != "compression"})
 
 
 def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, strip_metadata: bool = False,
@@ -837,6 +875,12 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
         kw["lossless"] = True  # as the input was: an archive's lossless WebP does not come back lossy
     if fmt == "JPEG":  # full-resolution chroma: 4:2:0 undid much of what dejpeg restored (measured: below its input)
         kw["subsampling"] = 0
+    compression = tiff_compression(photo, fmt, strip_metadata)
+    if compression:
+        kw["compression"] = compression
+    elif fmt == "TIFF" and photo.extra.get("compression"):
+        log.info("%s: written uncompressed: Pillow's compressed TIFF writer (libtiff) cannot hold the EXIF / GPS "
+                 "sub-IFDs, which are kept", dst)
     keep16 = keeps_16bit(photo, fmt)
     if fmt in NO_ALPHA and photo.alpha is not None:
         log.warning("%s: %s has no alpha channel; transparency dropped", dst, fmt)
@@ -853,11 +897,11 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
                     photo_to_pil(photo).save(f, format=fmt, **kw)
             elif keep16 and photo.grey and photo.alpha is None:
-                Image.fromarray(to_grey(photo.rgb)).save(f, format=fmt, **kw)
+                _pillow_save(Image.fromarray(to_grey(photo.rgb)), f, fmt, kw, dst)
             elif keep16 and fmt == "TIFF" and _has_tifffile():
                 try:
                     _write_tiff16(photo, raw, dst,  # tifffile writes through Python (and wants fileno)
-                                  icc=kw.get("icc_profile"), dpi=kw.get("dpi"),
+                                  icc=kw.get("icc_profile"), dpi=kw.get("dpi"), compression=compression,
                                   exif=None if strip_metadata else photo.exif,
                                   xmp=None if strip_metadata else photo.xmp)
                 except (ValueError, TypeError) as e:
@@ -867,7 +911,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour TIFF", dst)
                 elif photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
-                photo_to_pil(photo).save(f, format=fmt, **kw)
+                _pillow_save(photo_to_pil(photo), f, fmt, kw, dst)
     except (OSError, ValueError, OverflowError, struct.error) as e:  # an encoder's refusal (WebP's size limit, ...)
         raise OutputError(f"{dst}: cannot write ({getattr(e, 'strerror', None) or e})") from None
     return dst

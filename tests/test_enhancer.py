@@ -876,3 +876,23 @@ def test_an_uncompressed_output_the_disk_cannot_hold_is_refused_before_the_work(
     Enhancer(models[2]).enhance_file(src, tmp_path / "out.png")  # compressed: its size is not estimated
     monkeypatch.setattr(enh_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 15_000, 15_000))
     Enhancer(models[2]).enhance_file(src, tmp_path / f"out.{fmt}")  # 14,400 bytes of pixels fit
+
+
+def test_the_room_check_counts_16bit_pgm_and_leaves_a_compressed_tiff_alone(tmp_path, monkeypatch):
+    """A TIFF written with its input's LZW / Deflate has no size known in advance; a 16-bit grey PGM takes
+    2 bytes a pixel (it was written 8-bit, and counted so)."""
+    import collections
+
+    from edge_enhance import enhancer as enh_mod
+    from edge_enhance import imageio
+    from edge_enhance.errors import OutputError
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(enh_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 150, 150))
+    grey16 = imageio.Photo(np.zeros((10, 10, 3), np.uint16), grey=True)  # 200 bytes as PGM
+    with pytest.raises(OutputError, match="no room"):
+        enh_mod._check_room_for_uncompressed(grey16, tmp_path / "o.pgm", "PPM", 1, False)
+    rgb = imageio.Photo(np.zeros((10, 10, 3), np.uint8), extra={"compression": "tiff_lzw"})  # 300 bytes raw
+    enh_mod._check_room_for_uncompressed(rgb, tmp_path / "o.tif", "TIFF", 1, False)
+    with pytest.raises(OutputError, match="no room"):
+        enh_mod._check_room_for_uncompressed(rgb, tmp_path / "o.bmp", "BMP", 1, False)

@@ -1,3 +1,4 @@
+import importlib.util
 import io
 import os
 from pathlib import Path
@@ -674,3 +675,58 @@ def test_a_16bit_pgm_stays_16bit(tmp_path, caplog):
     assert "8 bits" not in caplog.text
     imageio.save_image(imageio.Photo(ph.rgb), tmp_path / "o.ppm")
     assert "PPM stores 8 bits per channel" in caplog.text
+
+
+@pytest.mark.parametrize("compression,mode,bits", [
+    ("tiff_lzw", "RGB", 8), ("tiff_adobe_deflate", "L", 8), ("packbits", "RGBA", 8), ("tiff_lzw", "L", 16),
+    ("tiff_adobe_deflate", "RGB", 16), ("tiff_adobe_deflate", "RGBA", 16), ("raw", "RGB", 8), ("jpeg", "RGB", 8)])
+def test_a_tiff_comes_back_with_its_lossless_compression(tmp_path, compression, mode, bits):
+    """An LZW scan (228 KB) came back uncompressed (787 KB at x2, 3.4 times its input)."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    planes = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    a = np.random.default_rng(0).integers(0, 2 ** bits, (8, 8, planes), dtype=np.uint8 if bits == 8 else np.uint16)
+    p = tmp_path / "c.tif"
+    if bits == 16 and planes > 1:  # Pillow writes no 16-bit colour
+        tifffile.imwrite(p, a, photometric="rgb", compression="adobe_deflate",
+                         extrasamples=["unassalpha"] if planes == 4 else None)
+    else:
+        Image.fromarray(a[..., 0] if planes == 1 else a).save(p, compression=compression)
+    ph = imageio.load_image(p)
+    with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
+        assert o.info["compression"] == ("raw" if compression == "jpeg" else compression)  # lossy: not made lossless
+    if compression != "jpeg":
+        back = imageio.load_image(tmp_path / "o.tif")
+        assert np.array_equal(back.rgb, ph.rgb) and (back.alpha is None or np.array_equal(back.alpha, ph.alpha))
+
+
+def test_a_16bit_colour_tiff_from_lzw_is_written_deflated_without_imagecodecs(tmp_path):
+    """tifffile encodes LZW and PackBits only through imagecodecs: Deflate, as lossless, stands in."""
+    pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    if importlib.util.find_spec("imagecodecs"):
+        pytest.skip("imagecodecs installed: LZW is written as it is")
+    ph = imageio.Photo(np.full((4, 5, 3), 40000, np.uint16), extra={"compression": "tiff_lzw"})
+    with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
+        assert o.info["compression"] == "tiff_adobe_deflate"
+
+
+def test_a_compressed_tiffs_exif_sub_ifds_are_kept_uncompressed(tmp_path, caplog):
+    """Pillow compresses through libtiff, which cannot write the EXIF / GPS sub-IFDs: the metadata wins."""
+    exif = Image.Exif()
+    exif[271] = "Canon"
+    exif.get_ifd(0x8825)[1] = "N"
+    p = _save(tmp_path, "c.tif", Image.new("RGB", (6, 4)), exif=exif.tobytes())
+    ph = imageio.load_image(p)
+    ph.extra["compression"] = "tiff_lzw"  # as read from an LZW TIFF (which Pillow cannot write with a GPS IFD)
+    with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
+        assert o.info["compression"] == "raw" and o.getexif().get_ifd(0x8825).get(1) == "N"
+    with Image.open(imageio.save_image(ph, tmp_path / "s.tif", strip_metadata=True)) as o:
+        assert o.info["compression"] == "tiff_lzw"
+
+
+def test_tags_libtiff_refuses_give_an_uncompressed_tiff_not_a_failure(tmp_path, monkeypatch):
+    exif = Image.Exif()
+    exif.get_ifd(0x8825)[1] = "N"
+    ph = imageio.load_image(_save(tmp_path, "c.tif", Image.new("RGB", (6, 4)), exif=exif.tobytes()))
+    monkeypatch.setattr(imageio, "tiff_compression", lambda *a: "tiff_lzw")  # past the sub-IFD rule
+    with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
+        assert o.info["compression"] == "raw" and o.getexif().get_ifd(0x8825).get(1) == "N"
