@@ -327,6 +327,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
             raise corrupt(path, e) from None
         tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
         comment = im.info.get("comment") if fmt == "JPEG" else None
+        png_colour = {k: im.info[k] for k in _PNG_COLOUR if k in im.info} if fmt == "PNG" else {}
         text = {k: v for k, v in im.text.items() if k not in _PNG_NOT_TEXT} if fmt == "PNG" else {}
         min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
         oriented, icc, dpi, exif = _upright_with_metadata(im, fmt, path, caught)
@@ -353,6 +354,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     photo.comment, photo.text = comment or None, text
     if fmt == "WEBP" and _webp_lossless(fh):
         photo.extra["lossless"] = True  # written back lossless
+    photo.extra.update(png_colour)
     if fmt == "TIFF" and im.info.get("compression") in _TIFF_LOSSLESS:
         photo.extra["compression"] = im.info["compression"]  # written back so
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
@@ -611,9 +613,10 @@ class _AfterHeader:
         self.f.write(b)
 
 
-def _write_png16(photo: Photo, f, icc: bytes | None = None, dpi=None, exif: bytes | None = None) -> None:
+def _write_png16(photo: Photo, f, icc: bytes | None = None, dpi=None, exif: bytes | None = None,
+                 colour: tuple = ()) -> None:
     """16-bit colour (or grey + alpha) PNG through pypng, with the ICC profile, DPI and EXIF chunks Pillow
-    would have written (iCCP, pHYs, eXIf, ahead of the pixels)."""
+    would have written (iCCP, pHYs, eXIf, ahead of the pixels), and ``colour``'s (gAMA, cHRM, sRGB)."""
     import png
 
     a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
@@ -627,6 +630,8 @@ def _write_png16(photo: Photo, f, icc: bytes | None = None, dpi=None, exif: byte
         extra += _png_chunk(b"pHYs", struct.pack(">IIB", *(int(d / 0.0254 + 0.5) for d in dpi[:2]), 1))
     if exif:
         extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    for kind, data in colour:
+        extra += _png_chunk(kind, data)
     png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16).write(
         _AfterHeader(f, extra), a.reshape(h, w * planes))
 
@@ -725,6 +730,22 @@ _PNG_XMP = "XML:com.adobe.xmp"  # the iTXt keyword PNG keeps XMP under
 # Not carried as text: XMP (Photo.xmp), and ImageMagick's hex copy of the EXIF, which getexif() reads and the
 # output has as eXIf, orientation reset; the copy kept the old orientation.
 _PNG_NOT_TEXT = {_PNG_XMP, "Raw profile type exif"}
+
+
+# A PNG's colour encoding besides an ICC profile (Pillow's info keys): gAMA (1.0 is linear light), cHRM, sRGB.
+# Pillow reads them and writes them only as chunks given in pnginfo.
+_PNG_COLOUR = ("gamma", "chromaticity", "srgb")
+
+
+def _png_colour_chunks(photo: Photo, icc: bytes | None) -> list:
+    """(chunk type, data) of the input PNG's gAMA / cHRM / sRGB; no sRGB beside an iCCP (PNG allows one of them)."""
+    x = photo.extra
+    chunks = [(b"gAMA", struct.pack(">I", round(x["gamma"] * 100000)))] if "gamma" in x else []
+    if "chromaticity" in x:
+        chunks.append((b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in x["chromaticity"]))))
+    if "srgb" in x and not icc:
+        chunks.append((b"sRGB", bytes([x["srgb"]])))
+    return chunks
 
 
 def _png_text(photo: Photo):
@@ -862,8 +883,16 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["xmp"] = photo.xmp
         if photo.comment and fmt == "JPEG":
             kw["comment"] = photo.comment
-        if fmt == "PNG" and (photo.text or photo.xmp):
+        png_colour = _png_colour_chunks(photo, kw.get("icc_profile"))
+        if fmt == "PNG" and (photo.text or photo.xmp or png_colour):
             kw["pnginfo"] = _png_text(photo)
+            for kind, data in png_colour:
+                kw["pnginfo"].add(kind, data)
+        gamma = photo.extra.get("gamma")
+        if fmt != "PNG" and gamma and abs(gamma - 1 / 2.2) > 0.01 and "srgb" not in photo.extra \
+                and "icc_profile" not in kw:  # an ICC profile, which overrides gAMA, says it all
+            log.warning("%s: the input's PNG gamma %g (not sRGB's 0.45) cannot be kept in %s; viewers will read it as "
+                        "sRGB and show other tones (write PNG to keep it)", dst, gamma, fmt)
     if fmt == "JPEG":  # one marker segment each: more (a PNG's or TIFF's metadata can be) is refused
         for key, room in (("exif", 65533), ("xmp", 65504), ("comment", 65533)):
             if key in kw and len(kw[key]) > room:
@@ -892,7 +921,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             f = _Checked(raw)
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
-                    _write_png16(photo, f, kw.get("icc_profile"), kw.get("dpi"), kw.get("exif"))
+                    _write_png16(photo, f, kw.get("icc_profile"), kw.get("dpi"), kw.get("exif"),
+                                 [] if strip_metadata else _png_colour_chunks(photo, kw.get("icc_profile")))
                 except ImportError:
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
                     photo_to_pil(photo).save(f, format=fmt, **kw)

@@ -1,6 +1,7 @@
 import importlib.util
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -730,3 +731,20 @@ def test_tags_libtiff_refuses_give_an_uncompressed_tiff_not_a_failure(tmp_path, 
     monkeypatch.setattr(imageio, "tiff_compression", lambda *a: "tiff_lzw")  # past the sub-IFD rule
     with Image.open(imageio.save_image(ph, tmp_path / "o.tif")) as o:
         assert o.info["compression"] == "raw" and o.getexif().get_ifd(0x8825).get(1) == "N"
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_gamma_and_chromaticity_are_carried(tmp_path, caplog, bits):
+    """A linear-light PNG (gAMA 1.0) came out with no gAMA, so viewers read it as sRGB (darker)."""
+    png = pytest.importorskip("png", reason="pypng (edge-enhance[io16]) not installed")
+    white = (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+    b = io.BytesIO()
+    png.Writer(3, 2, greyscale=False, bitdepth=bits, gamma=1.0).write(b, np.zeros((2, 9), np.uint8 if bits == 8 else np.uint16))
+    chrm = imageio._png_chunk(b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in white)))  # after IHDR
+    p = tmp_path / "g.png"
+    p.write_bytes(b.getvalue()[:33] + chrm + b.getvalue()[33:])
+    ph = imageio.load_image(p)
+    with Image.open(imageio.save_image(ph, tmp_path / "o.png")) as o:
+        assert o.info.get("gamma") == 1.0 and o.info.get("chromaticity") == pytest.approx(white)
+    imageio.save_image(ph, tmp_path / "o.jpg")
+    assert "gamma 1 (not sRGB's 0.45) cannot be kept in JPEG" in caplog.text
