@@ -70,6 +70,7 @@ class Photo:
     extra: dict = field(default_factory=dict)
     xmp: bytes | None = None  # XMP packet (captions, keywords, people tags), carried as is
     comment: bytes | None = None  # a JPEG's COM segment
+    iptc: bytes | None = None  # IPTC-IIM records (caption, keywords, copyright): a JPEG's APP13, a TIFF's tag 33723
     text: dict = field(default_factory=dict)  # a PNG's tEXt / iTXt / zTXt chunks, keyword -> str
 
     @property
@@ -327,6 +328,8 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
             raise corrupt(path, e) from None
         tiff16 = _tiff16_samples(im) if fmt == "TIFF" else None
         comment = im.info.get("comment") if fmt == "JPEG" else None
+        resources = im.info.get("photoshop") if fmt == "JPEG" else None  # APP13's image resources; 0x0404 is IPTC
+        iptc = resources.get(0x0404) if isinstance(resources, dict) else None
         png_colour = {k: im.info[k] for k in _PNG_COLOUR if k in im.info} if fmt == "PNG" else {}
         text = {k: v for k, v in im.text.items() if k not in _PNG_NOT_TEXT} if fmt == "PNG" else {}
         min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
@@ -352,6 +355,9 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     photo.icc, photo.exif, photo.dpi, photo.format = icc, exif, dpi, fmt
     photo.xmp = xmp if isinstance(xmp, bytes) and xmp else None
     photo.comment, photo.text = comment or None, text
+    if exif is not None and isinstance(exif.get(33723), bytes):  # a TIFF's IPTC: written from Photo.iptc
+        iptc = iptc or exif.pop(33723)
+    photo.iptc = iptc if isinstance(iptc, bytes) and iptc else None
     if fmt == "WEBP" and _webp_lossless(fh):
         photo.extra["lossless"] = True  # written back lossless
     photo.extra.update(png_colour)
@@ -687,7 +693,7 @@ def _exif_bytes(exif: Image.Exif) -> bytes:
 
 
 def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: Image.Exif | None,
-                  xmp: bytes | None, compression: str | None) -> None:
+                  xmp: bytes | None, iptc: bytes | None, compression: str | None) -> None:
     import tifffile
 
     compression = _TIFF_LOSSLESS.get(compression)
@@ -702,6 +708,8 @@ def _write_tiff16(photo: Photo, f, dst: Path, *, icc: bytes | None, dpi, exif: I
             if exif is not None and isinstance(exif.get(t), str)]
     if xmp:
         tags.append((700, "B", len(xmp), xmp, True))
+    if iptc:
+        tags.append((33723, 7, len(iptc), iptc, True))  # UNDEFINED, as Pillow reads it back as bytes
     if exif is not None and any(_sub_ifds(exif)):
         log.warning("%s: 16-bit colour TIFF is written with its IFD0 tags (make, model, date, ...) but without the "
                     "EXIF / GPS sub-IFDs", dst)
@@ -834,6 +842,20 @@ def _icc_for_output(photo: Photo, fmt: str, dst: Path) -> bytes | None:
     return None
 
 
+_APP13_ROOM = 65533 - 14 - 12  # a marker segment less 'Photoshop 3.0', the resource's header and padding
+
+
+def _with_app13(jpeg: bytes, iptc: bytes) -> bytes:
+    """``jpeg`` with a Photoshop APP13 segment holding the IPTC-IIM resource (0x0404), after its leading APPn
+    segments (JFIF, EXIF, XMP, ICC), where Photoshop and ExifTool put it."""
+    resource = b"8BIM\x04\x04\0\0" + struct.pack(">I", len(iptc)) + iptc + b"\0" * (len(iptc) & 1)
+    segment = b"\xff\xed" + struct.pack(">H", 2 + 14 + len(resource)) + b"Photoshop 3.0\0" + resource
+    i = 2
+    while jpeg[i] == 0xFF and 0xE0 <= jpeg[i + 1] <= 0xEF:
+        i += 2 + struct.unpack(">H", jpeg[i + 2:i + 4])[0]
+    return jpeg[:i] + segment + jpeg[i:]
+
+
 def _pillow_save(im: Image.Image, f, fmt: str, kw: dict, dst: Path) -> None:
     """``im.save``; a TIFF whose tags libtiff (Pillow's compressed TIFF writer) refuses is written uncompressed."""
     try:
@@ -855,6 +877,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
     kw: dict = {}
+    iptc = None
     if not strip_metadata:
         if photo.icc:
             icc = _icc_for_output(photo, fmt, dst)
@@ -879,6 +902,14 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["dpi"] = dpi
         if photo.xmp and fmt == "TIFF":  # IFD0's XMP tag: Pillow's TIFF writer has no xmp=
             kw.setdefault("exif", Image.Exif())[700] = photo.xmp
+        if photo.iptc and fmt == "TIFF":
+            kw.setdefault("exif", Image.Exif())[33723] = photo.iptc
+        elif photo.iptc and fmt == "JPEG" and len(photo.iptc) <= _APP13_ROOM:
+            iptc = photo.iptc  # an APP13 segment, spliced in below: Pillow writes none
+        elif photo.iptc:
+            log.warning("%s: the input's IPTC-IIM (caption, keywords, copyright; %d bytes) cannot be kept in %s; "
+                        "written without it (XMP, where the input has it, is kept)", dst, len(photo.iptc),
+                        fmt if fmt != "JPEG" else "one JPEG segment")
         if photo.xmp and fmt in ("JPEG", "WEBP"):
             kw["xmp"] = photo.xmp
         if photo.comment and fmt == "JPEG":
@@ -933,7 +964,8 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     _write_tiff16(photo, raw, dst,  # tifffile writes through Python (and wants fileno)
                                   icc=kw.get("icc_profile"), dpi=kw.get("dpi"), compression=compression,
                                   exif=None if strip_metadata else photo.exif,
-                                  xmp=None if strip_metadata else photo.xmp)
+                                  xmp=None if strip_metadata else photo.xmp,
+                                  iptc=None if strip_metadata else photo.iptc)
                 except (ValueError, TypeError) as e:
                     raise OutputError(f"{dst}: cannot write 16-bit TIFF ({e})") from None
             else:
@@ -941,7 +973,12 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour TIFF", dst)
                 elif photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
-                _pillow_save(photo_to_pil(photo), f, fmt, kw, dst)
+                if iptc:
+                    b = io.BytesIO()
+                    _pillow_save(photo_to_pil(photo), b, fmt, kw, dst)
+                    f.write(_with_app13(b.getvalue(), iptc))
+                else:
+                    _pillow_save(photo_to_pil(photo), f, fmt, kw, dst)
     except (OSError, ValueError, OverflowError, struct.error) as e:  # an encoder's refusal (WebP's size limit, ...)
         raise OutputError(f"{dst}: cannot write ({getattr(e, 'strerror', None) or e})") from None
     return dst

@@ -748,3 +748,45 @@ def test_png_gamma_and_chromaticity_are_carried(tmp_path, caplog, bits):
         assert o.info.get("gamma") == 1.0 and o.info.get("chromaticity") == pytest.approx(white)
     imageio.save_image(ph, tmp_path / "o.jpg")
     assert "gamma 1 (not sRGB's 0.45) cannot be kept in JPEG" in caplog.text
+
+
+def _iim(*records) -> bytes:
+    return b"".join(b"\x1c\x02" + bytes([tag]) + struct.pack(">H", len(v)) + v for tag, v in records)
+
+
+_IPTC = _iim((0, b"\x00\x04"), (120, b"Harbour at dawn"), (25, b"harbour"), (116, b"(c) 2024 Ana"))
+
+
+@pytest.mark.parametrize("src,ext", [("jpg", "jpg"), ("jpg", "tif"), ("tif", "jpg"), ("tif", "tif"), ("jpg", "png")])
+def test_iptc_captions_and_copyright_are_kept(tmp_path, caplog, src, ext):
+    """A JPEG's IPTC-IIM (APP13) was dropped silently; a TIFF's (tag 33723) went into a JPEG's EXIF, where
+    no reader looks for it. Kept in JPEG and TIFF; said where the format has no place for it."""
+    from PIL import IptcImagePlugin
+
+    p = tmp_path / f"s.{src}"
+    if src == "jpg":
+        resource = b"8BIM\x04\x04\0\0" + struct.pack(">I", len(_IPTC)) + _IPTC + b"\0" * (len(_IPTC) & 1)
+        app13 = b"Photoshop 3.0\0" + resource
+        b = io.BytesIO()
+        Image.new("RGB", (6, 4)).save(b, "JPEG")
+        p.write_bytes(b.getvalue()[:2] + b"\xff\xed" + struct.pack(">H", 2 + len(app13)) + app13 + b.getvalue()[2:])
+    else:
+        exif = Image.Exif()
+        exif[33723] = _IPTC
+        _save(tmp_path, p.name, Image.new("RGB", (6, 4)), exif=exif)
+    ph = imageio.load_image(p)
+    assert ph.iptc == _IPTC
+    with Image.open(imageio.save_image(ph, tmp_path / f"o.{ext}")) as o:
+        o.load()
+        info = IptcImagePlugin.getiptcinfo(o) or {}
+        if ext == "png":
+            assert f"IPTC-IIM (caption, keywords, copyright; {len(_IPTC)} bytes) cannot be kept in PNG" in caplog.text
+        else:
+            assert info.get((2, 120)) == b"Harbour at dawn" and info.get((2, 116)) == b"(c) 2024 Ana"
+            assert ext == "tif" or 33723 not in o.getexif()
+
+
+def test_iptc_goes_into_a_16bit_tiff(tmp_path):
+    pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
+    ph = imageio.Photo(np.zeros((4, 5, 3), np.uint16), iptc=_IPTC)
+    assert imageio.load_image(imageio.save_image(ph, tmp_path / "o.tif")).iptc == _IPTC
