@@ -775,9 +775,16 @@ def _scaled_dpi(photo: Photo, dpi_scale: float) -> tuple[float, float] | None:
     return tuple(float(d) * dpi_scale for d in photo.dpi) if photo.dpi else None
 
 
-def _output_exif(photo: Photo, dpi) -> bytes:
+# MakerNotes whose offsets count from their own start (or their own TIFF header, Nikon's): they stay readable
+# wherever the EXIF puts them. Others (Canon's headerless IFD, Sony's, Panasonic's, ...) count from the EXIF's
+# TIFF header, and Pillow's tobytes() lays the EXIF out anew (the note moved 36 bytes when orientation and
+# size tags were added): their lens, serial and AF entries would point at other data.
+_MAKERNOTE_SELF_CONTAINED = (b"Nikon\0\x02", b"OLYMPUS\0", b"OM SYSTEM\0", b"FUJIFILM", b"Apple iOS\0", b"PENTAX \0")
+
+
+def _output_exif(photo: Photo, dpi, name: str | Path = "<image>") -> bytes:
     """The photo's EXIF as its output's: resolution tags saying ``dpi`` (none without), the output's pixel
-    size. Raises what Pillow raises on EXIF it cannot re-encode."""
+    size, no MakerNote that its new layout would break. Raises what Pillow raises on EXIF it cannot re-encode."""
     exif = photo.exif
     # EXIF's own resolution tags (a TIFF's are its file's) must say what the output's dpi says.
     for tag in (282, 283, 296):
@@ -787,6 +794,12 @@ def _output_exif(photo: Photo, dpi) -> bytes:
     sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else None
     if sub:
         sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
+    note = sub.get(0x927C) if sub else None
+    if isinstance(note, bytes) and not note.startswith(_MAKERNOTE_SELF_CONTAINED):
+        del sub[0x927C]
+        log.warning("%s: the %s MakerNote (%d bytes) is left out: its offsets count from the input's EXIF layout, "
+                    "which is written anew, and would point at other data", name, exif.get(271) or "camera's",
+                    len(note))
     return _exif_bytes(exif)
 
 
@@ -889,7 +902,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             dpi = None
         if photo.exif is not None and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
             try:
-                kw["exif"] = _output_exif(photo, dpi)
+                kw["exif"] = _output_exif(photo, dpi, dst)
                 if fmt == "TIFF":  # Pillow's TIFF writer parses bytes again, then writes text as ASCII
                     tags = Image.Exif()
                     tags.load(kw["exif"])

@@ -790,3 +790,20 @@ def test_iptc_goes_into_a_16bit_tiff(tmp_path):
     pytest.importorskip("tifffile", reason="tifffile (edge-enhance[io16]) not installed")
     ph = imageio.Photo(np.zeros((4, 5, 3), np.uint16), iptc=_IPTC)
     assert imageio.load_image(imageio.save_image(ph, tmp_path / "o.tif")).iptc == _IPTC
+
+
+@pytest.mark.parametrize("note,kept", [
+    (struct.pack("<HHHII", 1, 6, 2, 32, 0) + b"Canon EOS R5\0".ljust(32), False),  # entry at an absolute offset
+    (b"Nikon\0\x02\x10\0\0II*\0\x08\0\0\0" + bytes(30), True),  # its own TIFF header: relative offsets
+])
+def test_a_makernote_that_the_new_exif_layout_would_break_is_left_out_and_said(tmp_path, caplog, note, kept):
+    """Pillow lays EXIF out anew (the note moved from offset 120 to 156): a Canon note's entries, whose offsets
+    count from the EXIF's TIFF header, then read other data (a date instead of the camera's name)."""
+    exif = Image.Exif()
+    exif[271], exif[0x0112] = "Canon", 6
+    exif.get_ifd(0x8769)[0x927C] = note
+    ph = imageio.load_image(_save(tmp_path, "m.jpg", Image.new("RGB", (6, 4)), exif=exif.tobytes()))
+    with Image.open(imageio.save_image(ph, tmp_path / "o.jpg")) as o:
+        assert o.getexif().get_ifd(0x8769).get(0x927C) == (note if kept else None)
+        assert o.getexif().get(271) == "Canon"
+    assert ("MakerNote (%d bytes) is left out" % len(note) in caplog.text) != kept
