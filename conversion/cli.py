@@ -220,8 +220,9 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
                                        max_images=max_images, crop=crop)
         elif to == "onnx":
             from .onnx_writer import to_onnx
+            from .verify import source_io
 
-            to_onnx(graph, tmp, precision=precision)
+            to_onnx(graph, tmp, precision=precision, layout="nhwc" if source_io(source_model)[0] else "nchw")
             names = [n.op_type for n in onnx.load(str(tmp)).graph.node]
             if verify:
                 from .verify import verify_onnx

@@ -33,7 +33,9 @@ def _nchw_const(arr):
     return arr.reshape(())
 
 
-def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
+def to_onnx_model(graph: Graph, *, precision: str = "fp32", layout: str = "nchw"):
+    """``layout``: of the written model's input and output tensors; "nhwc" (a TensorFlow export's, whose
+    layout transposes the import took out) puts them back, so the file keeps its source's interface."""
     import json
 
     import onnx
@@ -172,17 +174,29 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32"):
     def vi(name):
         nb, hh, ww, c = g.tensors[name].shape
         dims = [d if d is not None else f"{name}_{k}" for d, k in zip((nb, c, hh, ww), "nchw")]
+        if layout == "nhwc":
+            dims = [dims[0], dims[2], dims[3], dims[1]]
         return h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims)
 
     if qdq:
         nodes = _insert_activation_qdq(g, nodes, inits)
+    if layout == "nhwc":  # the graph runs NCHW between a Transpose after each input and one before each output
+        for name in g.inputs:
+            for n in nodes:
+                n.input[:] = [name + "_nchw" if t == name else t for t in n.input]
+            nodes.insert(0, h.make_node("Transpose", [name], [name + "_nchw"], perm=[0, 3, 1, 2], name=name + "_to_nchw"))
+        for name in g.outputs:
+            for n in nodes:
+                n.output[:] = [name + "_nchw" if t == name else t for t in n.output]
+                n.input[:] = [name + "_nchw" if t == name else t for t in n.input]
+            nodes.append(h.make_node("Transpose", [name + "_nchw"], [name], perm=[0, 2, 3, 1], name=name + "_to_nhwc"))
     graph_proto = h.make_graph(nodes, g.name, [vi(i) for i in g.inputs], [vi(o) for o in g.outputs], inits)
     model = h.make_model(graph_proto, opset_imports=[h.make_opsetid("", OPSET)], ir_version=8,
                          producer_name="edge-enhance")
     for k, v in g.metadata.items():
         if k == CARD_KEY:
             d = json.loads(v)
-            d["layout"] = "nchw"
+            d["layout"] = layout
             v = json.dumps(d, sort_keys=True)
         model.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(model)
@@ -238,6 +252,7 @@ def _insert_activation_qdq(g: Graph, nodes: list, inits: list) -> list:
     return out
 
 
-def to_onnx(graph: Graph, path, *, precision: str = "fp32") -> Path:
+def to_onnx(graph: Graph, path, *, precision: str = "fp32", layout: str = "nchw") -> Path:
     """Write ``graph`` as ONNX atomically."""
-    return write_atomic(path, to_onnx_model(copy.deepcopy(graph), precision=precision).SerializeToString())
+    return write_atomic(path, to_onnx_model(copy.deepcopy(graph), precision=precision, layout=layout)
+                        .SerializeToString())

@@ -124,7 +124,7 @@ def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float
     return score_psnr(card.task, u8(ref), u8(out), _scale(card))
 
 
-def _source_io(onnx_model) -> tuple[bool, int, tuple | None]:
+def source_io(onnx_model) -> tuple[bool, int, tuple | None]:
     """(NHWC?, colour channels, fixed (h, w) or None) of an ONNX model's image input: NCHW unless the
     last axis holds 1 or 3 channels and the second does not (tf2onnx's NHWC exports)."""
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
@@ -201,7 +201,7 @@ def _ort_runner(onnx_model):
     model = onnx_model if hasattr(onnx_model, "SerializeToString") else onnx.load(str(onnx_model))
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
-    if _source_io(model)[0]:  # NHWC in and out
+    if source_io(model)[0]:  # NHWC in and out
         return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc[None])})[0][0]
     return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc.transpose(2, 0, 1)[None])})[0][0].transpose(1, 2, 0)
 
@@ -264,7 +264,7 @@ def verify_tflite(onnx_model, tflite_path, *, precision: str = "fp32", dataset=N
     if tol is None:
         tol = TOLERANCE.get(precision)
     return compare("tflite", precision, _ort_runner(model), target, card, files, crop=crop, max_images=max_images,
-                   tol=tol, channels=_source_io(model)[1])
+                   tol=tol, channels=source_io(model)[1])
 
 
 def _for_shape(files, fixed, card, crop):
@@ -302,7 +302,7 @@ def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=Non
     model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
     if tol is None:
         tol = TOLERANCE.get(precision)
-    _, channels, fixed = _source_io(model)
+    _, channels, fixed = source_io(model)
     files, crop, card = _for_shape(list_images(dataset or default_dataset()), fixed, _card_of(model), crop)
     return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), card, files, crop=crop,
                    max_images=max_images, tol=tol, channels=channels)

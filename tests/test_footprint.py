@@ -315,3 +315,32 @@ def test_nhwc_io_model_verifies_and_runs_as_its_conversion(tmp_path):
     a = Enhancer(src, card=card)  # ONNX Runtime reads NHWC from the input's shape
     assert a.backend.layout == "nhwc"
     assert np.abs(a.enhance(img).astype(int) - Enhancer(res.output).enhance(img)).max() <= 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_nhwc_io_model_converted_to_onnx_keeps_its_nhwc_interface(tmp_path, precision):
+    """--to onnx wrote NCHW input and output ([1, 3, h, w]) for an NHWC model, and said nothing: an app that fed
+    the tensors it fed before got INVALID_ARGUMENT; the verification ran each file in its own layout."""
+    import onnx
+    import onnxruntime as ort
+
+    from conversion.cli import convert
+    from conversion.verify import default_dataset
+
+    if not default_dataset().is_dir():
+        pytest.skip("evaluation images not found")
+    src = tmp_path / "keras.onnx"
+    m = _nhwc_model()
+    src.write_bytes(m.SerializeToString())
+    res = convert(src, "onnx", precision=precision, output=tmp_path / "out.onnx", max_images=1, crop=(24, 24),
+                  card={"task": "sr"})
+    out = onnx.load(str(res.output))
+    dims = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in (out.graph.input[0],
+                                                                                        out.graph.output[0])]
+    assert dims[0][3] == 3 and dims[1][3] == 3
+    x = rand(np.random.default_rng(3), 1, 9, 7, 3, lo=0, hi=1)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input_1:0": x})[0]
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {out.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5 if precision == "fp32" else 2e-3, rtol=0)
+    assert Enhancer(res.output).card.layout == "nhwc"
