@@ -430,10 +430,18 @@ def _describe(model, graph: Graph, io: str, sizes) -> None:
     what = ("grayscale" if c == 1 else "RGB") + f" image, {shapes}"
     pixels = "pixels 0..255" if io == "image" else f"1x{c}xHxW float, pixels 0..255 as {lo:g}..{hi:g}"
     inp, out = model.get_spec().description.input[0].name, model.get_spec().description.output[0].name
-    s = card.scale if card else 1
+    if card:
+        s = card.scale
+    else:  # read off the graph, as `info` does: a card-less x2 net's output is not "the input's size"
+        from .footprint import footprint
+
+        try:
+            s = footprint(graph).scale
+        except ConfigError:
+            s = None
     model.input_description[inp] = f"{what} ({pixels})"
-    model.output_description[out] = f"the result, {s}x the input's size ({pixels})" if s > 1 else \
-        f"the result, the input's size ({pixels})"
+    model.output_description[out] = f"the result ({pixels})" if s is None else \
+        f"the result, {s}x the input's size ({pixels})" if s > 1 else f"the result, the input's size ({pixels})"
     if card:
         model.short_description = (f"edge-enhance {card.name}: {card.task}" + (f" x{card.scale}" if card.scale > 1 else "")
                                    + " (the model card is in the metadata, key " + CARD_KEY + ")")

@@ -645,3 +645,12 @@ def test_a_tile_larger_than_every_image_verifies_on_them_padded(tmp_path, sr_onn
     assert [r.image for r in rows[:2]] == ["0.png", "1.png"] and res.report.max_abs_err <= 1e-4
     assert all(r.task_psnr_source is not None for r in rows[:2])
     assert [r.message.startswith("no image is large enough") for r in caplog.records].count(True) == 1
+
+
+def test_a_card_less_sr_model_is_described_with_the_scale_read_off_its_graph(tmp_path):
+    """Xcode showed "the result, the input's size" for the 2x output of an SR net converted without a card."""
+    g = from_onnx(residual_sr_model(np.random.default_rng(1)))  # x2, no card
+    path = tmp_path / "m.mlpackage"
+    to_coreml(g, path, precision="fp32", tile=(8, 8))
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    assert spec.description.output[0].shortDescription.startswith("the result, 2x the input's size")
