@@ -42,7 +42,10 @@ _GLOBAL = ("makes every output pixel depend on the whole image (channel attentio
 # Why some ops that small SR / denoise nets use are refused (an op missing here is simply not implemented).
 _WHY_NOT = {"GlobalAveragePool": _GLOBAL, "GlobalMaxPool": _GLOBAL, "ReduceMean": "reductions are not supported; over "
             "H, W one " + _GLOBAL, "Erf": "GELU (its Erf) is not converted yet; ReLU, PReLU, LeakyReLU, SiLU and "
-            "HardSwish convert"}
+            "HardSwish convert",
+            "Cast": "casts in the network are not converted; a float16 model (cast to float16 after the input, back "
+            "to float before the output, as onnxconverter-common's keep_io_types writes): export the float model, "
+            "and convert that with --precision fp16"}
 
 
 def register(op_type: str):
