@@ -210,7 +210,10 @@ def convert(model, to: str, *, output=None, precision: str = "fp32", io: str = "
         if to == "tflite":
             from .tflite_writer import tflite_ops, to_tflite
 
-            to_tflite(graph, tmp, precision=precision, io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
+            try:
+                to_tflite(graph, tmp, precision=precision, io=io, tile=tile, d2s_as_transpose_conv=d2s_as_transpose_conv)
+            except UnsupportedOpError as e:  # a property of the model, not of the options: named with its file
+                raise UnsupportedOpError(f"{src}: {e}") from None
             names = tflite_ops(tmp)
             notes = tflite_notes(tmp, out)
             if verify:

@@ -558,7 +558,7 @@ class _Emitter:
     def _transpose_conv(self, name, x, xi, w, b, strides, pads, out_name, wname, bname):
         out_shape = self.shape(out_name)
         if any(d is None for d in out_shape[1:3]):
-            raise ConfigError(f"{name}: TRANSPOSE_CONV needs a fixed spatial size; convert with a fixed tile")
+            raise UnsupportedOpError(f"{name}: TRANSPOSE_CONV needs a fixed input size; convert with --tile HxW")
         pt, pl = pads[0], pads[1]
         if pt == 0 and pl == 0:
             mode = VALID
@@ -747,7 +747,8 @@ class _Emitter:
                 self.fb.op("DEPTH_TO_SPACE", [cat], [self.act(out)], _opts("DepthToSpaceOptions", BlockSize=k),
                            self.v("DEPTH_TO_SPACE"))
                 return
-            raise ConfigError(f"{n.name}: {a['mode']} resize by {sc} needs a fixed spatial size; convert with a tile")
+            raise UnsupportedOpError(f"{n.name}: {a['mode']} resize by {sc} needs a fixed input size; convert with "
+                                     "--tile HxW")
         size = self.fb.tensor(n.name + "_size", (2,), T_INT32, [oh, ow])
         if a["mode"] == "nearest":
             op, kind = "RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions"

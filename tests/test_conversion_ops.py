@@ -147,15 +147,27 @@ def test_dynamic_conv_transpose_becomes_subpixel_conv(tmp_path, k, s, pads, opad
         convert_and_compare(tmp_path, m, rand(rng, 1, c, hh, ww), expect=["CONV_2D", "DEPTH_TO_SPACE"])
 
 
-def test_dynamic_conv_transpose_not_s_times_its_input_is_a_clear_error(tmp_path):
-    from conversion.errors import ConfigError
+def test_dynamic_conv_transpose_not_s_times_its_input_is_a_clear_error(tmp_path, capsys):
+    """A property of the model: exit 1 with the file named (it was exit 2, "bad options", without the file)."""
+    from tests.conversion_testkit import convert_main
+
+    from conversion.errors import UnsupportedOpError
 
     rng = rng_for("convT-dyn-odd")
     m = make_model([h.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                                 pads=[1, 1, 1, 1], name="up")], {"w": rand(rng, 2, 2, 3, 3), "b": rand(rng, 2)},
                    [1, 2, "H", "W"])
-    with pytest.raises(ConfigError, match="up: TRANSPOSE_CONV needs a fixed spatial size"):
+    with pytest.raises(UnsupportedOpError, match="up: TRANSPOSE_CONV needs a fixed input size; convert with --tile HxW"):
         to_tflite(from_onnx(m), tmp_path / "t.tflite")
+    # The same through the CLI, for a bilinear align_corners Resize at a dynamic size (as F.interpolate exports it)
+    m = make_model([h.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", name="up",
+                                coordinate_transformation_mode="align_corners")],
+                   {"sc": np.array([1, 1, 2, 2], np.float32)}, [1, 3, "H", "W"])
+    src = tmp_path / "up.onnx"
+    src.write_bytes(m.SerializeToString())
+    assert convert_main([src, "--to", "tflite", "-o", tmp_path / "up.tflite"]) == 1
+    assert f"{src}: up: bilinear resize by (2.0, 2.0) needs a fixed input size" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["up.onnx"]
 
 
 @pytest.mark.parametrize("mode,opset,axes", [("reflect", 13, False), ("constant", 13, False), ("reflect", 18, True),
