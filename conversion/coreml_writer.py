@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import io
 import json
 import logging
 import os
@@ -75,13 +76,22 @@ def _ct():
 def _progress_bars_as_drawn():
     """coremltools' pass pipelines draw tqdm bars on stderr, redrawn with CR. The edge-enhance CLI's
     stderr escapes control characters (a file name must not rewrite the terminal), which printed each CR
-    as a literal \\r: the bars go to the stream beneath it while coremltools runs."""
+    as a literal \\r: the bars go to the stream beneath it while coremltools runs; where that is not a
+    terminal (a CI log, a file), nowhere: redrawn lines there read as a wall of noise, or as failures."""
     err = sys.stderr
-    sys.stderr = getattr(err, "unescaped", err)
+    raw = getattr(err, "unescaped", err)
+    sys.stderr = raw if _isatty(raw) else io.StringIO()
     try:
         yield
     finally:
         sys.stderr = err
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _tile_of(g: Graph, tile):
@@ -588,7 +598,8 @@ def evaluate_mil(prog, x_nchw: np.ndarray) -> np.ndarray:
         dtype = np.float16 if x is not None and x.dtype == np.float16 and t not in ("cast", "quantize") else None
         y = np.asarray(y)
         if dtype is not None:
-            y = y.astype(np.float16)
+            with np.errstate(over="ignore"):  # an overflow to inf is what verification reports, in one line
+                y = y.astype(np.float16)
         elif y.dtype == np.float64:
             y = y.astype(np.float32)
         env[op.outputs[0].name] = y

@@ -210,11 +210,14 @@ def test_a_coremltools_without_its_native_parts_is_named_before_any_work(tmp_pat
 
 
 @pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
-def test_coremltools_progress_bars_redraw_rather_than_print_escaped_carriage_returns(tmp_path, sr_onnx, capsys):
+def test_coremltools_progress_bars_redraw_rather_than_print_escaped_carriage_returns(tmp_path, sr_onnx, capsys,
+                                                                                    monkeypatch):
     """The CLI escapes control characters on stderr (a file name must not rewrite the terminal): coremltools'
     tqdm bars showed as `\\rRunning MIL default pipeline ... \\rRunning MIL ...` on one long line."""
+    from conversion import coreml_writer
     from edge_enhance.cli import main
 
+    monkeypatch.setattr(coreml_writer, "_isatty", lambda stream: True)  # a terminal
     assert main(["convert", str(sr_onnx), "--to", "coreml", "--tile", "16x16", "--verify-images", "1",
                  "-o", str(tmp_path / "m.mlpackage")]) == 0
     err = capsys.readouterr().err
@@ -654,3 +657,24 @@ def test_a_card_less_sr_model_is_described_with_the_scale_read_off_its_graph(tmp
     to_coreml(g, path, precision="fp32", tile=(8, 8))
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     assert spec.description.output[0].shortDescription.startswith("the result, 2x the input's size")
+
+
+@pytest.mark.skipif(not default_dataset().is_dir(), reason="evaluation images not found")
+def test_a_core_ml_conversion_logged_to_a_file_has_no_progress_bars_and_no_numpy_warnings(tmp_path, capsys):
+    """In a CI log coremltools' redrawn bars read as noise, and an fp16 overflow's refusal came after numpy's
+    "RuntimeWarning: overflow encountered in cast" from the converter's own evaluation."""
+    import warnings
+
+    from edge_enhance.cli import main
+
+    rng = np.random.default_rng(4)
+    src = tmp_path / "big.onnx"
+    src.write_bytes(make_model([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                               {"w": rand(rng, 3, 3, 3, 3, lo=3000, hi=4000)}, [1, 3, "H", "W"]).SerializeToString())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert main(["convert", str(src), "--to", "coreml", "--precision", "fp16", "--tile", "16x16", "--card-task",
+                     "denoise", "--verify-images", "1", "-o", str(tmp_path / "big.mlpackage")]) == 1
+    err = capsys.readouterr().err
+    assert "Running MIL" not in err and "RuntimeWarning" not in err
+    assert err.count("\n") == 1 and "inf / NaN" in err, err
