@@ -378,8 +378,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32 (default) / fp16; int8 = calibrated full-integer TFLite, int8 QDQ ONNX, or int8 "
-                             "weights in Core ML; int16x8 = TFLite with int16 activations and int8 weights in every "
-                             "layer TFLite runs as 16x8 (the rest int8); w8a8 = Core ML int8 weights + activations "
+                             "weights in Core ML; int16x8 = TFLite with int16 activations and int8 weights in Conv, "
+                             "ConvTranspose, Add and Mul (the rest, activations such as PReLU / Tanh / Sigmoid and "
+                             "Concat included, stays int8: a net whose error comes from those gains nothing); w8a8 = Core ML int8 weights + activations "
                              "calibrated with --calib (iOS17 quantize/dequantize); palette4/6/8 = Core ML n-bit "
                              "k-means weights; sparse50/75/90 = Core ML weights NN%% magnitude-pruned, stored as "
                              "bitmask + non-zero values. Every Core ML precision combines with --enumerated-shapes "
