@@ -256,13 +256,28 @@ class _FB:
 def symmetric_per_channel(w: np.ndarray, axis: int, dtype: str = "int8") -> QuantParams:
     """Per-channel symmetric weight params (zero point 0), TFLite's int8 weight scheme.
 
-    >>> symmetric_per_channel(np.array([[1.0, -2.0], [0.5, 0.25]]), 0).scale.round(5).tolist()
-    [0.01575, 0.00394]
+    An all-zero channel (what structured pruning leaves) gets scale 1, as TFLite's converter gives
+    it: its int32 bias, at ``in_scale * w_scale``, then holds any bias the channel keeps.
+
+    >>> symmetric_per_channel(np.array([[1.0, -2.0], [0.5, 0.25], [0.0, 0.0]]), 0).scale.round(5).tolist()
+    [0.01575, 0.00394, 1.0]
     """
     qmax = 127 if dtype == "int8" else 32767
     m = np.max(np.abs(np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(w.shape[axis], -1)), axis=1)
-    scale = np.where(m > 0, m / qmax, 1e-8)
+    scale = np.where(m > 0, m / qmax, 1.0)
     return QuantParams(scale, np.zeros(len(scale), np.int64), axis, dtype)
+
+
+def warn_saturated_bias(g: Graph, name: str, bias, scale, limit: int) -> int:
+    """Warn, naming the layer, where ``bias / scale`` lies past the integer bias's ``limit`` (it is
+    clipped there, so the layer's output is off by the rest); returns the channels clipped."""
+    over = np.abs(np.asarray(bias, np.float64)) / np.asarray(scale, np.float64) > limit
+    if over.any():
+        layer = next((n.name for n in g.nodes if name in n.inputs), name)
+        log.warning("%s: %d bias value(s) do not fit the integer bias (bias / (input scale x weight scale) > %d, "
+                    "channel(s) %s): clipped, so the quantised layer's output is off there", layer,
+                    int(over.sum()), limit, ", ".join(str(c) for c in np.nonzero(over)[0][:8]))
+    return int(over.sum())
 
 
 def affine_from_range(lo: float, hi: float, dtype: str = "int8") -> QuantParams:
@@ -472,6 +487,8 @@ class _Emitter:
         if not self.int8:
             return self.float_const(name, arr), None
         q = self.g.tensors[name].quant if name in self.g.tensors else None
+        if q is not None and q.quantized_dimension != axis and q.scale.size == arr.shape[axis] > 1:
+            q = QuantParams(q.scale, q.zero_point, axis, q.dtype)  # a depthwise [1, kh, kw, O]: the same channels
         if q is None or q.quantized_dimension != axis:
             q = symmetric_per_channel(arr, axis)
         return self.fb.tensor(name, arr.shape, T_INT8, q.quantize(arr), q), q
@@ -482,6 +499,7 @@ class _Emitter:
             return self.float_const(name, arr)
         s = self.qparams(in_name).scale[0] * wq.scale
         q = QuantParams(s, np.zeros(len(s), np.int64), 0, "int32")
+        warn_saturated_bias(self.g, name, arr, s, 2**31 - 1)
         return self.fb.tensor(name, arr.shape, T_INT32, q.quantize(arr), q)
 
     def requant_to(self, src_idx, src_name, q: QuantParams, name):

@@ -377,6 +377,42 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
     if keep_16x8:
         insert_precision_boundaries(g, keep_16x8, ranges)
     align_residual_adds(g, st)
+    fit_bias_scales(g)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def fit_bias_scales(g: Graph) -> int:
+    """Widen the weight scale of every channel whose int32 bias, at ``in_scale * w_scale``, would not
+    hold its bias (TFLite's converter does the same); returns the channels widened, in place.
+
+    A channel with tiny weights and a large bias (a nearly dead filter) otherwise has its bias clipped
+    at 2^31 - 1 steps, and the int8 layer's output there is wrong. 16x8 layers (int16 input) have an
+    int64 bias: nothing to fit.
+
+    >>> from conversion.ir import Graph
+    >>> g = Graph(); x = g.add_input("x", (1, 2, 2, 1))
+    >>> w = g.add_const("w", np.full((1, 1, 1, 1), 1e-9, np.float32)); b = g.add_const("b", np.array([0.5], np.float32))
+    >>> y = g.add_node("Conv", [x, w, b])
+    >>> g.tensors["x"].quant = activation_params(0.0, 1.0); g.tensors["w"].quant = quantize_weights(g.tensors["w"].data)
+    >>> fit_bias_scales(g), bool(0.5 / (g.tensors["w"].quant.scale[0] / 255) <= INT32_MAX)
+    (1, True)
+    """
+    widened = 0
+    for n in _weighted_convs(g):
+        xq, wt = g.tensors[n.inputs[0]].quant, g.tensors[n.inputs[1]]
+        if xq is None or wt.quant is None or xq.dtype == "int16" or len(n.inputs) < 3:
+            continue
+        need = np.abs(np.asarray(g.tensors[n.inputs[2]].data, np.float64)) / (xq.scale[0] * INT32_MAX) * 1.001
+        scale = np.broadcast_to(wt.quant.scale, need.shape)
+        low = need > scale
+        if low.any():
+            wt.quant = QuantParams(np.maximum(scale, need), np.zeros(need.size, np.int64),
+                                   wt.quant.quantized_dimension, wt.quant.dtype)
+            log.info("%s: weight scale of %d channel(s) widened so their int32 bias fits", n.name, int(low.sum()))
+            widened += int(low.sum())
+    return widened
 
 
 INT16_OPS = ("Conv", "ConvTranspose", "Add", "Mul")  # what TFLite runs as 16x8 and keep_16x8 may name

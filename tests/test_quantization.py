@@ -585,3 +585,48 @@ def test_bias_correction_removes_the_mean_shift_of_weight_rounding(sr_graph):
     before = mean_shift(g)
     qz.bias_correct(g, c)
     assert mean_shift(g) < 0.5 * before
+
+
+@pytest.mark.parametrize("weight", [0.0, 1e-9])
+def test_a_dead_channel_with_a_bias_keeps_it_in_litert_and_qdq_onnx(tmp_path, sr_graph, calib_dir, caplog, weight):
+    """What torch's ln_structured pruning leaves (an all-zero filter, its bias kept), or a nearly dead one:
+    the weight scale was 1e-8 (or ~1e-11), so bias / (in_scale * w_scale) passed int32 and was clipped
+    silently, 28 levels off in the file. Now the scale is widened until the bias fits."""
+    from conversion.onnx_writer import to_onnx
+    from onnx import numpy_helper as nh
+    import onnx
+    import onnxruntime as ort
+    from tests.conversion_testkit import run_tflite
+
+    g0 = copy.deepcopy(sr_graph)
+    conv = next(n for n in g0.nodes if n.name == "conv2")
+    g0.tensors[conv.inputs[1]].data[3] = weight
+    g0.tensors[conv.inputs[2]].data[3] = 0.3
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(g0, c, method="minmax", cle=False, act_eq=False, bias_correction=False, rounding="nearest",
+                          sensitivity=False)
+    x = np.round(np.random.default_rng(5).uniform(0, 1, (1, 11, 9, 3)) * 255).astype(np.float32) / 255
+    flt = executor.run(g0, {g0.inputs[0]: x})[g0.outputs[0]]
+    path = qz.write_tflite(g, tmp_path / "q.tflite")
+    assert np.abs(run_tflite(path, x) - flt).max() < 4 / 255
+    onnx_path = to_onnx(g, tmp_path / "q.onnx", precision="int8")
+    inits = {i.name: nh.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
+    b = conv.inputs[2]
+    step = float(inits[b + "_scale"][3])
+    assert abs(float(inits[b + "_q"][3]) * step - 0.3) <= step / 2 + 1e-7 and abs(inits[b + "_q"][3]) < 2**31 - 1
+    s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    y = s.run(None, {s.get_inputs()[0].name: x.transpose(0, 3, 1, 2)})[0].transpose(0, 2, 3, 1)
+    assert np.abs(y - flt).max() < 4 / 255
+    assert "do not fit the integer bias" not in caplog.text
+
+
+def test_a_bias_the_integer_bias_cannot_hold_is_warned_of_naming_the_layer(tmp_path, sr_graph, calib_dir, caplog):
+    from conversion.tflite_writer import to_tflite
+
+    c = calibration_set(calib_dir, config=SMALL)
+    g = qz.quantize_graph(sr_graph, c, method="minmax", cle=False, act_eq=False, bias_correction=False,
+                          rounding="nearest", sensitivity=False)
+    conv = next(n for n in g.nodes if n.name == "conv2")
+    g.tensors[conv.inputs[1]].quant.scale[3] = 1e-12  # params set by hand, past what the quantiser would give
+    to_tflite(g, tmp_path / "q.tflite", precision="int8")
+    assert "conv2: 1 bias value(s) do not fit the integer bias" in caplog.text and "channel(s) 3" in caplog.text
