@@ -136,11 +136,14 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
                     align: int = 1, colour: str = "rgb", input_range: tuple = (0.0, 1.0)) -> CalibSet:
     """``config.count`` seeded crops from the images of ``folder`` (default: the shared train set).
 
-    Every image is checked (readable, at least ``crop`` on each side) before any crop is made, so a
-    bad file is reported even if the draw would not have picked it. ``align`` is the model card's:
-    model inputs (the crop, / scale for sr and enhance) must be multiples of it. ``colour`` is the
-    card's: "y" (a luma model) gives the Y plane of inputs and targets (edge_enhance.ycbcr); pixels
-    0..255 are fed as ``input_range`` (lo, hi) spans them (the card's, e.g. (0, 255)).
+    Which images: with more images than crops, ``config.count`` of them drawn with ``config.seed``
+    from the whole folder (sorted by path first, so the draw is the same on every machine), one
+    crop each; otherwise every image, in turn. Only the drawn images are decoded, one at a time, so
+    memory does not grow with the folder. Every image's header is read first: in a user folder,
+    one smaller than ``crop`` is an error (the shared set passes over them; T91 has some).
+    ``align`` is the model card's: model inputs (the crop, / scale for sr and enhance) must be
+    multiples of it. ``colour`` is the card's: "y" (a luma model) gives the Y plane of inputs and
+    targets (edge_enhance.ycbcr); pixels 0..255 are fed as ``input_range`` (lo, hi) spans them.
     """
     if task not in TASKS:
         raise ConfigError(f"calibration: task {task!r} is not one of {', '.join(TASKS)}")
@@ -156,23 +159,26 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         log.warning("%s: calibrating from %d image(s): int8 ranges will fit only what they show; a dozen or more "
                     "varied photos calibrate better", root, len(files))
     rng = np.random.default_rng(config.seed)
+    sizes = {p: _size(p) for p in files}
     if folder is None:
-        # Our own set: images smaller than the crop are passed over (T91 has some), and a fixed,
-        # seeded subset keeps it cheap to load. User folders are read whole and checked strictly.
-        files = [p for p in files if min(_size(p)) >= config.crop]
-        if len(files) > config.count:
-            files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
-    images = []
+        files = [p for p in files if min(sizes[p]) >= config.crop]
     for p in files:
-        im = _load(p)
-        if min(im.shape[:2]) < config.crop:
-            raise ImageInputError(f"{p}: {im.shape[1]}x{im.shape[0]} is smaller than the "
-                                  f"{config.crop}x{config.crop} calibration crop (a smaller --calib-crop, a "
-                                  "multiple of the model's scale, fits a folder of small images)")
-        images.append(im)
-    inputs, targets = [], []
+        if min(sizes[p]) < config.crop:
+            w, h = sizes[p]
+            raise ImageInputError(f"{p}: {w}x{h} is smaller than the {config.crop}x{config.crop} calibration crop "
+                                  "(a smaller --calib-crop, a multiple of the model's scale, fits a folder of small "
+                                  "images)")
+    if len(files) > config.count:
+        files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
+    inputs, targets, im, cur = [], [], None, None
     for k in range(config.count):
-        im = images[k % len(images)]
+        p = files[k % len(files)]
+        if p != cur:  # one decoded image at a time (a folder smaller than the count is read again in turn)
+            im, cur = None, p
+            im = _load(p)
+            if min(im.shape[:2]) < config.crop:  # a header that said otherwise
+                raise ImageInputError(f"{p}: {im.shape[1]}x{im.shape[0]} is smaller than the "
+                                      f"{config.crop}x{config.crop} calibration crop")
         y = int(rng.integers(0, im.shape[0] - config.crop + 1))
         x = int(rng.integers(0, im.shape[1] - config.crop + 1))
         clean = np.ascontiguousarray(im[y:y + config.crop, x:x + config.crop])
@@ -182,7 +188,7 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         lo, hi = input_range
         inputs.append((inp.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo))[None])
         targets.append(clean)
-    log.info("calibration: %d crops of %d px from %d image(s) in %s", len(inputs), config.crop, len(images), root)
+    log.info("calibration: %d crops of %d px from %d image(s) in %s", len(inputs), config.crop, len(files), root)
     return CalibSet(inputs, targets, str(root), tuple(input_range))
 
 

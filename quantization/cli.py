@@ -31,8 +31,9 @@ MAX_RETRIES = 3  # quantisations again after a measured --max-drop miss (each wi
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card, or a bundled model's name")
-    p.add_argument("--calib", metavar="DIR", help="folder of calibration images (default: a fixed, seeded "
-                                                  "selection of crops from shared/data/train)")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images, subfolders included: --calib-count "
+                                                  "of them drawn with a fixed seed from the whole folder, only those "
+                                                  "decoded (default: the same draw from shared/data/train)")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
                    help="int8 (default) or int16x8: 16-bit activations / 8-bit weights in every layer that "
                         "has 16x8 kernels (larger, slower, closer to float)")

@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="channel importance (default contribution: mean |activation| x outgoing |weights|)")
     p.add_argument("--multiple", type=int, default=4, help="prune in steps of this many channels (default 4)")
     p.add_argument("--no-reconstruct", action="store_true", help="skip the least-squares refit of the next layer")
-    p.add_argument("--calib", metavar="DIR", help="folder of calibration images (default: shared/data/train crops)")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images, subfolders included: --calib-count "
+                                                  "of them drawn with a fixed seed from the whole folder (default: "
+                                                  "shared/data/train)")
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--calib-crop", type=int, default=96)
     p.add_argument("--max-drop", type=float, default=0.15, metavar="DB",

@@ -198,6 +198,29 @@ def test_calibration_crops_under_the_receptive_field_are_warned_of(calib_dir, ca
         assert f"a --calib-crop of {suggested} or more" in said[0]
 
 
+def test_a_calibration_folder_is_drawn_from_whole_and_only_the_drawn_images_are_decoded(tmp_path, monkeypatch):
+    """Flat frames first by name, photos after: the crops came from the first --calib-count files only
+    (all flat), and every file in the folder was decoded first."""
+    from quantization import calibration
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "c"
+    d.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(d / f"a_{i}.png")
+        Image.fromarray(_photo(rng, 24, 24)).save(d / f"b_{i}.png")
+    loaded = []
+    real = calibration._load
+    monkeypatch.setattr(calibration, "_load", lambda p: loaded.append(p.name) or real(p))
+    c = calibration_set(d, config=SMALL)
+    assert len(loaded) == len(c) == 4 and len(set(loaded)) == 4  # one decode per drawn image
+    assert any(n.startswith("b_") for n in loaded) and any(t.std() > 1 for t in c.targets)
+    again = calibration_set(d, config=SMALL)
+    assert loaded[4:] == loaded[:4] and all(np.array_equal(a, b) for a, b in zip(c.inputs, again.inputs))
+    calibration_set(d, config=CalibConfig(crop=16, count=4, seed=2))
+    assert loaded[8:] != loaded[:4]  # the seed picks the images
+
+
 def test_empty_or_missing_calibration_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(CalibrationError, match="no images"):
