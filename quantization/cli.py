@@ -89,6 +89,9 @@ def main(args) -> int:
     check_output(out, src)
     if args.precision == "int16x8" and args.io != "float":
         raise ConfigError(f"--precision int16x8 models have float I/O (got --io {args.io})")
+    if args.max_drop is not None and args.io != "float":
+        raise ConfigError(f"--max-drop moves layers to 16x8, and a model with 16x8 layers has float I/O (got --io "
+                          f"{args.io}): use --io float with --max-drop, or leave --max-drop out")
     tile = parse_tile(args.tile) if args.tile else None
     say = Progress(args.quiet)
     g, card = load_model(src, card_options(args), tile)

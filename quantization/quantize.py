@@ -643,6 +643,8 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
             raise ConfigError(f"{flag} must be True, False or 'auto', got {v!r}")
     if max_drop is not None and not max_drop >= 0:
         raise ConfigError(f"max_drop {max_drop} must be >= 0 dB")
+    if max_drop is not None and io != "float":
+        raise ConfigError(f"max_drop moves layers to 16x8, which need float model I/O (got io={io!r})")
     _check_calib(graph, calib)
     graph, renamed = _lower_dynamic_transpose_convs(graph)
     keep_16x8 = frozenset(renamed.get(k, k) for k in keep_16x8)

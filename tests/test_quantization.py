@@ -306,7 +306,7 @@ def test_timing_opens_a_tflite_under_any_name(non_ascii_tflite, narrow_fopen):
 def test_quantize_rejects_bad_options(sr_graph, calib_dir):
     c = calibration_set(calib_dir, config=SMALL)
     for kw in ({"method": "kl"}, {"io": "int4"}, {"cle": "maybe"}, {"act_eq": "yes"}, {"keep_16x8": {"nope"}},
-               {"max_drop": -1}, {"rounding": "up"}):
+               {"max_drop": -1}, {"rounding": "up"}, {"max_drop": 0.1, "io": "uint8"}):
         with pytest.raises(ConfigError):
             qz.quantize_model(sr_graph, c, **kw)
 

@@ -258,6 +258,20 @@ def test_d2s_as_transpose_conv_without_a_fixed_size_is_refused_before_calibratio
     assert not (ev.parent / "x.tflite").exists()
 
 
+@pytest.mark.parametrize("io", ["uint8", "int8"])
+def test_max_drop_with_integer_io_is_refused_before_calibration(setup, capsys, monkeypatch, io):
+    """16x8 layers need float I/O: the whole calibration and search ran, then nothing was written."""
+    from quantization import cli as qcli
+
+    model, calib, ev = setup
+    monkeypatch.setattr(qcli, "calibration_for", lambda *a, **k: pytest.fail("calibrated first"))
+    rc, cap = _run(["quantize", str(model), "--max-drop", "0.1", "--io", io, "--calib", str(calib), "-o",
+                    str(ev.parent / "x.tflite")], capsys)
+    assert rc == 2 and f"--max-drop moves layers to 16x8, and a model with 16x8 layers has float I/O (got --io {io})" \
+        in cap.err
+    assert not (ev.parent / "x.tflite").exists()
+
+
 @pytest.mark.parametrize("command", ["quantize", "prune", "convert"])
 def test_an_unwritable_output_folder_is_said_before_any_work(setup, capsys, command):
     """/proc/self: a folder no one, root included, can create a file in (permission bits do not stop root;
