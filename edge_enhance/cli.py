@@ -27,7 +27,7 @@ from . import __version__
 from .argtypes import number
 from .card import add_card_arguments as card_arguments
 from .card import strict_json
-from .errors import ConfigError, EdgeEnhanceError, NothingToDo, OutputError
+from .errors import ConfigError, EdgeEnhanceError, ImageInputError, ModelFormatError, NothingToDo, OutputError
 
 log = logging.getLogger("edge_enhance")
 
@@ -914,7 +914,9 @@ def _main(argv: list[str] | None) -> int:
         return rc
     except EdgeEnhanceError as e:
         print(f"edge-enhance: error: {e}", file=sys.stderr)
-        rc = 2 if isinstance(e, ConfigError) else 1
+        # quantize / prune keep 1 for a missed --max-drop bar: a model or image they cannot use is bad input there.
+        bad_input = isinstance(e, (ImageInputError, ModelFormatError)) and getattr(args, "bad_input_exit", None)
+        rc = 2 if isinstance(e, ConfigError) else bad_input or 1
         if getattr(args, "json", False):  # a script reading stdout gets an answer, not an empty stream
             print(strict_json({"error": str(e), "exit": rc}, indent=1))
         return rc

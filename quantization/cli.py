@@ -5,7 +5,8 @@ int16 activations, int8 weights, int64 bias); the rest (Concat, DepthToSpace, Re
 stays int8 behind QUANTIZE boundaries, and the summary lists both.
 
 Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless --force);
-2 bad input or options (raised as ConfigError and mapped by the main CLI).
+2 bad input or options: a ConfigError, or a model or image that cannot be used (``bad_input_exit``,
+read by the main CLI).
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import (Progress, psnr_drop, eval_dir, human_size, load_model, measure, publish, stamp_card,
-                     temp_beside)
+from .report import (BAR_EXIT_CODES, Progress, psnr_drop, eval_dir, human_size, load_model, measure, publish,
+                     stamp_card, temp_beside)
 
 
 PRECISIONS = ("int8", "int16x8")
 MAX_RETRIES = 3  # quantisations again after a measured --max-drop miss (each with a tighter simulated bar)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = BAR_EXIT_CODES
+    p.set_defaults(bad_input_exit=2)
     p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card, or a bundled model's name")
     p.add_argument("--calib", metavar="DIR", help="folder of calibration images, subfolders included: --calib-count "
                                                   "of them drawn with a fixed seed from the whole folder, only those "

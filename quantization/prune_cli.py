@@ -2,7 +2,8 @@
 
 Writes a smaller float ONNX model (quantise it afterwards with `edge-enhance quantize`).
 Exit status: 0 written; 1 the --max-drop bar was missed (nothing written unless --force);
-2 bad input or options.
+2 bad input or options: a ConfigError, or a model or image that cannot be used (``bad_input_exit``,
+read by the main CLI).
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from edge_enhance.models import default_output, source_onnx
 
 from .calibration import CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import Progress, psnr_drop, publish, eval_dir, human_size, load_model, measure, temp_beside
+from .report import (BAR_EXIT_CODES, Progress, psnr_drop, publish, eval_dir, human_size, load_model, measure,
+                     temp_beside)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = BAR_EXIT_CODES
+    p.set_defaults(bad_input_exit=2)
     p.add_argument("model_path", metavar="MODEL.onnx", help="float ONNX model with an edge-enhance card, or a bundled model's name")
     p.add_argument("--target-macs", type=number(float, 0.05, 1.0), required=True, metavar="F",
                    help="keep this fraction of the conv MACs (e.g. 0.7)")

@@ -14,6 +14,9 @@ from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA
 
 from .errors import ConfigError, ModelFormatError
 
+BAR_EXIT_CODES = ("Exit codes: 0 written; 1 the --max-drop bar was missed (nothing written unless --force); 2 bad "
+                  "options or input, nothing written (an unreadable model or one with unsupported ops, calibration "
+                  "or evaluation images that cannot be read or are too small); 130 interrupted.")
 
 def load_model(path, card: dict | None = None, tile: tuple | None = None):
     """(IR graph, card) of an ONNX model with an edge-enhance card, or without one and ``card``, the

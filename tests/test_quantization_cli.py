@@ -157,14 +157,31 @@ def test_prune_writes_a_smaller_onnx_with_an_updated_card(setup, capsys, tmp_pat
     (["convert", "{model}", "--to", "onnx", "--tile", "32x32"], 2, "--to onnx keeps the source's input shape"),
     (["quantize", "{model}", "--calib", "{model}"], 2, "is not a folder"),
     (["eval", "{model}", "--dataset", "{model}"], 1, "is not a folder"),
+    # quantize / prune keep 1 for a missed --max-drop bar: a model or image they cannot use is bad input (2)
+    (["quantize", "{model}", "--calib", "{small}", "--calib-crop", "16"], 2, "is smaller than the 16x16"),
+    (["prune", "{model}", "--target-macs", "0.7", "--calib", "{small}", "--calib-crop", "16"], 2, "is smaller than"),
+    (["quantize", "{garbage}", "--card-task", "sr"], 2, "garbage.onnx"),
+    (["prune", "{garbage}", "--card-task", "sr", "--target-macs", "0.7"], 2, "garbage.onnx"),
+    (["quantize", "{unsupported}", "--card-task", "sr"], 2, "unsupported"),
+    (["quantize", "{model}", "--eval", "{small}", "--calib", "{calib}", "--calib-count", "2", "--calib-crop", "16",
+      "--rounding", "nearest", "--cle", "off", "--act-eq", "off", "--bias-correction", "off", "-o", "{tmp}/q.tflite"],
+     2, "no image is large enough"),
 ])
 def test_bad_input_exit_codes(setup, capsys, tmp_path, argv, code, msg):
+    from tests.conversion_testkit import h, make_model
+
     model, calib, ev = setup
     (tmp_path / "empty").mkdir()
+    _photos(tmp_path / "small", 2, (12, 12), 4)
+    (tmp_path / "garbage.onnx").write_bytes(b"not onnx")
+    m = make_model([h.make_node("Sin", ["x"], ["y"], name="wave")], {}, [1, 3, "H", "W"])
+    (tmp_path / "unsupported.onnx").write_bytes(m.SerializeToString())
     for d in ("adir.tflite", "adir.onnx"):  # an existing folder where the output would go: never deleted
         (tmp_path / d).mkdir()
         (tmp_path / d / "keep.txt").write_text("mine")
-    fill = dict(missing=str(tmp_path / "nope.onnx"), model=str(model), empty=str(tmp_path / "empty"), tmp=str(tmp_path))
+    fill = dict(missing=str(tmp_path / "nope.onnx"), model=str(model), empty=str(tmp_path / "empty"), tmp=str(tmp_path),
+                small=str(tmp_path / "small"), garbage=str(tmp_path / "garbage.onnx"), calib=str(calib),
+                unsupported=str(tmp_path / "unsupported.onnx"))
     rc, cap = _run([a.format(**fill) for a in argv], capsys)
     assert rc == code and msg in cap.err, cap.err
     assert all((tmp_path / d / "keep.txt").read_text() == "mine" for d in ("adir.tflite", "adir.onnx"))
