@@ -82,7 +82,9 @@ def list_calibration_files(folder) -> list[Path]:
     if not d.is_dir():
         raise CalibrationError(f"{d}: is not a folder (calibration takes a folder of images)" if d.exists()
                                else f"{d}: calibration folder does not exist")
-    files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Subfolders count; hidden files and folders do not (macOS' ._IMG.png AppleDouble files, .thumbnails).
+    files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(d).parts))
     if not files:
         raise CalibrationError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in the calibration folder")
     return files
@@ -100,7 +102,7 @@ def _size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageInputError(f"{path}: cannot read calibration image ({e})") from None
 
 
@@ -139,8 +141,9 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
     Which images: with more images than crops, ``config.count`` of them drawn with ``config.seed``
     from the whole folder (sorted by path first, so the draw is the same on every machine), one
     crop each; otherwise every image, in turn. Only the drawn images are decoded, one at a time, so
-    memory does not grow with the folder. Every image's header is read first: in a user folder,
-    one smaller than ``crop`` is an error (the shared set passes over them; T91 has some).
+    memory does not grow with the folder. Every image's header is read first: one that cannot be
+    read (a macOS ``._`` file, a truncated copy) is left out with a warning naming it; in a user
+    folder, one smaller than ``crop`` is an error (the shared set passes over them; T91 has some).
     ``align`` is the model card's: model inputs (the crop, / scale for sr and enhance) must be
     multiples of it. ``colour`` is the card's: "y" (a luma model) gives the Y plane of inputs and
     targets (edge_enhance.ycbcr); pixels 0..255 are fed as ``input_range`` (lo, hi) spans them.
@@ -155,11 +158,19 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
                           f"multiple of the model's align {align} (choose a crop that is a multiple of {s * align})")
     root = Path(folder) if folder is not None else default_train_dir()
     files = list_calibration_files(root)
+    sizes = {}
+    for p in files:
+        try:
+            sizes[p] = _size(p)
+        except ImageInputError as e:
+            log.warning("%s: left out", e)
+    if not sizes:
+        raise ImageInputError(f"{root}: none of the {len(files)} calibration image(s) can be read")
+    files = [p for p in files if p in sizes]
     if len(files) < MIN_CALIB_IMAGES:
         log.warning("%s: calibrating from %d image(s): int8 ranges will fit only what they show; a dozen or more "
                     "varied photos calibrate better", root, len(files))
     rng = np.random.default_rng(config.seed)
-    sizes = {p: _size(p) for p in files}
     if folder is None:
         files = [p for p in files if min(sizes[p]) >= config.crop]
     for p in files:
@@ -170,15 +181,24 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
                                   "images)")
     if len(files) > config.count:
         files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
-    inputs, targets, im, cur = [], [], None, None
-    for k in range(config.count):
+    inputs, targets, im, cur, k = [], [], None, None, 0
+    while len(inputs) < config.count:
+        if not files:
+            raise ImageInputError(f"{root}: none of the calibration images drawn can be decoded")
         p = files[k % len(files)]
         if p != cur:  # one decoded image at a time (a folder smaller than the count is read again in turn)
-            im, cur = None, p
-            im = _load(p)
+            im, cur = None, None
+            try:
+                im = _load(p)
+            except ImageInputError as e:  # a truncated file: the next image gives its crop
+                log.warning("%s: left out", e)
+                files.remove(p)
+                continue
+            cur = p
             if min(im.shape[:2]) < config.crop:  # a header that said otherwise
                 raise ImageInputError(f"{p}: {im.shape[1]}x{im.shape[0]} is smaller than the "
                                       f"{config.crop}x{config.crop} calibration crop")
+        k += 1
         y = int(rng.integers(0, im.shape[0] - config.crop + 1))
         x = int(rng.integers(0, im.shape[1] - config.crop + 1))
         clean = np.ascontiguousarray(im[y:y + config.crop, x:x + config.crop])

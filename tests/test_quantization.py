@@ -229,9 +229,29 @@ def test_empty_or_missing_calibration_folder(tmp_path):
         calibration_set(tmp_path / "nope", config=SMALL)
 
 
-def test_unreadable_calibration_image_is_named(calib_dir):
+def test_unreadable_calibration_images_are_left_out_by_name_and_hidden_files_are_not_read(calib_dir, caplog):
+    """A macOS AppleDouble ._im0.png (and anything in a hidden folder) aborted the run; a broken image did too."""
+    from quantization import calibration
+
+    (calib_dir / "._im0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (calib_dir / ".thumbnails").mkdir()
+    (calib_dir / ".thumbnails" / "t.png").write_bytes(b"not a png")
+    (calib_dir / "sub").mkdir()
+    Image.open(calib_dir / "im0.png").save(calib_dir / "sub" / "deep.png")  # subfolders do count
     (calib_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(ImageInputError, match="broken.png"):
+    assert [p.name for p in calibration.list_calibration_files(calib_dir)] == \
+        ["broken.png", "im0.png", "im1.png", "im2.png", "deep.png"]
+    c = calibration_set(calib_dir, config=SMALL)
+    assert len(c) == 4 and "broken.png: cannot read calibration image" in caplog.text and "left out" in caplog.text
+    assert "._im0" not in caplog.text and "thumbnails" not in caplog.text
+    # A file whose header reads but whose data does not (a truncated copy): its crop comes from the next image.
+    png = (calib_dir / "im1.png").read_bytes()
+    (calib_dir / "im1.png").write_bytes(png[: len(png) // 2])
+    c = calibration_set(calib_dir, config=SMALL)
+    assert len(c) == 4 and "im1.png: cannot read calibration image" in caplog.text
+    for p in list(calib_dir.glob("*.png")) + [calib_dir / "sub" / "deep.png"]:
+        p.write_bytes(b"junk")
+    with pytest.raises(ImageInputError, match=r"calib: none of the 5 calibration image\(s\) can be read"):
         calibration_set(calib_dir, config=SMALL)
 
 
