@@ -739,6 +739,11 @@ def _dims(vi):
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
 
 
+# Ops of a model quantised already (QDQ, QOperator, integer ops): its float weights and ranges are gone.
+_QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                  "QLinearAdd", "QLinearMul", "ConvInteger", "MatMulInteger"}
+
+
 def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
     """Import an ONNX model. ``input_hw`` (H, W) fixes the input's spatial size (and a symbolic batch
     to 1) first, so sizes the graph computes from its input's shape fold into constants.
@@ -796,6 +801,10 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
             op = "Upsample"  # Resize-10 is Upsample-9 renamed: (X, scales), asymmetric, floor
         nodes.append(ONode(op, nd.name or f"{nd.op_type}_{k}", list(nd.input), list(nd.output), attrs, nd.domain))
     outputs = [o.name for o in gp.output]
+    quantised = sorted({n.op for n in nodes if n.op in _QUANTISED_OPS})
+    if quantised:  # one cause, not a list of every node around each Q / DQ pair
+        raise UnsupportedOpError(f"{src}: already quantised ({' / '.join(quantised)} nodes): give the float model "
+                                 "(quantize and convert --precision int8 quantise it)")
 
     nodes = _remove_identities(nodes, outputs)
     nodes = _strip_layout_transposes(nodes, [vi.name for vi in real_inputs], outputs, shapes)

@@ -187,6 +187,25 @@ def test_bad_input_exit_codes(setup, capsys, tmp_path, argv, code, msg):
     assert all((tmp_path / d / "keep.txt").read_text() == "mine" for d in ("adir.tflite", "adir.onnx"))
 
 
+@pytest.mark.parametrize("command,extra", [("quantize", ["-o", "o.tflite"]), ("prune", ["--target-macs", "0.7"]),
+                                           ("convert", ["--to", "tflite"])])
+def test_an_already_quantised_qdq_onnx_is_refused_in_one_line(setup, capsys, tmp_path, command, extra):
+    """The package's own int8 QDQ ONNX, given back: the error listed 40 unsupported nodes."""
+    import onnx
+    from tests.conversion_testkit import quantised_graph
+
+    from conversion.onnx_writer import to_onnx
+
+    model, calib, ev = setup
+    qdq = to_onnx(quantised_graph(onnx.load(str(model)), np.random.default_rng(0)), tmp_path / "q.onnx",
+                  precision="int8")
+    rc, cap = _run([command, str(qdq), *[str(tmp_path / a) if a == "o.tflite" else a for a in extra]], capsys)
+    assert rc == (1 if command == "convert" else 2)
+    assert cap.err.count("\n") == 1 and cap.err.endswith(
+        f"{qdq}: already quantised (DequantizeLinear / QuantizeLinear nodes): give the float model (quantize and "
+        "convert --precision int8 quantise it)\n"), cap.err
+
+
 def test_nan_drops_miss_the_bar_and_too_small_images_are_left_out(setup, capsys, tmp_path):
     """4x4 images leave nothing after the SR shave: they are named and left out, and a set of only those is
     refused (it gave NaN PSNR, and a NaN drop passed --max-drop)."""
