@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,8 +96,9 @@ class PruneReport:
     widths: dict = field(default_factory=dict)  # node -> (before, after) output channels
     psnr_before: float | None = None  # calibration pairs
     psnr_plain: float | None = None  # channels removed, no reconstruction
-    psnr_after: float | None = None  # with least-squares reconstruction
+    psnr_after: float | None = None  # the result: with least-squares reconstruction unless reconstructed is False
     criterion: str = "contribution"
+    reconstructed: bool = True
 
     def lines(self) -> list[str]:
         out = [f"MACs per input pixel {self.macs_before:.0f} -> {self.macs_after:.0f} "
@@ -104,8 +106,9 @@ class PruneReport:
                f"params {self.params_before} -> {self.params_after}; importance {self.criterion}"]
         out.append("  widths: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in self.widths.items()))
         if self.psnr_before is not None:
-            out.append(f"  calibration set: {self.psnr_before:.3f} dB; channels removed {self.psnr_plain:.3f} dB; "
-                       f"with LS reconstruction {self.psnr_after:.3f} dB")
+            out.append(f"  calibration set: {self.psnr_before:.3f} dB; channels removed {self.psnr_plain:.3f} dB"
+                       + (f"; with LS reconstruction {self.psnr_after:.3f} dB" if self.reconstructed else
+                          " (no LS reconstruction)"))
         return out
 
 
@@ -238,7 +241,7 @@ def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, crit
         x = h.inputs[0]
         h.retype({x: h.tensors[x].shape})
     report = PruneReport(target_macs, total0, total_macs(g), params_count(g0), params_count(g),
-                         {k: (widths[k], plan[k]) for k in plan}, criterion=criterion)
+                         {k: (widths[k], plan[k]) for k in plan}, criterion=criterion, reconstructed=reconstruct)
     if evaluate:
         say("evaluating on the calibration set")
         run = lambda h: mean_psnr([executor.run(h, {h.inputs[0]: x})[h.outputs[0]] for x in calib.inputs], calib)
@@ -299,6 +302,17 @@ def sparsify(g: Graph, level: float) -> Graph:
 
 
 # --------------------------------------------------------------------------- back to ONNX
+def pruned_architecture(text: str, widths: list) -> str:
+    """A card's architecture text with the pruned widths in place of its channel count.
+
+    >>> pruned_architecture("6 x conv3x3 (24 ch, RepConv collapsed), ReLU", [20, 20, 24, 20, 12])
+    '6 x conv3x3 (20/20/24/20/12 ch, pruned from 24, RepConv collapsed), ReLU'
+    """
+    w = "/".join(str(int(v)) for v in widths)
+    new, n = re.subn(r"\b(\d+) ch\b", lambda m: f"{w} ch, pruned from {m.group(1)}", text, count=1)
+    return new if n else f"{text}; pruned to {w} channels"
+
+
 def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None, psnr: dict | None = None):
     """Write the pruned IR as ONNX (``conversion.onnx_writer``: NCHW, opset 17), atomically.
 
@@ -322,6 +336,9 @@ def write_pruned_onnx(src, g: Graph, path, *, card_extra: dict | None = None, ps
         d["macs_per_pixel"] = int(round(total_macs(g)))
         extra = d.setdefault("extra", {})
         extra.update(card_extra or {})
+        if isinstance(extra.get("architecture"), str):
+            extra["architecture"] = pruned_architecture(extra["architecture"], [
+                g.tensors[a.inputs[1]].data.shape[0] for a, _ in conv_pairs(g)])
         before, ssim_before = pop_figures(d)
         if before:
             extra["pruned"] = {**extra.get("pruned", {}), "psnr_before": before}

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "shared/data/train)")
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--calib-crop", type=int, default=96)
-    p.add_argument("--max-drop", type=float, default=0.15, metavar="DB",
+    p.add_argument("--max-drop", type=number(float, lo=0, unit="dB"), default=0.15, metavar="DB",
                    help="largest PSNR drop allowed on the quick set (default 0.15)")
     p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
     p.add_argument("--no-eval", action="store_true", help="skip the before / after evaluation (then --max-drop "
@@ -90,7 +90,7 @@ def main(args) -> int:
                "params": {"before": r.params_before, "after": r.params_after},
                "widths": {k: list(v) for k, v in r.widths.items()},
                "calibration_psnr": {"before": r.psnr_before, "channels_removed": r.psnr_plain,
-                                    "reconstructed": r.psnr_after},
+                                    "reconstructed": r.psnr_after if r.reconstructed else None},
                "eval": None if ds is None else {"dataset": str(ds), "psnr_before": before.psnr,
                                                 "psnr_after": after.psnr, "drop_db": drop},
                "size_bytes": {"before": src.stat().st_size, "after": tmp.stat().st_size},

@@ -123,6 +123,30 @@ def test_pruned_onnx_round_trip_matches_the_ir(model, tmp_path):
     np.testing.assert_allclose(y, _out(p, x.transpose(0, 2, 3, 1)), atol=1e-5)
 
 
+@pytest.mark.parametrize("reconstruct", [True, False])
+def test_the_report_says_whether_it_reconstructed_and_the_card_gives_the_new_widths(model, tmp_path, reconstruct):
+    """--no-reconstruct said 'with LS reconstruction'; the pruned card kept the source's '12 ch'."""
+    import json
+
+    import onnx
+
+    from edge_enhance.card import CARD_KEY
+
+    card = {"name": "m", "task": "sr", "scale": 2, "receptive_field": 7,
+            "extra": {"architecture": "3 x conv3x3 (12 ch), ReLU, DepthToSpace"}}
+    model.metadata_props.add(key=CARD_KEY, value=json.dumps(card))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    res = pr.prune_graph(from_onnx(src), _calib(), 0.6, multiple=1, reconstruct=reconstruct)
+    said = "\n".join(res.report.lines())
+    assert ("with LS reconstruction" in said) == reconstruct and ("no LS reconstruction" in said) != reconstruct
+    out = pr.write_pruned_onnx(src, res.graph, tmp_path / "p.onnx")
+    written = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[CARD_KEY])
+    widths = "/".join(str(b) for _, b in res.report.widths.values())
+    assert widths != "12/12"
+    assert written["extra"]["architecture"] == f"3 x conv3x3 ({widths} ch, pruned from 12), ReLU, DepthToSpace"
+
+
 def test_bad_pruning_requests(model):
     g = from_onnx(model)
     with pytest.raises(ConfigError):

@@ -257,7 +257,9 @@ def test_bundled_sr_x2_rt_int16x8_loses_less_than_int8_in_litert(tmp_path, capsy
 @pytest.mark.parametrize("argv", [["convert", "{model}", "--to", "tflite", "--verify-images", "0"],
                                   ["convert", "{model}", "--to", "tflite", "--verify-images", "-1"],
                                   ["eval", "{model}", "--task", "denoise", "--sigma", "nan"],
-                                  ["eval", "{model}", "--task", "denoise", "--sigma", "inf"]])
+                                  ["eval", "{model}", "--task", "denoise", "--sigma", "inf"],
+                                  ["prune", "{model}", "--target-macs", "0.7", "--max-drop", "-1"],
+                                  ["quantize", "{model}", "--max-drop", "-1"]])
 def test_out_of_range_numbers_are_usage_errors(setup, argv):
     model, _, _ = setup
     with pytest.raises(SystemExit) as e:
