@@ -59,6 +59,7 @@ class CalibSet:
     targets: list
     source: str
     input_range: tuple = (0.0, 1.0)
+    images: int = 0  # the images the crops were cut from
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -209,7 +210,7 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         inputs.append((inp.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo))[None])
         targets.append(clean)
     log.info("calibration: %d crops of %d px from %d image(s) in %s", len(inputs), config.crop, len(files), root)
-    return CalibSet(inputs, targets, str(root), tuple(input_range))
+    return CalibSet(inputs, targets, str(root), tuple(input_range), len(files))
 
 
 # --------------------------------------------------------------------------- statistics

@@ -17,14 +17,13 @@ from pathlib import Path
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 from edge_enhance.card import strict_json
-from edge_enhance.evaluation import setting_label
 from edge_enhance.models import default_output, source_onnx
 from edge_enhance.tiling import check_aligned
 
 from .calibration import METHODS, CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import (BAR_EXIT_CODES, Progress, psnr_drop, eval_dir, human_size, load_model, measure, publish,
-                     stamp_card, temp_beside)
+from .report import (BAR_EXIT_CODES, Progress, calibration_record, eval_dir, figure_label, human_size, load_model,
+                     measure, psnr_drop, publish, stamp_card, temp_beside)
 
 
 PRECISIONS = ("int8", "int16x8")
@@ -42,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "has 16x8 kernels (larger, slower, closer to float)")
     p.add_argument("--calib-count", type=int, default=32, help="calibration crops (default 32)")
     p.add_argument("--calib-crop", type=int, default=96, help="side of a clean calibration crop (default 96)")
+    p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw: which images, where "
+                                                             "the crops are (default 0)")
     p.add_argument("--method", choices=METHODS, default="percentile",
                    help="activation range observer (default percentile: measured best on our models)")
     p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
@@ -103,7 +104,8 @@ def main(args) -> int:
     check_aligned([tile] if tile else [], card.align, f"{src}: --tile")
     say(f"loaded {src.name}: {card.task} x{card.scale}")
     crop = calib_crop_for(g, card.scale, args.calib_crop)
-    calib = calibration_for(card, args.calib, CalibConfig(crop=crop, count=args.calib_count))
+    cfg = CalibConfig(crop=crop, count=args.calib_count, seed=args.calib_seed)
+    calib = calibration_for(card, args.calib, cfg)
     say(f"calibration: {len(calib)} crops from {calib.source}")
     ds = None if args.no_eval else eval_dir(args.eval, card.task)
     keep = frozenset(n.name for n in g.nodes if n.op in INT16_OPS) if args.precision == "int16x8" else frozenset()
@@ -135,19 +137,22 @@ def main(args) -> int:
             say(f"measured drop {drop:.3f} dB > --max-drop {args.max_drop}: simulated {sim:.3f} dB, so again "
                 f"with a simulated bar of {sim_bar:.3f} dB")
         # The file's card carries its own figures: the source's (with this run's fp32 one) move to psnr_fp32.
-        label = setting_label(card.task, ds.name) if ds is not None else None
+        # Keyed as the protocol set's figure only when measured on that whole set (2 of Set5's 5 are not Set5).
+        label = figure_label(card.task, ds, before.images) if ds is not None else None
         fp32 = {**(card.extra.get("psnr") or {}), label: round(before.psnr, 3)} if ds is not None else None
         stamp_card(res.graph, {label: round(after.psnr, 3)} if ds is not None else None,
                    {"precision": args.precision, "method": args.method, "rounding": args.rounding,
                     "cle": res.report.cle, "act_eq": res.report.act_eq, "bias_correction": res.report.bias_correction,
                     **({"flat_frames": False} if args.no_flat_frames else {}),
+                    "calibration": calibration_record(calib, cfg),
                     "activations_16x8": sorted(r.name for r in res.report.layers if r.precision == "16x8")},
                    fp32=fp32)
         write_tflite(res.graph, tmp, tile=tile, d2s_as_transpose_conv=args.d2s_as_transpose_conv)
         rep = {"model": str(src), "output": str(out), "precision": args.precision, "method": args.method,
                "rounding": args.rounding, "cle": res.report.cle, "act_eq": res.report.act_eq,
                "bias_correction": res.report.bias_correction, "io": args.io,
-               "calibration": {"float_psnr": res.report.float_psnr, "quant_psnr": res.report.quant_psnr},
+               "calibration": {**calibration_record(calib, cfg), "float_psnr": res.report.float_psnr,
+                               "quant_psnr": res.report.quant_psnr},
                "variants": res.report.variants,
                "layers": [{"name": r.name, "precision": r.precision, "sqnr_db": r.sqnr_db, "alone_drop_db": r.drop_db}
                           for r in res.report.layers],
@@ -160,8 +165,8 @@ def main(args) -> int:
         if args.precision == "int16x8" or split["int16"]:  # --max-drop may have moved int8 layers to 16x8
             rep["activations"] = split
         if ds is not None:
-            rep["eval"] = {"dataset": str(ds), "fp32_psnr": before.psnr, f"{args.precision}_psnr": after.psnr,
-                           "drop_db": drop}
+            rep["eval"] = {"dataset": str(ds), "images": before.images, "label": label, "fp32_psnr": before.psnr,
+                           f"{args.precision}_psnr": after.psnr, "drop_db": drop}
         missed = args.max_drop is not None and drop is not None and not drop <= args.max_drop  # NaN misses
         rep["bar"] = {"max_drop": args.max_drop, "met": not missed}
         if args.json:

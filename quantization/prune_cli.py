@@ -14,13 +14,12 @@ from pathlib import Path
 from conversion.footprint import add_card_arguments, card_options
 from edge_enhance.argtypes import number
 from edge_enhance.card import strict_json
-from edge_enhance.evaluation import setting_label
 from edge_enhance.models import default_output, source_onnx
 
 from .calibration import CalibConfig, calibration_for
 from .errors import ConfigError
-from .report import (BAR_EXIT_CODES, Progress, psnr_drop, publish, eval_dir, human_size, load_model, measure,
-                     temp_beside)
+from .report import (BAR_EXIT_CODES, Progress, calibration_record, eval_dir, figure_label, human_size, load_model,
+                     measure, psnr_drop, publish, temp_beside)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "shared/data/train)")
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--calib-crop", type=int, default=96)
+    p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw (default 0)")
     p.add_argument("--max-drop", type=number(float, lo=0, unit="dB"), default=0.15, metavar="DB",
                    help="largest PSNR drop allowed on the quick set (default 0.15)")
     p.add_argument("--eval", metavar="DIR", help="quick evaluation set (default Set5, CBSD68 for denoise/dejpeg)")
@@ -64,7 +64,8 @@ def main(args) -> int:
     check_output(out, src)
     say = Progress(args.quiet)
     g, card = load_model(src, card_options(args))
-    calib = calibration_for(card, args.calib, CalibConfig(crop=args.calib_crop, count=args.calib_count))
+    cfg = CalibConfig(crop=args.calib_crop, count=args.calib_count, seed=args.calib_seed)
+    calib = calibration_for(card, args.calib, cfg)
     say(f"calibration: {len(calib)} crops from {calib.source}")
     ds = None if args.no_eval else eval_dir(args.eval, card.task)
     try:
@@ -75,7 +76,8 @@ def main(args) -> int:
     tmp = temp_beside(out)
     try:
         pruned = {"pruned": {"target_macs": args.target_macs, "criterion": args.criterion, "from": src.name,
-                             "widths": {k: list(v) for k, v in res.report.widths.items()}}}
+                             "widths": {k: list(v) for k, v in res.report.widths.items()},
+                             "calibration": calibration_record(calib, cfg)}}
         write_pruned_onnx(src, res.graph, tmp, card_extra=pruned)
         if ds is not None:
             say(f"evaluating original and pruned on {ds}")
@@ -83,7 +85,7 @@ def main(args) -> int:
             drop = psnr_drop(before.psnr, after.psnr)
         if ds is not None and after.psnr == after.psnr:  # the card carries the pruned model's own figure (not NaN)
             write_pruned_onnx(src, res.graph, tmp, card_extra=pruned,
-                              psnr={setting_label(card.task, ds.name): round(after.psnr, 3)})
+                              psnr={figure_label(card.task, ds, after.images): round(after.psnr, 3)})
         r = res.report
         rep = {"model": str(src), "output": str(out), "target_macs": args.target_macs,
                "macs_per_pixel": {"before": r.macs_before, "after": r.macs_after},
@@ -91,7 +93,8 @@ def main(args) -> int:
                "widths": {k: list(v) for k, v in r.widths.items()},
                "calibration_psnr": {"before": r.psnr_before, "channels_removed": r.psnr_plain,
                                     "reconstructed": r.psnr_after if r.reconstructed else None},
-               "eval": None if ds is None else {"dataset": str(ds), "psnr_before": before.psnr,
+               "calibration": calibration_record(calib, cfg),
+               "eval": None if ds is None else {"dataset": str(ds), "images": after.images, "psnr_before": before.psnr,
                                                 "psnr_after": after.psnr, "drop_db": drop},
                "size_bytes": {"before": src.stat().st_size, "after": tmp.stat().st_size},
                "sparsity": [{"level": lv, "dense_bytes": d, "sparse_bytes": s}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA
+from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA, setting_label
 
 from .errors import ConfigError, ModelFormatError
 
@@ -67,6 +67,32 @@ def eval_task(card: ModelCard) -> str:
 class Quality:
     psnr: float
     seconds: float
+    images: int = 0  # measured (too small ones are left out)
+
+
+# The protocol sets (shared/data/README.md) and their sizes: a figure keyed by one of these names in a
+# card is that whole set's; one measured on a folder of another size (2 of Set5's 5) is keyed as such.
+PROTOCOL_IMAGES = {"Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100, "CBSD68": 68, "Kodak24": 24,
+                   "McMaster": 18}
+
+
+def calibration_record(calib, config) -> dict:
+    """How a model was calibrated, for its card and report: the folder's name (not its path), the images
+    and crops used, crop size and seed (``--calib-seed``): enough to draw the same set again."""
+    return {"folder": Path(calib.source).name, "images": calib.images, "crops": len(calib), "crop": config.crop,
+            "seed": config.seed}
+
+
+def figure_label(task: str, dataset, images: int) -> str:
+    """The card label of a figure measured on ``images`` images of the folder ``dataset``: the protocol
+    set's own label only when it is that whole set.
+
+    >>> figure_label("sr", "eval/Set5", 5), figure_label("sr", "sub/Set5", 2), figure_label("denoise", "mine", 3)
+    ('Set5', 'Set5 (2 images)', 'mine/sigma25 (3 images)')
+    """
+    name = Path(dataset).name
+    label = setting_label(task, name)
+    return label if PROTOCOL_IMAGES.get(name) == images else f"{label} ({images} image{'s' * (images != 1)})"
 
 
 def measure(model_path, card: ModelCard, dataset, *, sigma: float = DEFAULT_SIGMA, quality: int = DEFAULT_QUALITY,
@@ -79,7 +105,7 @@ def measure(model_path, card: ModelCard, dataset, *, sigma: float = DEFAULT_SIGM
     t = time.perf_counter()
     r = evaluate(enh.enhance_rgb, dataset, eval_task(card), scale=card.scale, sigma=sigma, quality=quality,
                  with_ssim=False)
-    return Quality(r.psnr, time.perf_counter() - t)
+    return Quality(r.psnr, time.perf_counter() - t, len(r.rows))
 
 
 def psnr_drop(before: float, after: float) -> float:

@@ -66,18 +66,29 @@ def test_quantize_writes_an_int8_model_and_reports(setup, capsys, tmp_path):
 
 
 def test_the_quantised_files_card_carries_its_own_measured_psnr(setup, capsys, tmp_path):
+    """Keyed by the folder's name, a 2-image folder named Set5 replaced the source's Set5 figure; no record
+    of the calibration was kept."""
     from edge_enhance.backends import read_card
 
     model, calib, ev = setup
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    ev = ev.rename(sub / "Set5")  # 2 images under Set5's name: not the protocol's 5
     out = tmp_path / "q.tflite"
     rc, cap = _run(["quantize", str(model), "--calib", str(calib), "--calib-count", "3", "--calib-crop", "16",
-                    "--eval", str(ev), "--rounding", "nearest", "-o", str(out), "--json", "-q"], capsys)
+                    "--calib-seed", "4", "--eval", str(ev), "--rounding", "nearest", "-o", str(out), "--json", "-q"],
+                   capsys)
     rep = json.loads(cap.out)
     card = read_card(out)
-    assert card.extra["psnr"] == {"eval": round(rep["eval"]["int8_psnr"], 3)}
-    assert card.extra["psnr_fp32"]["eval"] == round(rep["eval"]["fp32_psnr"], 3)  # the same setting, compared
+    assert rep["eval"]["images"] == 2 and rep["eval"]["label"] == "Set5 (2 images)"
+    assert card.extra["psnr"] == {"Set5 (2 images)": round(rep["eval"]["int8_psnr"], 3)}
+    assert card.extra["psnr_fp32"] == {"Set5": 37.5, "Set14": 33.0,  # the source's, kept
+                                       "Set5 (2 images)": round(rep["eval"]["fp32_psnr"], 3)}  # compared on the same
     assert "ssim" not in card.extra and card.extra["ssim_fp32"] == {"Set5": 0.95}  # not measured here: not claimed
-    assert card.extra["quantization"]["precision"] == "int8" and card.extra["quantization"]["rounding"] == "nearest"
+    q = card.extra["quantization"]
+    assert q["precision"] == "int8" and q["rounding"] == "nearest"
+    assert q["calibration"] == {"folder": "calib", "images": 2, "crops": 3, "crop": 16, "seed": 4}
+    assert rep["calibration"]["seed"] == 4 and rep["calibration"]["images"] == 2
 
 
 def test_a_measured_drop_over_the_bar_tightens_the_simulated_one_and_quantises_again(setup, capsys, tmp_path,
@@ -140,7 +151,8 @@ def test_prune_writes_a_smaller_onnx_with_an_updated_card(setup, capsys, tmp_pat
     assert card["params"] == rep["params"]["after"] < rep["params"]["before"]
     assert card["extra"]["pruned"]["target_macs"] == 0.6
     # The figures are the pruned model's own (the eval set's), the source's kept as psnr_before.
-    assert card["extra"]["psnr"] == {"eval": round(rep["eval"]["psnr_after"], 3)}
+    assert card["extra"]["psnr"] == {"eval (2 images)": round(rep["eval"]["psnr_after"], 3)}
+    assert card["extra"]["pruned"]["calibration"] == {"folder": "calib", "images": 2, "crops": 3, "crop": 16, "seed": 0}
     assert card["extra"]["pruned"]["psnr_before"] == {"Set5": 37.5, "Set14": 33.0}
     assert "ssim" not in card["extra"] and card["extra"]["pruned"]["ssim_before"] == {"Set5": 0.95}
 
