@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-eq", choices=("auto", "on", "off"), default="auto",
                    help="activation equalisation: rescale channels so each uses more of its tensor's int8 range")
     p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
-                   help="correct each layer's mean output shift from weight rounding")
+                   help="correct each layer's mean output shift from weight rounding (with --rounding nearest; "
+                        "GPTQ rounding already takes it away, and the correction after it added error)")
     p.add_argument("--no-flat-frames", action="store_true",
                    help="ranges of the calibration crops only: not covering what flat frames (white, black, saturated "
                         "colours) give at the image's edge, which an int8 model otherwise clips there (darker edges "
