@@ -155,6 +155,7 @@ def main(args) -> int:
                "calibration": {**calibration_record(calib, cfg), "float_psnr": res.report.float_psnr,
                                "quant_psnr": res.report.quant_psnr},
                "variants": res.report.variants,
+               "tried_16x8": [{"layers": names, "drop_db": d} for names, d in res.report.tried_16x8],
                "layers": [{"name": r.name, "precision": r.precision, "sqnr_db": r.sqnr_db, "alone_drop_db": r.drop_db}
                           for r in res.report.layers],
                "size_bytes": {"onnx": src.stat().st_size, "tflite": tmp.stat().st_size},

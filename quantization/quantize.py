@@ -71,6 +71,7 @@ class QuantReport:
     rounding: str = "gptq"
     act_eq: bool = False
     flat_frames: bool = True  # ranges cover flat frames (calibration.flat_frames)
+    tried_16x8: list = field(default_factory=list)  # max_drop's search: (16x8 layers, simulated drop), in order
 
     @property
     def drop(self) -> float:
@@ -84,6 +85,8 @@ class QuantReport:
                f"drop {self.drop:.3f} dB"]
         for k, v in self.variants.items():
             out.append(f"  variant {k}: simulated drop {v:.3f} dB")
+        for names, d in self.tried_16x8:
+            out.append(f"  16x8 {'+'.join(names) or 'none'}: simulated drop {d:.3f} dB")
         out.append(f"  {'layer':<24} {'precision':>9} {'SQNR dB':>8} {'alone drop dB':>14}")
         for r in self.layers:
             d = "" if r.drop_db is None else f"{r.drop_db:.4f}"
@@ -695,29 +698,47 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
     keep = set(keep_16x8)
     ref = _equalized(graph, calib, use_cle, use_ae) if use_cle or use_ae else graph
     layers = _layer_reports(ref, g, calib, float_psnr, sensitivity or max_drop is not None, say)
+    tried = []
     if max_drop is not None and float_psnr - quant_psnr > max_drop:
+        def build(names):
+            g2 = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
+                        percentile=percentile, keep_16x8=names, rounding=rounding, act_eq=use_ae, flat=flat_frames)
+            p2 = mean_psnr(_simulate(g2, calib, True), calib)
+            tried.append((sorted(names - set(keep_16x8)), float_psnr - p2))
+            return g2, p2
+
+        # Layers join the 16x8 set most sensitive first and stay in it even where joining gains nothing yet:
+        # a wide activation needs its producer and its consumer both at 16x8 (either alone converts it back
+        # to int8 for the other). The best set tried is kept; then each member that gained nothing on joining
+        # goes back to int8 where the drop does not grow without it (int8 <-> int16 conversions cost too).
+        trial, idle = set(keep), []
         for lr in sorted(layers, key=lambda r: -(r.drop_db or 0.0)):
             if float_psnr - quant_psnr <= max_drop:
                 break
-            if lr.name in keep or lr.drop_db is None:
+            if lr.name in trial or lr.drop_db is None:
                 continue
-            g2 = _build(graph, calib, method=method, per_channel=per_channel, cle=use_cle, bc=use_bc,
-                        percentile=percentile, keep_16x8=keep | {lr.name}, rounding=rounding, act_eq=use_ae,
-                        flat=flat_frames)
-            p2 = mean_psnr(_simulate(g2, calib, True), calib)
-            if p2 <= quant_psnr:  # int8 <-> int16 conversions cost too: a layer that does not help stays int8
-                say(f"mixed precision: {lr.name} at 16x8 does not lower the drop; kept int8")
-                continue
-            keep.add(lr.name)
-            say(f"mixed precision: {lr.name} -> 16x8")
-            g, quant_psnr = g2, p2
+            trial.add(lr.name)
+            g2, p2 = build(set(trial))
+            if p2 > quant_psnr:
+                keep, g, quant_psnr = set(trial), g2, p2
+                say(f"mixed precision: {lr.name} -> 16x8 ({', '.join(sorted(keep))} at 16x8: simulated drop "
+                    f"{float_psnr - p2:.3f} dB)")
+            else:
+                idle.append(lr.name)
+                say(f"mixed precision: {lr.name} at 16x8 does not lower the drop yet; tried with the next layers")
+        for name in reversed(idle):
+            if name in keep and name not in keep_16x8:
+                g2, p2 = build(keep - {name})
+                if p2 >= quant_psnr:
+                    keep, g, quant_psnr = keep - {name}, g2, p2
+                    say(f"mixed precision: {name} back to int8 (the drop does not grow without it)")
         layers = _layer_reports(ref, g, calib, float_psnr, False, say, previous=layers)
     for lr in layers:
         if lr.name in keep:
             lr.precision = "16x8"
     g.metadata[IO_KEY] = io
     report = QuantReport(method, use_cle, use_bc, float_psnr, quant_psnr, variants, layers, io, rounding, use_ae,
-                         flat_frames)
+                         flat_frames, tried)
     for line in report.lines():
         log.info("%s", line)
     return QuantResult(g, report)
