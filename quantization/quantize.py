@@ -150,11 +150,19 @@ def activation_params(lo: float, hi: float, dtype: str = "int8") -> QuantParams:
 
 
 # --------------------------------------------------------------------------- graph surgery
-def conv_pairs(g: Graph) -> list:
-    """(A, B) Conv nodes where A's output (ReLU-fused or linear) feeds only B, a dense conv."""
+def conv_pairs(g: Graph, depthwise: bool = False) -> list:
+    """(A, B) Conv nodes where A's output (ReLU-fused or linear) feeds only B, a dense conv. A is dense,
+    or with ``depthwise`` also a depthwise conv (one filter per channel): scaling its output channel c
+    scales only c, so the DFQ depthwise -> pointwise pair equalises as a dense one does (pruning, which
+    removes A's output channels, cannot take it: a depthwise channel is also an input channel)."""
     pairs = []
     for a in g.nodes:
-        if a.op != "Conv" or a.attrs["group"] != 1 or a.attrs["activation"] not in ("relu", "none"):
+        if a.op != "Conv" or a.attrs["activation"] not in ("relu", "none"):
+            continue
+        w = g.tensors[a.inputs[1]].data
+        dense_or_dw = a.attrs["group"] == 1 or (depthwise and w is not None and w.shape[3] == 1
+                                                 and a.attrs["group"] == w.shape[0])
+        if not dense_or_dw:
             continue
         out = a.outputs[0]
         if out in g.outputs:
@@ -179,8 +187,9 @@ def equalize_pair(w1, b1, w2, eps: float = 1e-8):
 
 
 def cross_layer_equalize(g: Graph, sweeps: int = 20) -> int:
-    """Equalise every Conv->ReLU->Conv pair in place (several sweeps, as chains interact); pairs done."""
-    pairs = conv_pairs(g)
+    """Equalise every Conv->ReLU->Conv pair in place (several sweeps, as chains interact), a depthwise
+    conv feeding a dense one included; returns the pairs done."""
+    pairs = conv_pairs(g, depthwise=True)
     for _ in range(sweeps):
         worst = 0.0
         for a, b in pairs:
@@ -203,9 +212,9 @@ def equalize_activations(g: Graph, calib: CalibSet, alpha: float = ACT_EQ_ALPHA)
     calibration set, R: the largest r_c) and the second conv's input c divided by it: channels'
     peaks move toward R, outputs are unchanged (ReLU(s x) = s ReLU(x) for s > 0). The second conv's
     weights pay for it (per-channel weight ranges do not move with the columns), hence alpha < 1.
-    Silent channels (r_c = 0) are left alone.
+    Silent channels (r_c = 0) are left alone. A depthwise first conv is taken as a dense one.
     """
-    pairs = conv_pairs(g)
+    pairs = conv_pairs(g, depthwise=True)
     want = {a.outputs[0] for a, _ in pairs}
     peak: dict = {}
 
@@ -669,10 +678,15 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
 
     ref = _simulate(graph, calib, False)
     float_psnr = mean_psnr(ref, calib)
-    has_pairs = bool(conv_pairs(graph))
+    has_pairs = bool(conv_pairs(graph, depthwise=True))
     cle_opts = [False, True] if cle == AUTO else [bool(cle)]
     ae_opts = [False, True] if act_eq == AUTO else [bool(act_eq)]
     if not has_pairs:
+        asked = [name for name, v in (("cross-layer equalisation", cle), ("activation equalisation", act_eq))
+                 if v is True]
+        if asked:
+            log.warning("%s: %s left off: no pair to equalise (a dense or depthwise Conv whose output, through a "
+                        "ReLU or nothing, feeds only one dense Conv)", graph.name, " and ".join(asked))
         cle_opts, ae_opts = [False], [False]
     variants, best = {}, None
 

@@ -703,3 +703,63 @@ def test_max_drop_reaches_a_producer_and_consumer_pair_that_only_helps_together(
     assert {r.name for r in res.report.layers if r.precision == "16x8"} == {"conv1", "conv2"}
     assert res.report.tried_16x8[0][0] == ["conv2"] and res.report.tried_16x8[1][0] == ["conv1", "conv2"]
     assert any(line.startswith("  16x8 conv1+conv2: simulated drop") for line in res.report.lines())
+
+
+def _depthwise_separable(k=300.0):
+    """conv 3->8 + ReLU, depthwise 3x3 (8 groups) + ReLU, pointwise 1x1 to 12, + input x4, DepthToSpace 2,
+    Clip: the MobileNet block DFQ equalises. The depthwise channel 0 is k times too wide and the pointwise
+    conv takes it back: the same function, one channel hogging the tensor's int8 range."""
+    from tests.conversion_testkit import h, make_model, rand
+
+    rng = np.random.default_rng(21)
+    dw, bdw, pw = rand(rng, 8, 1, 3, 3, lo=-0.4, hi=0.4), rand(rng, 8, lo=0.0, hi=0.1), rand(rng, 12, 8, 1, 1, lo=-0.05, hi=0.05)
+    dw[0] *= k
+    bdw[0] *= k
+    pw[:, 0] /= k
+    m = make_model([
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("Conv", ["r1", "dw", "bdw"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dw"),
+        h.make_node("Relu", ["c2"], ["r2"]),
+        h.make_node("Conv", ["r2", "pw", "bpw"], ["c3"], name="pw"),
+        h.make_node("Concat", ["x"] * 4, ["rep"], axis=1),
+        h.make_node("Add", ["c3", "rep"], ["s"], name="residual"),
+        h.make_node("DepthToSpace", ["s"], ["d"], blocksize=2, mode="DCR"),
+        h.make_node("Clip", ["d", "lo", "hi"], ["y"]),
+    ], {"w1": rand(rng, 8, 3, 3, 3, lo=-0.3, hi=0.3), "b1": rand(rng, 8, lo=0.0, hi=0.1), "dw": dw, "bdw": bdw,
+        "pw": pw, "bpw": rand(rng, 12, lo=-0.01, hi=0.01), "lo": np.float32(0), "hi": np.float32(1)}, [1, 3, "H", "W"])
+    return from_onnx(m)
+
+
+def test_cle_and_act_eq_equalise_a_depthwise_then_pointwise_pair(calib_dir):
+    """--cle on / --act-eq on did nothing on a depthwise-separable block and the report said 'off'."""
+    g = _depthwise_separable()
+    pair = [(a.name, b.name) for a, b in qz.conv_pairs(g, depthwise=True)]
+    assert ("dw", "pw") in pair and ("dw", "pw") not in [(a.name, b.name) for a, b in qz.conv_pairs(g)]  # not pruned
+    x = np.random.default_rng(2).uniform(0, 1, (1, 10, 12, 3)).astype(np.float32)
+    e = copy.deepcopy(g)
+    qz.cross_layer_equalize(e)
+    np.testing.assert_allclose(executor.run(e, {e.inputs[0]: x})[e.outputs[0]],
+                               executor.run(g, {g.inputs[0]: x})[g.outputs[0]], atol=1e-5)
+    w = np.abs(e.tensors[next(n for n in e.nodes if n.name == "dw").inputs[1]].data).reshape(8, -1).max(1)
+    assert w.max() / w.min() < 30  # the 300x channel evened out
+    c = _teacher_set(g, calibration_set(calib_dir, config=SMALL))
+    kw = dict(method="minmax", bias_correction=False, rounding="nearest", sensitivity=False)
+    off = qz.quantize_model(g, c, cle=False, act_eq=False, **kw).report
+    on = qz.quantize_model(g, c, cle=True, act_eq=True, **kw).report
+    assert on.cle and on.act_eq and on.drop < off.drop - 0.5
+
+
+def test_equalisation_asked_for_where_there_is_no_pair_says_so(calib_dir, caplog):
+    from tests.conversion_testkit import h, make_model, rand
+
+    rng = np.random.default_rng(3)
+    g = from_onnx(make_model([h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                              h.make_node("Clip", ["c", "lo", "hi"], ["y"])],
+                             {"w": rand(rng, 3, 3, 3, 3, lo=-0.2, hi=0.2), "b": rand(rng, 3), "lo": np.float32(0),
+                              "hi": np.float32(1)}, [1, 3, "H", "W"]))
+    c = calibration_set(calib_dir, task="denoise", scale=1, config=SMALL)
+    r = qz.quantize_model(g, c, cle=True, act_eq="auto", rounding="nearest", bias_correction=False,
+                          sensitivity=False).report
+    assert not r.cle and "cross-layer equalisation left off: no pair to equalise" in caplog.text
+    assert "activation equalisation" not in caplog.text  # auto: nothing asked, nothing said
