@@ -43,9 +43,7 @@ _GLOBAL = ("makes every output pixel depend on the whole image (channel attentio
 _WHY_NOT = {"GlobalAveragePool": _GLOBAL, "GlobalMaxPool": _GLOBAL, "ReduceMean": "reductions are not supported; over "
             "H, W one " + _GLOBAL, "Erf": "GELU (its Erf) is not converted yet; ReLU, PReLU, LeakyReLU, SiLU and "
             "HardSwish convert",
-            "Cast": "casts in the network are not converted; a float16 model (cast to float16 after the input, back "
-            "to float before the output, as onnxconverter-common's keep_io_types writes): export the float model, "
-            "and convert that with --precision fp16"}
+            "Cast": "casts to or from integer types in the network are not converted (casts between float types are)"}
 
 
 def register(op_type: str):
@@ -806,9 +804,13 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
         raise UnsupportedOpError(f"{src}: already quantised ({' / '.join(quantised)} nodes): give the float model "
                                  "(quantize and convert --precision int8 quantise it)")
 
+    _float_casts_as_identities(nodes, gp)
     nodes = _remove_identities(nodes, outputs)
     nodes = _strip_layout_transposes(nodes, [vi.name for vi in real_inputs], outputs, shapes)
     nodes = _fold_constants(nodes, consts, shapes, outputs, opset, src)
+    for k, v in consts.items():  # a float16 network's weights: exact in float32, which the graph computes in
+        if v.dtype == np.float16:
+            consts[k] = v.astype(np.float32)
     nodes = _match_unsqueezed_pixel_shuffle(nodes, consts, outputs)  # first: its middle looks like the other
     nodes = _match_pixel_shuffle(nodes, consts, outputs)
     nodes = _fold_conv_bn(nodes, consts, outputs)
@@ -921,6 +923,22 @@ def _remove_identities(nodes, outputs):
             continue
         keep.append(n)
     return keep
+
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _float_casts_as_identities(nodes, gp) -> None:
+    """Casts between float types become identities, in place: a float16 network with float I/O (as
+    onnxconverter-common's keep_io_types writes it: a cast to float16 after the input, back to float
+    before the output) is converted as the float network it was made from. Casts of shapes and sizes
+    (integers) stay, for constant folding."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*gp.value_info, *gp.input, *gp.output]}
+    types.update({i.name: i.data_type for i in gp.initializer})
+    for n in nodes:
+        if n.op == "Cast" and n.domain in ("", "ai.onnx") and n.attrs.get("to") in _FLOAT_TYPES \
+                and types.get(n.inputs[0]) in _FLOAT_TYPES:
+            n.op = "Identity"
 
 
 def _strip_layout_transposes(nodes, inputs, outputs, shapes):

@@ -124,6 +124,15 @@ def task_psnr(card: ModelCard | None, out: np.ndarray, ref: np.ndarray) -> float
     return score_psnr(card.task, u8(ref), u8(out), _scale(card))
 
 
+def tolerance(precision: str, source) -> float | None:
+    """The largest |target - source| a conversion at ``precision`` may show: fp16's where the source itself
+    computes in float16 (its weights are float16), whatever the target's precision."""
+    tol = TOLERANCE.get(precision)
+    if tol is not None and any(i.data_type == 10 for i in source.graph.initializer):  # FLOAT16
+        tol = max(tol, FP16_TOL)
+    return tol
+
+
 def source_io(onnx_model) -> tuple[bool, int, tuple | None]:
     """(NHWC?, colour channels, fixed (h, w) or None) of an ONNX model's image input: NCHW unless the
     last axis holds 1 or 3 channels and the second does not (tf2onnx's NHWC exports)."""
@@ -262,7 +271,7 @@ def verify_tflite(onnx_model, tflite_path, *, precision: str = "fp32", dataset=N
     target, fixed = _tflite_runner(tflite_path)
     files, crop, card = _for_shape(list_images(dataset or default_dataset()), fixed, card, crop)
     if tol is None:
-        tol = TOLERANCE.get(precision)
+        tol = tolerance(precision, model)
     return compare("tflite", precision, _ort_runner(model), target, card, files, crop=crop, max_images=max_images,
                    tol=tol, channels=source_io(model)[1])
 
@@ -301,7 +310,7 @@ def verify_onnx(onnx_model, target_path, *, precision: str = "fp32", dataset=Non
 
     model = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
     if tol is None:
-        tol = TOLERANCE.get(precision)
+        tol = tolerance(precision, model)
     _, channels, fixed = source_io(model)
     files, crop, card = _for_shape(list_images(dataset or default_dataset()), fixed, _card_of(model), crop)
     return compare("onnx", precision, _ort_runner(model), _ort_runner(target_path), card, files, crop=crop,

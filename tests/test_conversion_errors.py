@@ -516,15 +516,3 @@ def test_convert_without_a_tflite_engine_says_what_verifying_needs(tmp_path, mon
         interpreter_module.cache_clear()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
-
-def test_a_float16_model_with_float_io_says_how_to_convert_it(tmp_path):
-    """onnxconverter-common's keep_io_types layout was refused as two bare "Cast_0 (Cast)" nodes, no hint."""
-    rng = np.random.default_rng(0)
-    m = make_model([
-        h.make_node("Cast", ["x"], ["x16"], to=10, name="Cast_0"),
-        h.make_node("Conv", ["x16", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-        h.make_node("Cast", ["c"], ["y"], to=1, name="Cast_5"),
-    ], {"w": rand(rng, 3, 3, 3, 3).astype(np.float16)}, [1, 3, 8, 8])
-    with pytest.raises(UnsupportedOpError, match=r"Cast_0 \(Cast: casts in the network are not converted; a float16 "
-                                                 r"model .* export the float model, and convert that with --precision fp16"):
-        from_onnx(m)

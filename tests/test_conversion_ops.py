@@ -637,3 +637,31 @@ def test_a_slice_of_channels_and_of_the_whole_width_is_a_channel_slice(tmp_path)
                     "e": np.array([3, 9], np.int64), "ax": np.array([1, 3], np.int64), "st": np.array([1, 1], np.int64)},
                    [1, 3, 7, 9])
     convert_and_compare(tmp_path, m, rand(rng, 1, 3, 7, 9), expect=["CONV_2D"])
+
+
+def test_a_float16_network_with_float_io_converts_as_its_float_network(tmp_path, capsys):
+    """onnxconverter-common's keep_io_types layout (float16 weights and math, float I/O) was refused as two bare
+    "Cast_0 (Cast)" nodes; now converted, verified with fp16's tolerance against the float16 source."""
+    from tests.conversion_testkit import convert_main
+
+    from conversion.verify import default_dataset
+
+    rng = rng_for("fp16-keep-io")
+    m = make_model([h.make_node("Cast", ["x"], ["x16"], to=10, name="Cast_0"),
+                    h.make_node("Conv", ["x16", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                    h.make_node("Relu", ["c"], ["r"], name="relu"),
+                    h.make_node("Conv", ["r", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+                    h.make_node("Add", ["c2", "x16"], ["y16"], name="add"),
+                    h.make_node("Cast", ["y16"], ["y"], to=1, name="Cast_5")],
+                   {"w": rand(rng, 4, 3, 3, 3).astype(np.float16), "b": rand(rng, 4).astype(np.float16),
+                    "w2": rand(rng, 3, 4, 3, 3).astype(np.float16)}, [1, 3, "H", "W"])
+    g = from_onnx(m)
+    assert [n.op for n in g.nodes] == ["Conv", "Conv", "Add"]
+    x = rand(rng, 1, 3, 9, 11, lo=0, hi=1)
+    path = to_tflite(g, tmp_path / "m.tflite")
+    np.testing.assert_allclose(run_tflite(path, x.transpose(0, 2, 3, 1)), run_ort(m, x), atol=2e-3, rtol=0)
+    if default_dataset().is_dir():
+        src = tmp_path / "m16.onnx"
+        src.write_bytes(m.SerializeToString())
+        assert convert_main([src, "--to", "tflite", "--card-task", "denoise", "--verify-images", "1",
+                             "-o", tmp_path / "m16.tflite"]) == 0, capsys.readouterr().err
