@@ -562,6 +562,8 @@ def _auto_note(extra: dict) -> str:
         stages = extra.get("stages") or []
         return f" ({' + '.join(stages)})" if len(stages) > 1 else ""
     q = extra["jpeg_quality"]
+    if q is not None and extra.get("jpeg_subsampling"):
+        q = f"{q} {extra['jpeg_subsampling']}"  # what dejpeg's quality limit depends on
     if extra["noise_sigma"] is None:  # under 32 pixels a side
         found = "too small to estimate noise or blocks" + (f", JPEG quality {q}" if q is not None else "")
     else:

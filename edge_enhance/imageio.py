@@ -187,7 +187,20 @@ def photo_from_pil(im: Image.Image, name: str = "<image>") -> Photo:
     oriented, icc, dpi, exif = _upright_with_metadata(im, _format_of(im), path, [], borrowed=True)
     photo = _to_photo(oriented, path)
     photo.icc, photo.exif, photo.dpi = icc, exif, dpi
+    photo.extra.update(jpeg_coding(im))
     return photo
+
+
+def jpeg_coding(im: Image.Image) -> dict:
+    """A JPEG's luminance quantisation table and chroma subsampling (Pillow's get_sampling: 0 4:4:4,
+    1 4:2:2, 2 4:2:0, -1 other), as read from the file; {} for other formats. Auto mode reads the
+    JPEG's quality off them, from a file or an application's own Pillow image alike."""
+    tables = getattr(im, "quantization", None)
+    if not tables or _format_of(im) not in ("JPEG", "MPO") or len(tables[0]) != 64:
+        return {}
+    from PIL import JpegImagePlugin
+
+    return {"jpeg_luma_table": tuple(tables[0]), "jpeg_subsampling": JpegImagePlugin.get_sampling(im)}
 
 
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -363,6 +376,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     photo.extra.update(png_colour)
     if fmt == "TIFF" and im.info.get("compression") in _TIFF_LOSSLESS:
         photo.extra["compression"] = im.info["compression"]  # written back so
+    photo.extra.update(jpeg_coding(im))
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo

@@ -28,7 +28,16 @@ log = logging.getLogger(__name__)
 
 MODES = ("upscale", "denoise", "dejpeg", "photo", "auto")
 DEJPEG_MAX_QUALITY = 90  # dejpeg's training range is quality 10..90
+# Without chroma subsampling (4:4:4, as editors and some cameras write) a JPEG keeps much more: dejpeg's gain on
+# clean 4:4:4 JPEGs (int8, crops up to 320 px) at quality 75 / 80 / 85 / 90 was +0.75 / +0.56 / +0.25 / -0.41 dB
+# on Kodak24 and +0.14 / -0.13 / -0.52 / -1.20 on McMaster (4:2:0 at 85 / 90: +0.58 / +0.16 there).
+DEJPEG_MAX_QUALITY_444 = 75
 NOISE_THRESHOLD = 6.0  # sigma (0..255) above which auto mode denoises
+# A JPEG smooths the noise it was saved with, so its noise reads low (sigma 15 under 4:4:4 q70 read 3.9): on one
+# that dejpeg cleans, denoise follows from this reading up. 8 Kodak24 crops (256 px), noise then JPEG, int8:
+# dejpeg then denoise against dejpeg alone +1.4 dB (sigma 15, q70 4:4:4, read 3.9), +3.6 (sigma 10, q85 4:4:4,
+# read 5.2), +6.4 (sigma 10, q90 4:4:4, read 10.8); on clean JPEGs (read 0.3-1.2) it would cost 0.0-0.2.
+JPEG_NOISE_THRESHOLD = 3.0
 # The noise is read in the smoothest 8x8 blocks (this percentile of them): in the rest texture reads as
 # noise (the median block read 6 to 13.5 on 25 of 212 clean Kodak24 / Set14 / CBSD68 images, full size
 # and halved; this reads 2 over 6, baboon 6.8 the highest). The gain makes it exact on pure Gaussian noise.
@@ -117,13 +126,15 @@ def jpeg_quality_from_tables(path) -> int | None:
     """IJG quality (1..100) of a JPEG file from its luminance table; None if not a JPEG."""
     try:
         with imageio.open_photo(path, ("JPEG", "MPO")) as im:  # MPO: a phone's JPEG with a preview after it
-            if not getattr(im, "quantization", None):
-                return None
-            table = np.asarray(im.quantization[0], np.float64)
+            table = imageio.jpeg_coding(im).get("jpeg_luma_table")
     except (OSError, ValueError):
         return None
-    if table.size != 64:
-        return None
+    return None if table is None else quality_of_table(table)
+
+
+def quality_of_table(table) -> int:
+    """The IJG quality (1..100) of a JPEG luminance quantisation table (64 values, natural order)."""
+    table = np.asarray(table, np.float64)
     # The quality whose IJG table (libjpeg's jpeg_quality_scaling, clamped to 1..255) is nearest. At the
     # extremes most entries sit at the clamp (q <= 10: 255, q 100: 1), so only the exact tables tell
     # them apart; an encoder with its own tables gets the nearest IJG quality.
@@ -185,11 +196,15 @@ def bicubic_backprojection(inp: np.ndarray, out_shape: tuple, alpha: np.ndarray 
     return backprojection_psnr(img, up, alpha)
 
 
+_SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # Pillow's get_sampling
+
+
 @dataclass
 class Analysis:
     noise_sigma: float | None  # None (and blockiness): a picture under MIN_ANALYSIS_SIDE, too small to read
     jpeg_quality: int | None
     blockiness: float | None
+    jpeg_subsampling: str | None = None  # of a JPEG: 4:4:4, 4:2:2, 4:2:0 (None: not a JPEG, or another layout)
     stages: list[str] = field(default_factory=list)
     backprojection_db: float | None = None
     strength: float = 1.0
@@ -226,18 +241,22 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
             raise ConfigError(f"--mode photo upscales x2 (enhance-x2), or x4 with sr-x2 after it; not x{scale}")
         return ["enhance-x2"] + (["sr-x2"] if scale == 4 else []), None
     rgb, alpha = _analysed_part(photo.rgb, photo.alpha)
-    quality = jpeg_quality_from_tables(src) if src else None
+    table = photo.extra.get("jpeg_luma_table")  # read with the photo (a file, or an application's Pillow image)
+    quality = quality_of_table(table) if table else jpeg_quality_from_tables(src) if src else None
+    subsampling = _SUBSAMPLING.get(photo.extra.get("jpeg_subsampling")) if quality is not None else None
     if min(rgb.shape[:2]) < MIN_ANALYSIS_SIDE:
-        an = Analysis(None, quality, None)
+        an = Analysis(None, quality, None, subsampling)
     else:
-        an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha))
+        an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha), subsampling)
     stages = []
-    # Only up to the qualities dejpeg was trained on (10-90): on a clean, textured q95 JPEG (kodim13) it cost
-    # 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one (a copy of a copy).
-    if (an.jpeg_quality is not None and an.jpeg_quality <= DEJPEG_MAX_QUALITY) \
-            or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
+    # Only up to the qualities dejpeg was trained on (10-90), 75 without chroma subsampling: on a clean, textured
+    # q95 JPEG (kodim13) it cost 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one.
+    cap = DEJPEG_MAX_QUALITY_444 if subsampling == "4:4:4" else DEJPEG_MAX_QUALITY
+    if (an.jpeg_quality is not None and an.jpeg_quality <= cap) or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
         stages.append("dejpeg")
-    elif (an.noise_sigma or 0) > NOISE_THRESHOLD:
+    noise = an.noise_sigma or 0
+    # A reading at the ceiling is a pixel pattern (a 1-pixel checkerboard, halftone), not noise: denoise greys it.
+    if noise < MAX_NOISE_SIGMA and noise > (JPEG_NOISE_THRESHOLD if stages else NOISE_THRESHOLD):
         stages.append("denoise")
     stages += sr_chain(scale)
     an.stages = stages
@@ -334,7 +353,7 @@ class Pipeline(_Processor):
         self._local.stages = stages
         if an is not None:
             an.strength = strength
-        if strength > 1 and "denoise" in stages and not self._said_strength:
+        if strength > 1 and stages[-1:] == ["denoise"] and not self._said_strength:
             self._said_strength = True
             log.warning("--strength %g past 1 puts denoise's removed noise back inverted (1 is the model's best)",
                         strength)
@@ -342,7 +361,10 @@ class Pipeline(_Processor):
             return photo
         # The check compares the upscale with what it upscaled: cleanup departs from a noisy input on purpose.
         first_sr = next((i for i, n in enumerate(stages) if n.startswith("sr-")), len(stages))
-        base = self._run(stages[:first_sr], photo, strength, None, None) if first_sr else photo
+        # Before an upscale the cleanup runs at most at its model's best (1): past it, the removed noise or blocks
+        # come back inverted, and the upscale sharpens them (strength 1.5 cost 3.2 dB at x2, sigma 25).
+        cleanup = min(strength, 1.0) if first_sr < len(stages) else strength
+        base = self._run(stages[:first_sr], photo, cleanup, None, None) if first_sr else photo
         result = self._run(stages[first_sr:], base, strength, out, progress)
         if an is not None and self.check and first_sr < len(stages):
             an.backprojection_db = backprojection_psnr(base.rgb, result.rgb, base.alpha)
