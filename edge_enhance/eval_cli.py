@@ -41,6 +41,9 @@ def main(args) -> int:
     args.model = args.model_arg
     enh = build_enhancer(args, tiling=TilingConfig(tile=parse_tile(args.tile), memory_mb=args.memory))
     task = args.eval_task or enh.card.task
+    if task != enh.card.task and {task, enh.card.task} != {"sr", "enhance"}:  # sr-x2 on the real-world protocol: fine
+        log.warning("%s: its card says %s, and it is judged under the %s protocol as --task asks", enh.path.name,
+                    enh.card.task, task)
     for name, value, used_by in (("sigma", args.sigma, "denoise"), ("quality", args.quality, "dejpeg")):
         if value is not None and task != used_by:
             log.warning("--%s applies to the %s protocol; the %s protocol does not use it", name, used_by, task)

@@ -111,6 +111,13 @@ def _png16_colour_type(path: Path) -> int | None:
     return head[25] if ok else None
 
 
+def wide_colour(im: Image.Image, path) -> bool:
+    """Whether ``im``, open on ``path``, holds 16-bit colour samples that Pillow decodes to 8 bits (by
+    truncation: load_image reads them whole)."""
+    return (im.format == "PNG" and _png16_colour_type(Path(path)) is not None) \
+        or (im.format == "TIFF" and _tiff16_samples(im) is not None)
+
+
 def _io16(module: str, path: Path, kind: str):
     """The io16 extra's reader for what Pillow decodes to 8 bits (pypng, tifffile), or None with a warning."""
     try:
