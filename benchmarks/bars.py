@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import os
 
+from edge_enhance.evaluation import SET_SIZES
+
 BAR_SIZE = (640, 360)  # input frame the speed bars are judged at (the real-time bar names it)
-SET_SIZES = {"Set5": 5, "Set14": 14, "BSD100": 100, "CBSD68": 68, "Kodak24": 24, "McMaster": 18}
 
 
 def _partial(*rows) -> str:

@@ -92,10 +92,9 @@ class NotRun:
 # -- our models ------------------------------------------------------------------------------------
 def tflite_precision(path: Path) -> str:
     """int8 if any tensor is int8 (a full-integer model), fp16 if weights are float16, else fp32."""
-    from edge_enhance.backends.litert import interpreter_module
+    from edge_enhance.backends.litert import open_interpreter
 
-    m, _ = interpreter_module()
-    it = m.Interpreter(model_content=Path(path).read_bytes())  # a path: narrow fopen on Windows
+    it = open_interpreter(path)
     dtypes = {np.dtype(t["dtype"]) for t in it.get_tensor_details()}
     if np.dtype(np.int8) in dtypes:
         return "int8"

@@ -78,8 +78,10 @@ def _progress_bars_as_drawn():
     stderr escapes control characters (a file name must not rewrite the terminal), which printed each CR
     as a literal \\r: the bars go to the stream beneath it while coremltools runs; where that is not a
     terminal (a CI log, a file), nowhere: redrawn lines there read as a wall of noise, or as failures."""
+    from edge_enhance.cli import _unescaped
+
     err = sys.stderr
-    raw = getattr(err, "unescaped", err)
+    raw = _unescaped(err)
     sys.stderr = raw if _isatty(raw) else io.StringIO()
     try:
         yield

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, TASKS, ModelCard, check_channels
 from edge_enhance.card import add_card_arguments as card_arguments
+from edge_enhance.tiling import round_up
 
 from .errors import ConfigError, ModelFormatError
 
@@ -156,7 +157,7 @@ def check_output_size(g, src) -> None:
     card = ModelCard.from_json(g.metadata[CARD_KEY], str(src)) if CARD_KEY in g.metadata else None
     _, h, w, c = g.tensors[g.inputs[0]].shape
     if h is None or w is None:
-        h, w = g.folded_for or (-(-32 // card.align) * card.align if card else 32,) * 2
+        h, w = g.folded_for or (round_up(32, card.align) if card else 32,) * 2
     try:
         y = run(g, {g.inputs[0]: np.zeros((1, h, w, c), np.float32)})[g.outputs[0]]
     except Exception as e:  # a graph the executor cannot run here fails, with its own message, where it is used

@@ -18,7 +18,7 @@ import numpy as np
 from edge_enhance.card import CARD_KEY
 
 from .errors import ConfigError
-from .ir import Graph
+from .ir import QDTYPES, Graph
 from .tflite_writer import warn_saturated_bias, write_atomic
 
 OPSET = 17
@@ -115,8 +115,8 @@ def to_onnx_model(graph: Graph, *, precision: str = "fp32", layout: str = "nchw"
                 wn = dq_const(n.inputs[1], q, wq.scale, wq.zero_point, ax, np.int8)
                 bs = xq.scale[0] * np.broadcast_to(wq.scale, (wt.shape[ax],))
                 b = np.asarray(g.tensors[n.inputs[2]].data, np.float64)
-                warn_saturated_bias(g, n.inputs[2], b, bs, 2**31 - 1)
-                bq = np.clip(np.round(b / bs), -(2**31), 2**31 - 1)
+                warn_saturated_bias(g, n.inputs[2], b, bs)
+                bq = np.clip(np.round(b / bs), *QDTYPES["int32"])
                 bn = dq_const(n.inputs[2], bq, bs, np.zeros(bs.size), 0, np.int32)
             else:
                 wn = const(n.inputs[1], np.ascontiguousarray(wt))

@@ -268,16 +268,16 @@ def symmetric_per_channel(w: np.ndarray, axis: int, dtype: str = "int8") -> Quan
     return QuantParams(scale, np.zeros(len(scale), np.int64), axis, dtype)
 
 
-def warn_saturated_bias(g: Graph, name: str, bias, scale, limit: int) -> int:
-    """Warn, naming the layer, where ``bias / scale`` lies past the integer bias's ``limit`` (it is
-    clipped there, so the layer's output is off by the rest); returns the channels clipped."""
+def warn_saturated_bias(g: Graph, name: str, bias, scale) -> None:
+    """Warn, naming the layer, where ``bias / scale`` lies past the int32 bias's range (it is clipped
+    there, so the layer's output is off by the rest)."""
+    limit = QDTYPES["int32"][1]
     over = np.abs(np.asarray(bias, np.float64)) / np.asarray(scale, np.float64) > limit
     if over.any():
         layer = next((n.name for n in g.nodes if name in n.inputs), name)
         log.warning("%s: %d bias value(s) do not fit the integer bias (bias / (input scale x weight scale) > %d, "
                     "channel(s) %s): clipped, so the quantised layer's output is off there", layer,
                     int(over.sum()), limit, ", ".join(str(c) for c in np.nonzero(over)[0][:8]))
-    return int(over.sum())
 
 
 def affine_from_range(lo: float, hi: float, dtype: str = "int8") -> QuantParams:
@@ -482,13 +482,15 @@ class _Emitter:
             q = QuantParams([m / 32767], [0], 0, "int16")
         return self.fb.tensor(name, arr.shape, _QTYPE[q.dtype], q.quantize(arr), q)
 
-    def weight(self, name, arr, axis):
+    def weight(self, name, arr, axis, graph_axis=None):
+        """``graph_axis``: where the graph's per-channel params are, if the caller moved that axis to ``axis``
+        (a depthwise [O, kh, kw, 1] written as [1, kh, kw, O]: the same channels)."""
         arr = np.asarray(arr, np.float32)
         if not self.int8:
             return self.float_const(name, arr), None
         q = self.g.tensors[name].quant if name in self.g.tensors else None
-        if q is not None and q.quantized_dimension != axis and q.scale.size == arr.shape[axis] > 1:
-            q = QuantParams(q.scale, q.zero_point, axis, q.dtype)  # a depthwise [1, kh, kw, O]: the same channels
+        if q is not None and graph_axis is not None and q.quantized_dimension == graph_axis and q.scale.size > 1:
+            q = QuantParams(q.scale, q.zero_point, axis, q.dtype)
         if q is None or q.quantized_dimension != axis:
             q = symmetric_per_channel(arr, axis)
         return self.fb.tensor(name, arr.shape, T_INT8, q.quantize(arr), q), q
@@ -499,13 +501,13 @@ class _Emitter:
             return self.float_const(name, arr)
         s = self.qparams(in_name).scale[0] * wq.scale
         q = QuantParams(s, np.zeros(len(s), np.int64), 0, "int32")
-        warn_saturated_bias(self.g, name, arr, s, 2**31 - 1)
+        warn_saturated_bias(self.g, name, arr, s)
         return self.fb.tensor(name, arr.shape, T_INT32, q.quantize(arr), q)
 
     def requant_to(self, src_idx, src_name, q: QuantParams, name):
         """int8 -> int8 QUANTIZE so an operand matches the params an op requires."""
         t = self.fb.tensor(name, self.shape(src_name), _QTYPE[q.dtype], quant=q)
-        self.fb.op("QUANTIZE", [src_idx], [t])  # v1 to an 8-bit type (op_version.cc; int16 out: v2, set in op())
+        self.fb.op("QUANTIZE", [src_idx], [t], version=self.v("QUANTIZE"))  # int16 out: v2, set in op()
         return t
 
     def same_params(self, src, dst):
@@ -552,7 +554,7 @@ class _Emitter:
         dh, dw = a["dilations"]
         if g > 1 and g == c and ig == 1:
             wd = np.ascontiguousarray(w.transpose(3, 1, 2, 0))  # [1, kh, kw, O]
-            wi, wq = self.weight(wname, wd, 3)
+            wi, wq = self.weight(wname, wd, 3, graph_axis=0)
             bi = self.bias(bname, b, x, wq) if self.int8 else self.float_const(bname, b)
             opts = _opts("DepthwiseConv2DOptions", Padding=mode, StrideW=sw, StrideH=sh, DepthMultiplier=o // c,
                          FusedActivationFunction=act, DilationWFactor=dw, DilationHFactor=dh)
@@ -791,12 +793,9 @@ class _Emitter:
         else:  # uint8: the same real grid shifted by 128
             uq = QuantParams(q.scale, q.zero_point + 128, 0, "uint8")
             outer = self.fb.tensor(name, self.shape(name), T_UINT8, quant=uq)
-        if is_input:
-            self.fb.op("QUANTIZE", [outer], [inner])
-        elif self.io == "float":
-            self.fb.op("DEQUANTIZE", [inner], [outer], version=2)  # from int8: v2
-        else:
-            self.fb.op("QUANTIZE", [inner], [outer])
+        op = "QUANTIZE" if is_input or self.io != "float" else "DEQUANTIZE"
+        src, dst = (outer, inner) if is_input else (inner, outer)
+        self.fb.op(op, [src], [dst], version=self.v(op))  # versions as op_version.cc gives them (the table)
         return outer
 
 

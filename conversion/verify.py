@@ -174,18 +174,15 @@ def make_pairs(card: ModelCard | None, files, *, crop: tuple | None = None, max_
 def _tflite_runner(path):
     """The file as the runtime runs it, in the runtime's engine (ai-edge-litert, else tflite-runtime...):
     integer I/O quantised / dequantised by the LiteRT backend's helpers."""
-    from edge_enhance.backends.litert import dequantise_io, interpreter_module, quantise_io, without_xnnpack_notice
+    from edge_enhance.backends.litert import dequantise_io, open_interpreter, quantise_io, without_xnnpack_notice
     from edge_enhance.errors import BackendUnavailableError
 
     try:
-        m, _ = interpreter_module()
+        it = open_interpreter(path)
     except BackendUnavailableError as e:
         raise BackendUnavailableError(f"the converted {Path(path).name} is verified in a TFLite engine before it is "
                                       f"written: {e}. Windows on ARM has none: convert on another machine or under "
                                       "WSL, or choose --to onnx") from None
-    # The bytes, not the path: TFLite opens a path with the narrow fopen, which fails on Windows for a
-    # name outside the ANSI code page.
-    it = m.Interpreter(model_content=Path(path).read_bytes())
     d, o = it.get_input_details()[0], it.get_output_details()[0]
     sig = list(d.get("shape_signature", d["shape"]))  # a dynamic batch alone (-1 first) leaves H, W fixed
     fixed = None if -1 in sig[1:3] else tuple(int(v) for v in d["shape"][1:3])

@@ -30,6 +30,9 @@ from .errors import ConfigError, ImageInputError
 log = logging.getLogger(__name__)
 
 TASKS = ("sr", "denoise", "dejpeg", "enhance")
+# The protocol's sets (../shared/data/README.md, and Urban100) and their sizes: a figure keyed by a set's name
+# is of the whole set; one measured on a folder of another size is not that set's.
+SET_SIZES = {"Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100, "CBSD68": 68, "Kodak24": 24, "McMaster": 18}
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr's luma row: Y = 16 + (Y_WEIGHTS . RGB) / 255
 

@@ -172,14 +172,14 @@ def calibration_set(folder=None, *, task: str = "sr", scale: int = 2, config: Ca
         log.warning("%s: calibrating from %d image(s): int8 ranges will fit only what they show; a dozen or more "
                     "varied photos calibrate better", root, len(files))
     rng = np.random.default_rng(config.seed)
-    if folder is None:
+    if folder is None:  # our own set passes over images smaller than the crop (T91 has some)
         files = [p for p in files if min(sizes[p]) >= config.crop]
-    for p in files:
-        if min(sizes[p]) < config.crop:
-            w, h = sizes[p]
-            raise ImageInputError(f"{p}: {w}x{h} is smaller than the {config.crop}x{config.crop} calibration crop "
-                                  "(a smaller --calib-crop, a multiple of the model's scale, fits a folder of small "
-                                  "images)")
+    small = next((p for p in files if min(sizes[p]) < config.crop), None)
+    if small is not None:  # in a user's folder, an error
+        p, (w, h) = small, sizes[small]
+        raise ImageInputError(f"{p}: {w}x{h} is smaller than the {config.crop}x{config.crop} calibration crop "
+                              "(a smaller --calib-crop, a multiple of the model's scale, fits a folder of small "
+                              "images)")
     if len(files) > config.count:
         files = [files[i] for i in sorted(rng.choice(len(files), config.count, replace=False))]
     inputs, targets, im, cur, k = [], [], None, None, 0

@@ -226,7 +226,7 @@ def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, crit
     keep = {k: np.sort(np.argsort(-imp[k], kind="stable")[: plan[k]]) for k in plan}
 
     g = copy.deepcopy(g0)
-    plain = copy.deepcopy(g0) if evaluate else None
+    plain = copy.deepcopy(g0) if evaluate and reconstruct else None  # without reconstruction, g is the plain one
     for a, b in pairs:  # graph order: earlier layers first, so later fits see their final inputs
         say(f"pruning {a.name} {widths[a.name]} -> {plan[a.name]} channels")
         ks = keep[a.name]
@@ -245,7 +245,8 @@ def prune_graph(graph: Graph, calib: CalibSet, target_macs: float = 0.7, *, crit
     if evaluate:
         say("evaluating on the calibration set")
         run = lambda h: mean_psnr([executor.run(h, {h.inputs[0]: x})[h.outputs[0]] for x in calib.inputs], calib)
-        report.psnr_before, report.psnr_plain, report.psnr_after = run(g0), run(plain), run(g)
+        report.psnr_before, report.psnr_after = run(g0), run(g)
+        report.psnr_plain = run(plain) if plain is not None else report.psnr_after
     for line in report.lines():
         log.info("%s", line)
     return PruneResult(g, report)

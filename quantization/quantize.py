@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from conversion import executor
-from conversion.ir import Graph, QuantParams
+from conversion.ir import QDTYPES, Graph, QuantParams
 from conversion.tflite_writer import (affine_from_range, apply_int8_constraints, symmetric_per_channel, to_tflite,
                                      transpose_convs_as_subpixel)
 
@@ -392,7 +392,7 @@ def assign_activation_params(g: Graph, st: RangeStats, method: str, percentile: 
     fit_bias_scales(g)
 
 
-INT32_MAX = 2**31 - 1
+INT32_MAX = QDTYPES["int32"][1]
 
 
 def fit_bias_scales(g: Graph) -> int:
@@ -484,8 +484,6 @@ def precision_split(g: Graph) -> dict:
 
 
 def _real_range(q: QuantParams) -> tuple[float, float]:
-    from conversion.ir import QDTYPES
-
     lo, hi = QDTYPES[q.dtype]
     return float((lo - q.zero_point[0]) * q.scale[0]), float((hi - q.zero_point[0]) * q.scale[0])
 
@@ -741,7 +739,7 @@ def quantize_model(graph: Graph, calib: CalibSet, *, method: str = "mse", per_ch
                 idle.append(lr.name)
                 say(f"mixed precision: {lr.name} at 16x8 does not lower the drop yet; tried with the next layers")
         for name in reversed(idle):
-            if name in keep and name not in keep_16x8:
+            if name in keep:  # an idle layer was never one of keep_16x8 (those are in trial from the start)
                 g2, p2 = build(keep - {name})
                 if p2 >= quant_psnr:
                     keep, g, quant_psnr = keep - {name}, g2, p2

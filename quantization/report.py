@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_enhance.card import CARD_KEY, ModelCard
-from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA, setting_label
+from edge_enhance.evaluation import DEFAULT_QUALITY, DEFAULT_SIGMA, SET_SIZES, setting_label
 
 from .errors import ConfigError, ModelFormatError
 
@@ -70,12 +70,6 @@ class Quality:
     images: int = 0  # measured (too small ones are left out)
 
 
-# The protocol sets (shared/data/README.md) and their sizes: a figure keyed by one of these names in a
-# card is that whole set's; one measured on a folder of another size (2 of Set5's 5) is keyed as such.
-PROTOCOL_IMAGES = {"Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100, "CBSD68": 68, "Kodak24": 24,
-                   "McMaster": 18}
-
-
 def calibration_record(calib, config) -> dict:
     """How a model was calibrated, for its card and report: the folder's name (not its path), the images
     and crops used, crop size and seed (``--calib-seed``): enough to draw the same set again."""
@@ -92,7 +86,7 @@ def figure_label(task: str, dataset, images: int) -> str:
     """
     name = Path(dataset).name
     label = setting_label(task, name)
-    return label if PROTOCOL_IMAGES.get(name) == images else f"{label} ({images} image{'s' * (images != 1)})"
+    return label if SET_SIZES.get(name) == images else f"{label} ({images} image{'s' * (images != 1)})"
 
 
 def measure(model_path, card: ModelCard, dataset, *, sigma: float = DEFAULT_SIGMA, quality: int = DEFAULT_QUALITY,

@@ -10,20 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 
 def _interpreter(path, threads, size):
     from edge_enhance.backends import read_card
-    from edge_enhance.backends.litert import interpreter_module, quantise_io, without_xnnpack_notice
+    from edge_enhance.backends.litert import open_interpreter, quantise_io, without_xnnpack_notice
     from edge_enhance.tiling import check_aligned
 
     card = read_card(path)
     check_aligned([size], card.align if card else 1, f"{path}: --size")
-    m, _ = interpreter_module()
-    it = m.Interpreter(model_content=Path(path).read_bytes(), num_threads=threads)  # a path: narrow fopen on Windows
+    it = open_interpreter(path, num_threads=threads)
     d = it.get_input_details()[0]
     it.resize_tensor_input(d["index"], [1, size[0], size[1], 3])
     with without_xnnpack_notice():

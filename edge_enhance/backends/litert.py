@@ -99,6 +99,13 @@ def interpreter_module():
         ) from None
 
 
+def open_interpreter(path, **kw):
+    """An Interpreter of the runtime's engine on the file at ``path``, opened from its bytes: TFLite opens a
+    path with the narrow fopen, which fails on Windows for a name outside the ANSI code page."""
+    m, _ = interpreter_module()
+    return m.Interpreter(model_content=Path(path).read_bytes(), **kw)
+
+
 def numpy_clash(numpy_version: str, tflite_runtime_version: str) -> str | None:
     """Why tflite-runtime cannot run beside this numpy, or None: every tflite-runtime release (the last,
     2.14, included) is built against numpy 1, and under numpy 2 it fails inside its first call."""
@@ -190,7 +197,7 @@ class LiteRTBackend(Backend):
 
     def __init__(self, path: Path, options: EngineOptions = EngineOptions()):
         self.path = Path(path)
-        data = self.path.read_bytes()
+        self._data = data = self.path.read_bytes()  # kept: the memory-estimate probe builds from it too
         meta = read_metadata(data, str(path))  # also refuses corrupt offsets before the C++ side sees them
         verify_graph(data, str(path))  # and indices the interpreter trusts (a bad one can segfault it)
         self.card = ModelCard.from_json(meta[CARD_KEY], str(path)) if CARD_KEY in meta else None
@@ -282,7 +289,7 @@ class LiteRTBackend(Backend):
         if hasattr(m, "OpResolverType"):
             kw["experimental_op_resolver_type"] = m.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            it = m.Interpreter(model_content=self.path.read_bytes(), **kw)
+            it = m.Interpreter(model_content=self._data, **kw)
             if not self.fixed_shape:
                 it.resize_tensor_input(self._in["index"], [1, *probe, self.channels], strict=False)
             it.allocate_tensors()
