@@ -386,7 +386,7 @@ def _build_processor(args, tiling):
     mode = args.mode or "upscale"
     scale = args.scale or (1 if mode in ("denoise", "dejpeg") else 2)
     pipe = Pipeline(mode, scale, strength=args.strength, check=not args.no_check,
-                    make_enhancer=lambda name: build_enhancer(args, tiling=tiling, strength=args.strength, model=name))
+                    make_enhancer=lambda name: build_enhancer(args, tiling=tiling, model=name))  # strength: per call
     name = {"upscale": f"sr-x{scale}", "auto": f"auto-x{scale}"}.get(mode, mode if scale == 1 else f"{mode}-x{scale}")
     return pipe, name
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from .argtypes import number
+from .card import TASKS
 from .cli import Progress, _cells, add_model_arguments, build_enhancer, ljust_cells, strict_json
 from .errors import ConfigError
 
@@ -17,10 +18,10 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_arg", metavar="MODEL", help="bundled model name or model file")
     p.add_argument("--dataset", required=True, help="folder of reference images (e.g. ../shared/data/eval/Set5)")
-    p.add_argument("--task", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
+    p.add_argument("--task", dest="eval_task", choices=TASKS,
                    help="protocol to apply (default: the model card's task)")
     # older spellings, left out of the help: enhance's --mode picks models, not a protocol
-    p.add_argument("--eval-task", "--mode", dest="eval_task", choices=("sr", "denoise", "dejpeg", "enhance"),
+    p.add_argument("--eval-task", "--mode", dest="eval_task", choices=TASKS,
                    help=argparse.SUPPRESS)
     p.add_argument("--sigma", type=number(float, 0, 255), help="denoise: noise level on the 0..255 scale (default 25)")
     p.add_argument("--quality", type=number(int, 1, 100), help="dejpeg: JPEG quality of the input (default 30)")

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from . import imageio
 from .errors import ConfigError, ImageInputError
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,6 @@ def rgb8(im: Image.Image) -> np.ndarray:
 def load_rgb(path: Path) -> np.ndarray:
     """The image as RGB uint8. 16-bit colour is rounded to 8 bits, as 16-bit grey is (Pillow's own 8-bit
     decode of it keeps the top byte: 0.12 dB off on a Set14 image stored as 16-bit)."""
-    from . import imageio
-
     try:
         with Image.open(path) as im:
             if not imageio.wide_colour(im, path):
@@ -227,10 +226,9 @@ def list_images(dataset_dir) -> list[Path]:
     if not d.is_dir():
         raise ImageInputError(f"{d}: is not a folder (a dataset is a folder of images)" if d.exists()
                               else f"{d}: dataset folder does not exist")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    from .imageio import IMAGE_SUFFIXES as READABLE
-
-    other = sorted(p.name for p in d.iterdir() if p.suffix.lower() in READABLE.difference(IMAGE_SUFFIXES))
+    entries = list(d.iterdir())
+    files = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
+    other = sorted(p.name for p in entries if p.suffix.lower() in imageio.IMAGE_SUFFIXES.difference(IMAGE_SUFFIXES))
     if other:  # not silently: the mean (and, for noise, the later images' seeds) would be of another set
         log.warning("%s: %d image(s) of other formats left out (%s%s); the protocol reads %s", d, len(other),
                     ", ".join(other[:3]), ", ..." if len(other) > 3 else "", ", ".join(IMAGE_SUFFIXES))

@@ -203,7 +203,7 @@ def jpeg_coding(im: Image.Image) -> dict:
     1 4:2:2, 2 4:2:0, -1 other), as read from the file; {} for other formats. Auto mode reads the
     JPEG's quality off them, from a file or an application's own Pillow image alike."""
     tables = getattr(im, "quantization", None)
-    if not tables or _format_of(im) not in ("JPEG", "MPO") or len(tables[0]) != 64:
+    if not tables or _format_of(im) != "JPEG" or len(tables[0]) != 64:  # MPO is a JPEG to _format_of
         return {}
     from PIL import JpegImagePlugin
 
@@ -879,15 +879,15 @@ def _icc_for_output(photo: Photo, fmt: str, dst: Path) -> bytes | None:
 _APP13_ROOM = 65533 - 14 - 12  # a marker segment less 'Photoshop 3.0', the resource's header and padding
 
 
-def _with_app13(jpeg: bytes, iptc: bytes) -> bytes:
-    """``jpeg`` with a Photoshop APP13 segment holding the IPTC-IIM resource (0x0404), after its leading APPn
-    segments (JFIF, EXIF, XMP, ICC), where Photoshop and ExifTool put it."""
+def _app13(jpeg, iptc: bytes) -> tuple[int, bytes]:
+    """(where in ``jpeg``, a Photoshop APP13 segment holding the IPTC-IIM resource 0x0404): after its leading
+    APPn segments (JFIF, EXIF, XMP, ICC), where Photoshop and ExifTool put it."""
     resource = b"8BIM\x04\x04\0\0" + struct.pack(">I", len(iptc)) + iptc + b"\0" * (len(iptc) & 1)
     segment = b"\xff\xed" + struct.pack(">H", 2 + 14 + len(resource)) + b"Photoshop 3.0\0" + resource
     i = 2
     while jpeg[i] == 0xFF and 0xE0 <= jpeg[i + 1] <= 0xEF:
         i += 2 + struct.unpack(">H", jpeg[i + 2:i + 4])[0]
-    return jpeg[:i] + segment + jpeg[i:]
+    return i, segment
 
 
 def _pillow_save(im: Image.Image, f, fmt: str, kw: dict, dst: Path) -> None:
@@ -911,7 +911,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
     kw: dict = {}
-    iptc = None
+    iptc, png_colour = None, []
     if not strip_metadata:
         if photo.icc:
             icc = _icc_for_output(photo, fmt, dst)
@@ -987,7 +987,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
                 try:
                     _write_png16(photo, f, kw.get("icc_profile"), kw.get("dpi"), kw.get("exif"),
-                                 [] if strip_metadata else _png_colour_chunks(photo, kw.get("icc_profile")))
+                                 png_colour)
                 except ImportError:
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
                     photo_to_pil(photo).save(f, format=fmt, **kw)
@@ -1007,10 +1007,15 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
                     log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour TIFF", dst)
                 elif photo.rgb.dtype == np.uint16:
                     log.warning("%s: %s stores 8 bits per channel; 16-bit precision reduced", dst, fmt)
-                if iptc:
+                if iptc:  # the segment goes in between, written from views of the encoded file (no copies)
                     b = io.BytesIO()
                     _pillow_save(photo_to_pil(photo), b, fmt, kw, dst)
-                    f.write(_with_app13(b.getvalue(), iptc))
+                    data = b.getbuffer()
+                    at, segment = _app13(data, iptc)
+                    f.write(data[:at])
+                    f.write(segment)
+                    f.write(data[at:])
+                    del data
                 else:
                     _pillow_save(photo_to_pil(photo), f, fmt, kw, dst)
     except (OSError, ValueError, OverflowError, struct.error) as e:  # an encoder's refusal (WebP's size limit, ...)

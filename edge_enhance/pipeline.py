@@ -241,8 +241,11 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
             raise ConfigError(f"--mode photo upscales x2 (enhance-x2), or x4 with sr-x2 after it; not x{scale}")
         return ["enhance-x2"] + (["sr-x2"] if scale == 4 else []), None
     rgb, alpha = _analysed_part(photo.rgb, photo.alpha)
-    table = photo.extra.get("jpeg_luma_table")  # read with the photo (a file, or an application's Pillow image)
-    quality = quality_of_table(table) if table else jpeg_quality_from_tables(src) if src else None
+    # Read with the photo (a file, or an application's Pillow image); the file again only for a Photo made
+    # otherwise (load_image sets its format).
+    table = photo.extra.get("jpeg_luma_table")
+    quality = quality_of_table(table) if table else jpeg_quality_from_tables(src) if src and photo.format is None \
+        else None
     subsampling = _SUBSAMPLING.get(photo.extra.get("jpeg_subsampling")) if quality is not None else None
     if min(rgb.shape[:2]) < MIN_ANALYSIS_SIDE:
         an = Analysis(None, quality, None, subsampling)
