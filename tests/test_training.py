@@ -176,6 +176,26 @@ def test_denoise_sampler_draws_sigma_up_to_the_recipes_sigma_max():
         Recipe("bad", "denoise", 1, channels=4, convs=2, patch=16, sigma_max=-1)
 
 
+def test_grey_noise_gives_that_share_of_patches_the_same_noise_in_r_g_and_b():
+    # a camera's noise is largely luma noise; trained on independent channels alone, denoise left it in place
+    def grey_share(share):
+        r = Recipe("t-g", "denoise", 1, channels=4, convs=2, patch=8, batch=200, sigma_max=20, grey_noise=share)
+        mid = [np.full((60, 64, 3), 128, np.uint8) + np.array([-10, 0, 10], np.int8).astype(np.uint8)]  # no clipping
+        x, y = PatchSampler(r, mid, seed=0).sample()
+        n = ((x - y) * 255).round()
+        noisy = n.flatten(1).abs().amax(dim=1) > 2
+        grey = (n[:, 0] == n[:, 1]).flatten(1).all(dim=1) & (n[:, 1] == n[:, 2]).flatten(1).all(dim=1)
+        return float((grey & noisy).sum() / noisy.sum())
+
+    assert grey_share(0) == 0
+    assert 0.15 < grey_share(0.3) < 0.45
+    assert grey_share(1) == 1
+    r0 = Recipe("t-g", "denoise", 1, channels=4, convs=2, patch=8, batch=8)  # no share: the same draws as before
+    ra = Recipe("t-g", "denoise", 1, channels=4, convs=2, patch=8, batch=8, grey_noise=0.0)
+    assert torch.equal(PatchSampler(r0, _images(2, (60, 64)), seed=3).sample()[0],
+                       PatchSampler(ra, _images(2, (60, 64)), seed=3).sample()[0])
+
+
 @pytest.mark.parametrize("task, scale", [("sr", 2), ("dejpeg", 1), ("enhance", 2)])
 def test_colour_perm_reorders_each_patchs_channels_alike_in_input_and_target(task, scale):
     # photos hold saturated reds far more often than saturated blues: enhance-x2 turns (0, 0, 255) into (14, 0, 162)
@@ -451,7 +471,9 @@ def test_training_tools_name_a_missing_data_folder_without_a_traceback(tmp_path,
     (["denoise", "--dilations", "1,2,3"], "dilations (1, 2, 3) must be 8 values"),
     (["denoise", "--dilations", "1,x"], "'1,x' is not a comma-separated list of integers"),
     (["denoise", "--sigma-max", "0"], "sigma_max 0.0 must be positive"),
-    (["sr-x2", "--sigma-max", "55"], "--sigma-max is the noise range of the denoise task, not of sr-x2"),
+    (["sr-x2", "--sigma-max", "55"], "--sigma-max is an option of the denoise task's noise, not of sr-x2"),
+    (["dejpeg", "--grey-noise", "0.2"], "--grey-noise is an option of the denoise task's noise, not of dejpeg"),
+    (["denoise", "--grey-noise", "1.5"], "grey_noise 1.5 must be in 0..1"),
     (["enhance-x2", "--y-loss", "-1"], "y_loss -1.0 must not be negative"),
 ])
 def test_train_cli_architecture_options_keep_the_budget(tmp_path, capsys, argv, message):

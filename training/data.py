@@ -89,7 +89,9 @@ class PatchSampler:
         if r.task == "denoise":
             clean = self._crop(self.images[k], p)[..., c]
             sigma = rng.uniform(0.0, r.sigma_max)
-            noisy = np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+            grey = r.grey_noise and rng.random() < r.grey_noise  # one draw for R, G and B: luma-only noise
+            noise = rng.normal(0, sigma, clean.shape[:2] + (1,) if grey else clean.shape)
+            noisy = np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
             return noisy, clean
         if r.task == "dejpeg":
             clean = self._crop(self.images[k], p)[..., c]

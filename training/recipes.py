@@ -42,6 +42,7 @@ class Recipe:
     max_params: int | None = None
     max_macs: int | None = None
     sigma_max: float = 50.0  # denoise: blind sigma U(0, sigma_max)
+    grey_noise: float = 0.0  # denoise: share of patches whose noise is the same in R, G and B (luma noise)
     y_loss: float = 0.0  # weight of a luma (Y) term added to the RGB loss (sr / enhance are scored on Y)
     quality_range: tuple[int, int] = (10, 90)  # dejpeg: quality U(lo, hi)
     colour_perm: int = 0  # 1: each clean patch's R, G, B in a random order (saturated blues as often as reds)
@@ -62,6 +63,8 @@ class Recipe:
                               f"(and the net at full resolution)")
         if not self.sigma_max > 0:
             raise ConfigError(f"recipe {self.name}: sigma_max {self.sigma_max} must be positive")
+        if not 0 <= self.grey_noise <= 1:
+            raise ConfigError(f"recipe {self.name}: grey_noise {self.grey_noise} must be in 0..1")
         if not self.y_loss >= 0:
             raise ConfigError(f"recipe {self.name}: y_loss {self.y_loss} must not be negative")
         if self.colour_perm not in (0, 1):

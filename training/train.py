@@ -64,6 +64,8 @@ OVERRIDES = {"channels": (int, "width (channels of every hidden conv)"), "convs"
              "dilations": (dilation_list,
                            "dilation of each conv, comma-separated (1,2,3,4,...: a wider receptive field)"),
              "sigma_max": (float, "denoise: the training noise is sigma U(0, this)"),
+             "grey_noise": (float, "denoise: this share of the training patches (0..1) get noise that is the same "
+                                   "in R, G and B, as a camera's luma noise, besides the protocol's independent noise"),
              "y_loss": (float, "add this weight times the loss on luma Y, the channel sr / enhance are scored "
                                "on, to the RGB loss (0: RGB only)"),
              "colour_perm": (int, "1: each clean patch's R, G and B channels in a random order, so saturated "
@@ -251,6 +253,7 @@ def train(r: Recipe, *, ckpt_dir: Path, data_root: Path, minutes: float | None =
         raise ConfigError(f"{r.name}: the seed must not be negative, got {seed}")
     torch.set_num_threads(int(os.environ.get("EDGE_ENHANCE_THREADS", "2")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest convolutions
     budget_s = 60.0 * (minutes if minutes is not None else r.minutes)
     torch.manual_seed(seed)
     model = build_model(r).to(device)
@@ -571,7 +574,8 @@ def _degradation(r: Recipe) -> str:
     if r.task == "sr":
         return f"Pillow bicubic x1/{r.scale} of the whole mod-cropped image"
     if r.task == "denoise":
-        return f"blind Gaussian sigma U(0, {r.sigma_max:g}), rounded and clipped to uint8"
+        grey = f" ({r.grey_noise:g} of the patches: one draw for R, G and B)" if r.grey_noise else ""
+        return f"blind Gaussian sigma U(0, {r.sigma_max:g}){grey}, rounded and clipped to uint8"
     if r.task == "dejpeg":
         return f"Pillow JPEG quality U{{{r.quality_range[0]}..{r.quality_range[1]}}}"
     return "edge_enhance.evaluation.degrade: blur sigma U(0.4,1.6), bicubic x1/2, noise sigma U(1,10), JPEG q U{40..90}"
@@ -616,8 +620,9 @@ def main(argv=None) -> int:
             ap.error("--eval-every must be positive")
         r = dataclasses.replace(r, eval_every=a.eval_every)
     overrides = given_overrides(a)
-    if "sigma_max" in overrides and r.task != "denoise":
-        ap.error(f"--sigma-max is the noise range of the denoise task, not of {r.name}")
+    for k in ("sigma_max", "grey_noise"):
+        if k in overrides and r.task != "denoise":
+            ap.error(f"{_flag(k)} is an option of the denoise task's noise, not of {r.name}")
     if overrides:
         try:
             r = dataclasses.replace(r, **overrides)  # Recipe checks the ranges
