@@ -144,6 +144,9 @@ def test_every_recipe_fits_its_budget():
             if r.max_macs:
                 assert m.macs_per_pixel() <= r.max_macs, r.name
     assert RECIPES["denoise"].stage(2).convs == 12 and RECIPES["denoise"].stage(2).lr == RECIPES["denoise"].lr
+    assert (RECIPES["denoise"].stage(4).batch, RECIPES["denoise"].stage(1).batch) == (128, 16)  # a stage's own
+    with pytest.raises(ConfigError, match="colour_perm 2 must be 0 or 1"):
+        Recipe("bad", "sr", 2, channels=4, convs=2, patch=16, stages=(Stage(steps=2, colour_perm=2),)).stage(1)
     for bad in (Stage(convs=1, steps=5), Stage(), Stage(steps=-1, l2_steps=3), Stage(lr=0.0, steps=2)):
         with pytest.raises(ConfigError, match="stage 1 must keep or grow"):
             Recipe("bad", "sr", 2, channels=4, convs=2, patch=16, stages=(bad,))
@@ -391,7 +394,7 @@ def test_queue_runs_a_recipes_stages_each_from_the_export_before(tmp_path, monke
         (root / sub).mkdir(parents=True)
         Image.fromarray(_images(1, (36, 40), seed=len(sub))[0]).save(root / sub / "0.png")
     r = Recipe("t-s", "sr", 2, channels=4, convs=2, patch=8, batch=2, minutes=0.005, eval_every=10_000,
-               stages=(Stage(convs=3, lr=5e-4, steps=2, l2_steps=1), Stage(l2_steps=2)))
+               stages=(Stage(convs=3, lr=5e-4, steps=2, l2_steps=1), Stage(l2_steps=2, batch=3, patch=10)))
     monkeypatch.setattr(queue, "QUEUE", ("t-s",))
     monkeypatch.setattr(queue, "get", lambda name: r)
     args = ["--out", str(tmp_path / "out"), "--ckpt", str(tmp_path / "ck"), "--data", str(root)]
@@ -402,6 +405,8 @@ def test_queue_runs_a_recipes_stages_each_from_the_export_before(tmp_path, monke
     assert (c1.extra["steps"], c1.extra["grown_from"]["convs"], c1.receptive_field) == (3, 2, 7)
     assert c1.extra["recipe"].endswith(f"--convs 3 --lr 0.0005 --init-from {first} --steps 2 --l2-steps 1")
     assert c2.extra["l2_finetune"] == {"steps": 2, "minutes": c2.extra["train_minutes"], "lr": r.lr / 10}
+    assert (c1.extra["batch"], c1.extra["patch"], c2.extra["batch"], c2.extra["patch"]) == (2, 8, 3, 10)  # its own
+    assert "--convs 3 --batch 3 --patch 10 --init-from" in c2.extra["recipe"]
     assert c2.extra["grown_from"]["steps"] == c0.extra["steps"] + 3  # the whole lineage, nested
     assert c2.extra["grown_from"]["grown_from"]["checkpoint"] == str(first) and c2.extra["psnr"]
     stamps = [p.stat().st_mtime_ns for p in (first, grown, last)]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import export as ex, run_tool
 from .data import default_data_root, load_train_images
-from .recipes import get
+from .recipes import STAGE_OPTIONS, get
 from .train import DEFAULT_CKPT, command, export_model, train
 
 log = logging.getLogger("training")
@@ -74,7 +74,7 @@ def _run(r, i: int, src: Path | None, a, data_root: Path, images) -> Path:
         st = r.stages[i - 1]
         budget = {"steps": round(st.steps * a.factor), "l2_steps": round(st.l2_steps * a.factor)}
         need, what = budget["steps"] + budget["l2_steps"], "steps"
-        overrides = {k: getattr(ri, k) for k in ("convs", "lr") if getattr(ri, k) != getattr(r, k)}
+        overrides = {k: getattr(ri, k) for k in ("convs", "lr", *STAGE_OPTIONS) if getattr(ri, k) != getattr(r, k)}
     if done.exists() and (src is None or done.stat().st_mtime_ns >= src.stat().st_mtime_ns):
         try:
             extra = ex.read_card(done).extra

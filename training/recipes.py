@@ -16,13 +16,18 @@ TASKS = ("sr", "denoise", "dejpeg", "enhance")
 class Stage:
     """A later training run of a bundled model, started from the previous run's export
     (``training.train --init-from``): grown to ``convs`` of the same width (None: the same depth),
-    ``steps`` L1 steps at ``lr`` (None: the recipe's), then ``l2_steps`` L2 steps at a tenth of it.
+    ``steps`` L1 steps at ``lr`` (None: the recipe's), then ``l2_steps`` L2 steps at a tenth of it;
+    ``batch``, ``patch``, ``y_loss`` and ``colour_perm`` (None: the recipe's) for this run alone.
     Step budgets, so the schedule is the same on any machine (these runs were made on an H100 or the
     2-core CPU; the model card says which)."""
     convs: int | None = None
     lr: float | None = None
     steps: int = 0
     l2_steps: int = 0
+    batch: int | None = None
+    patch: int | None = None
+    y_loss: float | None = None
+    colour_perm: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,12 +93,15 @@ class Recipe:
         if i == 0:
             return self
         st = self.stages[i - 1]
-        return replace(self, convs=st.convs or self.stage(i - 1).convs, lr=st.lr or self.lr, stages=())
+        own = {k: getattr(st, k) for k in STAGE_OPTIONS if getattr(st, k) is not None}
+        return replace(self, convs=st.convs or self.stage(i - 1).convs, lr=st.lr or self.lr, stages=(), **own)
 
     @property
     def base(self) -> str:
         return "identity" if self.scale == 1 else "nearest"
 
+
+STAGE_OPTIONS = ("batch", "patch", "y_loss", "colour_perm")  # a stage's own training options (None: the recipe's)
 
 RECIPES: dict[str, Recipe] = {}
 
@@ -118,17 +126,23 @@ register(Recipe("sr-x3", "sr", 3, channels=28, convs=7, patch=32, minutes=19, l2
 register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=19, l2_minutes=2, max_params=50_000))
 # Full-resolution networks: compute per pixel = params, so they stay under the 100k cap.
 # denoise: 8 x 32 (57k params, receptive field 17) on the H100, grown to 12 x 32 (94k, RF 25) there
-# (18 + 2 min beside four other runs), then an L2 fine-tune (5.5 min beside one other).
+# (18 + 2 min beside four other runs), then an L2 fine-tune (5.5 min beside one other); then, on larger
+# batches of larger patches (9 + 6 min, then L2 alone for 7.6 min at lr 1e-4, each beside three other runs).
 register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=19, l2_minutes=2, max_params=100_000,
-                stages=(Stage(convs=12, lr=3e-4, steps=57994, l2_steps=6515), Stage(l2_steps=25279))))
+                stages=(Stage(convs=12, lr=3e-4, steps=57994, l2_steps=6515), Stage(l2_steps=25279),
+                        Stage(lr=3e-4, batch=64, patch=64, steps=20328, l2_steps=13643),
+                        Stage(batch=128, patch=64, l2_steps=10040))))
 # dejpeg: the L1 run's export fine-tuned with L2 (19.3 min on the 2-core CPU).
 register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=213, max_params=100_000,
                 stages=(Stage(l2_steps=6000),)))
 # enhance-x2: 9 x 32 on the CPU (L1 230 min, then L2 12,000 steps in 39.5 min), grown to 12 x 32 (97k
-# params, RF 25) on the H100 (18 + 2 min beside four other runs), then L2 there (5.5 min beside one other).
+# params, RF 25) on the H100 (18 + 2 min beside four other runs), then L2 there (5.5 min beside one other);
+# then with the luma loss and channel permutation, batch 32 (9 + 6 min, then 4 + 3.6 min, beside three others).
 register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=230, max_params=100_000,
                 stages=(Stage(l2_steps=12000), Stage(convs=12, lr=3e-4, steps=77569, l2_steps=8858),
-                        Stage(l2_steps=35440))))
+                        Stage(l2_steps=35440),
+                        Stage(lr=3e-4, batch=32, y_loss=3, colour_perm=1, steps=21608, l2_steps=14061),
+                        Stage(lr=3e-4, batch=32, y_loss=3, colour_perm=1, steps=9362, l2_steps=9544))))
 
 def get(name: str) -> Recipe:
     try:
