@@ -122,6 +122,12 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
     return min(float(np.median(sigmas)), MAX_NOISE_SIGMA)
 
 
+def is_grey(photo: imageio.Photo) -> bool:
+    """A greyscale picture: decoded from a grey file, or R, G and B equal everywhere."""
+    rgb = photo.rgb
+    return photo.grey or bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
 def jpeg_quality_from_tables(path) -> int | None:
     """IJG quality (1..100) of a JPEG file from its luminance table; None if not a JPEG."""
     try:
@@ -296,6 +302,7 @@ class Pipeline(_Processor):
         self._local = threading.local()  # last_run, last_stages, last_analysis: each thread sees its own
         self._sequence: tuple | None = None  # auto on a video: (the first frame's stages,), kept for the rest
         self._said_strength = False
+        self._said_grey = False
         if mode != "auto":
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing
@@ -349,6 +356,16 @@ class Pipeline(_Processor):
             for n in missing:
                 log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
             stages = an.stages = [n for n in stages if n not in missing]
+        if "denoise" in stages and is_grey(photo):
+            # Trained on noise drawn apart in R, G and B, the bundled denoise leaves noise that is the same in all
+            # three almost in place (4 Kodak24 images in grey, sigma 25: 20.23 -> 20.22 dB): auto spares the time.
+            if an is not None:
+                stages = an.stages = [n for n in stages if n != "denoise"]
+            if not self._said_grey:
+                self._said_grey = True
+                log.warning("%s: a greyscale image: the bundled denoise model, trained on colour noise, leaves the "
+                            "noise of a grey image almost in place%s", src or "<image>",
+                            "; auto skips it" if an is not None else "")
         if self._sequence == ():
             self._sequence = (stages,)
         if not self._sequence or an is not None:

@@ -427,7 +427,7 @@ def test_a_cleanup_before_an_upscale_runs_at_most_at_strength_1(caplog):
         r.name = name
         return r
 
-    photo = imageio.Photo(np.full((40, 40, 3), 100, np.uint8))
+    photo = imageio.Photo(np.full((40, 40, 3), (100, 110, 120), np.uint8))  # a colour one: no greyscale warning
     Pipeline("denoise", 2, make_enhancer=make, strength=1.5).enhance_photo(photo)
     assert used == [("denoise", 1.0), ("sr-x2", 1.5)] and not caplog.records  # no "inverted" warning: it is not
     used.clear()
@@ -523,3 +523,30 @@ def test_pipeline_enhance_takes_what_enhancer_enhance_takes(sr_model):
     assert out.mode == "L" and np.array_equal(np.asarray(out), enh.enhance(rgb[..., 0], strength=0.5))
     with pytest.raises(ConfigError, match=r"H x W x 4 \(RGBA\).*got an array of shape \(9, 11, 2\)"):
         pipe.enhance(rgb[..., :2])
+
+
+def test_auto_skips_denoise_on_a_grey_image_and_says_why_once(caplog):
+    # trained on noise drawn apart in R, G and B, the bundled denoise left a grey photo's noise in place
+    rng = np.random.default_rng(0)
+    g = np.clip(np.round(smooth(48, 64)[..., :1] + rng.normal(0, 20, (48, 64, 1))), 0, 255).astype(np.uint8)
+    ran = []
+
+    def make(name):
+        ran.append(name)
+        return _Offset(0, scale=1 if name == "denoise" else 2)
+
+    pipe = Pipeline("auto", 2, make_enhancer=make, check=False)
+    for grey in (imageio.Photo(np.repeat(g, 3, axis=2), grey=True), imageio.Photo(np.repeat(g, 3, axis=2))):
+        pipe.enhance_photo(grey)
+        assert pipe.last_stages == ["sr-x2"] and pipe.last_analysis.noise_sigma > 10
+    assert ran == ["sr-x2"]
+    said = [r.getMessage() for r in caplog.records if "greyscale" in r.getMessage()]
+    assert said == ["<image>: a greyscale image: the bundled denoise model, trained on colour noise, leaves the "
+                    "noise of a grey image almost in place; auto skips it"]
+    colour = np.clip(np.round(smooth(48, 64) + rng.normal(0, 20, (48, 64, 3))), 0, 255).astype(np.uint8)
+    pipe.enhance_photo(imageio.Photo(colour))
+    assert pipe.last_stages == ["denoise", "sr-x2"]
+    caplog.clear()
+    asked = Pipeline("denoise", 1, make_enhancer=lambda name: _Offset(0, scale=1))
+    asked.enhance_photo(imageio.Photo(np.repeat(g, 3, axis=2), grey=True))
+    assert asked.last_stages == ["denoise"] and "greyscale" in caplog.text and "auto skips" not in caplog.text
