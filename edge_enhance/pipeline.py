@@ -356,7 +356,8 @@ class Pipeline(_Processor):
             for n in missing:
                 log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
             stages = an.stages = [n for n in stages if n not in missing]
-        if "denoise" in stages and is_grey(photo):
+        # (auto decides per photo; --mode denoise only warns, once: a video's later frames are not compared)
+        if "denoise" in stages and (an is not None or not self._said_grey) and is_grey(photo):
             # Trained on noise drawn apart in R, G and B, the bundled denoise leaves noise that is the same in all
             # three almost in place (4 Kodak24 images in grey, sigma 25: 20.23 -> 20.22 dB): auto spares the time.
             if an is not None:
