@@ -761,7 +761,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--dpi", choices=("keep-print-size", "keep-value"), default="keep-print-size",
                    help="the output's DPI: keep-print-size (default: the input's times the scale, so it prints at "
                         "the same size) or keep-value (the input's)")
-    e.add_argument("--strip-metadata", action="store_true", help="drop EXIF, ICC profile and DPI")
+    e.add_argument("--strip-metadata", action="store_true", help="drop EXIF (GPS, camera, dates), XMP, IPTC, comments and DPI; the ICC profile "
+                   "is kept, since without it a wide-gamut (Display P3, Adobe RGB) photo changes colour")
     e.add_argument("--recursive", "-r", action="store_true",
                    help="descend into sub-folders, linked ones too (each real folder once; without -o, outputs "
                         "go beside their inputs, in a linked folder as well)")

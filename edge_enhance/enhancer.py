@@ -232,7 +232,8 @@ class _Processor:
                      progress: Progress | None = None) -> Path:
         """Load ``src``, enhance it, save it to ``dst`` atomically (a temporary file, renamed); returns ``dst``.
         ``fmt``: the output format ('jpg', 'png', ...; else dst's extension says); ``quality``: JPEG / WebP,
-        1..100; ``strip_metadata``: no EXIF, ICC, DPI or captions; ``dpi_mode``: keep-print-size (the DPI
+        1..100; ``strip_metadata``: no EXIF, DPI or captions (the ICC profile, colour
+        not metadata, is kept); ``dpi_mode``: keep-print-size (the DPI
         times the scale) or keep-value; ``max_pixels``: the largest input; ``overwrite``: dst may be src;
         ``progress(done_tiles, total_tiles)``."""
         return enhance_file(self, src, dst, fmt=fmt, quality=quality, strip_metadata=strip_metadata,

@@ -911,12 +911,13 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     if not dst.parent.is_dir():
         raise OutputError(f"{dst}: output folder {dst.parent} does not exist")
     kw: dict = {}
-    iptc, png_colour = None, []
+    iptc = None
+    if photo.icc:  # kept by strip_metadata too: it says how to read the colours (a P3 photo without it shifts)
+        icc = _icc_for_output(photo, fmt, dst)
+        if icc:
+            kw["icc_profile"] = icc
+    png_colour = _png_colour_chunks(photo, kw.get("icc_profile")) if fmt == "PNG" else []
     if not strip_metadata:
-        if photo.icc:
-            icc = _icc_for_output(photo, fmt, dst)
-            if icc:
-                kw["icc_profile"] = icc
         dpi = _scaled_dpi(photo, dpi_scale)
         if dpi and max(dpi) > FORMAT_MAX_DPI.get(fmt, MAX_DPI * 8):
             log.warning("%s: %s cannot store %g dpi; written without a resolution", dst, fmt, max(dpi))
@@ -948,16 +949,20 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["xmp"] = photo.xmp
         if photo.comment and fmt == "JPEG":
             kw["comment"] = photo.comment
-        png_colour = _png_colour_chunks(photo, kw.get("icc_profile"))
-        if fmt == "PNG" and (photo.text or photo.xmp or png_colour):
+        if fmt == "PNG" and (photo.text or photo.xmp):
             kw["pnginfo"] = _png_text(photo)
-            for kind, data in png_colour:
-                kw["pnginfo"].add(kind, data)
-        gamma = photo.extra.get("gamma")
-        if fmt != "PNG" and gamma and abs(gamma - 1 / 2.2) > 0.01 and "srgb" not in photo.extra \
-                and "icc_profile" not in kw:  # an ICC profile, which overrides gAMA, says it all
-            log.warning("%s: the input's PNG gamma %g (not sRGB's 0.45) cannot be kept in %s; viewers will read it as "
-                        "sRGB and show other tones (write PNG to keep it)", dst, gamma, fmt)
+    if png_colour:  # gAMA / cHRM / sRGB: colour, as the ICC profile, so kept by strip_metadata too
+        if "pnginfo" not in kw:
+            from PIL import PngImagePlugin
+
+            kw["pnginfo"] = PngImagePlugin.PngInfo()
+        for kind, data in png_colour:
+            kw["pnginfo"].add(kind, data)
+    gamma = photo.extra.get("gamma")
+    if fmt != "PNG" and gamma and abs(gamma - 1 / 2.2) > 0.01 and "srgb" not in photo.extra \
+            and "icc_profile" not in kw:  # an ICC profile, which overrides gAMA, says it all
+        log.warning("%s: the input's PNG gamma %g (not sRGB's 0.45) cannot be kept in %s; viewers will read it as "
+                    "sRGB and show other tones (write PNG to keep it)", dst, gamma, fmt)
     if fmt == "JPEG":  # one marker segment each: more (a PNG's or TIFF's metadata can be) is refused
         for key, room in (("exif", 65533), ("xmp", 65504), ("comment", 65533)):
             if key in kw and len(kw[key]) > room:

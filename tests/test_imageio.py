@@ -84,7 +84,7 @@ def test_16bit_colour_png_keeps_icc_dpi_and_exif(tmp_path, alpha):
     assert np.array_equal(out.rgb, a) and (out.alpha is not None) == alpha
     assert out.icc == icc and out.exif.get(0x010F) == "Epson" and out.dpi == pytest.approx((600, 600), abs=0.01)
     stripped = imageio.load_image(imageio.save_image(ph, tmp_path / "s.png", strip_metadata=True))
-    assert stripped.icc is None and stripped.dpi is None and stripped.exif is None
+    assert stripped.icc == icc and stripped.dpi is None and stripped.exif is None
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "I;16", "RGBA", "CMYK", "RGB"])
@@ -116,8 +116,27 @@ def test_icc_and_dpi_carried_or_stripped(tmp_path):
     with Image.open(kept) as o:
         assert o.info.get("icc_profile") == icc and round(o.info["dpi"][0]) == 600
     stripped = imageio.save_image(ph, tmp_path / "s.png", strip_metadata=True)
-    with Image.open(stripped) as o:
-        assert "icc_profile" not in o.info
+    with Image.open(stripped) as o:  # the profile is colour, not metadata: a P3 photo without it shifts
+        assert o.info.get("icc_profile") == icc and "dpi" not in o.info
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp", "tif"])
+def test_strip_metadata_keeps_the_colour_and_drops_the_rest(tmp_path, ext):
+    p3 = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # stands in for Display P3
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    exif.get_ifd(0x8825)[1] = "N"
+    ph = imageio.Photo(np.full((4, 6, 3), 90, np.uint8), None, False, p3, exif, (300, 300), "PNG")
+    ph.text = {"Author": "Zo\u00eb"}
+    ph.extra.update(gamma=0.5, chromaticity=(0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06))
+    out = imageio.save_image(ph, tmp_path / f"s.{ext}", strip_metadata=True)
+    with Image.open(out) as o:
+        o.load()
+        assert o.info.get("icc_profile") == p3
+        assert not o.getexif().get(0x010F) and not o.getexif().get_ifd(0x8825)
+        assert round(o.info.get("dpi", (0, 0))[0]) != 300  # a TIFF says 1 dpi when given none
+        if ext == "png":
+            assert o.info.get("gamma") == pytest.approx(0.5) and "Author" not in o.text
 
 
 def test_cmyk_without_profile_converts(tmp_path):
