@@ -127,22 +127,26 @@ register(Recipe("sr-x4", "sr", 4, channels=28, convs=7, patch=24, minutes=19, l2
 # Full-resolution networks: compute per pixel = params, so they stay under the 100k cap.
 # denoise: 8 x 32 (57k params, receptive field 17) on the H100, grown to 12 x 32 (94k, RF 25) there
 # (18 + 2 min beside four other runs), then an L2 fine-tune (5.5 min beside one other); then, on larger
-# batches of larger patches (9 + 6 min, then L2 alone for 7.6 min at lr 1e-4, each beside three other runs).
+# batches of larger patches (9 + 6 min, then L2 alone for 7.6 min at lr 1e-4, then patch 96 for 13 + 10 min,
+# each beside three other runs).
 register(Recipe("denoise", "denoise", 1, channels=32, convs=8, patch=48, minutes=19, l2_minutes=2, max_params=100_000,
                 stages=(Stage(convs=12, lr=3e-4, steps=57994, l2_steps=6515), Stage(l2_steps=25279),
                         Stage(lr=3e-4, batch=64, patch=64, steps=20328, l2_steps=13643),
-                        Stage(batch=128, patch=64, l2_steps=10040))))
+                        Stage(batch=128, patch=64, l2_steps=10040),
+                        Stage(lr=3e-4, batch=64, patch=96, steps=13521, l2_steps=10284))))
 # dejpeg: the L1 run's export fine-tuned with L2 (19.3 min on the 2-core CPU).
 register(Recipe("dejpeg", "dejpeg", 1, channels=32, convs=8, patch=48, minutes=213, max_params=100_000,
                 stages=(Stage(l2_steps=6000),)))
 # enhance-x2: 9 x 32 on the CPU (L1 230 min, then L2 12,000 steps in 39.5 min), grown to 12 x 32 (97k
 # params, RF 25) on the H100 (18 + 2 min beside four other runs), then L2 there (5.5 min beside one other);
-# then with the luma loss and channel permutation, batch 32 (9 + 6 min, then 4 + 3.6 min, beside three others).
+# then with the luma loss and channel permutation, batch 32 (9 + 6 min, then 4 + 3.6 min, then on patches of 96
+# for 13 + 10 min, beside three others).
 register(Recipe("enhance-x2", "enhance", 2, channels=32, convs=9, patch=40, minutes=230, max_params=100_000,
                 stages=(Stage(l2_steps=12000), Stage(convs=12, lr=3e-4, steps=77569, l2_steps=8858),
                         Stage(l2_steps=35440),
                         Stage(lr=3e-4, batch=32, y_loss=3, colour_perm=1, steps=21608, l2_steps=14061),
-                        Stage(lr=3e-4, batch=32, y_loss=3, colour_perm=1, steps=9362, l2_steps=9544))))
+                        Stage(lr=3e-4, batch=32, y_loss=3, colour_perm=1, steps=9362, l2_steps=9544),
+                        Stage(lr=3e-4, batch=32, patch=96, y_loss=3, colour_perm=1, steps=10956, l2_steps=8749))))
 
 def get(name: str) -> Recipe:
     try:
