@@ -475,6 +475,32 @@ class Enhancer(_Processor):
         return yout
 
     # -- convenience ------------------------------------------------------------------------------
+    def _denoise_grey(self, rgb: np.ndarray, *, out, progress, strength) -> np.ndarray:
+        """A grey picture through a denoiser trained on noise drawn apart in R, G and B. Given as it is (R = G
+        = B), its noise is the same in all three, which such a model keeps as texture (bundled denoise, 4
+        Kodak24 images in grey, sigma 25: 20.22 dB in, 20.23 out). Given with G one pixel to the left and B
+        one pixel up, each pixel's three noise values come from three pixels, independent as in training
+        (as pixel-shuffle sampling decorrelates camera noise); the three outputs, moved back and averaged,
+        give 28.97 dB there, for the time of one pass."""
+        g = rgb[..., 0]
+        x = np.empty_like(rgb)
+        x[..., 0] = g
+        x[:, :-1, 1], x[:, -1, 1] = g[:, 1:], g[:, -1]
+        x[:-1, :, 2], x[-1, :, 2] = g[1:], g[-1]
+        res = self.enhance_rgb(x, out=out, progress=progress, strength=strength)
+        del x
+        maxv = np.iinfo(res.dtype).max
+        for b in reversed(imageio.row_bands(res)):  # bottom up, in place: a band reads the row above it
+            a, e = b.start, b.stop
+            r0 = res[a:e, :, 0].astype(np.float32)
+            r1, r2 = r0.copy(), r0.copy()  # the first column / row: G's and B's estimates of it are off the image
+            r1[:, 1:] = res[a:e, :-1, 1]
+            r2[1:] = res[a:e - 1, :, 2]
+            if a:
+                r2[0] = res[a - 1, :, 2]
+            res[a:e] = np.clip(np.rint((r0 + r1 + r2) / 3), 0, maxv).astype(res.dtype)[..., None]
+        return res
+
     def _upscale_alpha(self, alpha: np.ndarray) -> np.ndarray:
         from PIL import Image
 
@@ -493,7 +519,11 @@ class Enhancer(_Processor):
             # rings into the edge (premultiplying did: dark or light outlines of up to 126 levels).
             rgb = bleed_hidden_colour(rgb, alpha, self.card.margin + 2)  # + bicubic alpha's reach
         grey_looking = not photo.grey and _grey_looking(rgb)
-        res = self.enhance_rgb(rgb, out=out, progress=progress, strength=strength)
+        if (photo.grey or grey_looking) and self.card.task == "denoise" and self.card.colour == "rgb":
+            res = self._denoise_grey(rgb, out=out, progress=progress, strength=strength)
+            grey_looking = False  # already grey
+        else:
+            res = self.enhance_rgb(rgb, out=out, progress=progress, strength=strength)
         new_alpha = self._upscale_alpha(alpha) if alpha is not None else None
         for b in imageio.row_bands(res) if grey_looking or alpha is not None else ():
             if grey_looking:  # a grey picture stored as RGB comes out grey, not tinted

@@ -33,6 +33,10 @@ DEJPEG_MAX_QUALITY = 90  # dejpeg's training range is quality 10..90
 # on Kodak24 and +0.14 / -0.13 / -0.52 / -1.20 on McMaster (4:2:0 at 85 / 90: +0.58 / +0.16 there).
 DEJPEG_MAX_QUALITY_444 = 75
 NOISE_THRESHOLD = 6.0  # sigma (0..255) above which auto mode denoises
+# A grey image is denoised through its copies one pixel apart in R, G and B (Enhancer._denoise_grey), which
+# softens it a little: 8 Kodak24 images in grey, int8, sigma 7 / 8 / 10 / 25: 31.25 -> 30.47, 30.10 -> 30.32,
+# 28.17 -> 30.03, 20.31 -> 27.95 dB. Auto denoises a grey image from this reading up.
+GREY_NOISE_THRESHOLD = 10.0
 # A JPEG smooths the noise it was saved with, so its noise reads low (sigma 15 under 4:4:4 q70 read 3.9): on one
 # that dejpeg cleans, denoise follows from this reading up. 8 Kodak24 crops (256 px), noise then JPEG, int8:
 # dejpeg then denoise against dejpeg alone +1.4 dB (sigma 15, q70 4:4:4, read 3.9), +3.6 (sigma 10, q85 4:4:4,
@@ -302,7 +306,6 @@ class Pipeline(_Processor):
         self._local = threading.local()  # last_run, last_stages, last_analysis: each thread sees its own
         self._sequence: tuple | None = None  # auto on a video: (the first frame's stages,), kept for the rest
         self._said_strength = False
-        self._said_grey = False
         if mode != "auto":
             for name in plan_stages(mode, scale)[0]:
                 self.stage(name)  # fail early if a model is missing
@@ -356,17 +359,10 @@ class Pipeline(_Processor):
             for n in missing:
                 log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
             stages = an.stages = [n for n in stages if n not in missing]
-        # (auto decides per photo; --mode denoise only warns, once: a video's later frames are not compared)
-        if "denoise" in stages and (an is not None or not self._said_grey) and is_grey(photo):
-            # Trained on noise drawn apart in R, G and B, the bundled denoise leaves noise that is the same in all
-            # three almost in place (4 Kodak24 images in grey, sigma 25: 20.23 -> 20.22 dB): auto spares the time.
-            if an is not None:
-                stages = an.stages = [n for n in stages if n != "denoise"]
-            if not self._said_grey:
-                self._said_grey = True
-                log.warning("%s: a greyscale image: the bundled denoise model, trained on colour noise, leaves the "
-                            "noise of a grey image almost in place%s", src or "<image>",
-                            "; auto skips it" if an is not None else "")
+        if an is not None and "denoise" in stages and an.noise_sigma < GREY_NOISE_THRESHOLD and is_grey(photo):
+            stages = an.stages = [n for n in stages if n != "denoise"]
+            log.info("%s: a greyscale image with noise sigma %.1f: auto denoises grey images from sigma %g on",
+                     src or "<image>", an.noise_sigma, GREY_NOISE_THRESHOLD)
         if self._sequence == ():
             self._sequence = (stages,)
         if not self._sequence or an is not None:
