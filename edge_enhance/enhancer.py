@@ -481,7 +481,7 @@ class Enhancer(_Processor):
         Kodak24 images in grey, sigma 25: 20.22 dB in, 20.23 out). Given with G one pixel to the left and B
         one pixel up, each pixel's three noise values come from three pixels, independent as in training
         (as pixel-shuffle sampling decorrelates camera noise); the three outputs, moved back and averaged,
-        give 28.97 dB there, for the time of one pass."""
+        give 27.97 dB (the first 8 Kodak24 images in grey, sigma 25, fp32: 20.31 dB in), for one pass."""
         g = rgb[..., 0]
         x = np.empty_like(rgb)
         x[..., 0] = g
