@@ -518,7 +518,7 @@ class Enhancer(_Processor):
             # model's reach of what shows it becomes the colour at the visible edge, so nothing hidden
             # rings into the edge (premultiplying did: dark or light outlines of up to 126 levels).
             rgb = bleed_hidden_colour(rgb, alpha, self.card.margin + 2)  # + bicubic alpha's reach
-        grey_looking = not photo.grey and _grey_looking(rgb)
+        grey_looking = not photo.grey and imageio.looks_grey(rgb)
         if (photo.grey or grey_looking) and self.card.task == "denoise" and self.card.colour == "rgb":
             res = self._denoise_grey(rgb, out=out, progress=progress, strength=strength)
             grey_looking = False  # already grey
@@ -560,12 +560,6 @@ def bleed_hidden_colour(rgb: np.ndarray, alpha: np.ndarray, reach: int) -> np.nd
         out[ys, xs] = np.rint(acc / cnt[:, None])
         known[ys, xs] = True
     return out
-
-
-def _grey_looking(rgb: np.ndarray) -> bool:
-    """Whether the three channels are equal everywhere (a grey picture stored as RGB), band by band."""
-    return all(np.array_equal(rgb[b][..., 0], rgb[b][..., 1]) and np.array_equal(rgb[b][..., 1], rgb[b][..., 2])
-               for b in imageio.row_bands(rgb))
 
 
 DPI_MODES = ("keep-print-size", "keep-value")  # the output's DPI: scaled with the pixels, or copied

@@ -581,6 +581,12 @@ def row_bands(rgb: np.ndarray):
     return [np.s_[y:min(y + step, h)] for y in range(0, h, step)]
 
 
+def looks_grey(rgb: np.ndarray) -> bool:
+    """Whether the three channels are equal everywhere (a grey picture stored as RGB), band by band."""
+    return all(np.array_equal(rgb[b][..., 0], rgb[b][..., 1]) and np.array_equal(rgb[b][..., 1], rgb[b][..., 2])
+               for b in row_bands(rgb))
+
+
 def to_grey(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma, as Pillow's convert('L'), kept in the input's dtype."""
     w, maxv = np.array([0.299, 0.587, 0.114], np.float32), np.iinfo(rgb.dtype).max

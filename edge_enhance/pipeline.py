@@ -126,12 +126,6 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
     return min(float(np.median(sigmas)), MAX_NOISE_SIGMA)
 
 
-def is_grey(photo: imageio.Photo) -> bool:
-    """A greyscale picture: decoded from a grey file, or R, G and B equal everywhere."""
-    rgb = photo.rgb
-    return photo.grey or bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
-
-
 def jpeg_quality_from_tables(path) -> int | None:
     """IJG quality (1..100) of a JPEG file from its luminance table; None if not a JPEG."""
     try:
@@ -359,7 +353,8 @@ class Pipeline(_Processor):
             for n in missing:
                 log.warning("auto: the input wants %s, but no %s model is bundled; skipping that stage", n, n)
             stages = an.stages = [n for n in stages if n not in missing]
-        if an is not None and "denoise" in stages and an.noise_sigma < GREY_NOISE_THRESHOLD and is_grey(photo):
+        if an is not None and "denoise" in stages and an.noise_sigma < GREY_NOISE_THRESHOLD \
+                and (photo.grey or imageio.looks_grey(photo.rgb)):
             stages = an.stages = [n for n in stages if n != "denoise"]
             log.info("%s: a greyscale image with noise sigma %.1f: auto denoises grey images from sigma %g on",
                      src or "<image>", an.noise_sigma, GREY_NOISE_THRESHOLD)
