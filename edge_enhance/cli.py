@@ -564,6 +564,8 @@ def _auto_note(extra: dict) -> str:
     q = extra["jpeg_quality"]
     if q is not None and extra.get("jpeg_subsampling"):
         q = f"{q} {extra['jpeg_subsampling']}"  # what dejpeg's quality limit depends on
+    elif q is not None and extra.get("jpeg_from_pixels"):
+        q = f"{q} from its pixels"  # not a JPEG file: a copy of one
     if extra["noise_sigma"] is None:  # under 32 pixels a side
         found = "too small to estimate noise or blocks" + (f", JPEG quality {q}" if q is not None else "")
     else:

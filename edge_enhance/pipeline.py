@@ -9,7 +9,9 @@ Estimators (documented so their numbers can be checked):
   drawn apart per channel (sigma s) passes 0.669 s into Y, 0.623 s into Cb, 0.657 s into Cr, noise shared
   by R, G and B into Y alone, so the shared sigma is sqrt(Y^2 - (0.669 s)^2), s from Cb and Cr.
 - JPEG: for a JPEG file, the IJG quality that reproduces its luminance quantisation table; for
-  decoded pixels, blockiness = mean |step| across 8-pixel block borders / mean |step| inside blocks.
+  decoded pixels, the IJG quality whose table matches the steps that the low-frequency luma DCT coefficients
+  of the 8x8 blocks sit on (quantisation steps survive decoding, Fan and de Queiroz 2003), and
+  blockiness = mean |step| across 8-pixel block borders / mean |step| inside blocks.
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ _NOISE_PERCENTILE_GAIN = 1.34
 # CBSD68 images, full size and halved, read at most 1.375; re-saved at q95, q10 read 1.56 and more, q20 1.28
 # and more (90% over 1.48), q30 1.17 and more (its median 1.50).
 BLOCKINESS_THRESHOLD = 1.4
+JPEG_STEP_MISFIT = 0.2  # mean |log| misfit of read quantisation steps to the nearest IJG table, at most
 # Print borders and mount frames are flat and not the photo: the estimators read the picture without
 # this share of it on each side (a 20-pixel border on an 800-pixel scan hid sigma 20 grain).
 ANALYSIS_MARGIN = 0.08
@@ -207,6 +210,75 @@ def quality_of_table(table) -> int:
     return int(q[np.argmin(np.abs(np.log(ijg) - np.log(table[None])).sum(axis=1))])
 
 
+# Orthonormal 8-point DCT-II (JPEG's), and the AC coefficients (row, column) read for their quantisation steps: the
+# first 14 in zigzag order, which JPEG quantises finest and photos fill (higher ones are mostly 0 at low quality).
+_DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos((2 * n + 1) * k * math.pi / 16) for n in range(8)]
+                  for k in range(8)])
+_LOW_AC = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4))
+
+
+def _block_dct(y: np.ndarray, dy: int, dx: int, most: int) -> np.ndarray:
+    """DCT coefficients (N, 8, 8) of the 8x8 blocks of ``y`` from row ``dy``, column ``dx``: at most ``most``
+    blocks, spread over the picture."""
+    y = y[dy:, dx:]
+    h, w = y.shape[0] // 8 * 8, y.shape[1] // 8 * 8
+    b = y[:h, :w].reshape(h // 8, 8, w // 8, 8).swapaxes(1, 2).reshape(-1, 8, 8)
+    if len(b) > most:
+        b = b[np.linspace(0, len(b) - 1, most).astype(int)]
+    return np.einsum("ij,njk,lk->nil", _DCT8, b, _DCT8)
+
+
+def _quantisation_step(c: np.ndarray) -> int | None:
+    """The step that a JPEG quantised these DCT coefficients (of one frequency) on, or None where they show none.
+    Values on multiples of q give mean cos(2 pi c / q) near 1 (rounding of the decoded pixels blurs them a
+    little), also for q's divisors, but not for 2q or other steps: the largest q that scores near the best."""
+    scores = []
+    for q in range(2, 80):
+        big = c[np.abs(c) >= q / 2]  # the zero level is on every lattice: left out
+        if len(big) < 50:
+            break
+        score = float(np.mean(np.cos(2 * np.pi * big / q)))
+        if score >= 0.6:
+            scores.append((q, score))
+    if not scores:
+        return None
+    best = max(s for _, s in scores)
+    return max(q for q, s in scores if s >= 0.8 * best)
+
+
+def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> int | None:
+    """The IJG quality of the JPEG that these pixels were once decoded from (a PNG of a JPEG, a screenshot
+    of one at 100%), from the quantisation steps its luma DCT coefficients still sit on; None where they sit on
+    none (never a JPEG, resized, noise or a filter added since, quality over 90, or a picture with transparency).
+    The 8x8 grid need not start at pixel 0 (a crop): of the 64 offsets, the one whose blocks hold the most
+    zero coefficients. First 6 Kodak24 and 6 CBSD68 images, cropped off the grid, Pillow JPEG 4:2:0: quality
+    20 / 40 / 50 / 60 / 75 / 85 / 90 read 19 / 38-39 / 48-50 / 59-60 / 75 / 85 / 90; clean and quality 95 read None.
+
+    >>> jpeg_quality_from_pixels(np.full((64, 64, 3), 128, np.uint8)) is None
+    True
+    """
+    if alpha is not None and (alpha != np.iinfo(alpha.dtype).max).any():
+        return None
+    y = _luma(rgb) - 128.0
+    if min(y.shape) < 16:
+        return None
+    zeros = {(dy, dx): float(np.mean(np.abs(_block_dct(y, dy, dx, 1500)[:, 2:, 2:]) < 1.0))
+             for dy in range(8) for dx in range(8)}
+    c = _block_dct(y, *max(zeros, key=zeros.get), 20000)
+    found = [(u * 8 + v, q) for u, v in _LOW_AC if (q := _quantisation_step(c[:, u, v])) is not None]
+    if len(found) < 3:
+        return None
+    at, steps = np.array([i for i, _ in found]), np.array([q for _, q in found], np.float64)
+    qs = np.arange(1, 101)
+    scale = np.where(qs < 50, 5000 // qs, 200 - 2 * qs)[:, None]
+    ijg = np.clip((_STD_LUMA[at][None] * scale + 50) // 100, 1, 255)
+    err = np.abs(np.log(ijg) - np.log(steps[None])).mean(axis=1)
+    if err.min() > JPEG_STEP_MISFIT:
+        return None  # steps, but not an IJG table's (another encoder's tables, or chance)
+    tied = qs[err <= err.min() + 1e-9]  # neighbouring qualities share these low-frequency steps
+    return int(tied[len(tied) // 2])
+
+
 def blockiness(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
     """~1 for natural images, > 1 where 8x8 JPEG block borders show; with ``alpha``, from steps between
     fully opaque pixels only."""
@@ -272,6 +344,7 @@ class Analysis:
     backprojection_db: float | None = None
     strength: float = 1.0
     luma_noise_sigma: float | None = None  # the luma noise denoise left in a colour photo (None: not read)
+    jpeg_from_pixels: bool = False  # jpeg_quality read from the pixels (a PNG of a JPEG), not a JPEG file's tables
 
 
 def _analysed_part(rgb: np.ndarray, alpha: np.ndarray | None):
@@ -315,10 +388,14 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
         an = Analysis(None, quality, None, subsampling)
     else:
         an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha), subsampling)
+        if quality is None:  # not a JPEG file: its pixels may still be a JPEG's
+            an.jpeg_quality = jpeg_quality_from_pixels(rgb, alpha)
+            an.jpeg_from_pixels = an.jpeg_quality is not None
     stages = []
     # Only up to the qualities dejpeg was trained on (10-90), 75 without chroma subsampling: on a clean, textured
     # q95 JPEG (kodim13) it cost 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one.
-    cap = DEJPEG_MAX_QUALITY_444 if subsampling == "4:4:4" else DEJPEG_MAX_QUALITY
+    # Pixels do not say whether the JPEG had chroma subsampling: the lower limit holds for them.
+    cap = DEJPEG_MAX_QUALITY_444 if subsampling == "4:4:4" or an.jpeg_from_pixels else DEJPEG_MAX_QUALITY
     if (an.jpeg_quality is not None and an.jpeg_quality <= cap) or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
         stages.append("dejpeg")
     noise = an.noise_sigma or 0
@@ -442,7 +519,7 @@ class Pipeline(_Processor):
         luma = self._sequence[1] if self._sequence else [1.0]  # the luma pass's share, kept for a video's frames
         base = self._run(stages[:first_sr], photo, cleanup, out if ends else None, progress if ends else None,
                          luma[0]) if first_sr else photo
-        if not replay and stages[first_sr - 1:first_sr] == ["denoise"]:
+        if not replay and stages[first_sr - 1:first_sr] == ["denoise"] and self._has_luma_pass():
             luma[0] = self._luma_share(base, an, src)
             if luma[0]:
                 stages.insert(first_sr, LUMA_STAGE)
@@ -469,6 +546,13 @@ class Pipeline(_Processor):
                             f"{an.backprojection_db:.1f} dB < {floor:.1f} dB, the bar or bicubic's own on this "
                             "input); nothing written")
         return result
+
+    def _has_luma_pass(self) -> bool:
+        """Whether the denoise stage is an rgb denoise model with its luma pass (make_enhancer may make others)."""
+        enh = self.stage("denoise")
+        card = getattr(enh, "card", None)
+        return hasattr(enh, "denoise_luma") and getattr(card, "task", None) == "denoise" \
+            and getattr(card, "colour", None) == "rgb"
 
     @staticmethod
     def _luma_share(photo: imageio.Photo, an: Analysis | None, src) -> float:

@@ -10,8 +10,8 @@ from PIL import Image
 from edge_enhance import imageio
 from edge_enhance.errors import ConfigError
 from edge_enhance.pipeline import (GREY_NOISE_THRESHOLD, LUMA_NOISE_THRESHOLD, NOISE_THRESHOLD, backprojection_psnr,
-                                   blockiness, estimate_noise_sigma, jpeg_quality_from_tables, luma_strength, Pipeline,
-                                   plan_stages, shared_noise_sigma, sr_chain)
+                                   blockiness, estimate_noise_sigma, jpeg_quality_from_pixels, jpeg_quality_from_tables,
+                                   luma_strength, Pipeline, plan_stages, shared_noise_sigma, sr_chain)
 
 
 def smooth(h=192, w=256):
@@ -61,6 +61,55 @@ def test_jpeg_quality_from_tables(tmp_path, q):
     p = tmp_path / "x.jpg"
     Image.fromarray(smooth().astype(np.uint8)).save(p, quality=q)
     assert jpeg_quality_from_tables(p) == q
+
+
+def textured(h=192, w=256, grain=2, share=0.4):
+    """smooth() with a random texture of ``grain``-pixel grains: a photo's spread of DCT coefficients."""
+    noise = np.random.default_rng(1).integers(0, 256, (h // grain, w // grain, 3), dtype=np.uint8)
+    tex = np.asarray(Image.fromarray(noise).resize((w, h), Image.BICUBIC), np.float64)
+    return np.clip(smooth(h, w) * (1 - share) + tex * share, 0, 255).astype(np.uint8)
+
+
+def jpeg_pixels(rgb, quality, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality, **kw)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+@pytest.mark.parametrize("q", [30, 50, 75, 90])
+def test_jpeg_quality_is_read_from_a_jpegs_decoded_pixels(q):
+    """A PNG of a JPEG (no tables to read) keeps its quantisation steps in its DCT coefficients, cropped off the
+    8x8 grid too; a picture that was never a JPEG, or was resized since, or has transparency, reads None."""
+    img = textured()
+    for x in (jpeg_pixels(img, q), jpeg_pixels(img, q)[3:, 5:], jpeg_pixels(img, q, subsampling=0)[7:, 1:]):
+        assert abs(jpeg_quality_from_pixels(x) - q) <= 2
+    x = jpeg_pixels(img, q)
+    assert jpeg_quality_from_pixels(img) is None
+    assert jpeg_quality_from_pixels(np.asarray(Image.fromarray(x).resize((128, 96), Image.BICUBIC))) is None
+    alpha = np.full(x.shape[:2], 255, np.uint8)
+    assert jpeg_quality_from_pixels(x, alpha) == jpeg_quality_from_pixels(x)
+    alpha[0, 0] = 0
+    assert jpeg_quality_from_pixels(x, alpha) is None
+
+
+def test_auto_cleans_a_png_of_a_jpeg_its_blocks_did_not_give_away():
+    """A PNG of a quality-50 JPEG reads under the blockiness threshold; its pixels tell the quality, so dejpeg runs
+    (up to quality 75, as for a JPEG without chroma subsampling: pixels do not tell the subsampling)."""
+    ran = []
+
+    def make(name):
+        ran.append(name)
+        return _Offset(0, scale=1 if name in ("denoise", "dejpeg") else 2)
+
+    pipe = Pipeline("auto", 2, make_enhancer=make, check=False)
+    for q, cleaned in ((50, True), (75, True), (85, False)):
+        pipe.enhance_photo(imageio.Photo(jpeg_pixels(textured(grain=1, share=0.5), q)))
+        an = pipe.last_analysis
+        assert an.blockiness < 1.4 and an.jpeg_from_pixels and abs(an.jpeg_quality - q) <= 2
+        assert pipe.last_stages[:1] == ["dejpeg"] * cleaned + ["denoise"] * (not cleaned)  # a noise-like texture
+    pipe.enhance_photo(imageio.Photo(textured(grain=1, share=0.5)))
+    assert "dejpeg" not in pipe.last_stages and pipe.last_analysis.jpeg_quality is None
+    assert not pipe.last_analysis.jpeg_from_pixels
 
 
 def test_jpeg_quality_of_png_is_none(tmp_path):
@@ -301,6 +350,8 @@ def test_auto_mode_says_what_it_found_and_did(tmp_path, capsys):
     assert _auto_note(fell_back) == " (auto: noise sigma 0.4, JPEG quality 20; dejpeg + sr-x2; back-projection 31.3 dB at strength 0.5)"
     assert _auto_note({**fell_back, "jpeg_subsampling": "4:4:4", "strength": 1}) == \
         " (auto: noise sigma 0.4, JPEG quality 20 4:4:4; dejpeg + sr-x2; back-projection 31.3 dB)"
+    assert _auto_note({**fell_back, "jpeg_from_pixels": True, "strength": 1}) == \
+        " (auto: noise sigma 0.4, JPEG quality 20 from its pixels; dejpeg + sr-x2; back-projection 31.3 dB)"
 
 
 @pytest.mark.parametrize("hidden", ["noise", "black"])
@@ -496,6 +547,8 @@ def test_a_pipeline_gives_its_strength_per_call_and_leaves_shared_stages_as_they
 
 class _Denoise(_Offset):
     """Test double of denoise: returns ``left`` (what denoise leaves) and records its luma passes' strengths."""
+
+    card = type("Card", (), {"task": "denoise", "colour": "rgb"})
 
     def __init__(self, left):
         super().__init__(0, scale=1)
