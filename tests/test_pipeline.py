@@ -677,3 +677,24 @@ def test_auto_denoises_a_grey_image_from_a_higher_noise_reading(caplog):
     assert len(said) == 2 and said[0].startswith("<image>: a greyscale image with noise sigma ")
     pipe.enhance_photo(imageio.Photo(noisy(8, 3)))  # the same reading in colour: denoised
     assert pipe.last_stages == ["denoise", "sr-x2"]
+
+
+def test_a_cleanup_alone_writes_into_the_output_and_reports_progress():
+    """--mode denoise / dejpeg at scale 1 ran its model without the output buffer (a memory map for a picture
+    larger than RAM) and without progress, so no bar and no Ctrl-C check between its tiles."""
+    seen = []
+
+    class Cleanup(_Offset):
+        def enhance_photo(self, photo, *, src=None, out=None, progress=None, strength=None):
+            seen.append((out, progress))
+            return super().enhance_photo(photo, strength=strength)
+
+    def progress(done, total):
+        pass
+
+    out = np.zeros((40, 40, 3), np.uint8)
+    for mode in ("denoise", "dejpeg"):
+        seen.clear()
+        Pipeline(mode, 1, make_enhancer=lambda n: Cleanup(0, scale=1)).enhance_photo(
+            imageio.Photo(np.full((40, 40, 3), 100, np.uint8)), out=out, progress=progress)
+        assert seen == [(out, progress)]
