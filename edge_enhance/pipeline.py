@@ -217,15 +217,15 @@ _DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos((2 * n + 1) * 
 _LOW_AC = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4))
 
 
-def _block_dct(y: np.ndarray, dy: int, dx: int, most: int) -> np.ndarray:
-    """DCT coefficients (N, 8, 8) of the 8x8 blocks of ``y`` from row ``dy``, column ``dx``: at most ``most``
-    blocks, spread over the picture."""
-    y = y[dy:, dx:]
-    h, w = y.shape[0] // 8 * 8, y.shape[1] // 8 * 8
-    b = y[:h, :w].reshape(h // 8, 8, w // 8, 8).swapaxes(1, 2).reshape(-1, 8, 8)
-    if len(b) > most:
-        b = b[np.linspace(0, len(b) - 1, most).astype(int)]
-    return np.einsum("ij,njk,lk->nil", _DCT8, b, _DCT8)
+def _block_dct(rgb: np.ndarray, dy: int, dx: int, most: int) -> np.ndarray:
+    """DCT coefficients (N, 8, 8) of the luma (centred on 0) of ``rgb``'s 8x8 blocks from row ``dy``, column
+    ``dx``: at most ``most`` blocks, spread over the picture (only those are read)."""
+    ny, nx = (rgb.shape[0] - dy) // 8, (rgb.shape[1] - dx) // 8
+    pick = np.unique(np.linspace(0, ny * nx - 1, min(most, ny * nx)).astype(np.int64))
+    by, bx = np.divmod(pick, nx)
+    k = np.arange(8)
+    y = _luma(rgb[(dy + 8 * by)[:, None, None] + k[None, :, None], (dx + 8 * bx)[:, None, None] + k[None, None, :]])
+    return np.einsum("ij,njk,lk->nil", _DCT8, y - 128.0, _DCT8)
 
 
 def _quantisation_step(c: np.ndarray) -> int | None:
@@ -259,12 +259,11 @@ def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -
     """
     if alpha is not None and (alpha != np.iinfo(alpha.dtype).max).any():
         return None
-    y = _luma(rgb) - 128.0
-    if min(y.shape) < 16:
+    if min(rgb.shape[:2]) < 16:
         return None
-    zeros = {(dy, dx): float(np.mean(np.abs(_block_dct(y, dy, dx, 1500)[:, 2:, 2:]) < 1.0))
+    zeros = {(dy, dx): float(np.mean(np.abs(_block_dct(rgb, dy, dx, 500)[:, 2:, 2:]) < 1.0))
              for dy in range(8) for dx in range(8)}
-    c = _block_dct(y, *max(zeros, key=zeros.get), 20000)
+    c = _block_dct(rgb, *max(zeros, key=zeros.get), 20000)
     found = [(u * 8 + v, q) for u, v in _LOW_AC if (q := _quantisation_step(c[:, u, v])) is not None]
     if len(found) < 3:
         return None
