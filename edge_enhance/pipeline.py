@@ -119,7 +119,7 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
     0.0
     """
     scale = 255.0 / np.iinfo(rgb.dtype).max
-    sigmas = _block_sigmas(rgb, alpha, [rgb[..., c].astype(np.float64) * scale for c in range(rgb.shape[2])],
+    sigmas = _block_sigmas(rgb, alpha, (rgb[..., c].astype(np.float64) * scale for c in range(rgb.shape[2])),
                            channelwise=True)
     # A pixel-level pattern (a 1-pixel checkerboard, halftone) reads as more than any noise on 0..255
     # can be: its standard deviation is at most half the range.
@@ -146,18 +146,18 @@ def shared_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> floa
     10
     """
     scale = 255.0 / np.iinfo(rgb.dtype).max
-    s = _block_sigmas(rgb, alpha, [sum(rgb[..., k] * (row[k] * scale) for k in range(3)) for row in _YCC])
+    s = _block_sigmas(rgb, alpha, (sum(rgb[..., k] * (row[k] * scale) for k in range(3)) for row in _YCC))
     if not s:
         return 0.0
     separate = (s[1] / _YCC_GAIN[1] + s[2] / _YCC_GAIN[2]) / 2
     return min(math.sqrt(max(0.0, s[0] ** 2 - (_YCC_GAIN[0] * separate) ** 2)), MAX_NOISE_SIGMA)
 
 
-def _block_sigmas(rgb: np.ndarray, alpha: np.ndarray | None, planes: list[np.ndarray],
-                  channelwise: bool = False) -> list[float]:
-    """Immerkaer's sigma of each plane (0..255 floats of ``rgb``'s size), read in its smoothest 8x8 blocks
-    without a clipped pixel (``channelwise``: plane c is channel c of ``rgb``, and only its clipping counts);
-    [] for a picture under 10 pixels a side or, with ``alpha``, without a fully opaque block."""
+def _block_sigmas(rgb: np.ndarray, alpha: np.ndarray | None, planes, channelwise: bool = False) -> list[float]:
+    """Immerkaer's sigma of each plane (0..255 floats of ``rgb``'s size, made one at a time by the iterable ``planes``:
+    one float copy of a large picture at once), read in its smoothest 8x8 blocks without a clipped pixel
+    (``channelwise``: plane c is channel c of ``rgb``, and only its clipping counts); [] for a picture under 10
+    pixels a side or, with ``alpha``, without a fully opaque block."""
     h, w = rgb.shape[:2]
     if h < 10 or w < 10:
         return []
