@@ -214,7 +214,8 @@ def quality_of_table(table) -> int:
 # first 14 in zigzag order, which JPEG quantises finest and photos fill (higher ones are mostly 0 at low quality).
 _DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos((2 * n + 1) * k * math.pi / 16) for n in range(8)]
                   for k in range(8)])
-_LOW_AC = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4))
+_LOW_AC = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3),
+           (0, 4))
 
 
 def _block_dct(rgb: np.ndarray, dy: int, dx: int, most: int) -> np.ndarray:
