@@ -556,8 +556,8 @@ class StopRequest:
 
 def _auto_note(extra: dict) -> str:
     """What --mode auto found and did, for the file's line: ' (auto: noise sigma 24.6, blockiness
-    0.97, luma noise 1.2 after denoise; denoise + sr-x2; back-projection 57.9 dB)'; for another mode its chain when it has more than one
-    model (' (sr-x4 + sr-x2)'), else ''."""
+    0.97, luma noise 1.2 after denoise; denoise + sr-x2; back-projection 57.9 dB)'; for another mode its chain
+    when it has more than one model (' (sr-x4 + sr-x2)'), else ''."""
     if "noise_sigma" not in extra:  # not auto: name the chain where it is more than the output's name says
         stages = extra.get("stages") or []
         return f" ({' + '.join(stages)})" if len(stages) > 1 else ""
@@ -743,8 +743,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     add_model_arguments(e, default=None)
     e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "photo", "auto"),
                    help="which bundled models run (default upscale); photo: old / phone photos (blur, noise, "
-                        "JPEG and low resolution at once) through enhance-x2; auto estimates noise and JPEG damage, "
-                        "cleans up first, then upscales, and checks the result against the input, per photo (a "
+                        "JPEG and low resolution at once) through enhance-x2; auto estimates noise and JPEG damage "
+                        "(of a PNG of a JPEG too), cleans up first, then upscales, and checks the result against the input, per photo (a "
                         "video: on its first frame; for a folder of one clip's frames, give the mode it chose)")
     e.add_argument("--scale", type=int, choices=(1, 2, 3, 4, 8),
                    help="upscale factor (default 2; 1 for denoise/dejpeg); 8 chains x4 then x2, and 8x detail is "

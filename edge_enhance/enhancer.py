@@ -512,7 +512,8 @@ class Enhancer(_Processor):
         :class:`Pipeline` runs it after denoise only where luma noise is left, at a strength that grows with it
         (pipeline.luma_strength). ``out``: may be ``photo.rgb``."""
         if self.card.task != "denoise" or self.card.colour != "rgb":
-            raise ConfigError(f"{self.path}: denoise_luma needs an rgb denoise model, not a {self.card.task} one")
+            raise ConfigError(f"{self.path}: denoise_luma needs an rgb denoise model, not a {self.card.colour} "
+                              f"{self.card.task} one")
         rgb = photo.rgb
         y = imageio.to_grey(rgb)
         grey = self.enhance_photo(imageio.Photo(np.repeat(y[..., None], 3, axis=2), photo.alpha, grey=True),

@@ -53,15 +53,6 @@ GREY_NOISE_THRESHOLD = 10.0
 # drawn apart per channel at most 2.5.
 LUMA_NOISE_THRESHOLD = 7.0
 LUMA_STAGE = "denoise-luma"
-
-
-def luma_strength(reading: float) -> float:
-    """The luma pass's share (0..1) for a luma noise reading left after denoise (LUMA_NOISE_THRESHOLD).
-
-    >>> luma_strength(5.0), luma_strength(10.0), luma_strength(30.0)
-    (0.0, 0.5, 1.0)
-    """
-    return 0.0 if reading < LUMA_NOISE_THRESHOLD else min(1.0, (reading + 2.0) / 24.0)
 # A JPEG smooths the noise it was saved with, so its noise reads low (sigma 15 under 4:4:4 q70 read 3.9): on one
 # that dejpeg cleans, denoise follows from this reading up. 8 Kodak24 crops (256 px), noise then JPEG, int8:
 # dejpeg then denoise against dejpeg alone +1.4 dB (sigma 15, q70 4:4:4, read 3.9), +3.6 (sigma 10, q85 4:4:4,
@@ -151,6 +142,15 @@ def shared_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> floa
         return 0.0
     separate = (s[1] / _YCC_GAIN[1] + s[2] / _YCC_GAIN[2]) / 2
     return min(math.sqrt(max(0.0, s[0] ** 2 - (_YCC_GAIN[0] * separate) ** 2)), MAX_NOISE_SIGMA)
+
+
+def luma_strength(reading: float) -> float:
+    """The luma pass's share (0..1) for a luma noise reading left after denoise (LUMA_NOISE_THRESHOLD).
+
+    >>> luma_strength(5.0), luma_strength(10.0), luma_strength(30.0)
+    (0.0, 0.5, 1.0)
+    """
+    return 0.0 if reading < LUMA_NOISE_THRESHOLD else min(1.0, (reading + 2.0) / 24.0)
 
 
 def _block_sigmas(rgb: np.ndarray, alpha: np.ndarray | None, planes, channelwise: bool = False) -> list[float]:
@@ -415,7 +415,8 @@ class Pipeline(_Processor):
                  memory_mb: float | None = None, make_enhancer: Callable[[str], Enhancer] | None = None):
         """``mode``: upscale (sr-x``scale``); denoise or dejpeg, then the upscale for ``scale`` > 1; photo
         (enhance-x2, x4 with sr-x2 after it); auto (dejpeg or denoise where the image needs it, then the
-        upscale, checked by back-projection unless ``check`` is False). ``scale``: 1, 2, 3, 4 or 8.
+        upscale, checked by back-projection unless ``check`` is False). In denoise and auto, denoise is followed
+        by its luma pass (stage ``denoise-luma``) where a colour photo still holds luma noise. ``scale``: 1, 2, 3, 4 or 8.
         ``strength``: each call's unless it gives its own (0 the input .. 1 the models .. 1.5).
         The bundled models load as Enhancers with ``engine``, ``threads``, ``tile`` and ``memory_mb`` (as
         Enhancer takes them); or ``make_enhancer(name)`` makes each stage.

@@ -955,5 +955,5 @@ def test_denoise_luma_removes_the_noise_r_g_and_b_share_and_keeps_the_colour(mon
     alpha[:, :8] = 0
     hidden = enh.denoise_luma(imageio.Photo(noisy, alpha))
     assert (hidden.rgb[:, :8] == 0).all() and hidden.alpha is alpha
-    with pytest.raises(ConfigError, match="denoise_luma needs an rgb denoise model, not a sr one"):
+    with pytest.raises(ConfigError, match="denoise_luma needs an rgb denoise model, not a rgb sr one"):
         Enhancer("sr-x2", engine="onnxruntime", threads=1).denoise_luma(imageio.Photo(noisy))
