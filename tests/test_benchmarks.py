@@ -594,3 +594,15 @@ def test_the_tiling_section_without_its_engine_is_not_run_with_the_reason(monkey
     assert rows == []
     assert [(n.what, n.reason) for n in notes] == [
         ("tiling sr-x2 LiteRT int8", "no TFLite engine installed: pip install 'edge-enhance[litert]'")]
+
+
+def test_auto_inputs_benchmark_shows_the_luma_pass_and_the_png_of_a_jpeg(capsys):
+    from benchmarks import auto_inputs
+
+    assert auto_inputs.main(["--sets", "Set5", "--images", "1"]) == 0
+    rows = {line[:34].strip(): line[34:].split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["noise clean"][:3] == ["inf"] * 3 and rows["noise per channel 25"][4] == "0"  # no luma pass
+    luma = rows["noise luma 15"]
+    assert float(luma[2]) > float(luma[1]) + 3 and luma[4] == "1"  # before, auto; the luma pass ran
+    jpeg = rows["PNG of JPEG q75"]
+    assert float(jpeg[2]) > float(jpeg[1]) and jpeg[5:] == ["0", "/", "1"]  # dejpeg now, not before
