@@ -742,7 +742,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="output file (one input) or folder")
     add_model_arguments(e, default=None)
     e.add_argument("--mode", choices=("upscale", "denoise", "dejpeg", "photo", "auto"),
-                   help="which bundled models run (default upscale); photo: old / phone photos (blur, noise, "
+                   help="which bundled models run (default upscale); denoise: noise, a colour photo's luma noise "
+                        "(film grain) too; photo: old / phone photos (blur, noise, "
                         "JPEG and low resolution at once) through enhance-x2; auto estimates noise and JPEG damage "
                         "(of a PNG of a JPEG too), cleans up first, then upscales, and checks the result against the input, per photo (a "
                         "video: on its first frame; for a folder of one clip's frames, give the mode it chose)")
