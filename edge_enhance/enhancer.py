@@ -507,7 +507,7 @@ class Enhancer(_Processor):
         model, which, trained on noise drawn apart in each channel, leaves such noise as texture. Its luma Y
         goes through the model as a grey picture does (one pixel apart in R, G and B), and each pixel's R, G
         and B move by Y's change, so its colour (Cb, Cr) stays. The first 4 Kodak24 and 4 CBSD68 images with
-        luma noise sigma 10 / 25 (int8, 28.28 / 20.48 dB in): denoise 28.32 / 20.53, then this 30.15 / 27.99.
+        luma noise sigma 10 / 25 (int8, 28.28 / 20.48 dB in): denoise 28.32 / 20.53, then this 30.15 / 27.98.
         At full strength it softens texture where such noise is light (sigma 5: 34.29 -> 30.88), so
         :class:`Pipeline` runs it after denoise only where luma noise is left, at a strength that grows with it
         (pipeline.luma_strength). ``out``: may be ``photo.rgb``."""
