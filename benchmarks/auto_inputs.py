@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 
 import numpy as np
 from PIL import Image
 
 from edge_enhance import imageio, pipeline
-from edge_enhance.evaluation import list_images, load_rgb, psnr, shared_data
+from edge_enhance.evaluation import jpeg, list_images, load_rgb, psnr, shared_data
 
 NOISE = {"clean": (0, 0), "per channel 15": (0, 15), "per channel 25": (0, 25), "luma 5": (5, 0), "luma 8": (8, 0),
          "luma 10": (10, 0), "luma 15": (15, 0), "luma 25": (25, 0), "luma 10 + per channel 5": (10, 5),
@@ -32,12 +31,6 @@ def noisy(clean: np.ndarray, luma: float, apart: float, index: int) -> np.ndarra
     rng = np.random.default_rng(index)
     x = clean.astype(np.float64) + rng.normal(0, luma, clean.shape[:2] + (1,)) + rng.normal(0, apart, clean.shape)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def jpeg_copy(clean: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(clean).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 @contextlib.contextmanager
@@ -88,7 +81,7 @@ def main(argv=None) -> int:
         cases.update({f"noise {k}": [(c, noisy(c, lu, ap_, i)) for i, c in enumerate(cleans)]
                       for k, (lu, ap_) in NOISE.items()})
     if "jpeg" in a.only:
-        cases.update({f"PNG of JPEG q{q}": [(c, jpeg_copy(c, q)) for c in cleans] for q in JPEG_QUALITIES})
+        cases.update({f"PNG of JPEG q{q}": [(c, jpeg(c, q)) for c in cleans] for q in JPEG_QUALITIES})
     print(f"--mode auto --scale {a.scale}, {len(cleans)} images ({', '.join(sets)}, first {a.images} each), "
           f"PSNR against the clean image (dB)")
     print(f"{'case':<34} {'input':>7} {'before':>7} {'auto':>7} {'worst':>6} {'luma':>5} {'dejpeg before/now':>17}")

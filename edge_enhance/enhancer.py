@@ -521,7 +521,7 @@ class Enhancer(_Processor):
         new_y = grey.rgb[..., 0]
         del grey
         res = np.empty_like(rgb) if out is None else out
-        w, maxv = np.array([0.299, 0.587, 0.114], np.float32), np.iinfo(rgb.dtype).max
+        w, maxv = ycbcr.TO_YCC[0], np.iinfo(rgb.dtype).max  # luma Y's row
         for b in imageio.row_bands(rgb):
             x = rgb[b].astype(np.float32)
             res[b] = np.clip(np.rint(x + (new_y[b] - x @ w)[..., None]), 0, maxv)

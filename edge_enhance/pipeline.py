@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import imageio
+from . import imageio, ycbcr
 from .enhancer import Enhancer, _Processor
 from .errors import ConfigError, EdgeEnhanceError
 
@@ -86,6 +86,11 @@ _STD_LUMA = np.array([
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
 
+# The IJG luminance table of every quality 1..100 (libjpeg's jpeg_quality_scaling, clamped to 1..255), one row each.
+_QUALITIES = np.arange(1, 101)
+_IJG_LUMA = np.clip((_STD_LUMA[None] * np.where(_QUALITIES < 50, 5000 // _QUALITIES, 200 - 2 * _QUALITIES)[:, None]
+                     + 50) // 100, 1, 255)
+
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
     scale = 255.0 / np.iinfo(rgb.dtype).max
@@ -117,9 +122,8 @@ def estimate_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> fl
     return min(float(np.median(sigmas)), MAX_NOISE_SIGMA) if sigmas else 0.0
 
 
-# BT.601 Y, Cb, Cr rows, and how much of a noise drawn apart in R, G and B (sigma 1) each passes on.
-_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-_YCC_GAIN = np.sqrt((_YCC ** 2).sum(axis=1))  # 0.669, 0.623, 0.657
+# How much of a noise drawn apart in R, G and B (sigma 1) each of BT.601 Y, Cb and Cr passes on.
+_YCC_GAIN = np.sqrt((ycbcr.TO_YCC.astype(np.float64) ** 2).sum(axis=1))  # 0.669, 0.623, 0.657
 
 
 def shared_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
@@ -137,7 +141,8 @@ def shared_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> floa
     10
     """
     scale = 255.0 / np.iinfo(rgb.dtype).max
-    s = _block_sigmas(rgb, alpha, (sum(rgb[..., k] * (row[k] * scale) for k in range(3)) for row in _YCC))
+    planes = (sum(rgb[..., k] * (float(row[k]) * scale) for k in range(3)) for row in ycbcr.TO_YCC)
+    s = _block_sigmas(rgb, alpha, planes)
     if not s:
         return 0.0
     separate = (s[1] / _YCC_GAIN[1] + s[2] / _YCC_GAIN[2]) / 2
@@ -204,10 +209,7 @@ def quality_of_table(table) -> int:
     # The quality whose IJG table (libjpeg's jpeg_quality_scaling, clamped to 1..255) is nearest. At the
     # extremes most entries sit at the clamp (q <= 10: 255, q 100: 1), so only the exact tables tell
     # them apart; an encoder with its own tables gets the nearest IJG quality.
-    q = np.arange(1, 101)
-    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)[:, None]
-    ijg = np.clip((_STD_LUMA[None] * scale + 50) // 100, 1, 255)
-    return int(q[np.argmin(np.abs(np.log(ijg) - np.log(table[None])).sum(axis=1))])
+    return int(_QUALITIES[np.argmin(np.abs(np.log(_IJG_LUMA) - np.log(table[None])).sum(axis=1))])
 
 
 # Orthonormal 8-point DCT-II (JPEG's), and the AC coefficients (row, column) read for their quantisation steps: the
@@ -269,13 +271,10 @@ def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -
     if len(found) < 3:
         return None
     at, steps = np.array([i for i, _ in found]), np.array([q for _, q in found], np.float64)
-    qs = np.arange(1, 101)
-    scale = np.where(qs < 50, 5000 // qs, 200 - 2 * qs)[:, None]
-    ijg = np.clip((_STD_LUMA[at][None] * scale + 50) // 100, 1, 255)
-    err = np.abs(np.log(ijg) - np.log(steps[None])).mean(axis=1)
+    err = np.abs(np.log(_IJG_LUMA[:, at]) - np.log(steps[None])).mean(axis=1)
     if err.min() > JPEG_STEP_MISFIT:
         return None  # steps, but not an IJG table's (another encoder's tables, or chance)
-    tied = qs[err <= err.min() + 1e-9]  # neighbouring qualities share these low-frequency steps
+    tied = _QUALITIES[err <= err.min() + 1e-9]  # neighbouring qualities share these low-frequency steps
     return int(tied[len(tied) // 2])
 
 

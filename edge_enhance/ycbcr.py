@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-_TO_YCC = np.array([[0.299, 0.587, 0.114],
-                    [-0.168736, -0.331264, 0.5],
-                    [0.5, -0.418688, -0.081312]], np.float32)
+TO_YCC = np.array([[0.299, 0.587, 0.114],
+                   [-0.168736, -0.331264, 0.5],
+                   [0.5, -0.418688, -0.081312]], np.float32)  # rows: Y, Cb, Cr (chroma uncentred)
 
 
 def rgb_to_ycbcr(rgb: np.ndarray, maxval: float) -> np.ndarray:
     """H x W x 3 (any dtype) -> float32 H x W x 3: Y, Cb, Cr."""
-    ycc = rgb.astype(np.float32) @ _TO_YCC.T
+    ycc = rgb.astype(np.float32) @ TO_YCC.T
     ycc[..., 1:] += np.float32((maxval + 1) / 2)
     return ycc
 
