@@ -651,6 +651,31 @@ def test_the_progress_line_says_saving_once_the_last_tile_is_done(monkeypatch, c
     assert err.endswith("big.png  saving") and "100%" not in err
 
 
+def test_progress_into_a_log_is_a_plain_line_every_half_minute(monkeypatch, capsys):
+    """stderr a file (ssh ... 2>log, a systemd journal): no CR / escape codes, one line per LOG_EVERY s."""
+    from edge_enhance import cli
+
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    p = cli.Progress(2, True)
+    p.file(0, "big.png")
+    said = []
+    for t, done in ((10, 1), (31, 2), (40, 3), (70, 4)):
+        clock[0] = 100.0 + t
+        p.tiles(done, 4)
+        said.append(capsys.readouterr().err)
+    p.clear()
+    clock[0] = 161.0
+    p.file(1, "next.png")  # 30 s after the last line: the next file's start is said
+    assert said == ["", "[1/2] big.png   50%  ETA 1:33\n", "", ""]  # 'saving' is not logged
+    assert capsys.readouterr().err == "[2/2] next.png    0%  ETA 1:01\n"
+    quiet = cli.Progress(1, False)
+    clock[0] = 1000.0
+    quiet.tiles(1, 2)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("terminal", [None, "Windows Terminal"])
 def test_the_progress_line_on_windows_uses_cursor_control_only_in_windows_terminal(monkeypatch, capsys, terminal):
     """The classic Windows console shows ESC [K as a literal ←[K; Windows Terminal (WT_SESSION) takes it."""
