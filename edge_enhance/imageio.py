@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import makernote
 from .atomic import atomic_file
 from .errors import ConfigError, ImageInputError, OutputError
 
@@ -194,7 +195,7 @@ def photo_from_pil(im: Image.Image, name: str = "<image>") -> Photo:
     oriented, icc, dpi, exif = _upright_with_metadata(im, _format_of(im), path, [], borrowed=True)
     photo = _to_photo(oriented, path)
     photo.icc, photo.exif, photo.dpi = icc, exif, dpi
-    photo.extra.update(jpeg_coding(im))
+    photo.extra.update(jpeg_coding(im), **_exif_source(im))
     return photo
 
 
@@ -208,6 +209,13 @@ def jpeg_coding(im: Image.Image) -> dict:
     from PIL import JpegImagePlugin
 
     return {"jpeg_luma_table": tuple(tables[0]), "jpeg_subsampling": JpegImagePlugin.get_sampling(im)}
+
+
+def _exif_source(im: Image.Image) -> dict:
+    """The EXIF bytes as the file has them, where they hold a MakerNote: its offsets are moved by how far
+    the output's EXIF layout moves it (makernote.rebase)."""
+    raw = im.info.get("exif")
+    return {"exif_source": raw} if isinstance(raw, bytes) and makernote.position(raw) else {}
 
 
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -383,7 +391,7 @@ def _decode_limited(fh, path: Path, max_pixels: int) -> Photo:
     photo.extra.update(png_colour)
     if fmt == "TIFF" and im.info.get("compression") in _TIFF_LOSSLESS:
         photo.extra["compression"] = im.info["compression"]  # written back so
-    photo.extra.update(jpeg_coding(im))
+    photo.extra.update(jpeg_coding(im), **_exif_source(im))
     if photo.rgb.shape[0] * photo.rgb.shape[1] == 0:
         raise ImageInputError(f"{path}: image has no pixels")
     return photo
@@ -804,14 +812,15 @@ def _scaled_dpi(photo: Photo, dpi_scale: float) -> tuple[float, float] | None:
 
 # MakerNotes whose offsets count from their own start (or their own TIFF header, Nikon's): they stay readable
 # wherever the EXIF puts them. Others (Canon's headerless IFD, Sony's, Panasonic's, ...) count from the EXIF's
-# TIFF header, and Pillow's tobytes() lays the EXIF out anew (the note moved 36 bytes when orientation and
-# size tags were added): their lens, serial and AF entries would point at other data.
+# TIFF header, and Pillow's tobytes() lays the EXIF out anew: makernote.rebase moves their offsets with them.
 _MAKERNOTE_SELF_CONTAINED = (b"Nikon\0\x02", b"OLYMPUS\0", b"OM SYSTEM\0", b"FUJIFILM", b"Apple iOS\0", b"PENTAX \0")
 
 
-def _output_exif(photo: Photo, dpi, name: str | Path = "<image>") -> bytes:
+def _output_exif(photo: Photo, dpi, name: str | Path = "<image>", fmt: str | None = None) -> bytes:
     """The photo's EXIF as its output's: resolution tags saying ``dpi`` (none without), the output's pixel
-    size, no MakerNote that its new layout would break. Raises what Pillow raises on EXIF it cannot re-encode."""
+    size, its MakerNote's offsets moved to the note's new place (or, where they cannot be, no MakerNote).
+    ``fmt`` "TIFF": the writer lays the EXIF out once more, which no offset here can foresee. Raises what
+    Pillow raises on EXIF it cannot re-encode."""
     exif = photo.exif
     # EXIF's own resolution tags (a TIFF's are its file's) must say what the output's dpi says.
     for tag in (282, 283, 296):
@@ -821,13 +830,18 @@ def _output_exif(photo: Photo, dpi, name: str | Path = "<image>") -> bytes:
     sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else None
     if sub:
         sub[_PIXEL_X], sub[_PIXEL_Y] = photo.rgb.shape[1], photo.rgb.shape[0]
-    note = sub.get(0x927C) if sub else None
-    if isinstance(note, bytes) and not note.startswith(_MAKERNOTE_SELF_CONTAINED):
-        del sub[0x927C]
+    note = sub.get(makernote.MAKER_NOTE) if sub else None
+    source = photo.extra.get("exif_source")
+    if not isinstance(note, bytes) or note.startswith(_MAKERNOTE_SELF_CONTAINED):
+        return _exif_bytes(exif)
+    data = makernote.rebase(source, _exif_bytes(exif)) if isinstance(source, bytes) and fmt != "TIFF" else None
+    if data is None:
+        del sub[makernote.MAKER_NOTE]
         log.warning("%s: the %s MakerNote (%d bytes) is left out: its offsets count from the input's EXIF layout, "
                     "which is written anew, and would point at other data", name, exif.get(271) or "camera's",
                     len(note))
-    return _exif_bytes(exif)
+        data = _exif_bytes(exif)
+    return data
 
 
 def with_metadata(im: Image.Image, photo: Photo, dpi_scale: float = 1.0) -> Image.Image:
@@ -930,7 +944,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             dpi = None
         if photo.exif is not None and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
             try:
-                kw["exif"] = _output_exif(photo, dpi, dst)
+                kw["exif"] = _output_exif(photo, dpi, dst, fmt)
                 if fmt == "TIFF":  # Pillow's TIFF writer parses bytes again, then writes text as ASCII
                     tags = Image.Exif()
                     tags.load(kw["exif"])

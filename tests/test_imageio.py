@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from edge_enhance import imageio
+from edge_enhance import imageio, makernote
 from edge_enhance.errors import ConfigError, ImageInputError, OutputError
 
 
@@ -811,18 +811,71 @@ def test_iptc_goes_into_a_16bit_tiff(tmp_path):
     assert imageio.load_image(imageio.save_image(ph, tmp_path / "o.tif")).iptc == _IPTC
 
 
-@pytest.mark.parametrize("note,kept", [
-    (struct.pack("<HHHII", 1, 6, 2, 32, 0) + b"Canon EOS R5\0".ljust(32), False),  # entry at an absolute offset
-    (b"Nikon\0\x02\x10\0\0II*\0\x08\0\0\0" + bytes(30), True),  # its own TIFF header: relative offsets
-])
-def test_a_makernote_that_the_new_exif_layout_would_break_is_left_out_and_said(tmp_path, caplog, note, kept):
-    """Pillow lays EXIF out anew (the note moved from offset 120 to 156): a Canon note's entries, whose offsets
-    count from the EXIF's TIFF header, then read other data (a date instead of the camera's name)."""
+def _canon_exif(header: bytes = b"", inside: bool = True, footer: bool = False) -> bytes:
+    """Little-endian EXIF (as Canon, Sony and Panasonic write it) whose MakerNote is an IFD with its camera
+    name out of line, at an offset from the EXIF's TIFF header, and a short inline; ``inside``: the name is
+    in the note (else at offset 0, outside it); ``footer``: Canon's "II*\\0" + the note's offset at its end."""
+    def note(at: int) -> bytes:
+        name_at = at + len(header) + 2 + 2 * 12 + 4 if inside else 0
+        ifd = struct.pack("<HHHII", 2, 6, 2, 32, name_at) + struct.pack("<HHIHH", 0x10, 3, 1, 0x8000, 0)
+        body = header + ifd + bytes(4) + b"Canon EOS R5\0".ljust(32, b"\0")
+        return body + (b"II*\0" + struct.pack("<I", at) if footer else b"")
+
     exif = Image.Exif()
+    exif.endian = "<"
     exif[271], exif[0x0112] = "Canon", 6
-    exif.get_ifd(0x8769)[0x927C] = note
-    ph = imageio.load_image(_save(tmp_path, "m.jpg", Image.new("RGB", (6, 4)), exif=exif.tobytes()))
-    with Image.open(imageio.save_image(ph, tmp_path / "o.jpg")) as o:
-        assert o.getexif().get_ifd(0x8769).get(0x927C) == (note if kept else None)
+    exif.get_ifd(0x8769)[0x927C] = note(0)
+    at = makernote.position(exif.tobytes())[0]
+    exif.get_ifd(0x8769)[0x927C] = note(at)
+    return exif.tobytes()
+
+
+def _tiff_of(exif_bytes: bytes) -> bytes:
+    return exif_bytes[6:] if exif_bytes.startswith(b"Exif\0\0") else exif_bytes
+
+
+def _camera_name(exif_bytes: bytes, header: bytes = b"") -> bytes:
+    """The 32 bytes the note's first entry points at, read as a camera's reader reads them."""
+    t = _tiff_of(exif_bytes)
+    off = struct.unpack_from("<I", t, makernote.position(exif_bytes)[0] + len(header) + 2 + 8)[0]
+    return t[off:off + 32].rstrip(b"\0")
+
+
+@pytest.mark.parametrize("header,footer", [(b"", False), (b"", True), (b"SONY DSC \0\0\0", False)])
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
+def test_a_makernote_moved_by_the_new_exif_layout_has_its_offsets_moved_with_it(tmp_path, caplog, ext, header,
+                                                                                footer):
+    """Pillow lays EXIF out anew (the note moves 24 bytes with the output's size tags): a Canon / Sony note's
+    entries, whose offsets count from the EXIF's TIFF header, would read other data; they are moved with it."""
+    src = _save(tmp_path, "m.jpg", Image.new("RGB", (6, 4)), exif=_canon_exif(header, footer=footer))
+    with Image.open(src) as im:
+        was = im.info["exif"]
+    assert _camera_name(was, header) == b"Canon EOS R5"
+    with Image.open(imageio.save_image(imageio.load_image(src), tmp_path / f"o.{ext}")) as o:
+        o.load()
+        raw = o.info["exif"]
+    (at, size) = makernote.position(raw)
+    assert at != makernote.position(was)[0]  # it moved
+    assert _camera_name(raw, header) == b"Canon EOS R5"
+    if footer:
+        assert _tiff_of(raw)[at + size - 4:at + size] == struct.pack("<I", at)
+    assert "MakerNote" not in caplog.text
+
+
+@pytest.mark.parametrize("case", ["outside", "tiff", "nikon"])
+def test_a_makernote_whose_offsets_cannot_be_moved_is_left_out_and_said(tmp_path, caplog, case):
+    """Data outside the note (what it points at is not carried), or a TIFF output (whose writer lays the EXIF
+    out once more): left out with a word. A note with its own TIFF header (Nikon's) is kept as it is."""
+    exif = _canon_exif(inside=case != "outside")
+    note = None
+    if case == "nikon":
+        e = Image.Exif()
+        e.load(exif)
+        e.get_ifd(0x8769)[0x927C] = note = b"Nikon\0\x02\x10\0\0II*\0\x08\0\0\0" + bytes(30)
+        exif = e.tobytes()
+    ph = imageio.load_image(_save(tmp_path, "m.jpg", Image.new("RGB", (6, 4)), exif=exif))
+    with Image.open(imageio.save_image(ph, tmp_path / ("o.tif" if case == "tiff" else "o.jpg"))) as o:
+        assert o.getexif().get_ifd(0x8769).get(0x927C) == note
         assert o.getexif().get(271) == "Canon"
-    assert ("MakerNote (%d bytes) is left out" % len(note) in caplog.text) != kept
+    assert ("MakerNote (" in caplog.text) != (case == "nikon")
+
