@@ -1,11 +1,13 @@
 """`--mode auto` on damaged photos as they come, against auto without its luma pass and pixel JPEG reading.
 
-    python -m benchmarks.auto_inputs [--sets Kodak24,CBSD68] [--images 12] [--only noise,jpeg] [--scale 1]
+    python -m benchmarks.auto_inputs [--sets Kodak24,CBSD68] [--images 12] [--only noise,jpeg,chroma] [--scale 1]
 
 Cases, each on the first ``--images`` images of every set (seeded by the image's index):
 - noise: clean; noise drawn apart in R, G and B (the protocol's); luma noise, the same in all three (film grain, a
   camera's); and the two added together;
-- jpeg: PNG copies (no tables to read) of Pillow 4:2:0 JPEGs at qualities 30 to 85.
+- jpeg: PNG copies (no tables to read) of Pillow 4:2:0 JPEGs at qualities 30 to 85;
+- chroma: PNG copies of 4:2:0 and 4:4:4 JPEGs at qualities 80 to 90, where the chroma layout read from the
+  pixels decides: "before" is auto with the quality read but not the layout (held to quality 75, as for 4:4:4).
 Columns: the input's PSNR against the clean image, auto without the luma pass and without reading a JPEG's
 quality from pixels (what auto did before them), and auto; the worst image's change from before to auto; on how
 many images auto ran the luma pass, and dejpeg before / now.
@@ -25,6 +27,7 @@ NOISE = {"clean": (0, 0), "per channel 15": (0, 15), "per channel 25": (0, 25), 
          "luma 10": (10, 0), "luma 15": (15, 0), "luma 25": (25, 0), "luma 10 + per channel 5": (10, 5),
          "luma 20 + per channel 10": (20, 10), "luma 10 + per channel 25": (10, 25)}
 JPEG_QUALITIES = (30, 40, 50, 60, 75, 85)
+CHROMA_CASES = tuple((q, layout) for layout in ("4:2:0", "4:4:4") for q in (80, 85, 90))
 
 
 def noisy(clean: np.ndarray, luma: float, apart: float, index: int) -> np.ndarray:
@@ -34,21 +37,25 @@ def noisy(clean: np.ndarray, luma: float, apart: float, index: int) -> np.ndarra
 
 
 @contextlib.contextmanager
-def without_new_readings():
-    """Auto as it was before its luma pass and its JPEG quality read from pixels."""
-    saved = pipeline.LUMA_NOISE_THRESHOLD, pipeline.jpeg_quality_from_pixels
-    pipeline.LUMA_NOISE_THRESHOLD, pipeline.jpeg_quality_from_pixels = float("inf"), lambda *a, **k: None
+def without_new_readings(only_chroma: bool = False):
+    """Auto as it was before its luma pass and its JPEG quality read from pixels; ``only_chroma``: before it read
+    the chroma layout (4:4:4 or subsampled) of those pixels."""
+    saved = pipeline.LUMA_NOISE_THRESHOLD, pipeline.jpeg_from_pixels, pipeline._chroma_layout
+    if only_chroma:
+        pipeline._chroma_layout = lambda *a, **k: None
+    else:
+        pipeline.LUMA_NOISE_THRESHOLD, pipeline.jpeg_from_pixels = float("inf"), lambda *a, **k: (None, None)
     try:
         yield
     finally:
-        pipeline.LUMA_NOISE_THRESHOLD, pipeline.jpeg_quality_from_pixels = saved
+        pipeline.LUMA_NOISE_THRESHOLD, pipeline.jpeg_from_pixels, pipeline._chroma_layout = saved
 
 
-def run_case(pipe: pipeline.Pipeline, pairs) -> dict:
+def run_case(pipe: pipeline.Pipeline, pairs, only_chroma: bool = False) -> dict:
     """pairs: (clean, damaged) images. PSNR means (inf where every image is untouched and clean), worst change."""
     rows = {"input": [], "before": [], "auto": [], "luma pass": 0, "dejpeg before": 0, "dejpeg": 0}
     for clean, x in pairs:
-        with without_new_readings():
+        with without_new_readings(only_chroma):
             before = pipe.enhance_photo(imageio.Photo(x)).rgb
         rows["dejpeg before"] += "dejpeg" in pipe.last_stages
         after = pipe.enhance_photo(imageio.Photo(x)).rgb
@@ -66,7 +73,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.auto_inputs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="Kodak24,CBSD68", help="comma list of eval sets (default Kodak24,CBSD68)")
     ap.add_argument("--images", type=int, default=12, help="first images of each set (default 12)")
-    ap.add_argument("--only", default="noise,jpeg", help="noise, jpeg or both (default both)")
+    ap.add_argument("--only", default="noise,jpeg,chroma", help="comma list of noise, jpeg, chroma (default all)")
     ap.add_argument("--scale", type=int, default=1, choices=(1, 2), help="auto's scale (default 1)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -82,11 +89,14 @@ def main(argv=None) -> int:
                       for k, (lu, ap_) in NOISE.items()})
     if "jpeg" in a.only:
         cases.update({f"PNG of JPEG q{q}": [(c, jpeg(c, q)) for c in cleans] for q in JPEG_QUALITIES})
+    if "chroma" in a.only:
+        cases.update({f"PNG of JPEG q{q} {layout}": [(c, jpeg(c, q, subsampling=layout)) for c in cleans]
+                      for q, layout in CHROMA_CASES})
     print(f"--mode auto --scale {a.scale}, {len(cleans)} images ({', '.join(sets)}, first {a.images} each), "
           f"PSNR against the clean image (dB)")
     print(f"{'case':<34} {'input':>7} {'before':>7} {'auto':>7} {'worst':>6} {'luma':>5} {'dejpeg before/now':>17}")
     for name, pairs in cases.items():
-        r = run_case(pipe, pairs)
+        r = run_case(pipe, pairs, only_chroma=name.endswith(("4:2:0", "4:4:4")))
         with np.errstate(invalid="ignore"):
             worst = float(np.nan_to_num(np.min(np.subtract(r["auto"], r["before"]))))  # inf - inf: left clean
         print(f"{name:<34} {np.mean(r['input']):7.3f} {np.mean(r['before']):7.3f} {np.mean(r['auto']):7.3f} "

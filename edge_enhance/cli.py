@@ -575,11 +575,11 @@ def _auto_note(extra: dict) -> str:
     if "noise_sigma" not in extra:  # not auto: name the chain where it is more than the output's name says
         stages = extra.get("stages") or []
         return f" ({' + '.join(stages)})" if len(stages) > 1 else ""
-    q = extra["jpeg_quality"]
-    if q is not None and extra.get("jpeg_subsampling"):
-        q = f"{q} {extra['jpeg_subsampling']}"  # what dejpeg's quality limit depends on
-    elif q is not None and extra.get("jpeg_from_pixels"):
-        q = f"{q} from its pixels"  # not a JPEG file: a copy of one
+    q, layout = extra["jpeg_quality"], extra.get("jpeg_subsampling")  # the layout: what dejpeg's limit depends on
+    if q is not None and extra.get("jpeg_from_pixels"):  # not a JPEG file: a copy of one
+        q = f"{q} from its pixels" + (f", chroma {layout}" if layout else "")
+    elif q is not None and layout:
+        q = f"{q} {layout}"
     if extra["noise_sigma"] is None:  # under 32 pixels a side
         found = "too small to estimate noise or blocks" + (f", JPEG quality {q}" if q is not None else "")
     else:

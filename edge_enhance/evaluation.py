@@ -150,10 +150,11 @@ def noisy(clean: np.ndarray, sigma: float, index: int) -> np.ndarray:
     return np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
 
 
-def jpeg(clean: np.ndarray, quality: int) -> np.ndarray:
-    """Round trip through Pillow's JPEG encoder (default 4:2:0 chroma subsampling)."""
+def jpeg(clean: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
+    """Round trip through Pillow's JPEG encoder (4:2:0 chroma subsampling, the protocol's, unless told)."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(clean, dtype=np.uint8)).save(buf, format="JPEG", quality=int(quality))
+    Image.fromarray(np.asarray(clean, dtype=np.uint8)).save(buf, format="JPEG", quality=int(quality),
+                                                            subsampling=subsampling)
     buf.seek(0)
     return np.asarray(Image.open(buf).convert("RGB"))
 

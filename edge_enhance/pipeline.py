@@ -220,15 +220,29 @@ _LOW_AC = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0
            (0, 4))
 
 
-def _block_dct(rgb: np.ndarray, dy: int, dx: int, most: int) -> np.ndarray:
-    """DCT coefficients (N, 8, 8) of the luma (centred on 0) of ``rgb``'s 8x8 blocks from row ``dy``, column
-    ``dx``: at most ``most`` blocks, spread over the picture (only those are read)."""
+def _block_dct(rgb: np.ndarray, dy: int, dx: int, most: int, plane: np.ndarray = ycbcr.TO_YCC[0]) -> np.ndarray:
+    """DCT coefficients (N, 8, 8) of one plane of ``rgb`` (its weights of R, G, B: luma, or a row of
+    TO_YCC's; on the 0..255 scale, DC not centred) in its 8x8 blocks from row ``dy``, column ``dx``: at most
+    ``most`` blocks, spread over the picture (only those are read)."""
     ny, nx = (rgb.shape[0] - dy) // 8, (rgb.shape[1] - dx) // 8
     pick = np.unique(np.linspace(0, ny * nx - 1, min(most, ny * nx)).astype(np.int64))
     by, bx = np.divmod(pick, nx)
     k = np.arange(8)
-    y = _luma(rgb[(dy + 8 * by)[:, None, None] + k[None, :, None], (dx + 8 * bx)[:, None, None] + k[None, None, :]])
-    return np.einsum("ij,njk,lk->nil", _DCT8, y - 128.0, _DCT8)
+    blocks = rgb[(dy + 8 * by)[:, None, None] + k[None, :, None], (dx + 8 * bx)[:, None, None] + k[None, None, :]]
+    y = (blocks.astype(np.float64) * (255.0 / np.iinfo(rgb.dtype).max)) @ plane.astype(np.float64)
+    return np.einsum("ij,njk,lk->nil", _DCT8, y, _DCT8)
+
+
+# Chroma frequencies whose quantisation steps tell a 4:4:4 JPEG (its Cb / Cr blocks on the luma's 8x8 grid)
+# from a subsampled one (blocks 16 pixels wide, upsampled on decoding: on no 8x8 grid's steps); those that vary
+# across, as 4:2:2 halves only across. Kodak24, CBSD68, McMaster and Set14 (every other image, cropped off the
+# grid), Pillow JPEG q75 / 85 / 90: 4:4:4 showed steps at 3 to 6 of these 6 (Cb and Cr) on every colour image,
+# 4:2:0 and 4:2:2 at 0 or 1 (at q40, 4:2:2 at up to 3: quality 75 and under is cleaned whatever the layout).
+# All 124 images at q80 / 85 / 90: 4:4:4 never read "subsampled"; 4:2:0 and 4:2:2 did on 117 to 119, the rest None.
+_CHROMA_AC = ((0, 1), (0, 2), (1, 1))
+# A "subsampled" needs steps on none of those 6, and at least 3 of them with this many coefficients |c| >= 3 to
+# look at (a grey, pale or small picture has too few to tell)
+MIN_CHROMA_COEFFICIENTS = 100
 
 
 def _quantisation_step(c: np.ndarray) -> int | None:
@@ -249,33 +263,56 @@ def _quantisation_step(c: np.ndarray) -> int | None:
     return max(q for q, s in scores if s >= 0.8 * best)
 
 
-def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> int | None:
-    """The IJG quality of the JPEG that these pixels were once decoded from (a PNG of a JPEG, a screenshot
-    of one at 100%), from the quantisation steps its luma DCT coefficients still sit on; None where they sit on
-    none (never a JPEG, resized, noise or a filter added since, quality over 90, or a picture with transparency).
-    The 8x8 grid need not start at pixel 0 (a crop): of the 64 offsets, the one whose blocks hold the most
-    zero coefficients. First 6 Kodak24 and 6 CBSD68 images, cropped off the grid, Pillow JPEG 4:2:0: quality
-    20 / 40 / 50 / 60 / 75 / 85 / 90 read 19 / 38-39 / 48-50 / 59-60 / 75 / 85 / 90; clean and quality 95 read None.
+def _chroma_layout(rgb: np.ndarray, dy: int, dx: int) -> str | None:
+    """"4:4:4" where the chroma's DCT coefficients on the JPEG's 8x8 grid (from ``dy``, ``dx``) sit on
+    quantisation steps, "subsampled" (4:2:0 or 4:2:2) where there is colour to read but they sit on none,
+    None where neither is clear."""
+    steps = coloured = 0
+    for plane in ycbcr.TO_YCC[1:]:
+        c = _block_dct(rgb, dy, dx, 20000, plane)
+        for u, v in _CHROMA_AC:
+            steps += _quantisation_step(c[:, u, v]) is not None
+            coloured += np.count_nonzero(np.abs(c[:, u, v]) >= 3) >= MIN_CHROMA_COEFFICIENTS
+    if steps >= 3:
+        return "4:4:4"
+    return "subsampled" if steps == 0 and coloured >= 3 else None
 
-    >>> jpeg_quality_from_pixels(np.full((64, 64, 3), 128, np.uint8)) is None
-    True
+
+def jpeg_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[int | None, str | None]:
+    """(The IJG quality of the JPEG that these pixels were once decoded from (a PNG of a JPEG, a screenshot
+    of one at 100%), its chroma layout: "4:4:4", "subsampled" or None where unclear); (None, None) where the
+    pixels were never a JPEG's. The quality is read off the quantisation steps its luma DCT coefficients still
+    sit on; None where they sit on none (never a JPEG, resized, noise or a filter added since, quality over 90,
+    or a picture with transparency). The 8x8 grid need not start at pixel 0 (a crop): of the 64 offsets, the
+    one whose blocks hold the most zero coefficients. First 6 Kodak24 and 6 CBSD68 images, cropped off the grid,
+    Pillow JPEG 4:2:0: quality 20 / 40 / 50 / 60 / 75 / 85 / 90 read 19 / 38-39 / 48-50 / 59-60 / 75 / 85 / 90;
+    clean and quality 95 read None.
+
+    >>> jpeg_from_pixels(np.full((64, 64, 3), 128, np.uint8))
+    (None, None)
     """
     if alpha is not None and (alpha != np.iinfo(alpha.dtype).max).any():
-        return None
+        return None, None
     if min(rgb.shape[:2]) < 16:
-        return None
+        return None, None
     zeros = {(dy, dx): float(np.mean(np.abs(_block_dct(rgb, dy, dx, 500)[:, 2:, 2:]) < 1.0))
              for dy in range(8) for dx in range(8)}
-    c = _block_dct(rgb, *max(zeros, key=zeros.get), 20000)
+    grid = max(zeros, key=zeros.get)
+    c = _block_dct(rgb, *grid, 20000)
     found = [(u * 8 + v, q) for u, v in _LOW_AC if (q := _quantisation_step(c[:, u, v])) is not None]
     if len(found) < 3:
-        return None
+        return None, None
     at, steps = np.array([i for i, _ in found]), np.array([q for _, q in found], np.float64)
     err = np.abs(np.log(_IJG_LUMA[:, at]) - np.log(steps[None])).mean(axis=1)
     if err.min() > JPEG_STEP_MISFIT:
-        return None  # steps, but not an IJG table's (another encoder's tables, or chance)
+        return None, None  # steps, but not an IJG table's (another encoder's tables, or chance)
     tied = _QUALITIES[err <= err.min() + 1e-9]  # neighbouring qualities share these low-frequency steps
-    return int(tied[len(tied) // 2])
+    return int(tied[len(tied) // 2]), _chroma_layout(rgb, *grid)
+
+
+def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> int | None:
+    """The quality of :func:`jpeg_from_pixels`."""
+    return jpeg_from_pixels(rgb, alpha)[0]
 
 
 def blockiness(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
@@ -338,7 +375,9 @@ class Analysis:
     noise_sigma: float | None  # None (and blockiness): a picture under MIN_ANALYSIS_SIDE, too small to read
     jpeg_quality: int | None
     blockiness: float | None
-    jpeg_subsampling: str | None = None  # of a JPEG: 4:4:4, 4:2:2, 4:2:0 (None: not a JPEG, or another layout)
+    # of a JPEG: 4:4:4, 4:2:2, 4:2:0 (None: not a JPEG, or another layout); read from pixels: 4:4:4 or subsampled
+    # (None: unclear)
+    jpeg_subsampling: str | None = None
     stages: list[str] = field(default_factory=list)
     backprojection_db: float | None = None
     strength: float = 1.0
@@ -388,13 +427,14 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
     else:
         an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha), subsampling)
         if quality is None:  # not a JPEG file: its pixels may still be a JPEG's
-            an.jpeg_quality = jpeg_quality_from_pixels(rgb, alpha)
+            an.jpeg_quality, an.jpeg_subsampling = jpeg_from_pixels(rgb, alpha)
             an.jpeg_from_pixels = an.jpeg_quality is not None
     stages = []
     # Only up to the qualities dejpeg was trained on (10-90), 75 without chroma subsampling: on a clean, textured
     # q95 JPEG (kodim13) it cost 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one.
-    # Pixels do not say whether the JPEG had chroma subsampling: the lower limit holds for them.
-    cap = DEJPEG_MAX_QUALITY_444 if subsampling == "4:4:4" or an.jpeg_from_pixels else DEJPEG_MAX_QUALITY
+    # Pixels whose chroma layout is unclear are held to the lower limit.
+    subsampled = an.jpeg_subsampling not in (None, "4:4:4") if an.jpeg_from_pixels else subsampling != "4:4:4"
+    cap = DEJPEG_MAX_QUALITY if subsampled else DEJPEG_MAX_QUALITY_444
     if (an.jpeg_quality is not None and an.jpeg_quality <= cap) or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
         stages.append("dejpeg")
     noise = an.noise_sigma or 0

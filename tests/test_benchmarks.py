@@ -606,3 +606,5 @@ def test_auto_inputs_benchmark_shows_the_luma_pass_and_the_png_of_a_jpeg(capsys)
     assert float(luma[2]) > float(luma[1]) + 3 and luma[4] == "1"  # before, auto; the luma pass ran
     jpeg = rows["PNG of JPEG q75"]
     assert float(jpeg[2]) > float(jpeg[1]) and jpeg[5:] == ["0", "/", "1"]  # dejpeg now, not before
+    assert rows["PNG of JPEG q85 4:2:0"][5:] == ["0", "/", "1"]  # its chroma layout read: subsampled
+    assert rows["PNG of JPEG q85 4:4:4"][5:] == ["0", "/", "0"]

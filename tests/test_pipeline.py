@@ -10,7 +10,8 @@ from PIL import Image
 from edge_enhance import imageio
 from edge_enhance.errors import ConfigError
 from edge_enhance.pipeline import (GREY_NOISE_THRESHOLD, LUMA_NOISE_THRESHOLD, NOISE_THRESHOLD, backprojection_psnr,
-                                   blockiness, estimate_noise_sigma, jpeg_quality_from_pixels, jpeg_quality_from_tables,
+                                   blockiness, estimate_noise_sigma, jpeg_from_pixels, jpeg_quality_from_pixels,
+                                   jpeg_quality_from_tables,
                                    luma_strength, Pipeline, plan_stages, shared_noise_sigma, sr_chain)
 
 
@@ -83,6 +84,12 @@ def test_jpeg_quality_is_read_from_a_jpegs_decoded_pixels(q):
     img = textured()
     for x in (jpeg_pixels(img, q), jpeg_pixels(img, q)[3:, 5:], jpeg_pixels(img, q, subsampling=0)[7:, 1:]):
         assert abs(jpeg_quality_from_pixels(x) - q) <= 2
+    assert jpeg_from_pixels(jpeg_pixels(img, q)[3:, 5:])[1] == "subsampled"  # Pillow's default, 4:2:0
+    if q > 75:  # where it decides (4:2:2's vertical steps stay on the 8x8 grid: harsher, it can read unclear)
+        assert jpeg_from_pixels(jpeg_pixels(img, q, subsampling=1))[1] == "subsampled"
+    assert jpeg_from_pixels(jpeg_pixels(img, q, subsampling=0)[7:, 1:])[1] == "4:4:4"
+    grey = np.repeat(img[..., :1], 3, axis=2)
+    assert jpeg_from_pixels(jpeg_pixels(grey, q)) == (jpeg_quality_from_pixels(jpeg_pixels(grey, q)), None)  # no colour
     x = jpeg_pixels(img, q)
     assert jpeg_quality_from_pixels(img) is None
     assert jpeg_quality_from_pixels(np.asarray(Image.fromarray(x).resize((128, 96), Image.BICUBIC))) is None
@@ -93,8 +100,9 @@ def test_jpeg_quality_is_read_from_a_jpegs_decoded_pixels(q):
 
 
 def test_auto_cleans_a_png_of_a_jpeg_its_blocks_did_not_give_away():
-    """A PNG of a quality-50 JPEG reads under the blockiness threshold; its pixels tell the quality, so dejpeg runs
-    (up to quality 75, as for a JPEG without chroma subsampling: pixels do not tell the subsampling)."""
+    """A PNG of a quality-50 JPEG reads under the blockiness threshold; its pixels tell the quality, so dejpeg runs,
+    as for a JPEG file: up to quality 90 where they tell chroma subsampling too, 75 for 4:4:4 (or no clear
+    layout)."""
     ran = []
 
     def make(name):
@@ -102,10 +110,11 @@ def test_auto_cleans_a_png_of_a_jpeg_its_blocks_did_not_give_away():
         return _Offset(0, scale=1 if name in ("denoise", "dejpeg") else 2)
 
     pipe = Pipeline("auto", 2, make_enhancer=make, check=False)
-    for q, cleaned in ((50, True), (75, True), (85, False)):
-        pipe.enhance_photo(imageio.Photo(jpeg_pixels(textured(grain=1, share=0.5), q)))
+    for q, layout, cleaned in ((50, 2, True), (75, 0, True), (85, 2, True), (85, 0, False), (90, 1, True)):
+        pipe.enhance_photo(imageio.Photo(jpeg_pixels(textured(grain=1, share=0.5), q, subsampling=layout)))
         an = pipe.last_analysis
         assert an.blockiness < 1.4 and an.jpeg_from_pixels and abs(an.jpeg_quality - q) <= 2
+        assert an.jpeg_subsampling == ("4:4:4" if layout == 0 else "subsampled")
         assert pipe.last_stages[:1] == ["dejpeg"] * cleaned + ["denoise"] * (not cleaned)  # a noise-like texture
     pipe.enhance_photo(imageio.Photo(textured(grain=1, share=0.5)))
     assert "dejpeg" not in pipe.last_stages and pipe.last_analysis.jpeg_quality is None
@@ -352,6 +361,9 @@ def test_auto_mode_says_what_it_found_and_did(tmp_path, capsys):
         " (auto: noise sigma 0.4, JPEG quality 20 4:4:4; dejpeg + sr-x2; back-projection 31.3 dB)"
     assert _auto_note({**fell_back, "jpeg_from_pixels": True, "strength": 1}) == \
         " (auto: noise sigma 0.4, JPEG quality 20 from its pixels; dejpeg + sr-x2; back-projection 31.3 dB)"
+    assert _auto_note({**fell_back, "jpeg_from_pixels": True, "jpeg_subsampling": "subsampled", "strength": 1}) == \
+        " (auto: noise sigma 0.4, JPEG quality 20 from its pixels, chroma subsampled; dejpeg + sr-x2; " \
+        "back-projection 31.3 dB)"
 
 
 @pytest.mark.parametrize("hidden", ["noise", "black"])
