@@ -382,7 +382,7 @@ class Analysis:
     backprojection_db: float | None = None
     strength: float = 1.0
     luma_noise_sigma: float | None = None  # the luma noise denoise left in a colour photo (None: not read)
-    jpeg_from_pixels: bool = False  # jpeg_quality read from the pixels (a PNG of a JPEG), not a JPEG file's tables
+    jpeg_from_pixels: bool = False  # jpeg_quality read from the pixels (a PNG of a JPEG, a JPEG saved again finer)
 
 
 def _analysed_part(rgb: np.ndarray, alpha: np.ndarray | None):
@@ -399,6 +399,14 @@ def sr_chain(scale: int) -> list[str]:
     if scale not in chains:
         raise ConfigError(f"scale {scale!r} is not one of 1, 2, 3, 4, 8")
     return chains[scale]
+
+
+def dejpeg_limit(subsampling: str | None, from_pixels: bool = False) -> int:
+    """The highest JPEG quality auto cleans: the top of dejpeg's training range (10-90), 75 without chroma
+    subsampling (on a clean, textured q95 JPEG, kodim13, dejpeg cost 2.4 dB). Pixels whose chroma layout is
+    unclear (None) are held to the lower limit; a JPEG file's unknown layout (None) is not."""
+    subsampled = subsampling not in (None, "4:4:4") if from_pixels else subsampling != "4:4:4"
+    return DEJPEG_MAX_QUALITY if subsampled else DEJPEG_MAX_QUALITY_444
 
 
 def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=None) -> tuple[list[str], Analysis | None]:
@@ -426,16 +434,15 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
         an = Analysis(None, quality, None, subsampling)
     else:
         an = Analysis(estimate_noise_sigma(rgb, alpha), quality, blockiness(rgb, alpha), subsampling)
-        if quality is None:  # not a JPEG file: its pixels may still be a JPEG's
-            an.jpeg_quality, an.jpeg_subsampling = jpeg_from_pixels(rgb, alpha)
-            an.jpeg_from_pixels = an.jpeg_quality is not None
+        if quality is None or quality > dejpeg_limit(subsampling):
+            # Not a JPEG file, or one too fine to clean: its pixels may still be an earlier, harsher JPEG's (a
+            # PNG of a JPEG; a JPEG that an editor or a messaging app saved again at q95).
+            q, layout = jpeg_from_pixels(rgb, alpha)
+            if q is not None and (quality is None or q < quality - 2):  # a read is within 2 of the quality
+                an.jpeg_quality, an.jpeg_subsampling, an.jpeg_from_pixels = q, layout, True
     stages = []
-    # Only up to the qualities dejpeg was trained on (10-90), 75 without chroma subsampling: on a clean, textured
-    # q95 JPEG (kodim13) it cost 2.4 dB; past them, a JPEG's own pixels still tell of an earlier, harsher one.
-    # Pixels whose chroma layout is unclear are held to the lower limit.
-    subsampled = an.jpeg_subsampling not in (None, "4:4:4") if an.jpeg_from_pixels else subsampling != "4:4:4"
-    cap = DEJPEG_MAX_QUALITY if subsampled else DEJPEG_MAX_QUALITY_444
-    if (an.jpeg_quality is not None and an.jpeg_quality <= cap) or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
+    limit = dejpeg_limit(an.jpeg_subsampling, an.jpeg_from_pixels)
+    if (an.jpeg_quality is not None and an.jpeg_quality <= limit) or (an.blockiness or 0) > BLOCKINESS_THRESHOLD:
         stages.append("dejpeg")
     noise = an.noise_sigma or 0
     # A reading at the ceiling is a pixel pattern (a 1-pixel checkerboard, halftone), not noise: denoise greys it.

@@ -608,3 +608,5 @@ def test_auto_inputs_benchmark_shows_the_luma_pass_and_the_png_of_a_jpeg(capsys)
     assert float(jpeg[2]) > float(jpeg[1]) and jpeg[5:] == ["0", "/", "1"]  # dejpeg now, not before
     assert rows["PNG of JPEG q85 4:2:0"][5:] == ["0", "/", "1"]  # its chroma layout read: subsampled
     assert rows["PNG of JPEG q85 4:4:4"][5:] == ["0", "/", "0"]
+    again = rows["JPEG q75 saved again at q95"]  # its tables say 95, its pixels 75
+    assert float(again[2]) > float(again[1]) and again[5:] == ["0", "/", "1"]

@@ -197,6 +197,21 @@ def test_auto_plan_picks_cleanup_then_upscale(tmp_path):
     assert plan_stages("auto", 1, imageio.load_image(p90), p90)[0] == ["denoise"]
 
 
+@pytest.mark.parametrize("first,cleaned", [(50, True), (85, True), (None, False)])
+def test_auto_reads_an_earlier_harsher_jpeg_under_a_fine_one(tmp_path, first, cleaned):
+    """A q50 JPEG that an editor or a messaging app saved again at q95: its tables say 95 (left alone before), its
+    pixels still sit on q50's steps. A first q95 JPEG reads 95 or nothing from its pixels: left alone."""
+    img = textured(grain=1, share=0.5)
+    p = tmp_path / "again.jpg"
+    Image.fromarray(jpeg_pixels(img, first) if first else img).save(p, quality=95)
+    stages, an = plan_stages("auto", 1, imageio.load_image(p), p)
+    assert ("dejpeg" in stages) == cleaned and an.jpeg_from_pixels == cleaned  # (its grain reads as noise too)
+    if cleaned:
+        assert abs(an.jpeg_quality - first) <= 2 and an.jpeg_subsampling == "subsampled"
+    else:
+        assert an.jpeg_quality == 95 and an.jpeg_subsampling == "4:2:0"
+
+
 def test_auto_reads_the_jpeg_an_application_opened_itself(tmp_path):
     """Pipeline("auto").enhance(Image.open(jpg)) never read the quantisation tables: a q60 JPEG got sr-x2 alone
     in Python and dejpeg + sr-x2 from the CLI."""
