@@ -218,6 +218,7 @@ _DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos((2 * n + 1) * 
                   for k in range(8)])
 _LOW_AC = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3),
            (0, 4))
+_LOW_AC_AT = [u * 8 + v for u, v in _LOW_AC]  # their places in a table in natural order
 
 
 def _block_dct(rgb: np.ndarray, dy: int, dx: int, most: int, plane: np.ndarray = ycbcr.TO_YCC[0]) -> np.ndarray:
@@ -302,12 +303,19 @@ def jpeg_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[
     found = [(u * 8 + v, q) for u, v in _LOW_AC if (q := _quantisation_step(c[:, u, v])) is not None]
     if len(found) < 3:
         return None, None
-    at, steps = np.array([i for i, _ in found]), np.array([q for _, q in found], np.float64)
-    err = np.abs(np.log(_IJG_LUMA[:, at]) - np.log(steps[None])).mean(axis=1)
-    if err.min() > JPEG_STEP_MISFIT:
+    quality, misfit = _nearest_ijg([i for i, _ in found], [q for _, q in found])
+    if misfit > JPEG_STEP_MISFIT:
         return None, None  # steps, but not an IJG table's (another encoder's tables, or chance)
-    tied = _QUALITIES[err <= err.min() + 1e-9]  # neighbouring qualities share these low-frequency steps
-    return int(tied[len(tied) // 2]), _chroma_layout(rgb, *grid)
+    return quality, _chroma_layout(rgb, *grid)
+
+
+def _nearest_ijg(at, steps) -> tuple[int, float]:
+    """(The IJG quality whose luminance table is nearest ``steps`` at the natural-order places ``at``, by mean
+    |log| misfit; of tied qualities, which neighbouring ones often are at low frequencies, the middle one;
+    that misfit)."""
+    err = np.abs(np.log(_IJG_LUMA[:, list(at)]) - np.log(np.asarray(steps, np.float64))[None]).mean(axis=1)
+    tied = _QUALITIES[err <= err.min() + 1e-9]
+    return int(tied[len(tied) // 2]), float(err.min())
 
 
 def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> int | None:
@@ -438,7 +446,10 @@ def plan_stages(mode: str, scale: int, photo: imageio.Photo | None = None, src=N
             # Not a JPEG file, or one too fine to clean: its pixels may still be an earlier, harsher JPEG's (a
             # PNG of a JPEG; a JPEG that an editor or a messaging app saved again at q95).
             q, layout = jpeg_from_pixels(rgb, alpha)
-            if q is not None and (quality is None or q < quality - 2):  # a read is within 2 of the quality
+            # The file's own quality as its pixels would read it: from the low frequencies alone (a phone's own,
+            # flatter tables read q93 in all and q90 there); a read is within 2 of it.
+            own = _nearest_ijg(_LOW_AC_AT, np.asarray(table, np.float64)[_LOW_AC_AT])[0] if table else quality
+            if q is not None and (quality is None or q < own - 2):
                 an.jpeg_quality, an.jpeg_subsampling, an.jpeg_from_pixels = q, layout, True
     stages = []
     limit = dejpeg_limit(an.jpeg_subsampling, an.jpeg_from_pixels)
