@@ -98,22 +98,23 @@ def main(argv=None) -> int:
         ap.error(f"no shared data eval/ with {', '.join(sets)}: set EDGE_ENHANCE_DATA")
     cleans = [load_rgb(p) for s in sets for p in list_images(data / s)[:a.images]]
     pipe = pipeline.Pipeline("auto", a.scale, threads=a.threads)
-    cases = {}
+    cases = {}  # name -> (pairs, whether "before" is auto without only the chroma layout reading)
     if "noise" in a.only:
-        cases.update({f"noise {k}": [(c, noisy(c, lu, ap_, i)) for i, c in enumerate(cleans)]
+        cases.update({f"noise {k}": ([(c, noisy(c, lu, ap_, i)) for i, c in enumerate(cleans)], False)
                       for k, (lu, ap_) in NOISE.items()})
     if "jpeg" in a.only:
-        cases.update({f"PNG of JPEG q{q}": [(c, jpeg(c, q)) for c in cleans] for q in JPEG_QUALITIES})
+        cases.update({f"PNG of JPEG q{q}": ([(c, jpeg(c, q)) for c in cleans], False) for q in JPEG_QUALITIES})
     if "chroma" in a.only:
-        cases.update({f"PNG of JPEG q{q} {layout}": [(c, jpeg(c, q, subsampling=layout)) for c in cleans]
+        cases.update({f"PNG of JPEG q{q} {layout}": ([(c, jpeg(c, q, subsampling=layout)) for c in cleans], True)
                       for q, layout in CHROMA_CASES})
     if "resaved" in a.only:
-        cases.update({f"JPEG q{q} saved again at q95": [(c, resaved(c, q)) for c in cleans] for q in RESAVED_QUALITIES})
+        cases.update({f"JPEG q{q} saved again at q95": ([(c, resaved(c, q)) for c in cleans], False)
+                      for q in RESAVED_QUALITIES})
     print(f"--mode auto --scale {a.scale}, {len(cleans)} images ({', '.join(sets)}, first {a.images} each), "
           f"PSNR against the clean image (dB)")
     print(f"{'case':<34} {'input':>7} {'before':>7} {'auto':>7} {'worst':>6} {'luma':>5} {'dejpeg before/now':>17}")
-    for name, pairs in cases.items():
-        r = run_case(pipe, pairs, only_chroma=name.endswith(("4:2:0", "4:4:4")))
+    for name, (pairs, only_chroma) in cases.items():
+        r = run_case(pipe, pairs, only_chroma)
         with np.errstate(invalid="ignore"):
             worst = float(np.nan_to_num(np.min(np.subtract(r["auto"], r["before"]))))  # inf - inf: left clean
         print(f"{name:<34} {np.mean(r['input']):7.3f} {np.mean(r['before']):7.3f} {np.mean(r['auto']):7.3f} "

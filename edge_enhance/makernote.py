@@ -96,7 +96,7 @@ def rebase(old: bytes, new: bytes) -> bytes | None:
     if was is None or now is None:
         return new if now is None else None
     (t_old, _, o_old), (t_new, skip, order) = _tiff(old), _tiff(new)
-    if o_old != order or was[1] != now[1] or t_old[was[0]:sum(was)] != t_new[now[0]:sum(now)]:
+    if o_old != order or t_old[was[0]:sum(was)] != t_new[now[0]:sum(now)]:
         return None
     places = _out_of_line(t_old, was[0], was[1], order)
     if places is None:
