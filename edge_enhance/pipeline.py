@@ -92,9 +92,18 @@ _IJG_LUMA = np.clip((_STD_LUMA[None] * np.where(_QUALITIES < 50, 5000 // _QUALIT
                      + 50) // 100, 1, 255)
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
+def _plane(rgb: np.ndarray, row) -> np.ndarray:
+    """row[0] R + row[1] G + row[2] B on the 0..255 scale, as float64, built up a channel at a time: no float
+    copy of all three (a 12 MP picture's is 288 MB)."""
     scale = 255.0 / np.iinfo(rgb.dtype).max
-    return (rgb.astype(np.float64) * scale) @ np.array([0.299, 0.587, 0.114])
+    y = rgb[..., 0] * (float(row[0]) * scale)
+    for k in (1, 2):
+        y += rgb[..., k] * (float(row[k]) * scale)
+    return y
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return _plane(rgb, (0.299, 0.587, 0.114))
 
 
 def _opaque(alpha: np.ndarray | None, shape) -> np.ndarray:
@@ -140,9 +149,7 @@ def shared_noise_sigma(rgb: np.ndarray, alpha: np.ndarray | None = None) -> floa
     >>> round(shared_noise_sigma(grain))
     10
     """
-    scale = 255.0 / np.iinfo(rgb.dtype).max
-    planes = (sum(rgb[..., k] * (float(row[k]) * scale) for k in range(3)) for row in ycbcr.TO_YCC)
-    s = _block_sigmas(rgb, alpha, planes)
+    s = _block_sigmas(rgb, alpha, (_plane(rgb, row) for row in ycbcr.TO_YCC))
     if not s:
         return 0.0
     separate = (s[1] / _YCC_GAIN[1] + s[2] / _YCC_GAIN[2]) / 2
@@ -230,8 +237,7 @@ def _block_dct(rgb: np.ndarray, dy: int, dx: int, most: int, plane: np.ndarray =
     by, bx = np.divmod(pick, nx)
     k = np.arange(8)
     blocks = rgb[(dy + 8 * by)[:, None, None] + k[None, :, None], (dx + 8 * bx)[:, None, None] + k[None, None, :]]
-    y = (blocks.astype(np.float64) * (255.0 / np.iinfo(rgb.dtype).max)) @ plane.astype(np.float64)
-    return np.einsum("ij,njk,lk->nil", _DCT8, y, _DCT8)
+    return np.einsum("ij,njk,lk->nil", _DCT8, _plane(blocks, plane), _DCT8)
 
 
 # Chroma frequencies whose quantisation steps tell a 4:4:4 JPEG (its Cb / Cr blocks on the luma's 8x8 grid)
