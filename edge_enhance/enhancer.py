@@ -635,7 +635,7 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
         photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale)
     _check_room_for_uncompressed(photo, dst, out_fmt, processor.scale, strip_metadata)  # after the memory map
-    _warn_if_short_of_memory(photo, src, processor, mapped=out is not None)
+    _warn_if_short_of_memory(photo, src, processor, mapped=out is not None, fmt=out_fmt)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     if result is photo:  # auto at scale 1 ran no stage
         raise NothingToDo(f"{src}: auto found nothing to clean at scale 1; nothing written")
@@ -665,21 +665,24 @@ def _check_room_for_uncompressed(photo: imageio.Photo, dst: Path, fmt: str, s: i
                           f"({free / 2**20:.0f} MB free; PNG or JPEG are smaller: --format png)")
 
 
-def _warn_if_short_of_memory(photo: imageio.Photo, src: Path, processor, mapped: bool) -> None:
+def _warn_if_short_of_memory(photo: imageio.Photo, src: Path, processor, mapped: bool, fmt: str) -> None:
     """Say so before the work where the output (unless memory-mapped) and the encoder's copy of it (Pillow
-    holds 4 bytes a pixel for 8-bit RGB) need more than the RAM available: the system would otherwise stop
-    the process for lack of memory with no word from us."""
+    holds 4 bytes a pixel for 8-bit RGB; a PNG is written a band of rows at a time, with no copy) need more
+    than the RAM available: the system would otherwise stop the process for lack of memory with no word
+    from us."""
     ram = _available_ram()
     if ram is None:
         return
     h, w, _ = photo.rgb.shape
     px = h * w * processor.scale ** 2
     k = photo.rgb.itemsize
-    need = (0 if mapped else px * 3 * k) + px * (4 if k == 1 else 6)
+    copy = 0 if fmt == "PNG" else px * (4 if k == 1 else 6)
+    need = (0 if mapped else px * 3 * k) + copy
     if need > ram:
-        log.warning("%s: its %dx%d output needs about %.0f MB of memory (the picture and the encoder's copy of it), "
-                    "and %.0f MB is available: the system may stop the run for lack of memory",
-                    src, w * processor.scale, h * processor.scale, need / 2**20, ram / 2**20)
+        log.warning("%s: its %dx%d output needs about %.0f MB of memory (%s), and %.0f MB is available: the system "
+                    "may stop the run for lack of memory", src, w * processor.scale, h * processor.scale,
+                    need / 2**20, "the picture and the encoder's copy of it" if copy else "the picture",
+                    ram / 2**20)
 
 
 def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None:

@@ -426,7 +426,8 @@ def _upright_with_metadata(im: Image.Image, fmt: str | None, path: Path, caught:
         # Pillow warns (UserWarning on stderr) about damaged EXIF; say it once through logging instead.
         with _recorded_warnings(caught):
             exif = im.getexif()
-            oriented = ImageOps.exif_transpose(im)
+            # upright as stored: im itself (exif_transpose would hand back a copy, a second picture in memory)
+            oriented = ImageOps.exif_transpose(im) if exif.get(_ORIENTATION, 1) != 1 else im
         caught = [w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)]
         if caught:
             log.warning("%s: EXIF partly unreadable (%s); the rest is kept", path, caught[0].message)
@@ -537,11 +538,24 @@ def _to_photo(im: Image.Image, path: Path) -> Photo:
         raise ImageInputError(f"{path}: floating-point images are not supported")
     if mode not in ("RGB", "RGBA", "L", "LA"):
         raise ImageInputError(f"{path}: unsupported colour mode {mode}")
-    a = np.asarray(im)
-    if mode in ("L", "LA"):
-        g = a if mode == "L" else a[..., 0]
-        return Photo(np.repeat(g[..., None], 3, axis=2), a[..., 1].copy() if mode == "LA" else None, grey=True)
-    return Photo(np.ascontiguousarray(a[..., :3]), a[..., 3].copy() if mode == "RGBA" else None)
+    return Photo(*_planes_of(im, mode), grey=mode in ("L", "LA"))
+
+
+def _planes_of(im: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H x W x 3 colour, H x W alpha or None) of an 8-bit RGB / RGBA / L / LA image, copied over a band
+    of rows at a time: np.asarray(im) puts the whole picture in a bytes object beside the image first
+    (and twice over while Pillow joins its pieces), 72 MB more at the peak for a 12 MP photo."""
+    w, h = im.size
+    rgb = np.empty((h, w, 3), np.uint8)
+    alpha = np.empty((h, w), np.uint8) if mode in ("RGBA", "LA") else None
+    step = max(1, BAND_BYTES // 4 // (4 * w))
+    for y in range(0, h, step):
+        b = np.asarray(im.crop((0, y, w, min(y + step, h))))
+        b = b[..., None] if b.ndim == 2 else b
+        rgb[y:y + len(b)] = b[..., :3] if mode in ("RGB", "RGBA") else b[..., :1]
+        if alpha is not None:
+            alpha[y:y + len(b)] = b[..., -1]
+    return rgb, alpha
 
 
 def content_suffix(path: Path) -> str | None:
@@ -623,7 +637,7 @@ def _has_tifffile() -> bool:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 class _Checked:
@@ -640,41 +654,67 @@ class _Checked:
         return getattr(self._f, name)
 
 
-class _AfterHeader:
-    """A file wrapper that writes ``extra`` right after a PNG's signature and IHDR chunk (33 bytes)."""
-
-    def __init__(self, f, extra: bytes):
-        self.f, self.extra, self.n = f, extra, 0
-
-    def write(self, b):
-        if self.extra and self.n + len(b) >= 33:
-            cut = 33 - self.n
-            b, self.extra = b[:cut] + self.extra + b[cut:], b""
-        self.n += len(b)
-        self.f.write(b)
+PNG_BAND_BYTES = 1 << 18  # the rows of a PNG filtered and compressed at a time (working memory: about 25 times this)
 
 
-def _write_png16(photo: Photo, f, icc: bytes | None = None, dpi=None, exif: bytes | None = None,
-                 colour: tuple = ()) -> None:
-    """16-bit colour (or grey + alpha) PNG through pypng, with the ICC profile, DPI and EXIF chunks Pillow
-    would have written (iCCP, pHYs, eXIf, ahead of the pixels), and ``colour``'s (gAMA, cHRM, sRGB)."""
-    import png
+def _png_filtered(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG scanlines of ``rows`` (k, n bytes; ``above`` the row before them, zeros at the top): each row
+    filtered by whichever of the five filters leaves the smallest sum of |signed byte| (libpng's and Pillow's
+    heuristic), its filter type in front."""
+    up = np.concatenate([above[None], rows[:-1]])
+    left, corner = np.zeros_like(rows), np.zeros_like(rows)
+    left[:, bpp:], corner[:, bpp:] = rows[:, :-bpp], up[:, :-bpp]
+    cand = np.empty((5,) + rows.shape, np.uint8)
+    cand[0] = rows
+    np.subtract(rows, left, out=cand[1])  # uint8 arithmetic wraps modulo 256, as PNG's does
+    np.subtract(rows, up, out=cand[2])
+    np.subtract(rows, ((left.astype(np.uint16) + up) >> 1).astype(np.uint8), out=cand[3])
+    a, b, c = left.astype(np.int16), up.astype(np.int16), corner.astype(np.int16)
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+    np.subtract(rows, np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner)), out=cand[4])
+    cost = np.abs(cand.view(np.int8)).view(np.uint8).sum(axis=2, dtype=np.uint32)  # |-128| wraps to 128 as uint8
+    best = cost.argmin(axis=0)
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    out[:, 0] = best
+    out[:, 1:] = cand[best, np.arange(rows.shape[0])]
+    return out
 
-    a = photo.rgb if not photo.grey else to_grey(photo.rgb)[..., None]
+
+def _png_pixels(photo: Photo, y0: int, y1: int) -> np.ndarray:
+    """Rows y0:y1 of the photo as a PNG stores them: grey or RGB, then alpha."""
+    a = photo.rgb[y0:y1]
+    a = to_grey(a)[..., None] if photo.grey else a
     if photo.alpha is not None:
-        a = np.dstack([a, photo.alpha])
-    h, w, planes = a.shape
-    extra = b""
-    if icc:
-        extra += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
-    if dpi:
-        extra += _png_chunk(b"pHYs", struct.pack(">IIB", *(int(d / 0.0254 + 0.5) for d in dpi[:2]), 1))
-    if exif:
-        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
-    for kind, data in colour:
-        extra += _png_chunk(kind, data)
-    png.Writer(w, h, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16).write(
-        _AfterHeader(f, extra), a.reshape(h, w * planes))
+        a = np.concatenate([a, photo.alpha[y0:y1, :, None]], axis=2)
+    return a
+
+
+def _write_png(photo: Photo, f, chunks: list, text: list = (), level: int = 6) -> None:
+    """A PNG of the photo (8 or 16 bits; grey, grey + alpha, RGB, RGBA) written a band of rows at a time, so
+    a large output needs no second copy of itself (Pillow's encoder wants a 4-byte-a-pixel image of it).
+    ``chunks`` (type, data) go ahead of the pixels in the order Pillow writes them (iCCP, gAMA / cHRM / sRGB,
+    pHYs, eXIf); ``text`` (tEXt / iTXt) follows them, as Pillow's pnginfo text does."""
+    h, w = photo.rgb.shape[:2]
+    planes = (1 if photo.grey else 3) + (photo.alpha is not None)
+    depth = photo.rgb.dtype.itemsize
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[planes]
+    f.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8 * depth, colour_type, 0, 0, 0)))
+    for kind, data in [*chunks, *text]:
+        f.write(_png_chunk(kind, data))
+    z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)  # as Pillow's: smaller on filtered rows
+    n = w * planes * depth
+    above, pending = np.zeros(n, np.uint8), bytearray()
+    step = max(1, PNG_BAND_BYTES // n)
+    for y in range(0, h, step):
+        rows = _png_pixels(photo, y, min(y + step, h)).astype(">u%d" % depth, copy=False)
+        rows = np.ascontiguousarray(rows).view(np.uint8).reshape(-1, n)
+        pending += z.compress(_png_filtered(rows, above, planes * depth))
+        above = rows[-1].copy()
+        if len(pending) >= 1 << 16:  # IDAT chunks of 64 KB or more, as zlib hands them over
+            f.write(_png_chunk(b"IDAT", pending))
+            pending.clear()
+    pending += z.flush()
+    f.write(_png_chunk(b"IDAT", pending) + _png_chunk(b"IEND", b""))
 
 
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)  # description, make, model, software, date, artist, copyright
@@ -791,6 +831,18 @@ def _png_colour_chunks(photo: Photo, icc: bytes | None) -> list:
     return chunks
 
 
+def _png_head(kw: dict, colour: list) -> list:
+    """The (type, data) chunks ahead of a PNG's pixels for save_image's Pillow arguments, as Pillow writes them:
+    iCCP, then ``colour`` (gAMA / cHRM / sRGB), pHYs, eXIf."""
+    head = [(b"iCCP", b"ICC Profile\0\0" + zlib.compress(kw["icc_profile"]))] if kw.get("icc_profile") else []
+    head += colour
+    if kw.get("dpi"):
+        head.append((b"pHYs", struct.pack(">IIB", *(int(d / 0.0254 + 0.5) for d in kw["dpi"][:2]), 1)))
+    if kw.get("exif"):
+        head.append((b"eXIf", kw["exif"][6:] if kw["exif"].startswith(b"Exif\0\0") else kw["exif"]))
+    return head
+
+
 def _png_text(photo: Photo):
     from PIL import PngImagePlugin
 
@@ -867,7 +919,7 @@ def keeps_16bit(photo: Photo, fmt: str) -> bool:
 
 
 def _written_by_pillow(photo: Photo, fmt: str) -> bool:
-    """Whether save_image hands the pixels to Pillow's encoder (not pypng's or tifffile's)."""
+    """Whether save_image hands the pixels to Pillow's encoder (not tifffile's or its own PNG writer)."""
     return not (keeps_16bit(photo, fmt) and _has_tifffile()) or photo.grey and photo.alpha is None
 
 
@@ -971,13 +1023,6 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
             kw["comment"] = photo.comment
         if fmt == "PNG" and (photo.text or photo.xmp):
             kw["pnginfo"] = _png_text(photo)
-    if png_colour:  # gAMA / cHRM / sRGB: colour, as the ICC profile, so kept by strip_metadata too
-        if "pnginfo" not in kw:
-            from PIL import PngImagePlugin
-
-            kw["pnginfo"] = PngImagePlugin.PngInfo()
-        for kind, data in png_colour:
-            kw["pnginfo"].add(kind, data)
     gamma = photo.extra.get("gamma")
     if fmt != "PNG" and gamma and abs(gamma - 1 / 2.2) > 0.01 and "srgb" not in photo.extra \
             and "icc_profile" not in kw:  # an ICC profile, which overrides gAMA, says it all
@@ -1009,13 +1054,9 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
     try:
         with atomic_file(dst) as raw:
             f = _Checked(raw)
-            if keep16 and fmt == "PNG" and (not photo.grey or photo.alpha is not None):
-                try:
-                    _write_png16(photo, f, kw.get("icc_profile"), kw.get("dpi"), kw.get("exif"),
-                                 png_colour)
-                except ImportError:
-                    log.warning("%s: written as 8-bit; pip install 'edge-enhance[io16]' for 16-bit colour PNG", dst)
-                    photo_to_pil(photo).save(f, format=fmt, **kw)
+            if fmt == "PNG":  # gAMA / cHRM / sRGB: colour, as the ICC profile, so kept by strip_metadata too
+                _write_png(photo, f, _png_head(kw, png_colour),
+                           [c[:2] for c in kw["pnginfo"].chunks] if "pnginfo" in kw else [])
             elif keep16 and photo.grey and photo.alpha is None:
                 _pillow_save(Image.fromarray(to_grey(photo.rgb)), f, fmt, kw, dst)
             elif keep16 and fmt == "TIFF" and _has_tifffile():

@@ -64,24 +64,23 @@ def test_engine_failing_on_one_file_does_not_stop_the_batch(tmp_path, model, cap
 
 
 _HOOK = """
-import os, signal, sys
-from PIL import Image
-real_save = Image.Image.save
+import io, os, signal, sys
+from edge_enhance import imageio
+real_write = imageio._write_png
 n = [0]
-def save(self, fp, *a, **k):
+def write(photo, f, *a, **k):
     n[0] += 1
-    if n[0] == {at} and hasattr(fp, "write"):  # the signal lands with half the file written
-        import io
+    if n[0] == {at}:  # the signal lands with half the file written
         buf = io.BytesIO()
-        real_save(self, buf, *a, **k)
+        real_write(photo, buf, *a, **k)
         data = buf.getvalue()
-        fp.write(data[:len(data) // 2])
-        fp.flush()
+        f.write(data[:len(data) // 2])
+        f.flush()
         os.kill(os.getpid(), signal.{sig})
-        fp.write(data[len(data) // 2:])
+        f.write(data[len(data) // 2:])
         return
-    return real_save(self, fp, *a, **k)
-Image.Image.save = save
+    return real_write(photo, f, *a, **k)
+imageio._write_png = write
 from edge_enhance.cli import main
 sys.exit(main({argv!r}))
 """

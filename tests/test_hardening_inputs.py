@@ -16,6 +16,7 @@ from PIL import Image, ImageCms
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from edge_enhance import imageio  # noqa: E402
 from edge_enhance.cli import main  # noqa: E402
 from tests import hardening_kit as kit  # noqa: E402
 from tests.hardening_kit import model  # noqa: E402,F401  (fixture)
@@ -203,13 +204,15 @@ def test_disk_full_removes_the_partial_file_and_keeps_the_input(tmp_path, model,
     src.write_bytes(data)
     out = tmp_path / "out"
     out.mkdir()
-    real_save = Image.Image.save
+    writes = []
 
-    def half_then_enospc(self, fp, *a, **k):
-        real_save(self, fp, *a, **k)  # some bytes reach the temporary file first
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def half_then_enospc(self, b):  # the first bytes reach the temporary file; the disk is full after them
+        if writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        writes.append(len(b))
+        return self._f.write(b)
 
-    monkeypatch.setattr(Image.Image, "save", half_then_enospc)
+    monkeypatch.setattr(imageio._Checked, "write", half_then_enospc, raising=False)
     rc = main(["enhance", str(src), "-o", str(out), "--model", str(model)])
     err = capsys.readouterr().err
     assert rc == 1 and f"{out / 'a.png'}: cannot write (No space left on device)" in err
@@ -241,11 +244,11 @@ def test_disk_full_keeps_a_previous_output(tmp_path, model, capsys, monkeypatch)
     dst = tmp_path / "o.png"
     dst.write_bytes(b"last week's result")
 
-    def enospc(self, fp, *a, **k):
-        fp.write(b"\x89PNG partial")
+    def enospc(self, b):
+        self._f.write(b[:5])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(Image.Image, "save", enospc)
+    monkeypatch.setattr(imageio._Checked, "write", enospc, raising=False)
     assert main(["enhance", str(src), "-o", str(dst), "--model", str(model)]) == 1
     assert dst.read_bytes() == b"last week's result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "o.png"]
