@@ -388,6 +388,16 @@ def test_memory_child_subprocess(model_dir, monkeypatch):
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["tiles"] >= 1
 
 
+@needs("ai_edge_litert")
+def test_memory_from_files_through_the_cli(model_dir, capsys):
+    """``python -m benchmarks.memory --files``: four inputs through the CLI, each in a fresh process, with the
+    peak RSS and its anonymous part; a small RAM makes the output stream through a memory-mapped file."""
+    rows = memory.run_files(str(model_dir / "t.int8.tflite"), 64, 0.01, 0.05)
+    assert [(r["input"], r["output"]) for r in rows] == [("photo.jpg", "png"), ("photo.jpg", "jpg"),
+                                                        ("grey.jpg", "png"), ("rgba.png", "png")]
+    assert all(r["rc"] == 0 and r["peak_rss_mb"] >= r["peak_anon_mb"] > 0 for r in rows)
+
+
 def test_ratios_against_peers():
     (r,) = report.ratios(_result())
     assert r["subject"] == "ours" and r["peer"] == "bicubic x2"
