@@ -126,6 +126,7 @@ def run_files(model: str, memory_mb: float, megapixels: float, ram_mb: float) ->
 
     from .stats import frame_for_megapixels, synthetic_image
 
+    model = str(Path(model).resolve()) if Path(model).exists() else model  # the children run in ROOT
     h, w = frame_for_megapixels(megapixels)
     frame = synthetic_image(h, w)
     rows = []
@@ -141,8 +142,11 @@ def run_files(model: str, memory_mb: float, megapixels: float, ram_mb: float) ->
                     "-q", "--overwrite"]
             cmd = [sys.executable, "-m", "benchmarks.memory", "--file-child", str(ram_mb), *argv]
             p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+            nan = float("nan")
             res = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
-                {"rc": p.returncode, "peak_rss_mb": float("nan"), "peak_anon_mb": float("nan"), "seconds": float("nan")}
+                {"rc": p.returncode, "peak_rss_mb": nan, "peak_anon_mb": nan, "seconds": nan}
+            if res["rc"]:  # the CLI's error line (or the child's last one), as run_memory reports a failed child
+                res["error"] = (p.stderr.strip().splitlines() or ["no output"])[-1]
             rows.append({"input": src, "output": out, **res})
     return rows
 
@@ -160,7 +164,7 @@ def _files_main(args: list[str]) -> None:
     print("| input | output | peak RSS MB | of it anonymous (sampled) MB | s | exit |\n|---|---|---|---|---|---|")
     for r in run_files(a.model, a.memory, a.megapixels, a.ram):
         print(f"| {r['input']} | {r['output']} | {r['peak_rss_mb']:.0f} | {r['peak_anon_mb']:.0f} | {r['seconds']:.1f} | "
-              f"{r['rc']} |")
+              f"{r['rc']} {r.get('error', '')} |")
 
 
 if __name__ == "__main__":

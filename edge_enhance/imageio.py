@@ -618,18 +618,22 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+def _stored_planes(photo: Photo, y0: int, y1: int) -> np.ndarray:
+    """Rows y0:y1 of the photo as a file stores them: grey or RGB, then alpha."""
+    a = photo.rgb[y0:y1]
+    a = to_grey(a)[..., None] if photo.grey else a
+    if photo.alpha is not None:
+        a = np.concatenate([a, photo.alpha[y0:y1, :, None]], axis=2)
+    return a
+
+
 def photo_to_pil(photo: Photo) -> Image.Image:
     """8-bit Pillow image of a Photo (16-bit colour is reduced; used for previews and JPEG)."""
-    rgb, alpha = photo.rgb, photo.alpha
-    if rgb.dtype == np.uint16:
-        rgb = (rgb >> 8).astype(np.uint8)
-        alpha = None if alpha is None else (alpha >> 8).astype(np.uint8)
-    if photo.grey:
-        g = to_grey(rgb)
-        return Image.fromarray(np.dstack([g, alpha]) if alpha is not None else g, "LA" if alpha is not None else "L")
-    if alpha is not None:
-        return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
-    return Image.fromarray(rgb, "RGB")
+    a = _stored_planes(photo, 0, photo.rgb.shape[0])
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    mode = ("L", "LA", "RGB", "RGBA")[a.shape[2] - 1]
+    return Image.fromarray(a[..., 0] if mode == "L" else a, mode)
 
 
 def _has_tifffile() -> bool:
@@ -680,15 +684,6 @@ def _png_filtered(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
     return out
 
 
-def _png_pixels(photo: Photo, y0: int, y1: int) -> np.ndarray:
-    """Rows y0:y1 of the photo as a PNG stores them: grey or RGB, then alpha."""
-    a = photo.rgb[y0:y1]
-    a = to_grey(a)[..., None] if photo.grey else a
-    if photo.alpha is not None:
-        a = np.concatenate([a, photo.alpha[y0:y1, :, None]], axis=2)
-    return a
-
-
 def _write_png(photo: Photo, f, chunks: list, text: list = (), level: int = 6) -> None:
     """A PNG of the photo (8 or 16 bits; grey, grey + alpha, RGB, RGBA) written a band of rows at a time, so
     a large output needs no second copy of itself (Pillow's encoder wants a 4-byte-a-pixel image of it).
@@ -706,7 +701,7 @@ def _write_png(photo: Photo, f, chunks: list, text: list = (), level: int = 6) -
     above, pending = np.zeros(n, np.uint8), bytearray()
     step = max(1, PNG_BAND_BYTES // n)
     for y in range(0, h, step):
-        rows = _png_pixels(photo, y, min(y + step, h)).astype(">u%d" % depth, copy=False)
+        rows = _stored_planes(photo, y, min(y + step, h)).astype(">u%d" % depth, copy=False)
         rows = np.ascontiguousarray(rows).view(np.uint8).reshape(-1, n)
         pending += z.compress(_png_filtered(rows, above, planes * depth))
         above = rows[-1].copy()

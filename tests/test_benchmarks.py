@@ -395,7 +395,9 @@ def test_memory_from_files_through_the_cli(model_dir, capsys):
     rows = memory.run_files(str(model_dir / "t.int8.tflite"), 64, 0.01, 0.05)
     assert [(r["input"], r["output"]) for r in rows] == [("photo.jpg", "png"), ("photo.jpg", "jpg"),
                                                         ("grey.jpg", "png"), ("rgba.png", "png")]
-    assert all(r["rc"] == 0 and r["peak_rss_mb"] >= r["peak_anon_mb"] > 0 for r in rows)
+    assert all(r["rc"] == 0 and r["peak_rss_mb"] >= r["peak_anon_mb"] > 0 and "error" not in r for r in rows)
+    (bad, *_) = memory.run_files(str(model_dir / "none.onnx"), 64, 0.01, 0)
+    assert bad["rc"] == 2 and "none.onnx: no such model file" in bad["error"]
 
 
 def test_ratios_against_peers():
