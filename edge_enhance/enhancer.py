@@ -633,7 +633,7 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
         # keeps them (enhanced with their alpha, the colour under transparent pixels would come out black).
         log.warning("%s: %s has no alpha channel; transparency dropped, the stored colours kept", dst, out_fmt)
         photo = dataclasses.replace(photo, alpha=None)
-    out = _output_buffer(photo, dst, processor.scale)
+    out = _output_buffer(photo, dst, processor.scale, out_fmt)
     _check_room_for_uncompressed(photo, dst, out_fmt, processor.scale, strip_metadata)  # after the memory map
     _warn_if_short_of_memory(photo, src, processor, mapped=out is not None, fmt=out_fmt)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
@@ -666,32 +666,40 @@ def _check_room_for_uncompressed(photo: imageio.Photo, dst: Path, fmt: str, s: i
 
 
 def _warn_if_short_of_memory(photo: imageio.Photo, src: Path, processor, mapped: bool, fmt: str) -> None:
-    """Say so before the work where the output (unless memory-mapped) and the encoder's copy of it (Pillow
-    holds 4 bytes a pixel for 8-bit RGB; a PNG is written a band of rows at a time, with no copy) need more
-    than the RAM available: the system would otherwise stop the process for lack of memory with no word
-    from us."""
+    """Say so before the work where the output (unless memory-mapped) and the encoder's memory (Pillow copies
+    the picture at 4 bytes a pixel, except an 8-bit colour JPEG / WebP's RGBX output; libwebp needs 13 bytes
+    a pixel of its own; a PNG is written a band of rows at a time) need more than the RAM available: the
+    system would otherwise stop the process for lack of memory with no word from us."""
     ram = _available_ram()
     if ram is None:
         return
     h, w, _ = photo.rgb.shape
     px = h * w * processor.scale ** 2
     k = photo.rgb.itemsize
-    copy = 0 if fmt == "PNG" else px * (4 if k == 1 else 6)
-    need = (0 if mapped else px * 3 * k) + copy
+    rgbx = imageio.encoder_takes_rgbx(photo, fmt)  # the output is the encoder's image: no copy
+    if fmt == "WEBP":
+        encoder = px * 13  # libwebp's own working memory: 121 MB for a 9 MP picture (measured)
+    else:
+        encoder = 0 if fmt == "PNG" or rgbx else px * (4 if k == 1 else 6)
+    need = (0 if mapped else px * (4 if rgbx else 3) * k) + encoder
     if need > ram:
         log.warning("%s: its %dx%d output needs about %.0f MB of memory (%s), and %.0f MB is available: the system "
                     "may stop the run for lack of memory", src, w * processor.scale, h * processor.scale,
-                    need / 2**20, "the picture and the encoder's copy of it" if copy else "the picture",
+                    need / 2**20, "the picture and the encoder's memory" if encoder else "the picture",
                     ram / 2**20)
 
 
-def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None:
-    """A memory-mapped output beside dst when the result would not fit comfortably in RAM."""
+def _output_buffer(photo: imageio.Photo, dst: Path, s: int, fmt: str | None = None) -> np.ndarray | None:
+    """Where the output goes: for an 8-bit colour JPEG or WebP, the RGB of an RGBX buffer, which Pillow's
+    encoder takes as it is (imageio.photo_to_pil; a plain RGB array it copies at 4 bytes a pixel); a
+    memory-mapped file beside dst when the result would not fit comfortably in RAM; else None (the
+    enhancer's own array)."""
     h, w, _ = photo.rgb.shape
-    nbytes = h * s * w * s * 3 * photo.rgb.itemsize
+    planes = 4 if imageio.encoder_takes_rgbx(photo, fmt) else 3
+    nbytes = h * s * w * s * planes * photo.rgb.itemsize
     ram = _available_ram()
     if ram is None or nbytes < ram // 2:
-        return None
+        return np.empty((h * s, w * s, 4), np.uint8)[..., :3] if planes == 4 else None
     log.info("output of %.0f MB streams into a memory-mapped file (RAM available: %.0f MB)", nbytes / 2**20, ram / 2**20)
     f = tempfile.TemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", suffix=".mmap")
     try:  # the blocks are claimed now: a disk that fills under a memory map kills the process (SIGBUS)
@@ -705,4 +713,4 @@ def _output_buffer(photo: imageio.Photo, dst: Path, s: int) -> np.ndarray | None
             return None
         raise OutputError(f"{dst}: no room in {dst.parent} for the {nbytes / 2**20:.0f} MB output, which streams "
                           f"through a file there as it does not fit in RAM ({e.strerror})") from None
-    return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, 3))
+    return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, planes))[..., :3]

@@ -627,8 +627,27 @@ def _stored_planes(photo: Photo, y0: int, y1: int) -> np.ndarray:
     return a
 
 
+def encoder_takes_rgbx(photo: Photo, fmt: str | None) -> bool:
+    """Whether ``photo``'s output in ``fmt`` is written by Pillow from RGB pixels (8-bit colour, no alpha, JPEG
+    or WebP), which it takes without a copy from an RGBX buffer (one from enhancer._output_buffer)."""
+    return fmt in ("JPEG", "WEBP") and photo.rgb.dtype == np.uint8 and not photo.grey and photo.alpha is None
+
+
+def _rgbx_of(rgb: np.ndarray) -> np.ndarray | None:
+    """The H x W x 4 buffer ``rgb`` is the first three planes of, or None."""
+    b = rgb.base
+    if isinstance(b, np.ndarray) and b.shape == rgb.shape[:2] + (4,) and b.dtype == np.uint8 \
+            and b.flags.c_contiguous and b.ctypes.data == rgb.ctypes.data and b.strides == rgb.strides:
+        return b
+    return None
+
+
 def photo_to_pil(photo: Photo) -> Image.Image:
-    """8-bit Pillow image of a Photo (16-bit colour is reduced; used for previews and JPEG)."""
+    """8-bit Pillow image of a Photo (16-bit colour is reduced; used for previews and JPEG). The RGB of an
+    RGBX buffer is handed over as the buffer itself (read-only, no copy)."""
+    rgbx = _rgbx_of(photo.rgb) if photo.alpha is None and not photo.grey else None
+    if rgbx is not None:
+        return Image.frombuffer("RGBX", rgbx.shape[1::-1], rgbx, "raw", "RGBX", 0, 1)
     a = _stored_planes(photo, 0, photo.rgb.shape[0])
     if a.dtype == np.uint16:
         a = (a >> 8).astype(np.uint8)

@@ -1,3 +1,4 @@
+import io
 import re
 
 import numpy as np
@@ -311,8 +312,8 @@ def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, mo
     used = []
     real = enh_mod._output_buffer
 
-    def spy(photo, dst, s):
-        buf = real(photo, dst, s)
+    def spy(photo, dst, s, fmt):
+        buf = real(photo, dst, s, fmt)
         used.append(type(buf).__name__)
         return buf
 
@@ -325,13 +326,47 @@ def test_output_streams_into_a_memory_map_when_ram_is_short(models, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # the map is gone
 
 
-@pytest.mark.parametrize("ram_mb,out,said", [(0.005, "out.jpg", True), (4096, "out.jpg", False), (0.005, "out.png", False),
-                                             (0.03, "out.png", False), (0.03, "out.jpg", True)])
+@pytest.mark.parametrize("name, ram, rgbx", [("out.jpg", None, True), ("out.jpg", 1000, True), ("out.webp", None, True),
+                                            ("grey.jpg", None, False), ("rgba.webp", None, False), ("out.png", None, False)])
+def test_a_jpeg_output_is_encoded_from_the_output_buffer_itself(models, tmp_path, monkeypatch, name, ram, rgbx):
+    """An 8-bit colour JPEG / WebP output is enhanced into the RGB of an RGBX buffer, which Pillow's encoder
+    takes as it is: no 4-byte-a-pixel copy of a 48 MP result (192 MB). In RAM or memory-mapped, the file is
+    the one a plain RGB array gives."""
+    from PIL import Image
+
+    from edge_enhance import enhancer as enh_mod
+    from edge_enhance import imageio
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    src = tmp_path / "in.png"
+    if name.startswith("grey"):
+        Image.fromarray(img[..., 0]).save(src)  # mode L: a grey photo, written grey
+    else:
+        Image.fromarray(np.dstack([img, img[..., 0]]) if name.startswith("rgba") else img).save(src)
+    if ram:
+        monkeypatch.setattr(enh_mod, "_available_ram", lambda: ram)
+    handed, real = [], imageio.photo_to_pil
+    monkeypatch.setattr(imageio, "photo_to_pil", lambda photo: handed.append(real(photo)) or handed[-1])
+    enh = Enhancer(models[2])
+    out = enh.enhance_file(src, tmp_path / name)
+    assert [im.mode for im in handed] == ["RGBX" if rgbx else "L" if name.startswith("grey") else "RGBA"][:len(handed)]
+    assert len(handed) == (not name.endswith(".png"))
+    if rgbx:
+        want = io.BytesIO()
+        Image.fromarray(enh.enhance(img)).save(want, out.suffix[1:].replace("jpg", "jpeg"), quality=92,
+                                               **({"subsampling": 0} if name.endswith(".jpg") else {}))
+        assert out.read_bytes() == want.getvalue()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, name])
+
+
+@pytest.mark.parametrize("ram_mb,out,said", [(0.005, "out.bmp", True), (4096, "out.bmp", False), (0.005, "out.png", False),
+                                             (0.03, "out.png", False), (0.03, "out.bmp", True), (0.005, "out.jpg", False)])
 def test_an_output_past_the_ram_available_is_said_before_the_work(models, tmp_path, monkeypatch, caplog, ram_mb, out,
                                                                   said):
     """A 24 MP photo x2 took 788 MB: on a 1 GB board the system stops it, and nothing had said it might.
-    A PNG is written a band at a time from the output, which streams through a file where RAM is short:
-    nothing to say."""
+    A PNG is written a band at a time from the output, and a JPEG from the output itself (an RGBX buffer),
+    which streams through a file where RAM is short: nothing to say. A BMP needs Pillow's copy of it."""
     from PIL import Image
 
     from edge_enhance import enhancer as enh_mod
