@@ -635,7 +635,7 @@ def enhance_file(processor, src: str | os.PathLike, dst: str | os.PathLike, *, f
         photo = dataclasses.replace(photo, alpha=None)
     out = _output_buffer(photo, dst, processor.scale, out_fmt)
     _check_room_for_uncompressed(photo, dst, out_fmt, processor.scale, strip_metadata)  # after the memory map
-    _warn_if_short_of_memory(photo, src, processor, mapped=out is not None, fmt=out_fmt)
+    _warn_if_short_of_memory(photo, src, processor, mapped=isinstance(out, np.memmap), fmt=out_fmt)
     result = processor.enhance_photo(photo, src=src, out=out, progress=progress)
     if result is photo:  # auto at scale 1 ran no stage
         raise NothingToDo(f"{src}: auto found nothing to clean at scale 1; nothing written")
@@ -689,7 +689,12 @@ def _warn_if_short_of_memory(photo: imageio.Photo, src: Path, processor, mapped:
                     ram / 2**20)
 
 
-def _output_buffer(photo: imageio.Photo, dst: Path, s: int, fmt: str | None = None) -> np.ndarray | None:
+def _in_ram(h: int, w: int, planes: int) -> np.ndarray | None:
+    """The RGB of an RGBX buffer in RAM for ``planes`` 4; None (the enhancer's own array) for 3."""
+    return np.empty((h, w, 4), np.uint8)[..., :3] if planes == 4 else None
+
+
+def _output_buffer(photo: imageio.Photo, dst: Path, s: int, fmt: str) -> np.ndarray | None:
     """Where the output goes: for an 8-bit colour JPEG or WebP, the RGB of an RGBX buffer, which Pillow's
     encoder takes as it is (imageio.photo_to_pil; a plain RGB array it copies at 4 bytes a pixel); a
     memory-mapped file beside dst when the result would not fit comfortably in RAM; else None (the
@@ -699,7 +704,7 @@ def _output_buffer(photo: imageio.Photo, dst: Path, s: int, fmt: str | None = No
     nbytes = h * s * w * s * planes * photo.rgb.itemsize
     ram = _available_ram()
     if ram is None or nbytes < ram // 2:
-        return np.empty((h * s, w * s, 4), np.uint8)[..., :3] if planes == 4 else None
+        return _in_ram(h * s, w * s, planes)
     log.info("output of %.0f MB streams into a memory-mapped file (RAM available: %.0f MB)", nbytes / 2**20, ram / 2**20)
     f = tempfile.TemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", suffix=".mmap")
     try:  # the blocks are claimed now: a disk that fills under a memory map kills the process (SIGBUS)
@@ -710,7 +715,7 @@ def _output_buffer(photo: imageio.Photo, dst: Path, s: int, fmt: str | None = No
     except OSError as e:
         f.close()
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # a file system without fallocate: memory it is
-            return None
+            return _in_ram(h * s, w * s, planes)
         raise OutputError(f"{dst}: no room in {dst.parent} for the {nbytes / 2**20:.0f} MB output, which streams "
                           f"through a file there as it does not fit in RAM ({e.strerror})") from None
     return np.memmap(f, dtype=photo.rgb.dtype, mode="w+", shape=(h * s, w * s, planes))[..., :3]
