@@ -703,19 +703,18 @@ def _png_filtered(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
     return out
 
 
-def _write_png(photo: Photo, f, chunks: list, text: list = (), level: int = 6) -> None:
+def _write_png(photo: Photo, f, chunks: list) -> None:
     """A PNG of the photo (8 or 16 bits; grey, grey + alpha, RGB, RGBA) written a band of rows at a time, so
     a large output needs no second copy of itself (Pillow's encoder wants a 4-byte-a-pixel image of it).
-    ``chunks`` (type, data) go ahead of the pixels in the order Pillow writes them (iCCP, gAMA / cHRM / sRGB,
-    pHYs, eXIf); ``text`` (tEXt / iTXt) follows them, as Pillow's pnginfo text does."""
+    ``chunks`` (type, data) go ahead of the pixels, as given (_png_head: in Pillow's order)."""
     h, w = photo.rgb.shape[:2]
     planes = (1 if photo.grey else 3) + (photo.alpha is not None)
     depth = photo.rgb.dtype.itemsize
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[planes]
     f.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8 * depth, colour_type, 0, 0, 0)))
-    for kind, data in [*chunks, *text]:
+    for kind, data in chunks:
         f.write(_png_chunk(kind, data))
-    z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)  # as Pillow's: smaller on filtered rows
+    z = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)  # as Pillow's: smaller on filtered rows
     n = w * planes * depth
     above, pending = np.zeros(n, np.uint8), bytearray()
     step = max(1, PNG_BAND_BYTES // n)
@@ -847,14 +846,14 @@ def _png_colour_chunks(photo: Photo, icc: bytes | None) -> list:
 
 def _png_head(kw: dict, colour: list) -> list:
     """The (type, data) chunks ahead of a PNG's pixels for save_image's Pillow arguments, as Pillow writes them:
-    iCCP, then ``colour`` (gAMA / cHRM / sRGB), pHYs, eXIf."""
+    iCCP, then ``colour`` (gAMA / cHRM / sRGB), pHYs, eXIf, then the text (tEXt / iTXt) of its pnginfo."""
     head = [(b"iCCP", b"ICC Profile\0\0" + zlib.compress(kw["icc_profile"]))] if kw.get("icc_profile") else []
     head += colour
     if kw.get("dpi"):
         head.append((b"pHYs", struct.pack(">IIB", *(int(d / 0.0254 + 0.5) for d in kw["dpi"][:2]), 1)))
     if kw.get("exif"):
         head.append((b"eXIf", kw["exif"][6:] if kw["exif"].startswith(b"Exif\0\0") else kw["exif"]))
-    return head
+    return head + ([c[:2] for c in kw["pnginfo"].chunks] if "pnginfo" in kw else [])
 
 
 def _png_text(photo: Photo):
@@ -1069,8 +1068,7 @@ def save_image(photo: Photo, dst, *, fmt: str | None = None, quality: int = 92, 
         with atomic_file(dst) as raw:
             f = _Checked(raw)
             if fmt == "PNG":  # gAMA / cHRM / sRGB: colour, as the ICC profile, so kept by strip_metadata too
-                _write_png(photo, f, _png_head(kw, png_colour),
-                           [c[:2] for c in kw["pnginfo"].chunks] if "pnginfo" in kw else [])
+                _write_png(photo, f, _png_head(kw, png_colour))
             elif keep16 and photo.grey and photo.alpha is None:
                 _pillow_save(Image.fromarray(to_grey(photo.rgb)), f, fmt, kw, dst)
             elif keep16 and fmt == "TIFF" and _has_tifffile():

@@ -944,9 +944,9 @@ def test_png_metadata_chunks_come_in_pillows_order_text_in_16bit_too(tmp_path, b
     assert back.xmp == b"<x:xmpmeta/>" and back.icc == icc
 
 
-# The child's own peak resident memory in kB (ru_maxrss would start from its parent's: Linux carries the
-# high-water mark over fork and exec).
-_HWM = "def hwm():\n    return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
+# The child's own peak resident memory in kB, VmHWM (ru_maxrss would start from its parent's: Linux carries
+# the high-water mark over fork and exec).
+_HWM = "from edge_enhance.procmem import status_mb\ndef hwm():\n    return int(status_mb('VmHWM') * 1024)\n"
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's VmHWM")
