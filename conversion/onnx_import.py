@@ -849,9 +849,9 @@ def from_onnx(path_or_model, *, input_hw: tuple | None = None) -> "Graph":
     ctx = Ctx(consts, shapes, g)
     for vi in real_inputs:
         d, kind = shapes.get(vi.name), vi.type.tensor_type.elem_type
-        if kind != onnx.TensorProto.FLOAT:
+        if kind not in _IO_FLOAT_TYPES:  # a .half() export's float16 I/O becomes float32: what apps feed
             raise ModelFormatError(f"{src}: input {vi.name!r} is {onnx.TensorProto.DataType.Name(kind).lower()}, not "
-                                   "float32 (export the float model: a .half() one is converted with --precision fp16)")
+                                   "float32 or float16 (an image model takes float pixels)")
         if d is None or len(d) != 4:
             raise ModelFormatError(f"{src}: input {vi.name!r} must be an NCHW image tensor, got shape {d}")
         if isinstance(d[0], int) and d[0] != 1:
@@ -926,6 +926,7 @@ def _remove_identities(nodes, outputs):
 
 
 _FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_IO_FLOAT_TYPES = {1, 10}  # FLOAT, FLOAT16: the image I/O ONNX Runtime runs on a CPU
 
 
 def _float_casts_as_identities(nodes, gp) -> None:

@@ -207,9 +207,14 @@ def _ort_runner(onnx_model):
     model = onnx_model if hasattr(onnx_model, "SerializeToString") else onnx.load(str(onnx_model))
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
+    dtype = np.float16 if s.get_inputs()[0].type == "tensor(float16)" else np.float32  # a .half() export's I/O
+
+    def run(x):
+        return s.run(None, {name: np.ascontiguousarray(x, dtype)})[0].astype(np.float32, copy=False)
+
     if source_io(model)[0]:  # NHWC in and out
-        return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc[None])})[0][0]
-    return lambda x_hwc: s.run(None, {name: np.ascontiguousarray(x_hwc.transpose(2, 0, 1)[None])})[0][0].transpose(1, 2, 0)
+        return lambda x_hwc: run(x_hwc[None])[0]
+    return lambda x_hwc: run(x_hwc.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
 
 
 def _card_of(onnx_model):

@@ -168,3 +168,16 @@ def convert_main(argv) -> int:
     p = argparse.ArgumentParser()
     add_arguments(p)
     return main(p.parse_args([str(a) for a in argv]))
+
+
+def half_model(m):
+    """The model as torch's ``.half()`` exports it: float16 weights, constants, I/O and every float tensor."""
+    m = m.__class__.FromString(m.SerializeToString())
+    g = m.graph
+    for t in [*g.initializer, *(a.t for n in g.node for a in n.attribute if a.HasField("t"))]:
+        if t.data_type == FLOAT:
+            t.CopyFrom(nh.from_array(nh.to_array(t).astype(np.float16), t.name))
+    for vi in [*g.input, *g.output, *g.value_info]:
+        if vi.type.tensor_type.elem_type == FLOAT:
+            vi.type.tensor_type.elem_type = 10  # FLOAT16
+    return m

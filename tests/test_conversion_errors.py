@@ -157,14 +157,14 @@ def test_a_fixed_input_too_small_for_the_margins_is_refused_at_convert(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def test_a_fixed_batch_or_a_half_precision_input_is_named_as_such():
+def test_a_fixed_batch_or_an_integer_input_is_named_as_such():
     relu = [h.make_node("Relu", ["x"], ["y"])]
     with pytest.raises(ModelFormatError, match="input 'x' has a fixed batch of 4; photos go one at a time"):
         from_onnx(make_model(relu, {}, [4, 3, 8, 8]))
-    half = make_model(relu, {}, [1, 3, 8, 8])
-    half.graph.input[0].type.tensor_type.elem_type = 10  # FLOAT16
-    with pytest.raises(ModelFormatError, match="input 'x' is float16, not float32"):
-        from_onnx(half)
+    ints = make_model(relu, {}, [1, 3, 8, 8])
+    ints.graph.input[0].type.tensor_type.elem_type = 2  # UINT8
+    with pytest.raises(ModelFormatError, match="input 'x' is uint8, not float32 or float16"):
+        from_onnx(ints)
     assert from_onnx(make_model(relu, {}, ["N", 3, "H", "W"])).inputs  # a dynamic batch is fine
 
 

@@ -223,8 +223,10 @@ class OnnxRuntimeBackend(Backend):
         if self.fixed_shape and self.fixed_shape[0] * self.fixed_shape[1] > MAX_TILE_PIXELS:
             raise ModelFormatError(f"{path}: fixed input of {hw[0]}x{hw[1]} pixels is implausibly large "
                                    f"(limit {MAX_TILE_PIXELS} pixels)")
-        if in_type != "tensor(float)":
-            raise ModelFormatError(f"{path}: input type {in_type} is not float32")
+        # A .half() export takes and gives float16: fed as such, its output read back as float32.
+        self._in_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(in_type)
+        if self._in_dtype is None:
+            raise ModelFormatError(f"{path}: input type {in_type} is not float32 or float16")
 
     def prepare(self, h: int, w: int) -> None:
         if self.fixed_shape and self.fixed_shape != (h, w):
@@ -233,7 +235,8 @@ class OnnxRuntimeBackend(Backend):
     def run(self, x: np.ndarray) -> np.ndarray:
         if self.layout == "nchw":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        (y,) = self.sess.run([self._out_name], {self._in_name: x.astype(np.float32, copy=False)})
+        (y,) = self.sess.run([self._out_name], {self._in_name: x.astype(self._in_dtype, copy=False)})
+        y = y.astype(np.float32, copy=False)
         return y.transpose(0, 2, 3, 1) if self.layout == "nchw" else y
 
     def activation_bytes_per_pixel(self) -> float:
