@@ -410,6 +410,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "sample photo)")
     parser.add_argument("--verify-images", type=number(int, 1), help="how many images to verify on (default 5; int8 / "
                         "int16x8 TFLite, made by `quantize`, is evaluated on the whole --dataset)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="write the file without running it against the source on images: for a machine with no "
+                             "engine of the target (no LiteRT on Windows on ARM), or a quick try; check it later with "
+                             "`edge-enhance eval` (int8 / int16x8 TFLite: the before / after evaluation is skipped)")
     parser.add_argument("-o", "--output", type=Path, help="output path")
     parser.add_argument("--json", action="store_true", help="print the result (or the error) as JSON on stdout")
     add_card_arguments(parser)
@@ -430,6 +434,8 @@ def _quantize_instead(args: argparse.Namespace) -> int:
         argv += ["-o", str(args.output)]
     if args.dataset:
         argv += ["--eval", str(args.dataset)]
+    if args.no_verify:
+        argv += ["--no-eval"]
     if args.verify_images is not None:
         log.warning("--verify-images does not apply to --precision %s TFLite: `quantize` makes it and evaluates it on "
                     "the whole %s", args.precision, args.dataset or "quick set (Set5, CBSD68 for denoise / dejpeg)")
@@ -475,13 +481,15 @@ def main(args: argparse.Namespace) -> int:
         tile = parse_tile(args.tile) if args.tile else None
         shapes = parse_shapes(args.enumerated_shapes) if args.enumerated_shapes else ()
         check_options(args.to, args.precision, args.io, shapes, args.d2s_as_transpose_conv, args.min_target)
+        if args.no_verify and (args.verify_images is not None or args.dataset):
+            raise ConfigError("--no-verify runs no images: leave out --verify-images / --dataset, or --no-verify")
         if args.to == "tflite" and args.precision in QUANTIZED:
             return _quantize_instead(args)
         res = convert(args.model, args.to, output=args.output, precision=args.precision, io=args.io, tile=tile,
                       d2s_as_transpose_conv=args.d2s_as_transpose_conv, calib=args.calib, calib_crop=args.calib_crop,
                       dataset=args.dataset,
                       max_images=args.verify_images or 5, enumerated_shapes=shapes, card=card_options(args),
-                      min_target=args.min_target)
+                      min_target=args.min_target, verify=not args.no_verify)
     except ConfigError as e:
         return fail(str(e), 2, "error: ")
     except VerificationError as e:
@@ -494,6 +502,8 @@ def main(args: argparse.Namespace) -> int:
     for rep in (res.report, res.agreement):
         if rep is not None:
             print(rep.table())
+    if res.report is None:
+        print("not verified (--no-verify): `edge-enhance eval FILE --dataset DIR` measures it")
     print(op_summary(res))
     for line in res.notes:
         print(line)

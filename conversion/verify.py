@@ -182,7 +182,7 @@ def _tflite_runner(path):
     except BackendUnavailableError as e:
         raise BackendUnavailableError(f"the converted {Path(path).name} is verified in a TFLite engine before it is "
                                       f"written: {e}. Windows on ARM has none: convert on another machine or under "
-                                      "WSL, or choose --to onnx") from None
+                                      "WSL, choose --to onnx, or write it unchecked with --no-verify") from None
     d, o = it.get_input_details()[0], it.get_output_details()[0]
     sig = list(d.get("shape_signature", d["shape"]))  # a dynamic batch alone (-1 first) leaves H, W fixed
     fixed = None if -1 in sig[1:3] else tuple(int(v) for v in d["shape"][1:3])

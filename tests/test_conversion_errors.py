@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conversion_testkit import h, make_model, nh, rand, residual_sr_model
+from tests.conversion_testkit import convert_main, h, make_model, nh, rand, residual_sr_model
 
 from conversion.errors import ConfigError, ModelFormatError, UnsupportedOpError
 from conversion.onnx_import import from_onnx
@@ -320,7 +320,6 @@ def test_a_model_that_is_not_1_to_1_or_3_to_3_channels_is_refused_everywhere(tmp
     from PIL import Image
 
     from edge_enhance.cli import main
-    from tests.conversion_testkit import convert_main
 
     src = tmp_path / "m.onnx"
     src.write_bytes(_channels_model(c_in, c_out).SerializeToString())
@@ -343,8 +342,6 @@ def test_a_model_that_is_not_1_to_1_or_3_to_3_channels_is_refused_everywhere(tmp
 
 
 def test_convert_json_answers_a_script_on_stdout_both_ways(tmp_path, capsys):
-    from tests.conversion_testkit import convert_main
-
     src = tmp_path / "m.onnx"
     src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
     data = _photos(tmp_path / "d", (24, 20), (16, 16))
@@ -494,7 +491,7 @@ def test_python_m_conversion_cli_prints_any_name_on_a_cp1252_console(monkeypatch
     assert out.buffer.getvalue().endswith(b"wrote \\u0432\\u044b\\u0445\\u043e\\u0434.tflite\n")
 
 
-def test_convert_without_a_tflite_engine_says_what_verifying_needs(tmp_path, monkeypatch):
+def test_convert_without_a_tflite_engine_says_what_verifying_needs(tmp_path, monkeypatch, capsys):
     """Windows on ARM: no ai-edge-litert wheel, so the convert extra installs without it (and no other engine
     is there); convert ended in a ModuleNotFoundError traceback."""
     import sys
@@ -510,9 +507,25 @@ def test_convert_without_a_tflite_engine_says_what_verifying_needs(tmp_path, mon
     interpreter_module.cache_clear()
     try:
         with pytest.raises(BackendUnavailableError, match=r"the converted m\.tflite is verified in a TFLite engine "
-                           r"before it is written: no TFLite engine installed: .* or choose --to onnx"):
+                           r"before it is written: no TFLite engine installed: .* choose --to onnx, or write it "
+                           r"unchecked with --no-verify"):
             convert(src, "tflite", output=tmp_path / "m.tflite", card={"task": "sr"})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+        # --no-verify writes it all the same, and says it was not checked
+        assert convert_main([src, "--to", "tflite", "--card-task", "sr", "--no-verify", "-o", tmp_path / "m.tflite"]) == 0
     finally:
         interpreter_module.cache_clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.tflite"]
+    out = capsys.readouterr().out
+    assert out.startswith("not verified (--no-verify)") and "wrote " in out
+    assert (tmp_path / "m.tflite").read_bytes()[4:8] == b"TFL3"
+
+
+def test_no_verify_with_verification_options_is_refused(tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(residual_sr_model(np.random.default_rng(0)).SerializeToString())
+    for extra in (["--verify-images", "2"], ["--dataset", str(tmp_path)]):
+        assert convert_main([src, "--to", "tflite", "--card-task", "sr", "--no-verify", *extra]) == 2
+        assert "--no-verify runs no images" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
