@@ -728,6 +728,12 @@ class _Emitter:
         self._minmax(n, "MINIMUM")
 
     def op_Maximum(self, n):
+        x, floor = (self.g.tensors[i] for i in n.inputs)
+        if self.int8 and floor.is_const and float(np.max(floor.data)) <= -1e29 and not x.is_const:
+            # quantize.insert_precision_boundaries' int8 <-> int16 converter, an identity on real values: the
+            # QUANTIZE that requantises it is all it takes (a MAXIMUM after it changed nothing)
+            self.fb.op("QUANTIZE", [self.act(n.inputs[0])], [self.act(n.outputs[0])], version=self.v("QUANTIZE"))
+            return
         self._minmax(n, "MAXIMUM")
 
     def op_DepthToSpace(self, n):

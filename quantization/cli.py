@@ -194,7 +194,7 @@ def _print(rep: dict, report) -> None:
         counts = lambda d: ", ".join(f"{op} x{k}" for op, k in sorted(d.items())) or "none"
         print(f"16x8 (int16 activations, int8 weights): {counts(a['int16'])}")
         print(f"int8: {counts(a['int8'])} (16x8 covers Conv, ConvTranspose, Add, Mul; LiteRT has no int16 "
-              f"DEPTH_TO_SPACE or RELU_0_TO_1); {a['boundaries']} int8 <-> int16 boundaries (QUANTIZE + MAXIMUM)")
+              f"DEPTH_TO_SPACE or RELU_0_TO_1); {a['boundaries']} int8 <-> int16 boundaries (a QUANTIZE each)")
     for line in rep.get("io_tensors") or ():
         print(line)
     mixed = prec == "int8" and "activations" in rep

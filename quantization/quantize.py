@@ -436,8 +436,8 @@ def insert_precision_boundaries(g: Graph, keep_16x8, ranges: dict) -> int:
     (its own int16 range is widened for headroom: 2x int8's step there cost an ESPCN 0.15 dB on Set5).
 
     A converter is ``Maximum(x, -1e30)``: the identity on real values, which
-    the TFLite writer emits as a QUANTIZE (int8 <-> int16 requantisation) and a MAXIMUM, both with
-    int8 and int16 kernels; the executor's simulation rounds it to the new grid just the same.
+    the TFLite writer emits as one QUANTIZE (int8 <-> int16 requantisation); the executor's simulation
+    rounds it to the new grid just the same.
     Data-movement ops without int16 kernels (DepthToSpace, Resize, ...) stay int8.
     """
     for n in g.nodes:  # int16 params copied onto data movement by apply_int8_constraints go back to int8
