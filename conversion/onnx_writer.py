@@ -232,9 +232,12 @@ def _insert_activation_qdq(g: Graph, nodes: list, inits: list) -> list:
     out = list(nodes)
     for name in list(g.inputs) + [n.outputs[0] for n in g.nodes]:
         q = g.tensors[name].quant
-        dt = np.int8 if q.dtype == "int8" else np.uint8
-        inits.append(nh.from_array(np.asarray(q.scale[0], np.float32), name + "_act_scale"))
-        inits.append(nh.from_array(np.asarray(q.zero_point[0]).astype(dt), name + "_act_zp"))
+        # Activations as uint8 (an int8 grid's zero point + 128: the same values), ONNX Runtime's own QDQ
+        # layout (U8S8): its int8 -> uint8 rewrite missed the graph input, and the first Conv ran in float.
+        zero = int(q.zero_point[0]) + (128 if q.dtype == "int8" else 0)
+        scale, zp = name + "_act_scale", name + "_act_zp"
+        inits.append(nh.from_array(np.asarray(q.scale[0], np.float32), scale))
+        inits.append(nh.from_array(np.asarray(zero, np.uint8), zp))
         prod = next((i for i, nd in enumerate(out) if name in nd.output), -1)
         if name in g.outputs:
             src, dst = name + "_float", name
@@ -242,14 +245,10 @@ def _insert_activation_qdq(g: Graph, nodes: list, inits: list) -> list:
         else:
             src, dst = name, name + "_dq"
             for nd in out:
-                for k, inp in enumerate(nd.input):
-                    if inp == name:
-                        nd.input[k] = dst
-        pair = [h.make_node("QuantizeLinear", [src, name + "_act_scale", name + "_act_zp"], [name + "_q"],
-                            name=name + "_quantize"),
-                h.make_node("DequantizeLinear", [name + "_q", name + "_act_scale", name + "_act_zp"], [dst],
-                            name=name + "_dequantize")]
-        out[prod + 1:prod + 1] = pair
+                nd.input[:] = [dst if i == name else i for i in nd.input]
+        out[prod + 1:prod + 1] = [h.make_node("QuantizeLinear", [src, scale, zp], [name + "_q"], name=name + "_quantize"),
+                                  h.make_node("DequantizeLinear", [name + "_q", scale, zp], [dst],
+                                              name=name + "_dequantize")]
     return out
 
 

@@ -80,6 +80,26 @@ def test_qdq_matches_simulated_int8(tmp_path, net):
     assert fused <= 2.01 * step
 
 
+def test_onnx_runtime_runs_every_conv_of_a_residual_qdq_model_in_integers(tmp_path):
+    """The residual's input feeds the first Conv and the repeat Concat. With int8 activations, ONNX Runtime's
+    int8 -> uint8 rewrite missed the graph input's Q / DQ and left that first Conv in float; uint8
+    activations (the same values: zero point + 128) are its own layout, and every Conv fuses."""
+    rng = np.random.default_rng(7)
+    g = quantised_graph(residual_sr_model(rng), rng)
+    path = tmp_path / "q.onnx"
+    to_onnx(g, path, precision="int8")
+    m = onnx.load(str(path))
+    inits = {i.name: nh.to_array(i) for i in m.graph.initializer}
+    acts = [n.input[2] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert acts and all(inits[z].dtype == np.uint8 for z in acts)
+    assert inits[g.inputs[0] + "_act_zp"] == g.tensors[g.inputs[0]].quant.zero_point[0] + 128
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") == 3, ops
+
+
 def test_unquantised_graph_is_refused(tmp_path):
     g = from_onnx(residual_sr_model(np.random.default_rng(1)))
     with pytest.raises(ConfigError, match="quantised graph"):
