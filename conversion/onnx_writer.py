@@ -4,7 +4,7 @@ The result has no Identity / Dropout / BatchNormalization, folded constants, fus
 ops expanded back to Relu / Clip, and pixel shuffle as DepthToSpace (DCR). fp16 stores every
 float constant as float16 followed by a Cast, so any runtime (CPU EP included) runs it and the
 model's float32 image I/O is unchanged. int8 takes a quantised IR (quantization.quantize): every
-quantised activation gets QuantizeLinear -> DequantizeLinear, conv weights are int8 per output
+quantised activation gets QuantizeLinear -> DequantizeLinear (uint8), conv weights are int8 per output
 channel (zero point 0) behind a DequantizeLinear, biases int32 at scale s_in * s_w; runtimes fuse
 this into integer kernels, and it computes what ``executor.run(..., simulate_quant=True)`` does.
 """
