@@ -306,7 +306,7 @@ def jpeg_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[
              for dy in range(8) for dx in range(8)}
     grid = max(zeros, key=zeros.get)
     c = _block_dct(rgb, *grid, 20000)
-    found = [(u * 8 + v, q) for u, v in _LOW_AC if (q := _quantisation_step(c[:, u, v])) is not None]
+    found = [(at, q) for (u, v), at in zip(_LOW_AC, _LOW_AC_AT) if (q := _quantisation_step(c[:, u, v])) is not None]
     if len(found) < 3:
         return None, None
     quality, misfit = _nearest_ijg([i for i, _ in found], [q for _, q in found])
@@ -323,10 +323,6 @@ def _nearest_ijg(at, steps) -> tuple[int, float]:
     tied = _QUALITIES[err <= err.min() + 1e-9]
     return int(tied[len(tied) // 2]), float(err.min())
 
-
-def jpeg_quality_from_pixels(rgb: np.ndarray, alpha: np.ndarray | None = None) -> int | None:
-    """The quality of :func:`jpeg_from_pixels`."""
-    return jpeg_from_pixels(rgb, alpha)[0]
 
 
 def blockiness(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:

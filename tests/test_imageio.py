@@ -72,7 +72,7 @@ def test_exif_orientation_applied_and_reset(tmp_path):
 
 @pytest.mark.parametrize("alpha", [False, True])
 def test_16bit_colour_png_keeps_icc_dpi_and_exif(tmp_path, alpha):
-    """pypng writes the 16-bit colour pixels; the ICC profile, DPI and EXIF go with them as with 8 bits."""
+    """16-bit colour pixels (our PNG writer; pypng reads them back) keep the ICC profile, DPI and EXIF as 8 bits do."""
     pytest.importorskip("png", reason="pypng (edge-enhance[io16]) not installed")
     rng = np.random.default_rng(1)
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

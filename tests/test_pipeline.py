@@ -10,8 +10,7 @@ from PIL import Image
 from edge_enhance import imageio, pipeline
 from edge_enhance.errors import ConfigError
 from edge_enhance.pipeline import (GREY_NOISE_THRESHOLD, LUMA_NOISE_THRESHOLD, NOISE_THRESHOLD, backprojection_psnr,
-                                   blockiness, estimate_noise_sigma, jpeg_from_pixels, jpeg_quality_from_pixels,
-                                   jpeg_quality_from_tables,
+                                   blockiness, estimate_noise_sigma, jpeg_from_pixels, jpeg_quality_from_tables,
                                    luma_strength, Pipeline, plan_stages, shared_noise_sigma, sr_chain)
 
 
@@ -75,6 +74,10 @@ def jpeg_pixels(rgb, quality, **kw):
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", quality=quality, **kw)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def jpeg_quality_from_pixels(rgb, alpha=None):
+    return jpeg_from_pixels(rgb, alpha)[0]
 
 
 @pytest.mark.parametrize("q", [30, 50, 75, 90])
